@@ -1,0 +1,18 @@
+"""Checkpoints: discovery and A1111 naming (`registry`), hashes (`hashing`), family detection
+(`detect`) and offline loading into an `SDModel` (`loader`)."""
+from pipeline.checkpoints.detect import Detection, detect_family
+from pipeline.checkpoints.hashing import HashCache
+from pipeline.checkpoints.loader import (
+    CONFIGS_DIR,
+    detect_checkpoint,
+    header_shapes,
+    load_checkpoint,
+    probe_v_prediction,
+    read_state_dict,
+)
+from pipeline.checkpoints.registry import CheckpointInfo, CheckpointRegistry, discover
+
+__all__ = [
+    "CONFIGS_DIR", "CheckpointInfo", "CheckpointRegistry", "Detection", "HashCache", "detect_checkpoint",
+    "detect_family", "discover", "header_shapes", "load_checkpoint", "probe_v_prediction", "read_state_dict",
+]

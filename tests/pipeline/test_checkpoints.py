@@ -1,0 +1,446 @@
+"""Checkpoints: discovery and A1111 names, lazy cached hashes, lookup, family detection, offline loading."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.fixtures` (no root conftest yet)
+
+from pipeline.builtin import BUILTIN_NAME, build_builtin_model, builtin_checkpoint_info
+from pipeline.checkpoints import (
+    CONFIGS_DIR,
+    CheckpointInfo,
+    CheckpointRegistry,
+    detect_checkpoint,
+    detect_family,
+    hashing,
+    load_checkpoint,
+    probe_v_prediction,
+)
+from pipeline.errors import ModelLoadError, UnknownName
+from tests.fixtures.tinymodels import (
+    TinyModel,
+    build_tiny_sd1,
+    build_tiny_sdxl,
+    write_malicious_ckpt,
+)
+
+CAT_IDS = [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+# --------------------------------------------------------------------------------------------------
+# fixtures: tiny models built once per session
+# --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_sd1(tmp_path_factory) -> TinyModel:
+    return build_tiny_sd1(tmp_path_factory.mktemp("tiny-sd1"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory) -> TinyModel:
+    return build_tiny_sdxl(tmp_path_factory.mktemp("tiny-sdxl"))
+
+
+@pytest.fixture()
+def models(tmp_path, tiny_sd1, tiny_sdxl) -> Path:
+    """A models dir laid out like A1111's, with files the registry must take and files it must skip."""
+    root = tmp_path / "models"
+    ckpts = root / "Stable-diffusion"
+    tiny_sd1.write_safetensors(ckpts / "tiny-sd1.safetensors")
+    tiny_sd1.write_ckpt(ckpts / "sub" / "tiny-sd1-old.ckpt")
+    tiny_sdxl.write_safetensors(ckpts / "sub" / "deeper" / "tiny-xl.safetensors")
+    tiny_sd1.write_diffusers(ckpts / "tiny-diffusers")
+    (ckpts / "tiny-sd1.vae.safetensors").write_bytes(b"not a checkpoint")
+    (ckpts / "notes.txt").write_text("hello")
+    (ckpts / ".hidden.safetensors").write_bytes(b"x")
+    return root
+
+
+def registry(models: Path, tmp_path: Path) -> CheckpointRegistry:
+    return CheckpointRegistry(models, data_dir=tmp_path / "data")
+
+
+def unet_out(unet, family: str, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 5, unet.config.cross_attention_dim, generator=g)
+    kwargs = {}
+    if family == "sdxl":
+        pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g),
+                                       "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), encoder_hidden_states=ctx, **kwargs).sample
+
+
+def assert_no_meta(model) -> None:
+    for module in (model.unet, model.vae, *model.text_encoders):
+        bad = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+        assert bad == []
+
+
+def assert_same_weights(loaded, source) -> None:
+    a, b = loaded.state_dict(), source.state_dict()
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.equal(a[k].to(b[k].dtype), b[k]), k
+
+
+# --------------------------------------------------------------------------------------------------
+# shipped configs
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["sd1", "sd1-inpainting", "sd2", "sd2-base", "sdxl"])
+def test_shipped_config_dirs_are_complete_and_tokenize_like_clip(family):
+    from transformers import CLIPTokenizer
+
+    d = CONFIGS_DIR / family
+    for rel in ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
+                "text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"):
+        assert (d / rel).is_file(), rel
+    for tok_dir in sorted(d.glob("tokenizer*")):
+        tok = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        assert tok("a photo of a cat").input_ids == CAT_IDS
+        assert len(tok) == 49408 and tok.model_max_length == 77
+        openclip = family.startswith("sd2") or tok_dir.name == "tokenizer_2"
+        assert tok.pad_token == ("!" if openclip else "<|endoftext|>")
+    assert (CONFIGS_DIR / "LICENSE-clip-vocab.txt").read_text().count("Copyright (c) 2021 OpenAI") == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# discovery and names
+# --------------------------------------------------------------------------------------------------
+def test_discovery_finds_files_subfolders_and_diffusers_dirs(models, tmp_path):
+    reg = registry(models, tmp_path)
+    by_name = {i.name: i for i in reg.list()}
+    assert set(by_name) == {"tiny-sd1.safetensors", "sub/tiny-sd1-old.ckpt", "sub/deeper/tiny-xl.safetensors",
+                            "tiny-diffusers"}
+    assert by_name["sub/tiny-sd1-old.ckpt"].model_name == "sub_tiny-sd1-old"
+    assert by_name["sub/deeper/tiny-xl.safetensors"].model_name == "sub_deeper_tiny-xl"
+    assert by_name["tiny-diffusers"].kind == "diffusers"
+    assert by_name["sub/tiny-sd1-old.ckpt"].kind == "ckpt"
+    for info in reg.list():
+        assert Path(info.filename).is_absolute() and Path(info.filename).exists()
+        # Before the hash is known, the title is the bare name and the API shows null hashes (as A1111).
+        assert info.title == info.name
+        assert info.as_api() == {"title": info.name, "model_name": info.model_name, "hash": None,
+                                 "sha256": None, "filename": info.filename, "config": None}
+
+
+def test_listing_reads_no_file_content(models, tmp_path, monkeypatch):
+    def no_hashing(*a, **k):
+        raise AssertionError("hashed during listing")
+
+    opened: list[str] = []
+    real_open = open
+
+    def spy_open(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(hashing, "file_hashes", no_hashing)
+    monkeypatch.setattr("builtins.open", spy_open)
+    reg = registry(models, tmp_path)
+    reg.refresh()
+    titles = reg.titles()
+    reg.find("tiny-sd1")
+    assert len(titles) == 4
+    ckpt_dir = str(models / "Stable-diffusion")
+    assert [p for p in opened if p.startswith(ckpt_dir)] == []
+
+
+def test_hashes_match_hashlib_and_a1111_formats(models, tmp_path):
+    reg = registry(models, tmp_path)
+    info = reg.find("tiny-sd1.safetensors")
+    data = Path(info.filename).read_bytes()
+    assert info.ensure_hash() == hashlib.sha256(data).hexdigest()[:10]
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert info.hash == info.sha256[:10]
+    assert info.legacy_hash == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+    assert info.title == f"tiny-sd1.safetensors [{info.hash}]"
+    assert info.as_api()["hash"] == info.hash and info.as_api()["sha256"] == info.sha256
+
+
+def test_hash_cache_survives_restart_and_is_invalidated_by_changes(models, tmp_path, monkeypatch):
+    reg = registry(models, tmp_path)
+    info = reg.find("tiny-sd1.safetensors")
+    first = info.ensure_hash()
+    assert reg.cache.computed == 1
+    info.ensure_hash()
+    assert reg.cache.computed == 1  # cached in memory
+
+    calls = []
+    monkeypatch.setattr(hashing, "file_hashes", lambda p: calls.append(p) or ("0" * 64, "0" * 8))
+    again = registry(models, tmp_path)  # a restart: same data dir
+    assert again.find("tiny-sd1.safetensors").hash == first
+    assert again.find(first).name == "tiny-sd1.safetensors"
+    assert calls == []
+
+    # mtime changes -> the cached hash is no longer trusted
+    path = Path(info.filename)
+    st = path.stat()
+    os.utime(path, (st.st_atime, st.st_mtime + 10))
+    again.refresh()
+    stale = again.find("tiny-sd1.safetensors")
+    assert stale.sha256 is None and stale.title == "tiny-sd1.safetensors"
+    monkeypatch.undo()
+    # size changes (same mtime) -> rehash gives the new content's hash
+    with open(path, "ab") as f:
+        f.write(b"\0")
+    os.utime(path, (st.st_atime, st.st_mtime + 10))
+    again.refresh()
+    changed = again.find("tiny-sd1.safetensors")
+    assert changed.sha256 is None
+    assert changed.ensure_hash() == hashlib.sha256(path.read_bytes()).hexdigest()[:10] != first
+
+
+def test_background_hashing_fills_every_hash(models, tmp_path):
+    reg = registry(models, tmp_path)
+    reg.start_background_hashing().join(timeout=60)
+    infos = reg.list()
+    assert all(i.sha256 and len(i.sha256) == 64 for i in infos)
+    folder = next(i for i in infos if i.kind == "diffusers")
+    assert folder.title == f"tiny-diffusers [{folder.hash}]"
+
+
+def test_find_follows_a1111_rules(models, tmp_path):
+    reg = registry(models, tmp_path)
+    a = reg.find("tiny-sd1.safetensors")
+    a.ensure_hash()
+    assert reg.find(a.title) is a
+    assert reg.find(a.hash) is a
+    assert reg.find(a.sha256) is a
+    assert reg.find(a.legacy_hash) is a
+    assert reg.find("tiny-sd1") is a  # model_name / stem
+    assert reg.find(a.filename) is a
+    assert reg.find("sub_tiny-sd1-old").name == "sub/tiny-sd1-old.ckpt"
+    assert reg.find("tiny-sd1-old").name == "sub/tiny-sd1-old.ckpt"  # stem
+    # closest match: shortest title containing the text
+    assert reg.find("tiny-").name == "tiny-diffusers"
+    assert reg.find("xl").name == "sub/deeper/tiny-xl.safetensors"
+    # a stale or hash-less title still resolves (checksum stripped)
+    assert reg.find("tiny-sd1.safetensors [0123456789]") is a
+    assert reg.find("sub/deeper/tiny-xl.safetensors [ffffffffff]").model_name == "sub_deeper_tiny-xl"
+    with pytest.raises(UnknownName) as err:
+        reg.find("no-such-model", field="sd_model_checkpoint")
+    assert err.value.valid == reg.titles()
+    assert "no-such-model" in str(err.value) and a.title in str(err.value)
+    with pytest.raises(UnknownName):
+        reg.find("")
+
+
+# --------------------------------------------------------------------------------------------------
+# family detection
+# --------------------------------------------------------------------------------------------------
+def test_family_detection_from_keys(models, tmp_path):
+    reg = registry(models, tmp_path)
+    sd1 = detect_checkpoint(reg.find("tiny-sd1.safetensors"))
+    assert (sd1.family, sd1.variant, sd1.unet_in_channels) == ("sd1", "v1", 4)
+    xl = detect_checkpoint(reg.find("tiny-xl"))
+    # diffusers' own detector calls a shallow SDXL "v1"; ours looks at the OpenCLIP keys.
+    assert (xl.family, xl.variant, xl.diffusers_type) == ("sdxl", "xl_base", "v1")
+    assert reg.find("tiny-xl").family == "sdxl"
+    assert detect_checkpoint(reg.find("sub_tiny-sd1-old")).family == "sd1"
+    assert detect_checkpoint(reg.find("tiny-diffusers")).family == "sd1"
+
+
+def test_family_detection_sd2_inpainting_refiner_and_non_checkpoints():
+    unet = "model.diffusion_model."
+    sd2 = {unet + "input_blocks.0.0.weight": (320, 4, 3, 3),
+           unet + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+           "cond_stage_model.model.token_embedding.weight": (49408, 1024)}
+    assert detect_family(sd2).family == "sd2"
+    inpaint = {unet + "input_blocks.0.0.weight": (320, 9, 3, 3),
+               unet + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 768),
+               "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}
+    det = detect_family(inpaint)
+    assert (det.family, det.variant, det.unet_in_channels) == ("sd1", "v1-inpainting", 9)
+    assert detect_family({**sd2, "v_pred": ()}).v_pred_key
+    with pytest.raises(ModelLoadError, match="refiner"):
+        detect_family({unet + "input_blocks.0.0.weight": (384, 4, 3, 3),
+                       "conditioner.embedders.0.model.text_projection": (1280, 1280)}, "r.safetensors")
+    with pytest.raises(ModelLoadError, match="not a Stable Diffusion checkpoint") as err:
+        detect_family({"encoder.conv_in.weight": (128, 3, 3, 3)}, "/m/vae.safetensors")
+    assert err.value.path == "/m/vae.safetensors"
+
+
+def test_probe_v_prediction_sign():
+    class Stub(torch.nn.Module):
+        def __init__(self, sign):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.sign = sign
+            self.config = type("C", (), {"in_channels": 4, "cross_attention_dim": 8})()
+
+        def forward(self, x, t, encoder_hidden_states):
+            # at t=999 an epsilon model returns about its input, a v-model about its negative
+            return type("O", (), {"sample": x if self.sign > 0 else -3 * x})()
+
+    assert probe_v_prediction(Stub(-1)) is True
+    assert probe_v_prediction(Stub(1)) is False
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------
+def test_load_tiny_sd1_single_file_round_trips(models, tmp_path, tiny_sd1):
+    reg = registry(models, tmp_path)
+    info = reg.find("tiny-sd1.safetensors")
+    t0 = time.perf_counter()
+    model = load_checkpoint(info, "cpu", torch.float32, config_dir=tiny_sd1.config_dir)
+    assert time.perf_counter() - t0 < 30
+    assert model.family == "sd1" and model.prediction_type == "epsilon"
+    assert model.title == info.title == f"tiny-sd1.safetensors [{info.hash}]"
+    assert model.extra["sha256"] == hashlib.sha256(Path(info.filename).read_bytes()).hexdigest()
+    assert model.latent_channels == 4 and model.vae_scale_factor == 8
+    assert_no_meta(model)
+    assert_same_weights(model.unet, tiny_sd1.unet)
+    assert_same_weights(model.vae, tiny_sd1.vae)
+    assert_same_weights(model.text_encoders[0], tiny_sd1.text_encoders[0])
+    torch.testing.assert_close(unet_out(model.unet, "sd1"), unet_out(tiny_sd1.unet, "sd1"), rtol=0, atol=1e-5)
+    assert model.tokenizers[0]("a photo of a cat").input_ids == CAT_IDS
+    assert model.scheduler_config["beta_schedule"] == "scaled_linear"
+
+
+def test_load_tiny_sdxl_single_file_round_trips(models, tmp_path, tiny_sdxl):
+    reg = registry(models, tmp_path)
+    model = load_checkpoint(reg.find("tiny-xl"), "cpu", torch.float32, config_dir=tiny_sdxl.config_dir)
+    assert model.family == "sdxl" and len(model.text_encoders) == 2 and len(model.tokenizers) == 2
+    assert_no_meta(model)
+    assert_same_weights(model.unet, tiny_sdxl.unet)
+    assert_same_weights(model.vae, tiny_sdxl.vae)
+    for loaded, source in zip(model.text_encoders, tiny_sdxl.text_encoders):
+        assert_same_weights(loaded, source)
+    torch.testing.assert_close(unet_out(model.unet, "sdxl"), unet_out(tiny_sdxl.unet, "sdxl"), rtol=0, atol=1e-5)
+    ids = torch.tensor([CAT_IDS])
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_encoders[1](ids).text_embeds,
+                                   tiny_sdxl.text_encoders[1](ids).text_embeds)
+    assert model.tokenizers[1].pad_token == "!"
+
+
+def test_load_ckpt_and_diffusers_folder(models, tmp_path, tiny_sd1):
+    reg = registry(models, tmp_path)
+    ckpt = load_checkpoint(reg.find("sub/tiny-sd1-old.ckpt"), config_dir=tiny_sd1.config_dir)
+    assert_no_meta(ckpt)
+    assert_same_weights(ckpt.unet, tiny_sd1.unet)
+    folder = load_checkpoint(reg.find("tiny-diffusers"))
+    assert folder.family == "sd1"
+    assert_no_meta(folder)
+    assert_same_weights(folder.unet, tiny_sd1.unet)
+    assert_same_weights(folder.text_encoders[0], tiny_sd1.text_encoders[0])
+
+
+def test_fp16_file_loads_in_requested_dtype(tmp_path, tiny_sd1):
+    path = tiny_sd1.write_safetensors(tmp_path / "half.safetensors", dtype=torch.float16)
+    model = load_checkpoint(CheckpointInfo.from_path(path), config_dir=tiny_sd1.config_dir)
+    assert {p.dtype for p in model.unet.parameters()} == {torch.float32}
+    ref = tiny_sd1.unet.state_dict()
+    for k, v in model.unet.state_dict().items():
+        assert torch.equal(v, ref[k].half().float()), k
+
+
+def test_v_prediction_from_sidecar_yaml_and_v_pred_key(tmp_path, tiny_sd1):
+    from safetensors.torch import save_file
+
+    path = tiny_sd1.write_safetensors(tmp_path / "vmodel.safetensors")
+    (tmp_path / "vmodel.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
+    info = CheckpointInfo.from_path(path, tmp_path)
+    assert info.config == str(tmp_path / "vmodel.yaml")
+    model = load_checkpoint(info, config_dir=tiny_sd1.config_dir)
+    assert model.prediction_type == "v_prediction"
+    assert model.extra["prediction_type_source"] == "sidecar yaml"
+
+    marked = tmp_path / "marked.safetensors"
+    save_file({**tiny_sd1.state_dict, "v_pred": torch.tensor([])}, str(marked))
+    model = load_checkpoint(CheckpointInfo.from_path(marked), config_dir=tiny_sd1.config_dir)
+    assert model.prediction_type == "v_prediction" and model.extra["prediction_type_source"] == "v_pred key"
+
+
+def test_malicious_ckpt_is_refused_and_never_executed(tmp_path, tiny_sd1):
+    marker = tmp_path / "pwned.txt"
+    evil = write_malicious_ckpt(tmp_path / "models" / "Stable-diffusion" / "evil.ckpt", marker)
+    reg = CheckpointRegistry(tmp_path / "models", data_dir=tmp_path / "data")
+    with pytest.raises(ModelLoadError) as err:
+        load_checkpoint(reg.find("evil"), config_dir=tiny_sd1.config_dir)
+    assert err.value.path == str(evil) and "refused" in err.value.reason
+    assert not marker.exists()
+    # The fixture is real: an unrestricted unpickler would have created the file.
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+def test_corrupt_and_incomplete_files_fail_alone(models, tmp_path, tiny_sd1):
+    from safetensors.torch import save_file
+
+    ckpts = models / "Stable-diffusion"
+    (ckpts / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json" + b"\0" * 100)
+    no_vae = {k: v for k, v in tiny_sd1.state_dict.items() if not k.startswith("first_stage_model.")}
+    save_file(no_vae, str(ckpts / "no-vae.safetensors"))
+    missing_one = dict(tiny_sd1.state_dict)
+    missing_one.pop("model.diffusion_model.out.2.weight")
+    save_file(missing_one, str(ckpts / "missing-one.safetensors"))
+
+    reg = registry(models, tmp_path)
+    assert {"broken.safetensors", "no-vae.safetensors", "missing-one.safetensors"} <= {i.name for i in reg.list()}
+    with pytest.raises(ModelLoadError) as err:
+        load_checkpoint(reg.find("broken"), config_dir=tiny_sd1.config_dir)
+    assert err.value.path.endswith("broken.safetensors") and "broken.safetensors" in str(err.value)
+    with pytest.raises(ModelLoadError, match="VAE weights missing") as err:
+        load_checkpoint(reg.find("no-vae"), config_dir=tiny_sd1.config_dir)
+    assert err.value.path.endswith("no-vae.safetensors")
+    with pytest.raises(ModelLoadError, match="UNet") as err:
+        load_checkpoint(reg.find("missing-one"), config_dir=tiny_sd1.config_dir)
+    assert err.value.path.endswith("missing-one.safetensors")
+    # the registry keeps serving the others
+    good = load_checkpoint(reg.find("tiny-sd1.safetensors"), config_dir=tiny_sd1.config_dir)
+    assert_no_meta(good)
+
+
+def test_loading_is_offline(models, tmp_path, tiny_sd1, tiny_sdxl, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise OSError("network access attempted during loading")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    reg = registry(models, tmp_path)
+    assert load_checkpoint(reg.find("tiny-sd1.safetensors"), config_dir=tiny_sd1.config_dir).family == "sd1"
+    assert load_checkpoint(reg.find("tiny-xl"), config_dir=tiny_sdxl.config_dir).family == "sdxl"
+    assert load_checkpoint(reg.find("tiny-diffusers")).family == "sd1"
+    assert build_builtin_model().family == "sd1"
+
+
+# --------------------------------------------------------------------------------------------------
+# builtin model
+# --------------------------------------------------------------------------------------------------
+def test_builtin_model_is_deterministic_and_listed(models, tmp_path):
+    t0 = time.perf_counter()
+    first = build_builtin_model("cpu", torch.float32)
+    assert time.perf_counter() - t0 < 15
+    second = build_builtin_model("cpu", torch.float32)
+    assert first.title == second.title and first.title.startswith(f"{BUILTIN_NAME} [")
+    assert_same_weights(first.unet, second.unet)
+    assert_no_meta(first)
+    assert first.vae_scale_factor == 8 and first.tokenizers[0]("a photo of a cat").input_ids == CAT_IDS
+    assert first.text_encoders[0].config.vocab_size == 49408
+    with torch.no_grad():
+        out = unet_out(first.unet, "sd1")
+    assert torch.isfinite(out).all() and out.std() > 0
+
+    info = builtin_checkpoint_info()
+    assert info.as_api() == {"title": first.title, "model_name": BUILTIN_NAME, "hash": first.title[-11:-1],
+                             "sha256": first.extra["sha256"], "filename": "<builtin>", "config": None}
+    reg = CheckpointRegistry(models, data_dir=tmp_path / "data", extra=[info])
+    reg.refresh()
+    assert reg.list()[-1] is info
+    assert reg.find(BUILTIN_NAME) is info and reg.find(info.hash) is info
+    assert load_checkpoint(info).title == first.title
+
