@@ -1,0 +1,429 @@
+"""Turn a resolved sampler + schedule into a ready diffusers scheduler and the exact steps to run.
+
+The k-diffusion samplers run on A1111's own sigma schedule: we compute it (schedules.py) and lay
+it into the diffusers scheduler the way that scheduler lays out its own, so its `step` performs
+k-diffusion's update on A1111's noise levels, with the UNet fed the same continuous timesteps.
+A denoising pass (hires pass 2, img2img) installs only the tail of the schedule that is run, so
+every scheduler begins at index 0.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InvalidRequest
+from .brownian import CPUBrownianNoise
+from .schedules import NoiseTable, ScheduleSpec, uniform
+from .table import SamplerSpec, check_supported, effective_schedule
+
+
+@dataclass(frozen=True)
+class SamplerParams:
+    """A1111's sampler parameters; None means A1111's default (eta: 1 for ancestral/SDE, 0 for DDIM;
+    s_churn 0, s_tmin 0, s_tmax 0 meaning infinity, s_noise 1)."""
+
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+
+
+@dataclass
+class StepPlan:
+    """Everything the sampling loop needs for one pass.
+
+    scheduler: the configured diffusers scheduler; timesteps: the timesteps to run, in order (one
+    UNet evaluation each); step_kwargs: extra arguments for `scheduler.step`; steps: the pass's
+    step count as A1111 reports progress; sigmas: the k-diffusion noise levels run (None for
+    DDIM/PLMS/UniPC); start_sigma: the noise level the pass starts from.
+    """
+
+    scheduler: Any
+    timesteps: torch.Tensor
+    step_kwargs: dict[str, Any]
+    steps: int
+    sigmas: torch.Tensor | None
+    start_sigma: float
+    sampler: SamplerSpec
+    schedule: ScheduleSpec
+    _user_steps: list[int] = field(repr=False, default_factory=list)
+    _start: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(repr=False, default=None)
+
+    @property
+    def layout_is_vp(self) -> bool:
+        """True when the scheduler's latent is x / sqrt(sigma^2 + 1) (DPMSolverMultistep, DDIM, PLMS, UniPC)."""
+        return self.sampler.layout in ("multistep", "ddim", "plms", "unipc")
+
+    @property
+    def evaluations(self) -> int:
+        """UNet evaluations this pass makes (per CFG batch)."""
+        return len(self.timesteps)
+
+    def user_step(self, i: int) -> int:
+        """The 1-based A1111 step that loop iteration i belongs to (second-order samplers take two per step)."""
+        return self._user_steps[i]
+
+    def start(self, noise: torch.Tensor, init_latents: torch.Tensor | None = None) -> torch.Tensor:
+        """The latent the loop starts from: pure noise at the first level, or `init_latents` noised to it."""
+        return self._start(noise, init_latents)
+
+
+_BIG = 1e30
+
+
+def _param(value: float | None, name: str, default: float, *, minimum: float | None = 0.0) -> float:
+    if value is None:
+        return default
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(name, f"must be a number, got {value!r}") from None
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidRequest(name, f"must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise InvalidRequest(name, f"must be >= {minimum:g}, got {value:g}")
+    return value
+
+
+def validate_params(sampler: SamplerSpec, params: SamplerParams) -> dict[str, float]:
+    eta = _param(params.eta, "eta", sampler.eta_default if sampler.eta_default is not None else 1.0)
+    s_churn = _param(params.s_churn, "s_churn", 0.0)
+    s_tmin = _param(params.s_tmin, "s_tmin", 0.0)
+    s_tmax = _param(params.s_tmax, "s_tmax", 0.0)
+    s_noise = _param(params.s_noise, "s_noise", 1.0)
+    # Parameters that A1111 ignores for a sampler are ignored here too; ones that would change the
+    # result but which diffusers cannot reproduce faithfully are refused rather than ignored.
+    if "eta" in sampler.params and sampler.name != "DDIM" and eta != 1.0:
+        raise InvalidRequest("eta", f"sampler {sampler.name!r} is only available with eta 1 (A1111's default); got {eta:g}")
+    if "s_churn" in sampler.params and s_churn != 0.0:
+        raise InvalidRequest(
+            "s_churn", f"sampler {sampler.name!r} is only available with s_churn 0 (A1111's default): "
+            f"diffusers adds churn after the model call, not before as k-diffusion does; got {s_churn:g}")
+    # s_noise only scales churn noise in A1111 v1.10 (only Euler, Heun and DPM2 receive it), so with
+    # churn 0 it changes nothing: accepted and, like s_tmin/s_tmax, without effect.
+    return {"eta": eta, "s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax if s_tmax != 0.0 else math.inf,
+            "s_noise": s_noise}
+
+
+def _build(sampler: SamplerSpec, scheduler_config: Mapping[str, Any]):
+    """A fresh scheduler (copied from a cached pristine one: some diffusers constructors take 0.2 s)."""
+    config = {k: v for k, v in dict(scheduler_config).items() if not k.startswith("_")}
+    key = (sampler.name, json.dumps(config, sort_keys=True, default=str))
+    pristine = _PRISTINE.get(key)
+    if pristine is None:
+        pristine = _construct(sampler, config)
+        if len(_PRISTINE) >= 64:
+            _PRISTINE.clear()
+        _PRISTINE[key] = pristine
+    return copy.deepcopy(pristine)
+
+
+_PRISTINE: dict[tuple[str, str], Any] = {}
+
+
+def _construct(sampler: SamplerSpec, config: dict[str, Any]):
+    config.update(sampler.config_overrides)
+    cls = sampler.scheduler_class
+    accepted = set(inspect.signature(cls.__init__).parameters)
+    unknown = [k for k, v in sampler.config_overrides.items() if k not in accepted and v not in (False, None)]
+    if unknown:  # from_config would silently drop them
+        raise RuntimeError(f"{cls.__name__} does not accept {unknown}")
+    return cls.from_config(config)
+
+
+def _f32(values) -> torch.Tensor:
+    return torch.tensor(np.asarray(values, dtype=np.float64), dtype=torch.float32)
+
+
+def _interleave(values: np.ndarray) -> np.ndarray:
+    return np.repeat(np.asarray(values), 2)
+
+
+# ---- laying a k-diffusion sigma schedule into each diffusers scheduler -------------------------
+
+def _reset(sched, n: int, tab: NoiseTable) -> None:
+    """What set_timesteps would reset; we skip set_timesteps because every array it builds is replaced."""
+    sched.num_inference_steps = n
+    sched.log_sigmas = torch.from_numpy(tab.log_sigmas.copy())
+    sched._step_index = None
+    sched._begin_index = None
+
+
+def _install_plain(sched, s: np.ndarray, tab: NoiseTable) -> tuple[np.ndarray, list[int]]:
+    n = len(s) - 1
+    _reset(sched, n, tab)
+    t = tab.sigma_to_t(s[:-1])
+    sched.sigmas = _f32(s)
+    sched.timesteps = _f32(t)
+    if hasattr(sched, "derivatives"):
+        sched.derivatives = []
+    return t, list(range(1, n + 1))
+
+
+def _two_stage_steps(n: int, final_second: bool) -> list[int]:
+    steps = [1]
+    for k in range(1, n):
+        steps += [k, k + 1]
+    if final_second:
+        steps.append(n)
+    return steps
+
+
+def _install_heun(sched, s: np.ndarray, tab: NoiseTable):
+    n = len(s) - 1
+    _reset(sched, n, tab)
+    t = tab.sigma_to_t(s)
+    final_second = s[-1] > 0
+    sched.sigmas = _f32(np.concatenate([s[:1], _interleave(s[1:])]))
+    ts = np.concatenate([t[:1], _interleave(t[1:n]), t[n:] if final_second else []])
+    sched.timesteps = _f32(ts)
+    sched.prev_derivative, sched.dt, sched.sample = None, None, None
+    return ts, _two_stage_steps(n, final_second)
+
+
+def _install_dpmsolver_sde(sched, s: np.ndarray, tab: NoiseTable):
+    n = len(s) - 1
+    _reset(sched, n, tab)
+    t = tab.sigma_to_t(s)
+    with np.errstate(divide="ignore"):
+        mid = tab.sigma_to_t(np.sqrt(s[:-1] * s[1:]))  # the midpoint in log-sigma: k-diffusion's r = 1/2
+    final_second = s[-1] > 0
+    sched.sigmas = _f32(np.concatenate([s[:1], _interleave(s[1:])]))
+    ts = [t[0]]
+    for k in range(n - 1):
+        ts += [mid[k], t[k + 1]]
+    if final_second:
+        ts.append(mid[n - 1])
+    sched.timesteps = _f32(ts)
+    sched.sample, sched.mid_point_sigma, sched.noise_sampler = None, None, None
+    return np.asarray(ts), _two_stage_steps(n, final_second)
+
+
+def _install_kdpm2(sched, s: np.ndarray, tab: NoiseTable):
+    n = len(s) - 1
+    _reset(sched, n, tab)
+    t = tab.sigma_to_t(s)
+    ip = np.zeros_like(s)
+    ip[1:] = np.sqrt(s[1:] * s[:-1])  # the log-sigma midpoint of the step ending at s[i]
+    final_second = s[-1] > 0
+    sched.sigmas = _f32(np.concatenate([s[:1], _interleave(s[1:]), s[-1:]]))
+    sched.sigmas_interpol = _f32(np.concatenate([ip[:1], _interleave(ip[1:]), ip[-1:]]))
+    t_ip = tab.sigma_to_t(np.maximum(ip, 1e-30))
+    ts = [t[0]]
+    for k in range(1, n):
+        ts += [t_ip[k], t[k]]
+    if final_second:
+        ts.append(t_ip[n])
+    sched.timesteps = _f32(ts)
+    sched.sample = None
+    return np.asarray(ts), _two_stage_steps(n, final_second)
+
+
+def _install_kdpm2_ancestral(sched, s: np.ndarray, tab: NoiseTable):
+    n = len(s) - 1
+    _reset(sched, n, tab)
+    t = tab.sigma_to_t(s)
+    nxt = np.concatenate([s[1:], [0.0]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        up = np.where(s > 0, np.sqrt(np.maximum(nxt**2 * (s**2 - nxt**2) / np.where(s > 0, s, 1) ** 2, 0)), 0.0)
+    up = np.minimum(up, nxt)
+    down = np.sqrt(np.maximum(nxt**2 - up**2, 0.0))
+    ip = np.where(down > 0, np.sqrt(s * down), 0.0)
+    final_second = down[n - 1] > 0
+    il = lambda a: np.concatenate([a[:1], _interleave(a[1:]), a[-1:]])
+    sched.sigmas = _f32(il(s))
+    sched.sigmas_interpol = _f32(il(ip))
+    sched.sigmas_up = _f32(il(up))
+    sched.sigmas_down = _f32(il(down))
+    t_ip = tab.sigma_to_t(np.maximum(ip, 1e-30))
+    ts = [t[0]]
+    for k in range(n - 1):
+        ts += [t_ip[k], t[k + 1]]
+    if final_second:
+        ts.append(t_ip[n - 1])
+    sched.timesteps = _f32(ts)
+    sched.sample = None
+    return np.asarray(ts), _two_stage_steps(n, final_second)
+
+
+def _install_multistep(sched, s: np.ndarray, tab: NoiseTable):
+    n = len(s) - 1
+    # k-diffusion takes a first-order last step only when it ends at sigma 0
+    sched.register_to_config(final_sigmas_type="zero" if s[-1] == 0 else "sigma_min")
+    _reset(sched, n, tab)
+    t = tab.sigma_to_t(s[:-1])
+    sched.sigmas = _f32(s)
+    sched.timesteps = _f32(t)
+    sched.num_inference_steps = n
+    return t, list(range(1, n + 1))
+
+
+_INSTALLERS = {
+    "plain": _install_plain, "heun": _install_heun, "dpmsolver_sde": _install_dpmsolver_sde,
+    "kdpm2": _install_kdpm2, "kdpm2_ancestral": _install_kdpm2_ancestral, "multistep": _install_multistep,
+}
+
+
+# ---- A1111's timestep samplers (DDIM, PLMS, UniPC) -----------------------------------------------
+
+def a1111_timestep_grid(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
+    """A1111's DDIM/PLMS/UniPC grid: every (1000 // steps)-th timestep from 1, ascending."""
+    stride = num_train_timesteps // steps
+    return np.clip(np.arange(0, num_train_timesteps, stride) + 1, 0, num_train_timesteps - 1)
+
+
+def _vp_sigma_at(tab: NoiseTable, m) -> np.ndarray:
+    """VE sigma at a continuous model timestep, interpolating log(alpha) as A1111's UniPC does."""
+    log_alpha = np.interp(np.asarray(m, dtype=np.float64), np.arange(len(tab.alphas_cumprod)),
+                          0.5 * np.log(tab.alphas_cumprod))
+    alpha = np.exp(log_alpha)
+    return np.sqrt(1.0 - alpha**2) / alpha
+
+
+def _plan_timestep_sampler(sampler: SamplerSpec, sched, tab: NoiseTable, steps: int, total: int | None):
+    """Returns (timesteps, user_steps, start_alpha_cumprod)."""
+    n_train = len(tab.alphas_cumprod)
+    if (total or steps) > n_train:
+        raise InvalidRequest("steps", f"sampler {sampler.name!r} supports at most {n_train} steps")
+    grid = a1111_timestep_grid(total or steps, n_train)
+    transitions = np.ascontiguousarray(grid[1:][::-1])  # A1111 evaluates every grid timestep but the first (it ends there)
+    if total is not None:
+        transitions = transitions[len(transitions) - max(steps - 1, 1):]
+    if len(transitions) == 0:
+        transitions = grid[:1]
+    stride = n_train // (total or steps)
+    if sampler.layout == "ddim":
+        sched.set_timesteps(total or steps)
+        ts = torch.tensor(np.ascontiguousarray(transitions), dtype=torch.long)
+        sched.timesteps = ts
+        return ts, list(range(1, len(ts) + 1)), float(tab.alphas_cumprod[transitions[0]])
+    if sampler.layout == "plms":
+        sched.set_timesteps(total or steps)
+        r = list(transitions)
+        seq = [r[0], r[1], r[1], *r[2:]] if len(r) >= 2 else [r[0], r[0] - stride]
+        ts = torch.tensor(seq, dtype=torch.long)
+        sched.timesteps = ts
+        user = [1] + list(range(1, len(seq)))
+        return ts, user, float(tab.alphas_cumprod[transitions[0]])
+    # UniPC: A1111 runs UniPC's own time-uniform grid from the start timestep down to 0
+    k = len(grid) if total is None else max(steps - 1, 1)
+    m0 = float(n_train - 1) if total is None else float(transitions[0])
+    m = np.linspace(m0, 0.0, k + 1)
+    sched.set_timesteps(k)
+    sched.timesteps = _f32(m[:-1])
+    sched.sigmas = _f32(_vp_sigma_at(tab, m))
+    acp0 = 1.0 / (1.0 + float(_vp_sigma_at(tab, m0)) ** 2)
+    return sched.timesteps, list(range(1, k + 1)), acp0
+
+
+# ---- the public entry point -----------------------------------------------------------------------
+
+def fixed_steps_total(steps: int, denoising_strength: float) -> int:
+    """A1111's fixed-steps rule for a denoising pass: the schedule is computed for int(steps / min(d, 0.999))."""
+    return int(steps / min(denoising_strength, 0.999))
+
+
+def make_plan(
+    sampler: SamplerSpec,
+    schedule: ScheduleSpec,
+    scheduler_config: Mapping[str, Any],
+    *,
+    steps: int,
+    denoising_strength: float | None = None,
+    params: SamplerParams | None = None,
+    generators: list[torch.Generator] | None = None,
+    seeds: list[int] | None = None,
+    family: str = "sd1",
+) -> StepPlan:
+    """Build the scheduler and step plan for one pass.
+
+    txt2img (denoising_strength None): the full `steps`-step schedule from pure noise. A denoising
+    pass (hires pass 2, img2img) uses A1111's fixed-steps rule: the schedule is computed for
+    int(steps / min(d, 0.999)) steps and its last `steps` steps run, starting from the noise level
+    at that point. `generators` (one CPU generator per image) feed ancestral noise; `seeds` (one
+    per image) seed the Brownian trees of the brownian-noise samplers. `family` ("sd1", "sd2",
+    "sdxl") picks the Align Your Steps table. Raises InvalidRequest for bad parameters.
+    """
+    params = params or SamplerParams()
+    check_supported(sampler, schedule)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise InvalidRequest("steps", f"must be a whole number >= 1, got {steps!r}")
+    steps = int(steps)
+    values = validate_params(sampler, params)
+    total = None
+    if denoising_strength is not None:
+        d = _param(denoising_strength, "denoising_strength", 0.0)
+        if d <= 0.0:
+            raise InvalidRequest("denoising_strength", f"must be > 0 for a denoising pass, got {d:g}")
+        total = fixed_steps_total(steps, d)
+    if generators is not None and seeds is not None and len(generators) != len(seeds):
+        raise InvalidRequest("seeds", "need one generator and one seed per image")
+
+    needs_generators = (sampler.stochastic and not sampler.brownian) or (sampler.name == "DDIM" and values["eta"] > 0)
+    if needs_generators and not generators:
+        raise ValueError(f"{sampler.name} draws noise while sampling: pass one CPU generator per image")
+    if sampler.brownian and not seeds:
+        raise ValueError(f"{sampler.name} uses seeded Brownian noise: pass one seed per image")
+
+    sched = _build(sampler, scheduler_config)
+    tab = NoiseTable(sched.alphas_cumprod.numpy())
+    step_kwargs: dict[str, Any] = {}
+    accepted = inspect.signature(sched.step).parameters
+    if "generator" in accepted and generators is not None and (sampler.stochastic or sampler.name == "DDIM"):
+        step_kwargs["generator"] = list(generators)
+    if sampler.name == "DDIM":
+        step_kwargs["eta"] = values["eta"]
+
+    if sampler.kind == "timesteps":
+        ts, user, acp0 = _plan_timestep_sampler(sampler, sched, tab, steps, total)
+        start_sigma = math.sqrt((1.0 - acp0) / acp0)
+
+        def start(noise, init_latents=None, _a=acp0):
+            if init_latents is None:
+                return noise.clone()
+            return init_latents * math.sqrt(_a) + noise * math.sqrt(1.0 - _a)
+
+        outer = user[-1]
+        return StepPlan(sched, ts, step_kwargs, outer, None, start_sigma, sampler, schedule, user, start)
+
+    # k-diffusion samplers
+    spec = effective_schedule(sampler, schedule)
+    n = total if total is not None else steps
+    n_sched = n + 1 if sampler.discard_next_to_last_sigma else n
+    full = (spec.sigmas or uniform)(n_sched, tab, family)
+    if sampler.discard_next_to_last_sigma:
+        full = np.concatenate([full[:-2], full[-1:]])
+    s = full[n - steps:] if total is not None else full
+    if len(s) < 2 or not np.all(np.isfinite(s)):
+        raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
+    ts, user = _INSTALLERS[sampler.layout](sched, s, tab)
+    sched.set_begin_index(0)
+    s0 = float(s[0])
+    vp = sampler.layout == "multistep"
+    full32 = full.astype(np.float32)  # A1111 spans the tree over its float32 sigmas
+    brownian_range = (float(full32[full32 > 0].min()), float(full32.max()))
+
+    def start(noise, init_latents=None):
+        x = noise * s0 if init_latents is None else init_latents + noise * s0
+        if vp:  # DPMSolverMultistep works on x / sqrt(sigma^2 + 1)
+            x = x / math.sqrt(s0 * s0 + 1.0)
+        if sampler.brownian:
+            if seeds is None:
+                raise InvalidRequest("seeds", f"sampler {sampler.name!r} needs the image seeds for its Brownian noise")
+            ns = CPUBrownianNoise(tuple(noise.shape), *brownian_range, seeds)
+            ns.device, ns.dtype = noise.device, noise.dtype
+            sched.noise_sampler = ns
+        return x
+
+    if sampler.brownian and seeds is not None and len(seeds) and sampler.layout == "dpmsolver_sde":
+        sched.noise_sampler_seed = list(seeds)
+    return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start)

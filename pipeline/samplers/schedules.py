@@ -1,0 +1,167 @@
+"""A1111's schedule types (`/sdapi/v1/schedulers`) and the noise levels each one produces.
+
+Every function here returns k-diffusion sigmas (variance-exploding noise levels, highest first) for
+an `n`-step schedule, computed from the model's training noise schedule exactly as A1111 v1.10's
+`sd_schedulers.py` does. `automatic` has no function: it means "the sampler's own default".
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+
+class NoiseTable:
+    """The model's discrete noise levels, as k-diffusion's `DiscreteSchedule` sees them.
+
+    `sigmas[k]` is the noise level of training timestep k (ascending); `t_to_sigma` and `sigma_to_t`
+    interpolate linearly in log-sigma, giving the continuous timestep A1111 feeds to the UNet.
+    """
+
+    def __init__(self, alphas_cumprod) -> None:
+        acp = np.asarray(alphas_cumprod, dtype=np.float64)
+        self.alphas_cumprod = acp
+        self.sigmas = np.sqrt((1.0 - acp) / acp)
+        self.log_sigmas = np.log(self.sigmas)
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def t_to_sigma(self, t) -> np.ndarray:
+        t = np.asarray(t, dtype=np.float64)
+        low = np.floor(t).astype(np.int64)
+        high = np.ceil(t).astype(np.int64)
+        w = t - low
+        return np.exp((1.0 - w) * self.log_sigmas[low] + w * self.log_sigmas[high])
+
+    def sigma_to_t(self, sigma) -> np.ndarray:
+        sigma = np.asarray(sigma, dtype=np.float64)
+        log_sigma = np.log(np.maximum(sigma, 1e-10))
+        dists = log_sigma[None, ...] - self.log_sigmas.reshape((-1,) + (1,) * log_sigma.ndim)
+        low = np.clip(np.cumsum(dists >= 0, axis=0).argmax(axis=0), None, len(self.log_sigmas) - 2)
+        lo, hi = self.log_sigmas[low], self.log_sigmas[low + 1]
+        w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
+        return (1.0 - w) * low + w * (low + 1)
+
+
+def _append_zero(sigmas) -> np.ndarray:
+    return np.concatenate([np.asarray(sigmas, dtype=np.float64), [0.0]])
+
+
+def uniform(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    """The model's own discretisation (k-diffusion `get_sigmas`): n timesteps evenly from 999 to 0."""
+    return _append_zero(tab.t_to_sigma(np.linspace(len(tab.sigmas) - 1, 0, n)))
+
+
+def karras(n: int, tab: NoiseTable, family: str, rho: float = 7.0) -> np.ndarray:
+    ramp = np.linspace(0.0, 1.0, n)
+    lo, hi = tab.sigma_min ** (1.0 / rho), tab.sigma_max ** (1.0 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    return _append_zero(np.exp(np.linspace(np.log(tab.sigma_max), np.log(tab.sigma_min), n)))
+
+
+def polyexponential(n: int, tab: NoiseTable, family: str, rho: float = 1.0) -> np.ndarray:
+    ramp = np.linspace(1.0, 0.0, n) ** rho
+    lo, hi = np.log(tab.sigma_min), np.log(tab.sigma_max)
+    return _append_zero(np.exp(ramp * (hi - lo) + lo))
+
+
+def sgm_uniform(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    start, end = tab.sigma_to_t(tab.sigma_max), tab.sigma_to_t(tab.sigma_min)
+    return _append_zero(tab.t_to_sigma(np.linspace(start, end, n + 1)[:-1]))
+
+
+def kl_optimal(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    """Ends at sigma_min, not at 0 (as in A1111): the last step leaves the model's smallest noise level."""
+    a_min, a_max = np.arctan(tab.sigma_min), np.arctan(tab.sigma_max)
+    frac = np.arange(n + 1) / n
+    return np.tan(frac * a_min + (1.0 - frac) * a_max)
+
+
+_AYS = {
+    "sdxl": [14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029],
+    "sd1": [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029],
+}
+
+
+def align_your_steps(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    """NVIDIA's tabulated 10-step sigmas (SDXL table for SDXL, the SD 1.5 table otherwise), log-linearly resampled."""
+    table = np.asarray(_AYS["sdxl" if family == "sdxl" else "sd1"], dtype=np.float64)
+    if n == len(table):
+        return _append_zero(table)
+    xs = np.linspace(0.0, 1.0, len(table))
+    ys = np.log(table[::-1])
+    resampled = np.exp(np.interp(np.linspace(0.0, 1.0, n), xs, ys))[::-1]
+    return _append_zero(resampled)
+
+
+def simple(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    stride = len(tab.sigmas) / n
+    return _append_zero([tab.sigmas[-(1 + int(x * stride))] for x in range(n)])
+
+
+def normal(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    start, end = tab.sigma_to_t(tab.sigma_max), tab.sigma_to_t(tab.sigma_min)
+    return _append_zero(tab.t_to_sigma(np.linspace(start, end, n)))
+
+
+def ddim(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    """Every (1000 // n)-th training sigma from timestep 1 up; may give more than n steps, as in A1111."""
+    stride = max(len(tab.sigmas) // n, 1)
+    return _append_zero(tab.sigmas[1::stride][::-1])
+
+
+BETA_ALPHA = 0.6  # A1111 options beta_dist_alpha / beta_dist_beta, defaults
+BETA_BETA = 0.6
+
+
+def beta(n: int, tab: NoiseTable, family: str) -> np.ndarray:
+    ppf = stats.beta.ppf(1.0 - np.linspace(0.0, 1.0, n), BETA_ALPHA, BETA_BETA)
+    return _append_zero(tab.sigma_min + ppf * (tab.sigma_max - tab.sigma_min))
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """One entry of `/sdapi/v1/schedulers`.
+
+    name: A1111's id (`karras`); label: the display name written to infotext (`Karras`);
+    aliases: extra names A1111 recognises in legacy combined sampler names; default_rho and
+    need_inner_model: listed as A1111 lists them; sigmas: computes the n-step sigma schedule
+    (None for `automatic`, which defers to the sampler).
+    """
+
+    name: str
+    label: str
+    sigmas: Callable[[int, NoiseTable, str], np.ndarray] | None
+    aliases: tuple[str, ...] = ()
+    default_rho: float = -1.0
+    need_inner_model: bool = False
+
+
+SCHEDULES: tuple[ScheduleSpec, ...] = (
+    ScheduleSpec("automatic", "Automatic", None),
+    ScheduleSpec("uniform", "Uniform", uniform, need_inner_model=True),
+    ScheduleSpec("karras", "Karras", karras, default_rho=7.0),
+    ScheduleSpec("exponential", "Exponential", exponential),
+    ScheduleSpec("polyexponential", "Polyexponential", polyexponential, default_rho=1.0),
+    ScheduleSpec("sgm_uniform", "SGM Uniform", sgm_uniform, aliases=("SGMUniform",), need_inner_model=True),
+    ScheduleSpec("kl_optimal", "KL Optimal", kl_optimal),
+    ScheduleSpec("align_your_steps", "Align Your Steps", align_your_steps),
+    ScheduleSpec("simple", "Simple", simple, need_inner_model=True),
+    ScheduleSpec("normal", "Normal", normal, need_inner_model=True),
+    ScheduleSpec("ddim", "DDIM", ddim, need_inner_model=True),
+    ScheduleSpec("beta", "Beta", beta, need_inner_model=True),
+)
+
+SCHEDULES_BY_NAME: dict[str, ScheduleSpec] = {s.name: s for s in SCHEDULES}
+AUTOMATIC = SCHEDULES_BY_NAME["automatic"]

@@ -1,0 +1,583 @@
+"""Samplers and schedules: names, support matrix, A1111 schedules, and step-for-step k-diffusion equivalence.
+
+The "model" everywhere is a fixed smooth function of (scaled latent, timestep), so every test is
+fast and deterministic; the reference updates below are written from k-diffusion's algorithms.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import InvalidRequest, UnknownName
+from pipeline.samplers import (
+    SAMPLERS,
+    SCHEDULES,
+    NoiseTable,
+    SamplerParams,
+    a1111_timestep_grid,
+    api_samplers,
+    api_schedulers,
+    label_for_infotext,
+    make_plan,
+    resolve,
+    resolve_hires,
+)
+from pipeline.samplers.brownian import CPUBrownianNoise
+from pipeline.samplers.schedules import SCHEDULES_BY_NAME, karras
+from pipeline.samplers.table import SAMPLERS_BY_NAME, effective_schedule
+
+SD1 = {
+    "_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+    "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "set_alpha_to_one": False,
+    "skip_prk_steps": True, "steps_offset": 1, "timestep_spacing": "leading", "clip_sample": False,
+    "trained_betas": None,
+}
+SD2V = {**SD1, "prediction_type": "v_prediction"}
+SHAPE = (2, 4, 8, 8)
+SEEDS = [1234, 1235]
+
+
+def model(x_in: torch.Tensor, t) -> torch.Tensor:
+    """A stand-in UNet: smooth in x and in the timestep, bounded."""
+    t = torch.as_tensor(t, dtype=torch.float32)
+    return 0.6 * x_in * torch.cos(t / 400.0) + 0.2 * torch.sin(1.3 * x_in) + 0.05 * torch.tanh(t / 500.0)
+
+
+def gens(seeds=SEEDS):
+    return [torch.Generator("cpu").manual_seed(s) for s in seeds]
+
+
+def initial_noise(seeds=SEEDS):
+    return torch.cat([torch.randn((1,) + SHAPE[1:], generator=g) for g in gens(seeds)])
+
+
+def run(plan, noise, init=None, counter=None):
+    x = plan.start(noise, init)
+    for i, t in enumerate(plan.timesteps):
+        x_in = plan.scheduler.scale_model_input(x, t)
+        out = model(x_in, t)
+        if counter is not None:
+            counter.append(plan.user_step(i))
+        x = plan.scheduler.step(out, t, x, **plan.step_kwargs).prev_sample
+    return x
+
+
+def plan_for(name, schedule="automatic", steps=5, d=None, config=SD1, seeds=SEEDS, **params):
+    sampler = SAMPLERS_BY_NAME[name]
+    return make_plan(sampler, SCHEDULES_BY_NAME[schedule], config, steps=steps, denoising_strength=d,
+                     params=SamplerParams(**params), generators=gens(seeds), seeds=seeds)
+
+
+# ---- every listed sampler with every schedule it claims -----------------------------------------------
+
+CLAIMED = [(s.name, sch) for s in SAMPLERS for sch in s.schedules]
+
+
+@pytest.mark.parametrize("name,schedule", CLAIMED)
+def test_every_claimed_combination_runs(name, schedule):
+    for d in (None, 0.6):
+        plan = plan_for(name, schedule, steps=4, d=d)
+        x = run(plan, initial_noise(), torch.zeros(SHAPE) if d else None)
+        assert torch.isfinite(x).all(), (name, schedule, d)
+        assert plan.steps >= 1 and plan.user_step(len(plan.timesteps) - 1) == plan.steps
+
+
+@pytest.mark.parametrize("name", [s.name for s in SAMPLERS])
+def test_v_prediction_config(name):
+    plan = plan_for(name, steps=4, config=SD2V)
+    assert plan.scheduler.config.prediction_type == "v_prediction"
+    assert torch.isfinite(run(plan, initial_noise())).all()
+
+
+# ---- reference k-diffusion updates (written from the published algorithms) -------------------------
+
+class Ref:
+    """k-diffusion's view: x in variance-exploding form, a denoiser D(x, sigma)."""
+
+    def __init__(self, config):
+        from diffusers import EulerDiscreteScheduler
+        self.tab = NoiseTable(EulerDiscreteScheduler.from_config(config).alphas_cumprod.numpy())
+        self.v = config["prediction_type"] == "v_prediction"
+
+    def denoise(self, x, sigma):
+        sigma = float(sigma)
+        c_in = 1.0 / math.sqrt(sigma**2 + 1.0)
+        out = model(x * c_in, torch.tensor(float(self.tab.sigma_to_t(sigma)), dtype=torch.float32))
+        if self.v:
+            return x / (sigma**2 + 1.0) - out * sigma / math.sqrt(sigma**2 + 1.0)
+        return x - out * sigma
+
+
+def ancestral(s, s_next):
+    up = min(s_next, math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
+    return math.sqrt(max(s_next**2 - up**2, 0.0)), up
+
+
+def draw(generators):
+    return torch.cat([torch.randn((1,) + SHAPE[1:], generator=g) for g in generators])
+
+
+def ref_sample(name, ref, x, sigmas, generators, brownian):
+    s = [float(v) for v in sigmas]
+    n = len(s) - 1
+    D = ref.denoise
+    if name == "Euler":
+        for i in range(n):
+            x = x + (x - D(x, s[i])) / s[i] * (s[i + 1] - s[i])
+    elif name == "Euler a":
+        for i in range(n):
+            den = D(x, s[i])
+            down, up = ancestral(s[i], s[i + 1])
+            x = x + (x - den) / s[i] * (down - s[i])
+            x = x + draw(generators) * up
+    elif name == "LMS":
+        from scipy import integrate
+        ds = []
+        for i in range(n):
+            ds.append((x - D(x, s[i])) / s[i])
+            order = min(i + 1, 4)
+            ds = ds[-order:]
+            coeffs = []
+            for j in range(order):
+                def lagrange(tau, j=j, i=i, order=order):
+                    p = 1.0
+                    for k in range(order):
+                        if k != j:
+                            p *= (tau - s[i - k]) / (s[i - j] - s[i - k])
+                    return p
+                coeffs.append(integrate.quad(lagrange, s[i], s[i + 1], epsrel=1e-4)[0])
+            x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
+    elif name == "Heun":
+        for i in range(n):
+            d = (x - D(x, s[i])) / s[i]
+            dt = s[i + 1] - s[i]
+            if s[i + 1] == 0:
+                x = x + d * dt
+            else:
+                x2 = x + d * dt
+                d2 = (x2 - D(x2, s[i + 1])) / s[i + 1]
+                x = x + (d + d2) / 2 * dt
+    elif name == "DPM2":
+        for i in range(n):
+            d = (x - D(x, s[i])) / s[i]
+            if s[i + 1] == 0:
+                x = x + d * (s[i + 1] - s[i])
+            else:
+                mid = math.exp(0.5 * (math.log(s[i]) + math.log(s[i + 1])))
+                x2 = x + d * (mid - s[i])
+                d2 = (x2 - D(x2, mid)) / mid
+                x = x + d2 * (s[i + 1] - s[i])
+    elif name == "DPM2 a":
+        for i in range(n):
+            den = D(x, s[i])
+            down, up = ancestral(s[i], s[i + 1])
+            d = (x - den) / s[i]
+            if down == 0:
+                x = x + d * (down - s[i])
+            else:
+                mid = math.exp(0.5 * (math.log(s[i]) + math.log(down)))
+                x2 = x + d * (mid - s[i])
+                d2 = (x2 - D(x2, mid)) / mid
+                x = x + d2 * (down - s[i])
+                x = x + draw(generators) * up
+    elif name == "DPM++ 2M":
+        old, h_last = None, None
+        for i in range(n):
+            den = D(x, s[i])
+            if s[i + 1] == 0:
+                x = den
+                continue
+            h = math.log(s[i]) - math.log(s[i + 1])
+            if old is None:
+                x = (s[i + 1] / s[i]) * x - math.expm1(-h) * den
+            else:
+                r = h_last / h
+                dd = (1 + 1 / (2 * r)) * den - (1 / (2 * r)) * old
+                x = (s[i + 1] / s[i]) * x - math.expm1(-h) * dd
+            old, h_last = den, h
+    elif name == "DPM++ SDE":
+        # in float32 torch scalars as k-diffusion computes them: the Brownian tree is queried at
+        # exactly these noise levels, and a rough path is sensitive to the last bit
+        f32 = lambda v: torch.tensor(v, dtype=torch.float32)
+        sigma_fn, t_fn = (lambda t: t.neg().exp()), (lambda sg: sg.log().neg())
+        for i in range(n):
+            den = D(x, s[i])
+            if s[i + 1] == 0:
+                x = x + (x - den) / s[i] * (s[i + 1] - s[i])
+                continue
+            t, t_next = t_fn(f32(s[i])), t_fn(f32(s[i + 1]))
+            sm = t + 0.5 * (t_next - t)
+            down, up = ancestral(float(sigma_fn(t)), float(sigma_fn(sm)))
+            x2 = (down / float(sigma_fn(t))) * x - math.expm1(float(t) + math.log(down)) * den
+            x2 = x2 + brownian(sigma_fn(t), sigma_fn(sm)) * up
+            den2 = D(x2, float(sigma_fn(sm)))
+            down, up = ancestral(float(sigma_fn(t)), float(sigma_fn(t_next)))
+            x = (down / float(sigma_fn(t))) * x - math.expm1(float(t) + math.log(down)) * den2
+            x = x + brownian(sigma_fn(t), sigma_fn(t_next)) * up
+    elif name in ("DPM++ 2M SDE", "DPM++ 2M SDE Heun"):
+        old, h_last = None, None
+        for i in range(n):
+            den = D(x, s[i])
+            if s[i + 1] == 0:
+                x = den
+            else:
+                h = math.log(s[i]) - math.log(s[i + 1])
+                x = s[i + 1] / s[i] * math.exp(-h) * x - math.expm1(-2 * h) * den
+                if old is not None:
+                    r = h_last / h
+                    if name.endswith("Heun"):
+                        x = x + (-math.expm1(-2 * h) / (-2 * h) + 1) * (1 / r) * (den - old)
+                    else:
+                        x = x + 0.5 * -math.expm1(-2 * h) * (1 / r) * (den - old)
+                x = x + brownian(s[i], s[i + 1]) * s[i + 1] * math.sqrt(-math.expm1(-2 * h))
+            old, h_last = den, (math.log(s[i]) - math.log(s[i + 1])) if s[i + 1] else None
+    elif name == "DPM++ 3M SDE":
+        d1m, d2m, h1, h2 = None, None, None, None
+        for i in range(n):
+            den = D(x, s[i])
+            h = None
+            if s[i + 1] == 0:
+                x = den
+            else:
+                h = math.log(s[i]) - math.log(s[i + 1])
+                he = 2 * h
+                x = math.exp(-he) * x - math.expm1(-he) * den
+                if h2 is not None:
+                    r0, r1 = h1 / h, h2 / h
+                    d1_0, d1_1 = (den - d1m) / r0, (d1m - d2m) / r1
+                    d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+                    d2 = (d1_0 - d1_1) / (r0 + r1)
+                    phi2 = math.expm1(-he) / he + 1
+                    phi3 = phi2 / he - 0.5
+                    x = x + phi2 * d1 - phi3 * d2
+                elif h1 is not None:
+                    x = x + (math.expm1(-he) / he + 1) * (den - d1m) / (h1 / h)
+                x = x + brownian(s[i], s[i + 1]) * s[i + 1] * math.sqrt(-math.expm1(-2 * h))
+            d1m, d2m, h1, h2 = den, d1m, h, h1
+    else:
+        raise AssertionError(name)
+    return x
+
+
+K_SAMPLERS = [s.name for s in SAMPLERS if s.kind == "k"]
+
+
+@pytest.mark.parametrize("name", K_SAMPLERS)
+@pytest.mark.parametrize("schedule,d,config", [
+    ("automatic", None, SD1), ("karras", None, SD1), ("kl_optimal", None, SD1), ("exponential", 0.5, SD1),
+    ("uniform", 0.37, SD2V),
+])
+def test_matches_k_diffusion_step_for_step(name, schedule, d, config):
+    """Our plan driven through diffusers lands where k-diffusion's update lands, noise included."""
+    plan = plan_for(name, schedule, steps=6, d=d, config=config)
+    sigmas = plan.sigmas
+    init = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7)) if d else None
+    noise = initial_noise()
+    ours = run(plan, noise.clone(), init)
+    # the Brownian tree spans the whole schedule, also when only its tail runs (as in A1111)
+    full = plan_for(name, schedule, steps=plan_total(6, d), config=config).sigmas if d else sigmas
+    brownian = CPUBrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
+    x0 = noise * float(sigmas[0]) if init is None else init + noise * float(sigmas[0])
+    expected = ref_sample(name, Ref(config), x0, sigmas, gens(), brownian)
+    if plan.layout_is_vp:  # DPMSolverMultistep works on x / sqrt(sigma^2 + 1)
+        ours = ours * math.sqrt(float(sigmas[-1]) ** 2 + 1.0)
+    assert torch.allclose(ours, expected, atol=2e-4, rtol=1e-3), (ours - expected).abs().max()
+
+
+def plan_total(steps, d):
+    return int(steps / min(d, 0.999))
+
+
+def _ref_ddim(x, timesteps, acp, eta, generators):
+    """A1111's DDIM update over the given (descending) evaluation timesteps, each stepping to t - stride."""
+    for t, t_prev in timesteps:
+        a, ap = acp[t], acp[t_prev]
+        e = model(x * 1.0, torch.tensor(float(t)))
+        sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
+        x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+        x = math.sqrt(ap) * x0 + math.sqrt(1 - ap - sigma**2) * e
+        if sigma:
+            x = x + sigma * draw(generators)
+    return x
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_runs_a1111s_timesteps(eta):
+    plan = plan_for("DDIM", steps=20, eta=eta)
+    grid = a1111_timestep_grid(20)
+    assert grid[0] == 1 and grid[-1] == 951
+    assert plan.timesteps.tolist() == list(grid[1:][::-1])  # A1111 evaluates 951 ... 51, ending at t=1
+    noise = initial_noise()
+    ours = run(plan, noise.clone())
+    acp = plan.scheduler.alphas_cumprod.double().numpy()
+    pairs = list(zip(grid[1:][::-1], grid[:-1][::-1]))
+    expected = _ref_ddim(noise.clone(), pairs, acp, eta, gens())
+    assert torch.allclose(ours, expected.float(), atol=1e-4)
+
+
+def test_plms_matches_a1111():
+    plan = plan_for("PLMS", steps=10)
+    grid = a1111_timestep_grid(10)
+    acp = plan.scheduler.alphas_cumprod.double().numpy()
+    x = initial_noise()
+    ours = run(plan, x.clone())
+
+    def prev(x, e, t, tp):
+        a, ap = acp[t], acp[tp]
+        return math.sqrt(ap) * (x - math.sqrt(1 - a) * e) / math.sqrt(a) + math.sqrt(1 - ap) * e
+
+    evals = list(grid[::-1])  # 901 ... 1
+    old = []
+    for i in range(len(evals) - 1):
+        t, tp = evals[i], evals[i + 1]
+        e = model(x, torch.tensor(float(t)))
+        if not old:
+            x_p = prev(x, e, t, tp)
+            e_p = (e + model(x_p, torch.tensor(float(tp)))) / 2
+        elif len(old) == 1:
+            e_p = (3 * e - old[-1]) / 2
+        elif len(old) == 2:
+            e_p = (23 * e - 16 * old[-1] + 5 * old[-2]) / 12
+        else:
+            e_p = (55 * e - 59 * old[-1] + 37 * old[-2] - 9 * old[-3]) / 24
+        x = prev(x, e_p, t, tp)
+        old = (old + [e])[-3:]
+    assert len(plan.timesteps) == len(evals)  # one extra evaluation for the first (improved Euler) step
+    assert torch.allclose(ours, x.float(), atol=1e-4)
+
+
+# ---- schedules -------------------------------------------------------------------------------
+
+def test_karras_changes_the_sigmas_and_follows_the_formula():
+    plan_a = plan_for("Euler", "automatic", steps=10)
+    plan_k = plan_for("Euler", "karras", steps=10)
+    tab = NoiseTable(plan_k.scheduler.alphas_cumprod.numpy())
+    rho, lo, hi = 7.0, tab.sigma_min, tab.sigma_max
+    expected = [(hi ** (1 / rho) + i / 9 * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho for i in range(10)] + [0.0]
+    assert np.allclose(plan_k.sigmas.numpy(), expected, rtol=1e-5)
+    assert not np.allclose(plan_a.sigmas.numpy(), plan_k.sigmas.numpy())
+    assert plan_k.scheduler.sigmas.tolist() == pytest.approx(expected, rel=1e-5)  # really installed
+
+
+def test_uniform_is_k_diffusion_discretisation():
+    plan = plan_for("Euler", "automatic", steps=3)
+    tab = NoiseTable(plan.scheduler.alphas_cumprod.numpy())
+    assert plan.sigmas[0] == pytest.approx(tab.sigma_max, rel=1e-6)
+    assert plan.sigmas[2] == pytest.approx(tab.sigma_min, rel=1e-5)  # linspace(999, 0, 3) ends at t=0
+    assert plan.sigmas[-1] == 0
+    assert plan.timesteps.tolist() == pytest.approx([999.0, 499.5, 0.0], abs=1e-3)  # continuous, unrounded
+
+
+def test_schedules_have_their_a1111_shape():
+    tab = NoiseTable(plan_for("Euler").scheduler.alphas_cumprod.numpy())
+    for spec in SCHEDULES[1:]:
+        s = spec.sigmas(10, tab, "sd1")
+        assert np.all(np.diff(s) <= 0), spec.name
+        assert s[0] == pytest.approx(tab.sigma_max, rel=2e-3) or spec.name == "ddim"
+    assert SCHEDULES_BY_NAME["kl_optimal"].sigmas(10, tab, "sd1")[-1] == pytest.approx(tab.sigma_min)
+    assert len(SCHEDULES_BY_NAME["ddim"].sigmas(30, tab, "sd1")) == 32  # 1000 // 30 = 33: 31 steps, as A1111
+    assert SCHEDULES_BY_NAME["align_your_steps"].sigmas(10, tab, "sd1")[1] != \
+        SCHEDULES_BY_NAME["align_your_steps"].sigmas(10, tab, "sdxl")[1]
+    assert np.allclose(SCHEDULES_BY_NAME["polyexponential"].sigmas(8, tab, "sd1"),
+                       SCHEDULES_BY_NAME["exponential"].sigmas(8, tab, "sd1"))
+
+
+def test_dpm2_discards_the_penultimate_sigma():
+    dpm2 = plan_for("DPM2", "karras", steps=5).sigmas.numpy()
+    assert len(dpm2) == 6
+    tab = NoiseTable(plan_for("Euler").scheduler.alphas_cumprod.numpy())
+    k6 = karras(6, tab, "sd1")
+    assert np.allclose(dpm2, np.concatenate([k6[:-2], k6[-1:]]), rtol=1e-5)
+
+
+# ---- hires fixed-steps rule and evaluation counts ------------------------------------------------
+
+def test_hires_fixed_steps_20_at_half_strength():
+    plan = plan_for("Euler", steps=20, d=0.5)
+    full = plan_for("Euler", steps=40)
+    assert plan.steps == 20
+    assert np.allclose(plan.sigmas.numpy(), full.sigmas.numpy()[20:])
+    assert plan.start_sigma == pytest.approx(float(full.sigmas[20]))
+    calls = []
+    run(plan, initial_noise(), torch.zeros(SHAPE), calls)
+    assert len(calls) == 20 and calls == list(range(1, 21))
+
+
+def test_hires_strength_one_uses_0999_rule():
+    plan = plan_for("Euler", steps=20, d=1.0)
+    assert plan.steps == 20
+    assert np.allclose(plan.sigmas.numpy(), plan_for("Euler", steps=20).sigmas.numpy())  # int(20 / .999) == 20
+
+
+def test_hires_odd_strength():
+    plan = plan_for("DPM++ 2M", "karras", steps=20, d=0.37)
+    total = int(20 / 0.37)
+    assert total == 54
+    full = plan_for("DPM++ 2M", "karras", steps=total)
+    assert np.allclose(plan.sigmas.numpy(), full.sigmas.numpy()[total - 20:])
+    assert plan.evaluations == 20
+
+
+@pytest.mark.parametrize("name", ["Heun", "DPM2", "DPM2 a", "DPM++ SDE"])
+def test_second_order_evaluations(name):
+    for d in (None, 0.5):
+        plan = plan_for(name, steps=10, d=d)
+        calls = []
+        run(plan, initial_noise(), torch.zeros(SHAPE) if d else None, calls)
+        assert len(calls) == 2 * 10 - 1  # as k-diffusion: one evaluation for the last step to sigma 0
+        assert calls[-1] == 10 and sorted(set(calls)) == list(range(1, 11))
+
+
+def test_first_order_evaluations_equal_steps():
+    for name in ("Euler", "Euler a", "LMS", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE"):
+        for d in (None, 0.5):
+            assert plan_for(name, steps=12, d=d).evaluations == 12, name
+
+
+def test_bad_denoising_strength():
+    for d in (0.0, -1.0, float("nan")):
+        with pytest.raises(InvalidRequest):
+            plan_for("Euler", steps=10, d=d)
+
+
+# ---- seeds -----------------------------------------------------------------------------------
+
+STOCHASTIC = [s.name for s in SAMPLERS if s.stochastic] + ["DDIM"]
+
+
+@pytest.mark.parametrize("name", STOCHASTIC)
+def test_seeded_noise_is_deterministic(name):
+    extra = {"eta": 0.5} if name == "DDIM" else {}
+    a = run(plan_for(name, steps=5, **extra), initial_noise())
+    b = run(plan_for(name, steps=5, **extra), initial_noise())
+    assert torch.equal(a, b)
+    c = run(plan_for(name, steps=5, seeds=[99, 100], **extra), initial_noise())
+    assert not torch.allclose(a, c)
+
+
+def test_brownian_noise_is_per_image():
+    a = run(plan_for("DPM++ 2M SDE", steps=5, seeds=[5, 6]), initial_noise())
+    b = run(plan_for("DPM++ 2M SDE", steps=5, seeds=[5, 7]), initial_noise())
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+
+
+# ---- parameters ------------------------------------------------------------------------------
+
+def test_parameter_validation():
+    with pytest.raises(InvalidRequest, match="eta"):
+        plan_for("DDIM", eta=-0.1)
+    with pytest.raises(InvalidRequest, match="eta"):
+        plan_for("Euler a", eta=float("nan"))
+    with pytest.raises(InvalidRequest, match="eta"):
+        plan_for("Euler a", eta=0.5)  # diffusers' ancestral step is fixed at eta 1
+    with pytest.raises(InvalidRequest, match="s_churn"):
+        plan_for("Euler", s_churn=1.0)
+    with pytest.raises(InvalidRequest, match="s_noise"):
+        plan_for("Euler", s_noise=float("inf"))
+    plan_for("DPM++ SDE", s_noise=0.9)  # A1111 v1.10 passes s_noise only to Euler/Heun/DPM2, for churn
+    with pytest.raises(InvalidRequest, match="steps"):
+        plan_for("Euler", steps=0)
+    plan_for("Euler", eta=0.3, s_tmin=0.5, s_tmax=10.0)  # ignored by Euler in A1111 too
+    plan_for("Euler a", eta=1.0)
+
+
+# ---- names -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("given,sampler,schedule", [
+    ((None, None, None), "Euler", "automatic"),
+    ((None, "Euler a", None), "Euler a", "automatic"),
+    (("DPM++ 2M", None, None), "DPM++ 2M", "automatic"),
+    (("DPM++ 2M Karras", None, None), "DPM++ 2M", "automatic"),  # its own default is reported as Automatic
+    (("DPM++ 2M Karras", None, "Exponential"), "DPM++ 2M", "exponential"),
+    (("Euler a Karras", None, None), "Euler a", "karras"),
+    (("Euler a karras", None, None), "Euler a", "karras"),
+    (("DPM++ 2M SDE Exponential", None, None), "DPM++ 2M SDE", "automatic"),
+    (("DPM++ 2M SDE Heun Karras", None, None), "DPM++ 2M SDE Heun", "karras"),
+    (("Euler SGMUniform", None, None), "Euler", "sgm_uniform"),
+    (("LMS Karras", None, ""), "LMS", "karras"),
+    (("k_euler_a", None, None), "Euler a", "automatic"),
+    (("k_dpmpp_2m", None, "karras"), "DPM++ 2M", "automatic"),
+    (("euler A", None, "KARRAS"), "Euler a", "karras"),
+    (("", "k_lms", "Uniform"), "LMS", "uniform"),
+    (("Euler", None, "sgm_uniform"), "Euler", "sgm_uniform"),
+    (("Euler", None, "SGM Uniform"), "Euler", "sgm_uniform"),
+    (("DDIM", None, "Automatic"), "DDIM", "automatic"),
+])
+def test_resolve(given, sampler, schedule):
+    spec, sched = resolve(*given)
+    assert (spec.name, sched.name) == (sampler, schedule)
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(UnknownName) as e:
+        resolve("Euler b")
+    assert "DPM++ 2M" in e.value.valid and "Euler a" in e.value.valid
+    with pytest.raises(UnknownName) as e:
+        resolve("Euler", None, "Kerras")
+    assert "Karras" in e.value.valid and "Automatic" in e.value.valid
+    with pytest.raises(UnknownName):
+        resolve("DPM fast")  # omitted: not faithfully servable
+    with pytest.raises(UnknownName):
+        resolve_hires("nope", None, resolve("Euler"))
+
+
+def test_unsupported_combination_names_the_supported():
+    with pytest.raises(InvalidRequest) as e:
+        resolve("DDIM", None, "Karras")
+    assert e.value.valid == ["Automatic"] and "DDIM" in str(e.value)
+    with pytest.raises(InvalidRequest):
+        resolve("UniPC Karras")
+    with pytest.raises(InvalidRequest) as e:
+        make_plan(SAMPLERS_BY_NAME["PLMS"], SCHEDULES_BY_NAME["exponential"], SD1, steps=5)
+    assert e.value.valid == ["Automatic"]
+    with pytest.raises(InvalidRequest):
+        resolve_hires("DDIM", None, resolve("DPM++ 2M", None, "Exponential"))
+
+
+def test_resolve_hires():
+    first = resolve("DPM++ 2M", None, "Exponential")
+    assert resolve_hires(None, None, first) == first
+    assert resolve_hires("", "", first) == first
+    assert resolve_hires("Use same sampler", "Use same scheduler", first) == first
+    s, sch = resolve_hires("Euler a", None, first)
+    assert (s.name, sch.name) == ("Euler a", "exponential")
+    s, sch = resolve_hires("Use same sampler", "karras", first)
+    assert (s.name, sch.name) == ("DPM++ 2M", "automatic")
+    s, sch = resolve_hires("k_euler", "Beta", first)
+    assert (s.name, sch.name) == ("Euler", "beta")
+    s, sch = resolve_hires("DDIM", None, resolve("Euler"))
+    assert (s.name, sch.name) == ("DDIM", "automatic")
+
+
+@pytest.mark.parametrize("sampler,schedule,label", [
+    ("DPM++ 2M", None, "Karras"), ("DPM++ 2M SDE", None, "Exponential"), ("DPM2", None, "Karras"),
+    ("Euler", None, "Automatic"), ("Euler a", "Karras", "Karras"), ("DPM++ 2M", "sgm_uniform", "SGM Uniform"),
+    ("DDIM", None, "Automatic"), ("DPM++ 2M Karras", None, "Karras"),
+])
+def test_label_for_infotext(sampler, schedule, label):
+    assert label_for_infotext(*resolve(sampler, None, schedule)) == label
+
+
+def test_automatic_runs_the_default_schedule():
+    assert np.allclose(plan_for("DPM++ 2M", "automatic", steps=8).sigmas, plan_for("DPM++ 2M", "karras", steps=8).sigmas)
+    assert effective_schedule(*resolve("Euler")).name == "automatic"
+
+
+def test_api_listings():
+    samplers = api_samplers()
+    assert [s["name"] for s in samplers][:3] == ["DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE"]
+    by = {s["name"]: s for s in samplers}
+    assert by["DPM++ 2M"] == {"name": "DPM++ 2M", "aliases": ["k_dpmpp_2m"], "options": {"scheduler": "karras"}}
+    assert by["DPM2 a"]["options"] == {"scheduler": "karras", "discard_next_to_last_sigma": "True",
+                                       "uses_ensd": "True", "second_order": "True"}
+    assert by["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
+    assert all(isinstance(v, str) for s in samplers for v in s["options"].values())
+    scheds = api_schedulers()
+    assert scheds[0] == {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1.0,
+                         "need_inner_model": False}
+    assert {"name": "sgm_uniform", "label": "SGM Uniform", "aliases": ["SGMUniform"], "default_rho": -1.0,
+            "need_inner_model": True} in scheds
+    assert len(scheds) == 12
