@@ -1,0 +1,81 @@
+"""Extension hooks, the entry points A1111 documents for hires behaviour.
+
+An extension is a Python file in the extensions directory (or a module named by the `hiresd.extensions`
+entry-point group) that defines any of:
+
+    NAME = "my extension"                       # listed by GET /sdapi/v1/scripts (lower-cased)
+    def before_hr(p): ...                       # between the passes; may change p.hr_prompt, p.hr_cfg,
+                                                # p.hr_sampler, p.denoising_strength, p.hr_second_pass_steps ...
+    def process_before_every_sampling(p, **kwargs): ...   # each time a sampler is created (both passes);
+                                                # kwargs: pass_no (1 or 2), x (latents), noise
+
+`p` is the job's `pipeline.processing.Processing`. A hook that raises fails the job with its message.
+Extensions run only when enabled for the server (all files in the directory are loaded at start-up)."""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("hiresd.extensions")
+
+HOOKS = ("before_hr", "process_before_every_sampling")
+ENTRY_POINT_GROUP = "hiresd.extensions"
+
+
+@dataclass(frozen=True)
+class Extension:
+    name: str
+    source: str
+    hooks: dict[str, Callable[..., Any]]
+
+
+def _from_module(module: ModuleType, source: str) -> Extension:
+    name = str(getattr(module, "NAME", module.__name__.rsplit(".", 1)[-1]))
+    hooks = {h: getattr(module, h) for h in HOOKS if callable(getattr(module, h, None))}
+    return Extension(name, source, hooks)
+
+
+class Extensions:
+    def __init__(self, extensions: list[Extension] | None = None) -> None:
+        self.items: list[Extension] = list(extensions or [])
+
+    @classmethod
+    def load(cls, directory: Path | None, use_entry_points: bool = True) -> Extensions:
+        found: list[Extension] = []
+        if directory is not None and directory.is_dir():
+            for path in sorted(directory.glob("*.py")):
+                if path.name.startswith("_"):
+                    continue
+                try:
+                    spec = importlib.util.spec_from_file_location(f"hiresd_ext_{path.stem}", path)
+                    assert spec and spec.loader
+                    module = importlib.util.module_from_spec(spec)
+                    spec.loader.exec_module(module)
+                    found.append(_from_module(module, str(path)))
+                except Exception as exc:  # noqa: BLE001 - a broken extension must not stop the server
+                    log.error("extension %s not loaded: %s", path, exc)
+        if use_entry_points:
+            for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+                try:
+                    found.append(_from_module(ep.load(), f"entry point {ep.name}"))
+                except Exception as exc:  # noqa: BLE001
+                    log.error("extension entry point %s not loaded: %s", ep.name, exc)
+        for ext in found:
+            log.info("extension %r loaded from %s (hooks: %s)", ext.name, ext.source, ", ".join(ext.hooks) or "none")
+        return cls(found)
+
+    def names(self) -> list[str]:
+        return [e.name.lower() for e in self.items]
+
+    def call(self, hook: str, p: Any, **kwargs: Any) -> None:
+        for ext in self.items:
+            fn = ext.hooks.get(hook)
+            if fn is not None:
+                fn(p, **kwargs)

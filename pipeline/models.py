@@ -1,0 +1,98 @@
+"""Which checkpoint is loaded: resolves names to titles, loads on demand, keeps a small LRU of models.
+
+Runs its loads on the worker thread (callers make sure of it); listing and name resolution read only
+the registry and are safe from the event loop."""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Any
+
+import torch
+
+from pipeline import checkpoints
+from pipeline.builtin import build_builtin_model, builtin_checkpoint_info
+from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
+from pipeline.model import SDModel
+
+log = logging.getLogger("hiresd.models")
+
+
+class ModelManager:
+    def __init__(self, registry: CheckpointRegistry, device: torch.device, dtype: torch.dtype,
+                 vae_dtype: torch.dtype | None = None, builtin: bool = True, max_loaded: int = 1) -> None:
+        self.registry = registry
+        self.device = device
+        self.dtype = dtype
+        self.vae_dtype = vae_dtype
+        self.max_loaded = max(1, max_loaded)
+        self._loaded: collections.OrderedDict[str, SDModel] = collections.OrderedDict()
+        self._lock = threading.RLock()
+        if builtin:
+            registry.add(builtin_checkpoint_info())
+        self.current_title: str = ""
+        self.current_filename: str = ""
+
+    # -- names (cheap, any thread) -----------------------------------------------------------------
+    def default(self) -> CheckpointInfo:
+        """A1111 picks the first checkpoint: real files first, the builtin model when there are none."""
+        items = self.registry.list()
+        if not items:
+            raise checkpoints.UnknownName("sd_model_checkpoint", "", [])
+        for info in items:
+            if info.filename == self.current_filename:
+                return info
+        return items[0]
+
+    def find(self, name: str, field: str = "sd_model_checkpoint") -> CheckpointInfo:
+        return self.registry.find(name, field) if name else self.default()
+
+    def resolve_title(self, name: str, field: str) -> str:
+        """Validate a checkpoint name ("" means the current one) and return its filename key."""
+        return self.find(name, field).filename
+
+    def info(self, key: str) -> dict[str, Any]:
+        info = self._by_filename(key)
+        return {"title": info.title, "short_title": info.title, "model_name": info.model_name,
+                "hash": info.hash, "sha256": info.sha256, "filename": info.filename}
+
+    def api_list(self) -> list[dict[str, Any]]:
+        return [i.as_api() for i in self.registry.list()]
+
+    def refresh(self) -> None:
+        self.registry.refresh()
+
+    def _by_filename(self, key: str) -> CheckpointInfo:
+        for info in self.registry.list():
+            if info.filename == key:
+                return info
+        return self.find(key)
+
+    # -- loading (worker thread) -------------------------------------------------------------------
+    def get(self, key: str) -> SDModel:
+        """The loaded model for a filename key (or any name); loads it, evicting the least recently used."""
+        info = self._by_filename(key) if key else self.default()
+        with self._lock:
+            model = self._loaded.get(info.filename)
+            if model is None:
+                while len(self._loaded) >= self.max_loaded:
+                    _, old = self._loaded.popitem(last=False)
+                    del old
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                log.info("loading checkpoint %s", info.filename)
+                if info.kind == "builtin":
+                    model = build_builtin_model(self.device, self.dtype)
+                else:
+                    model = checkpoints.load_checkpoint(info, self.device, self.dtype)
+                    info.ensure_hash()
+                if self.vae_dtype is not None and self.vae_dtype != model.dtype:
+                    model.vae.to(self.vae_dtype)
+                    model.vae_dtype = self.vae_dtype
+                self._loaded[info.filename] = model
+            else:
+                self._loaded.move_to_end(info.filename)
+            self.current_title = info.title
+            self.current_filename = info.filename
+            return model

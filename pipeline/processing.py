@@ -1,0 +1,166 @@
+"""A txt2img job, validated and resolved before any model work: `Processing` is the `p` that extension
+hooks receive and may change (prompts, cfg, sampler, denoising, ...).
+
+`prepare()` resolves every name (samplers, schedules, upscaler, checkpoints) and checks the pixel budget,
+so that a bad request fails with a clear error before it is queued, and never after pass one."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pipeline import samplers
+from pipeline.errors import InvalidRequest, TooLarge
+from pipeline.hires import HiresSize, first_pass_size, hires_size
+from pipeline.pixel_upscale import resolve_hires_upscaler
+from pipeline.seeds import resolve_seed
+from schemas.txt2img import Txt2ImgRequest
+from upscalers.registry import UpscalerRegistry
+
+USE_SAME_CHECKPOINT = "Use same checkpoint"
+
+
+class ModelNames(Protocol):
+    def resolve_title(self, name: str, field: str) -> str: ...
+
+
+
+
+@dataclass
+class Processing:
+    """Everything a txt2img job needs, in resolved form. Hooks may change the public fields."""
+
+    request: Txt2ImgRequest
+    prompt: str
+    negative_prompt: str
+    styles: list[str]
+    seed: int
+    subseed: int
+    subseed_strength: float
+    seed_resize_from: tuple[int, int]
+    sampler: Any
+    schedule: Any
+    steps: int
+    cfg_scale: float
+    width: int
+    height: int
+    batch_size: int
+    n_iter: int
+    clip_skip: int
+    tiling: bool
+    checkpoint: str
+    eta: float | None = None
+    s_churn: float | None = None
+    s_tmin: float | None = None
+    s_tmax: float | None = None
+    s_noise: float | None = None
+    # hires fix
+    enable_hr: bool = False
+    hires: HiresSize | None = None
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = 0
+    denoising_strength: float = 0.75
+    hr_sampler: Any = None
+    hr_schedule: Any = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    hr_cfg: float | None = None
+    hr_checkpoint: str | None = None
+    firstpass_image: Any = None  # a decoded PIL image when the client sent one
+    # filled while running
+    all_prompts: list[str] = field(default_factory=list)
+    all_negative_prompts: list[str] = field(default_factory=list)
+    all_seeds: list[int] = field(default_factory=list)
+    all_subseeds: list[int] = field(default_factory=list)
+    extra_generation_params: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    is_hr_pass: bool = False
+    iteration: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def hr_steps(self) -> int:
+        return self.hr_second_pass_steps or self.steps
+
+    @property
+    def hr_cfg_scale(self) -> float:
+        return self.cfg_scale if self.hr_cfg is None else self.hr_cfg
+
+    @property
+    def job_count(self) -> int:
+        return self.n_iter * (2 if self.enable_hr else 1)
+
+
+def _clip_skip(options: dict[str, Any]) -> int:
+    value = options.get("CLIP_stop_at_last_layers", 1)
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest("override_settings.CLIP_stop_at_last_layers",
+                             f"must be an integer from 1 to 12, got {value!r}") from None
+    if not 1 <= n <= 12:
+        raise InvalidRequest("override_settings.CLIP_stop_at_last_layers", f"must be from 1 to 12, got {n}")
+    return n
+
+
+def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, upscalers: UpscalerRegistry,
+            max_pixels: int, firstpass_image: Any = None) -> Processing:
+    """Resolve and validate a txt2img request. `options` are the effective options for this job (the
+    store's values with `override_settings` applied)."""
+    if req.refiner_checkpoint not in (None, "", "None"):
+        raise InvalidRequest("refiner_checkpoint", "the SDXL refiner pass is not supported by this server; "
+                             "leave it empty (hires fix with hr_checkpoint_name covers the two-model case)")
+    if req.script_name not in (None, "", "None"):
+        raise InvalidRequest("script_name", f"script {req.script_name!r} not found; this server has no "
+                             "selectable scripts (use alwayson extensions, see /sdapi/v1/scripts)")
+    sampler, schedule = samplers.resolve(req.sampler_name, req.sampler_index, req.scheduler)
+    checkpoint = models.resolve_title(str(options.get("sd_model_checkpoint") or ""), "sd_model_checkpoint")
+    w, h = first_pass_size(req.width, req.height)
+    p = Processing(
+        request=req, prompt=req.prompt, negative_prompt=req.negative_prompt or "", styles=list(req.styles or []),
+        seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed), subseed_strength=req.subseed_strength,
+        seed_resize_from=(req.seed_resize_from_w, req.seed_resize_from_h), sampler=sampler, schedule=schedule,
+        steps=req.steps, cfg_scale=req.cfg_scale, width=w, height=h, batch_size=req.batch_size,
+        n_iter=req.n_iter, clip_skip=_clip_skip(options), tiling=bool(req.tiling), checkpoint=checkpoint,
+        eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax, s_noise=req.s_noise,
+        denoising_strength=req.denoising_strength, options=dict(options),
+    )
+    params = samplers.SamplerParams(eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax,
+                                    s_noise=req.s_noise)
+    samplers.validate_params(sampler, params)
+    budget_w, budget_h = w, h
+    if req.enable_hr or firstpass_image is not None:
+        p.enable_hr = True
+        if firstpass_image is not None:
+            # the picture is pass one: its size (rounded down to multiples of 8) is the first-pass size
+            src_w, src_h, fp_w, fp_h = firstpass_image.width, firstpass_image.height, 0, 0
+            if src_w < 64 or src_h < 64:
+                raise InvalidRequest("firstpass_image", f"the image is {src_w}x{src_h}; at least 64x64 needed")
+        else:
+            src_w, src_h, fp_w, fp_h = req.width, req.height, req.firstphase_width, req.firstphase_height
+        p.hires = hires_size(src_w, src_h, req.hr_scale, req.hr_resize_x, req.hr_resize_y, fp_w, fp_h)
+        p.width, p.height = p.hires.first_w, p.hires.first_h
+        if p.hires.final_w < 64 or p.hires.final_h < 64:
+            raise InvalidRequest("hr_scale", f"the hires target {p.hires.final_w}x{p.hires.final_h} is below "
+                                 "64 px; use a larger hr_scale or hr_resize_x/hr_resize_y")
+        budget_w, budget_h = max(budget_w, p.hires.upscale_w), max(budget_h, p.hires.upscale_h)
+        if req.hr_upscaler is None:
+            p.hr_upscaler = None
+        else:
+            p.hr_upscaler = resolve_hires_upscaler(upscalers, req.hr_upscaler)
+        p.hr_second_pass_steps = req.hr_second_pass_steps
+        p.hr_sampler, p.hr_schedule = samplers.resolve_hires(req.hr_sampler_name, req.hr_scheduler,
+                                                             (sampler, schedule))
+        samplers.validate_params(p.hr_sampler, params)
+        p.hr_prompt = req.hr_prompt or ""
+        p.hr_negative_prompt = req.hr_negative_prompt or ""
+        p.hr_cfg = req.hr_cfg
+        if req.hr_checkpoint_name not in (None, "", USE_SAME_CHECKPOINT):
+            hr = models.resolve_title(req.hr_checkpoint_name, "hr_checkpoint_name")
+            p.hr_checkpoint = None if hr == checkpoint else hr
+        p.firstpass_image = firstpass_image
+    pixels = budget_w * budget_h * p.batch_size
+    if pixels > max_pixels:
+        raise TooLarge("width/height", f"{budget_w}x{budget_h} x batch_size {p.batch_size} = {pixels} pixels "
+                       f"exceeds this server's budget of {max_pixels} pixels per batch; lower the size, "
+                       "hr_scale or batch_size (or raise --max-pixels)")
+    return p

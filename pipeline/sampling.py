@@ -1,0 +1,95 @@
+"""One sampling pass: the denoising loop with classifier-free guidance and one per-step callback.
+
+Like k-diffusion's samplers, the loop knows nothing of progress, previews, interrupts or skips: it calls
+`callback(i, x, denoised)` after every step, and the callback raises to stop. On a stop the loop returns the
+last denoised estimate (what A1111 returns for an interrupted pass) together with the exception."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from pipeline.model import SDModel
+
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
+
+
+@dataclass
+class PassResult:
+    latents: torch.Tensor
+    stopped: BaseException | None = None  # Interrupted or Skipped, when a flag ended the pass early
+    unet_calls: int = 0
+
+
+def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size, crop (0, 0), target size, as A1111 sends them."""
+    ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=model.dtype, device=model.device)
+    return ids.repeat(batch, 1)
+
+
+def guided_model(model: SDModel, cfg_scale: float, height: int, width: int
+                 ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
+    """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
+    not computed (it cannot change the result)."""
+
+    def run_one(x_in: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
+        return run(x_in, t, cond, cond, single=True)
+
+    def run(x_in: torch.Tensor, t: Any, cond: Any, uncond: Any, single: bool = False) -> torch.Tensor:
+        b = x_in.shape[0]
+        use_uncond = cfg_scale != 1.0 and not single
+        if use_uncond and cond.context.shape[1] != uncond.context.shape[1]:
+            # prompts of different chunk counts: A1111's default runs the two halves separately
+            u = run_one(x_in, t, uncond)
+            c = run_one(x_in, t, cond)
+            return u + cfg_scale * (c - u)
+        x = torch.cat([x_in, x_in]) if use_uncond else x_in
+        ctx = torch.cat([uncond.context, cond.context]) if use_uncond else cond.context
+        kwargs: dict[str, Any] = {}
+        if model.family == "sdxl":
+            pooled = torch.cat([uncond.pooled, cond.pooled]) if use_uncond else cond.pooled
+            kwargs["added_cond_kwargs"] = {
+                "text_embeds": pooled.to(model.device, model.dtype),
+                "time_ids": sdxl_time_ids(model, height, width, x.shape[0]),
+            }
+        tt = t if torch.is_tensor(t) else torch.tensor(t)
+        out = model.unet(x.to(model.device, model.dtype), tt.to(model.device),
+                         encoder_hidden_states=ctx.to(model.device, model.dtype), return_dict=False, **kwargs)[0]
+        out = out.float()
+        if not use_uncond:
+            return out
+        u, c = out[:b], out[b:]
+        return u + cfg_scale * (c - u)
+
+    return run
+
+
+def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int], tuple[Any, Any]],
+             cfg_scale: float, height: int, width: int, callback: StepCallback) -> PassResult:
+    """Run every timestep of `plan` from `x` (already noised by `plan.start`).
+
+    `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
+    them), so prompt editing and alternation change the conditioning during sampling. `callback(step, x, denoised)` runs after every step."""
+    guided = guided_model(model, cfg_scale, height, width)
+    scheduler = plan.scheduler
+    denoised: torch.Tensor | None = None
+    calls = 0
+    with torch.inference_mode():
+        for i, t in enumerate(plan.timesteps):
+            step = plan.user_step(i)
+            cond, uncond = cond_at(i)
+            x_in = scheduler.scale_model_input(x, t)
+            out = guided(x_in, t, cond, uncond)
+            calls += 1
+            res = scheduler.step(out, t, x, **plan.step_kwargs, return_dict=True)
+            x = res.prev_sample
+            denoised = getattr(res, "pred_original_sample", None)
+            if denoised is None:
+                denoised = getattr(res, "denoised", None)
+            try:
+                callback(step, x, denoised)
+            except Exception as exc:  # noqa: BLE001 - the callback stops the pass by raising
+                return PassResult(denoised if denoised is not None else x, exc, calls)
+    return PassResult(x, None, calls)

@@ -1,0 +1,138 @@
+"""Job state as A1111's `/progress` reports it, plus the interrupt and skip flags the loops check.
+
+One `JobState` belongs to the worker. The worker thread writes it; HTTP handlers read snapshots and set
+the flags. A small lock keeps each update and each snapshot consistent."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pipeline.errors import Interrupted
+
+
+class Skipped(Exception):
+    """Raised inside a sampling loop when the current batch was skipped."""
+
+
+@dataclass
+class _Snapshot:
+    job: str = ""
+    job_count: int = 0
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    interrupted: bool = False
+    skipped: bool = False
+    stopping_generation: bool = False
+    job_timestamp: str = "0"
+    time_start: float | None = None
+    # relative cost of each job (pass) for the ETA; progress itself follows A1111's equal-job formula
+    weights: list[float] = field(default_factory=list)
+    textinfo: str | None = None
+
+
+class JobState:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._s = _Snapshot()
+        self._preview: Any = None  # a callable returning a PIL image, or None
+        self._preview_step = -1
+
+    # -- written by the worker -------------------------------------------------------------------
+    def begin(self, job: str, job_count: int, weights: list[float] | None = None) -> None:
+        with self._lock:
+            self._s = _Snapshot(
+                job=job,
+                job_count=job_count,
+                job_timestamp=datetime.now().strftime("%Y%m%d%H%M%S"),
+                time_start=time.monotonic(),
+                weights=list(weights) if weights else [1.0] * job_count,
+            )
+            self._preview = None
+            self._preview_step = -1
+
+    def set_job(self, job_no: int, job: str | None = None, sampling_steps: int = 0) -> None:
+        with self._lock:
+            self._s.job_no = job_no
+            self._s.sampling_step = 0
+            self._s.sampling_steps = sampling_steps
+            if job is not None:
+                self._s.job = job
+
+    def set_step(self, step: int, steps: int | None = None, preview: Any = None) -> None:
+        with self._lock:
+            self._s.sampling_step = step
+            if steps is not None:
+                self._s.sampling_steps = steps
+            if preview is not None:
+                self._preview = preview
+                self._preview_step = step
+
+    def clear_skip(self) -> None:
+        with self._lock:
+            self._s.skipped = False
+
+    def end(self) -> None:
+        with self._lock:
+            self._s = _Snapshot()
+            self._preview = None
+
+    def check(self) -> None:
+        """Raise Interrupted or Skipped when a flag is set; called once per step or tile."""
+        if self._s.interrupted:
+            raise Interrupted()
+        if self._s.skipped:
+            raise Skipped()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._s.interrupted
+
+    @property
+    def skipped(self) -> bool:
+        return self._s.skipped
+
+    # -- written by HTTP handlers ----------------------------------------------------------------
+    def interrupt(self) -> None:
+        with self._lock:
+            if self._s.job_count > 0:
+                self._s.interrupted = True
+
+    def skip(self) -> None:
+        with self._lock:
+            if self._s.job_count > 0:
+                self._s.skipped = True
+
+    # -- read by /progress -----------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """A1111's progress numbers: progress, eta_relative, state dict, textinfo; and the preview maker."""
+        with self._lock:
+            s = self._s
+            state = {
+                "skipped": s.skipped,
+                "interrupted": s.interrupted,
+                "stopping_generation": s.stopping_generation,
+                "job": s.job,
+                "job_count": s.job_count,
+                "job_timestamp": s.job_timestamp,
+                "job_no": s.job_no,
+                "sampling_step": s.sampling_step,
+                "sampling_steps": s.sampling_steps,
+            }
+            if s.job_count == 0:
+                return {"progress": 0.0, "eta_relative": 0.0, "state": state, "textinfo": s.textinfo,
+                        "preview": None}
+            step_frac = s.sampling_step / s.sampling_steps if s.sampling_steps else 0.0
+            progress = min(1.0, 0.01 + s.job_no / s.job_count + step_frac / s.job_count)
+            # ETA from the work-weighted fraction, so that a cheap pass one does not promise a short job
+            w = s.weights or [1.0] * s.job_count
+            total = sum(w) or 1.0
+            done = sum(w[: s.job_no]) + (w[s.job_no] if s.job_no < len(w) else 0.0) * step_frac
+            frac = max(done / total, 1e-3)
+            elapsed = time.monotonic() - (s.time_start or time.monotonic())
+            eta = max(0.0, elapsed / frac - elapsed) if done > 0 else 0.0
+            return {"progress": progress, "eta_relative": eta, "state": state, "textinfo": s.textinfo,
+                    "preview": self._preview}

@@ -1,0 +1,338 @@
+"""txt2img with hires fix: pass one, upscale (latent or pixel), pass two, as A1111 defines them.
+
+`run_txt2img` reads top to bottom like the algorithm; the helpers below it do one thing each."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from pipeline import infotext as infotext_mod
+from pipeline import samplers, vae
+from pipeline.conditioning import PromptEncoder, ScheduledConditioning
+from pipeline.errors import Interrupted
+from pipeline.extensions import Extensions
+from pipeline.model import SDModel
+from pipeline.preview import latent_preview
+from pipeline.processing import Processing
+from pipeline.sampling import PassResult, run_pass
+from pipeline.seeds import batch_noise
+from pipeline.state import JobState, Skipped
+from pipeline.tiling import circular_padding
+
+log = logging.getLogger("hiresd.txt2img")
+VERSION = "hiresd-0.1.0"
+
+
+class Models(Protocol):
+    def get(self, title: str) -> SDModel: ...
+    def info(self, title: str) -> dict[str, Any]: ...
+
+
+class PixelUpscaler(Protocol):
+    def upscale_to(self, image: Image.Image, name: str, width: int, height: int,
+                   should_stop: Any) -> Image.Image: ...
+
+
+@dataclass
+class Context:
+    models: Models
+    upscaler: PixelUpscaler
+    extensions: Extensions
+    state: JobState
+
+
+@dataclass
+class Txt2ImgResult:
+    images: list[Image.Image]
+    infotexts: list[str]
+    info: dict[str, Any]
+    unet_calls: list[int] = field(default_factory=list)  # per pass, for tests and benchmarks
+
+
+def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
+    state = ctx.state
+    bs = p.batch_size
+    p.all_seeds = [p.seed + (i if p.subseed_strength == 0 else 0) for i in range(bs * p.n_iter)]
+    p.all_subseeds = [p.subseed + i for i in range(bs * p.n_iter)]
+    p.all_prompts = [p.prompt] * (bs * p.n_iter)
+    p.all_negative_prompts = [p.negative_prompt] * (bs * p.n_iter)
+    weights = _job_weights(p)
+    state.begin("scripts_txt2img", p.job_count, weights)
+    images: list[Image.Image] = []
+    infotexts: list[str] = []
+    calls: list[int] = []
+    model = ctx.models.get(p.checkpoint)
+    for it in range(p.n_iter):
+        if state.interrupted:
+            break
+        p.iteration = it
+        state.clear_skip()
+        seeds = p.all_seeds[it * bs:(it + 1) * bs]
+        subseeds = p.all_subseeds[it * bs:(it + 1) * bs]
+        job_no = it * (2 if p.enable_hr else 1)
+        state.set_job(job_no, f"Batch {it + 1} out of {p.n_iter}", p.steps)
+
+        # -- pass one -----------------------------------------------------------------------------
+        p.is_hr_pass = False
+        if p.firstpass_image is not None:
+            first = PassResult(_encode_firstpass(model, p) if _is_latent(p) else torch.empty(0))
+        else:
+            first = _sample(model, p, ctx, seeds, subseeds, p.width, p.height, None, pass_no=1)
+            calls.append(first.unet_calls)
+        if not p.enable_hr or isinstance(first.stopped, Interrupted):
+            batch = _decode(model, first.latents, p)
+            images += batch
+            infotexts += [_infotext(p, model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
+            continue
+
+        # -- upscale -----------------------------------------------------------------------------
+        state.set_job(job_no + 1, f"Batch {it + 1} out of {p.n_iter}", p.hr_steps)
+        ctx.extensions.call("before_hr", p)
+        p.is_hr_pass = True
+        hr_model = ctx.models.get(p.hr_checkpoint) if p.hr_checkpoint else model
+        pixels: list[Image.Image] | None = None
+        if _is_latent(p):
+            latents = _latent_upscale(first.latents, p)
+        else:
+            firsts = [p.firstpass_image] if p.firstpass_image is not None else _decode(model, first.latents, p)
+            pixels = [_pixel_upscale(img, p, ctx) for img in firsts]
+            if p.denoising_strength <= 0 or isinstance(first.stopped, Skipped):
+                images += pixels
+                infotexts += [_infotext(p, model, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
+                continue
+            latents = vae.encode(hr_model, _to_tensor(pixels))
+        latents = _crop(latents, p)
+
+        # -- pass two ----------------------------------------------------------------------------
+        if p.denoising_strength > 0 and first.stopped is None:
+            second = _sample(hr_model, p, ctx, seeds, subseeds, p.hires.final_w, p.hires.final_h, latents,
+                             pass_no=2)
+            calls.append(second.unet_calls)
+            latents = second.latents
+        batch = _decode(hr_model, latents, p)
+        images += batch
+        infotexts += [_infotext(p, model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
+    info = _info_json(p, model, ctx, infotexts, state)
+    return Txt2ImgResult(images, infotexts, info, calls)
+
+
+# -- the pieces -----------------------------------------------------------------------------------
+
+def _job_weights(p: Processing) -> list[float]:
+    """Relative cost of each job (pass) for the ETA: steps x pixels."""
+    one = float(p.steps * p.width * p.height)
+    if not p.enable_hr:
+        return [one] * p.n_iter
+    two = float(p.hr_steps * p.hires.final_w * p.hires.final_h) if p.denoising_strength > 0 else one * 0.05
+    return [one, two] * p.n_iter
+
+
+def _is_latent(p: Processing) -> bool:
+    return p.hr_upscaler is None or p.hr_upscaler.startswith("Latent")
+
+
+def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subseeds: list[int], width: int,
+            height: int, init_latents: torch.Tensor | None, pass_no: int) -> PassResult:
+    """One pass: noise from the per-image seeds, conditioning, sampler plan, the denoising loop."""
+    state = ctx.state
+    hr = pass_no == 2
+    steps = p.hr_steps if hr else p.steps
+    shape = (model.latent_channels, height // 8, width // 8)
+    noise, gens = batch_noise(shape, seeds, subseeds, p.subseed_strength, p.seed_resize_from)
+    ctx.extensions.call("process_before_every_sampling", p, pass_no=pass_no, x=init_latents, noise=noise)
+    sampler, schedule = (p.hr_sampler, p.hr_schedule) if hr else (p.sampler, p.schedule)
+    prompt = (p.hr_prompt or p.prompt) if hr else p.prompt
+    negative = (p.hr_negative_prompt or p.negative_prompt) if hr else p.negative_prompt
+    plan = samplers.make_plan(sampler, schedule, model.scheduler_config, steps=steps,
+                              denoising_strength=p.denoising_strength if hr else None,
+                              params=samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin,
+                                                            s_tmax=p.s_tmax, s_noise=p.s_noise),
+                              generators=gens, seeds=seeds, family=model.family)
+    calls = len(plan.timesteps)
+    first_calls = p.counters.setdefault("first_pass_calls", calls)
+    encoder = model.extra.get("prompt_encoder")
+    if encoder is None:
+        encoder = model.extra["prompt_encoder"] = PromptEncoder.from_model(model)
+    sched = {"steps": first_calls, "hires_steps": calls} if hr else {"steps": calls}
+    conds = ScheduledConditioning(encoder, [prompt] * len(seeds), clip_skip=p.clip_skip, **sched)
+    unconds = ScheduledConditioning(encoder, [negative] * len(seeds), clip_skip=p.clip_skip, negative=True,
+                                    **sched)
+    x = plan.start(noise.to(model.device), None if init_latents is None else init_latents.float())
+    every = int(p.options.get("show_progress_every_n_steps", 10) or 0)
+    live = bool(p.options.get("live_previews_enable", True)) and every > 0
+
+    def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
+        preview = None
+        if live and (step % every == 0 or step == plan.steps):
+            src = (denoised if denoised is not None else x).detach().clone()
+            preview = lambda src=src: latent_preview(src, model.family)  # noqa: E731 - made lazily
+        state.set_step(step, plan.steps, preview)
+        state.check()
+
+    with circular_padding([model.unet, model.vae], p.tiling):
+        return run_pass(model, plan, x, lambda i: (conds.at(i), unconds.at(i)), p.hr_cfg_scale if hr else p.cfg_scale, height, width,
+                        callback)
+
+
+def _latent_upscale(latents: torch.Tensor, p: Processing) -> torch.Tensor:
+    mode, antialias = LATENT_MODES[p.hr_upscaler or "Latent"]
+    size = p.hires.latent_upscale
+    x = latents.float()
+    if mode in ("nearest", "nearest-exact"):
+        return F.interpolate(x, size=size, mode=mode)
+    return F.interpolate(x, size=size, mode=mode, antialias=antialias, align_corners=False)
+
+
+LATENT_MODES: dict[str, tuple[str, bool]] = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+
+
+def _crop(latents: torch.Tensor, p: Processing) -> torch.Tensor:
+    top, bottom, left, right = p.hires.crop
+    h, w = latents.shape[-2:]
+    return latents[:, :, top:h - bottom, left:w - right]
+
+
+def _pixel_upscale(image: Image.Image, p: Processing, ctx: Context) -> Image.Image:
+    """A1111's resize_image(just resize) with the named upscaler, to the latent-aligned target size."""
+    tw, th = p.hires.latent_upscale[1] * 8, p.hires.latent_upscale[0] * 8
+    state = ctx.state
+    return ctx.upscaler.upscale_to(image.convert("RGB"), p.hr_upscaler or "None", tw, th,
+                                   lambda: state.interrupted or state.skipped)
+
+
+def _encode_firstpass(model: SDModel, p: Processing) -> torch.Tensor:
+    img = p.firstpass_image.convert("RGB").resize((p.width, p.height), Image.Resampling.LANCZOS)
+    return vae.encode(model, _to_tensor([img]))
+
+
+def _to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    arr = np.stack([np.asarray(i.convert("RGB"), dtype=np.float32) / 255.0 for i in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
+def _decode(model: SDModel, latents: torch.Tensor, p: Processing) -> list[Image.Image]:
+    with circular_padding([model.vae], p.tiling):
+        x = vae.decode(model, latents)
+    arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    return [Image.fromarray(a, "RGB") for a in arr]
+
+
+def _infotext(p: Processing, model: Any, ctx: Context, index: int) -> str:
+    info = ctx.models.info(p.checkpoint)
+    params: list[tuple[str, Any]] = [
+        ("Steps", p.steps),
+        ("Sampler", p.sampler.name),
+        ("Schedule type", samplers.label_for_infotext(p.sampler, p.schedule)),
+        ("CFG scale", p.cfg_scale),
+        ("Seed", p.all_seeds[index]),
+        ("Size", f"{p.width}x{p.height}"),
+        ("Model hash", info.get("hash")),
+        ("Model", info.get("model_name")),
+    ]
+    if p.subseed_strength > 0:
+        params += [("Variation seed", p.all_subseeds[index]), ("Variation seed strength", p.subseed_strength)]
+    if p.seed_resize_from[0] > 0 and p.seed_resize_from[1] > 0:
+        params.append(("Seed resize from", f"{p.seed_resize_from[0]}x{p.seed_resize_from[1]}"))
+    if p.enable_hr:
+        params.append(("Denoising strength", p.denoising_strength))
+    if p.clip_skip > 1:
+        params.append(("Clip skip", p.clip_skip))
+    params.append(("RNG", "CPU"))
+    if p.tiling:
+        params.append(("Tiling", True))
+    if p.eta is not None and "eta" in p.sampler.params:
+        params.append(("Eta", p.eta))
+    if p.enable_hr:
+        params += _hires_params(p, ctx)
+    params += list(p.extra_generation_params.items())
+    params.append(("Version", VERSION))
+    return infotext_mod.format_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
+
+
+def _hires_params(p: Processing, ctx: Context) -> list[tuple[str, Any]]:
+    """Hires keys in A1111's insertion order; each only when it says something."""
+    out: list[tuple[str, Any]] = []
+    if p.hr_checkpoint:
+        hr = ctx.models.info(p.hr_checkpoint)
+        out.append(("Hires checkpoint", hr.get("short_title") or hr.get("title")))
+    if p.hr_sampler is not None and p.hr_sampler.name != p.sampler.name:
+        out.append(("Hires sampler", p.hr_sampler.name))
+    if p.hr_prompt and p.hr_prompt != p.prompt:
+        out.append(("Hires prompt", p.hr_prompt))
+    if p.hr_negative_prompt and p.hr_negative_prompt != p.negative_prompt:
+        out.append(("Hires negative prompt", p.hr_negative_prompt))
+    first_label = samplers.label_for_infotext(p.sampler, p.schedule)
+    hr_label = samplers.label_for_infotext(p.hr_sampler, p.hr_schedule)
+    if hr_label != first_label:
+        out.append(("Hires schedule type", hr_label))
+    out.append((p.hires.infotext_key, p.hires.infotext_value))
+    if p.hr_second_pass_steps:
+        out.append(("Hires steps", p.hr_second_pass_steps))
+    if p.request.hr_upscaler is not None:
+        out.append(("Hires upscaler", p.hr_upscaler))
+    if p.hr_cfg is not None and p.hr_cfg != p.cfg_scale:
+        out.append(("Hires CFG Scale", p.hr_cfg))
+    return out
+
+
+def _info_json(p: Processing, model: Any, ctx: Context, infotexts: list[str], state: JobState) -> dict[str, Any]:
+    info = ctx.models.info(p.checkpoint)
+    n = len(infotexts)
+    extra = {k: (v if _jsonable(v) else None) for k, v in p.extra_generation_params.items()}
+    return {
+        "prompt": p.prompt,
+        "all_prompts": p.all_prompts[:n] or [p.prompt],
+        "negative_prompt": p.negative_prompt,
+        "all_negative_prompts": p.all_negative_prompts[:n] or [p.negative_prompt],
+        "seed": p.seed,
+        "all_seeds": p.all_seeds[:n] or [p.seed],
+        "subseed": p.subseed,
+        "all_subseeds": p.all_subseeds[:n] or [p.subseed],
+        "subseed_strength": p.subseed_strength,
+        "width": p.width,
+        "height": p.height,
+        "sampler_name": p.sampler.name,
+        "cfg_scale": p.cfg_scale,
+        "steps": p.steps,
+        "batch_size": p.batch_size,
+        "restore_faces": bool(p.request.restore_faces),
+        "face_restoration_model": None,
+        "sd_model_name": info.get("model_name"),
+        "sd_model_hash": info.get("hash"),
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": p.seed_resize_from[0],
+        "seed_resize_from_h": p.seed_resize_from[1],
+        "denoising_strength": p.denoising_strength,
+        "extra_generation_params": extra,
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": p.styles,
+        "job_timestamp": state.snapshot()["state"]["job_timestamp"],
+        "clip_skip": p.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": VERSION,
+    }
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return not (isinstance(v, float) and math.isnan(v))
+    except TypeError:
+        return False

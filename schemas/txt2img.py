@@ -1,0 +1,83 @@
+"""`POST /sdapi/v1/txt2img`: every A1111 v1.10 field with its name, type and default, plus the Forge and
+SD.Next fields real clients send. Unknown fields are ignored; integral floats are accepted for integers."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Lenient(BaseModel):
+    """Ignore unknown keys (Forge / SD.Next / extension fields) and refuse NaN and infinity."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+
+class Txt2ImgRequest(Lenient):
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = "Euler"
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1, le=64, description="images sampled together")
+    n_iter: int = Field(1, ge=1, le=1000, description="number of batches")
+    steps: int = Field(50, ge=1, le=1000)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    width: int = Field(512, ge=64, le=16384, description="first-pass width, used rounded down to a multiple of 8")
+    height: int = Field(512, ge=64, le=16384, description="first-pass height, used rounded down to a multiple of 8")
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = Field(None, ge=0.0, le=10.0)
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    s_min_uncond: float | None = None
+    s_churn: float | None = Field(None, ge=0.0)
+    s_tmax: float | None = Field(None, ge=0.0)
+    s_tmin: float | None = Field(None, ge=0.0)
+    s_noise: float | None = Field(None, ge=0.0)
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    firstpass_image: str | None = None
+    comments: dict[str, Any] | None = None
+    enable_hr: bool = False
+    firstphase_width: int = Field(0, ge=0, le=16384)
+    firstphase_height: int = Field(0, ge=0, le=16384)
+    hr_scale: float = Field(2.0, gt=0.0, le=16.0)
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = Field(0, ge=0, le=1000)
+    hr_resize_x: int = Field(0, ge=0, le=16384)
+    hr_resize_y: int = Field(0, ge=0, le=16384)
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+    # Forge fields, accepted so that Forge clients work. `hr_cfg` absent means "same as cfg_scale"
+    # (never Forge's silent 1.0); the distilled-guidance values only matter to Flux-style models.
+    distilled_cfg_scale: float | None = None
+    hr_cfg: float | None = Field(None, ge=0.0, le=100.0)
+    hr_distilled_cfg: float | None = None
+    hr_additional_modules: list[str] | None = None
+
+
+class TextToImageResponse(BaseModel):
+    images: list[str] | None = Field(None, description="base64 PNGs (samples_format), no data: prefix")
+    parameters: dict[str, Any]
+    info: str = Field(description="a JSON string with A1111's keys (all_seeds, infotexts, ...)")

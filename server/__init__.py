@@ -1,0 +1,1 @@
+"""The HTTP side: FastAPI app, routes, auth, errors, image codec, CLI (`python -m server`)."""

@@ -1,0 +1,185 @@
+"""The typed options store behind GET/POST /sdapi/v1/options, persisted atomically as JSON.
+
+Each option has a default and a validator; a POST may send back the whole dict that GET returned (Open
+WebUI does this); an unknown key or a bad value is an error naming the key and what is allowed."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InvalidRequest
+
+Validator = Callable[[Any], Any]
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise ValueError("must be true or false")
+
+
+def _int(lo: int, hi: int) -> Validator:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) != int(v):
+            raise ValueError(f"must be an integer from {lo} to {hi}")
+        if not lo <= int(v) <= hi:
+            raise ValueError(f"must be from {lo} to {hi}")
+        return int(v)
+    return check
+
+
+def _float(lo: float, hi: float) -> Validator:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ValueError(f"must be a number from {lo} to {hi}")
+        if not lo <= float(v) <= hi:
+            raise ValueError(f"must be from {lo} to {hi}")
+        return float(v)
+    return check
+
+
+def _choice(*choices: str) -> Validator:
+    def check(v: Any) -> str:
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(repr(c) for c in choices)}")
+        return str(v)
+    return check
+
+
+def _str(v: Any) -> str:
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise ValueError("must be a string")
+    return v
+
+
+def _str_or_none(v: Any) -> str | None:
+    return None if v is None else _str(v)
+
+
+def _str_list(v: Any) -> list[str]:
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise ValueError("must be a list of strings")
+    return list(v)
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    check: Validator
+    help: str = ""
+
+
+OPTIONS: dict[str, Option] = {
+    "sd_model_checkpoint": Option("", _str, "checkpoint title; setting it loads that model"),
+    "sd_checkpoint_hash": Option("", _str, "sha256 of the loaded checkpoint (informational)"),
+    "sd_vae": Option("Automatic", _str, "VAE file name under <models>/VAE, 'Automatic' or 'None'"),
+    "CLIP_stop_at_last_layers": Option(1, _int(1, 12), "CLIP skip"),
+    "samples_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "format of returned/saved images"),
+    "jpeg_quality": Option(80, _int(1, 100)),
+    "enable_pnginfo": Option(True, _bool, "write the infotext into images"),
+    "add_model_hash_to_info": Option(True, _bool),
+    "add_model_name_to_info": Option(True, _bool),
+    "ESRGAN_tile": Option(192, _int(0, 4096), "upscaler tile size in pixels; 0 = no tiling"),
+    "ESRGAN_tile_overlap": Option(8, _int(0, 512), "upscaler tile overlap in pixels"),
+    "live_previews_enable": Option(True, _bool),
+    "show_progress_every_n_steps": Option(10, _int(-1, 1000), "live preview every N steps (-1/0: off)"),
+    "show_progress_type": Option("Approx cheap", _choice("Approx cheap"), "the linear latent approximation"),
+    "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined")),
+    "samples_save": Option(True, _bool),
+    "save_images_before_highres_fix": Option(False, _bool),
+    "outdir_samples": Option("", _str, "if set, all images go here (relative paths: under --outputs-dir)"),
+    "outdir_txt2img_samples": Option("txt2img-images", _str, "relative paths: under --outputs-dir"),
+    "outdir_extras_samples": Option("extras-images", _str, "relative paths: under --outputs-dir"),
+    "eta_ancestral": Option(1.0, _float(0, 10)),
+    "eta_ddim": Option(0.0, _float(0, 10)),
+    "s_churn": Option(0.0, _float(0, 100)),
+    "s_tmin": Option(0.0, _float(0, 1000)),
+    "s_tmax": Option(0.0, _float(0, 1000)),
+    "s_noise": Option(1.0, _float(0, 10)),
+    "face_restoration": Option(False, _bool),
+    "face_restoration_model": Option(None, _str_or_none),
+    "code_former_weight": Option(0.5, _float(0, 1)),
+    "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
+    "realesrgan_enabled_models": Option([], _str_list),
+    "sd_vae_encode_method": Option("Full", _choice("Full")),
+    "sd_vae_decode_method": Option("Full", _choice("Full")),
+}
+
+
+class OptionsStore:
+    """Current option values; `path` is rewritten atomically (temp file + rename) on every change."""
+
+    def __init__(self, path: Path, checkers: dict[str, Validator] | None = None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._extra = checkers or {}
+        self._values = {k: o.default for k, o in OPTIONS.items()}
+        if path.exists():
+            try:
+                saved = json.loads(path.read_text("utf-8"))
+                for k, v in saved.items():
+                    if k in OPTIONS:
+                        try:
+                            self._values[k] = OPTIONS[k].check(v)
+                        except ValueError:
+                            pass
+            except (OSError, ValueError):
+                pass
+
+    def all(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._values)
+
+    def get(self, key: str) -> Any:
+        with self._lock:
+            return self._values[key]
+
+    def validate(self, changes: dict[str, Any], field: str = "options") -> dict[str, Any]:
+        """Checked copies of `changes`; raises InvalidRequest naming the first bad key."""
+        out = {}
+        for k, v in changes.items():
+            if k not in OPTIONS:
+                raise InvalidRequest(f"{field}.{k}", "unknown option; GET /sdapi/v1/options lists the known ones")
+            try:
+                out[k] = OPTIONS[k].check(v)
+                if k in self._extra:
+                    out[k] = self._extra[k](out[k])
+            except ValueError as exc:
+                raise InvalidRequest(f"{field}.{k}", f"{exc}, got {v!r}") from None
+        return out
+
+    def effective(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
+        """The options one job runs with: current values with the job's validated overrides on top.
+        Keys that are not options here (Forge's `forge_additional_modules`, extension settings) are ignored,
+        as A1111 ignores settings it does not know; a known key with a bad value is an error."""
+        values = self.all()
+        known = {k: v for k, v in (overrides or {}).items() if k in OPTIONS}
+        values.update(self.validate(known, "override_settings"))
+        return values
+
+    def update(self, changes: dict[str, Any]) -> None:
+        checked = self.validate(changes)
+        with self._lock:
+            self._values.update(checked)
+            self._save()
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".options-", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self._values, f, indent=2, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,63 @@
+"""POST /sdapi/v1/txt2img and POST /sdapi/v1/png-info."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.infotext import parse_infotext
+from pipeline.processing import prepare
+from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
+from server.deps import run_on_worker, services
+from server.imagecodec import decode_image, encode_image_b64, read_image_info
+from server.services import Services
+
+router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
+
+
+@router.post("/txt2img", response_model=TextToImageResponse)
+async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends(services)) -> TextToImageResponse:
+    opts = svc.options.effective(req.override_settings)
+    firstpass = None
+    if req.firstpass_image:
+        firstpass = decode_image(req.firstpass_image, field="firstpass_image", max_pixels=svc.config.max_pixels)
+    p = prepare(req, opts, svc.models, svc.upscalers, svc.config.max_pixels, firstpass)
+    result = await run_on_worker(svc, request, "txt2img", lambda: svc.run_txt2img(p))
+    if req.override_settings and not req.override_settings_restore_afterwards:
+        svc.options.update({k: v for k, v in req.override_settings.items() if k in opts})
+    fmt = opts["samples_format"]
+
+    def encode() -> list[str]:
+        chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
+        if req.save_images:
+            svc.save_images(result.images, result.infotexts, fmt, opts)
+        if not req.send_images:
+            return []
+        return [encode_image_b64(img, fmt, text_chunks=c, jpeg_quality=opts["jpeg_quality"])
+                for img, c in zip(result.images, chunks, strict=True)]
+
+    images = await run_in_threadpool(encode)
+    return TextToImageResponse(images=images, parameters=req.model_dump(), info=json.dumps(result.info))
+
+
+class PNGInfoRequest(BaseModel):
+    image: str
+
+
+class PNGInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+@router.post("/png-info", response_model=PNGInfoResponse)
+async def png_info(req: PNGInfoRequest, svc: Services = Depends(services)) -> PNGInfoResponse:
+    def read() -> PNGInfoResponse:
+        img = decode_image(req.image, field="image", max_pixels=svc.config.max_pixels)
+        info, items = read_image_info(img)
+        return PNGInfoResponse(info=info, items=items, parameters=parse_infotext(info) if info else {})
+
+    return await run_in_threadpool(read)
