@@ -1,0 +1,79 @@
+"""POST /sdapi/v1/extra-single-image and /extra-batch-images: standalone upscaling (no diffusion model).
+
+Images are decoded and every name, size and budget is checked before the job is queued; the job then
+runs on the one worker (shared with txt2img), reporting progress per image and per tile. An interrupt
+stops the running image and returns the ones finished before it."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from schemas.extras import (
+    ExtrasBaseRequest,
+    ExtrasBatchImagesRequest,
+    ExtrasBatchImagesResponse,
+    ExtrasSingleImageRequest,
+    ExtrasSingleImageResponse,
+)
+from server.deps import run_on_worker, services
+from server.imagecodec import decode_image, encode_image_b64
+from server.services import Services
+from upscalers.errors import Interrupted
+from upscalers.extras import ExtrasParams, check_extras, html_info, run_extras
+
+router = APIRouter(prefix="/sdapi/v1", tags=["extras"])
+
+
+def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest) -> tuple[list[Image.Image], str]:
+    """On the worker: one image at a time, so that an interrupt keeps the finished ones."""
+    params = ExtrasParams.from_mapping(req.model_dump())
+    opts = svc.options.all()
+    state = svc.worker.state
+    state.begin("extras", len(images))
+    out: list[Image.Image] = []
+    infotext = ""
+    for i, image in enumerate(images):
+        state.set_job(i, "extras")
+        try:
+            done, infotext = run_extras(
+                [image], params, svc.upscalers, tile=opts["ESRGAN_tile"], overlap=opts["ESRGAN_tile_overlap"],
+                max_pixels=svc.config.max_pixels, should_stop=lambda: state.interrupted,
+                on_tile=lambda d, t: state.set_step(d, t))
+        except Interrupted:
+            break
+        out += done
+    return out, infotext
+
+
+async def _extras(svc: Services, request: Request, datas: list[tuple[str, str]], req: ExtrasBaseRequest
+                  ) -> tuple[list[str], str]:
+    def decode() -> list[Image.Image]:
+        return [decode_image(d, field=f, max_pixels=svc.config.max_pixels) for f, d in datas]
+
+    images = await run_in_threadpool(decode)
+    check_extras(images, ExtrasParams.from_mapping(req.model_dump()), svc.upscalers,
+                 max_pixels=svc.config.max_pixels)
+    results, infotext = await run_on_worker(svc, request, "extras", lambda: _run(svc, images, req))
+    fmt = svc.options.get("samples_format")
+
+    def encode() -> list[str]:
+        return [encode_image_b64(img, fmt, text_chunks={k: v for k, v in img.info.items() if isinstance(v, str)})
+                for img in results]
+
+    return await run_in_threadpool(encode), html_info(infotext)
+
+
+@router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
+async def extra_single_image(req: ExtrasSingleImageRequest, request: Request,
+                             svc: Services = Depends(services)) -> ExtrasSingleImageResponse:
+    images, info = await _extras(svc, request, [("image", req.image)], req)
+    return ExtrasSingleImageResponse(html_info=info, image=images[0] if images else "")
+
+
+@router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
+async def extra_batch_images(req: ExtrasBatchImagesRequest, request: Request,
+                             svc: Services = Depends(services)) -> ExtrasBatchImagesResponse:
+    datas = [(f"imageList[{i}]", item.data) for i, item in enumerate(req.imageList)]
+    images, info = await _extras(svc, request, datas, req)
+    return ExtrasBatchImagesResponse(html_info=info, images=images)

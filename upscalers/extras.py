@@ -1,0 +1,204 @@
+"""The Extras tab's upscale operation (A1111 `/sdapi/v1/extra-*-image*`), on PIL images."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from PIL import Image
+
+from .errors import BadImage, FaceRestorationUnavailable, TooLarge
+from .images import text_info, to_rgb_or_rgba
+from .loop import check_budget, plan_upscale, upscale
+from .registry import UpscalerEntry, UpscalerRegistry
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, OnTile, ShouldStop
+
+DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
+"""Default pixel budget of one result (64 megapixels)."""
+
+
+@dataclass(frozen=True)
+class ExtrasParams:
+    """The upscale fields of an extras request, with A1111's names and defaults."""
+
+    resize_mode: Literal[0, 1] = 0
+    """0: scale by `upscaling_resize`; 1: cover `upscaling_resize_w` x `upscaling_resize_h`."""
+    upscaling_resize: float = 2.0
+    upscaling_resize_w: int = 512
+    upscaling_resize_h: int = 512
+    upscaling_crop: bool = True
+    """Mode 1 only: centre the result on a canvas of exactly the target size."""
+    upscaler_1: str = "None"
+    upscaler_2: str = "None"
+    extras_upscaler_2_visibility: float = 0.0
+    gfpgan_visibility: float = 0.0
+    codeformer_visibility: float = 0.0
+    codeformer_weight: float = 0.0
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ExtrasParams:
+        """Build from a request dict (e.g. `model_dump()`); unknown keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def quote(value: object) -> str:
+    """An infotext value: as is, or JSON-quoted when it holds `,`, `:` or a newline."""
+    text = str(value)
+    if "," not in text and ":" not in text and "\n" not in text:
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def format_infotext(info: Mapping[str, object]) -> str:
+    """`key: value, key: value` in insertion order, None values left out."""
+    return ", ".join(k if k == v else f"{k}: {quote(v)}" for k, v in info.items() if v is not None)
+
+
+def html_info(infotext: str) -> str:
+    """A1111's `html_info`: the HTML-escaped text in a `<p>`, line breaks as `<br>`."""
+    return "<p>" + "<br>\n".join(html.escape(line) for line in infotext.split("\n")) + "</p>"
+
+
+def _factor(params: ExtrasParams, size: tuple[int, int]) -> float:
+    if params.resize_mode == 1:
+        return max(params.upscaling_resize_w / size[0], params.upscaling_resize_h / size[1])
+    return params.upscaling_resize
+
+
+def _check_faces(params: ExtrasParams) -> None:
+    if params.gfpgan_visibility > 0:
+        raise FaceRestorationUnavailable("GFPGAN", "gfpgan_visibility")
+    if params.codeformer_visibility > 0:
+        raise FaceRestorationUnavailable("CodeFormer", "codeformer_visibility")
+
+
+def run_extras(
+    images: list[Image.Image],
+    params: ExtrasParams,
+    registry: UpscalerRegistry,
+    *,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    max_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS,
+    should_stop: ShouldStop | None = None,
+    on_tile: OnTile | None = None,
+    on_image: Callable[[int, int], None] | None = None,
+) -> tuple[list[Image.Image], str]:
+    """Upscale each image as A1111's extras does; returns (results, infotext of the last).
+
+    Everything that can be checked is checked before any model runs: upscaler names (both,
+    even when upscaler_1 is "None"), face restoration requests, empty images, and the pixel
+    budget (TooLarge). `upscaler_1` "None" leaves images unresized and ignores upscaler 2.
+    Each result is RGB (RGBA if the input had alpha) and carries the input's text `.info`
+    entries plus `postprocessing` = its infotext. `on_image(done, total)` follows images;
+    `on_tile` and `should_stop` are passed to `upscale` (Interrupted propagates).
+    """
+    first, second = check_extras(images, params, registry, max_pixels=max_pixels)
+    results: list[Image.Image] = []
+    infotext = ""
+    for index, image in enumerate(images):
+        result, info = _upscale_one(
+            image, params, first, second, registry, tile, overlap, should_stop, on_tile
+        )
+        infotext = format_infotext(info)
+        result.info = {**text_info(image), "postprocessing": infotext}
+        results.append(result)
+        if on_image is not None:
+            on_image(index + 1, len(images))
+    return results, infotext
+
+
+def check_extras(
+    images: list[Image.Image],
+    params: ExtrasParams,
+    registry: UpscalerRegistry,
+    *,
+    max_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS,
+) -> tuple[UpscalerEntry, UpscalerEntry]:
+    """Every check `run_extras` makes before any model runs (names, face restoration, empty images,
+    pixel budget), on its own: the server calls it before queueing. Returns (upscaler_1, upscaler_2)."""
+    first = registry.resolve(params.upscaler_1)
+    second = registry.resolve(params.upscaler_2)
+    _check_faces(params)
+    for index, image in enumerate(images):
+        if image.width < 1 or image.height < 1:
+            raise BadImage(index, f"the image is empty ({image.width}x{image.height})")
+        if first.kind == "none":
+            continue
+        for entry in (first, second) if _uses_second(params, second) else (first,):
+            try:
+                plan = plan_upscale(image.size, _factor(params, image.size), entry)
+            except BadImage as exc:
+                raise BadImage(index, exc.reason) from None
+            check_budget(plan, max_pixels)
+        target_w, target_h = params.upscaling_resize_w, params.upscaling_resize_h
+        cropped = params.resize_mode == 1 and params.upscaling_crop
+        if cropped and max_pixels and target_w * target_h > max_pixels:
+            raise TooLarge(target_w, target_h, max_pixels)
+
+    return first, second
+
+
+def _uses_second(params: ExtrasParams, second: UpscalerEntry) -> bool:
+    return second.kind != "none" and params.extras_upscaler_2_visibility > 0
+
+
+def _upscale_one(
+    image: Image.Image,
+    params: ExtrasParams,
+    first: UpscalerEntry,
+    second: UpscalerEntry,
+    registry: UpscalerRegistry,
+    tile: int,
+    overlap: int,
+    should_stop: ShouldStop | None,
+    on_tile: OnTile | None,
+) -> tuple[Image.Image, dict[str, object]]:
+    source = to_rgb_or_rgba(image)
+    info: dict[str, object] = {}
+    if first.kind == "none":
+        return source.copy(), info
+
+    def stage(entry: UpscalerEntry) -> Image.Image:
+        factor = _factor(params, source.size)
+        if params.resize_mode == 1:
+            info["Postprocess upscale to"] = f"{params.upscaling_resize_w}x{params.upscaling_resize_h}"
+        else:
+            info["Postprocess upscale by"] = float(params.upscaling_resize)
+        out = upscale(
+            source,
+            factor,
+            entry,
+            registry,
+            tile=tile,
+            overlap=overlap,
+            should_stop=should_stop,
+            on_tile=on_tile,
+        )
+        if params.resize_mode == 1 and params.upscaling_crop:
+            out = _centre_crop(out, params.upscaling_resize_w, params.upscaling_resize_h)
+            info["Postprocess crop to"] = f"{out.width}x{out.height}"
+        return out
+
+    result = stage(first)
+    info["Postprocess upscaler"] = first.name
+    if _uses_second(params, second):
+        other = stage(second)
+        if other.mode != result.mode:
+            other = other.convert(result.mode)
+        if other.size != result.size:
+            other = other.resize(result.size, resample=Image.Resampling.LANCZOS)
+        result = Image.blend(result, other, params.extras_upscaler_2_visibility)
+        info["Postprocess upscaler 2"] = second.name
+    return result, info
+
+
+def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Paste `image` centred on a black canvas of exactly width x height (transparent if RGBA)."""
+    canvas = Image.new(image.mode, (width, height))
+    canvas.paste(image, (width // 2 - image.width // 2, height // 2 - image.height // 2))
+    return canvas
