@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import HTTPException
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import JSONResponse
 
 from pipeline.errors import Interrupted, ModelLoadError, PipelineError
@@ -37,6 +38,11 @@ def install(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(error_body(exc, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 shape; inputs that JSON cannot carry (NaN, infinity) are shown as strings."""
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
     async def any_error(request: Request, exc: Exception) -> JSONResponse:
         status = _status(exc)
         headers = {"Retry-After": "5"} if status == 503 else None
@@ -54,3 +60,13 @@ def install(app: FastAPI) -> None:
     # the domain errors get their own handlers so they are answered without a server-error traceback
     for cls in (PipelineError, ImageDecodeError, UpscalerError, QueueFull, WorkerStopped, Exception):
         app.add_exception_handler(cls, any_error)
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
