@@ -148,8 +148,8 @@ def decode_image(data: str, *, field: str = "image", max_pixels: int) -> Image.I
     )
     try:
         img = Image.open(io.BytesIO(raw), formats=formats)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageDecodeError(field, too_large) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(field, f"{too_large} ({_short(e)})") from None
     except Exception as e:  # Pillow raises many types for garbage (OSError, SyntaxError, struct.error, ...)
         raise ImageDecodeError(
             field,
