@@ -15,14 +15,18 @@ from pipeline import checkpoints
 from pipeline.builtin import build_builtin_model, builtin_checkpoint_info
 from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.model import SDModel
+from pipeline.vaes import VaeRegistry, apply_vae
 
 log = logging.getLogger("hiresd.models")
 
 
 class ModelManager:
     def __init__(self, registry: CheckpointRegistry, device: torch.device, dtype: torch.dtype,
-                 vae_dtype: torch.dtype | None = None, builtin: bool = True, max_loaded: int = 1) -> None:
+                 vae_dtype: torch.dtype | None = None, builtin: bool = True, max_loaded: int = 1,
+                 vaes: VaeRegistry | None = None) -> None:
         self.registry = registry
+        self.vaes = vaes if vaes is not None else VaeRegistry(registry.models_dir, None)
+        self.vae_choice = "Automatic"  # option `sd_vae` for the models `get()` hands out
         self.device = device
         self.dtype = dtype
         self.vae_dtype = vae_dtype
@@ -31,8 +35,11 @@ class ModelManager:
         self._lock = threading.RLock()
         if builtin:
             registry.add(builtin_checkpoint_info())
-        self.current_title: str = ""
         self.current_filename: str = ""
+
+    @property
+    def current_title(self) -> str:
+        return self._by_filename(self.current_filename).title if self.current_filename else ""
 
     # -- names (cheap, any thread) -----------------------------------------------------------------
     def default(self) -> CheckpointInfo:
@@ -53,15 +60,46 @@ class ModelManager:
         return self.find(name, field).filename
 
     def info(self, key: str) -> dict[str, Any]:
+        """Names and hashes of a checkpoint; `vae_name`/`vae_hash` name the external VAE in use on its
+        loaded model (None when it runs its own VAE), for the infotext's `VAE` and `VAE hash`."""
         info = self._by_filename(key)
+        loaded = self._loaded.get(info.filename)
+        extra = loaded.extra if loaded is not None else {}
         return {"title": info.title, "short_title": info.title, "model_name": info.model_name,
-                "hash": info.hash, "sha256": info.sha256, "filename": info.filename}
+                "hash": info.hash, "sha256": info.sha256, "filename": info.filename,
+                "vae_name": extra.get("vae_name"), "vae_hash": extra.get("vae_hash")}
 
     def api_list(self) -> list[dict[str, Any]]:
         return [i.as_api() for i in self.registry.list()]
 
     def refresh(self) -> None:
         self.registry.refresh()
+
+    # -- VAEs (option sd_vae) ----------------------------------------------------------------------
+    def check_vae(self, name: str | None, field: str = "sd_vae") -> str:
+        """Validate an `sd_vae` value (UnknownName lists the choices); returns it normalised."""
+        return self.vaes.check(name, field)
+
+    def select_vae(self, name: str | None, apply_now: bool = True) -> None:
+        """Use `sd_vae` = `name` for the models `get()` returns from now on (worker thread). With
+        `apply_now`, applies it to the current model at once, so that a file that does not fit fails here
+        (ModelLoadError) and the previous choice stays."""
+        choice = self.vaes.check(name)
+        with self._lock:
+            previous = self.vae_choice
+            self.vae_choice = choice
+            model = self._loaded.get(self.current_filename) if apply_now else None
+            if model is not None:
+                try:
+                    self._apply_vae(model, self.current_filename)
+                except Exception:
+                    self.vae_choice = previous
+                    self._apply_vae(model, self.current_filename)
+                    raise
+
+    def _apply_vae(self, model: SDModel, filename: str) -> None:
+        vae = self.vaes.select(self.vae_choice, filename)
+        apply_vae(model, vae, self.vaes.shorthash(vae) if vae is not None else None)
 
     def _by_filename(self, key: str) -> CheckpointInfo:
         for info in self.registry.list():
@@ -93,6 +131,6 @@ class ModelManager:
                 self._loaded[info.filename] = model
             else:
                 self._loaded.move_to_end(info.filename)
-            self.current_title = info.title
+            self._apply_vae(model, info.filename)
             self.current_filename = info.filename
             return model

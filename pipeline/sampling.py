@@ -11,8 +11,11 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import Interrupted
 from pipeline.model import SDModel
+from pipeline.state import Skipped
 
+STOPS = (Interrupted, Skipped)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
 
 
@@ -32,7 +35,8 @@ def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int) -> torch.
 def guided_model(model: SDModel, cfg_scale: float, height: int, width: int
                  ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
-    not computed (it cannot change the result)."""
+    not computed (it cannot change the result). `t` is best a tensor already on the model's device."""
+    time_ids: dict[int, torch.Tensor] = {}  # SDXL: built once per batch size, not per step (no H2D copy)
 
     def run_one(x_in: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
         return run(x_in, t, cond, cond, single=True)
@@ -50,10 +54,10 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int
         kwargs: dict[str, Any] = {}
         if model.family == "sdxl":
             pooled = torch.cat([uncond.pooled, cond.pooled]) if use_uncond else cond.pooled
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": pooled.to(model.device, model.dtype),
-                "time_ids": sdxl_time_ids(model, height, width, x.shape[0]),
-            }
+            if x.shape[0] not in time_ids:
+                time_ids[x.shape[0]] = sdxl_time_ids(model, height, width, x.shape[0])
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(model.device, model.dtype),
+                                           "time_ids": time_ids[x.shape[0]]}
         tt = t if torch.is_tensor(t) else torch.tensor(t)
         out = model.unet(x.to(model.device, model.dtype), tt.to(model.device),
                          encoder_hidden_states=ctx.to(model.device, model.dtype), return_dict=False, **kwargs)[0]
@@ -76,12 +80,15 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     scheduler = plan.scheduler
     denoised: torch.Tensor | None = None
     calls = 0
+    # The UNet gets its timesteps from one upfront copy: a per-step host-to-device copy of a scalar would
+    # synchronise the stream every step and stall the GPU while the next step's kernels are launched.
+    unet_timesteps = plan.timesteps.to(model.device)
     with torch.inference_mode():
         for i, t in enumerate(plan.timesteps):
             step = plan.user_step(i)
             cond, uncond = cond_at(i)
             x_in = scheduler.scale_model_input(x, t)
-            out = guided(x_in, t, cond, uncond)
+            out = guided(x_in, unet_timesteps[i], cond, uncond)
             calls += 1
             res = scheduler.step(out, t, x, **plan.step_kwargs, return_dict=True)
             x = res.prev_sample
@@ -90,6 +97,6 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                 denoised = getattr(res, "denoised", None)
             try:
                 callback(step, x, denoised)
-            except Exception as exc:  # noqa: BLE001 - the callback stops the pass by raising
+            except STOPS as exc:  # the callback stops the pass by raising; anything else is a real error
                 return PassResult(denoised if denoised is not None else x, exc, calls)
     return PassResult(x, None, calls)

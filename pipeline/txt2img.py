@@ -69,10 +69,11 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
     images: list[Image.Image] = []
     infotexts: list[str] = []
     calls: list[int] = []
-    model = ctx.models.get(p.checkpoint)
+    model: SDModel | None = None
     for it in range(p.n_iter):
         if state.interrupted:
             break
+        model = ctx.models.get(p.checkpoint)  # a cache hit, unless a hires checkpoint evicted it
         p.iteration = it
         state.clear_skip()
         seeds = p.all_seeds[it * bs:(it + 1) * bs]
@@ -97,16 +98,20 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
         state.set_job(job_no + 1, f"Batch {it + 1} out of {p.n_iter}", p.hr_steps)
         ctx.extensions.call("before_hr", p)
         p.is_hr_pass = True
-        hr_model = ctx.models.get(p.hr_checkpoint) if p.hr_checkpoint else model
         pixels: list[Image.Image] | None = None
         if _is_latent(p):
             latents = _latent_upscale(first.latents, p)
         else:
             firsts = [p.firstpass_image] if p.firstpass_image is not None else _decode(model, first.latents, p)
             pixels = [_pixel_upscale(img, p, ctx) for img in firsts]
+        if p.hr_checkpoint:
+            model = None  # let the manager free the main model if it evicts it for the hires one
+        hr_model = ctx.models.get(p.hr_checkpoint) if p.hr_checkpoint else model
+        if pixels is not None:
             if p.denoising_strength <= 0 or isinstance(first.stopped, Skipped):
+                pixels = [_crop_image(img, p) for img in pixels]
                 images += pixels
-                infotexts += [_infotext(p, model, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
+                infotexts += [_infotext(p, hr_model, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
                 continue
             latents = vae.encode(hr_model, _to_tensor(pixels))
         latents = _crop(latents, p)
@@ -119,7 +124,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
             latents = second.latents
         batch = _decode(hr_model, latents, p)
         images += batch
-        infotexts += [_infotext(p, model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
+        infotexts += [_infotext(p, hr_model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
     info = _info_json(p, model, ctx, infotexts, state)
     return Txt2ImgResult(images, infotexts, info, calls)
 
@@ -207,6 +212,13 @@ def _crop(latents: torch.Tensor, p: Processing) -> torch.Tensor:
     return latents[:, :, top:h - bottom, left:w - right]
 
 
+def _crop_image(image: Image.Image, p: Processing) -> Image.Image:
+    """The latent crop in pixels, for results returned without a second pass."""
+    top, bottom, left, right = (8 * c for c in p.hires.crop)
+    w, h = image.size
+    return image.crop((left, top, w - right, h - bottom)) if top or bottom or left or right else image
+
+
 def _pixel_upscale(image: Image.Image, p: Processing, ctx: Context) -> Image.Image:
     """A1111's resize_image(just resize) with the named upscaler, to the latent-aligned target size."""
     tw, th = p.hires.latent_upscale[1] * 8, p.hires.latent_upscale[0] * 8
@@ -243,6 +255,8 @@ def _infotext(p: Processing, model: Any, ctx: Context, index: int) -> str:
         ("Size", f"{p.width}x{p.height}"),
         ("Model hash", info.get("hash")),
         ("Model", info.get("model_name")),
+        ("VAE hash", info.get("vae_hash") if p.options.get("add_vae_hash_to_info", True) else None),
+        ("VAE", info.get("vae_name") if p.options.get("add_vae_name_to_info", True) else None),
     ]
     if p.subseed_strength > 0:
         params += [("Variation seed", p.all_subseeds[index]), ("Variation seed strength", p.subseed_strength)]
@@ -314,8 +328,8 @@ def _info_json(p: Processing, model: Any, ctx: Context, infotexts: list[str], st
         "face_restoration_model": None,
         "sd_model_name": info.get("model_name"),
         "sd_model_hash": info.get("hash"),
-        "sd_vae_name": None,
-        "sd_vae_hash": None,
+        "sd_vae_name": info.get("vae_name"),
+        "sd_vae_hash": info.get("vae_hash"),
         "seed_resize_from_w": p.seed_resize_from[0],
         "seed_resize_from_h": p.seed_resize_from[1],
         "denoising_strength": p.denoising_strength,
