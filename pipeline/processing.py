@@ -112,6 +112,10 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
     if req.script_name not in (None, "", "None"):
         raise InvalidRequest("script_name", f"script {req.script_name!r} not found; this server has no "
                              "selectable scripts (use alwayson extensions, see /sdapi/v1/scripts)")
+    restore = req.restore_faces if req.restore_faces is not None else bool(options.get("face_restoration"))
+    if restore:
+        raise InvalidRequest("restore_faces", "no face-restoration model is available on this server "
+                             "(GFPGAN / CodeFormer need face detection that is not installed); send false")
     sampler, schedule = samplers.resolve(req.sampler_name, req.sampler_index, req.scheduler)
     checkpoint = models.resolve_title(str(options.get("sd_model_checkpoint") or ""), "sd_model_checkpoint")
     w, h = first_pass_size(req.width, req.height)

@@ -1,4 +1,8 @@
-"""`create_app(config)`: the FastAPI app with its one `Services` object, middleware and routes."""
+"""`create_app(config)`: the FastAPI app with its one `Services` object, middleware and routes.
+
+Middleware, outermost first: CORS (only when --cors-allow-origins[-regex] is given), the per-request
+log line and `X-Process-Time` header, Basic auth (only with --api-auth), GZip. All are plain ASGI
+middleware, so that routes still see their client disconnect (Starlette's BaseHTTPMiddleware hides it)."""
 from __future__ import annotations
 
 import logging
@@ -6,17 +10,52 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.middleware.gzip import GZipMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import errors
-from server.auth import install_auth
+from server.auth import BasicAuthMiddleware
 from server.config import ServerConfig
-from server.routes import extras, generation, jobs, listing, options
+from server.routes import extras, generation, jobs, listing, maintenance, options
 from server.services import Services
 
 log = logging.getLogger("hiresd.api")
+
+
+class TimingLogMiddleware:
+    """Adds `X-Process-Time` (seconds until the response starts, 4 decimals) and, with `log_requests`,
+    logs one line per /sdapi request: method, path, status, duration, client."""
+
+    def __init__(self, app: ASGIApp, log_requests: bool) -> None:
+        self.app = app
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_timed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((b"x-process-time", f"{time.perf_counter() - start:.4f}".encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_timed)
+        finally:
+            if self.log_requests and scope["path"].startswith("/sdapi"):
+                client = scope.get("client")
+                who = f"{client[0]}:{client[1]}" if client else "-"
+                log.info("%s %s %d %.3fs %s", scope["method"], scope["path"], status,
+                         time.perf_counter() - start, who)
 
 
 def create_app(config: ServerConfig, services: Services | None = None) -> FastAPI:
@@ -32,24 +71,15 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
     app.state.services = services
     app.state.config = config
     errors.install(app)
+    app.add_middleware(GZipMiddleware, minimum_size=1000)
+    if config.api_auth:
+        app.add_middleware(BasicAuthMiddleware, credentials=config.api_auth)
+    app.add_middleware(TimingLogMiddleware, log_requests=config.api_log)
     if config.cors_allow_origins or config.cors_allow_origins_regex:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_allow_origins,
                            allow_origin_regex=config.cors_allow_origins_regex, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    app.add_middleware(GZipMiddleware, minimum_size=1000)
-
-    @app.middleware("http")
-    async def timing_and_log(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        response = await call_next(request)
-        took = time.perf_counter() - start
-        response.headers["X-Process-Time"] = f"{took:.4f}"
-        if config.api_log and request.url.path.startswith("/sdapi"):
-            client = f"{request.client.host}:{request.client.port}" if request.client else "-"
-            log.info("%s %s %d %.3fs %s", request.method, request.url.path, response.status_code, took, client)
-        return response
-
-    install_auth(app, config.api_auth)
-    for module in (generation, jobs, listing, options, extras):
+    for module in (generation, jobs, listing, options, extras, maintenance):
         app.include_router(module.router)
+    maintenance.install_server_control(app, config)
     return app

@@ -1,13 +1,15 @@
 """`--api-auth user:pass[,user2:pass2]`: HTTP Basic auth on every /sdapi/v1 route and on /docs and
-/openapi.json, compared in constant time. 401 answers carry `WWW-Authenticate: Basic`."""
+/openapi.json, compared in constant time. 401 answers carry `WWW-Authenticate: Basic` and A1111's error
+body. A plain ASGI middleware (not Starlette's BaseHTTPMiddleware), so that a route still sees its
+client disconnect."""
 from __future__ import annotations
 
 import base64
 import binascii
 import hmac
+import json
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 PROTECTED = ("/sdapi/", "/docs", "/redoc", "/openapi.json")
 
@@ -25,16 +27,30 @@ def check_basic(header: str | None, credentials: list[tuple[str, str]]) -> bool:
     return ok
 
 
-def install_auth(app: FastAPI, credentials: list[tuple[str, str]]) -> None:
-    if not credentials:
-        return
+def is_protected(path: str) -> bool:
+    return path.startswith(PROTECTED)
 
-    @app.middleware("http")
-    async def basic_auth(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
-        if request.method != "OPTIONS" and request.url.path.startswith(PROTECTED):
-            header = request.headers.get("authorization")
-            if not check_basic(header, credentials):
-                detail = "Not authenticated" if not header else "Incorrect username or password"
-                body = {"error": "HTTPException", "detail": detail, "body": "", "errors": detail}
-                return JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Basic"})
-        return await call_next(request)
+
+class BasicAuthMiddleware:
+    def __init__(self, app: ASGIApp, credentials: list[tuple[str, str]]) -> None:
+        self.app = app
+        self.credentials = list(credentials)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not is_protected(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        header = None
+        for key, value in scope.get("headers", []):
+            if key == b"authorization":
+                header = value.decode("latin-1")
+                break
+        if check_basic(header, self.credentials):
+            await self.app(scope, receive, send)
+            return
+        detail = "Not authenticated" if not header else "Incorrect username or password"
+        body = json.dumps({"error": "HTTPException", "detail": detail, "body": "", "errors": detail}).encode()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"www-authenticate", b'Basic realm="hiresd"')]})
+        await send({"type": "http.response.body", "body": body})

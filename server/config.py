@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass
@@ -26,6 +27,35 @@ class ServerConfig:
     allow_noncommercial_upscalers: bool = False
     builtin_model: bool = True
     shutdown_grace_s: float = 60.0
+    argv_flags: dict[str, Any] = field(default_factory=dict)  # the parsed command line, as given
+
+    def cmd_flags(self) -> dict[str, Any]:
+        """`/sdapi/v1/cmd-flags`: every argparse value under its own name, A1111's names for the same
+        settings where they exist, and `api_auth` with its passwords masked."""
+        flags: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.argv_flags.items()}
+        flags.update({
+            "host": self.host, "port": self.port, "listen": self.host == "0.0.0.0",
+            "server_name": self.host, "api": True, "nowebui": True,
+            "models_dir": str(self.models_dir), "data_dir": str(self.data_dir),
+            "outputs_dir": str(self.outputs_dir),
+            "extensions_dir": str(self.extensions_dir) if self.extensions_dir else None,
+            "ckpt_dir": str(self.models_dir / "Stable-diffusion"), "vae_dir": str(self.models_dir / "VAE"),
+            "esrgan_models_path": str(self.models_dir / "ESRGAN"),
+            "realesrgan_models_path": str(self.models_dir / "RealESRGAN"),
+            "swinir_models_path": str(self.models_dir / "SwinIR"),
+            "dat_models_path": str(self.models_dir / "DAT"), "scunet_models_path": str(self.models_dir / "ScuNET"),
+            "device": self.device, "precision": self.precision, "no_half": self.precision == "fp32",
+            "use_cpu": ["all"] if self.device == "cpu" else [],
+            "api_auth": ",".join(f"{u}:***" for u, _ in self.api_auth) or None,
+            "api_log": self.api_log, "api_server_stop": self.api_server_stop,
+            "cors_allow_origins": ",".join(self.cors_allow_origins) or None,
+            "cors_allow_origins_regex": self.cors_allow_origins_regex,
+            "queue_size": self.queue_size, "max_pixels": self.max_pixels,
+            "shutdown_grace": self.shutdown_grace_s,
+            "enable_noncommercial_upscalers": self.allow_noncommercial_upscalers,
+            "no_builtin_model": not self.builtin_model,
+        })
+        return flags
 
 
 def _auth_pairs(text: str) -> list[tuple[str, str]]:
@@ -60,6 +90,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-api-log", action="store_true", help="no per-request log line")
     ap.add_argument("--api-log", action="store_true", help="accepted for A1111 compatibility (on by default)")
     ap.add_argument("--queue-size", type=int, default=16, help="jobs allowed to wait; more get 503")
+    ap.add_argument("--shutdown-grace", type=float, default=60.0,
+                    help="on SIGTERM, seconds the running job may take before it is interrupted")
     ap.add_argument("--max-pixels", type=int, default=4096 * 4096,
                     help="pixel budget per batch (width x height x batch_size, hires target included)")
     ap.add_argument("--enable-noncommercial-upscalers", action="store_true",
@@ -80,4 +112,5 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
         cors_allow_origins_regex=a.cors_allow_origins_regex, api_server_stop=a.api_server_stop,
         api_log=not a.no_api_log, queue_size=a.queue_size, max_pixels=a.max_pixels,
         allow_noncommercial_upscalers=a.enable_noncommercial_upscalers, builtin_model=not a.no_builtin_model,
+        shutdown_grace_s=a.shutdown_grace, argv_flags=vars(a),
     )

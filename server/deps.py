@@ -2,28 +2,51 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from fastapi import Request
+from fastapi import HTTPException, Request
 
 from server.services import Services
 
 T = TypeVar("T")
+log = logging.getLogger("hiresd.queue")
+
+# nginx's code for "the client closed the request"; never reaches the (gone) client, only the log
+CLIENT_CLOSED = 499
 
 
 def services(request: Request) -> Services:
     return request.app.state.services
 
 
-async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable[[], T]) -> T:
-    """Queue `fn` on the device worker and await it without blocking the event loop. A client that
-    disconnects while its job still waits has the job dropped, never run."""
-    job = svc.worker.submit(name, fn)
-    fut = asyncio.wrap_future(job.future)
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone. The body has been read by then, so the next ASGI message the
+    server has for this request is `http.disconnect` (uvicorn sends it when the socket closes)."""
     while True:
-        done, _ = await asyncio.wait({fut}, timeout=0.25)
-        if done:
-            return fut.result()
-        if await request.is_disconnected() and svc.worker.cancel(job):
-            raise asyncio.CancelledError()
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable[[], T]) -> T:
+    """Queue `fn` on the device worker and await it without blocking the event loop.
+
+    A client that disconnects while its job still waits has the job dropped, never run. Once the job
+    runs it finishes (as in A1111; clients that want it stopped send /interrupt, as SillyTavern does)."""
+    job = svc.worker.submit(name, fn)
+    result = asyncio.wrap_future(job.future)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if result not in done and svc.worker.cancel(job):
+            log.info("%s: client %s went away while the job waited; dropped", name,
+                     f"{request.client.host}:{request.client.port}" if request.client else "-")
+            raise HTTPException(CLIENT_CLOSED, "client closed the request; the job was dropped before it ran")
+        return await result
+    finally:
+        gone.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await gone

@@ -16,6 +16,8 @@ from typing import Any
 from pipeline.errors import InvalidRequest
 
 Validator = Callable[[Any], Any]
+# extra checks the app adds for values only it can judge (a VAE or checkpoint name): (value, field) -> value
+NameChecker = Callable[[Any, str], Any]
 
 
 def _bool(v: Any) -> bool:
@@ -87,6 +89,9 @@ OPTIONS: dict[str, Option] = {
     "enable_pnginfo": Option(True, _bool, "write the infotext into images"),
     "add_model_hash_to_info": Option(True, _bool),
     "add_model_name_to_info": Option(True, _bool),
+    "add_vae_hash_to_info": Option(True, _bool),
+    "add_vae_name_to_info": Option(True, _bool),
+    "save_incomplete_images": Option(False, _bool, "save interrupted/skipped results when save_images is on"),
     "ESRGAN_tile": Option(192, _int(0, 4096), "upscaler tile size in pixels; 0 = no tiling"),
     "ESRGAN_tile_overlap": Option(8, _int(0, 512), "upscaler tile overlap in pixels"),
     "live_previews_enable": Option(True, _bool),
@@ -117,7 +122,7 @@ OPTIONS: dict[str, Option] = {
 class OptionsStore:
     """Current option values; `path` is rewritten atomically (temp file + rename) on every change."""
 
-    def __init__(self, path: Path, checkers: dict[str, Validator] | None = None) -> None:
+    def __init__(self, path: Path, checkers: dict[str, NameChecker] | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._extra = checkers or {}
@@ -150,10 +155,10 @@ class OptionsStore:
                 raise InvalidRequest(f"{field}.{k}", "unknown option; GET /sdapi/v1/options lists the known ones")
             try:
                 out[k] = OPTIONS[k].check(v)
-                if k in self._extra:
-                    out[k] = self._extra[k](out[k])
             except ValueError as exc:
                 raise InvalidRequest(f"{field}.{k}", f"{exc}, got {v!r}") from None
+            if k in self._extra:
+                out[k] = self._extra[k](out[k], f"{field}.{k}")
         return out
 
     def effective(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -165,10 +170,11 @@ class OptionsStore:
         values.update(self.validate(known, "override_settings"))
         return values
 
-    def update(self, changes: dict[str, Any]) -> None:
-        checked = self.validate(changes)
+    def update(self, changes: dict[str, Any], checked: bool = False) -> None:
+        """Validate (unless `checked`), apply and persist `changes`."""
+        checked_changes = changes if checked else self.validate(changes)
         with self._lock:
-            self._values.update(checked)
+            self._values.update(checked_changes)
             self._save()
 
     def _save(self) -> None:

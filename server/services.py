@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import tempfile
+import threading
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ from pipeline.extensions import Extensions
 from pipeline.models import ModelManager
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.processing import Processing
+from pipeline.styles import StyleStore
 from pipeline.txt2img import Context, Txt2ImgResult, run_txt2img
+from pipeline.vaes import VaeRegistry
 from pipeline.worker import Worker
 from server.config import ServerConfig
+from server.console import ConsoleProgress
 from server.imagecodec import encode_image
 from server.options import OptionsStore
 from upscalers.registry import UpscalerRegistry
@@ -53,34 +58,82 @@ class Services:
     models: ModelManager
     upscalers: UpscalerRegistry
     extensions: Extensions
+    styles: StyleStore
+    console: ConsoleProgress | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _stopped: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def create(cls, config: ServerConfig) -> Services:
+    def create(cls, config: ServerConfig, console: bool = True) -> Services:
         device, dtype, vae_dtype = pick_device(config)
         log.info("device %s, dtype %s, VAE dtype %s", device, dtype, vae_dtype or dtype)
         registry = CheckpointRegistry(config.models_dir, config.data_dir)
-        models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model)
+        vaes = VaeRegistry(config.models_dir, config.data_dir)
+        models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model, vaes=vaes)
         registry.start_background_hashing()
         upscalers = UpscalerRegistry(config.models_dir, allow_noncommercial=config.allow_noncommercial_upscalers,
                                      device=device)
-        options = OptionsStore(config.data_dir / "options.json")
-        svc = cls(config, options, Worker(config.queue_size), models, upscalers,
-                  Extensions.load(config.extensions_dir))
+        options = OptionsStore(config.data_dir / "options.json", checkers={"sd_vae": models.check_vae})
+        try:
+            models.vae_choice = models.check_vae(options.get("sd_vae"))
+        except Exception as exc:  # noqa: BLE001 - a VAE file removed since: fall back as A1111 does
+            log.warning("option sd_vae: %s; using Automatic", exc)
+            options.update({"sd_vae": "Automatic"})
+        worker = Worker(config.queue_size)
+        svc = cls(config, options, worker, models, upscalers, Extensions.load(config.extensions_dir),
+                  StyleStore(config.data_dir / "styles.csv"))
+        if console:
+            svc.console = ConsoleProgress(worker.state).start()
         return svc
 
+    # -- shutdown -------------------------------------------------------------------------------------
+    def begin_shutdown(self) -> None:
+        """SIGTERM: stop taking jobs and answer every waiting one with 503 at once; the running job may
+        finish for `shutdown_grace_s`, then it is interrupted so that it still returns its partial result."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        log.info("shutting down: no new jobs; %s running, %d waiting jobs answered with 503",
+                 "one" if self.worker.busy else "none", self.worker.queued)
+        self.worker.stop(timeout=0)
+
+        def interrupt_late() -> None:
+            if not self._stopped.wait(self.config.shutdown_grace_s):
+                log.warning("the running job did not finish within %.0fs: interrupting it",
+                            self.config.shutdown_grace_s)
+                self.worker.state.interrupt()
+
+        threading.Thread(target=interrupt_late, name="hiresd-shutdown", daemon=True).start()
+
     def shutdown(self) -> None:
-        self.worker.stop(self.config.shutdown_grace_s)
+        self.begin_shutdown()
+        self.worker.stop(self.config.shutdown_grace_s + 5)
+        self._stopped.set()
         self.models.registry.stop_background_hashing()
+        if self.console is not None:
+            self.console.stop()
+
+    # -- options --------------------------------------------------------------------------------------
+    def selected_checkpoint(self) -> Any:
+        """The checkpoint option `sd_model_checkpoint` selects (the first one when unset or gone)."""
+        name = str(self.options.get("sd_model_checkpoint") or "")
+        if name:
+            try:
+                return self.models.find(name)
+            except Exception:  # noqa: BLE001 - removed since: A1111 falls back to the first one
+                pass
+        return self.models.default()
 
     def current_options(self) -> dict[str, Any]:
         values = self.options.all()
-        info = self.models.default()
+        info = self.selected_checkpoint()
         values["sd_model_checkpoint"] = info.title
         values["sd_checkpoint_hash"] = info.sha256 or ""
         return values
 
     # -- jobs (run on the worker thread) --------------------------------------------------------------
     def run_txt2img(self, p: Processing) -> Txt2ImgResult:
+        self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions, self.worker.state)
         try:
             return run_txt2img(p, ctx)
@@ -88,30 +141,45 @@ class Services:
             if p.hr_checkpoint:  # pass two ran on another model: the job's model stays the selected one
                 self.models.current_filename = p.checkpoint
 
-    def save_images(self, images: list[Image.Image], infotexts: list[str], fmt: str, opts: dict[str, Any]) -> None:
-        """A1111-style numbered files `NNNNN-<seed>.<ext>` under outputs/txt2img-images/<date>/, written
-        atomically and never overwriting an existing file."""
+    def save_images(self, images: list[Image.Image], infotexts: list[str], fmt: str,
+                    opts: dict[str, Any]) -> list[Path]:
+        """A1111-style numbered files `NNNNN-<seed>.<ext>` under `<outputs>/txt2img-images/<date>/` (option
+        `outdir_samples` or `outdir_txt2img_samples`, relative to --outputs-dir). Each file is written to
+        a private temporary name, synced, then hard-linked to the first free number: atomic, and an
+        existing file is never overwritten, also with concurrent savers."""
         root = Path(opts.get("outdir_samples") or opts.get("outdir_txt2img_samples") or "txt2img-images")
         if not root.is_absolute():
             root = self.config.outputs_dir / root
         folder = root / date.today().isoformat()
         folder.mkdir(parents=True, exist_ok=True)
         ext = "jpg" if fmt == "jpeg" else fmt
+        written: list[Path] = []
         for img, text in zip(images, infotexts, strict=True):
-            data = encode_image(img, fmt, text_chunks={"parameters": text} if opts.get("enable_pnginfo") else {})
-            seed = _seed_of(text)
-            while True:
-                number = _next_number(folder)
-                path = folder / f"{number:05d}-{seed}.{ext}"
-                tmp = folder / f".{path.name}.tmp"
-                tmp.write_bytes(data)
-                try:
-                    os.link(tmp, path)  # atomic, and fails rather than overwrite
-                except FileExistsError:
-                    tmp.unlink(missing_ok=True)
-                    continue
-                tmp.unlink(missing_ok=True)
-                break
+            chunks = {"parameters": text} if opts.get("enable_pnginfo", True) else {"parameters": None}
+            data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)))
+            written.append(write_numbered(folder, f"-{_seed_of(text)}.{ext}", data))
+        return written
+
+
+def write_numbered(folder: Path, suffix: str, data: bytes) -> Path:
+    """Write `data` as `folder/NNNNN<suffix>` with the next free number; atomic, never overwrites."""
+    fd, tmp_name = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        number = _next_number(folder)
+        while True:
+            path = folder / f"{number:05d}{suffix}"
+            try:
+                os.link(tmp, path)  # atomic, and fails rather than overwrite
+                return path
+            except FileExistsError:
+                number += 1
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _seed_of(infotext: str) -> str:
@@ -122,6 +190,7 @@ def _seed_of(infotext: str) -> str:
 
 
 def _next_number(folder: Path) -> int:
+    """A1111's sequence number: one more than the highest `NNNNN-` prefix in the folder."""
     best = -1
     for f in folder.iterdir():
         head = f.name.split("-", 1)[0]

@@ -25,14 +25,27 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
     if req.firstpass_image:
         firstpass = decode_image(req.firstpass_image, field="firstpass_image", max_pixels=svc.config.max_pixels)
     p = prepare(req, opts, svc.models, svc.upscalers, svc.config.max_pixels, firstpass)
-    result = await run_on_worker(svc, request, "txt2img", lambda: svc.run_txt2img(p))
+    if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
+        p.prompt, p.negative_prompt = svc.styles.apply(p.prompt, p.negative_prompt, p.styles)
+        if p.hr_prompt or p.hr_negative_prompt:
+            p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or p.prompt,
+                                                                 p.hr_negative_prompt or p.negative_prompt,
+                                                                 p.styles)
+
+    def job() -> tuple[Any, bool]:
+        result = svc.run_txt2img(p)
+        state = svc.worker.state
+        return result, state.interrupted or state.skipped
+
+    result, incomplete = await run_on_worker(svc, request, "txt2img", job)
     if req.override_settings and not req.override_settings_restore_afterwards:
-        svc.options.update({k: v for k, v in req.override_settings.items() if k in opts})
+        kept = {k: v for k, v in req.override_settings.items() if k in opts and k != "sd_checkpoint_hash"}
+        svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
 
     def encode() -> list[str]:
         chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
-        if req.save_images:
+        if req.save_images and (not incomplete or opts["save_incomplete_images"]):
             svc.save_images(result.images, result.infotexts, fmt, opts)
         if not req.send_images:
             return []

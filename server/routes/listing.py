@@ -5,6 +5,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from pipeline import samplers
 from server.deps import run_on_worker, services
@@ -53,6 +54,54 @@ class ScriptsList(BaseModel):
     img2img: list[str]
 
 
+class SDVaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class ScriptArg(BaseModel):
+    label: str | None = None
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[str] | None = None
+
+
+class ScriptInfo(BaseModel):
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[ScriptArg]
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None = None
+    negative_prompt: str | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str | None = None
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, Any]
+    skipped: dict[str, Any]
+
+
 @router.get("/sd-models", response_model=list[SDModelItem])
 async def sd_models(svc: Services = Depends(services)) -> list[dict[str, Any]]:
     return svc.models.api_list()
@@ -86,3 +135,59 @@ async def latent_upscale_modes(svc: Services = Depends(services)) -> list[dict[s
 @router.get("/scripts", response_model=ScriptsList)
 async def scripts(svc: Services = Depends(services)) -> ScriptsList:
     return ScriptsList(txt2img=svc.extensions.names(), img2img=[])
+
+
+@router.get("/script-info", response_model=list[ScriptInfo])
+async def script_info(svc: Services = Depends(services)) -> list[ScriptInfo]:
+    """One always-on entry per loaded extension (their hooks take no script arguments)."""
+    return [ScriptInfo(name=name, is_alwayson=True, is_img2img=False, args=[]) for name in svc.extensions.names()]
+
+
+@router.get("/sd-vae", response_model=list[SDVaeItem])
+async def sd_vae(svc: Services = Depends(services)) -> list[dict[str, str]]:
+    return [v.as_api() for v in svc.models.vaes.list()]
+
+
+@router.post("/refresh-vae")
+async def refresh_vae(svc: Services = Depends(services)) -> None:
+    await run_in_threadpool(svc.models.vaes.refresh)
+
+
+@router.get("/prompt-styles", response_model=list[PromptStyleItem])
+async def prompt_styles(svc: Services = Depends(services)) -> list[dict[str, str]]:
+    """The styles of `<data-dir>/styles.csv` (A1111's format: name,prompt,negative_prompt)."""
+    styles = await run_in_threadpool(svc.styles.list)
+    return [s.as_api() for s in styles]
+
+
+@router.get("/face-restorers", response_model=list[FaceRestorerItem])
+async def face_restorers() -> list[dict[str, Any]]:
+    """This server restores no faces (GFPGAN/CodeFormer are not part of it), so the list is empty and
+    `restore_faces` / `gfpgan_visibility` / `codeformer_visibility` have no effect."""
+    return []
+
+
+@router.get("/realesrgan-models", response_model=list[RealesrganItem])
+async def realesrgan_models(svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    """The upscaler model files found under `<models>/RealESRGAN`, as {name, path, scale}."""
+    root = (svc.config.models_dir / "RealESRGAN").resolve()
+    out = []
+    for e in svc.upscalers.entries():
+        if e.path is None:
+            continue
+        folder = e.path.resolve().parent
+        if folder == root or root in folder.parents or folder.name.casefold() == "realesrgan":
+            out.append({"name": e.name, "path": str(e.path), "scale": e.scale})
+    return out
+
+
+@router.get("/hypernetworks", response_model=list[HypernetworkItem])
+async def hypernetworks() -> list[dict[str, Any]]:
+    """Hypernetworks are not supported: always empty."""
+    return []
+
+
+@router.get("/embeddings", response_model=EmbeddingsResponse)
+async def embeddings() -> EmbeddingsResponse:
+    """Textual-inversion embeddings are not supported: nothing loaded, nothing skipped."""
+    return EmbeddingsResponse(loaded={}, skipped={})

@@ -108,6 +108,7 @@ def test_nan_is_refused(client: TestClient) -> None:
     ({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, ["R-ESRGAN 4x+", "Latent (bicubic)", "Lanczos"]),
     ({"enable_hr": True, "hr_sampler_name": "nope"}, ["hr_sampler_name", "Euler"]),
     ({"width": 1024, "height": 1024}, ["pixels", "budget"]),
+    ({"restore_faces": True}, ["restore_faces", "face-restoration"]),
     ({"enable_hr": True, "hr_scale": 16}, ["pixels", "budget"]),
 ])
 def test_bad_names_and_budgets_are_400_listing_what_is_valid(client: TestClient, patch: dict,
