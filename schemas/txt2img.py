@@ -4,13 +4,40 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+import math
+import types
+import typing
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+def _is_int_field(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return int in typing.get_args(annotation)
+    return False
 
 
 class Lenient(BaseModel):
-    """Ignore unknown keys (Forge / SD.Next / extension fields) and refuse NaN and infinity."""
+    """Ignore unknown keys (Forge / SD.Next / extension fields) and refuse NaN and infinity.
+
+    Floats sent for integer fields are truncated as A1111 (pydantic 1) does: `10.0` -> 10 and
+    AIYA's `hr_second_pass_steps: int(steps)/2` = 12.5 -> 12. Range limits still apply afterwards."""
 
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _truncate_floats_for_ints(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, f in cls.model_fields.items():
+            value = out.get(name)
+            if isinstance(value, float) and math.isfinite(value) and _is_int_field(f.annotation):
+                out[name] = int(value)
+        return out
 
 
 class Txt2ImgRequest(Lenient):

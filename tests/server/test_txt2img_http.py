@@ -62,7 +62,7 @@ def test_random_seed_is_reported(client: TestClient) -> None:
 
 
 def test_lenient_with_what_clients_send(client: TestClient) -> None:
-    payload = {**SMALL, "width": 71, "height": 64.0, "steps": 3.0, "hr_second_pass_steps": 2.0,
+    payload = {**SMALL, "width": 71, "height": 64.0, "steps": 3.5, "hr_second_pass_steps": 1.5,
                "unknown_field": {"x": 1}, "hr_cfg": 5.0, "distilled_cfg_scale": 3.5,
                "hr_additional_modules": [], "alwayson_scripts": {}, "sampler_name": "Euler a",
                "sampler_index": "Euler a", "scheduler": "automatic", "override_settings": {
@@ -85,7 +85,6 @@ def test_legacy_sampler_names_resolve(client: TestClient) -> None:
     ({"width": 0}, "width"), ({"height": -64}, "height"), ({"width": 100000}, "width"),
     ({"steps": 0}, "steps"), ({"steps": "many"}, "steps"), ({"batch_size": 0}, "batch_size"),
     ({"cfg_scale": 1e9}, "cfg_scale"), ({"denoising_strength": 2}, "denoising_strength"),
-    ({"steps": 2.5}, "steps"),
 ])
 def test_schema_errors_are_422_naming_the_field(client: TestClient, patch: dict, field: str) -> None:
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, **patch})
