@@ -163,11 +163,13 @@ class OptionsStore:
 
     def effective(self, overrides: dict[str, Any] | None) -> dict[str, Any]:
         """The options one job runs with: current values with the job's validated overrides on top.
-        Keys that are not options here (Forge's `forge_additional_modules`, extension settings) are ignored,
-        as A1111 ignores settings it does not know; a known key with a bad value is an error."""
+        A known key with a bad value is an error. Keys that are not options here (Forge's
+        `forge_additional_modules`, extension settings such as `hires_detail_suffix`) change nothing of
+        ours, as in A1111; they are handed to the job as they are, so extensions can read them."""
         values = self.all()
-        known = {k: v for k, v in (overrides or {}).items() if k in OPTIONS}
-        values.update(self.validate(known, "override_settings"))
+        overrides = overrides or {}
+        values.update({k: v for k, v in overrides.items() if k not in OPTIONS})
+        values.update(self.validate({k: v for k, v in overrides.items() if k in OPTIONS}, "override_settings"))
         return values
 
     def update(self, changes: dict[str, Any], checked: bool = False) -> None:

@@ -13,6 +13,7 @@ from pipeline.processing import prepare
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import run_on_worker, services
 from server.imagecodec import decode_image, encode_image_b64, read_image_info
+from server.options import OPTIONS
 from server.services import Services
 
 router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
@@ -39,7 +40,7 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
 
     result, incomplete = await run_on_worker(svc, request, "txt2img", job)
     if req.override_settings and not req.override_settings_restore_afterwards:
-        kept = {k: v for k, v in req.override_settings.items() if k in opts and k != "sd_checkpoint_hash"}
+        kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
 

@@ -190,3 +190,21 @@ def test_tiling_makes_a_seamless_image(client: TestClient) -> None:
 def test_openapi_served(client: TestClient) -> None:
     assert client.get("/openapi.json").status_code == 200
     assert Path  # keep import used
+
+
+def test_extension_settings_reach_the_job_through_override_settings(tmp_path: Path) -> None:
+    import shutil
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[2] / "examples" / "extensions" / "hires_detail.py", ext)
+    cfg = ServerConfig(models_dir=tmp_path / "m", data_dir=tmp_path / "d", outputs_dir=tmp_path / "o",
+                       extensions_dir=ext)
+    with TestClient(create_app(cfg)) as c:
+        assert c.get("/sdapi/v1/scripts").json()["txt2img"] == ["hires detail"]
+        r = c.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5, "override_settings": {
+            "hires_detail_suffix": "film grain", "hires_detail_cfg_factor": 0.5},
+            "override_settings_restore_afterwards": False})
+        assert r.status_code == 200, r.text
+        text = json.loads(r.json()["info"])["infotexts"][0]
+        assert 'Hires prompt: "a red fox, film grain"' in text and "Hires CFG Scale: 3.5" in text
+        assert "hires_detail_suffix" not in c.get("/sdapi/v1/options").json()
