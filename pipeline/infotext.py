@@ -16,6 +16,8 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 
+from pipeline.prompts import PromptSyntaxError, parse_prompt_attention
+
 __all__ = ["format_infotext", "parse_infotext", "quote_value", "unquote_value", "prompt_uses_emphasis"]
 
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -209,82 +211,13 @@ def _restore_old_hires_fix_params(res: dict) -> None:
 
 # --- emphasis detection -----------------------------------------------------------------------------
 
-# Tokens of A1111's attention syntax: escapes, brackets, an explicit weight closing a round bracket,
-# runs of plain text, and a lone colon.
-_ATTENTION_TOKEN = re.compile(
-    r"""
-      \\[()\[\]\\]                  # escaped bracket or backslash: literal text
-    | \\                            # lone backslash: literal text
-    | [(\[]                         # opening bracket
-    | :(?P<weight>[+-]?[.\d]+)\)    # ':1.2)' closes a round bracket with an explicit weight
-    | [)\]]                         # closing bracket
-    | [^\\()\[\]:]+                 # plain text
-    | :                             # a colon that is not a weight
-    """,
-    re.VERBOSE,
-)
-_BREAK = re.compile(r"\s*\bBREAK\b\s*", re.S)
-
-
-def _attention_weights(text: str) -> list[tuple[str, float]]:
-    """Split a prompt into (text, weight) runs the way A1111's emphasis parser does."""
-    runs: list[list] = []
-    round_open: list[int] = []
-    square_open: list[int] = []
-
-    def scale_from(start: int, factor: float) -> None:
-        for run in runs[start:]:
-            run[1] *= factor
-
-    for m in _ATTENTION_TOKEN.finditer(text):
-        token, weight = m.group(0), m.group("weight")
-        if token.startswith("\\"):
-            runs.append([token[1:], 1.0])
-            continue
-        if token == "(":
-            round_open.append(len(runs))
-            continue
-        if token == "[":
-            square_open.append(len(runs))
-            continue
-        if weight is not None and round_open:
-            try:
-                factor = float(weight)
-            except ValueError:  # e.g. '(a:.)': A1111 crashes; treat as plain text
-                factor = None
-            if factor is not None:
-                scale_from(round_open.pop(), factor)
-                continue
-        elif token == ")" and round_open:
-            scale_from(round_open.pop(), 1.1)
-            continue
-        elif token == "]" and square_open:
-            scale_from(square_open.pop(), 1 / 1.1)
-            continue
-        for i, part in enumerate(_BREAK.split(token)):
-            if i > 0:
-                runs.append(["BREAK", -1.0])
-            runs.append([part, 1.0])
-
-    for start in round_open:
-        scale_from(start, 1.1)
-    for start in square_open:
-        scale_from(start, 1 / 1.1)
-    if not runs:
-        runs = [["", 1.0]]
-
-    merged: list[list] = [runs[0]]
-    for run in runs[1:]:
-        if run[1] == merged[-1][1]:
-            merged[-1][0] += run[0]
-        else:
-            merged.append(run)
-    return [(t, w) for t, w in merged]
-
-
 def prompt_uses_emphasis(prompt: str) -> bool:
     """True when some part of the prompt has an attention weight other than 1 (A1111's test)."""
-    return any(w != 1.0 and t != "BREAK" for t, w in _attention_weights(prompt))
+    try:
+        runs = parse_prompt_attention(prompt)
+    except PromptSyntaxError:  # a weight that is not a number: A1111 fails here; the brackets still count
+        return "(" in prompt or "[" in prompt
+    return any(w != 1.0 and t != "BREAK" for t, w in runs)
 
 
 # --- Version-based compatibility flags ---------------------------------------------------------------
