@@ -79,7 +79,8 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
         seeds = p.all_seeds[it * bs:(it + 1) * bs]
         subseeds = p.all_subseeds[it * bs:(it + 1) * bs]
         job_no = it * (2 if p.enable_hr else 1)
-        state.set_job(job_no, f"Batch {it + 1} out of {p.n_iter}", p.steps)
+        batch_name = f"Batch {it + 1} out of {p.n_iter}" if p.n_iter > 1 else None  # A1111 names only these
+        state.set_job(job_no, batch_name, p.steps)
 
         # -- pass one -----------------------------------------------------------------------------
         p.is_hr_pass = False
@@ -95,7 +96,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
             continue
 
         # -- upscale -----------------------------------------------------------------------------
-        state.set_job(job_no + 1, f"Batch {it + 1} out of {p.n_iter}", p.hr_steps)
+        state.set_job(job_no + 1, batch_name, p.hr_steps)
         ctx.extensions.call("before_hr", p)
         p.is_hr_pass = True
         pixels: list[Image.Image] | None = None

@@ -48,6 +48,11 @@ class HiresdServer(uvicorn.Server):
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.set_verbosity_error()  # their load-time notices are not the user's concern
+    transformers.utils.logging.set_verbosity_error()
     config = from_args(argv)
     app = create_app(config)
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
