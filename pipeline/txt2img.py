@@ -270,7 +270,8 @@ def _infotext(p: Processing, model: Any, ctx: Context, index: int) -> str:
     params.append(("RNG", "CPU"))
     if p.tiling:
         params.append(("Tiling", True))
-    if p.eta is not None and "eta" in p.sampler.params:
+    default_eta = getattr(p.sampler, "eta_default", None)
+    if p.eta is not None and "eta" in p.sampler.params and p.eta != default_eta:  # A1111: only when not default
         params.append(("Eta", p.eta))
     if p.enable_hr:
         params += _hires_params(p, ctx)
