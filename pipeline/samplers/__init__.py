@@ -1,11 +1,19 @@
 """Samplers and schedule types: A1111 v1.10's names and behaviour, served by diffusers schedulers.
 
 Served (`api_samplers()`): DPM++ 2M, DPM++ SDE, DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 3M SDE,
-Euler a, Euler, LMS, Heun, DPM2, DPM2 a, DDIM, PLMS, UniPC. Each k-diffusion sampler runs on the
+Euler a, Euler, LMS, Heun, DPM2, DPM2 a, DDIM, PLMS, UniPC, LCM. Each k-diffusion sampler runs on the
 exact A1111 sigma schedule of every schedule type (all twelve of `/schedulers`), laid into the
 diffusers scheduler so its step is k-diffusion's update (checked step for step against reference
 k-diffusion updates in tests/pipeline/test_samplers.py). DDIM, PLMS and UniPC run A1111's own
 timestep grid and, as in A1111, have no schedule types: they accept only Automatic.
+
+LCM is A1111's (lcm.py): its denoiser knows only the 50 LCM timesteps 19, 39, ..., 999. The noise
+levels come from that table (`LCMNoiseTable`: Automatic and Uniform space n timesteps evenly from 999
+to 19 and interpolate, Karras & co. span its sigma range, Simple/DDIM pick from its 50 levels); the
+UNet is called at the LCM timestep nearest each level, the LCM boundary condition is taken there, and
+the sample is re-noised to the next (unsnapped) level with noise from the per-image generators.
+Deviation: A1111 reads every model output as epsilon under LCM (a v-prediction checkpoint gives a
+broken image there); we convert v-prediction like every other sampler.
 
 Omitted, because diffusers has no faithful equivalent:
 - DPM++ 2S a: k-diffusion takes an ancestral step to sigma_down with a midpoint stage;
@@ -15,14 +23,16 @@ Omitted, because diffusers has no faithful equivalent:
 - Restart: A1111's restart sampler (Heun steps with re-noising back up the schedule); none in diffusers.
 - DDIM CFG++: needs the unconditional prediction separately inside the update (CFG++), which the
   scheduler interface (one guided model output per step) cannot carry.
-- LCM: A1111 calls the UNet at the nearest of the 50 LCM timesteps but re-noises to the
-  un-quantised interpolated sigma, on a linspace(999, 19) grid; diffusers' LCMScheduler picks
-  other timesteps and re-noises to its discrete ones.
 
-Parameters: eta other than 1 for ancestral/SDE samplers and s_churn other than 0 (Euler, Heun,
-DPM2) are refused with InvalidRequest: diffusers fixes eta at 1 and applies churn after the model
-call instead of before it. s_noise, s_tmin and s_tmax only act through churn in A1111 v1.10, so
-they are validated and have no effect. DDIM takes any eta >= 0.
+Parameters: eta (None means A1111's options: `eta_ancestral` 1 for the ancestral/SDE samplers,
+`eta_ddim` 0 for DDIM) is k-diffusion's for Euler a, DPM2 a (`get_ancestral_step`), DPM++ SDE, DPM++
+2M SDE (+ Heun) and DPM++ 3M SDE (ancestral.py, brownian.py): 0 makes them deterministic. Refused:
+DPM2 a with eta above 1, where a step can get sigma_down 0 and k-diffusion then takes a one-stage,
+noise-free step that the two-stage layout cannot express. s_noise scales the noise of DPM2 a and the
+DPM++ SDE samplers, as A1111 v1.10 passes it to them (not to Euler a or LCM). s_churn other than 0
+(Euler, Heun, DPM2) is refused: diffusers applies churn after the model call instead of before it;
+so s_noise, s_tmin and s_tmax, which only act through churn for those three, are validated and have
+no effect. DDIM takes any eta >= 0. LCM takes no parameters, as in A1111.
 """
 from .plan import SamplerParams, StepPlan, a1111_timestep_grid, fixed_steps_total, make_plan, validate_params
 from .schedules import SCHEDULES, NoiseTable, ScheduleSpec

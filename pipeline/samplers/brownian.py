@@ -33,14 +33,27 @@ class CPUBrownianNoise:
 
 
 class BrownianDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
-    """diffusers' DPMSolverMultistepScheduler, with two changes that make it k-diffusion's DPM++ 2M/3M SDE:
+    """diffusers' DPMSolverMultistepScheduler, with changes that make it k-diffusion's DPM++ 2M/3M SDE:
 
     - when `noise_sampler` is set, the SDE noise of each step is the Brownian increment between
       the step's two noise levels (k-diffusion's `BrownianTreeNoiseSampler`), not fresh Gaussian noise;
-    - the third-order SDE update uses k-diffusion's `phi_3` coefficient for the second difference.
+    - the SDE updates take k-diffusion's `eta` and `s_noise` (attributes, default 1; diffusers fixes
+      both at 1), and the third-order update uses k-diffusion's `phi_3` coefficient for the second difference.
+
+    With eta = 1 the SDE updates are diffusers' own. In k-diffusion's variance-exploding terms, with
+    h = log(sigma / sigma_next) and h_eta = (1 + eta) h, one step is
+
+        x_next = sigma_next / sigma * exp(-eta h) * x + (1 - exp(-h_eta)) * D0 + (correction)
+                 + sigma_next * sqrt(1 - exp(-2 eta h)) * s_noise * noise
+
+    where the correction is 0.5 (1 - exp(-h_eta)) D1 (2M midpoint), phi_2 D1 (2M heun, 3M's second step)
+    or phi_2 d1 - phi_3 d2 (3M), phi_2 = (1 - exp(-h_eta)) / -h_eta + 1, phi_3 = phi_2 / h_eta - 1/2.
+    This scheduler works on x / sqrt(sigma^2 + 1) (alpha_t x), so every term is multiplied by alpha_t.
     """
 
     noise_sampler: CPUBrownianNoise | None = None
+    eta: float = 1.0
+    s_noise: float = 1.0
 
     def step(self, model_output, timestep, sample, generator=None, variance_noise=None, return_dict=True):
         if (variance_noise is None and self.noise_sampler is not None
@@ -54,29 +67,60 @@ class BrownianDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
         return super().step(model_output, timestep, sample, generator=generator,
                             variance_noise=variance_noise, return_dict=return_dict)
 
+    def _sde_terms(self, order: int):
+        """(alpha_t, sigma_t / sigma_s0, h, lambdas of the earlier points) for the current step."""
+        i = self.step_index
+        alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(self.sigmas[i + 1])
+        levels = [self._sigma_to_alpha_sigma_t(self.sigmas[i - k]) for k in range(order)]
+        lam_t = torch.log(alpha_t) - torch.log(sigma_t)
+        lam = [torch.log(a) - torch.log(s) for a, s in levels]
+        return alpha_t, sigma_t, levels[0][1], lam_t - lam[0], lam
+
+    def _sde_step(self, sample, m0, noise, order: int, correction) -> torch.Tensor:
+        alpha_t, sigma_t, sigma_s0, h, lam = self._sde_terms(order)
+        if float(sigma_t) == 0:  # the final step to sigma 0: x = denoised
+            return m0
+        eta = self.eta
+        h_eta = (1.0 + eta) * h
+        x = (sigma_t / sigma_s0 * torch.exp(-eta * h)) * sample + alpha_t * (-torch.expm1(-h_eta)) * m0
+        if correction is not None:
+            x = x + alpha_t * correction(h, h_eta, lam)
+        if eta:
+            x = x + sigma_t * torch.sqrt(-torch.expm1(-2.0 * eta * h)) * self.s_noise * noise
+        return x
+
+    def dpm_solver_first_order_update(self, model_output, *args, sample=None, noise=None, **kwargs):
+        if self.config.algorithm_type != "sde-dpmsolver++":
+            return super().dpm_solver_first_order_update(model_output, *args, sample=sample, noise=noise, **kwargs)
+        return self._sde_step(sample, model_output, noise, 1, None)
+
+    def multistep_dpm_solver_second_order_update(self, model_output_list, *args, sample=None, noise=None, **kwargs):
+        if self.config.algorithm_type != "sde-dpmsolver++":
+            return super().multistep_dpm_solver_second_order_update(
+                model_output_list, *args, sample=sample, noise=noise, **kwargs)
+        m0, m1 = model_output_list[-1], model_output_list[-2]
+
+        def correction(h, h_eta, lam):
+            d1 = (m0 - m1) * h / (lam[0] - lam[1])
+            if self.config.solver_type == "heun":
+                return (-torch.expm1(-h_eta) / -h_eta + 1.0) * d1
+            return 0.5 * (-torch.expm1(-h_eta)) * d1
+
+        return self._sde_step(sample, m0, noise, 2, correction)
+
     def multistep_dpm_solver_third_order_update(self, model_output_list, *args, sample=None, noise=None, **kwargs):
         if self.config.algorithm_type != "sde-dpmsolver++":
             return super().multistep_dpm_solver_third_order_update(
                 model_output_list, *args, sample=sample, noise=noise, **kwargs)
-        i = self.step_index
-        alpha_t, sigma_t = self._sigma_to_alpha_sigma_t(self.sigmas[i + 1])
-        levels = [self._sigma_to_alpha_sigma_t(self.sigmas[i - k]) for k in range(3)]
-        lam_t = torch.log(alpha_t) - torch.log(sigma_t)
-        lam = [torch.log(a) - torch.log(s) for a, s in levels]
-        h, h_0, h_1 = lam_t - lam[0], lam[0] - lam[1], lam[1] - lam[2]
-        r0, r1 = h_0 / h, h_1 / h
         m0, m1, m2 = model_output_list[-1], model_output_list[-2], model_output_list[-3]
-        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
-        d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        h_eta = 2.0 * h  # eta = 1
-        phi_2 = torch.expm1(-h_eta) / h_eta + 1.0
-        phi_3 = phi_2 / h_eta - 0.5
-        sigma_s0 = levels[0][1]
-        return (
-            (sigma_t / sigma_s0 * torch.exp(-h)) * sample
-            + alpha_t * (-torch.expm1(-h_eta)) * m0
-            + alpha_t * phi_2 * d1
-            - alpha_t * phi_3 * d2
-            + sigma_t * torch.sqrt(-torch.expm1(-h_eta)) * noise
-        )
+
+        def correction(h, h_eta, lam):
+            r0, r1 = (lam[0] - lam[1]) / h, (lam[1] - lam[2]) / h
+            d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_2 = torch.expm1(-h_eta) / h_eta + 1.0
+            phi_3 = phi_2 / h_eta - 0.5
+            return phi_2 * d1 - phi_3 * d2
+
+        return self._sde_step(sample, m0, noise, 3, correction)

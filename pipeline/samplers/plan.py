@@ -21,7 +21,7 @@ import torch
 
 from ..errors import InvalidRequest
 from .brownian import CPUBrownianNoise
-from .schedules import NoiseTable, ScheduleSpec, uniform
+from .schedules import LCMNoiseTable, NoiseTable, ScheduleSpec, uniform
 from .table import SamplerSpec, check_supported, effective_schedule
 
 
@@ -102,14 +102,18 @@ def validate_params(sampler: SamplerSpec, params: SamplerParams) -> dict[str, fl
     s_noise = _param(params.s_noise, "s_noise", 1.0)
     # Parameters that A1111 ignores for a sampler are ignored here too; ones that would change the
     # result but which diffusers cannot reproduce faithfully are refused rather than ignored.
-    if "eta" in sampler.params and sampler.name != "DDIM" and eta != 1.0:
-        raise InvalidRequest("eta", f"sampler {sampler.name!r} is only available with eta 1 (A1111's default); got {eta:g}")
+    if sampler.layout == "kdpm2_ancestral" and eta > 1.0:
+        # above 1, a step can turn its whole noise level into fresh noise (sigma_down 0); k-diffusion then takes
+        # a single Euler step there and adds no noise at all, which the two-stage diffusers layout cannot express
+        raise InvalidRequest("eta", f"sampler {sampler.name!r} is available with eta between 0 and 1 here "
+                             f"(above 1 some steps have sigma_down 0, which this server does not run); got {eta:g}")
     if "s_churn" in sampler.params and s_churn != 0.0:
         raise InvalidRequest(
             "s_churn", f"sampler {sampler.name!r} is only available with s_churn 0 (A1111's default): "
             f"diffusers adds churn after the model call, not before as k-diffusion does; got {s_churn:g}")
-    # s_noise only scales churn noise in A1111 v1.10 (only Euler, Heun and DPM2 receive it), so with
-    # churn 0 it changes nothing: accepted and, like s_tmin/s_tmax, without effect.
+    # s_noise scales the ancestral/SDE noise of DPM2 a and the DPM++ SDE samplers (A1111 v1.10 passes it to
+    # them); Euler, Heun and DPM2 receive it too, but there it only scales churn noise, so with churn 0 it
+    # changes nothing: accepted and, like s_tmin/s_tmax, without effect. Euler a and LCM do not receive it.
     return {"eta": eta, "s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax if s_tmax != 0.0 else math.inf,
             "s_noise": s_noise}
 
@@ -158,7 +162,7 @@ def _reset(sched, n: int, tab: NoiseTable) -> None:
     sched._begin_index = None
 
 
-def _install_plain(sched, s: np.ndarray, tab: NoiseTable) -> tuple[np.ndarray, list[int]]:
+def _install_plain(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]) -> tuple[np.ndarray, list[int]]:
     n = len(s) - 1
     _reset(sched, n, tab)
     t = tab.sigma_to_t(s[:-1])
@@ -178,7 +182,7 @@ def _two_stage_steps(n: int, final_second: bool) -> list[int]:
     return steps
 
 
-def _install_heun(sched, s: np.ndarray, tab: NoiseTable):
+def _install_heun(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
     n = len(s) - 1
     _reset(sched, n, tab)
     t = tab.sigma_to_t(s)
@@ -190,7 +194,7 @@ def _install_heun(sched, s: np.ndarray, tab: NoiseTable):
     return ts, _two_stage_steps(n, final_second)
 
 
-def _install_dpmsolver_sde(sched, s: np.ndarray, tab: NoiseTable):
+def _install_dpmsolver_sde(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
     n = len(s) - 1
     _reset(sched, n, tab)
     t = tab.sigma_to_t(s)
@@ -208,7 +212,7 @@ def _install_dpmsolver_sde(sched, s: np.ndarray, tab: NoiseTable):
     return np.asarray(ts), _two_stage_steps(n, final_second)
 
 
-def _install_kdpm2(sched, s: np.ndarray, tab: NoiseTable):
+def _install_kdpm2(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
     n = len(s) - 1
     _reset(sched, n, tab)
     t = tab.sigma_to_t(s)
@@ -228,21 +232,23 @@ def _install_kdpm2(sched, s: np.ndarray, tab: NoiseTable):
     return np.asarray(ts), _two_stage_steps(n, final_second)
 
 
-def _install_kdpm2_ancestral(sched, s: np.ndarray, tab: NoiseTable):
+def _install_kdpm2_ancestral(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
+    """k-diffusion's DPM2 a with its `eta` (get_ancestral_step) and `s_noise` (scales the noise only)."""
     n = len(s) - 1
     _reset(sched, n, tab)
     t = tab.sigma_to_t(s)
     nxt = np.concatenate([s[1:], [0.0]])
+    eta = values["eta"]
     with np.errstate(divide="ignore", invalid="ignore"):
         up = np.where(s > 0, np.sqrt(np.maximum(nxt**2 * (s**2 - nxt**2) / np.where(s > 0, s, 1) ** 2, 0)), 0.0)
-    up = np.minimum(up, nxt)
-    down = np.sqrt(np.maximum(nxt**2 - up**2, 0.0))
+    up = np.minimum(eta * up, nxt)
+    down = np.sqrt(np.maximum(nxt**2 - up**2, 0.0)) if eta else nxt
     ip = np.where(down > 0, np.sqrt(s * down), 0.0)
     final_second = down[n - 1] > 0
     il = lambda a: np.concatenate([a[:1], _interleave(a[1:]), a[-1:]])
     sched.sigmas = _f32(il(s))
     sched.sigmas_interpol = _f32(il(ip))
-    sched.sigmas_up = _f32(il(up))
+    sched.sigmas_up = _f32(il(up * values["s_noise"]))
     sched.sigmas_down = _f32(il(down))
     t_ip = tab.sigma_to_t(np.maximum(ip, 1e-30))
     ts = [t[0]]
@@ -255,7 +261,7 @@ def _install_kdpm2_ancestral(sched, s: np.ndarray, tab: NoiseTable):
     return np.asarray(ts), _two_stage_steps(n, final_second)
 
 
-def _install_multistep(sched, s: np.ndarray, tab: NoiseTable):
+def _install_multistep(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
     n = len(s) - 1
     # k-diffusion takes a first-order last step only when it ends at sigma 0
     sched.register_to_config(final_sigmas_type="zero" if s[-1] == 0 else "sigma_min")
@@ -267,9 +273,17 @@ def _install_multistep(sched, s: np.ndarray, tab: NoiseTable):
     return t, list(range(1, n + 1))
 
 
+def _install_lcm(sched, s: np.ndarray, tab: LCMNoiseTable, values: Mapping[str, float]):
+    """A1111's LCM: the UNet sees each level snapped to its nearest LCM timestep; x re-noises to the level itself."""
+    t = tab.sigma_to_t(s[:-1])
+    sched.install(_f32(s), _f32(t))
+    return t, list(range(1, len(s)))
+
+
 _INSTALLERS = {
     "plain": _install_plain, "heun": _install_heun, "dpmsolver_sde": _install_dpmsolver_sde,
     "kdpm2": _install_kdpm2, "kdpm2_ancestral": _install_kdpm2_ancestral, "multistep": _install_multistep,
+    "lcm": _install_lcm,
 }
 
 
@@ -375,7 +389,10 @@ def make_plan(
         raise ValueError(f"{sampler.name} uses seeded Brownian noise: pass one seed per image")
 
     sched = _build(sampler, scheduler_config)
-    tab = NoiseTable(sched.alphas_cumprod.numpy())
+    if sampler.layout == "lcm":  # A1111's LCM denoiser sees only the 50 LCM timesteps
+        tab = LCMNoiseTable(sched.alphas_cumprod.numpy(), sched.config.original_inference_steps)
+    else:
+        tab = NoiseTable(sched.alphas_cumprod.numpy())
     step_kwargs: dict[str, Any] = {}
     accepted = inspect.signature(sched.step).parameters
     if "generator" in accepted and generators is not None and (sampler.stochastic or sampler.name == "DDIM"):
@@ -405,8 +422,11 @@ def make_plan(
     s = full[n - steps:] if total is not None else full
     if len(s) < 2 or not np.all(np.isfinite(s)):
         raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
-    ts, user = _INSTALLERS[sampler.layout](sched, s, tab)
+    ts, user = _INSTALLERS[sampler.layout](sched, s, tab, values)
     sched.set_begin_index(0)
+    for name in ("eta", "s_noise"):  # the eta-capable schedulers (ancestral.py, brownian.py) take them as attributes
+        if name in sampler.params and hasattr(sched, name):
+            setattr(sched, name, values[name])
     s0 = float(s[0])
     vp = sampler.layout == "multistep"
     full32 = full.astype(np.float32)  # A1111 spans the tree over its float32 sigmas

@@ -3,6 +3,7 @@
 Every function here returns k-diffusion sigmas (variance-exploding noise levels, highest first) for
 an `n`-step schedule, computed from the model's training noise schedule exactly as A1111 v1.10's
 `sd_schedulers.py` does. `automatic` has no function: it means "the sampler's own default".
+The model is seen through a `NoiseTable` (k-diffusion's DiscreteSchedule); LCM sees an `LCMNoiseTable`.
 """
 from __future__ import annotations
 
@@ -50,6 +51,41 @@ class NoiseTable:
         w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
         return (1.0 - w) * low + w * (low + 1)
 
+    def discretisation(self, n: int) -> np.ndarray:
+        """The model's own n-step schedule (k-diffusion `get_sigmas`): n timesteps evenly from 999 to 0, then 0."""
+        return _append_zero(self.t_to_sigma(np.linspace(len(self.sigmas) - 1, 0, n)))
+
+
+class LCMNoiseTable(NoiseTable):
+    """A1111's LCM view of the model (its `LCMCompVisDenoiser`): only the `original_steps` (50) LCM timesteps exist.
+
+    `sigmas` are the training noise levels at timesteps 19, 39, ..., 999; `sigma_to_t` snaps a noise level to
+    the nearest of them (in log-sigma) and returns that integer timestep, which is what the UNet is called
+    with; `t_to_sigma` interpolates in log-sigma between neighbouring LCM timesteps (clamped to 19..999).
+    Its own discretisation spaces n timesteps evenly from 999 to 19 and does not quantise them, so a
+    sampler re-noises to interpolated noise levels while the UNet sees the snapped timesteps. The
+    schedule types see this table wherever A1111 hands them its `inner_model` (or its sigma range).
+    """
+
+    def __init__(self, alphas_cumprod, original_steps: int = 50) -> None:
+        full = np.asarray(alphas_cumprod, dtype=np.float64)
+        self.skip = len(full) // original_steps
+        self.timesteps = len(full) - 1 - self.skip * np.arange(original_steps)[::-1]  # 19, 39, ..., 999
+        super().__init__(full[self.timesteps])
+
+    def sigma_to_t(self, sigma) -> np.ndarray:
+        log_sigma = np.log(np.asarray(sigma, dtype=np.float64))
+        nearest = np.abs(log_sigma[None, ...] - self.log_sigmas.reshape((-1,) + (1,) * log_sigma.ndim)).argmin(axis=0)
+        return (nearest * self.skip + (self.skip - 1)).astype(np.float64)
+
+    def t_to_sigma(self, t) -> np.ndarray:
+        k = np.clip((np.asarray(t, dtype=np.float64) - (self.skip - 1)) / self.skip, 0, len(self.sigmas) - 1)
+        return super().t_to_sigma(k)
+
+    def discretisation(self, n: int) -> np.ndarray:
+        start, end = self.sigma_to_t(self.sigma_max), self.sigma_to_t(self.sigma_min)
+        return _append_zero(self.t_to_sigma(np.linspace(start, end, n)))
+
 
 def _append_zero(sigmas) -> np.ndarray:
     return np.concatenate([np.asarray(sigmas, dtype=np.float64), [0.0]])
@@ -57,7 +93,7 @@ def _append_zero(sigmas) -> np.ndarray:
 
 def uniform(n: int, tab: NoiseTable, family: str) -> np.ndarray:
     """The model's own discretisation (k-diffusion `get_sigmas`): n timesteps evenly from 999 to 0."""
-    return _append_zero(tab.t_to_sigma(np.linspace(len(tab.sigmas) - 1, 0, n)))
+    return tab.discretisation(n)
 
 
 def karras(n: int, tab: NoiseTable, family: str, rho: float = 7.0) -> np.ndarray:

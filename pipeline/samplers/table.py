@@ -8,8 +8,6 @@ from typing import Any, Literal
 
 from diffusers import (
     DDIMScheduler,
-    DPMSolverSDEScheduler,
-    EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
@@ -20,11 +18,14 @@ from diffusers import (
 )
 
 from ..errors import InvalidRequest, UnknownName
+from .ancestral import EtaDPMSolverSDEScheduler, EtaEulerAncestralScheduler
 from .brownian import BrownianDPMSolverMultistepScheduler
+from .lcm import A1111LCMScheduler
 from .schedules import AUTOMATIC, SCHEDULES, SCHEDULES_BY_NAME, ScheduleSpec
 
 # How a sampler's noise levels are laid out in its diffusers scheduler (see plan.py).
-Layout = Literal["plain", "heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde", "multistep", "ddim", "plms", "unipc"]
+Layout = Literal["plain", "heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde", "multistep", "ddim", "plms", "unipc",
+                 "lcm"]
 
 K_SCHEDULES = tuple(s.name for s in SCHEDULES)
 ONLY_AUTOMATIC = ("automatic",)
@@ -41,7 +42,8 @@ class SamplerSpec:
     DDIM/PLMS/UniPC, which ignore the schedule type. schedules: the schedule names accepted.
     stochastic: draws fresh noise while sampling (ancestral or SDE); brownian: that noise comes
     from a per-seed Brownian tree as in A1111. params: the sampler parameters that change results
-    (eta for ancestral/SDE/DDIM); eta_default: A1111's default eta when the request has none.
+    (eta for ancestral/SDE/DDIM, s_noise where A1111 passes it); eta_default: A1111's default eta when the
+    request has none (its options `eta_ancestral` 1.0 and `eta_ddim` 0.0).
     """
 
     name: str
@@ -76,6 +78,7 @@ def _multistep(**kw: Any) -> Mapping[str, Any]:
 
 
 _ETA = frozenset({"eta"})
+_ETA_NOISE = frozenset({"eta", "s_noise"})  # A1111 v1.10 passes s_noise to DPM2 a and the DPM++ SDE samplers
 
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec(
@@ -85,21 +88,22 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         "DPM++ SDE", ("k_dpmpp_sde",), _options(scheduler="karras", second_order=True, brownian_noise=True),
-        DPMSolverSDEScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "dpmsolver_sde",
-        default_schedule="karras", second_order=True, stochastic=True, brownian=True, params=_ETA, eta_default=1.0,
+        EtaDPMSolverSDEScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "dpmsolver_sde",
+        default_schedule="karras", second_order=True, stochastic=True, brownian=True, params=_ETA_NOISE,
+        eta_default=1.0,
     ),
     SamplerSpec(
         "DPM++ 2M SDE", ("k_dpmpp_2m_sde",), _options(scheduler="exponential", brownian_noise=True),
         BrownianDPMSolverMultistepScheduler,
         _multistep(algorithm_type="sde-dpmsolver++", solver_order=2, solver_type="midpoint"), "multistep",
-        default_schedule="exponential", stochastic=True, brownian=True, params=_ETA, eta_default=1.0,
+        default_schedule="exponential", stochastic=True, brownian=True, params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
         "DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",),
         _options(scheduler="exponential", brownian_noise=True, solver_type="heun"),
         BrownianDPMSolverMultistepScheduler,
         _multistep(algorithm_type="sde-dpmsolver++", solver_order=2, solver_type="heun"), "multistep",
-        default_schedule="exponential", stochastic=True, brownian=True, params=_ETA, eta_default=1.0,
+        default_schedule="exponential", stochastic=True, brownian=True, params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
         "DPM++ 3M SDE", ("k_dpmpp_3m_sde",),
@@ -108,10 +112,10 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         # k-diffusion's 3M SDE takes its second step with the "heun" 2nd-order coefficient
         _multistep(algorithm_type="sde-dpmsolver++", solver_order=3, solver_type="heun"), "multistep",
         default_schedule="exponential", discard_next_to_last_sigma=True, stochastic=True, brownian=True,
-        params=_ETA, eta_default=1.0,
+        params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
-        "Euler a", ("k_euler_a", "k_euler_ancestral"), _options(uses_ensd=True), EulerAncestralDiscreteScheduler,
+        "Euler a", ("k_euler_a", "k_euler_ancestral"), _options(uses_ensd=True), EtaEulerAncestralScheduler,
         MappingProxyType({}), "plain", stochastic=True, params=_ETA, eta_default=1.0,
     ),
     SamplerSpec(
@@ -137,7 +141,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         _options(scheduler="karras", discard_next_to_last_sigma=True, uses_ensd=True, second_order=True),
         KDPM2AncestralDiscreteScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "kdpm2_ancestral",
         default_schedule="karras", discard_next_to_last_sigma=True, second_order=True, stochastic=True,
-        params=_ETA, eta_default=1.0,
+        params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
         "DDIM", ("ddim",), _options(), DDIMScheduler,
@@ -156,6 +160,11 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
             "final_sigmas_type": "sigma_min",
         }),
         "unipc", kind="timesteps", schedules=ONLY_AUTOMATIC,
+    ),
+    SamplerSpec(
+        # A1111 fixes LCM's 50 original steps and its boundary condition's timestep scaling of 10
+        "LCM", ("k_lcm",), _options(), A1111LCMScheduler,
+        MappingProxyType({"original_inference_steps": 50, "timestep_scaling": 10.0}), "lcm", stochastic=True,
     ),
 )
 

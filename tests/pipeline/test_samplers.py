@@ -24,6 +24,7 @@ from pipeline.samplers import (
     make_plan,
     resolve,
     resolve_hires,
+    validate_params,
 )
 from pipeline.samplers.brownian import CPUBrownianNoise
 from pipeline.samplers.schedules import SCHEDULES_BY_NAME, karras
@@ -111,28 +112,74 @@ class Ref:
         return x - out * sigma
 
 
-def ancestral(s, s_next):
-    up = min(s_next, math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
+def ancestral(s, s_next, eta=1.0):
+    """k-diffusion's get_ancestral_step: (sigma_down, sigma_up)."""
+    if not eta:
+        return s_next, 0.0
+    up = min(s_next, eta * math.sqrt(max(s_next**2 * (s**2 - s_next**2) / s**2, 0.0)))
     return math.sqrt(max(s_next**2 - up**2, 0.0)), up
+
+
+class RefLCM:
+    """A1111's LCM denoiser (LCMCompVisDenoiser), written from its definition: 50 LCM timesteps 19, 39, ...,
+    999; the UNet sees the one nearest (in log-sigma) to the noise level; the boundary condition
+    c_out * x0 + c_skip * x is taken at that timestep (scaled by 10, sigma_data 0.5)."""
+
+    def __init__(self, config):
+        from diffusers import EulerDiscreteScheduler
+        acp = EulerDiscreteScheduler.from_config(config).alphas_cumprod.double().numpy()
+        self.grid = np.arange(19, 1000, 20)
+        self.sigmas = np.sqrt((1 - acp[self.grid]) / acp[self.grid])
+        self.v = config["prediction_type"] == "v_prediction"
+
+    def sigma_to_t(self, sigma):
+        return int(self.grid[np.abs(np.log(self.sigmas) - math.log(sigma)).argmin()])
+
+    def t_to_sigma(self, t):
+        k = min(max((t - 19) / 20, 0.0), 49.0)
+        lo, hi = math.floor(k), math.ceil(k)
+        w = k - lo
+        return math.exp((1 - w) * math.log(self.sigmas[lo]) + w * math.log(self.sigmas[hi]))
+
+    def get_sigmas(self, n):
+        return [self.t_to_sigma(t) for t in np.linspace(999, 19, n)] + [0.0]
+
+    def denoise(self, x, sigma):
+        sigma = float(sigma)
+        t = self.sigma_to_t(sigma)
+        out = model(x / math.sqrt(sigma**2 + 1.0), torch.tensor(float(t)))
+        if self.v:  # (A1111 itself reads every output as epsilon; we convert v-prediction properly)
+            x0 = x / (sigma**2 + 1.0) - out * sigma / math.sqrt(sigma**2 + 1.0)
+        else:
+            x0 = x - out * sigma
+        st = 10.0 * t
+        c_skip, c_out = 0.25 / (st**2 + 0.25), st / math.sqrt(st**2 + 0.25)
+        return c_out * x0 + c_skip * x
 
 
 def draw(generators):
     return torch.cat([torch.randn((1,) + SHAPE[1:], generator=g) for g in generators])
 
 
-def ref_sample(name, ref, x, sigmas, generators, brownian):
+def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0):
     s = [float(v) for v in sigmas]
     n = len(s) - 1
     D = ref.denoise
     if name == "Euler":
         for i in range(n):
             x = x + (x - D(x, s[i])) / s[i] * (s[i + 1] - s[i])
-    elif name == "Euler a":
+    elif name == "Euler a":  # A1111 passes no s_noise to Euler a
         for i in range(n):
             den = D(x, s[i])
-            down, up = ancestral(s[i], s[i + 1])
+            down, up = ancestral(s[i], s[i + 1], eta)
             x = x + (x - den) / s[i] * (down - s[i])
-            x = x + draw(generators) * up
+            if s[i + 1] > 0:
+                x = x + draw(generators) * up
+    elif name == "LCM":
+        for i in range(n):
+            x = D(x, s[i])
+            if s[i + 1] > 0:
+                x = x + s[i + 1] * draw(generators)
     elif name == "LMS":
         from scipy import integrate
         ds = []
@@ -173,7 +220,7 @@ def ref_sample(name, ref, x, sigmas, generators, brownian):
     elif name == "DPM2 a":
         for i in range(n):
             den = D(x, s[i])
-            down, up = ancestral(s[i], s[i + 1])
+            down, up = ancestral(s[i], s[i + 1], eta)
             d = (x - den) / s[i]
             if down == 0:
                 x = x + d * (down - s[i])
@@ -182,7 +229,7 @@ def ref_sample(name, ref, x, sigmas, generators, brownian):
                 x2 = x + d * (mid - s[i])
                 d2 = (x2 - D(x2, mid)) / mid
                 x = x + d2 * (down - s[i])
-                x = x + draw(generators) * up
+                x = x + draw(generators) * s_noise * up
     elif name == "DPM++ 2M":
         old, h_last = None, None
         for i in range(n):
@@ -210,13 +257,13 @@ def ref_sample(name, ref, x, sigmas, generators, brownian):
                 continue
             t, t_next = t_fn(f32(s[i])), t_fn(f32(s[i + 1]))
             sm = t + 0.5 * (t_next - t)
-            down, up = ancestral(float(sigma_fn(t)), float(sigma_fn(sm)))
-            x2 = (down / float(sigma_fn(t))) * x - math.expm1(float(t) + math.log(down)) * den
-            x2 = x2 + brownian(sigma_fn(t), sigma_fn(sm)) * up
+            down, up = ancestral(float(sigma_fn(t)), float(sigma_fn(sm)), eta)
+            x2 = (down / float(sigma_fn(t))) * x - (math.expm1(float(t) + math.log(down)) if down else -1.0) * den
+            x2 = x2 + brownian(sigma_fn(t), sigma_fn(sm)) * s_noise * up
             den2 = D(x2, float(sigma_fn(sm)))
-            down, up = ancestral(float(sigma_fn(t)), float(sigma_fn(t_next)))
-            x = (down / float(sigma_fn(t))) * x - math.expm1(float(t) + math.log(down)) * den2
-            x = x + brownian(sigma_fn(t), sigma_fn(t_next)) * up
+            down, up = ancestral(float(sigma_fn(t)), float(sigma_fn(t_next)), eta)
+            x = (down / float(sigma_fn(t))) * x - (math.expm1(float(t) + math.log(down)) if down else -1.0) * den2
+            x = x + brownian(sigma_fn(t), sigma_fn(t_next)) * s_noise * up
     elif name in ("DPM++ 2M SDE", "DPM++ 2M SDE Heun"):
         old, h_last = None, None
         for i in range(n):
@@ -225,14 +272,16 @@ def ref_sample(name, ref, x, sigmas, generators, brownian):
                 x = den
             else:
                 h = math.log(s[i]) - math.log(s[i + 1])
-                x = s[i + 1] / s[i] * math.exp(-h) * x - math.expm1(-2 * h) * den
+                eh = eta * h
+                x = s[i + 1] / s[i] * math.exp(-eh) * x - math.expm1(-h - eh) * den
                 if old is not None:
                     r = h_last / h
                     if name.endswith("Heun"):
-                        x = x + (-math.expm1(-2 * h) / (-2 * h) + 1) * (1 / r) * (den - old)
+                        x = x + (-math.expm1(-h - eh) / (-h - eh) + 1) * (1 / r) * (den - old)
                     else:
-                        x = x + 0.5 * -math.expm1(-2 * h) * (1 / r) * (den - old)
-                x = x + brownian(s[i], s[i + 1]) * s[i + 1] * math.sqrt(-math.expm1(-2 * h))
+                        x = x + 0.5 * -math.expm1(-h - eh) * (1 / r) * (den - old)
+                if eta:
+                    x = x + brownian(s[i], s[i + 1]) * s[i + 1] * math.sqrt(-math.expm1(-2 * eh)) * s_noise
             old, h_last = den, (math.log(s[i]) - math.log(s[i + 1])) if s[i + 1] else None
     elif name == "DPM++ 3M SDE":
         d1m, d2m, h1, h2 = None, None, None, None
@@ -243,7 +292,7 @@ def ref_sample(name, ref, x, sigmas, generators, brownian):
                 x = den
             else:
                 h = math.log(s[i]) - math.log(s[i + 1])
-                he = 2 * h
+                he = h * (eta + 1)
                 x = math.exp(-he) * x - math.expm1(-he) * den
                 if h2 is not None:
                     r0, r1 = h1 / h, h2 / h
@@ -255,7 +304,8 @@ def ref_sample(name, ref, x, sigmas, generators, brownian):
                     x = x + phi2 * d1 - phi3 * d2
                 elif h1 is not None:
                     x = x + (math.expm1(-he) / he + 1) * (den - d1m) / (h1 / h)
-                x = x + brownian(s[i], s[i + 1]) * s[i + 1] * math.sqrt(-math.expm1(-2 * h))
+                if eta:
+                    x = x + brownian(s[i], s[i + 1]) * s[i + 1] * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise
             d1m, d2m, h1, h2 = den, d1m, h, h1
     else:
         raise AssertionError(name)
@@ -281,10 +331,111 @@ def test_matches_k_diffusion_step_for_step(name, schedule, d, config):
     full = plan_for(name, schedule, steps=plan_total(6, d), config=config).sigmas if d else sigmas
     brownian = CPUBrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
     x0 = noise * float(sigmas[0]) if init is None else init + noise * float(sigmas[0])
-    expected = ref_sample(name, Ref(config), x0, sigmas, gens(), brownian)
+    ref = RefLCM(config) if name == "LCM" else Ref(config)
+    expected = ref_sample(name, ref, x0, sigmas, gens(), brownian)
     if plan.layout_is_vp:  # DPMSolverMultistep works on x / sqrt(sigma^2 + 1)
         ours = ours * math.sqrt(float(sigmas[-1]) ** 2 + 1.0)
     assert torch.allclose(ours, expected, atol=2e-4, rtol=1e-3), (ours - expected).abs().max()
+
+
+ETA_SAMPLERS = ["Euler a", "DPM2 a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"]
+
+
+def _compare(name, schedule, d, config, steps=6, **params):
+    plan = plan_for(name, schedule, steps=steps, d=d, config=config, **params)
+    sigmas = plan.sigmas
+    init = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7)) if d else None
+    noise = initial_noise()
+    ours = run(plan, noise.clone(), init)
+    full = plan_for(name, schedule, steps=plan_total(steps, d), config=config).sigmas if d else sigmas
+    brownian = CPUBrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
+    x0 = noise * float(sigmas[0]) if init is None else init + noise * float(sigmas[0])
+    expected = ref_sample(name, Ref(config), x0, sigmas, gens(), brownian, **params)
+    if plan.layout_is_vp:
+        ours = ours * math.sqrt(float(sigmas[-1]) ** 2 + 1.0)
+    return ours, expected
+
+
+@pytest.mark.parametrize("name", ETA_SAMPLERS)
+@pytest.mark.parametrize("eta,s_noise,schedule,d,config", [
+    (0.0, None, "automatic", None, SD1), (0.5, 0.8, "karras", 0.5, SD1), (1.7, None, "exponential", None, SD2V),
+])
+def test_eta_matches_k_diffusion(name, eta, s_noise, schedule, d, config):
+    """k-diffusion's eta (get_ancestral_step / the SDE's eta * h) and s_noise, step for step, noise included."""
+    params = {"eta": eta} if s_noise is None else {"eta": eta, "s_noise": s_noise}
+    if name == "DPM2 a" and eta > 1:  # some steps would have sigma_down 0: refused, not run differently
+        with pytest.raises(InvalidRequest, match="eta"):
+            plan_for(name, schedule, steps=6, d=d, config=config, **params)
+        return
+    ours, expected = _compare(name, schedule, d, config, **params)
+    assert torch.allclose(ours, expected, atol=2e-4, rtol=1e-3), (ours - expected).abs().max()
+
+
+@pytest.mark.parametrize("name", ETA_SAMPLERS)
+def test_eta_zero_is_deterministic_and_differs_from_one(name):
+    zero = run(plan_for(name, steps=6, eta=0.0), initial_noise())
+    other_noise = run(plan_for(name, steps=6, eta=0.0, seeds=[99, 100]), initial_noise())
+    assert torch.equal(zero, other_noise)  # no noise is added, whatever the generators or Brownian trees hold
+    one = run(plan_for(name, steps=6, eta=1.0), initial_noise())
+    assert not torch.allclose(zero, one)
+    assert torch.equal(run(plan_for(name, steps=6), initial_noise()), one)  # eta None: A1111's eta_ancestral, 1
+
+
+def test_s_noise_acts_where_a1111_passes_it():
+    base = run(plan_for("DPM2 a", steps=5), initial_noise())
+    assert not torch.allclose(run(plan_for("DPM2 a", steps=5, s_noise=0.5), initial_noise()), base)
+    base = run(plan_for("DPM++ 2M SDE", steps=5), initial_noise())
+    assert not torch.allclose(run(plan_for("DPM++ 2M SDE", steps=5, s_noise=0.5), initial_noise()), base)
+    base = run(plan_for("Euler a", steps=5), initial_noise())  # A1111 does not pass s_noise to Euler a
+    assert torch.equal(run(plan_for("Euler a", steps=5, s_noise=0.5), initial_noise()), base)
+
+
+# ---- LCM ------------------------------------------------------------------------------------------
+
+def test_lcm_noise_levels_and_unet_timesteps_are_a1111s():
+    ref = RefLCM(SD1)
+    plan = plan_for("LCM", steps=4)
+    assert np.allclose(plan.sigmas.numpy(), ref.get_sigmas(4), rtol=1e-5)  # linspace(999, 19), interpolated
+    assert plan.timesteps.tolist() == [999.0, 679.0, 339.0, 19.0]  # 672.3 and 345.7 snapped to LCM timesteps
+    assert plan.scheduler.sigmas[1] != pytest.approx(ref.sigmas[(679 - 19) // 20])  # re-noised unsnapped
+    # the schedule types see the LCM denoiser: its sigma range (timesteps 19..999) and its 50 levels
+    karras = plan_for("LCM", "karras", steps=5).sigmas.numpy()
+    lo, hi = ref.sigmas[0] ** (1 / 7), ref.sigmas[-1] ** (1 / 7)
+    assert np.allclose(karras, [(hi + i / 4 * (lo - hi)) ** 7 for i in range(5)] + [0.0], rtol=1e-5)
+    simple = plan_for("LCM", "simple", steps=5).sigmas.numpy()
+    assert np.allclose(simple, [ref.sigmas[-(1 + int(x * 10))] for x in range(5)] + [0.0], rtol=1e-5)
+    assert np.allclose(plan_for("LCM", "normal", steps=7).sigmas.numpy(), ref.get_sigmas(7), rtol=1e-5)
+    for schedule in ("automatic", "karras", "sgm_uniform", "beta"):
+        ts = plan_for("LCM", schedule, steps=9).timesteps.numpy()
+        assert set(ts.tolist()) <= {float(t) for t in ref.grid}, schedule
+
+
+@pytest.mark.parametrize("schedule,d,config", [
+    ("automatic", None, SD1), ("automatic", 0.5, SD1), ("karras", 0.37, SD1), ("sgm_uniform", None, SD2V),
+])
+def test_lcm_matches_a1111_step_for_step(schedule, d, config):
+    plan = plan_for("LCM", schedule, steps=5, d=d, config=config)
+    init = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7)) if d else None
+    noise = initial_noise()
+    ours = run(plan, noise.clone(), init)
+    s0 = float(plan.sigmas[0])
+    expected = ref_sample("LCM", RefLCM(config), noise * s0 if init is None else init + noise * s0, plan.sigmas,
+                          gens(), None)
+    assert torch.allclose(ours, expected, atol=1e-4, rtol=1e-4), (ours - expected).abs().max()
+
+
+def test_lcm_hires_rule_and_evaluations():
+    plan = plan_for("LCM", steps=4, d=0.5)
+    full = plan_for("LCM", steps=8)
+    assert plan.steps == 4 and plan.evaluations == 4
+    assert np.allclose(plan.sigmas.numpy(), full.sigmas.numpy()[4:])
+    assert plan.timesteps.tolist() == full.timesteps.tolist()[4:]
+    assert plan.start_sigma == pytest.approx(float(full.sigmas[4]))
+    calls = []
+    run(plan, initial_noise(), torch.zeros(SHAPE), calls)
+    assert calls == [1, 2, 3, 4]
+    one = plan_for("LCM", steps=1)  # one step: straight to the denoised estimate, no noise drawn
+    assert one.evaluations == 1 and one.sigmas[-1] == 0
 
 
 def plan_total(steps, d):
@@ -432,7 +583,7 @@ def test_second_order_evaluations(name):
 
 
 def test_first_order_evaluations_equal_steps():
-    for name in ("Euler", "Euler a", "LMS", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE"):
+    for name in ("Euler", "Euler a", "LMS", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE", "LCM"):
         for d in (None, 0.5):
             assert plan_for(name, steps=12, d=d).evaluations == 12, name
 
@@ -471,13 +622,18 @@ def test_parameter_validation():
         plan_for("DDIM", eta=-0.1)
     with pytest.raises(InvalidRequest, match="eta"):
         plan_for("Euler a", eta=float("nan"))
+    plan_for("Euler a", eta=0.5)
+    plan_for("DPM++ 3M SDE", eta=0.0, s_noise=0.5)
     with pytest.raises(InvalidRequest, match="eta"):
-        plan_for("Euler a", eta=0.5)  # diffusers' ancestral step is fixed at eta 1
+        plan_for("DPM2 a", eta=-1.0)
+    with pytest.raises(InvalidRequest, match="eta"):  # found before sampling, whatever the schedule
+        validate_params(SAMPLERS_BY_NAME["DPM2 a"], SamplerParams(eta=1.2))
+    plan_for("Euler a", eta=3.0)
     with pytest.raises(InvalidRequest, match="s_churn"):
         plan_for("Euler", s_churn=1.0)
     with pytest.raises(InvalidRequest, match="s_noise"):
         plan_for("Euler", s_noise=float("inf"))
-    plan_for("DPM++ SDE", s_noise=0.9)  # A1111 v1.10 passes s_noise only to Euler/Heun/DPM2, for churn
+    plan_for("LCM", eta=0.3, s_noise=0.5)  # LCM takes neither in A1111
     with pytest.raises(InvalidRequest, match="steps"):
         plan_for("Euler", steps=0)
     plan_for("Euler", eta=0.3, s_tmin=0.5, s_tmax=10.0)  # ignored by Euler in A1111 too
@@ -505,6 +661,10 @@ def test_parameter_validation():
     (("Euler", None, "sgm_uniform"), "Euler", "sgm_uniform"),
     (("Euler", None, "SGM Uniform"), "Euler", "sgm_uniform"),
     (("DDIM", None, "Automatic"), "DDIM", "automatic"),
+    (("LCM", None, None), "LCM", "automatic"),
+    (("lcm", None, "Karras"), "LCM", "karras"),
+    (("k_lcm", None, None), "LCM", "automatic"),
+    (("LCM Karras", None, None), "LCM", "karras"),
 ])
 def test_resolve(given, sampler, schedule):
     spec, sched = resolve(*given)
@@ -574,6 +734,7 @@ def test_api_listings():
     assert by["DPM2 a"]["options"] == {"scheduler": "karras", "discard_next_to_last_sigma": "True",
                                        "uses_ensd": "True", "second_order": "True"}
     assert by["Euler a"]["aliases"] == ["k_euler_a", "k_euler_ancestral"]
+    assert samplers[-1] == {"name": "LCM", "aliases": ["k_lcm"], "options": {}}  # last, as in A1111
     assert all(isinstance(v, str) for s in samplers for v in s["options"].values())
     scheds = api_schedulers()
     assert scheds[0] == {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1.0,
