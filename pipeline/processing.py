@@ -66,6 +66,7 @@ class Processing:
     hr_cfg: float | None = None
     hr_checkpoint: str | None = None
     firstpass_image: Any = None  # a decoded PIL image when the client sent one
+    face_restorer: Any = None  # the upscalers.faces.FaceRestorer that restore_faces uses, else None
     # filled while running
     all_prompts: list[str] = field(default_factory=list)
     all_negative_prompts: list[str] = field(default_factory=list)
@@ -113,9 +114,10 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
         raise InvalidRequest("script_name", f"script {req.script_name!r} not found; this server has no "
                              "selectable scripts (use alwayson extensions, see /sdapi/v1/scripts)")
     restore = req.restore_faces if req.restore_faces is not None else bool(options.get("face_restoration"))
-    if restore:
-        raise InvalidRequest("restore_faces", "no face-restoration model is available on this server "
-                             "(GFPGAN / CodeFormer need face detection that is not installed); send false")
+    face_restorer = upscalers.faces.pick(options.get("face_restoration_model")) if restore else None
+    if restore and face_restorer is None:
+        raise InvalidRequest("restore_faces", "no face-restoration model is available on this server (put a "
+                             "GFPGAN or CodeFormer file under <models>/GFPGAN or <models>/Codeformer); send false")
     sampler, schedule = samplers.resolve(req.sampler_name, req.sampler_index, req.scheduler)
     checkpoint = models.resolve_title(str(options.get("sd_model_checkpoint") or ""), "sd_model_checkpoint")
     w, h = first_pass_size(req.width, req.height)
@@ -126,7 +128,7 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
         steps=req.steps, cfg_scale=req.cfg_scale, width=w, height=h, batch_size=req.batch_size,
         n_iter=req.n_iter, clip_skip=_clip_skip(options), tiling=bool(req.tiling), checkpoint=checkpoint,
         eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax, s_noise=req.s_noise,
-        denoising_strength=req.denoising_strength, options=dict(options),
+        denoising_strength=req.denoising_strength, options=dict(options), face_restorer=face_restorer,
     )
     params = samplers.SamplerParams(eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax,
                                     s_noise=req.s_noise)

@@ -47,6 +47,7 @@ class Context:
     upscaler: PixelUpscaler
     extensions: Extensions
     state: JobState
+    faces: Any = None  # upscalers.faces.FaceRestorers, for restore_faces
 
 
 @dataclass
@@ -90,7 +91,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
             first = _sample(model, p, ctx, seeds, subseeds, p.width, p.height, None, pass_no=1)
             calls.append(first.unet_calls)
         if not p.enable_hr or isinstance(first.stopped, Interrupted):
-            batch = _decode(model, first.latents, p)
+            batch = _restore_faces(_decode(model, first.latents, p), p, ctx)
             images += batch
             infotexts += [_infotext(p, model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
             continue
@@ -110,7 +111,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
         hr_model = ctx.models.get(p.hr_checkpoint) if p.hr_checkpoint else model
         if pixels is not None:
             if p.denoising_strength <= 0 or isinstance(first.stopped, Skipped):
-                pixels = [_crop_image(img, p) for img in pixels]
+                pixels = _restore_faces([_crop_image(img, p) for img in pixels], p, ctx)
                 images += pixels
                 infotexts += [_infotext(p, hr_model, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
                 continue
@@ -123,7 +124,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
                              pass_no=2)
             calls.append(second.unet_calls)
             latents = second.latents
-        batch = _decode(hr_model, latents, p)
+        batch = _restore_faces(_decode(hr_model, latents, p), p, ctx)
         images += batch
         infotexts += [_infotext(p, hr_model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
     info = _info_json(p, model, ctx, infotexts, state)
@@ -245,6 +246,15 @@ def _decode(model: SDModel, latents: torch.Tensor, p: Processing) -> list[Image.
     return [Image.fromarray(a, "RGB") for a in arr]
 
 
+def _restore_faces(images: list[Image.Image], p: Processing, ctx: Context) -> list[Image.Image]:
+    """A1111's restore_faces on each final image: fully restored (no blend), CodeFormer fidelity from the
+    option `code_former_weight`."""
+    if p.face_restorer is None or ctx.faces is None:
+        return images
+    weight = float(p.options.get("code_former_weight", 0.5))
+    return [ctx.faces.restore(img, p.face_restorer, 1.0, weight) for img in images]
+
+
 def _infotext(p: Processing, model: Any, ctx: Context, index: int) -> str:
     info = ctx.models.info(p.checkpoint)
     params: list[tuple[str, Any]] = [
@@ -253,6 +263,7 @@ def _infotext(p: Processing, model: Any, ctx: Context, index: int) -> str:
         ("Schedule type", samplers.label_for_infotext(p.sampler, p.schedule)),
         ("CFG scale", p.cfg_scale),
         ("Seed", p.all_seeds[index]),
+        ("Face restoration", p.face_restorer.name if p.face_restorer is not None else None),
         ("Size", f"{p.width}x{p.height}"),
         ("Model hash", info.get("hash")),
         ("Model", info.get("model_name")),
@@ -326,8 +337,8 @@ def _info_json(p: Processing, model: Any, ctx: Context, infotexts: list[str], st
         "cfg_scale": p.cfg_scale,
         "steps": p.steps,
         "batch_size": p.batch_size,
-        "restore_faces": bool(p.request.restore_faces),
-        "face_restoration_model": None,
+        "restore_faces": p.face_restorer is not None,
+        "face_restoration_model": p.face_restorer.name if p.face_restorer is not None else None,
         "sd_model_name": info.get("model_name"),
         "sd_model_hash": info.get("hash"),
         "sd_vae_name": info.get("vae_name"),

@@ -134,7 +134,8 @@ class Services:
     # -- jobs (run on the worker thread) --------------------------------------------------------------
     def run_txt2img(self, p: Processing) -> Txt2ImgResult:
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
-        ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions, self.worker.state)
+        ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions, self.worker.state,
+                      faces=self.upscalers.faces)
         try:
             return run_txt2img(p, ctx)
         finally:

@@ -14,6 +14,7 @@ from .errors import (
     UpscalerError,
 )
 from .extras import DEFAULT_MAX_OUTPUT_PIXELS, ExtrasParams, format_infotext, html_info, run_extras
+from .faces import FaceRestorer, FaceRestorers, detect_faces, restore_faces
 from .latent import LATENT_MODES, LatentMode, interpolate_args, is_latent, latent_mode_names, resolve_latent
 from .loop import UpscalePlan, check_budget, destination, plan_upscale, upscale
 from .registry import BUILTIN_ENTRIES, LoadedModel, UpscalerEntry, UpscalerRegistry
@@ -30,6 +31,8 @@ __all__ = [
     "DeviceOutOfMemory",
     "ExtrasParams",
     "FaceRestorationUnavailable",
+    "FaceRestorer",
+    "FaceRestorers",
     "Interrupted",
     "LatentMode",
     "LoadedModel",
@@ -44,6 +47,7 @@ __all__ = [
     "UpscalerRegistry",
     "check_budget",
     "destination",
+    "detect_faces",
     "format_infotext",
     "html_info",
     "interpolate_args",
@@ -51,6 +55,7 @@ __all__ = [
     "latent_mode_names",
     "plan_upscale",
     "resolve_latent",
+    "restore_faces",
     "run_extras",
     "upscale",
     "upscale_array",

@@ -72,14 +72,15 @@ class ModelLoadError(UpscalerError):
 
 
 class FaceRestorationUnavailable(UpscalerError):
-    """A face restoration visibility was requested but no usable face restorer exists."""
+    """A face restoration was requested but no usable model file of that restorer is installed."""
 
-    def __init__(self, restorer: str, field: str) -> None:
+    def __init__(self, restorer: str, field: str, folder: str | None = None) -> None:
         self.restorer = restorer
         self.field = field
+        where = f" (put a {restorer} .safetensors or .pth file under <models>/{folder})" if folder else ""
         super().__init__(
-            f"{field} > 0 asks for {restorer} face restoration, but no {restorer} face restoration "
-            f"model is installed on this server; send {field}: 0"
+            f"{field} asks for {restorer} face restoration, but no {restorer} face restoration "
+            f"model is installed on this server{where}; send {field}: 0"
         )
 
 

@@ -10,7 +10,8 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from .errors import BadImage, FaceRestorationUnavailable, TooLarge
+from .errors import BadImage, TooLarge
+from .faces import FaceRestorer, FaceRestorers
 from .images import text_info, to_rgb_or_rgba
 from .loop import check_budget, plan_upscale, upscale
 from .registry import UpscalerEntry, UpscalerRegistry
@@ -69,11 +70,15 @@ def _factor(params: ExtrasParams, size: tuple[int, int]) -> float:
     return params.upscaling_resize
 
 
-def _check_faces(params: ExtrasParams) -> None:
+def _face_stages(params: ExtrasParams, faces: FaceRestorers) -> list[tuple[FaceRestorer, float]]:
+    """(restorer, visibility) for each requested face restoration, in A1111's order (GFPGAN, then
+    CodeFormer); FaceRestorationUnavailable when one is requested but not installed."""
+    stages = []
     if params.gfpgan_visibility > 0:
-        raise FaceRestorationUnavailable("GFPGAN", "gfpgan_visibility")
+        stages.append((faces.require("GFPGAN", "gfpgan_visibility"), params.gfpgan_visibility))
     if params.codeformer_visibility > 0:
-        raise FaceRestorationUnavailable("CodeFormer", "codeformer_visibility")
+        stages.append((faces.require("CodeFormer", "codeformer_visibility"), params.codeformer_visibility))
+    return stages
 
 
 def run_extras(
@@ -88,11 +93,14 @@ def run_extras(
     on_tile: OnTile | None = None,
     on_image: Callable[[int, int], None] | None = None,
 ) -> tuple[list[Image.Image], str]:
-    """Upscale each image as A1111's extras does; returns (results, infotext of the last).
+    """Upscale, then restore faces in, each image as A1111's extras does; returns (results, infotext
+    of the last).
 
     Everything that can be checked is checked before any model runs: upscaler names (both,
-    even when upscaler_1 is "None"), face restoration requests, empty images, and the pixel
-    budget (TooLarge). `upscaler_1` "None" leaves images unresized and ignores upscaler 2.
+    even when upscaler_1 is "None"), face restorers (FaceRestorationUnavailable when a visibility
+    > 0 asks for one that is not installed), empty images, and the pixel budget (TooLarge).
+    `upscaler_1` "None" leaves images unresized and ignores upscaler 2. GFPGAN, then CodeFormer
+    (with `codeformer_weight`), run on the upscaled image, each blended by its visibility.
     Each result is RGB (RGBA if the input had alpha) and carries the input's text `.info`
     entries plus `postprocessing` = its infotext. `on_image(done, total)` follows images;
     `on_tile` and `should_stop` are passed to `upscale` (Interrupted propagates).
@@ -104,6 +112,7 @@ def run_extras(
         result, info = _upscale_one(
             image, params, first, second, registry, tile, overlap, should_stop, on_tile
         )
+        result = _restore_faces(result, params, registry.faces, info, should_stop)
         infotext = format_infotext(info)
         result.info = {**text_info(image), "postprocessing": infotext}
         results.append(result)
@@ -123,7 +132,7 @@ def check_extras(
     pixel budget), on its own: the server calls it before queueing. Returns (upscaler_1, upscaler_2)."""
     first = registry.resolve(params.upscaler_1)
     second = registry.resolve(params.upscaler_2)
-    _check_faces(params)
+    _face_stages(params, registry.faces)
     for index, image in enumerate(images):
         if image.width < 1 or image.height < 1:
             raise BadImage(index, f"the image is empty ({image.width}x{image.height})")
@@ -195,6 +204,23 @@ def _upscale_one(
         result = Image.blend(result, other, params.extras_upscaler_2_visibility)
         info["Postprocess upscaler 2"] = second.name
     return result, info
+
+
+def _restore_faces(
+    image: Image.Image,
+    params: ExtrasParams,
+    faces: FaceRestorers,
+    info: dict[str, object],
+    should_stop: ShouldStop | None,
+) -> Image.Image:
+    """A1111's GFPGAN and CodeFormer postprocessing stages, with their infotext entries."""
+    for restorer, visibility in _face_stages(params, faces):
+        weight = params.codeformer_weight
+        image = faces.restore(image, restorer, visibility, weight, should_stop=should_stop)
+        info[f"{restorer.name} visibility"] = round(visibility, 3)
+        if restorer.name == "CodeFormer":
+            info["CodeFormer weight"] = round(weight, 3)
+    return image
 
 
 def _centre_crop(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -19,6 +19,7 @@ import spandrel
 import torch
 
 from .errors import ModelLoadError, UnknownUpscaler, UpscalerError
+from .faces import FaceRestorers
 from .latent import LatentMode, is_latent, latent_mode_names, resolve_latent
 from .loading import MODEL_SUFFIXES, architecture_registry, load_descriptor
 from .naming import match_name
@@ -180,6 +181,8 @@ class UpscalerRegistry:
         self._entries: list[UpscalerEntry] = list(BUILTIN_ENTRIES)
         self._scanned: dict[Path, tuple[tuple[int, int], UpscalerEntry | None]] = {}
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.faces = FaceRestorers(self.models_dir, allow_noncommercial, self.device)
+        """The face restorers (GFPGAN / CodeFormer files) of the same models folder."""
         self.refresh()
 
     # -- discovery -----------------------------------------------------------------------------
@@ -199,11 +202,12 @@ class UpscalerRegistry:
         return files
 
     def refresh(self) -> None:
-        """Rescan the models folder; unchanged files are not read again.
+        """Rescan the models folder (face restorers included); unchanged files are not read again.
 
         A file that cannot be used is skipped with one warning naming it and why (once per
         version of the file).
         """
+        self.faces.refresh()
         found: list[UpscalerEntry] = []
         scanned: dict[Path, tuple[tuple[int, int], UpscalerEntry | None]] = {}
         for path in self.model_files():
@@ -345,5 +349,6 @@ class UpscalerRegistry:
         """Drop every loaded model (e.g. to free device memory for a checkpoint)."""
         with self._lock:
             self._cache.clear()
+        self.faces.clear_cache()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

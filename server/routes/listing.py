@@ -161,10 +161,12 @@ async def prompt_styles(svc: Services = Depends(services)) -> list[dict[str, str
 
 
 @router.get("/face-restorers", response_model=list[FaceRestorerItem])
-async def face_restorers() -> list[dict[str, Any]]:
-    """This server restores no faces (GFPGAN/CodeFormer are not part of it), so the list is empty and
-    `restore_faces` / `gfpgan_visibility` / `codeformer_visibility` have no effect."""
-    return []
+async def face_restorers(svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    """The face restorers whose model files were found under `<models>/Codeformer` and `<models>/GFPGAN`
+    (CodeFormer only with --enable-noncommercial-upscalers), in A1111's order; `cmd_dir` is the folder of
+    the file. Empty when there are none, and then `restore_faces` / `gfpgan_visibility` /
+    `codeformer_visibility` are a 400."""
+    return svc.upscalers.faces.as_api_list()
 
 
 @router.get("/realesrgan-models", response_model=list[RealesrganItem])
