@@ -29,10 +29,14 @@ Parameters: eta (None means A1111's options: `eta_ancestral` 1 for the ancestral
 2M SDE (+ Heun) and DPM++ 3M SDE (ancestral.py, brownian.py): 0 makes them deterministic. Refused:
 DPM2 a with eta above 1, where a step can get sigma_down 0 and k-diffusion then takes a one-stage,
 noise-free step that the two-stage layout cannot express. s_noise scales the noise of DPM2 a and the
-DPM++ SDE samplers, as A1111 v1.10 passes it to them (not to Euler a or LCM). s_churn other than 0
-(Euler, Heun, DPM2) is refused: diffusers applies churn after the model call instead of before it;
-so s_noise, s_tmin and s_tmax, which only act through churn for those three, are validated and have
-no effect. DDIM takes any eta >= 0. LCM takes no parameters, as in A1111.
+DPM++ SDE samplers, as A1111 v1.10 passes it to them (not to Euler a or LCM). Euler, Heun and DPM2 take
+A1111's churn set s_churn, s_tmin, s_tmax (0 meaning no upper end) and s_noise as k-diffusion's
+`sample_euler`/`sample_heun`/`sample_dpm_2` use them (churn.py): on every step with s_tmin <= sigma <= s_tmax,
+gamma = min(s_churn / n, sqrt(2) - 1) raises the noise level to sigma_hat = sigma * (1 + gamma) BEFORE the
+model call, with noise (randn * s_noise, drawn on every step from the per-image generators, as k-diffusion
+draws it) of size sqrt(sigma_hat^2 - sigma^2); the model is called at sigma_hat's timestep and the step
+runs from there. s_churn 0 (A1111's default) leaves them deterministic and exactly diffusers' step.
+DDIM takes any eta >= 0. LCM takes no parameters, as in A1111.
 """
 from .plan import SamplerParams, StepPlan, a1111_timestep_grid, fixed_steps_total, make_plan, validate_params
 from .schedules import SCHEDULES, NoiseTable, ScheduleSpec

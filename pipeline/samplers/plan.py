@@ -21,6 +21,7 @@ import torch
 
 from ..errors import InvalidRequest
 from .brownian import CPUBrownianNoise
+from .churn import Churn, churn_schedule
 from .schedules import LCMNoiseTable, NoiseTable, ScheduleSpec, uniform
 from .table import SamplerSpec, check_supported, effective_schedule
 
@@ -107,13 +108,9 @@ def validate_params(sampler: SamplerSpec, params: SamplerParams) -> dict[str, fl
         # a single Euler step there and adds no noise at all, which the two-stage diffusers layout cannot express
         raise InvalidRequest("eta", f"sampler {sampler.name!r} is available with eta between 0 and 1 here "
                              f"(above 1 some steps have sigma_down 0, which this server does not run); got {eta:g}")
-    if "s_churn" in sampler.params and s_churn != 0.0:
-        raise InvalidRequest(
-            "s_churn", f"sampler {sampler.name!r} is only available with s_churn 0 (A1111's default): "
-            f"diffusers adds churn after the model call, not before as k-diffusion does; got {s_churn:g}")
-    # s_noise scales the ancestral/SDE noise of DPM2 a and the DPM++ SDE samplers (A1111 v1.10 passes it to
-    # them); Euler, Heun and DPM2 receive it too, but there it only scales churn noise, so with churn 0 it
-    # changes nothing: accepted and, like s_tmin/s_tmax, without effect. Euler a and LCM do not receive it.
+    # s_churn, s_tmin and s_tmax act only for Euler, Heun and DPM2 (k-diffusion's churn, churn.py), where s_noise
+    # scales the churn noise; s_noise also scales the ancestral/SDE noise of DPM2 a and the DPM++ SDE samplers
+    # (A1111 v1.10 passes it to them). Euler a and LCM receive none of them.
     return {"eta": eta, "s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax if s_tmax != 0.0 else math.inf,
             "s_noise": s_noise}
 
@@ -280,6 +277,26 @@ def _install_lcm(sched, s: np.ndarray, tab: LCMNoiseTable, values: Mapping[str, 
     return t, list(range(1, len(s)))
 
 
+def _lay_churn(sched, layout: str, s: np.ndarray, tab: NoiseTable, ts: np.ndarray, values: Mapping[str, float],
+               generators: list[torch.Generator]) -> np.ndarray:
+    """k-diffusion's churn (churn.py): the model is called at sigma_hat on every churned step, and DPM2's midpoint
+    moves to sqrt(sigma_hat * sigma_next). Returns the timesteps with those laid in; sets `sched.churn`."""
+    hat, gamma = churn_schedule(s, values["s_churn"], values["s_tmin"], values["s_tmax"])
+    on = np.flatnonzero(gamma > 0)
+    ts = np.array(ts, dtype=np.float64)
+    stride = 1 if layout == "plain" else 2  # the first model call of step k is call k (Euler) or 2k (Heun, DPM2)
+    ts[on * stride] = tab.sigma_to_t(hat[on])
+    if layout == "kdpm2":
+        mid = np.sqrt(hat[on] * s[on + 1])
+        ip = sched.sigmas_interpol.clone()
+        ip[2 * on + 1] = ip[2 * on + 2] = _f32(mid)
+        sched.sigmas_interpol = ip
+        second = 2 * on + 1 < len(ts)  # a last step to sigma 0 has no second call
+        ts[2 * on[second] + 1] = tab.sigma_to_t(mid[second])
+    sched.churn = Churn(_f32(s), _f32(hat), gamma.tolist(), values["s_noise"], list(generators))
+    return ts
+
+
 _INSTALLERS = {
     "plain": _install_plain, "heun": _install_heun, "dpmsolver_sde": _install_dpmsolver_sde,
     "kdpm2": _install_kdpm2, "kdpm2_ancestral": _install_kdpm2_ancestral, "multistep": _install_multistep,
@@ -382,7 +399,9 @@ def make_plan(
     if generators is not None and seeds is not None and len(generators) != len(seeds):
         raise InvalidRequest("seeds", "need one generator and one seed per image")
 
-    needs_generators = (sampler.stochastic and not sampler.brownian) or (sampler.name == "DDIM" and values["eta"] > 0)
+    churn = "s_churn" in sampler.params and values["s_churn"] > 0
+    needs_generators = ((sampler.stochastic and not sampler.brownian) or (sampler.name == "DDIM" and values["eta"] > 0)
+                        or churn)
     if needs_generators and not generators:
         raise ValueError(f"{sampler.name} draws noise while sampling: pass one CPU generator per image")
     if sampler.brownian and not seeds:
@@ -423,6 +442,8 @@ def make_plan(
     if len(s) < 2 or not np.all(np.isfinite(s)):
         raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
     ts, user = _INSTALLERS[sampler.layout](sched, s, tab, values)
+    if churn:
+        ts = _lay_churn(sched, sampler.layout, s, tab, ts, values, generators)
     sched.set_begin_index(0)
     for name in ("eta", "s_noise"):  # the eta-capable schedulers (ancestral.py, brownian.py) take them as attributes
         if name in sampler.params and hasattr(sched, name):

@@ -8,10 +8,7 @@ from typing import Any, Literal
 
 from diffusers import (
     DDIMScheduler,
-    EulerDiscreteScheduler,
-    HeunDiscreteScheduler,
     KDPM2AncestralDiscreteScheduler,
-    KDPM2DiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
@@ -20,6 +17,7 @@ from diffusers import (
 from ..errors import InvalidRequest, UnknownName
 from .ancestral import EtaDPMSolverSDEScheduler, EtaEulerAncestralScheduler
 from .brownian import BrownianDPMSolverMultistepScheduler
+from .churn import ChurnEulerScheduler, ChurnHeunScheduler, ChurnKDPM2Scheduler
 from .lcm import A1111LCMScheduler
 from .schedules import AUTOMATIC, SCHEDULES, SCHEDULES_BY_NAME, ScheduleSpec
 
@@ -42,8 +40,9 @@ class SamplerSpec:
     DDIM/PLMS/UniPC, which ignore the schedule type. schedules: the schedule names accepted.
     stochastic: draws fresh noise while sampling (ancestral or SDE); brownian: that noise comes
     from a per-seed Brownian tree as in A1111. params: the sampler parameters that change results
-    (eta for ancestral/SDE/DDIM, s_noise where A1111 passes it); eta_default: A1111's default eta when the
-    request has none (its options `eta_ancestral` 1.0 and `eta_ddim` 0.0).
+    (eta for ancestral/SDE/DDIM, s_churn/s_tmin/s_tmax/s_noise for Euler, Heun and DPM2, s_noise wherever
+    A1111 passes it; those three are not `stochastic`: they draw noise only with s_churn > 0); eta_default:
+    A1111's default eta when the request has none (its options `eta_ancestral` 1.0 and `eta_ddim` 0.0).
     """
 
     name: str
@@ -79,6 +78,7 @@ def _multistep(**kw: Any) -> Mapping[str, Any]:
 
 _ETA = frozenset({"eta"})
 _ETA_NOISE = frozenset({"eta", "s_noise"})  # A1111 v1.10 passes s_noise to DPM2 a and the DPM++ SDE samplers
+_CHURN = frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"})  # A1111 v1.10's extra params of Euler, Heun, DPM2
 
 SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec(
@@ -119,22 +119,22 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         MappingProxyType({}), "plain", stochastic=True, params=_ETA, eta_default=1.0,
     ),
     SamplerSpec(
-        "Euler", ("k_euler",), _options(), EulerDiscreteScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "plain",
-        params=frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"}),
+        "Euler", ("k_euler",), _options(), ChurnEulerScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "plain",
+        params=_CHURN,
     ),
     SamplerSpec(
         "LMS", ("k_lms",), _options(), LMSDiscreteScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "plain",
     ),
     SamplerSpec(
-        "Heun", ("k_heun",), _options(second_order=True), HeunDiscreteScheduler,
+        "Heun", ("k_heun",), _options(second_order=True), ChurnHeunScheduler,
         MappingProxyType({**_NO_SIGMA_FLAGS, "clip_sample": False}), "heun", second_order=True,
-        params=frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"}),
+        params=_CHURN,
     ),
     SamplerSpec(
         "DPM2", ("k_dpm_2",), _options(scheduler="karras", discard_next_to_last_sigma=True, second_order=True),
-        KDPM2DiscreteScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "kdpm2",
+        ChurnKDPM2Scheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "kdpm2",
         default_schedule="karras", discard_next_to_last_sigma=True, second_order=True,
-        params=frozenset({"s_churn", "s_tmin", "s_tmax", "s_noise"}),
+        params=_CHURN,
     ),
     SamplerSpec(
         "DPM2 a", ("k_dpm_2_a",),

@@ -161,13 +161,27 @@ def draw(generators):
     return torch.cat([torch.randn((1,) + SHAPE[1:], generator=g) for g in generators])
 
 
-def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0):
+def churn(x, s, i, generators, s_churn, s_tmin, s_tmax, s_noise):
+    """k-diffusion's start of step i in sample_euler/heun/dpm_2: (x_hat, sigma_hat). eps is drawn on every step,
+    in float32 as k-diffusion computes; the window test compares the float32 sigma."""
+    sigma = torch.tensor(s[i], dtype=torch.float32)
+    gamma = min(s_churn / (len(s) - 1), 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    eps = draw(generators) * s_noise
+    hat = sigma * (gamma + 1)
+    if gamma > 0:
+        x = x + eps * (hat**2 - sigma**2) ** 0.5
+    return x, float(hat)
+
+
+def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0, s_churn=0.0, s_tmin=0.0,
+               s_tmax=math.inf):
     s = [float(v) for v in sigmas]
     n = len(s) - 1
     D = ref.denoise
     if name == "Euler":
         for i in range(n):
-            x = x + (x - D(x, s[i])) / s[i] * (s[i + 1] - s[i])
+            x, hat = churn(x, s, i, generators, s_churn, s_tmin, s_tmax, s_noise)
+            x = x + (x - D(x, hat)) / hat * (s[i + 1] - hat)
     elif name == "Euler a":  # A1111 passes no s_noise to Euler a
         for i in range(n):
             den = D(x, s[i])
@@ -199,8 +213,9 @@ def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0)
             x = x + sum(c * d for c, d in zip(coeffs, reversed(ds)))
     elif name == "Heun":
         for i in range(n):
-            d = (x - D(x, s[i])) / s[i]
-            dt = s[i + 1] - s[i]
+            x, hat = churn(x, s, i, generators, s_churn, s_tmin, s_tmax, s_noise)
+            d = (x - D(x, hat)) / hat
+            dt = s[i + 1] - hat
             if s[i + 1] == 0:
                 x = x + d * dt
             else:
@@ -209,14 +224,15 @@ def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0)
                 x = x + (d + d2) / 2 * dt
     elif name == "DPM2":
         for i in range(n):
-            d = (x - D(x, s[i])) / s[i]
+            x, hat = churn(x, s, i, generators, s_churn, s_tmin, s_tmax, s_noise)
+            d = (x - D(x, hat)) / hat
             if s[i + 1] == 0:
-                x = x + d * (s[i + 1] - s[i])
+                x = x + d * (s[i + 1] - hat)
             else:
-                mid = math.exp(0.5 * (math.log(s[i]) + math.log(s[i + 1])))
-                x2 = x + d * (mid - s[i])
+                mid = math.exp(0.5 * (math.log(hat) + math.log(s[i + 1])))
+                x2 = x + d * (mid - hat)
                 d2 = (x2 - D(x2, mid)) / mid
-                x = x + d2 * (s[i + 1] - s[i])
+                x = x + d2 * (s[i + 1] - hat)
     elif name == "DPM2 a":
         for i in range(n):
             den = D(x, s[i])
@@ -350,6 +366,8 @@ def _compare(name, schedule, d, config, steps=6, **params):
     full = plan_for(name, schedule, steps=plan_total(steps, d), config=config).sigmas if d else sigmas
     brownian = CPUBrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
     x0 = noise * float(sigmas[0]) if init is None else init + noise * float(sigmas[0])
+    if params.get("s_tmax") == 0:  # A1111's 0 means infinity
+        params = {**params, "s_tmax": math.inf}
     expected = ref_sample(name, Ref(config), x0, sigmas, gens(), brownian, **params)
     if plan.layout_is_vp:
         ours = ours * math.sqrt(float(sigmas[-1]) ** 2 + 1.0)
@@ -388,6 +406,82 @@ def test_s_noise_acts_where_a1111_passes_it():
     assert not torch.allclose(run(plan_for("DPM++ 2M SDE", steps=5, s_noise=0.5), initial_noise()), base)
     base = run(plan_for("Euler a", steps=5), initial_noise())  # A1111 does not pass s_noise to Euler a
     assert torch.equal(run(plan_for("Euler a", steps=5, s_noise=0.5), initial_noise()), base)
+
+
+# ---- churn (Euler, Heun, DPM2) ---------------------------------------------------------------------
+
+CHURN_SAMPLERS = ["Euler", "Heun", "DPM2"]
+
+
+def _gammas(plan, s_churn, s_tmin=0.0, s_tmax=math.inf):
+    s = plan.sigmas
+    return [min(s_churn / (len(s) - 1), 2**0.5 - 1) if s_tmin <= v <= s_tmax else 0.0 for v in s[:-1]]
+
+
+@pytest.mark.parametrize("name", CHURN_SAMPLERS)
+@pytest.mark.parametrize("params,schedule,d,config", [
+    ({"s_churn": 1.0}, "automatic", None, SD1),
+    ({"s_churn": 40.0, "s_noise": 0.7}, "karras", 0.5, SD1),  # gamma capped at sqrt(2) - 1
+    ({"s_churn": 3.0, "s_tmin": 0.5, "s_tmax": 5.0}, "exponential", None, SD2V),  # a window inside the schedule
+    ({"s_churn": 2.0, "s_tmin": 0.5, "s_tmax": 0.0, "s_noise": 1.3}, "uniform", 0.37, SD1),  # s_tmax 0: no upper end
+])
+def test_churn_matches_k_diffusion(name, params, schedule, d, config):
+    """k-diffusion's churn step for step, noise included: eps drawn before the model call on every step, the
+    model called at sigma_hat, the step taken from the churned sample."""
+    plan = plan_for(name, schedule, steps=6, d=d, config=config, **params)
+    tmax = params.get("s_tmax") or math.inf
+    gammas = _gammas(plan, params["s_churn"], params.get("s_tmin", 0.0), tmax)
+    assert any(gammas)
+    if "s_tmin" in params:  # the window really leaves some steps unchurned
+        assert not all(gammas)
+    ours, expected = _compare(name, schedule, d, config, **params)
+    assert torch.allclose(ours, expected, atol=2e-4, rtol=1e-3), (ours - expected).abs().max()
+    assert not torch.allclose(ours, _compare(name, schedule, d, config)[0], atol=1e-3)
+
+
+@pytest.mark.parametrize("name", CHURN_SAMPLERS)
+def test_churn_calls_the_model_at_sigma_hat(name):
+    base, plan = plan_for(name, steps=6), plan_for(name, steps=6, s_churn=2.0, s_tmin=1.0)
+    tab = NoiseTable(plan.scheduler.alphas_cumprod.numpy())
+    gammas = _gammas(plan, 2.0, 1.0)
+    stride = 1 if name == "Euler" else 2
+    assert len(plan.timesteps) == len(base.timesteps)  # the same number of model calls
+    for k, g in enumerate(gammas):
+        hat = float(plan.sigmas[k]) * (1 + g)
+        assert float(plan.timesteps[k * stride]) == pytest.approx(float(tab.sigma_to_t(hat)), abs=1e-3)
+        if g == 0:
+            assert plan.timesteps[k * stride] == base.timesteps[k * stride]
+        elif name == "DPM2" and k * stride + 1 < len(plan.timesteps):  # the midpoint moves with sigma_hat
+            mid = math.sqrt(hat * float(plan.sigmas[k + 1]))
+            assert float(plan.timesteps[k * stride + 1]) == pytest.approx(float(tab.sigma_to_t(mid)), abs=1e-3)
+    assert gammas[0] > 0 and plan.timesteps[0] == 999.0  # sigma_hat above sigma_max: the model's last timestep
+
+
+@pytest.mark.parametrize("name", CHURN_SAMPLERS)
+def test_churn_is_seeded_per_image(name):
+    a = run(plan_for(name, steps=5, s_churn=1.5), initial_noise())
+    assert torch.equal(a, run(plan_for(name, steps=5, s_churn=1.5), initial_noise()))
+    b = run(plan_for(name, steps=5, s_churn=1.5, seeds=[SEEDS[0], 99]), initial_noise())
+    assert torch.equal(a[0], b[0]) and not torch.allclose(a[1], b[1])
+    with pytest.raises(ValueError, match="generator"):
+        make_plan(SAMPLERS_BY_NAME[name], SCHEDULES_BY_NAME["automatic"], SD1, steps=5,
+                  params=SamplerParams(s_churn=1.5))
+
+
+@pytest.mark.parametrize("name", CHURN_SAMPLERS)
+def test_churn_zero_is_the_plain_sampler(name):
+    """s_churn 0 (whatever s_noise, s_tmin, s_tmax say) runs the diffusers step untouched, drawing no noise; a
+    window that holds no step changes nothing either (its noise is drawn, as in k-diffusion, and unused)."""
+    from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler, KDPM2DiscreteScheduler
+    parent = {"Euler": EulerDiscreteScheduler, "Heun": HeunDiscreteScheduler, "DPM2": KDPM2DiscreteScheduler}[name]
+    plain = plan_for(name, steps=6)
+    plain.scheduler.__class__ = parent
+    base = run(plain, initial_noise())
+    for params in ({}, {"s_churn": 0.0, "s_noise": 0.5, "s_tmin": 1.0, "s_tmax": 3.0}, {"s_churn": 5.0, "s_tmin": 1e3}):
+        plan = plan_for(name, steps=6, **params)
+        assert (plan.scheduler.churn is None) == (not params.get("s_churn"))
+        assert torch.equal(plan.timesteps, plain.timesteps)
+        assert torch.equal(run(plan, initial_noise()), base), params
 
 
 # ---- LCM ------------------------------------------------------------------------------------------
@@ -629,14 +723,17 @@ def test_parameter_validation():
     with pytest.raises(InvalidRequest, match="eta"):  # found before sampling, whatever the schedule
         validate_params(SAMPLERS_BY_NAME["DPM2 a"], SamplerParams(eta=1.2))
     plan_for("Euler a", eta=3.0)
+    plan_for("Euler", s_churn=1.0)
     with pytest.raises(InvalidRequest, match="s_churn"):
-        plan_for("Euler", s_churn=1.0)
+        plan_for("Heun", s_churn=-1.0)
+    with pytest.raises(InvalidRequest, match="s_tmin"):
+        plan_for("DPM2", s_churn=1.0, s_tmin=float("nan"))
     with pytest.raises(InvalidRequest, match="s_noise"):
         plan_for("Euler", s_noise=float("inf"))
     plan_for("LCM", eta=0.3, s_noise=0.5)  # LCM takes neither in A1111
     with pytest.raises(InvalidRequest, match="steps"):
         plan_for("Euler", steps=0)
-    plan_for("Euler", eta=0.3, s_tmin=0.5, s_tmax=10.0)  # ignored by Euler in A1111 too
+    plan_for("Euler", eta=0.3, s_tmin=0.5, s_tmax=10.0)  # eta is ignored by Euler in A1111 too
     plan_for("Euler a", eta=1.0)
 
 
