@@ -91,6 +91,11 @@ class Processing:
         return self.n_iter * (2 if self.enable_hr else 1)
 
 
+def _opt(value: float | None, options: dict[str, Any], key: str) -> float | None:
+    """A request's null sampler parameter falls back to the option of the same name, as in A1111."""
+    return value if value is not None else options.get(key)
+
+
 def _clip_skip(options: dict[str, Any]) -> int:
     value = options.get("CLIP_stop_at_last_layers", 1)
     try:
@@ -127,11 +132,12 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
         seed_resize_from=(req.seed_resize_from_w, req.seed_resize_from_h), sampler=sampler, schedule=schedule,
         steps=req.steps, cfg_scale=req.cfg_scale, width=w, height=h, batch_size=req.batch_size,
         n_iter=req.n_iter, clip_skip=_clip_skip(options), tiling=bool(req.tiling), checkpoint=checkpoint,
-        eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax, s_noise=req.s_noise,
+        eta=req.eta, s_churn=_opt(req.s_churn, options, "s_churn"), s_tmin=_opt(req.s_tmin, options, "s_tmin"),
+        s_tmax=_opt(req.s_tmax, options, "s_tmax"), s_noise=_opt(req.s_noise, options, "s_noise"),
         denoising_strength=req.denoising_strength, options=dict(options), face_restorer=face_restorer,
     )
-    params = samplers.SamplerParams(eta=req.eta, s_churn=req.s_churn, s_tmin=req.s_tmin, s_tmax=req.s_tmax,
-                                    s_noise=req.s_noise)
+    params = samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax,
+                                    s_noise=p.s_noise)
     samplers.validate_params(sampler, params)
     budget_w, budget_h = w, h
     if req.enable_hr or firstpass_image is not None:

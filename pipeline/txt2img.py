@@ -281,6 +281,11 @@ def _infotext(p: Processing, model: Any, ctx: Context, index: int) -> str:
     params.append(("RNG", "CPU"))
     if p.tiling:
         params.append(("Tiling", True))
+    for key, label, default in (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0),
+                                ("s_tmax", "Sigma tmax", 0.0), ("s_noise", "Sigma noise", 1.0)):
+        value = getattr(p, key)
+        if key in p.sampler.params and value is not None and value != default:
+            params.append((label, value))
     default_eta = getattr(p.sampler, "eta_default", None)
     if p.eta is not None and "eta" in p.sampler.params and p.eta != default_eta:  # A1111: only when not default
         params.append(("Eta", p.eta))

@@ -208,3 +208,14 @@ def test_extension_settings_reach_the_job_through_override_settings(tmp_path: Pa
         text = json.loads(r.json()["info"])["infotexts"][0]
         assert 'Hires prompt: "a red fox, film grain"' in text and "Hires CFG Scale: 3.5" in text
         assert "hires_detail_suffix" not in c.get("/sdapi/v1/options").json()
+
+
+def test_sampler_parameters_apply_and_are_recorded(client: TestClient) -> None:
+    plain = client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    churn = client.post("/sdapi/v1/txt2img", json={**SMALL, "s_churn": 1.0, "s_noise": 1.0}).json()
+    text = json.loads(churn["info"])["infotexts"][0]
+    assert "Sigma churn: 1.0" in text and "Sigma noise" not in text
+    assert "Sigma churn" not in json.loads(plain["info"])["infotexts"][0]
+    assert churn["images"][0] != plain["images"][0]
+    eta0 = client.post("/sdapi/v1/txt2img", json={**SMALL, "sampler_name": "Euler a", "eta": 0}).json()
+    assert "Eta: 0.0" in json.loads(eta0["info"])["infotexts"][0]
