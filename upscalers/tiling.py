@@ -3,11 +3,16 @@
 The image is cut into a grid of square tiles that overlap by at least `overlap` input pixels.
 Each tile's output is weighted by a ramp that is ~0 within `overlap // 4` pixels of an inner tile
 edge (where the tile lacked context) and rises linearly across the middle of the overlap; where
-two tiles overlap by exactly `overlap` their weights sum to 1. Weighted outputs are accumulated
-on the model's device into a float band one tile-row high, and finished rows are written to the
-uint8 result (on the host) as soon as no later tile can touch them: besides the input and the
-result, memory is one tile's activations plus that band (tile height x output width x 16 bytes),
-never a full-size float image.
+two tiles overlap by exactly `overlap` their weights sum to 1. Every output pixel is the weighted
+mean of the tiles covering it.
+
+Tiles run in raster order, and each output pixel goes to the uint8 result (on the host) as soon
+as no later tile covers it. Weighted sums (float32, on the model's device) are kept only where a
+later tile still adds to them: the current tile, the strip of it the next tile of the row
+overlaps, and the strip of the row band the next row overlaps (overlap x scale rows x output
+width). Besides the input and the result, memory is one tile's activations, a few tile-sized
+buffers and that thin strip: it does not grow with the image's area, never a full-size float
+image nor a tile-high band.
 
 Out of memory (`torch.OutOfMemoryError`, or a RuntimeError saying "out of memory") on a tile
 halves the tile size and that tile is redone as smaller tiles; the smaller size is kept for the
@@ -39,7 +44,6 @@ MIN_TILE = 32
 """No tile is smaller than this (nor than 4 x overlap, nor than the model's minimum)."""
 
 _MIN_WEIGHT = 1e-6
-_FLUSH_ROWS = 128
 
 ShouldStop = Callable[[], bool]
 OnTile = Callable[[int, int], None]
@@ -191,8 +195,78 @@ class _Regrid(Exception):
     """The untiled attempt ran out of memory before anything was accumulated."""
 
 
+def _store(result: np.ndarray, top: int, left: int, block: torch.Tensor) -> None:
+    """Write a (C, rows, columns) float block in [0, 1] into the uint8 result at (top, left);
+    `block` is overwritten (fewer tile-sized temporaries: less for the allocator to hold)."""
+    pixels = block.mul_(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    result[top : top + pixels.shape[0], left : left + pixels.shape[1]] = pixels
+
+
+class _Blend:
+    """The weighted sums of one grid pass, kept only where a later tile still adds to them.
+
+    Sums are (C + 1, rows, columns) float32 tensors on the model's device: C weighted channels,
+    then the summed weight. `sums` covers the current grid tile (output rows [top, top + tile
+    height), columns [left, left + tile width)); its sub-tiles after an out-of-memory error add
+    to it too. When a tile starts, its first `kept` columns hold what the previous tile of the row
+    left there and its top rows what the previous row left in `carry`; when it finishes, the part
+    no later tile covers goes to the result, and the rest to `kept` columns and to `carry` for
+    the next row. `carry` is one buffer: a tile reads its columns of the previous row's strip
+    before it writes the columns it finishes for the next row's, and no later tile reads those.
+    """
+
+    def __init__(
+        self, result: np.ndarray, width: int, height: int, carry_rows: int, device: torch.device
+    ) -> None:
+        self.result = result
+        self.channels = result.shape[2]
+        self.sums = torch.zeros((self.channels + 1, height, width), device=device, dtype=torch.float32)
+        self.top = 0
+        self.left = 0
+        self.kept = 0
+        """Columns at the left of `sums` carried over from the previous tile of the row."""
+        self.carry = self.sums.new_empty((self.channels + 1, carry_rows, result.shape[1]))
+        """Sums of output rows [top, top + rows) x the output width that earlier rows left."""
+        self.rows = 0
+        """The rows of `carry` that hold sums for the current row of tiles."""
+        self.next_rows = 0
+
+    def start_row(self, top: int) -> None:
+        self.top, self.kept, self.rows, self.next_rows = top, 0, self.next_rows, 0
+
+    def start_tile(self, left: int) -> None:
+        sums, kept, rows = self.sums, self.kept, self.rows
+        self.left = left
+        sums[:, :, kept:] = 0
+        if rows:
+            sums[:, :rows, kept:] = self.carry[:, :rows, left + kept : left + sums.shape[2]]
+
+    def add(self, out: torch.Tensor, weights: torch.Tensor, top: int, left: int) -> None:
+        """Add a (sub-)tile's (C, h, w) output, which is overwritten, with its (h, w) weights at
+        output (top, left)."""
+        rows = slice(top - self.top, top - self.top + out.shape[1])
+        cols = slice(left - self.left, left - self.left + out.shape[2])
+        self.sums[: self.channels, rows, cols] += out.mul_(weights)
+        self.sums[self.channels, rows, cols] += weights
+
+    def finish_tile(self, right: int, bottom: int) -> None:
+        """Output columns < right and rows < bottom are final: write them to the result."""
+        sums, c = self.sums, self.channels
+        height, width = sums.shape[1:]
+        done_w, done_h = right - self.left, bottom - self.top
+        block = sums[:c, :done_h, :done_w] / sums[c, :done_h, :done_w].clamp(min=_MIN_WEIGHT)
+        _store(self.result, self.top, self.left, block)
+        del block
+        self.next_rows = height - done_h
+        if self.next_rows:
+            self.carry[:, : self.next_rows, self.left : right] = sums[:, done_h:, :done_w]
+        self.kept = width - done_w
+        if self.kept:
+            sums[:, :, : self.kept] = sums[:, :, done_w:].clone()
+
+
 class _Tiler:
-    """State of one pass: the input, the band accumulators, the current tile size."""
+    """State of one pass: the input, the result, the blend sums, the current tile size."""
 
     def __init__(
         self,
@@ -212,12 +286,8 @@ class _Tiler:
         self.tile = initial_tile(self.width, self.height, model.tiling, self.req, tile, self.overlap)
         self.should_stop = should_stop
         channels = model.output_channels
-        out_w = self.width * self.scale
-        self.result = np.empty((self.height * self.scale, out_w, channels), dtype=np.uint8)
-        self.band_top = 0
-        self.band_height = 0
-        self.acc: torch.Tensor | None = None
-        self.weight: torch.Tensor | None = None
+        self.result = np.empty((self.height * self.scale, self.width * self.scale, channels), dtype=np.uint8)
+        self.blend: _Blend | None = None
 
     def run(self, on_tile: OnTile | None) -> np.ndarray:
         while True:
@@ -226,21 +296,31 @@ class _Tiler:
             except _Regrid:
                 continue  # the whole image did not fit: start over with a grid of smaller tiles
 
+    @torch.inference_mode()
     def _run_grid(self, on_tile: OnTile | None) -> np.ndarray:
         xs, tile_w = tile_starts(self.width, self.tile, self.overlap, self.req.multiple_of)
         ys, tile_h = tile_starts(self.height, self.tile, self.overlap, self.req.multiple_of)
-        total, done = len(xs) * len(ys), 0
-        self.band_height = tile_h * self.scale
+        total, done, s = len(xs) * len(ys), 0, self.scale
+        self.blend = None
+        if total > 1:  # a single tile is the whole image, written out directly; a grid blends
+            carry = tile_h - min((b - a for a, b in zip(ys, ys[1:])), default=tile_h)
+            self.blend = _Blend(self.result, tile_w * s, tile_h * s, carry * s, self.model.device)
         for row, y in enumerate(ys):
-            self.band_top = y * self.scale
-            for x in xs:
+            bottom = (ys[row + 1] if row + 1 < len(ys) else self.height) * s
+            if self.blend is not None:
+                self.blend.start_row(y * s)
+            for column, x in enumerate(xs):
                 self._check_stop()
+                if self.blend is not None:
+                    self.blend.start_tile(x * s)
                 self._region(x, y, tile_w, tile_h)
+                if self.blend is not None:
+                    right = (xs[column + 1] if column + 1 < len(xs) else self.width) * s
+                    self.blend.finish_tile(right, bottom)
                 done += 1
                 if on_tile is not None:
                     on_tile(done, total)
-            next_top = ys[row + 1] if row + 1 < len(ys) else self.height
-            self._flush(next_top * self.scale)
+        self.blend = None
         return self.result
 
     def _check_stop(self) -> None:
@@ -302,45 +382,14 @@ class _Tiler:
         out = self.model(t)[0, :, : h * self.scale, : w * self.scale]
         return torch.nan_to_num(out.float(), nan=0.0).clamp_(0, 1)
 
-    def _to_result(self, top: int, block: torch.Tensor) -> None:
-        """Store a (C, rows, W) float block in [0, 1] as uint8 rows of the result."""
-        rows = block.mul(255.0).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        self.result[top : top + rows.shape[0]] = rows
-
     @torch.inference_mode()
     def _accumulate(self, out: torch.Tensor, x: int, y: int, w: int, h: int) -> None:
-        """Add a tile's weighted output to the band (kept on the model's device)."""
+        """Add a tile's weighted output to the blend sums (or store it: the untiled case)."""
         s = self.scale
-        if (x, y, w, h) == (0, 0, self.width, self.height):  # untiled: nothing to blend
-            self._to_result(0, out)
+        if self.blend is None:  # the whole image in one tile: nothing to blend
+            _store(self.result, 0, 0, out)
             return
-        device = out.device
-        if self.acc is None or self.weight is None:
-            out_w = self.result.shape[1]
-            self.acc = torch.zeros((self.result.shape[2], self.band_height, out_w), device=device)
-            self.weight = torch.zeros((self.band_height, out_w), device=device)
+        device = self.blend.sums.device
         wy = torch.from_numpy(_edge_weights(y, h, self.height, self.overlap, s)).to(device)
         wx = torch.from_numpy(_edge_weights(x, w, self.width, self.overlap, s)).to(device)
-        weights = wy[:, None] * wx[None, :]
-        rows = slice(y * s - self.band_top, (y + h) * s - self.band_top)
-        cols = slice(x * s, (x + w) * s)
-        self.acc[:, rows, cols] += out * weights
-        self.weight[rows, cols] += weights
-
-    @torch.inference_mode()
-    def _flush(self, upto: int) -> None:
-        """Write finished output rows [band_top, upto) to the result; keep the rest of the band
-        (the overlap with the next tile row) at the top of the band buffers."""
-        if self.acc is None or self.weight is None:
-            return
-        k = upto - self.band_top
-        for start in range(0, k, _FLUSH_ROWS):
-            stop = min(start + _FLUSH_ROWS, k)
-            block = self.acc[:, start:stop] / self.weight[start:stop].clamp(min=_MIN_WEIGHT)
-            self._to_result(self.band_top + start, block)
-        keep = self.band_height - k
-        if keep > 0:
-            self.acc[:, :keep] = self.acc[:, k:].clone()
-            self.weight[:keep] = self.weight[k:].clone()
-        self.acc[:, max(keep, 0) :] = 0
-        self.weight[max(keep, 0) :] = 0
+        self.blend.add(out, wy[:, None] * wx[None, :], y * s, x * s)

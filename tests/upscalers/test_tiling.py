@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from upscalers import DeviceOutOfMemory, Interrupted, UpscalerRegistry, upscale_array
 from upscalers.registry import LoadedModel
-from upscalers.tiling import count_tiles
+from upscalers.tiling import SizeSpec, _edge_weights, _pad, count_tiles, initial_tile, tile_starts
 
 from .conftest import photo
 
@@ -168,3 +169,114 @@ def test_interrupt_between_tiles(registry) -> None:
 def test_cpu_runs_fp32(registry: UpscalerRegistry) -> None:
     for name in ("ESRGAN-x4-old", "DAT-x2"):
         assert registry.load(registry.resolve(name)).dtype == torch.float32
+
+
+@dataclass
+class ConvNet:
+    """A tiny random conv upscaler of any scale and size multiple, which tiles freely."""
+
+    scale: int
+    multiple_of: int = 1
+    fail_calls: tuple[int, ...] = ()
+    """1-based calls that raise an out-of-memory error."""
+    calls: int = 0
+    output_channels: int = 3
+    tiling: str = "supported"
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+    def __post_init__(self) -> None:
+        g = torch.Generator().manual_seed(self.scale * 100 + self.multiple_of)
+        self.w1 = torch.randn(8, 3, 3, 3, generator=g) * 0.3
+        self.w2 = torch.randn(3 * self.scale**2, 8, 3, 3, generator=g) * 0.3
+
+    @property
+    def size_requirements(self) -> SizeSpec:
+        return SizeSpec(multiple_of=self.multiple_of)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        assert x.shape[-1] % self.multiple_of == 0 and x.shape[-2] % self.multiple_of == 0
+        if self.calls in self.fail_calls:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        y = F.pixel_shuffle(F.conv2d(F.conv2d(x, self.w1, padding=1).relu(), self.w2, padding=1), self.scale)
+        return F.interpolate(x, scale_factor=self.scale, mode="nearest") + 0.2 * torch.tanh(y)
+
+
+Rect = tuple[int, int, int, int]
+
+
+def grid(width: int, height: int, tile: int, overlap: int, multiple_of: int = 1) -> list[Rect]:
+    """The tiles of one pass, (x, y, w, h) in input pixels, in the order they run."""
+    xs, w = tile_starts(width, tile, overlap, multiple_of)
+    ys, h = tile_starts(height, tile, overlap, multiple_of)
+    return [(x, y, w, h) for y in ys for x in xs]
+
+
+def blended_reference(model, image: np.ndarray, rects: list[Rect], overlap: int) -> np.ndarray:
+    """Obviously correct, and memory-hungry: full-size float sums of every tile's weighted output
+    (the same per-tile padding and feather weights as tiling.py), divided once at the end."""
+    s, (height, width) = model.scale, image.shape[:2]
+    value = torch.zeros((3, height * s, width * s))
+    weight = torch.zeros((height * s, width * s))
+    for x, y, w, h in rects:
+        t = torch.from_numpy(image[y : y + h, x : x + w].copy()).permute(2, 0, 1)[None].float() / 255
+        padded_w, padded_h = model.size_requirements.padded(w, h)
+        with torch.inference_mode():
+            out = model(_pad(t, padded_w - w, padded_h - h))[0, :, : h * s, : w * s]
+        out = torch.nan_to_num(out.float(), nan=0.0).clamp(0, 1)
+        wy = torch.from_numpy(_edge_weights(y, h, height, overlap, s))
+        wx = torch.from_numpy(_edge_weights(x, w, width, overlap, s))
+        value[:, y * s : (y + h) * s, x * s : (x + w) * s] += out * (wy[:, None] * wx[None, :])
+        weight[y * s : (y + h) * s, x * s : (x + w) * s] += wy[:, None] * wx[None, :]
+    mean = value / weight.clamp(min=1e-6)
+    return mean.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize(
+    ("scale", "multiple_of", "width", "height", "tile", "overlap"),
+    [
+        (1, 1, 97, 61, 32, 8),
+        (2, 1, 150, 41, 40, 12),  # two rows, four columns
+        (3, 1, 75, 53, 33, 5),  # odd overlap, uneven tile starts
+        (4, 1, 130, 90, 48, 0),  # abutting tiles (the rounding still overlaps some)
+        (4, 1, 200, 30, 48, 8),  # one row of tiles
+        (2, 1, 30, 130, 40, 8),  # one column of tiles
+        (2, 64, 250, 130, 128, 8),  # padded tiles; three of them cover the same columns
+    ],
+)
+def test_streamed_blend_matches_a_full_size_accumulator(
+    scale: int, multiple_of: int, width: int, height: int, tile: int, overlap: int
+) -> None:
+    """Writing each pixel as soon as its last tile is done gives the full-size weighted mean."""
+    model = ConvNet(scale, multiple_of)
+    image = np.asarray(photo("astronaut", width, height))
+    size = initial_tile(width, height, "supported", model.size_requirements, tile, overlap)
+    assert size is not None
+    rects = grid(width, height, size, overlap, multiple_of)
+    assert len(rects) > 1
+    out = upscale_array(model, image, tile=tile, overlap=overlap)
+    assert out.shape == (height * scale, width * scale, 3)
+    assert diff(out, blended_reference(model, image, rects, overlap)).max() <= 1
+
+
+@pytest.mark.parametrize("name", ["Compact-x4", "RealESRGAN-x2plus-sf"])
+def test_streamed_blend_matches_a_full_size_accumulator_for_real_models(registry, name: str) -> None:
+    model = registry.load(registry.resolve(name))
+    image = np.asarray(photo("coffee", 75, 53))
+    rects = grid(75, 53, 32, 8, model.size_requirements.multiple_of)
+    out = upscale_array(model, image, tile=32, overlap=8)
+    assert diff(out, blended_reference(model, image, rects, 8)).max() <= 1
+
+
+def test_streamed_blend_after_an_oom_in_the_middle_of_a_row() -> None:
+    """The third tile fails: it and every later tile run as halved sub-tiles, which blend with
+    the finished tiles around them as if all had been accumulated at full size."""
+    image = np.asarray(photo("astronaut", 250, 190))
+    flaky = ConvNet(2, fail_calls=(3,))
+    out = upscale_array(flaky, image, tile=96, overlap=8)
+    rects = grid(250, 190, 96, 8)
+    half = max(rects[0][2:]) // 2
+    split = [(x + sx, y + sy, sw, sh) for x, y, w, h in rects[2:] for sx, sy, sw, sh in grid(w, h, half, 8)]
+    assert flaky.calls == 1 + len(rects[:2] + split)
+    assert diff(out, blended_reference(ConvNet(2), image, rects[:2] + split, 8)).max() <= 1
