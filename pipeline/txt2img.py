@@ -26,6 +26,7 @@ from pipeline.sampling import PassResult, run_pass
 from pipeline.seeds import batch_noise
 from pipeline.state import JobState, Skipped
 from pipeline.tiling import circular_padding
+from upscalers.latent import interpolate_args
 
 log = logging.getLogger("hiresd.txt2img")
 VERSION = "hiresd-0.1.0"
@@ -190,7 +191,7 @@ def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subse
 
 
 def _latent_upscale(latents: torch.Tensor, p: Processing) -> torch.Tensor:
-    mode, antialias = LATENT_MODES[p.hr_upscaler or "Latent"]
+    mode, antialias = interpolate_args(p.hr_upscaler)
     size = p.hires.latent_upscale
     x = latents.float()
     if mode in ("nearest", "nearest-exact"):
@@ -198,14 +199,6 @@ def _latent_upscale(latents: torch.Tensor, p: Processing) -> torch.Tensor:
     return F.interpolate(x, size=size, mode=mode, antialias=antialias, align_corners=False)
 
 
-LATENT_MODES: dict[str, tuple[str, bool]] = {
-    "Latent": ("bilinear", False),
-    "Latent (antialiased)": ("bilinear", True),
-    "Latent (bicubic)": ("bicubic", False),
-    "Latent (bicubic antialiased)": ("bicubic", True),
-    "Latent (nearest)": ("nearest", False),
-    "Latent (nearest-exact)": ("nearest-exact", False),
-}
 
 
 def _crop(latents: torch.Tensor, p: Processing) -> torch.Tensor:

@@ -13,7 +13,7 @@ from PIL import Image
 from pipeline import samplers
 from pipeline.errors import InvalidRequest, UnknownName
 from pipeline.infotext import parse_infotext
-from pipeline.txt2img import LATENT_MODES
+from upscalers.latent import latent_mode_names
 from tests.conftest import count_unet, count_vae, infotext_params, mean_abs_diff, pixels
 
 HR = {"enable_hr": True, "hr_scale": 2.0}  # denoising_strength 0.5 comes from FAST
@@ -21,7 +21,7 @@ HR = {"enable_hr": True, "hr_scale": 2.0}  # denoising_strength 0.5 comes from F
 
 # -- upscale paths ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("mode", [None, *LATENT_MODES])
+@pytest.mark.parametrize("mode", [None, *latent_mode_names()])
 def test_every_latent_mode_runs_with_no_vae_round_trip(env, builtin_model, mode):
     with count_vae(builtin_model) as vae_calls:
         res = env.run(**HR, hr_upscaler=mode)
