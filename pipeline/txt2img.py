@@ -320,9 +320,9 @@ def _info_json(p: Processing, model: Any, ctx: Context, infotexts: list[str], st
     n = len(infotexts)
     extra = {k: (v if _jsonable(v) else None) for k, v in p.extra_generation_params.items()}
     return {
-        "prompt": p.prompt,
+        "prompt": p.request.prompt,  # as sent: styles show in all_prompts and the infotexts, as in A1111
         "all_prompts": p.all_prompts[:n] or [p.prompt],
-        "negative_prompt": p.negative_prompt,
+        "negative_prompt": p.request.negative_prompt,
         "all_negative_prompts": p.all_negative_prompts[:n] or [p.negative_prompt],
         "seed": p.seed,
         "all_seeds": p.all_seeds[:n] or [p.seed],

@@ -27,10 +27,10 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
         firstpass = decode_image(req.firstpass_image, field="firstpass_image", max_pixels=svc.config.max_pixels)
     p = prepare(req, opts, svc.models, svc.upscalers, svc.config.max_pixels, firstpass)
     if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
-        p.prompt, p.negative_prompt = svc.styles.apply(p.prompt, p.negative_prompt, p.styles)
-        if p.hr_prompt or p.hr_negative_prompt:
-            p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or p.prompt,
-                                                                 p.hr_negative_prompt or p.negative_prompt,
+        p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
+        if p.hr_prompt or p.hr_negative_prompt:  # styled once, from the request's own texts
+            p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or req.prompt,
+                                                                 p.hr_negative_prompt or req.negative_prompt,
                                                                  p.styles)
 
     def job() -> tuple[Any, bool]:

@@ -369,6 +369,13 @@ def test_styles_apply_as_a1111_does(api, http) -> None:
     text = res.info["infotexts"][0]
     assert text.splitlines()[0] == "a fox in a frame, oil painting"
     assert text.splitlines()[1] == "Negative prompt: dark, blurry, ugly, bad"
+    assert res.info["prompt"] == SMALL["prompt"]  # as sent; the styled text is in all_prompts
+    assert res.info["all_prompts"] == ["a fox in a frame, oil painting"]
+    hr = api.txt2img(**{**SMALL, "negative_prompt": "dark"}, styles=["oil"], enable_hr=True, hr_scale=1.5,
+                     hr_prompt="a wolf", denoising_strength=0.5)
+    hr_params = hr.info["infotexts"][0]
+    assert "Hires prompt: \"a wolf, oil painting\"" in hr_params
+    assert "Hires negative prompt" not in hr_params  # styled once, so equal to the main negative
     r = http.post("/sdapi/v1/txt2img", json={**SMALL, "styles": ["nope"]})
     assert r.status_code == 400 and "'framed'" in r.json()["detail"]
 
