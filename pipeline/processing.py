@@ -155,7 +155,7 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
             raise InvalidRequest("hr_scale", f"the hires target {p.hires.final_w}x{p.hires.final_h} is below "
                                  "64 px; use a larger hr_scale or hr_resize_x/hr_resize_y")
         budget_w, budget_h = max(budget_w, p.hires.upscale_w), max(budget_h, p.hires.upscale_h)
-        if req.hr_upscaler is None:
+        if req.hr_upscaler in (None, ""):  # null (and, leniently, "") means A1111's default "Latent"
             p.hr_upscaler = None
         else:
             p.hr_upscaler = resolve_hires_upscaler(upscalers, req.hr_upscaler)

@@ -308,7 +308,7 @@ def _hires_params(p: Processing, ctx: Context) -> list[tuple[str, Any]]:
     out.append((p.hires.infotext_key, p.hires.infotext_value))
     if p.hr_second_pass_steps:
         out.append(("Hires steps", p.hr_second_pass_steps))
-    if p.request.hr_upscaler is not None:
+    if p.request.hr_upscaler not in (None, ""):
         out.append(("Hires upscaler", p.hr_upscaler))
     if p.hr_cfg is not None and p.hr_cfg != p.cfg_scale:
         out.append(("Hires CFG Scale", p.hr_cfg))

@@ -8,7 +8,7 @@ import math
 import types
 import typing
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _is_int_field(annotation: Any) -> bool:
@@ -102,6 +102,13 @@ class Txt2ImgRequest(Lenient):
     hr_cfg: float | None = Field(None, ge=0.0, le=100.0)
     hr_distilled_cfg: float | None = None
     hr_additional_modules: list[str] | None = None
+
+
+    @field_validator("seed", "subseed", mode="before")
+    @classmethod
+    def _empty_seed_is_random(cls, value: Any) -> Any:
+        """A1111 takes "" (and null) as -1: a random seed."""
+        return -1 if value is None or value == "" else value
 
 
 class TextToImageResponse(BaseModel):

@@ -219,3 +219,12 @@ def test_sampler_parameters_apply_and_are_recorded(client: TestClient) -> None:
     assert churn["images"][0] != plain["images"][0]
     eta0 = client.post("/sdapi/v1/txt2img", json={**SMALL, "sampler_name": "Euler a", "eta": 0}).json()
     assert "Eta: 0.0" in json.loads(eta0["info"])["infotexts"][0]
+
+
+def test_empty_strings_clients_send_mean_the_defaults(client: TestClient) -> None:
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "seed": "", "enable_hr": True, "hr_upscaler": "",
+                                                "hr_sampler_name": "", "hr_scheduler": "", "hr_scale": 1.5})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["seed"] >= 0 and "Hires upscaler" not in info["infotexts"][0]
+    assert _png(r.json()["images"][0]).size == (96, 96)
