@@ -94,7 +94,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
         if not p.enable_hr or isinstance(first.stopped, Interrupted):
             batch = _restore_faces(_decode(model, first.latents, p), p, ctx)
             images += batch
-            infotexts += [_infotext(p, model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
+            infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(batch))]
             continue
 
         # -- upscale -----------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
             if p.denoising_strength <= 0 or isinstance(first.stopped, Skipped):
                 pixels = _restore_faces([_crop_image(img, p) for img in pixels], p, ctx)
                 images += pixels
-                infotexts += [_infotext(p, hr_model, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
+                infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
                 continue
             latents = vae.encode(hr_model, _to_tensor(pixels))
         latents = _crop(latents, p)
@@ -127,8 +127,8 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
             latents = second.latents
         batch = _restore_faces(_decode(hr_model, latents, p), p, ctx)
         images += batch
-        infotexts += [_infotext(p, hr_model, ctx, i) for i in range(it * bs, it * bs + len(batch))]
-    info = _info_json(p, model, ctx, infotexts, state)
+        infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(batch))]
+    info = _info_json(p, ctx, infotexts, state)
     return Txt2ImgResult(images, infotexts, info, calls)
 
 
@@ -248,7 +248,7 @@ def _restore_faces(images: list[Image.Image], p: Processing, ctx: Context) -> li
     return [ctx.faces.restore(img, p.face_restorer, 1.0, weight) for img in images]
 
 
-def _infotext(p: Processing, model: Any, ctx: Context, index: int) -> str:
+def _infotext(p: Processing, ctx: Context, index: int) -> str:
     info = ctx.models.info(p.checkpoint)
     params: list[tuple[str, Any]] = [
         ("Steps", p.steps),
@@ -315,7 +315,7 @@ def _hires_params(p: Processing, ctx: Context) -> list[tuple[str, Any]]:
     return out
 
 
-def _info_json(p: Processing, model: Any, ctx: Context, infotexts: list[str], state: JobState) -> dict[str, Any]:
+def _info_json(p: Processing, ctx: Context, infotexts: list[str], state: JobState) -> dict[str, Any]:
     info = ctx.models.info(p.checkpoint)
     n = len(infotexts)
     extra = {k: (v if _jsonable(v) else None) for k, v in p.extra_generation_params.items()}

@@ -17,27 +17,14 @@ from pipeline.conditioning import (
     stack_conds,
 )
 from pipeline.errors import InvalidRequest
+from scripts.make_configs import byte_alphabet
 
 SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "pipeline" / "configs" / "sd1" / "tokenizer"
 
 
-def _bytes_to_unicode() -> list[str]:
-    """The printable stand-ins CLIP's byte-level BPE uses for the 256 byte values."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
 def _tiny_vocab_tokenizer(folder: Path) -> CLIPTokenizer:
     """A character-level CLIP tokenizer (no merges): every single letter or comma is one token."""
-    symbols = _bytes_to_unicode()
+    symbols = byte_alphabet()
     vocab = {s: i for i, s in enumerate(symbols)}
     vocab.update({s + "</w>": len(symbols) + i for i, s in enumerate(symbols)})
     vocab["<|startoftext|>"] = len(vocab)
