@@ -99,15 +99,25 @@ class Worker:
                     return
                 job = self._queue.popleft()
                 self._running = job
+            if not job.future.set_running_or_notify_cancel():
+                self._finish()
+                continue
+            ok, outcome = False, None
             try:
-                if job.future.set_running_or_notify_cancel():
-                    try:
-                        job.future.set_result(job.fn())
-                    except BaseException as exc:  # noqa: BLE001 - every failure goes back to its caller
-                        if not isinstance(exc, Exception):
-                            log.exception("job %s raised %r", job.name, exc)
-                        job.future.set_exception(exc)
-            finally:
-                self.state.end()
-                with self._cv:
-                    self._running = None
+                outcome, ok = job.fn(), True
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to its caller
+                if not isinstance(exc, Exception):
+                    log.exception("job %s raised %r", job.name, exc)
+                outcome = exc
+            # The job is over before its caller hears of it: a client that polls /progress right after its
+            # response must see the idle state, not the job it just received.
+            self._finish()
+            if ok:
+                job.future.set_result(outcome)
+            else:
+                job.future.set_exception(outcome)
+
+    def _finish(self) -> None:
+        self.state.end()
+        with self._cv:
+            self._running = None

@@ -254,7 +254,8 @@ def test_progress_rises_through_batches_and_both_hires_passes(api: webuiapi.WebU
     assert max(s["progress"] for s in first) <= 0.26 <= min(s["progress"] for s in second)
     assert max(s["state"]["sampling_step"] for s in busy) <= 6
     assert all(s["eta_relative"] >= 0 and s["current_image"] is None for s in busy)
-    assert poller.snaps[-1]["state"]["job_count"] == 0 and poller.snaps[-1]["progress"] == 0
+    after = http.get("/sdapi/v1/progress").json()  # polled right after the response arrived
+    assert after["state"]["job_count"] == 0 and after["progress"] == 0 and after["current_image"] is None
 
 
 def test_interrupt_in_pass_two_returns_the_partial_hires_image(api, srv) -> None:
