@@ -24,7 +24,7 @@ from pipeline.preview import latent_preview
 from pipeline.processing import Processing
 from pipeline.sampling import PassResult, run_pass
 from pipeline.seeds import batch_noise
-from pipeline.state import JobState, Skipped
+from pipeline.state import JobState
 from pipeline.tiling import circular_padding
 from upscalers.latent import interpolate_args
 
@@ -107,20 +107,24 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
         else:
             firsts = [p.firstpass_image] if p.firstpass_image is not None else _decode(model, first.latents, p)
             pixels = [_pixel_upscale(img, p, ctx) for img in firsts]
+        # No second pass after a skip in pass one, an interrupt or skip that arrived between the passes
+        # (in before_hr or while upscaling), or denoising 0: the result is the upscaled first pass.
+        second_pass = p.denoising_strength > 0 and first.stopped is None and not (state.interrupted or
+                                                                                  state.skipped)
+        if pixels is not None and not second_pass:  # already pixels: no model needed, hires one included
+            pixels = _restore_faces([_crop_image(img, p) for img in pixels], p, ctx)
+            images += pixels
+            infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
+            continue
         if p.hr_checkpoint:
             model = None  # let the manager free the main model if it evicts it for the hires one
         hr_model = ctx.models.get(p.hr_checkpoint) if p.hr_checkpoint else model
         if pixels is not None:
-            if p.denoising_strength <= 0 or isinstance(first.stopped, Skipped):
-                pixels = _restore_faces([_crop_image(img, p) for img in pixels], p, ctx)
-                images += pixels
-                infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
-                continue
             latents = vae.encode(hr_model, _to_tensor(pixels))
         latents = _crop(latents, p)
 
         # -- pass two ----------------------------------------------------------------------------
-        if p.denoising_strength > 0 and first.stopped is None:
+        if second_pass:
             second = _sample(hr_model, p, ctx, seeds, subseeds, p.hires.final_w, p.hires.final_h, latents,
                              pass_no=2)
             calls.append(second.unet_calls)

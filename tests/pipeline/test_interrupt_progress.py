@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.extensions import Extension, Extensions
 from pipeline.state import JobState
 from tests.conftest import count_unet, mean_abs_diff, pixels
 
@@ -39,6 +40,24 @@ def test_interrupt_in_pass_two_returns_the_partial_hires_image(env, builtin_mode
     assert counter.count() == 5
     assert res.unet_calls == [4, 1]
     assert res.images[0].size == (128, 128)
+
+
+def _flag_between_passes(env, flag: str) -> Extensions:
+    """A before_hr hook that sets the flag: it arrives after pass one, while upscaling is due."""
+    return Extensions([Extension("flagger", "test", {"before_hr": lambda p: getattr(env.state, flag)()})])
+
+
+@pytest.mark.parametrize("flag", ["interrupt", "skip"])
+@pytest.mark.parametrize("upscaler", [None, "Lanczos"])
+def test_a_flag_between_the_passes_returns_the_upscaled_first_pass_without_a_hires_step(env, builtin_model,
+                                                                                       upscaler, flag):
+    with count_unet(builtin_model) as counter:
+        res = env.run(**HR, hr_upscaler=upscaler, n_iter=2, extensions=_flag_between_passes(env, flag))
+    # pass two never starts; an interrupt ends the job, a skip only the batch
+    assert res.unet_calls == ([4] if flag == "interrupt" else [4, 4])
+    assert counter.count() == sum(res.unet_calls)
+    assert [img.size for img in res.images] == [(128, 128)] * len(res.unet_calls)
+    assert pixels(res.images[0]).std() > 1
 
 
 def test_interrupt_stops_the_remaining_batches(env, builtin_model):

@@ -202,17 +202,33 @@ def test_hires_checkpoint_runs_pass_two_on_the_other_model(tiny_env, tiny_checkp
     assert np.array_equal(pixels(again.images[0]), pixels(tiny_env.run(**HR, options=opts, steps=3).images[0]))
 
 
-def test_hires_checkpoint_with_one_model_slot_reloads_the_main_model_per_batch(tiny_checkpoints):
-    """The server default keeps one model: the hires model evicts the main one, which comes back for the
-    next batch's first pass (A1111 reloads it the same way)."""
+def test_hires_checkpoint_is_not_loaded_when_pass_two_does_not_run(tiny_checkpoints):
+    """A pixel upscaler with denoising 0 returns the upscaled first pass: the hires model is never needed."""
+    env1 = _one_slot_env(tiny_checkpoints)
+    opts = {"sd_model_checkpoint": tiny_checkpoints["builtin"]}
+    res = env1.run(**HR, options=opts, steps=2, hr_upscaler="Lanczos", denoising_strength=0,
+                   hr_checkpoint_name="tiny-sd1")
+    assert res.unet_calls == [2] and res.images[0].size == (128, 128)
+    assert "Hires checkpoint" in infotext_params(res.infotexts[0])
+    assert len(env1.models._loaded) == 1 and not [k for k in env1.models._loaded if "tiny-sd1" in k]
+
+
+def _one_slot_env(tiny_checkpoints):
+    """An Env over the tiny models folder with the server's default of one loaded model."""
     from pipeline.checkpoints import CheckpointRegistry
     from pipeline.models import ModelManager
     from tests.conftest import Env
     from upscalers.registry import UpscalerRegistry
 
     root = tiny_checkpoints["root"]
-    env1 = Env(ModelManager(CheckpointRegistry(root, root / "data1"), torch.device("cpu"), torch.float32),
+    return Env(ModelManager(CheckpointRegistry(root, root / "data1"), torch.device("cpu"), torch.float32),
                UpscalerRegistry(root))
+
+
+def test_hires_checkpoint_with_one_model_slot_reloads_the_main_model_per_batch(tiny_checkpoints):
+    """The server default keeps one model: the hires model evicts the main one, which comes back for the
+    next batch's first pass (A1111 reloads it the same way)."""
+    env1 = _one_slot_env(tiny_checkpoints)
     opts = {"sd_model_checkpoint": tiny_checkpoints["builtin"]}
     res = env1.run(**HR, options=opts, steps=2, n_iter=2, hr_checkpoint_name="tiny-sd1")
     assert res.unet_calls == [2, 2, 2, 2] and len(res.images) == 2
