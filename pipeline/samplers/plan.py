@@ -109,7 +109,7 @@ def validate_params(sampler: SamplerSpec, params: SamplerParams) -> dict[str, fl
         raise InvalidRequest("eta", f"sampler {sampler.name!r} is available with eta between 0 and 1 here "
                              f"(above 1 some steps have sigma_down 0, which this server does not run); got {eta:g}")
     # s_churn, s_tmin and s_tmax act only for Euler, Heun and DPM2 (k-diffusion's churn, churn.py), where s_noise
-    # scales the churn noise; s_noise also scales the ancestral/SDE noise of DPM2 a and the DPM++ SDE samplers
+    # scales the churn noise; s_noise also scales the ancestral/SDE noise of DPM2 a, DPM++ 2S a and the DPM++ SDE samplers
     # (A1111 v1.10 passes it to them). Euler a and LCM receive none of them.
     return {"eta": eta, "s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax if s_tmax != 0.0 else math.inf,
             "s_noise": s_noise}
@@ -270,6 +270,14 @@ def _install_multistep(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[st
     return t, list(range(1, n + 1))
 
 
+def _install_dpmpp_2s_ancestral(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
+    """A call list rather than a fixed interleave: a step whose sigma_down is 0 takes one call, not two."""
+    calls = sched.install(s, values["eta"], values["s_noise"])
+    ts = tab.sigma_to_t(np.array([c.sigma for c in calls]))
+    sched.timesteps = _f32(ts)
+    return ts, [c.step + 1 for c in calls]
+
+
 def _install_lcm(sched, s: np.ndarray, tab: LCMNoiseTable, values: Mapping[str, float]):
     """A1111's LCM: the UNet sees each level snapped to its nearest LCM timestep; x re-noises to the level itself."""
     t = tab.sigma_to_t(s[:-1])
@@ -300,7 +308,7 @@ def _lay_churn(sched, layout: str, s: np.ndarray, tab: NoiseTable, ts: np.ndarra
 _INSTALLERS = {
     "plain": _install_plain, "heun": _install_heun, "dpmsolver_sde": _install_dpmsolver_sde,
     "kdpm2": _install_kdpm2, "kdpm2_ancestral": _install_kdpm2_ancestral, "multistep": _install_multistep,
-    "lcm": _install_lcm,
+    "lcm": _install_lcm, "dpmpp_2s_ancestral": _install_dpmpp_2s_ancestral,
 }
 
 
@@ -326,25 +334,20 @@ def _plan_timestep_sampler(sampler: SamplerSpec, sched, tab: NoiseTable, steps: 
     if (total or steps) > n_train:
         raise InvalidRequest("steps", f"sampler {sampler.name!r} supports at most {n_train} steps")
     grid = a1111_timestep_grid(total or steps, n_train)
-    transitions = np.ascontiguousarray(grid[1:][::-1])  # A1111 evaluates every grid timestep but the first (it ends there)
+    transitions = grid[1:][::-1].copy()  # A1111 evaluates every grid timestep but the first (it ends there)
     if total is not None:
         transitions = transitions[len(transitions) - max(steps - 1, 1):]
     if len(transitions) == 0:
         transitions = grid[:1]
-    stride = n_train // (total or steps)
+    evals = [int(t) for t in transitions]
+    below = [int(grid[i - 1]) if i > 0 else 0 for i in np.searchsorted(grid, evals)]  # each step's landing point
+    start_acp = float(tab.alphas_cumprod[evals[0]])
     if sampler.layout == "ddim":
-        sched.set_timesteps(total or steps)
-        ts = torch.tensor(np.ascontiguousarray(transitions), dtype=torch.long)
-        sched.timesteps = ts
-        return ts, list(range(1, len(ts) + 1)), float(tab.alphas_cumprod[transitions[0]])
+        sched.install(evals, below)
+        return sched.timesteps, list(range(1, len(evals) + 1)), start_acp
     if sampler.layout == "plms":
-        sched.set_timesteps(total or steps)
-        r = list(transitions)
-        seq = [r[0], r[1], r[1], *r[2:]] if len(r) >= 2 else [r[0], r[0] - stride]
-        ts = torch.tensor(seq, dtype=torch.long)
-        sched.timesteps = ts
-        user = [1] + list(range(1, len(seq)))
-        return ts, user, float(tab.alphas_cumprod[transitions[0]])
+        calls = sched.install(evals, below)
+        return sched.timesteps, [1] + list(range(1, len(calls))), start_acp
     # UniPC: A1111 runs UniPC's own time-uniform grid from the start timestep down to 0
     k = len(grid) if total is None else max(steps - 1, 1)
     m0 = float(n_train - 1) if total is None else float(transitions[0])

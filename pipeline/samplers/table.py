@@ -6,24 +6,20 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from diffusers import (
-    DDIMScheduler,
-    KDPM2AncestralDiscreteScheduler,
-    LMSDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import KDPM2AncestralDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler
 
 from ..errors import InvalidRequest, UnknownName
 from .ancestral import EtaDPMSolverSDEScheduler, EtaEulerAncestralScheduler
 from .brownian import BrownianDPMSolverMultistepScheduler
 from .churn import ChurnEulerScheduler, ChurnHeunScheduler, ChurnKDPM2Scheduler
+from .dpmpp2s import DPMPP2SAncestralScheduler
 from .lcm import A1111LCMScheduler
+from .timesteps import A1111DDIMScheduler, A1111PLMSScheduler
 from .schedules import AUTOMATIC, SCHEDULES, SCHEDULES_BY_NAME, ScheduleSpec
 
 # How a sampler's noise levels are laid out in its diffusers scheduler (see plan.py).
 Layout = Literal["plain", "heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde", "multistep", "ddim", "plms", "unipc",
-                 "lcm"]
+                 "lcm", "dpmpp_2s_ancestral"]
 
 K_SCHEDULES = tuple(s.name for s in SCHEDULES)
 ONLY_AUTOMATIC = ("automatic",)
@@ -106,6 +102,11 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         default_schedule="exponential", stochastic=True, brownian=True, params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
+        "DPM++ 2S a", ("k_dpmpp_2s_a",), _options(scheduler="karras", uses_ensd=True, second_order=True),
+        DPMPP2SAncestralScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "dpmpp_2s_ancestral",
+        default_schedule="karras", second_order=True, stochastic=True, params=_ETA_NOISE, eta_default=1.0,
+    ),
+    SamplerSpec(
         "DPM++ 3M SDE", ("k_dpmpp_3m_sde",),
         _options(scheduler="exponential", discard_next_to_last_sigma=True, brownian_noise=True),
         BrownianDPMSolverMultistepScheduler,
@@ -144,12 +145,12 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
-        "DDIM", ("ddim",), _options(), DDIMScheduler,
+        "DDIM", ("ddim",), _options(), A1111DDIMScheduler,
         MappingProxyType({"clip_sample": False, "thresholding": False, "set_alpha_to_one": False}), "ddim",
         kind="timesteps", params=_ETA, eta_default=0.0, schedules=ONLY_AUTOMATIC,
     ),
     SamplerSpec(
-        "PLMS", ("plms",), _options(), PNDMScheduler, MappingProxyType({"skip_prk_steps": True, "set_alpha_to_one": False}),
+        "PLMS", ("plms",), _options(), A1111PLMSScheduler, MappingProxyType({"skip_prk_steps": True, "set_alpha_to_one": False}),
         "plms", kind="timesteps", schedules=ONLY_AUTOMATIC,
     ),
     SamplerSpec(

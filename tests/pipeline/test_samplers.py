@@ -246,6 +246,21 @@ def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0,
                 d2 = (x2 - D(x2, mid)) / mid
                 x = x + d2 * (down - s[i])
                 x = x + draw(generators) * s_noise * up
+    elif name == "DPM++ 2S a":
+        for i in range(n):
+            den = D(x, s[i])
+            down, up = ancestral(s[i], s[i + 1], eta)
+            if down == 0:
+                x = x + (x - den) / s[i] * (down - s[i])
+            else:  # DPM-Solver++(2S) in t = -log(sigma), r = 1/2
+                t, t_next = -math.log(s[i]), -math.log(down)
+                h = t_next - t
+                t_mid = t + 0.5 * h
+                x2 = (math.exp(-t_mid) / math.exp(-t)) * x - math.expm1(-0.5 * h) * den
+                den2 = D(x2, math.exp(-t_mid))
+                x = (math.exp(-t_next) / math.exp(-t)) * x - math.expm1(-h) * den2
+            if s[i + 1] > 0:
+                x = x + draw(generators) * s_noise * up
     elif name == "DPM++ 2M":
         old, h_last = None, None
         for i in range(n):
@@ -354,7 +369,8 @@ def test_matches_k_diffusion_step_for_step(name, schedule, d, config):
     assert torch.allclose(ours, expected, atol=2e-4, rtol=1e-3), (ours - expected).abs().max()
 
 
-ETA_SAMPLERS = ["Euler a", "DPM2 a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE"]
+ETA_SAMPLERS = ["Euler a", "DPM2 a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 2S a",
+                "DPM++ 3M SDE"]
 
 
 def _compare(name, schedule, d, config, steps=6, **params):
@@ -563,9 +579,25 @@ def test_ddim_runs_a1111s_timesteps(eta):
     assert torch.allclose(ours, expected.float(), atol=1e-4)
 
 
-def test_plms_matches_a1111():
-    plan = plan_for("PLMS", steps=10)
-    grid = a1111_timestep_grid(10)
+@pytest.mark.parametrize("steps", [3, 9, 27])
+@pytest.mark.parametrize("eta", [0.0, 0.7])
+def test_ddim_on_a_grid_whose_top_interval_is_shorter(steps, eta):
+    """1000 // steps divides 999: the top grid point is clipped from 1000 to 999, so the first step is one
+    timestep shorter than the stride; every step still lands exactly on the grid point below."""
+    grid = a1111_timestep_grid(steps)
+    assert grid[-1] == 999 and grid[-1] - grid[-2] == 1000 // steps - 1
+    plan = plan_for("DDIM", steps=steps, eta=eta)
+    noise = initial_noise()
+    ours = run(plan, noise.clone())
+    acp = plan.scheduler.alphas_cumprod.double().numpy()
+    expected = _ref_ddim(noise.clone(), list(zip(grid[1:][::-1], grid[:-1][::-1])), acp, eta, gens())
+    assert torch.allclose(ours, expected.float(), atol=1e-4)
+
+
+@pytest.mark.parametrize("steps", [10, 3, 9, 27])
+def test_plms_matches_a1111(steps):
+    plan = plan_for("PLMS", steps=steps)
+    grid = a1111_timestep_grid(steps)
     acp = plan.scheduler.alphas_cumprod.double().numpy()
     x = initial_noise()
     ours = run(plan, x.clone())
@@ -666,7 +698,7 @@ def test_hires_odd_strength():
     assert plan.evaluations == 20
 
 
-@pytest.mark.parametrize("name", ["Heun", "DPM2", "DPM2 a", "DPM++ SDE"])
+@pytest.mark.parametrize("name", ["Heun", "DPM2", "DPM2 a", "DPM++ SDE", "DPM++ 2S a"])
 def test_second_order_evaluations(name):
     for d in (None, 0.5):
         plan = plan_for(name, steps=10, d=d)
@@ -674,6 +706,14 @@ def test_second_order_evaluations(name):
         run(plan, initial_noise(), torch.zeros(SHAPE) if d else None, calls)
         assert len(calls) == 2 * 10 - 1  # as k-diffusion: one evaluation for the last step to sigma 0
         assert calls[-1] == 10 and sorted(set(calls)) == list(range(1, 11))
+
+
+def test_dpmpp_2s_a_takes_one_call_on_steps_whose_sigma_down_is_zero():
+    """k-diffusion's 2S a falls back to one Euler step where eta makes sigma_down 0 (eta above 1): no midpoint call."""
+    calm, wild = plan_for("DPM++ 2S a", steps=8, eta=1.0), plan_for("DPM++ 2S a", steps=8, eta=1.7)
+    assert calm.evaluations == 2 * 8 - 1
+    assert 8 <= wild.evaluations < calm.evaluations
+    assert [wild.user_step(i) for i in range(wild.evaluations)][-1] == 8
 
 
 def test_first_order_evaluations_equal_steps():

@@ -7,6 +7,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -79,6 +80,21 @@ def test_legacy_sampler_names_resolve(client: TestClient) -> None:
     assert r.status_code == 200, r.text
     text = json.loads(r.json()["info"])["infotexts"][0]
     assert "Sampler: DPM++ 2M, Schedule type: Karras" in text
+
+
+def test_every_listed_sampler_generates_a_hires_image(client: TestClient) -> None:
+    """Whatever /samplers lists runs end to end (both passes), legacy combined names included."""
+    names = [s["name"] for s in client.get("/sdapi/v1/samplers").json()]
+    assert "DPM++ 2S a" in names
+    for name in names:
+        r = client.post("/sdapi/v1/txt2img", json={**SMALL, "steps": 3, "sampler_name": name, "enable_hr": True,
+                                                   "hr_scale": 1.5, "hr_second_pass_steps": 2})
+        assert r.status_code == 200, (name, r.text)
+        img = _png(r.json()["images"][0])
+        assert img.size == (96, 96) and f"Sampler: {name}," in img.info["parameters"]
+        assert np.asarray(img).std() > 1, name
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "sampler_name": "DPM++ 2S a Karras"})
+    assert r.status_code == 200 and "Sampler: DPM++ 2S a, Schedule type: Karras" in r.json()["info"]
 
 
 @pytest.mark.parametrize("patch, field", [
