@@ -1,8 +1,9 @@
 """Samplers and schedule types: A1111 v1.10's names and behaviour, served by diffusers schedulers.
 
 Served (`api_samplers()`): DPM++ 2M, DPM++ SDE, DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 2S a,
-DPM++ 3M SDE, Euler a, Euler, LMS, Heun, DPM2, DPM2 a, DDIM, PLMS, UniPC, LCM. DPM++ 2S a has no diffusers
-scheduler: dpmpp2s.py is k-diffusion's update driven one model call at a time. Each k-diffusion sampler runs on the
+DPM++ 3M SDE, Euler a, Euler, LMS, Heun, DPM2, DPM2 a, Restart, DDIM, PLMS, UniPC, LCM. DPM++ 2S a and
+Restart have no diffusers scheduler: dpmpp2s.py and restart.py drive k-diffusion's / A1111's update one
+model call at a time from a call list planned in advance. Each k-diffusion sampler runs on the
 exact A1111 sigma schedule of every schedule type (all twelve of `/schedulers`), laid into the
 diffusers scheduler so its step is k-diffusion's update (checked step for step against reference
 k-diffusion updates in tests/pipeline/test_samplers.py). DDIM, PLMS and UniPC run A1111's own
@@ -20,7 +21,6 @@ broken image there); we convert v-prediction like every other sampler.
 Omitted, because diffusers has no faithful equivalent:
 - DPM fast, DPM adaptive: DPM-Solver with its own timestep selection / adaptive step size
   (error control); no diffusers scheduler does this.
-- Restart: A1111's restart sampler (Heun steps with re-noising back up the schedule); none in diffusers.
 - DDIM CFG++: needs the unconditional prediction separately inside the update (CFG++), which the
   scheduler interface (one guided model output per step) cannot carry.
 

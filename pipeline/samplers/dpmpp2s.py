@@ -17,6 +17,7 @@ belongs to, at which noise level, and whether it is the step's first or second s
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,10 +56,10 @@ class DPMPP2SAncestralScheduler(EulerDiscreteScheduler):
     """Drives `sample_dpmpp_2s_ancestral` one model call at a time. Configured by `install`; `eta` and
     `s_noise` are fixed there. Noise comes from the per-image generators passed to `step`."""
 
-    def install(self, sigmas: np.ndarray, eta: float, s_noise: float) -> list[Call]:
-        self.calls, self.downs, self.ups = plan_calls(sigmas, eta)
+    def install(self, sigmas: np.ndarray, values: Mapping[str, float]) -> list[Call]:
+        self.calls, self.downs, self.ups = plan_calls(sigmas, values["eta"])
         self.step_sigmas = [float(s) for s in sigmas]
-        self.s_noise = s_noise
+        self.s_noise = values["s_noise"]
         self.num_inference_steps = len(sigmas) - 1
         self._call = 0
         self._step_start: torch.Tensor | None = None

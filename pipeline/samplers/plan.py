@@ -270,9 +270,10 @@ def _install_multistep(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[st
     return t, list(range(1, n + 1))
 
 
-def _install_dpmpp_2s_ancestral(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
-    """A call list rather than a fixed interleave: a step whose sigma_down is 0 takes one call, not two."""
-    calls = sched.install(s, values["eta"], values["s_noise"])
+def _install_call_list(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
+    """Schedulers of our own (DPM++ 2S a, Restart) that plan every model call themselves: a 2S a step whose
+    sigma_down is 0 takes one call, not two; Restart inserts its climbs."""
+    calls = sched.install(s, values)
     ts = tab.sigma_to_t(np.array([c.sigma for c in calls]))
     sched.timesteps = _f32(ts)
     return ts, [c.step + 1 for c in calls]
@@ -308,7 +309,7 @@ def _lay_churn(sched, layout: str, s: np.ndarray, tab: NoiseTable, ts: np.ndarra
 _INSTALLERS = {
     "plain": _install_plain, "heun": _install_heun, "dpmsolver_sde": _install_dpmsolver_sde,
     "kdpm2": _install_kdpm2, "kdpm2_ancestral": _install_kdpm2_ancestral, "multistep": _install_multistep,
-    "lcm": _install_lcm, "dpmpp_2s_ancestral": _install_dpmpp_2s_ancestral,
+    "lcm": _install_lcm, "call_list": _install_call_list,
 }
 
 

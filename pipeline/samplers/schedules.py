@@ -96,10 +96,15 @@ def uniform(n: int, tab: NoiseTable, family: str) -> np.ndarray:
     return tab.discretisation(n)
 
 
-def karras(n: int, tab: NoiseTable, family: str, rho: float = 7.0) -> np.ndarray:
+def karras_between(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> np.ndarray:
+    """k-diffusion's `get_sigmas_karras`: n levels from sigma_max down to sigma_min, then 0."""
     ramp = np.linspace(0.0, 1.0, n)
-    lo, hi = tab.sigma_min ** (1.0 / rho), tab.sigma_max ** (1.0 / rho)
+    lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
     return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def karras(n: int, tab: NoiseTable, family: str, rho: float = 7.0) -> np.ndarray:
+    return karras_between(n, tab.sigma_min, tab.sigma_max, rho)
 
 
 def exponential(n: int, tab: NoiseTable, family: str) -> np.ndarray:

@@ -14,12 +14,13 @@ from .brownian import BrownianDPMSolverMultistepScheduler
 from .churn import ChurnEulerScheduler, ChurnHeunScheduler, ChurnKDPM2Scheduler
 from .dpmpp2s import DPMPP2SAncestralScheduler
 from .lcm import A1111LCMScheduler
+from .restart import RestartScheduler
 from .timesteps import A1111DDIMScheduler, A1111PLMSScheduler
 from .schedules import AUTOMATIC, SCHEDULES, SCHEDULES_BY_NAME, ScheduleSpec
 
 # How a sampler's noise levels are laid out in its diffusers scheduler (see plan.py).
 Layout = Literal["plain", "heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde", "multistep", "ddim", "plms", "unipc",
-                 "lcm", "dpmpp_2s_ancestral"]
+                 "lcm", "call_list"]
 
 K_SCHEDULES = tuple(s.name for s in SCHEDULES)
 ONLY_AUTOMATIC = ("automatic",)
@@ -103,7 +104,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         "DPM++ 2S a", ("k_dpmpp_2s_a",), _options(scheduler="karras", uses_ensd=True, second_order=True),
-        DPMPP2SAncestralScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "dpmpp_2s_ancestral",
+        DPMPP2SAncestralScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "call_list",
         default_schedule="karras", second_order=True, stochastic=True, params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
@@ -143,6 +144,12 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         KDPM2AncestralDiscreteScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "kdpm2_ancestral",
         default_schedule="karras", discard_next_to_last_sigma=True, second_order=True, stochastic=True,
         params=_ETA_NOISE, eta_default=1.0,
+    ),
+    SamplerSpec(
+        # A1111 passes Restart no sampler parameters (its function is not in sampler_extra_params)
+        "Restart", ("restart",), _options(scheduler="karras", second_order=True), RestartScheduler,
+        MappingProxyType(dict(_NO_SIGMA_FLAGS)), "call_list", default_schedule="karras", second_order=True,
+        stochastic=True,
     ),
     SamplerSpec(
         "DDIM", ("ddim",), _options(), A1111DDIMScheduler,

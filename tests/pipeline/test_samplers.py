@@ -261,6 +261,38 @@ def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0,
                 x = (math.exp(-t_next) / math.exp(-t)) * x - math.expm1(-h) * den2
             if s[i + 1] > 0:
                 x = x + draw(generators) * s_noise * up
+    elif name == "Restart":  # A1111's restart_sampler: Heun steps, with restarts from 20 steps on
+        def karras_ref(k, lo, hi, rho=7.0):
+            return [(hi ** (1 / rho) + j / (k - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho for j in range(k)] + [0.0]
+
+        sig, restarts = s, {}
+        if n >= 20:
+            seg, times = (n // 4, 2) if n >= 36 else (9, 1)
+            sig = karras_ref(n - seg * times, s[-2], s[0])
+            restarts = {int(np.argmin(np.abs(np.array(sig) - 0.1))): (seg + 1, times, 2.0)}
+        pairs = []
+        for i in range(len(sig) - 1):
+            pairs.append((sig[i], sig[i + 1]))
+            if i + 1 in restarts:
+                levels, times, top = restarts[i + 1]
+                hi = int(np.argmin(np.abs(np.array(sig) - top)))
+                if hi < i + 1:
+                    ramp = karras_ref(levels, sig[i + 1], sig[hi])[:-1]
+                    for _ in range(times):
+                        pairs += list(zip(ramp[:-1], ramp[1:]))
+        last = None
+        for old, new in pairs:
+            if last is None:
+                last = old
+            elif last < old:
+                x = x + draw(generators) * math.sqrt(old**2 - last**2)
+            d = (x - D(x, old)) / old
+            if new == 0:
+                x = x + d * (new - old)
+            else:
+                x2 = x + d * (new - old)
+                x = x + (d + (x2 - D(x2, new)) / new) / 2 * (new - old)
+            last = new
     elif name == "DPM++ 2M":
         old, h_last = None, None
         for i in range(n):
@@ -716,6 +748,23 @@ def test_dpmpp_2s_a_takes_one_call_on_steps_whose_sigma_down_is_zero():
     assert [wild.user_step(i) for i in range(wild.evaluations)][-1] == 8
 
 
+@pytest.mark.parametrize("steps,d,schedule", [(20, None, "automatic"), (24, 0.5, "exponential"), (40, None, "karras"),
+                                               (12, None, "automatic")])
+def test_restart_matches_a1111(steps, d, schedule):
+    """Below 20 steps Restart is Heun; from 20 it rebuilds a Karras schedule and climbs back once (from 36,
+    twice) from the level nearest 0.1 to the one nearest 2, with fresh noise before each climb."""
+    ours, expected = _compare("Restart", schedule, d, SD1, steps=steps)
+    assert torch.allclose(ours, expected, atol=2e-4, rtol=1e-3), (ours - expected).abs().max()
+    plan = plan_for("Restart", schedule, steps=steps, d=d)
+    assert plan.evaluations == 2 * steps - 1 and plan.user_step(plan.evaluations - 1) == steps
+    climbs = sum(1 for i in range(1, plan.evaluations) if plan.timesteps[i] > plan.timesteps[i - 1] + 1e-3)
+    assert climbs == (0 if steps < 20 else 1 if steps < 36 else 2)
+    other = run(plan_for("Restart", schedule, steps=steps, d=d, seeds=[5, 6]), initial_noise(),
+                torch.zeros(SHAPE) if d else None)
+    mine = run(plan_for("Restart", schedule, steps=steps, d=d), initial_noise(), torch.zeros(SHAPE) if d else None)
+    assert torch.equal(mine, other) == (steps < 20)  # the climbs' noise comes from the image seeds
+
+
 def test_first_order_evaluations_equal_steps():
     for name in ("Euler", "Euler a", "LMS", "DPM++ 2M", "DPM++ 2M SDE", "DPM++ 3M SDE", "LCM"):
         for d in (None, 0.5):
@@ -736,10 +785,11 @@ STOCHASTIC = [s.name for s in SAMPLERS if s.stochastic] + ["DDIM"]
 @pytest.mark.parametrize("name", STOCHASTIC)
 def test_seeded_noise_is_deterministic(name):
     extra = {"eta": 0.5} if name == "DDIM" else {}
-    a = run(plan_for(name, steps=5, **extra), initial_noise())
-    b = run(plan_for(name, steps=5, **extra), initial_noise())
+    steps = 20 if name == "Restart" else 5  # Restart draws noise only when it restarts, from 20 steps
+    a = run(plan_for(name, steps=steps, **extra), initial_noise())
+    b = run(plan_for(name, steps=steps, **extra), initial_noise())
     assert torch.equal(a, b)
-    c = run(plan_for(name, steps=5, seeds=[99, 100], **extra), initial_noise())
+    c = run(plan_for(name, steps=steps, seeds=[99, 100], **extra), initial_noise())
     assert not torch.allclose(a, c)
 
 
