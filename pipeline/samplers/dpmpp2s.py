@@ -18,22 +18,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import EulerDiscreteScheduler
-from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 
-from .ancestral import _denoised, ancestral_step
-
-
-@dataclass(frozen=True)
-class Call:
-    step: int  # index i of the step sigma[i] -> sigma[i + 1]
-    stage: int  # 0: at sigma[i]; 1: at the step's midpoint
-    sigma: float  # the noise level the model sees
+from .ancestral import ancestral_step
+from .calllist import Call, CallListScheduler
 
 
 def plan_calls(sigmas: np.ndarray, eta: float) -> tuple[list[Call], list[float], list[float]]:
@@ -52,7 +42,7 @@ def plan_calls(sigmas: np.ndarray, eta: float) -> tuple[list[Call], list[float],
     return calls, downs, ups
 
 
-class DPMPP2SAncestralScheduler(EulerDiscreteScheduler):
+class DPMPP2SAncestralScheduler(CallListScheduler):
     """Drives `sample_dpmpp_2s_ancestral` one model call at a time. Configured by `install`; `eta` and
     `s_noise` are fixed there. Noise comes from the per-image generators passed to `step`."""
 
@@ -65,34 +55,17 @@ class DPMPP2SAncestralScheduler(EulerDiscreteScheduler):
         self._step_start: torch.Tensor | None = None
         return self.calls
 
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._call = begin_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        sigma = self.calls[self._call].sigma
-        return sample / math.sqrt(sigma * sigma + 1.0)
-
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
-        call = self.calls[self._call]
-        self._call += 1
-        sample = sample.to(torch.float32)
-        den = _denoised(self, model_output.float(), sample, call.sigma)
+    def _advance(self, call: Call, sample: torch.Tensor, den: torch.Tensor, generator) -> torch.Tensor:
         i = call.step
         sigma, down = self.step_sigmas[i], self.downs[i]
         if call.stage == 0 and down > 0:  # first stage: to the midpoint; the step ends at the next call
             self._step_start = sample
-            out = den + math.sqrt(down / sigma) * (sample - den)  # sigma_mid / sigma
+            return den + math.sqrt(down / sigma) * (sample - den)  # sigma_mid / sigma
+        if call.stage == 0:  # sigma_down 0: one Euler step
+            x = sample + (sample - den) / sigma * (down - sigma)
         else:
-            if call.stage == 0:  # sigma_down 0: one Euler step
-                x = sample + (sample - den) / sigma * (down - sigma)
-            else:
-                x = den + (down / sigma) * (self._step_start - den)
-                self._step_start = None
-            if self.step_sigmas[i + 1] > 0:
-                noise = randn_tensor(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-                x = x + noise * self.s_noise * self.ups[i]
-            out = x
-        out = out.to(model_output.dtype)
-        if not return_dict:
-            return out, den
-        return EulerDiscreteSchedulerOutput(prev_sample=out, pred_original_sample=den)
+            x = den + (down / sigma) * (self._step_start - den)
+            self._step_start = None
+        if self.step_sigmas[i + 1] > 0:
+            x = x + self._noise_like(x, generator) * self.s_noise * self.ups[i]
+        return x

@@ -109,8 +109,8 @@ def validate_params(sampler: SamplerSpec, params: SamplerParams) -> dict[str, fl
         raise InvalidRequest("eta", f"sampler {sampler.name!r} is available with eta between 0 and 1 here "
                              f"(above 1 some steps have sigma_down 0, which this server does not run); got {eta:g}")
     # s_churn, s_tmin and s_tmax act only for Euler, Heun and DPM2 (k-diffusion's churn, churn.py), where s_noise
-    # scales the churn noise; s_noise also scales the ancestral/SDE noise of DPM2 a, DPM++ 2S a and the DPM++ SDE samplers
-    # (A1111 v1.10 passes it to them). Euler a and LCM receive none of them.
+    # scales the churn noise; s_noise also scales the ancestral/SDE noise of DPM2 a, DPM++ 2S a and the
+    # DPM++ SDE samplers (A1111 v1.10 passes it to them). Euler a, LCM and Restart receive none of them.
     return {"eta": eta, "s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax if s_tmax != 0.0 else math.inf,
             "s_noise": s_noise}
 

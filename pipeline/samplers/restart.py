@@ -19,12 +19,8 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-from diffusers import EulerDiscreteScheduler
-from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
 
-from .ancestral import _denoised
-from .dpmpp2s import Call
+from .calllist import Call, CallListScheduler
 from .schedules import karras_between
 
 
@@ -55,7 +51,7 @@ def restart_steps(sigmas: np.ndarray) -> tuple[list[tuple[float, float]], list[f
     return steps, noise
 
 
-class RestartScheduler(EulerDiscreteScheduler):
+class RestartScheduler(CallListScheduler):
     """Drives `restart_sampler` one model call at a time; noise from the generators passed to `step`."""
 
     def install(self, sigmas: np.ndarray, values: Mapping[str, float] | None = None) -> list[Call]:
@@ -70,36 +66,19 @@ class RestartScheduler(EulerDiscreteScheduler):
         self._held: tuple[torch.Tensor, torch.Tensor] | None = None
         return self.calls
 
-    def set_begin_index(self, begin_index: int = 0) -> None:
-        self._call = begin_index
-
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        sigma = self.calls[self._call].sigma
-        return sample / math.sqrt(sigma * sigma + 1.0)
-
-    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
-        call = self.calls[self._call]
-        self._call += 1
-        sample = sample.to(torch.float32)
-        den = _denoised(self, model_output.float(), sample, call.sigma)
+    def _advance(self, call: Call, sample: torch.Tensor, den: torch.Tensor, generator) -> torch.Tensor:
         j = call.step
         sigma, sigma_next = self.heun_steps[j]
         d = (sample - den) / call.sigma
         if call.stage == 0 and sigma_next > 0:  # Heun's predictor; the corrector comes with the next call
             self._held = (sample, d)
-            out = sample + d * (sigma_next - sigma)
+            return sample + d * (sigma_next - sigma)
+        if call.stage == 0:  # to sigma 0: one Euler step
+            x = sample + d * (sigma_next - sigma)
         else:
-            if call.stage == 0:  # to sigma 0: one Euler step
-                x = sample + d * (sigma_next - sigma)
-            else:
-                start, d_first = self._held
-                self._held = None
-                x = start + (d_first + d) / 2 * (sigma_next - sigma)
-            if j + 1 < len(self.heun_steps) and self.renoise[j + 1] > 0:  # a restart climbs back up
-                noise = randn_tensor(x.shape, dtype=x.dtype, device=x.device, generator=generator)
-                x = x + noise * self.renoise[j + 1]
-            out = x
-        out = out.to(model_output.dtype)
-        if not return_dict:
-            return out, den
-        return EulerDiscreteSchedulerOutput(prev_sample=out, pred_original_sample=den)
+            start, d_first = self._held
+            self._held = None
+            x = start + (d_first + d) / 2 * (sigma_next - sigma)
+        if j + 1 < len(self.heun_steps) and self.renoise[j + 1] > 0:  # a restart climbs back up
+            x = x + self._noise_like(x, generator) * self.renoise[j + 1]
+        return x

@@ -15,8 +15,8 @@ from .churn import ChurnEulerScheduler, ChurnHeunScheduler, ChurnKDPM2Scheduler
 from .dpmpp2s import DPMPP2SAncestralScheduler
 from .lcm import A1111LCMScheduler
 from .restart import RestartScheduler
-from .timesteps import A1111DDIMScheduler, A1111PLMSScheduler
 from .schedules import AUTOMATIC, SCHEDULES, SCHEDULES_BY_NAME, ScheduleSpec
+from .timesteps import A1111DDIMScheduler, A1111PLMSScheduler
 
 # How a sampler's noise levels are laid out in its diffusers scheduler (see plan.py).
 Layout = Literal["plain", "heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde", "multistep", "ddim", "plms", "unipc",

@@ -263,7 +263,8 @@ def ref_sample(name, ref, x, sigmas, generators, brownian, eta=1.0, s_noise=1.0,
                 x = x + draw(generators) * s_noise * up
     elif name == "Restart":  # A1111's restart_sampler: Heun steps, with restarts from 20 steps on
         def karras_ref(k, lo, hi, rho=7.0):
-            return [(hi ** (1 / rho) + j / (k - 1) * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho for j in range(k)] + [0.0]
+            a, b = hi ** (1 / rho), lo ** (1 / rho)
+            return [(a + j / (k - 1) * (b - a)) ** rho for j in range(k)] + [0.0]
 
         sig, restarts = s, {}
         if n >= 20:
