@@ -1,9 +1,9 @@
 """Samplers and schedule types: A1111 v1.10's names and behaviour, served by diffusers schedulers.
 
 Served (`api_samplers()`): DPM++ 2M, DPM++ SDE, DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 2S a,
-DPM++ 3M SDE, Euler a, Euler, LMS, Heun, DPM2, DPM2 a, Restart, DDIM, PLMS, UniPC, LCM. DPM++ 2S a and
-Restart have no diffusers scheduler: dpmpp2s.py and restart.py drive k-diffusion's / A1111's update one
-model call at a time from a call list planned in advance. Each k-diffusion sampler runs on the
+DPM++ 3M SDE, Euler a, Euler, LMS, Heun, DPM2, DPM2 a, DPM fast, Restart, DDIM, PLMS, UniPC, LCM.
+DPM++ 2S a, DPM fast and Restart have no diffusers scheduler: dpmpp2s.py, dpmfast.py and restart.py drive
+k-diffusion's / A1111's update one model call at a time from a call list planned in advance (calllist.py). Each k-diffusion sampler runs on the
 exact A1111 sigma schedule of every schedule type (all twelve of `/schedulers`), laid into the
 diffusers scheduler so its step is k-diffusion's update (checked step for step against reference
 k-diffusion updates in tests/pipeline/test_samplers.py). DDIM, PLMS and UniPC run A1111's own
@@ -18,18 +18,18 @@ the sample is re-noised to the next (unsnapped) level with noise from the per-im
 Deviation: A1111 reads every model output as epsilon under LCM (a v-prediction checkpoint gives a
 broken image there); we convert v-prediction like every other sampler.
 
-Omitted, because diffusers has no faithful equivalent:
-- DPM fast, DPM adaptive: DPM-Solver with its own timestep selection / adaptive step size
-  (error control); no diffusers scheduler does this.
+Omitted:
+- DPM adaptive: DPM-Solver with an adaptive step size (error control), so its model calls cannot be
+  planned before the pass starts.
 - DDIM CFG++: needs the unconditional prediction separately inside the update (CFG++), which the
   scheduler interface (one guided model output per step) cannot carry.
 
 Parameters: eta (None means A1111's options: `eta_ancestral` 1 for the ancestral/SDE samplers,
-`eta_ddim` 0 for DDIM) is k-diffusion's for Euler a, DPM2 a, DPM++ 2S a (`get_ancestral_step`), DPM++ SDE,
-DPM++ 2M SDE (+ Heun) and DPM++ 3M SDE (ancestral.py, dpmpp2s.py, brownian.py): 0 makes them deterministic. Refused:
+`eta_ddim` 0 for DDIM) is k-diffusion's for Euler a, DPM2 a, DPM++ 2S a, DPM fast (`get_ancestral_step`),
+DPM++ SDE, DPM++ 2M SDE (+ Heun) and DPM++ 3M SDE (ancestral.py, dpmpp2s.py, brownian.py): 0 makes them deterministic. Refused:
 DPM2 a with eta above 1, where a step can get sigma_down 0 and k-diffusion then takes a one-stage,
-noise-free step that the two-stage layout cannot express. s_noise scales the noise of DPM2 a, DPM++ 2S a and
-the DPM++ SDE samplers, as A1111 v1.10 passes it to them (not to Euler a or LCM). Euler, Heun and DPM2 take
+noise-free step that the two-stage layout cannot express. s_noise scales the noise of DPM2 a, DPM++ 2S a, DPM
+fast and the DPM++ SDE samplers, as A1111 v1.10 passes it to them (not to Euler a or LCM). Euler, Heun and DPM2 take
 A1111's churn set s_churn, s_tmin, s_tmax (0 meaning no upper end) and s_noise as k-diffusion's
 `sample_euler`/`sample_heun`/`sample_dpm_2` use them (churn.py): on every step with s_tmin <= sigma <= s_tmax,
 gamma = min(s_churn / n, sqrt(2) - 1) raises the noise level to sigma_hat = sigma * (1 + gamma) BEFORE the

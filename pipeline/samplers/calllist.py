@@ -30,6 +30,10 @@ class CallListScheduler(EulerDiscreteScheduler):
     calls: list[Call]
     _call: int = 0
 
+    def user_steps(self) -> list[int]:
+        """The 1-based step (as progress reports it) of each call: by default the step it belongs to."""
+        return [c.step + 1 for c in self.calls]
+
     def set_begin_index(self, begin_index: int = 0) -> None:
         self._call = begin_index
 

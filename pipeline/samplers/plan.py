@@ -109,8 +109,8 @@ def validate_params(sampler: SamplerSpec, params: SamplerParams) -> dict[str, fl
         raise InvalidRequest("eta", f"sampler {sampler.name!r} is available with eta between 0 and 1 here "
                              f"(above 1 some steps have sigma_down 0, which this server does not run); got {eta:g}")
     # s_churn, s_tmin and s_tmax act only for Euler, Heun and DPM2 (k-diffusion's churn, churn.py), where s_noise
-    # scales the churn noise; s_noise also scales the ancestral/SDE noise of DPM2 a, DPM++ 2S a and the
-    # DPM++ SDE samplers (A1111 v1.10 passes it to them). Euler a, LCM and Restart receive none of them.
+    # scales the churn noise; s_noise also scales the ancestral/SDE noise of DPM2 a, DPM++ 2S a, DPM fast and
+    # the DPM++ SDE samplers (A1111 v1.10 passes it to them). Euler a, LCM and Restart receive none of them.
     return {"eta": eta, "s_churn": s_churn, "s_tmin": s_tmin, "s_tmax": s_tmax if s_tmax != 0.0 else math.inf,
             "s_noise": s_noise}
 
@@ -276,7 +276,7 @@ def _install_call_list(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[st
     calls = sched.install(s, values)
     ts = tab.sigma_to_t(np.array([c.sigma for c in calls]))
     sched.timesteps = _f32(ts)
-    return ts, [c.step + 1 for c in calls]
+    return ts, sched.user_steps()
 
 
 def _install_lcm(sched, s: np.ndarray, tab: LCMNoiseTable, values: Mapping[str, float]):
@@ -445,6 +445,9 @@ def make_plan(
     s = full[n - steps:] if total is not None else full
     if len(s) < 2 or not np.all(np.isfinite(s)):
         raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
+    if sampler.layout == "call_list":  # DPM fast spans the model's sigma range in txt2img, the tail's in a denoise
+        span = (float(s[-2]), float(s[0])) if total is not None else (tab.sigma_min, tab.sigma_max)
+        values = {**values, "sigma_range": span}
     ts, user = _INSTALLERS[sampler.layout](sched, s, tab, values)
     if churn:
         ts = _lay_churn(sched, sampler.layout, s, tab, ts, values, generators)

@@ -12,6 +12,7 @@ from ..errors import InvalidRequest, UnknownName
 from .ancestral import EtaDPMSolverSDEScheduler, EtaEulerAncestralScheduler
 from .brownian import BrownianDPMSolverMultistepScheduler
 from .churn import ChurnEulerScheduler, ChurnHeunScheduler, ChurnKDPM2Scheduler
+from .dpmfast import DPMFastScheduler
 from .dpmpp2s import DPMPP2SAncestralScheduler
 from .lcm import A1111LCMScheduler
 from .restart import RestartScheduler
@@ -146,6 +147,11 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         params=_ETA_NOISE, eta_default=1.0,
     ),
     SamplerSpec(
+        # the schedule type does not shape its steps (dpmfast.py), as in A1111
+        "DPM fast", ("k_dpm_fast",), _options(uses_ensd=True), DPMFastScheduler,
+        MappingProxyType(dict(_NO_SIGMA_FLAGS)), "call_list", stochastic=True, params=_ETA_NOISE, eta_default=1.0,
+    ),
+    SamplerSpec(
         # A1111 passes Restart no sampler parameters (its function is not in sampler_extra_params)
         "Restart", ("restart",), _options(scheduler="karras", second_order=True), RestartScheduler,
         MappingProxyType(dict(_NO_SIGMA_FLAGS)), "call_list", default_schedule="karras", second_order=True,
@@ -157,8 +163,9 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
         kind="timesteps", params=_ETA, eta_default=0.0, schedules=ONLY_AUTOMATIC,
     ),
     SamplerSpec(
-        "PLMS", ("plms",), _options(), A1111PLMSScheduler, MappingProxyType({"skip_prk_steps": True, "set_alpha_to_one": False}),
-        "plms", kind="timesteps", schedules=ONLY_AUTOMATIC,
+        "PLMS", ("plms",), _options(), A1111PLMSScheduler,
+        MappingProxyType({"skip_prk_steps": True, "set_alpha_to_one": False}), "plms", kind="timesteps",
+        schedules=ONLY_AUTOMATIC,
     ),
     SamplerSpec(
         "UniPC", ("unipc",), _options(), UniPCMultistepScheduler,
