@@ -32,10 +32,12 @@ def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int) -> torch.
     return ids.repeat(batch, 1)
 
 
-def guided_model(model: SDModel, cfg_scale: float, height: int, width: int
+def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False
                  ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
-    not computed (it cannot change the result). `t` is best a tensor already on the model's device."""
+    not computed (it cannot change the result), unless `keep_uncond`: then it always is, and the last
+    unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
+    `t` is best a tensor already on the model's device."""
     time_ids: dict[int, torch.Tensor] = {}  # SDXL: built once per batch size, not per step (no H2D copy)
 
     def run_one(x_in: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
@@ -43,11 +45,12 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int
 
     def run(x_in: torch.Tensor, t: Any, cond: Any, uncond: Any, single: bool = False) -> torch.Tensor:
         b = x_in.shape[0]
-        use_uncond = cfg_scale != 1.0 and not single
+        use_uncond = (cfg_scale != 1.0 or keep_uncond) and not single
         if use_uncond and cond.context.shape[1] != uncond.context.shape[1]:
             # prompts of different chunk counts: A1111's default runs the two halves separately
             u = run_one(x_in, t, uncond)
             c = run_one(x_in, t, cond)
+            run.last_uncond = u if keep_uncond else None
             return u + cfg_scale * (c - u)
         x = torch.cat([x_in, x_in]) if use_uncond else x_in
         ctx = torch.cat([uncond.context, cond.context]) if use_uncond else cond.context
@@ -65,8 +68,10 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int
         if not use_uncond:
             return out
         u, c = out[:b], out[b:]
+        run.last_uncond = u if keep_uncond else None
         return u + cfg_scale * (c - u)
 
+    run.last_uncond = None
     return run
 
 
@@ -75,9 +80,12 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
-    them), so prompt editing and alternation change the conditioning during sampling. `callback(step, x, denoised)` runs after every step."""
-    guided = guided_model(model, cfg_scale, height, width)
+    them), so prompt editing and alternation change the conditioning during sampling.
+    `callback(step, x, denoised)` runs after every step."""
     scheduler = plan.scheduler
+    needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
+    guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
+                          keep_uncond=needs_uncond)
     denoised: torch.Tensor | None = None
     calls = 0
     # The UNet gets its timesteps from one upfront copy: a per-step host-to-device copy of a scalar would
@@ -90,7 +98,8 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             x_in = scheduler.scale_model_input(x, t)
             out = guided(x_in, unet_timesteps[i], cond, uncond)
             calls += 1
-            res = scheduler.step(out, t, x, **plan.step_kwargs, return_dict=True)
+            extra = {"uncond": guided.last_uncond} if needs_uncond else {}
+            res = scheduler.step(out, t, x, **plan.step_kwargs, **extra, return_dict=True)
             x = res.prev_sample
             denoised = getattr(res, "pred_original_sample", None)
             if denoised is None:

@@ -404,8 +404,8 @@ def make_plan(
         raise InvalidRequest("seeds", "need one generator and one seed per image")
 
     churn = "s_churn" in sampler.params and values["s_churn"] > 0
-    needs_generators = ((sampler.stochastic and not sampler.brownian) or (sampler.name == "DDIM" and values["eta"] > 0)
-                        or churn)
+    needs_generators = ((sampler.stochastic and not sampler.brownian)
+                        or (sampler.layout == "ddim" and values["eta"] > 0) or churn)
     if needs_generators and not generators:
         raise ValueError(f"{sampler.name} draws noise while sampling: pass one CPU generator per image")
     if sampler.brownian and not seeds:
@@ -418,9 +418,9 @@ def make_plan(
         tab = NoiseTable(sched.alphas_cumprod.numpy())
     step_kwargs: dict[str, Any] = {}
     accepted = inspect.signature(sched.step).parameters
-    if "generator" in accepted and generators is not None and (sampler.stochastic or sampler.name == "DDIM"):
+    if "generator" in accepted and generators is not None and (sampler.stochastic or sampler.layout == "ddim"):
         step_kwargs["generator"] = list(generators)
-    if sampler.name == "DDIM":
+    if sampler.layout == "ddim":  # DDIM and DDIM CFG++
         step_kwargs["eta"] = values["eta"]
 
     if sampler.kind == "timesteps":

@@ -17,7 +17,7 @@ from .dpmpp2s import DPMPP2SAncestralScheduler
 from .lcm import A1111LCMScheduler
 from .restart import RestartScheduler
 from .schedules import AUTOMATIC, SCHEDULES, SCHEDULES_BY_NAME, ScheduleSpec
-from .timesteps import A1111DDIMScheduler, A1111PLMSScheduler
+from .timesteps import A1111DDIMCFGppScheduler, A1111DDIMScheduler, A1111PLMSScheduler
 
 # How a sampler's noise levels are laid out in its diffusers scheduler (see plan.py).
 Layout = Literal["plain", "heun", "kdpm2", "kdpm2_ancestral", "dpmsolver_sde", "multistep", "ddim", "plms", "unipc",
@@ -159,6 +159,11 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     ),
     SamplerSpec(
         "DDIM", ("ddim",), _options(), A1111DDIMScheduler,
+        MappingProxyType({"clip_sample": False, "thresholding": False, "set_alpha_to_one": False}), "ddim",
+        kind="timesteps", params=_ETA, eta_default=0.0, schedules=ONLY_AUTOMATIC,
+    ),
+    SamplerSpec(
+        "DDIM CFG++", ("ddim_cfgpp",), _options(), A1111DDIMCFGppScheduler,
         MappingProxyType({"clip_sample": False, "thresholding": False, "set_alpha_to_one": False}), "ddim",
         kind="timesteps", params=_ETA, eta_default=0.0, schedules=ONLY_AUTOMATIC,
     ),

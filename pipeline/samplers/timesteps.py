@@ -1,4 +1,4 @@
-"""A1111's DDIM and PLMS on its own timestep grid, each step going to the grid point just below.
+"""A1111's DDIM, DDIM CFG++ and PLMS on its own timestep grid, each step going to the grid point just below.
 
 diffusers' DDIM and PNDM steps assume a constant stride (t_prev = t - 1000 // steps). A1111's grid is
 `range(0, 1000, 1000 // steps) + 1` clipped to 999, so for 3, 9, 27, 37, ... steps the top interval is one
@@ -43,19 +43,37 @@ class A1111DDIMScheduler(DDIMScheduler):
         self._targets = list(targets)
         self._call = 0
 
-    def step(self, model_output, timestep, sample, eta: float = 0.0, generator=None, return_dict=True, **_):
+    def step(self, model_output, timestep, sample, eta: float = 0.0, generator=None, return_dict=True,
+             uncond=None, **_):
         t, t_prev = int(timestep), self._targets[self._call]
         self._call += 1
         sample = sample.float()
         eps, x0 = _eps_and_x0(self, model_output.float(), sample, t)
+        direction = eps if uncond is None else _eps_and_x0(self, uncond.float(), sample, t)[0]
         a, ap = float(self.alphas_cumprod[t]), float(self.alphas_cumprod[t_prev])
         sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap)) if eta else 0.0
-        x = math.sqrt(ap) * x0 + math.sqrt(max(1 - ap - sigma * sigma, 0.0)) * eps
+        x = math.sqrt(ap) * x0 + math.sqrt(max(1 - ap - sigma * sigma, 0.0)) * direction
         if sigma > 0:
             x = x + sigma * randn_tensor(x.shape, dtype=x.dtype, device=x.device, generator=generator)
         if not return_dict:
             return x, x0
         return DDIMSchedulerOutput(prev_sample=x, pred_original_sample=x0)
+
+
+class A1111DDIMCFGppScheduler(A1111DDIMScheduler):
+    """A1111's DDIM CFG++ (ddim_cfgpp, after "CFG++: Manifold-constrained Classifier Free Guidance", 2024):
+    the guidance scale is cfg_scale / 12.5 (`cfg_multiplier`), x0 comes from the guided noise as in DDIM, and
+    the step re-noises along the *unconditional* noise prediction, which the sampling loop passes to `step`
+    as `uncond` because `needs_uncond` is set."""
+
+    needs_uncond = True
+    cfg_multiplier = 1 / 12.5
+
+    def step(self, model_output, timestep, sample, eta: float = 0.0, generator=None, return_dict=True,
+             uncond=None, **kw):
+        if uncond is None:
+            raise ValueError("DDIM CFG++ needs the unconditional model output of every step (uncond=...)")
+        return super().step(model_output, timestep, sample, eta, generator, return_dict, uncond=uncond, **kw)
 
 
 class A1111PLMSScheduler(PNDMScheduler):

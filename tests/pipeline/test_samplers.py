@@ -55,14 +55,21 @@ def initial_noise(seeds=SEEDS):
     return torch.cat([torch.randn((1,) + SHAPE[1:], generator=g) for g in gens(seeds)])
 
 
+def uncond_model(x_in: torch.Tensor, t) -> torch.Tensor:
+    """The stand-in UNet's unconditional output, for DDIM CFG++ (which steps along it)."""
+    return 0.8 * model(x_in, t) + 0.1 * torch.cos(x_in)
+
+
 def run(plan, noise, init=None, counter=None):
     x = plan.start(noise, init)
+    needs_uncond = getattr(plan.scheduler, "needs_uncond", False)
     for i, t in enumerate(plan.timesteps):
         x_in = plan.scheduler.scale_model_input(x, t)
         out = model(x_in, t)
         if counter is not None:
             counter.append(plan.user_step(i))
-        x = plan.scheduler.step(out, t, x, **plan.step_kwargs).prev_sample
+        extra = {"uncond": uncond_model(x_in, t)} if needs_uncond else {}
+        x = plan.scheduler.step(out, t, x, **plan.step_kwargs, **extra).prev_sample
     return x
 
 
@@ -644,6 +651,33 @@ def test_ddim_runs_a1111s_timesteps(eta):
     pairs = list(zip(grid[1:][::-1], grid[:-1][::-1]))
     expected = _ref_ddim(noise.clone(), pairs, acp, eta, gens())
     assert torch.allclose(ours, expected.float(), atol=1e-4)
+
+
+@pytest.mark.parametrize("steps,eta,config", [(20, 0.0, SD1), (9, 0.6, SD1), (12, 0.0, SD2V)])
+def test_ddim_cfgpp_matches_a1111(steps, eta, config):
+    """A1111's ddim_cfgpp: x0 from the guided output, the step re-noised along the unconditional noise."""
+    plan = plan_for("DDIM CFG++", steps=steps, eta=eta, config=config)
+    grid = a1111_timestep_grid(steps)
+    assert plan.timesteps.tolist() == list(grid[1:][::-1])  # DDIM's grid
+    noise = initial_noise()
+    ours = run(plan, noise.clone())
+    acp = plan.scheduler.alphas_cumprod.double().numpy()
+    v = config["prediction_type"] == "v_prediction"
+    x, generators = noise.clone(), gens()
+    for t, tp in zip(grid[1:][::-1], grid[:-1][::-1]):
+        a, ap = acp[t], acp[tp]
+        tt = torch.tensor(float(t))
+        e, eu = model(x, tt), uncond_model(x, tt)
+        if v:  # A1111's v denoiser hands the sampler noise predictions
+            e, eu = math.sqrt(a) * e + math.sqrt(1 - a) * x, math.sqrt(a) * eu + math.sqrt(1 - a) * x
+        sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
+        x0 = (x - math.sqrt(1 - a) * e) / math.sqrt(a)
+        x = math.sqrt(ap) * x0 + math.sqrt(1 - ap - sigma**2) * eu
+        if sigma:
+            x = x + sigma * draw(generators)
+    assert torch.allclose(ours, x.float(), atol=1e-4)
+    with pytest.raises(ValueError, match="unconditional"):
+        plan.scheduler.step(model(noise, plan.timesteps[0]), plan.timesteps[0], noise)
 
 
 @pytest.mark.parametrize("steps", [3, 9, 27])

@@ -13,8 +13,8 @@ from PIL import Image
 from pipeline import samplers
 from pipeline.errors import InvalidRequest, UnknownName
 from pipeline.infotext import parse_infotext
-from upscalers.latent import latent_mode_names
 from tests.conftest import count_unet, count_vae, infotext_params, mean_abs_diff, pixels
+from upscalers.latent import latent_mode_names
 
 HR = {"enable_hr": True, "hr_scale": 2.0}  # denoising_strength 0.5 comes from FAST
 
@@ -321,3 +321,20 @@ def test_sdxl_single_file_runs_a_hires_job(tiny_env, tiny_checkpoints):
     assert res.images[0].size == (128, 192)
     assert infotext_params(res.infotexts[0])["Model"] == "tiny-sdxl"
     assert pixels(res.images[0]).std() > 1
+
+
+def test_ddim_cfgpp_steps_along_the_unconditional_prediction(env, builtin_model):
+    """DDIM CFG++ guides with cfg_scale / 12.5 and always evaluates the unconditional half (also where that
+    scale is 1), because its step re-noises along it; the result is its own, not DDIM's."""
+    batches: list[int] = []
+    hook = builtin_model.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        cfgpp = env.run(sampler_name="DDIM CFG++", cfg_scale=12.5, steps=4, seed=5)
+    finally:
+        hook.remove()
+    assert batches and set(batches) == {2}  # cond and uncond in one batch on every call
+    assert infotext_params(cfgpp.infotexts[0])["Sampler"] == "DDIM CFG++"
+    ddim = env.run(sampler_name="DDIM", cfg_scale=1.0, steps=4, seed=5)  # the same guided output, cond only
+    assert mean_abs_diff(cfgpp.images[0], ddim.images[0]) > 0.1
+    again = env.run(sampler_name="DDIM CFG++", cfg_scale=12.5, steps=4, seed=5)
+    assert np.array_equal(pixels(cfgpp.images[0]), pixels(again.images[0]))
