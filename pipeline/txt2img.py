@@ -109,16 +109,17 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
             pixels = [_pixel_upscale(img, p, ctx) for img in firsts]
         # No second pass after a skip in pass one, an interrupt or skip that arrived between the passes
         # (in before_hr or while upscaling), or denoising 0: the result is the upscaled first pass.
-        second_pass = p.denoising_strength > 0 and first.stopped is None and not (state.interrupted or
-                                                                                  state.skipped)
+        stopped = first.stopped is not None or state.interrupted or state.skipped
+        second_pass = p.denoising_strength > 0 and not stopped
         if pixels is not None and not second_pass:  # already pixels: no model needed, hires one included
             pixels = _restore_faces([_crop_image(img, p) for img in pixels], p, ctx)
             images += pixels
             infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
             continue
-        if p.hr_checkpoint:
+        hr_model = model  # the hires checkpoint is loaded only for a pass two that runs
+        if second_pass and p.hr_checkpoint:
             model = None  # let the manager free the main model if it evicts it for the hires one
-        hr_model = ctx.models.get(p.hr_checkpoint) if p.hr_checkpoint else model
+            hr_model = ctx.models.get(p.hr_checkpoint)
         if pixels is not None:
             latents = vae.encode(hr_model, _to_tensor(pixels))
         latents = _crop(latents, p)

@@ -271,8 +271,8 @@ def _install_multistep(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[st
 
 
 def _install_call_list(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
-    """Schedulers of our own (DPM++ 2S a, Restart) that plan every model call themselves: a 2S a step whose
-    sigma_down is 0 takes one call, not two; Restart inserts its climbs."""
+    """Schedulers of our own (DPM++ 2S a, DPM fast, Restart) that plan every model call themselves: a 2S a
+    step whose sigma_down is 0 takes one call, not two; DPM fast mixes orders; Restart inserts its climbs."""
     calls = sched.install(s, values)
     ts = tab.sigma_to_t(np.array([c.sigma for c in calls]))
     sched.timesteps = _f32(ts)

@@ -5,7 +5,7 @@ diffusers' DDIM and PNDM steps assume a constant stride (t_prev = t - 1000 // st
 shorter than the rest: the stride rule then lands beside A1111's point (DDIM) or past the table's end (PLMS
 recovers t + stride = 1000 and fails). These schedulers take the target of every model call explicitly.
 
-Both read the model output as epsilon; a v-prediction output is converted at its own call's timestep and
+All three read the model output as epsilon; a v-prediction output is converted at its own call's timestep and
 sample, as A1111's v denoiser does.
 """
 from __future__ import annotations
@@ -101,14 +101,13 @@ class A1111PLMSScheduler(PNDMScheduler):
             self._start, self._old = sample, [eps]
             x = _towards(self, x0, eps, t_prev)
         else:
-            i = max(k - 1, 0)
-            t, t_prev = self._steps[i]
+            t, t_prev = self._steps[k - 1]
             start = self._start if k == 1 else sample
             eps, _ = _eps_and_x0(self, model_output.float(), sample, int(timestep))
             old = self._old
             if k == 1:
                 e = (old[0] + eps) / 2
-                self._old = [old[0]]  # k-diffusion keeps the first step's own output, not the corrector's
+                self._old = [old[0]]  # A1111 keeps the first step's own output, not the corrector's
             else:
                 if len(old) == 1:
                     e = (3 * eps - old[-1]) / 2

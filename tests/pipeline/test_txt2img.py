@@ -203,14 +203,15 @@ def test_hires_checkpoint_runs_pass_two_on_the_other_model(tiny_env, tiny_checkp
 
 
 def test_hires_checkpoint_is_not_loaded_when_pass_two_does_not_run(tiny_checkpoints):
-    """A pixel upscaler with denoising 0 returns the upscaled first pass: the hires model is never needed."""
+    """Denoising 0 returns the upscaled first pass (pixel or latent path): the hires model is never needed."""
     env1 = _one_slot_env(tiny_checkpoints)
     opts = {"sd_model_checkpoint": tiny_checkpoints["builtin"]}
-    res = env1.run(**HR, options=opts, steps=2, hr_upscaler="Lanczos", denoising_strength=0,
-                   hr_checkpoint_name="tiny-sd1")
-    assert res.unet_calls == [2] and res.images[0].size == (128, 128)
-    assert "Hires checkpoint" in infotext_params(res.infotexts[0])
-    assert len(env1.models._loaded) == 1 and not [k for k in env1.models._loaded if "tiny-sd1" in k]
+    for upscaler in ("Lanczos", "Latent"):
+        res = env1.run(**HR, options=opts, steps=2, hr_upscaler=upscaler, denoising_strength=0,
+                       hr_checkpoint_name="tiny-sd1")
+        assert res.unet_calls == [2] and res.images[0].size == (128, 128)
+        assert "Hires checkpoint" in infotext_params(res.infotexts[0])
+        assert len(env1.models._loaded) == 1 and not [k for k in env1.models._loaded if "tiny-sd1" in k]
 
 
 def _one_slot_env(tiny_checkpoints):
