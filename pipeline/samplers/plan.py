@@ -179,6 +179,17 @@ def _two_stage_steps(n: int, final_second: bool) -> list[int]:
     return steps
 
 
+def _two_stage_timesteps(t: np.ndarray, second: np.ndarray, n: int, final_second: bool) -> list[float]:
+    """Model-call timesteps of a two-stage sampler over n steps: step k calls at t[k], then at second[k];
+    the last step's second call happens only when it does not end at sigma 0."""
+    ts = [t[0]]
+    for k in range(n - 1):
+        ts += [second[k], t[k + 1]]
+    if final_second:
+        ts.append(second[n - 1])
+    return ts
+
+
 def _install_heun(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, float]):
     n = len(s) - 1
     _reset(sched, n, tab)
@@ -199,11 +210,7 @@ def _install_dpmsolver_sde(sched, s: np.ndarray, tab: NoiseTable, values: Mappin
         mid = tab.sigma_to_t(np.sqrt(s[:-1] * s[1:]))  # the midpoint in log-sigma: k-diffusion's r = 1/2
     final_second = s[-1] > 0
     sched.sigmas = _f32(np.concatenate([s[:1], _interleave(s[1:])]))
-    ts = [t[0]]
-    for k in range(n - 1):
-        ts += [mid[k], t[k + 1]]
-    if final_second:
-        ts.append(mid[n - 1])
+    ts = _two_stage_timesteps(t, mid, n, final_second)
     sched.timesteps = _f32(ts)
     sched.sample, sched.mid_point_sigma, sched.noise_sampler = None, None, None
     return np.asarray(ts), _two_stage_steps(n, final_second)
@@ -219,11 +226,7 @@ def _install_kdpm2(sched, s: np.ndarray, tab: NoiseTable, values: Mapping[str, f
     sched.sigmas = _f32(np.concatenate([s[:1], _interleave(s[1:]), s[-1:]]))
     sched.sigmas_interpol = _f32(np.concatenate([ip[:1], _interleave(ip[1:]), ip[-1:]]))
     t_ip = tab.sigma_to_t(np.maximum(ip, 1e-30))
-    ts = [t[0]]
-    for k in range(1, n):
-        ts += [t_ip[k], t[k]]
-    if final_second:
-        ts.append(t_ip[n])
+    ts = _two_stage_timesteps(t, t_ip[1:], n, final_second)  # ip[k] belongs to the step ending at s[k]
     sched.timesteps = _f32(ts)
     sched.sample = None
     return np.asarray(ts), _two_stage_steps(n, final_second)
@@ -248,11 +251,7 @@ def _install_kdpm2_ancestral(sched, s: np.ndarray, tab: NoiseTable, values: Mapp
     sched.sigmas_up = _f32(il(up * values["s_noise"]))
     sched.sigmas_down = _f32(il(down))
     t_ip = tab.sigma_to_t(np.maximum(ip, 1e-30))
-    ts = [t[0]]
-    for k in range(n - 1):
-        ts += [t_ip[k], t[k + 1]]
-    if final_second:
-        ts.append(t_ip[n - 1])
+    ts = _two_stage_timesteps(t, t_ip, n, final_second)
     sched.timesteps = _f32(ts)
     sched.sample = None
     return np.asarray(ts), _two_stage_steps(n, final_second)
