@@ -15,6 +15,11 @@ class ServerConfig:
     data_dir: Path = Path("data")
     outputs_dir: Path = Path("outputs")
     extensions_dir: Path | None = Path("extensions")
+    # extra-network folders (A1111's --lora-dir, --lyco-dir, --embeddings-dir); None: the default under
+    # models_dir, see `lora_folder()` and friends
+    lora_dir: Path | None = None
+    lyco_dir: Path | None = None
+    embeddings_dir: Path | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     api_auth: list[tuple[str, str]] = field(default_factory=list)
@@ -28,6 +33,18 @@ class ServerConfig:
     builtin_model: bool = True
     shutdown_grace_s: float = 60.0
     argv_flags: dict[str, Any] = field(default_factory=dict)  # the parsed command line, as given
+
+    def lora_folder(self) -> Path:
+        """Where LoRA files are: --lora-dir, else `<models>/Lora`."""
+        return self.lora_dir or self.models_dir / "Lora"
+
+    def lyco_folder(self) -> Path:
+        """Where LyCORIS files are: --lyco-dir, else `<models>/LyCORIS`."""
+        return self.lyco_dir or self.models_dir / "LyCORIS"
+
+    def embeddings_folder(self) -> Path:
+        """Where textual-inversion embeddings are: --embeddings-dir, else `<models>/embeddings`."""
+        return self.embeddings_dir or self.models_dir / "embeddings"
 
     def cmd_flags(self) -> dict[str, Any]:
         """`/sdapi/v1/cmd-flags`: every argparse value under its own name, A1111's names for the same
@@ -43,6 +60,8 @@ class ServerConfig:
             "esrgan_models_path": str(self.models_dir / "ESRGAN"),
             "realesrgan_models_path": str(self.models_dir / "RealESRGAN"),
             "swinir_models_path": str(self.models_dir / "SwinIR"),
+            "lora_dir": str(self.lora_folder()), "lyco_dir": str(self.lyco_folder()),
+            "embeddings_dir": str(self.embeddings_folder()),
             "dat_models_path": str(self.models_dir / "DAT"), "scunet_models_path": str(self.models_dir / "ScuNET"),
             "device": self.device, "precision": self.precision, "no_half": self.precision == "fp32",
             "use_cpu": ["all"] if self.device == "cpu" else [],
@@ -79,6 +98,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--data-dir", type=Path, default=Path("data"), help="options, hash cache, styles.csv")
     ap.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where save_images writes")
     ap.add_argument("--extensions-dir", type=Path, default=Path("extensions"))
+    ap.add_argument("--lora-dir", type=Path, default=None, help="LoRA files (default <models-dir>/Lora)")
+    ap.add_argument("--lyco-dir", type=Path, default=None, help="LyCORIS files (default <models-dir>/LyCORIS)")
+    ap.add_argument("--embeddings-dir", type=Path, default=None,
+                    help="textual-inversion embeddings (default <models-dir>/embeddings)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
                     help="auto: fp16 on CUDA (bf16 VAE where supported), fp32 on the CPU")
@@ -107,7 +130,8 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
     host = a.host or ("0.0.0.0" if a.listen else "127.0.0.1")
     return ServerConfig(
         host=host, port=a.port, models_dir=a.models_dir, data_dir=a.data_dir, outputs_dir=a.outputs_dir,
-        extensions_dir=a.extensions_dir, device=a.device, precision="fp32" if a.no_half else a.precision,
+        extensions_dir=a.extensions_dir, lora_dir=a.lora_dir, lyco_dir=a.lyco_dir,
+        embeddings_dir=a.embeddings_dir, device=a.device, precision="fp32" if a.no_half else a.precision,
         api_auth=a.api_auth, cors_allow_origins=[o for o in a.cors_allow_origins.split(",") if o],
         cors_allow_origins_regex=a.cors_allow_origins_regex, api_server_stop=a.api_server_stop,
         api_log=not a.no_api_log, queue_size=a.queue_size, max_pixels=a.max_pixels,
