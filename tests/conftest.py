@@ -155,19 +155,22 @@ def builtin_model(env: Env):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A models folder holding tiny single-file checkpoints `tiny-sd1.safetensors` and
-    `tiny-sdxl.safetensors` (the fixtures' LDM layout). Loading them needs the fixtures' config dirs, which
+    """A models folder holding tiny single-file checkpoints `tiny-sd1.safetensors`,
+    `tiny-sd1-inpaint.safetensors` (9 input channels) and `tiny-sdxl.safetensors` (the fixtures' LDM layout). Loading them needs the fixtures' config dirs, which
     a real user's checkpoint does not: the loader is wrapped for these two files only."""
     from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sdxl
 
     root = tmp_path_factory.mktemp("models-tiny")
     work = tmp_path_factory.mktemp("tiny-build")
     sd1 = build_tiny_sd1(work, seed=7)
+    sd1_inpaint = build_tiny_sd1(work, seed=17, in_channels=9)
     sdxl = build_tiny_sdxl(work)
     folder = root / "Stable-diffusion"
     configs = {str((folder / "tiny-sd1.safetensors").absolute()): sd1.config_dir,
+               str((folder / "tiny-sd1-inpaint.safetensors").absolute()): sd1_inpaint.config_dir,
                str((folder / "tiny-sdxl.safetensors").absolute()): sdxl.config_dir}
     sd1.write_safetensors(folder / "tiny-sd1.safetensors")
+    sd1_inpaint.write_safetensors(folder / "tiny-sd1-inpaint.safetensors")
     sdxl.write_safetensors(folder / "tiny-sdxl.safetensors")
     original = checkpoints_pkg.load_checkpoint
 
@@ -178,7 +181,8 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[
 
     mp = pytest.MonkeyPatch()
     mp.setattr(checkpoints_pkg, "load_checkpoint", load)
-    yield {"root": root, "sd1": "tiny-sd1.safetensors", "sdxl": "tiny-sdxl.safetensors", "builtin": BUILTIN_NAME}
+    yield {"root": root, "sd1": "tiny-sd1.safetensors", "sdxl": "tiny-sdxl.safetensors",
+           "sd1_inpaint": "tiny-sd1-inpaint.safetensors", "builtin": BUILTIN_NAME}
     mp.undo()
 
 
