@@ -12,6 +12,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 7860
     models_dir: Path = Path("models")
+    ckpt: Path | None = None  # --ckpt: a checkpoint file to list (if outside the folder) and select
     data_dir: Path = Path("data")
     outputs_dir: Path = Path("outputs")
     extensions_dir: Path | None = Path("extensions")
@@ -95,6 +96,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--models-dir", type=Path, default=Path("models"),
                     help="holds Stable-diffusion/, VAE/, ESRGAN/, RealESRGAN/, SwinIR/, DAT/, HAT/, ScuNET/")
+    ap.add_argument("--ckpt", type=Path, default=None,
+                    help="checkpoint to select at start (added to the list when outside the checkpoint folder)")
     ap.add_argument("--data-dir", type=Path, default=Path("data"), help="options, hash cache, styles.csv")
     ap.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where save_images writes")
     ap.add_argument("--extensions-dir", type=Path, default=Path("extensions"))
@@ -129,7 +132,7 @@ def from_args(argv: list[str] | None = None) -> ServerConfig:
     a = parser().parse_args(argv)
     host = a.host or ("0.0.0.0" if a.listen else "127.0.0.1")
     return ServerConfig(
-        host=host, port=a.port, models_dir=a.models_dir, data_dir=a.data_dir, outputs_dir=a.outputs_dir,
+        host=host, port=a.port, models_dir=a.models_dir, ckpt=a.ckpt, data_dir=a.data_dir, outputs_dir=a.outputs_dir,
         extensions_dir=a.extensions_dir, lora_dir=a.lora_dir, lyco_dir=a.lyco_dir,
         embeddings_dir=a.embeddings_dir, device=a.device, precision="fp32" if a.no_half else a.precision,
         api_auth=a.api_auth, cors_allow_origins=[o for o in a.cors_allow_origins.split(",") if o],

@@ -172,6 +172,12 @@ class OptionsStore:
         values.update(self.validate({k: v for k, v in overrides.items() if k in OPTIONS}, "override_settings"))
         return values
 
+    def fall_back(self, key: str, value: Any) -> None:
+        """Use `value` for `key` from now on without rewriting the file (a saved name that no longer
+        resolves, as A1111 does): the file changes only with the next real update."""
+        with self._lock:
+            self._values[key] = value
+
     def update(self, changes: dict[str, Any], checked: bool = False) -> None:
         """Validate (unless `checked`), apply and persist `changes`."""
         checked_changes = changes if checked else self.validate(changes)

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from pipeline.checkpoints import CheckpointRegistry
+from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
+from pipeline.errors import UnknownName
 from pipeline.extensions import Extensions
 from pipeline.models import ModelManager
 from pipeline.pixel_upscale import HiresUpscaler
@@ -74,14 +75,13 @@ class Services:
         upscalers = UpscalerRegistry(config.models_dir, allow_noncommercial=config.allow_noncommercial_upscalers,
                                      device=device)
         options = OptionsStore(config.data_dir / "options.json", checkers={"sd_vae": models.check_vae})
-        try:
-            models.vae_choice = models.check_vae(options.get("sd_vae"))
-        except Exception as exc:  # noqa: BLE001 - a VAE file removed since: fall back as A1111 does
-            log.warning("option sd_vae: %s; using Automatic", exc)
-            options.update({"sd_vae": "Automatic"})
         worker = Worker(config.queue_size)
         svc = cls(config, options, worker, models, upscalers, Extensions.load(config.extensions_dir),
                   StyleStore(config.data_dir / "styles.csv"))
+        if config.ckpt is not None:
+            svc.select_ckpt_flag(config.ckpt)
+        svc.settle_saved_names()
+        models.vae_choice = models.check_vae(options.get("sd_vae"))
         if console:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
@@ -123,6 +123,53 @@ class Services:
             except Exception:  # noqa: BLE001 - removed since: A1111 falls back to the first one
                 pass
         return self.models.default()
+
+    def select_ckpt_flag(self, path: Path) -> None:
+        """--ckpt: the file joins the list (when it is outside the checkpoint folder) and is the selected
+        checkpoint, as in A1111; a file that does not exist is one log line, and the saved choice stays."""
+        if not path.exists():
+            log.warning("--ckpt %s: no such file or folder; using the saved or first checkpoint", path)
+            return
+        try:
+            info = self.models.find(str(path.absolute()))
+        except UnknownName:
+            info = CheckpointInfo.from_path(path, None, self.models.registry.cache)
+            self.models.registry.add(info)
+        self.options.fall_back("sd_model_checkpoint", info.title)
+
+    def settle_saved_names(self) -> None:
+        """A saved `sd_model_checkpoint` or `sd_vae` naming a file since removed or renamed never locks the
+        server out: as A1111 does, the first checkpoint / "Automatic" is used instead, with one log line.
+        The fallback is kept in memory; options.json changes only with the next real options update.
+        Runs at start-up and after a rescan of the checkpoint or VAE folders."""
+        name = str(self.options.get("sd_model_checkpoint") or "")
+        if name:
+            try:
+                self.models.find(name)
+            except UnknownName:
+                try:
+                    fallback = self.models.default().title
+                except UnknownName:
+                    fallback = ""
+                log.warning("saved checkpoint %r not found; using %s", name, repr(fallback) if fallback else
+                            "none (no checkpoint available)")
+                self.options.fall_back("sd_model_checkpoint", fallback)
+        vae = self.options.get("sd_vae")
+        try:
+            self.models.check_vae(vae)
+        except UnknownName:
+            log.warning("saved VAE %r not found; using Automatic", vae)
+            self.options.fall_back("sd_vae", "Automatic")
+
+    def refresh_checkpoints(self) -> None:
+        """Rescan the checkpoint folder (worker thread), then settle saved names that went away."""
+        self.models.refresh()
+        self.settle_saved_names()
+
+    def refresh_vaes(self) -> None:
+        """Rescan the VAE folders, then settle a saved `sd_vae` that went away."""
+        self.models.vaes.refresh()
+        self.settle_saved_names()
 
     def current_options(self) -> dict[str, Any]:
         values = self.options.all()

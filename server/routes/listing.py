@@ -109,7 +109,7 @@ async def sd_models(svc: Services = Depends(services)) -> list[dict[str, Any]]:
 
 @router.post("/refresh-checkpoints")
 async def refresh_checkpoints(request: Request, svc: Services = Depends(services)) -> None:
-    await run_on_worker(svc, request, "refresh-checkpoints", svc.models.refresh)
+    await run_on_worker(svc, request, "refresh-checkpoints", svc.refresh_checkpoints)
 
 
 @router.get("/samplers", response_model=list[SamplerItem])
@@ -150,7 +150,7 @@ async def sd_vae(svc: Services = Depends(services)) -> list[dict[str, str]]:
 
 @router.post("/refresh-vae")
 async def refresh_vae(svc: Services = Depends(services)) -> None:
-    await run_in_threadpool(svc.models.vaes.refresh)
+    await run_in_threadpool(svc.refresh_vaes)
 
 
 @router.get("/prompt-styles", response_model=list[PromptStyleItem])

@@ -1,0 +1,49 @@
+"""No lock-out (in-process app, real worker and built-in model): a saved `sd_model_checkpoint` or `sd_vae`
+that stops resolving falls back as A1111 does (first checkpoint / "Automatic"), and txt2img still works."""
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from fastapi.testclient import TestClient
+
+from pipeline.builtin import BUILTIN_NAME
+from server.app import create_app
+from server.config import ServerConfig
+
+SMALL = {"prompt": "a red fox", "steps": 2, "width": 64, "height": 64, "seed": 5}
+
+
+def test_a_checkpoint_removed_while_running_falls_back_after_refresh(tmp_path, caplog) -> None:
+    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    doomed = ckpt_dir / "doomed.safetensors"
+    doomed.write_bytes(b"listed, never loaded")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "options.json").write_text(json.dumps({"sd_model_checkpoint": "doomed.safetensors"}))
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
+                       outputs_dir=tmp_path / "outputs", extensions_dir=None)
+    with TestClient(create_app(cfg)) as client:
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("doomed.safetensors")
+        doomed.unlink()
+        caplog.set_level(logging.WARNING, logger="hiresd.services")
+        assert client.post("/sdapi/v1/refresh-checkpoints").status_code == 200
+        lines = [r.getMessage() for r in caplog.records if "not found" in r.getMessage()]
+        assert len(lines) == 1 and "doomed.safetensors" in lines[0], lines
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(BUILTIN_NAME)
+        r = client.post("/sdapi/v1/txt2img", json=SMALL)
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["info"])["sd_model_name"] == BUILTIN_NAME
+    # the user's choice stays in the file until they change an option themselves
+    assert json.loads((tmp_path / "data" / "options.json").read_text())["sd_model_checkpoint"] == "doomed.safetensors"
+
+
+@pytest.mark.parametrize("option", ["sd_model_checkpoint", "sd_vae"])
+def test_an_explicit_unknown_name_is_still_a_400(tmp_path, option: str) -> None:
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
+                       outputs_dir=tmp_path / "outputs", extensions_dir=None)
+    with TestClient(create_app(cfg)) as client:
+        r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {option: "nope.safetensors"}})
+        assert r.status_code == 400, r.text
+        assert "nope.safetensors" in r.json()["detail"]
