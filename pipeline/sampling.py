@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -32,12 +32,20 @@ def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int) -> torch.
     return ids.repeat(batch, 1)
 
 
-def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False
-                 ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
+class MaskBlend(Protocol):
+    """Inpainting's latent mask applied around each model call (pipeline/denoise.py)."""
+
+    def before(self, x_in: torch.Tensor, i: int) -> torch.Tensor: ...
+    def after(self, out: torch.Tensor, x_in: torch.Tensor, i: int) -> torch.Tensor: ...
+
+
+def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False,
+                 image_cond: torch.Tensor | None = None) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
     not computed (it cannot change the result), unless `keep_uncond`: then it always is, and the last
     unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
-    `t` is best a tensor already on the model's device."""
+    `t` is best a tensor already on the model's device. `image_cond` (B, c, h, w) is concatenated to the
+    UNet input's channels, for cond and uncond alike (9-channel inpainting models)."""
     time_ids: dict[int, torch.Tensor] = {}  # SDXL: built once per batch size, not per step (no H2D copy)
 
     def run_one(x_in: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
@@ -62,6 +70,9 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
             kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(model.device, model.dtype),
                                            "time_ids": time_ids[x.shape[0]]}
         tt = t if torch.is_tensor(t) else torch.tensor(t)
+        if image_cond is not None:
+            extra = image_cond.to(x.device, x.dtype)
+            x = torch.cat([x, torch.cat([extra, extra]) if use_uncond else extra], dim=1)
         out = model.unet(x.to(model.device, model.dtype), tt.to(model.device),
                          encoder_hidden_states=ctx.to(model.device, model.dtype), return_dict=False, **kwargs)[0]
         out = out.float()
@@ -76,16 +87,18 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
 
 
 def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int], tuple[Any, Any]],
-             cfg_scale: float, height: int, width: int, callback: StepCallback) -> PassResult:
+             cfg_scale: float, height: int, width: int, callback: StepCallback, *,
+             blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None) -> PassResult:
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
     them), so prompt editing and alternation change the conditioning during sampling.
-    `callback(step, x, denoised)` runs after every step."""
+    `callback(step, x, denoised)` runs after every step. `blend` (inpainting) adjusts each call's input
+    and guided output; `image_cond` goes to the UNet with every call (see `guided_model`)."""
     scheduler = plan.scheduler
     needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
     guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
-                          keep_uncond=needs_uncond)
+                          keep_uncond=needs_uncond, image_cond=image_cond)
     denoised: torch.Tensor | None = None
     calls = 0
     # The UNet gets its timesteps from one upfront copy: a per-step host-to-device copy of a scalar would
@@ -96,7 +109,11 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             step = plan.user_step(i)
             cond, uncond = cond_at(i)
             x_in = scheduler.scale_model_input(x, t)
+            if blend is not None:
+                x_in = blend.before(x_in, i)
             out = guided(x_in, unet_timesteps[i], cond, uncond)
+            if blend is not None:
+                out = blend.after(out, x_in, i)
             calls += 1
             extra = {"uncond": guided.last_uncond} if needs_uncond else {}
             res = scheduler.step(out, t, x, **plan.step_kwargs, **extra, return_dict=True)

@@ -15,15 +15,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline import infotext as infotext_mod
-from pipeline import samplers, vae
-from pipeline.conditioning import PromptEncoder, ScheduledConditioning
+from pipeline import denoise, samplers, vae
 from pipeline.errors import Interrupted
 from pipeline.extensions import Extensions
 from pipeline.model import SDModel
-from pipeline.preview import latent_preview
 from pipeline.processing import Processing
-from pipeline.sampling import PassResult, run_pass
-from pipeline.seeds import batch_noise
+from pipeline.sampling import PassResult
 from pipeline.state import JobState
 from pipeline.tiling import circular_padding
 from upscalers.latent import interpolate_args
@@ -154,45 +151,29 @@ def _is_latent(p: Processing) -> bool:
 
 def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subseeds: list[int], width: int,
             height: int, init_latents: torch.Tensor | None, pass_no: int) -> PassResult:
-    """One pass: noise from the per-image seeds, conditioning, sampler plan, the denoising loop."""
-    state = ctx.state
+    """One pass: noise from the per-image seeds, sampler plan, conditioning, then the shared denoising
+    routine (pass two denoises the upscaled latent from `denoising_strength`, A1111's fixed-steps rule)."""
     hr = pass_no == 2
-    steps = p.hr_steps if hr else p.steps
-    shape = (model.latent_channels, height // 8, width // 8)
-    noise, gens = batch_noise(shape, seeds, subseeds, p.subseed_strength, p.seed_resize_from)
+    noise, gens = denoise.seeded_noise(model, width, height, seeds, subseeds, p.subseed_strength,
+                                       p.seed_resize_from)
     ctx.extensions.call("process_before_every_sampling", p, pass_no=pass_no, x=init_latents, noise=noise)
-    sampler, schedule = (p.hr_sampler, p.hr_schedule) if hr else (p.sampler, p.schedule)
-    prompt = (p.hr_prompt or p.prompt) if hr else p.prompt
-    negative = (p.hr_negative_prompt or p.negative_prompt) if hr else p.negative_prompt
-    plan = samplers.make_plan(sampler, schedule, model.scheduler_config, steps=steps,
-                              denoising_strength=p.denoising_strength if hr else None,
-                              params=samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin,
-                                                            s_tmax=p.s_tmax, s_noise=p.s_noise),
-                              generators=gens, seeds=seeds, family=model.family)
+    settings = denoise.PassSettings(
+        sampler=p.hr_sampler if hr else p.sampler, schedule=p.hr_schedule if hr else p.schedule,
+        steps=p.hr_steps if hr else p.steps, strength=p.denoising_strength if hr else None, fix_steps=True,
+        params=samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax,
+                                      s_noise=p.s_noise))
+    plan = denoise.plan_pass(model, settings, gens, seeds)
     calls = len(plan.timesteps)
     first_calls = p.counters.setdefault("first_pass_calls", calls)
-    encoder = model.extra.get("prompt_encoder")
-    if encoder is None:
-        encoder = model.extra["prompt_encoder"] = PromptEncoder.from_model(model)
+    prompt = (p.hr_prompt or p.prompt) if hr else p.prompt
+    negative = (p.hr_negative_prompt or p.negative_prompt) if hr else p.negative_prompt
     sched = {"steps": first_calls, "hires_steps": calls} if hr else {"steps": calls}
-    conds = ScheduledConditioning(encoder, [prompt] * len(seeds), clip_skip=p.clip_skip, **sched)
-    unconds = ScheduledConditioning(encoder, [negative] * len(seeds), clip_skip=p.clip_skip, negative=True,
-                                    **sched)
-    x = plan.start(noise.to(model.device), None if init_latents is None else init_latents.float())
-    every = int(p.options.get("show_progress_every_n_steps", 10) or 0)
-    live = bool(p.options.get("live_previews_enable", True)) and every > 0
-
-    def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
-        preview = None
-        if live and (step % every == 0 or step == plan.steps):
-            src = (denoised if denoised is not None else x).detach().clone()
-            preview = lambda src=src: latent_preview(src, model.family)  # noqa: E731 - made lazily
-        state.set_step(step, plan.steps, preview)
-        state.check()
-
+    cond_at = denoise.prompt_conditioning(model, [prompt] * len(seeds), [negative] * len(seeds), p.clip_skip,
+                                          **sched)
+    callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
     with circular_padding([model.unet, model.vae], p.tiling):
-        return run_pass(model, plan, x, lambda i: (conds.at(i), unconds.at(i)), p.hr_cfg_scale if hr else p.cfg_scale, height, width,
-                        callback)
+        return denoise.denoise(model, plan, noise, init_latents, cond_at, p.hr_cfg_scale if hr else p.cfg_scale,
+                               width, height, callback)
 
 
 def _latent_upscale(latents: torch.Tensor, p: Processing) -> torch.Tensor:

@@ -366,6 +366,17 @@ def fixed_steps_total(steps: int, denoising_strength: float) -> int:
     return int(steps / min(denoising_strength, 0.999))
 
 
+def denoise_steps(steps: int, denoising_strength: float, fix_steps: bool) -> tuple[int, int]:
+    """A1111's `setup_img2img_steps`: (schedule length, steps run from its tail) for a pass from strength d.
+
+    fix_steps (hires pass two always, img2img with the option `img2img_fix_steps`): a schedule of
+    int(steps / min(d, 0.999)) steps whose last `steps` run. Otherwise (plain img2img): the `steps`-step
+    schedule, of which the last int(min(d, 0.999) * steps) + 1 run."""
+    if fix_steps:
+        return fixed_steps_total(steps, denoising_strength), steps
+    return steps, int(min(denoising_strength, 0.999) * steps) + 1
+
+
 def make_plan(
     sampler: SamplerSpec,
     schedule: ScheduleSpec,
@@ -377,15 +388,17 @@ def make_plan(
     generators: list[torch.Generator] | None = None,
     seeds: list[int] | None = None,
     family: str = "sd1",
+    fix_steps: bool = True,
 ) -> StepPlan:
     """Build the scheduler and step plan for one pass.
 
     txt2img (denoising_strength None): the full `steps`-step schedule from pure noise. A denoising
     pass (hires pass 2, img2img) uses A1111's fixed-steps rule: the schedule is computed for
     int(steps / min(d, 0.999)) steps and its last `steps` steps run, starting from the noise level
-    at that point. `generators` (one CPU generator per image) feed ancestral noise; `seeds` (one
-    per image) seed the Brownian trees of the brownian-noise samplers. `family` ("sd1", "sd2",
-    "sdxl") picks the Align Your Steps table. Raises InvalidRequest for bad parameters.
+    at that point; with `fix_steps` false (plain img2img) the `steps`-step schedule's last
+    int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (one CPU generator per image)
+    feed ancestral noise; `seeds` (one per image) seed the Brownian trees of the brownian-noise
+    samplers. `family` ("sd1", "sd2", "sdxl") picks the Align Your Steps table. Raises InvalidRequest for bad parameters.
     """
     params = params or SamplerParams()
     check_supported(sampler, schedule)
@@ -398,7 +411,7 @@ def make_plan(
         d = _param(denoising_strength, "denoising_strength", 0.0)
         if d <= 0.0:
             raise InvalidRequest("denoising_strength", f"must be > 0 for a denoising pass, got {d:g}")
-        total = fixed_steps_total(steps, d)
+        total, steps = denoise_steps(steps, d, fix_steps)
     if generators is not None and seeds is not None and len(generators) != len(seeds):
         raise InvalidRequest("seeds", "need one generator and one seed per image")
 

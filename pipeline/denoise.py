@@ -1,0 +1,141 @@
+"""Denoise a latent from strength d: the one routine behind hires pass two and img2img (and pass one,
+which is the same loop started from pure noise).
+
+A pass is three steps, in this order (extension hooks may run between the first two):
+1. `seeded_noise`: the batch's noise from the per-image CPU seeds, subseeds and "resize seed from";
+2. `plan_pass`: the sampler's schedule; a denoising pass takes A1111's step rule (`samplers.denoise_steps`:
+   fixed steps for hires pass two and `img2img_fix_steps`, int(d * steps) + 1 steps for plain img2img);
+3. `denoise`: noise the init latents to the plan's first level (`latent + noise * sigma`, or the
+   timestep samplers' sqrt(alpha) mix), run the sampling loop, and for inpainting keep the unmasked latent
+   (`LatentMask`, blended around every model call as A1111 does for each sampler family, and once more
+   after the loop)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import samplers
+from pipeline.conditioning import PromptEncoder, ScheduledConditioning
+from pipeline.model import SDModel
+from pipeline.preview import latent_preview
+from pipeline.samplers.schedules import NoiseTable
+from pipeline.sampling import PassResult, StepCallback, run_pass
+from pipeline.seeds import batch_noise
+from pipeline.state import JobState
+
+
+@dataclass(frozen=True)
+class PassSettings:
+    """What one sampling pass runs: sampler, schedule, steps (as requested), parameters, and for a
+    denoising pass its strength and step rule (None strength: from pure noise, all `steps`)."""
+
+    sampler: samplers.SamplerSpec
+    schedule: samplers.ScheduleSpec
+    steps: int
+    params: samplers.SamplerParams
+    strength: float | None = None
+    fix_steps: bool = True
+
+
+def seeded_noise(model: SDModel, width: int, height: int, seeds: list[int], subseeds: list[int],
+                 subseed_strength: float, seed_resize_from: tuple[int, int]
+                 ) -> tuple[torch.Tensor, list[torch.Generator]]:
+    """(B, C, height/8, width/8) noise and one CPU generator per image (seeds.batch_noise)."""
+    shape = (model.latent_channels, height // 8, width // 8)
+    return batch_noise(shape, seeds, subseeds, subseed_strength, seed_resize_from)
+
+
+def plan_pass(model: SDModel, settings: PassSettings, generators: list[torch.Generator], seeds: list[int]
+              ) -> samplers.StepPlan:
+    return samplers.make_plan(settings.sampler, settings.schedule, model.scheduler_config, steps=settings.steps,
+                              denoising_strength=settings.strength, fix_steps=settings.fix_steps,
+                              params=settings.params, generators=generators, seeds=seeds, family=model.family)
+
+
+class LatentMask:
+    """A1111's inpainting blend. `keep` (B or 1, 1, h, w) is 1 where the init latent stays, `init` the clean
+    init latents. k-diffusion samplers: the guided x0 prediction of every call becomes
+    x0 * (1 - keep) + init * keep (the step then pulls x toward the original there); timestep samplers
+    (DDIM, DDIM CFG++, PLMS, UniPC): the model's input is blended with the clean init latent before the call
+    (A1111's `mask_before_denoising`). `final` blends the sampled latent once more."""
+
+    def __init__(self, model: SDModel, plan: samplers.StepPlan, init: torch.Tensor, keep: torch.Tensor):
+        self.init = init.float()
+        self.keep = keep.float().to(self.init.device)
+        self.before_model = plan.sampler.kind == "timesteps"
+        self.v_pred = model.prediction_type == "v_prediction"
+        acp = np.asarray(plan.scheduler.alphas_cumprod, dtype=np.float64)
+        sigmas = NoiseTable(acp).t_to_sigma(plan.timesteps.double().numpy().clip(0, len(acp) - 1))
+        self.alphas = [1.0 / (1.0 + float(s) ** 2) for s in np.atleast_1d(sigmas)]
+
+    def _mix(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        keep = self.keep.to(x.device, x.dtype)
+        return x * (1 - keep) + source.to(x.device, x.dtype) * keep
+
+    def before(self, x_in: torch.Tensor, i: int) -> torch.Tensor:
+        return self._mix(x_in, self.init) if self.before_model else x_in
+
+    def after(self, out: torch.Tensor, x_in: torch.Tensor, i: int) -> torch.Tensor:
+        if self.before_model:
+            return out
+        a = self.alphas[i]
+        sa, s1a = math.sqrt(a), math.sqrt(1.0 - a)
+        x_in = x_in.float()
+        if self.v_pred:
+            x0 = sa * x_in - s1a * out
+            return (sa * x_in - self._mix(x0, self.init)) / s1a
+        x0 = (x_in - s1a * out) / sa
+        return (x_in - sa * self._mix(x0, self.init)) / s1a
+
+    def final(self, latents: torch.Tensor) -> torch.Tensor:
+        return self._mix(latents.float(), self.init)
+
+
+def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_latents: torch.Tensor | None,
+            cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
+            keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> PassResult:
+    """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
+
+    `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
+    9-channel models' extra input."""
+    init = None if init_latents is None else init_latents.float().to(model.device)
+    x = plan.start(noise.to(model.device), init)
+    blend = None if keep_mask is None or init is None else LatentMask(model, plan, init, keep_mask)
+    result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
+                      image_cond=image_cond)
+    if blend is not None:
+        result.latents = blend.final(result.latents)
+    return result
+
+
+def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,
+                        **schedule_steps: int):
+    """cond_at(i) -> (cond, uncond) for model call i, with prompt editing scheduled over `schedule_steps`
+    (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model."""
+    encoder = model.extra.get("prompt_encoder")
+    if encoder is None:
+        encoder = model.extra["prompt_encoder"] = PromptEncoder.from_model(model)
+    conds = ScheduledConditioning(encoder, prompts, clip_skip=clip_skip, **schedule_steps)
+    unconds = ScheduledConditioning(encoder, negatives, clip_skip=clip_skip, negative=True, **schedule_steps)
+    return lambda i: (conds.at(i), unconds.at(i))
+
+
+def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int) -> StepCallback:
+    """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps`, and the
+    interrupt/skip check (which raises to stop the loop)."""
+    every = int(options.get("show_progress_every_n_steps", 10) or 0)
+    live = bool(options.get("live_previews_enable", True)) and every > 0
+
+    def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
+        preview = None
+        if live and (step % every == 0 or step == steps):
+            src = (denoised if denoised is not None else x).detach().clone()
+            preview = lambda src=src: latent_preview(src, family)  # noqa: E731 - made lazily
+        state.set_step(step, steps, preview)
+        state.check()
+
+    return callback
