@@ -9,23 +9,19 @@ development, API clients' smoke tests and CI, not for art.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
+from pipeline.checkpoints.registry import CheckpointInfo
+from pipeline.checkpoints.shipped import clip_tokenizer, read_config
 from pipeline.model import SDModel
-
-if TYPE_CHECKING:
-    from pipeline.checkpoints import CheckpointInfo
 
 BUILTIN_NAME = "hiresd-builtin-tiny"
 BUILTIN_FILENAME = "<builtin>"
 SEED = 20240611
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 
 
 def tiny_sd1_configs() -> dict[str, dict[str, Any]]:
@@ -99,23 +95,18 @@ def builtin_sha256() -> str:
 
 
 def builtin_checkpoint_info() -> CheckpointInfo:
-    """The listing entry of the builtin model (`filename` "<builtin>", `config` None), hash included."""
-    from pipeline.checkpoints import CheckpointInfo
-
-    return CheckpointInfo.builtin(BUILTIN_NAME, BUILTIN_FILENAME, builtin_sha256())
+    """The listing entry of the builtin model (`filename` "<builtin>", `config` None), hash included;
+    loading it builds the model (`build_builtin_model`)."""
+    return CheckpointInfo.builtin(BUILTIN_NAME, BUILTIN_FILENAME, builtin_sha256(), build=build_builtin_model)
 
 
 def _sd1_scheduler_config() -> dict[str, Any]:
-    path = CONFIGS_DIR / "sd1" / "scheduler" / "scheduler_config.json"
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_config("sd1", "scheduler/scheduler_config.json")
 
 
 def load_sd1_tokenizer() -> Any:
     """The real CLIP ViT-L tokenizer from the shipped configs (offline)."""
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer.from_pretrained(CONFIGS_DIR / "sd1" / "tokenizer", local_files_only=True,
-                                         model_max_length=77)
+    return clip_tokenizer()
 
 
 def build_builtin_model(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> SDModel:

@@ -28,6 +28,7 @@ class SDModel:
     device: torch.device
     dtype: torch.dtype
     vae_dtype: torch.dtype | None = None
+    refiner: bool = False  # an SDXL refiner: OpenCLIP-bigG only, aesthetic score in its vector conditioning
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -5,11 +5,9 @@ request through `prepare` and `run_txt2img` exactly as the server does (minus HT
 Everything is built once per session with fixed seeds; nothing downloads."""
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +15,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import checkpoints as checkpoints_pkg
 from pipeline.builtin import BUILTIN_NAME
 from pipeline.checkpoints import CheckpointRegistry
 from pipeline.extensions import Extensions
@@ -154,36 +151,20 @@ def builtin_model(env: Env):
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A models folder holding tiny single-file checkpoints `tiny-sd1.safetensors`,
-    `tiny-sd1-inpaint.safetensors` (9 input channels) and `tiny-sdxl.safetensors` (the fixtures' LDM layout). Loading them needs the fixtures' config dirs, which
-    a real user's checkpoint does not: the loader is wrapped for these two files only."""
+def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A models folder holding tiny single-file checkpoints in the LDM layout users keep: `tiny-sd1.safetensors`,
+    `tiny-sd1-inpaint.safetensors` (9 input channels) and `tiny-sdxl.safetensors`. They load like any user's
+    file: the loader reads their architecture from the tensors."""
     from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sdxl
 
     root = tmp_path_factory.mktemp("models-tiny")
     work = tmp_path_factory.mktemp("tiny-build")
-    sd1 = build_tiny_sd1(work, seed=7)
-    sd1_inpaint = build_tiny_sd1(work, seed=17, in_channels=9)
-    sdxl = build_tiny_sdxl(work)
     folder = root / "Stable-diffusion"
-    configs = {str((folder / "tiny-sd1.safetensors").absolute()): sd1.config_dir,
-               str((folder / "tiny-sd1-inpaint.safetensors").absolute()): sd1_inpaint.config_dir,
-               str((folder / "tiny-sdxl.safetensors").absolute()): sdxl.config_dir}
-    sd1.write_safetensors(folder / "tiny-sd1.safetensors")
-    sd1_inpaint.write_safetensors(folder / "tiny-sd1-inpaint.safetensors")
-    sdxl.write_safetensors(folder / "tiny-sdxl.safetensors")
-    original = checkpoints_pkg.load_checkpoint
-
-    @functools.wraps(original)
-    def load(info, device="cpu", dtype=torch.float32, config_dir=None, compute_hash=True):
-        config_dir = config_dir or configs.get(str(Path(info.filename).absolute()))
-        return original(info, device, dtype, config_dir=config_dir, compute_hash=compute_hash)
-
-    mp = pytest.MonkeyPatch()
-    mp.setattr(checkpoints_pkg, "load_checkpoint", load)
-    yield {"root": root, "sd1": "tiny-sd1.safetensors", "sdxl": "tiny-sdxl.safetensors",
-           "sd1_inpaint": "tiny-sd1-inpaint.safetensors", "builtin": BUILTIN_NAME}
-    mp.undo()
+    build_tiny_sd1(work, seed=7).write_safetensors(folder / "tiny-sd1.safetensors")
+    build_tiny_sd1(work, seed=17, in_channels=9).write_safetensors(folder / "tiny-sd1-inpaint.safetensors")
+    build_tiny_sdxl(work).write_safetensors(folder / "tiny-sdxl.safetensors")
+    return {"root": root, "sd1": "tiny-sd1.safetensors", "sdxl": "tiny-sdxl.safetensors",
+            "sd1_inpaint": "tiny-sd1-inpaint.safetensors", "builtin": BUILTIN_NAME}
 
 
 @pytest.fixture(scope="session")

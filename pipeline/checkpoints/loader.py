@@ -2,16 +2,13 @@
 
 Single files (A1111 / original LDM layout) are read once into a state dict (safetensors, or a `.ckpt`
 through `torch.load(weights_only=True)` so a pickle that would run code is refused, never executed),
-classified by `detect_family`, and each component is built with diffusers' own converters from the
-shipped config directory of its family (`pipeline/configs/<family>`), always with
-`local_files_only=True`:
-
-    UNet2DConditionModel.from_single_file(sd, config=DIR, subfolder="unet")
-    AutoencoderKL.from_single_file(sd, config=DIR, subfolder="vae")
-    create_diffusers_clip_model_from_ldm(CLIPTextModel[WithProjection], sd, config=DIR, subfolder=...)
-
-diffusers builds modules on the meta device and silently leaves a tensor there when the file lacks
-it; every component is checked and a missing part is a ModelLoadError naming the file and the part.
+classified by `detect_family`, and their architecture is read from the tensors (`architecture`): UNet,
+VAE and text encoders are built with their parameters on the meta device, the keys converted
+(`convert`) and the tensors assigned STRICTLY: a parameter the file does not fill, a file key no
+parameter takes (apart from the known-harmless extras in `_HARMLESS`) or a shape that disagrees is a
+ModelLoadError naming the file and the keys. The family's shipped config (`pipeline/configs/<family>`)
+supplies only what tensors cannot show (scheduler, sample size, VAE scaling factor). Diffusers folders load
+with `from_pretrained(local_files_only=True)`.
 
 Prediction type (epsilon or v): a sidecar `<stem>.yaml` saying `parameterization: "v"` (A1111's
 convention) wins; else a `v_pred` key in the file (v-pred fine-tunes mark themselves so); else, for
@@ -34,14 +31,17 @@ from typing import Any
 
 import torch
 
+from pipeline.checkpoints import architecture, convert
+from pipeline.checkpoints.architecture import TextEncoderSpec
+from pipeline.checkpoints.convert import Converted
 from pipeline.checkpoints.detect import Detection, detect_family, shapes_of
 from pipeline.checkpoints.registry import CheckpointInfo
+from pipeline.checkpoints.shipped import CONFIGS_DIR, clip_tokenizer
 from pipeline.errors import ModelLoadError
 from pipeline.model import SDModel
 
 log = logging.getLogger(__name__)
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 # Old SD 1.x files lack the `text_model.` level that transformers expects (A1111 renames these too).
@@ -145,11 +145,6 @@ def _checked(path: str, part: str, build: Callable[[], Any]) -> Any:
     return module.eval().requires_grad_(False)
 
 
-def _require_prefix(path: str, sd: dict[str, torch.Tensor], prefix: str, part: str) -> None:
-    if not any(k.startswith(prefix) for k in sd):
-        raise ModelLoadError(path, f"{part} weights missing from the file (no {prefix}* keys)")
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -180,21 +175,18 @@ def _tokenizer(folder: Path) -> Any:
 
 
 def load_checkpoint(info: CheckpointInfo, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32, config_dir: str | Path | None = None,
-                    compute_hash: bool = True) -> SDModel:
-    """Load `info` onto `device` in `dtype`, fully offline.
+                    dtype: torch.dtype = torch.float32, compute_hash: bool = True) -> SDModel:
+    """Load `info` onto `device` in `dtype`, fully offline, with the architecture read from the file.
 
-    config_dir: a diffusers-layout config directory to use instead of the shipped one of the detected
-        family (tests pass the tiny fixture's; real checkpoints use `pipeline/configs/<family>`).
     compute_hash: make sure the sha256 is known (cached after the first time) so the title and the
         infotext's "Model hash" are complete, as A1111 does on load.
     Raises ModelLoadError(path, reason) for anything unreadable, unsupported or incomplete.
     """
     device = torch.device(device)
     if info.kind == "builtin":
-        from pipeline.builtin import build_builtin_model
-
-        return build_builtin_model(device, dtype)
+        if info.build is None:
+            raise ModelLoadError(info.filename, "a builtin entry without a builder")
+        return info.build(device, dtype)
     if not Path(info.filename).exists():
         raise ModelLoadError(info.filename, "file not found (refresh the checkpoint list?)")
     started = time.perf_counter()
@@ -206,7 +198,7 @@ def load_checkpoint(info: CheckpointInfo, device: torch.device | str = "cpu",
     if info.kind == "diffusers":
         model = _load_diffusers_folder(info, device, dtype)
     else:
-        model = _load_single_file(info, device, dtype, Path(config_dir) if config_dir else None)
+        model = _load_single_file(info, device, dtype)
     log.info("loaded %s (%s) in %.1fs", info.title, model.family, time.perf_counter() - started)
     return model
 
@@ -216,71 +208,124 @@ def _vae_dtype(family: str, dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if (family == "sdxl" and dtype == torch.float16) else dtype
 
 
-def _load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype,
-                      override: Path | None) -> SDModel:
+# File keys that hold no weight any module here uses, skipped on purpose; every other key must be used:
+# EMA copies, the DDPM schedule buffers of LDM-era training files (our schedule comes from the config),
+# marker keys read by `detect_family`, CLIP's `position_ids` (a non-persistent buffer in transformers 5)
+# and open_clip's contrastive `logit_scale` / `attn_mask`.
+_HARMLESS = re.compile(
+    r"^(model_ema\.|v_pred$|ztsnr$|betas$|alphas_cumprod(_prev)?$|sqrt_|log_one_minus_alphas_cumprod$|"
+    r"posterior_|logvar$|lvlb_weights$|(.*\.)?(position_ids|logit_scale|attn_mask)$)")
+
+
+def _family_base(family: str) -> Path:
+    return CONFIGS_DIR / family
+
+
+def _sub(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def _build_strict(path: str, part: str, prefix: str, factory: Callable[[], torch.nn.Module],
+                  converted: Converted, dtype: torch.dtype) -> torch.nn.Module:
+    """Build `factory()` with its parameters on the meta device, then take every tensor from `converted`
+    (assigned, not copied). A parameter the file does not fill, a file key no parameter takes, or a shape
+    that disagrees is a ModelLoadError naming the file, the part and the keys."""
+    from accelerate import init_empty_weights
+
+    tensors, unused = converted
+    try:
+        with init_empty_weights():
+            module = factory()
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(path, f"{part}: cannot build the architecture read from the file: {exc}") from exc
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing:
+        raise ModelLoadError(path, f"{part} weights missing from the file ({len(missing)} tensors, e.g. "
+                                   f"{', '.join(missing[:3])})")
+    leftover = [prefix + k for k in unused] + [f"{part}:{k}" for k in unexpected]
+    if leftover:
+        raise ModelLoadError(path, f"{part}: {len(leftover)} file keys fit no parameter of the architecture "
+                                   f"read from the file (e.g. {', '.join(leftover[:3])})")
+    wrong = [f"{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}" for k in expected
+             if tuple(tensors[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise ModelLoadError(path, f"{part}: tensor shapes disagree with the architecture: {'; '.join(wrong[:3])}")
+    cast = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in tensors.items()}
+    module.load_state_dict(cast, strict=True, assign=True)
+    meta = [n for n, t in chain(module.named_parameters(), module.named_buffers()) if t.is_meta]
+    if meta:
+        raise ModelLoadError(path, f"{part} weights missing from the file ({len(meta)} tensors, e.g. "
+                                   f"{', '.join(meta[:3])})")
+    return module.eval().requires_grad_(False)
+
+
+def _text_encoder(path: str, spec: TextEncoderSpec, sd: dict[str, torch.Tensor],
+                  dtype: torch.dtype) -> torch.nn.Module:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = CLIPTextModelWithProjection if spec.projection else CLIPTextModel
+    config = CLIPTextConfig(**spec.config)
+    # transformers >= 5.6: CLIPTextModel's keys have no `text_model.` level, CLIPTextModelWithProjection's do
+    module_prefix = "text_model." if spec.projection else ""
+    if spec.layout == "hf":
+        tensors, unused = convert.hf_clip(_sub(sd, spec.prefix), module_prefix)
+    else:
+        tensors, unused = convert.openclip(_sub(sd, spec.prefix), module_prefix,
+                                           layers=int(spec.config["num_hidden_layers"]), projection=spec.projection)
+        # SD 2.x: the last layer and the projection are in the file but unused (it conditions on the
+        # penultimate layer), as in every SD 2.x pipeline
+        if spec.unused_layers:
+            unused = [k for k in unused if not (k.startswith("transformer.resblocks.") or k == "text_projection")]
+    unused = [k for k in unused if not _HARMLESS.match(k)]
+    return _build_strict(path, spec.label, spec.prefix, lambda: cls(config), (tensors, unused), dtype)
+
+
+def _load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> SDModel:
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     path = info.filename
     sd = read_state_dict(path)
-    det = detect_family(shapes_of(sd), path)
+    shapes = shapes_of(sd)
+    det = detect_family(shapes, path)
     info.family = det.family
     family = det.family
-
-    if override is not None:
-        cfg_dir = override
-    elif family == "sd1":
-        cfg_dir = CONFIGS_DIR / ("sd1-inpainting" if det.unet_in_channels == 9 else "sd1")
-    else:
-        cfg_dir = CONFIGS_DIR / family
-    if not (cfg_dir / "unet" / "config.json").is_file():
-        raise ModelLoadError(path, f"config directory {cfg_dir} has no unet/config.json")
-
-    unet_cfg = _read_json(cfg_dir / "unet" / "config.json")
-    unet_kwargs: dict[str, Any] = {}
-    if int(unet_cfg.get("in_channels", 4)) != det.unet_in_channels:
-        unet_kwargs["in_channels"] = det.unet_in_channels
-    common = {"config": str(cfg_dir), "local_files_only": True}
+    cfg_dir = _family_base(family)
+    refiner = det.variant.startswith("xl_refiner")
+    te_bases = [_read_json(d / "config.json") for d in sorted(cfg_dir.glob("text_encoder*"))]
+    specs = architecture.text_encoders(shapes, family, refiner, te_bases, path)
+    unet_cfg = architecture.unet_config(shapes, _read_json(cfg_dir / "unet" / "config.json"), path,
+                                        pooled_dim=architecture.pooled_width(specs), time_ids=5 if refiner else 6)
+    vae_cfg = architecture.vae_config(shapes, _read_json(cfg_dir / "vae" / "config.json"), path)
     vae_dtype = _vae_dtype(family, dtype)
 
-    _require_prefix(path, sd, UNET_PREFIX, "UNet")
-    unet = _checked(path, "UNet", lambda: UNet2DConditionModel.from_single_file(
-        sd, subfolder="unet", torch_dtype=dtype, **common, **unet_kwargs))
-    _require_prefix(path, sd, VAE_PREFIX, "VAE")
-    vae = _checked(path, "VAE", lambda: AutoencoderKL.from_single_file(
-        sd, subfolder="vae", torch_dtype=vae_dtype, **common))
-
-    if family == "sdxl":
-        _require_prefix(path, sd, "conditioner.embedders.0.transformer.", "text encoder 1 (CLIP ViT-L)")
-        _require_prefix(path, sd, "conditioner.embedders.1.model.", "text encoder 2 (OpenCLIP ViT-bigG)")
-        encoders = [
-            _checked(path, "text encoder 1 (CLIP ViT-L)", lambda: create_diffusers_clip_model_from_ldm(
-                CLIPTextModel, sd, subfolder="text_encoder", torch_dtype=dtype, **common)),
-            _checked(path, "text encoder 2 (OpenCLIP ViT-bigG)", lambda: create_diffusers_clip_model_from_ldm(
-                CLIPTextModelWithProjection, sd, subfolder="text_encoder_2", torch_dtype=dtype, **common)),
-        ]
-        tokenizers = [_tokenizer(cfg_dir / "tokenizer"), _tokenizer(cfg_dir / "tokenizer_2")]
-    else:
-        prefix = "cond_stage_model.model." if family == "sd2" else "cond_stage_model.transformer."
-        part = "text encoder (OpenCLIP ViT-H)" if family == "sd2" else "text encoder (CLIP ViT-L)"
-        _require_prefix(path, sd, prefix, part)
-        encoders = [_checked(path, part, lambda: create_diffusers_clip_model_from_ldm(
-            CLIPTextModel, sd, subfolder="text_encoder", torch_dtype=dtype, **common))]
-        tokenizers = [_tokenizer(cfg_dir / "tokenizer")]
+    used_prefixes = [UNET_PREFIX, VAE_PREFIX, *(s.prefix for s in specs)]
+    stray = [k for k in sd if not k.startswith(tuple(used_prefixes)) and not _HARMLESS.match(k)]
+    if stray:
+        raise ModelLoadError(path, f"{len(stray)} file keys belong to no part of a {det.variant} checkpoint "
+                                   f"(e.g. {', '.join(sorted(stray)[:3])})")
+    unet_tensors, unet_unused = convert.unet(_sub(sd, UNET_PREFIX), int(unet_cfg["layers_per_block"]))
+    unet = _build_strict(path, "UNet", UNET_PREFIX, lambda: UNet2DConditionModel.from_config(unet_cfg),
+                         (unet_tensors, [k for k in unet_unused if not _HARMLESS.match(k)]), dtype)
+    vae_tensors, vae_unused = convert.vae(_sub(sd, VAE_PREFIX), len(vae_cfg["block_out_channels"]))
+    vae = _build_strict(path, "VAE", VAE_PREFIX, lambda: AutoencoderKL.from_config(vae_cfg),
+                        (vae_tensors, [k for k in vae_unused if not _HARMLESS.match(k)]), vae_dtype)
+    encoders = [_text_encoder(path, spec, sd, dtype) for spec in specs]
+    tokenizers = [clip_tokenizer(openclip=spec.role in ("openclip", "xl_bigg")) for spec in specs]
     has_v_pred_key, has_ztsnr = det.v_pred_key, det.ztsnr_key
-    sd.clear()  # drop what the modules did not take over
+    sd.clear()  # the modules hold their tensors; drop the rest
 
     scheduler_config = _read_json(cfg_dir / "scheduler" / "scheduler_config.json")
     prediction, source = _sidecar_prediction(info), "sidecar yaml"
     if prediction is None and has_v_pred_key:
         prediction, source = "v_prediction", "v_pred key"
-    if prediction is None and family == "sd2" and override is None:
+    if prediction is None and family == "sd2" and det.unet_in_channels == 4:
         prediction, source = ("v_prediction" if probe_v_prediction(unet) else "epsilon"), "weight probe"
     if prediction is None:
         prediction, source = scheduler_config.get("prediction_type", "epsilon"), "config"
-    if family == "sd2" and override is None and prediction == "epsilon":
-        cfg_dir = CONFIGS_DIR / "sd2-base"
+    if family == "sd2" and prediction == "epsilon":
+        cfg_dir = _family_base("sd2-base")
         scheduler_config = _read_json(cfg_dir / "scheduler" / "scheduler_config.json")
         unet.register_to_config(sample_size=_read_json(cfg_dir / "unet" / "config.json")["sample_size"])
     scheduler_config["prediction_type"] = prediction
@@ -293,7 +338,7 @@ def _load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.d
     info.config = info.config or str(cfg_dir)
     return SDModel(
         title=info.title, family=family, unet=unet, vae=vae, text_encoders=encoders, tokenizers=tokenizers,
-        scheduler_config=scheduler_config, device=device, dtype=dtype, vae_dtype=vae_dtype,
+        scheduler_config=scheduler_config, device=device, dtype=dtype, vae_dtype=vae_dtype, refiner=refiner,
         extra={"checkpoint": info, "filename": info.filename, "sha256": info.sha256,
                "model_name": info.model_name, "config_dir": str(cfg_dir), "variant": det.variant,
                "inpainting": det.unet_in_channels == 9, "unet_in_channels": det.unet_in_channels,

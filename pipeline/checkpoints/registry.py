@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,7 @@ class CheckpointInfo:
     legacy_hash: str | None = None
     family: str | None = None
     _cache: HashCache | None = field(default=None, repr=False)
+    build: Callable[..., Any] | None = field(default=None, repr=False)  # builds a "builtin" (device, dtype)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, root: str | os.PathLike | None = None,
@@ -75,9 +77,11 @@ class CheckpointInfo:
         return info
 
     @classmethod
-    def builtin(cls, name: str, filename: str, sha256: str) -> CheckpointInfo:
+    def builtin(cls, name: str, filename: str, sha256: str, build: Callable[..., Any] | None = None
+                ) -> CheckpointInfo:
+        """A model built in code, not read from a file; `build(device, dtype)` makes it."""
         return cls(filename=filename, name=name, model_name=name, kind="builtin", sha256=sha256,
-                   legacy_hash=sha256[:8], family="sd1")
+                   legacy_hash=sha256[:8], family="sd1", build=build)
 
     # --- hashes -----------------------------------------------------------------------------------
     @property
@@ -166,9 +170,9 @@ class CheckpointRegistry:
     """
 
     def __init__(self, models_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
-                 extra: list[CheckpointInfo] | None = None):
+                 extra: list[CheckpointInfo] | None = None, folder: str | os.PathLike | None = None):
         self.models_dir = Path(models_dir)
-        self.folder = self.models_dir / SUBDIR
+        self.folder = Path(folder) if folder is not None else self.models_dir / SUBDIR  # --ckpt-dir moves it
         cache_dir = Path(data_dir) if data_dir is not None else self.models_dir
         self.cache = HashCache(cache_dir / HASH_CACHE_NAME)
         self._extra = list(extra or [])

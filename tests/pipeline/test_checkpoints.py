@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -97,18 +98,21 @@ def assert_same_weights(loaded, source) -> None:
 # shipped configs
 # --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("family", ["sd1", "sd1-inpainting", "sd2", "sd2-base", "sdxl"])
-def test_shipped_config_dirs_are_complete_and_tokenize_like_clip(family):
-    from transformers import CLIPTokenizer
-
+def test_shipped_config_dirs_are_complete(family):
     d = CONFIGS_DIR / family
     for rel in ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json", "vae/config.json",
-                "text_encoder/config.json", "tokenizer/vocab.json", "tokenizer/merges.txt"):
+                "text_encoder/config.json"):
         assert (d / rel).is_file(), rel
-    for tok_dir in sorted(d.glob("tokenizer*")):
-        tok = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+    assert not list(d.glob("tokenizer*")), "one shared tokenizer, not a copy per family"
+
+
+def test_one_shipped_tokenizer_tokenizes_like_clip_and_openclip():
+    from pipeline.checkpoints.shipped import clip_tokenizer
+
+    for openclip in (False, True):
+        tok = clip_tokenizer(openclip=openclip)
         assert tok("a photo of a cat").input_ids == CAT_IDS
         assert len(tok) == 49408 and tok.model_max_length == 77
-        openclip = family.startswith("sd2") or tok_dir.name == "tokenizer_2"
         assert tok.pad_token == ("!" if openclip else "<|endoftext|>")
     assert (CONFIGS_DIR / "LICENSE-clip-vocab.txt").read_text().count("Copyright (c) 2021 OpenAI") == 1
 
@@ -262,9 +266,18 @@ def test_family_detection_sd2_inpainting_refiner_and_non_checkpoints():
     det = detect_family(inpaint)
     assert (det.family, det.variant, det.unet_in_channels) == ("sd1", "v1-inpainting", 9)
     assert detect_family({**sd2, "v_pred": ()}).v_pred_key
-    with pytest.raises(ModelLoadError, match="refiner"):
-        detect_family({unet + "input_blocks.0.0.weight": (384, 4, 3, 3),
-                       "conditioner.embedders.0.model.text_projection": (1280, 1280)}, "r.safetensors")
+    refiner = detect_family({unet + "input_blocks.0.0.weight": (384, 4, 3, 3),
+                             unet + "label_emb.0.0.weight": (1536, 2560),
+                             "conditioner.embedders.0.model.text_projection": (1280, 1280)}, "r.safetensors")
+    assert (refiner.family, refiner.variant) == ("sdxl", "xl_refiner")
+    turbo = detect_family({unet + "input_blocks.0.0.weight": (320, 4, 3, 3),
+                           "conditioner.embedders.0.model.token_embedding.weight": (49408, 1024)})
+    assert turbo.family == "sd2"
+    for channels, what in ((5, "depth"), (8, "instruct-pix2pix"), (7, "x4 upscaler")):
+        with pytest.raises(ModelLoadError, match=what):
+            detect_family({**sd2, unet + "input_blocks.0.0.weight": (320, channels, 3, 3)}, "x.safetensors")
+    with pytest.raises(ModelLoadError, match="Playground v2.5"):
+        detect_family({**sd2, "edm_mean": (1, 4, 1, 1), "edm_std": (1, 4, 1, 1)})
     with pytest.raises(ModelLoadError, match="not a Stable Diffusion checkpoint") as err:
         detect_family({"encoder.conv_in.weight": (128, 3, 3, 3)}, "/m/vae.safetensors")
     assert err.value.path == "/m/vae.safetensors"
@@ -293,7 +306,7 @@ def test_load_tiny_sd1_single_file_round_trips(models, tmp_path, tiny_sd1):
     reg = registry(models, tmp_path)
     info = reg.find("tiny-sd1.safetensors")
     t0 = time.perf_counter()
-    model = load_checkpoint(info, "cpu", torch.float32, config_dir=tiny_sd1.config_dir)
+    model = load_checkpoint(info, "cpu", torch.float32)
     assert time.perf_counter() - t0 < 30
     assert model.family == "sd1" and model.prediction_type == "epsilon"
     assert model.title == info.title == f"tiny-sd1.safetensors [{info.hash}]"
@@ -310,7 +323,7 @@ def test_load_tiny_sd1_single_file_round_trips(models, tmp_path, tiny_sd1):
 
 def test_load_tiny_sdxl_single_file_round_trips(models, tmp_path, tiny_sdxl):
     reg = registry(models, tmp_path)
-    model = load_checkpoint(reg.find("tiny-xl"), "cpu", torch.float32, config_dir=tiny_sdxl.config_dir)
+    model = load_checkpoint(reg.find("tiny-xl"), "cpu", torch.float32)
     assert model.family == "sdxl" and len(model.text_encoders) == 2 and len(model.tokenizers) == 2
     assert_no_meta(model)
     assert_same_weights(model.unet, tiny_sdxl.unet)
@@ -327,7 +340,7 @@ def test_load_tiny_sdxl_single_file_round_trips(models, tmp_path, tiny_sdxl):
 
 def test_load_ckpt_and_diffusers_folder(models, tmp_path, tiny_sd1):
     reg = registry(models, tmp_path)
-    ckpt = load_checkpoint(reg.find("sub/tiny-sd1-old.ckpt"), config_dir=tiny_sd1.config_dir)
+    ckpt = load_checkpoint(reg.find("sub/tiny-sd1-old.ckpt"))
     assert_no_meta(ckpt)
     assert_same_weights(ckpt.unet, tiny_sd1.unet)
     folder = load_checkpoint(reg.find("tiny-diffusers"))
@@ -339,7 +352,7 @@ def test_load_ckpt_and_diffusers_folder(models, tmp_path, tiny_sd1):
 
 def test_fp16_file_loads_in_requested_dtype(tmp_path, tiny_sd1):
     path = tiny_sd1.write_safetensors(tmp_path / "half.safetensors", dtype=torch.float16)
-    model = load_checkpoint(CheckpointInfo.from_path(path), config_dir=tiny_sd1.config_dir)
+    model = load_checkpoint(CheckpointInfo.from_path(path))
     assert {p.dtype for p in model.unet.parameters()} == {torch.float32}
     ref = tiny_sd1.unet.state_dict()
     for k, v in model.unet.state_dict().items():
@@ -353,13 +366,13 @@ def test_v_prediction_from_sidecar_yaml_and_v_pred_key(tmp_path, tiny_sd1):
     (tmp_path / "vmodel.yaml").write_text("model:\n  params:\n    parameterization: \"v\"\n")
     info = CheckpointInfo.from_path(path, tmp_path)
     assert info.config == str(tmp_path / "vmodel.yaml")
-    model = load_checkpoint(info, config_dir=tiny_sd1.config_dir)
+    model = load_checkpoint(info)
     assert model.prediction_type == "v_prediction"
     assert model.extra["prediction_type_source"] == "sidecar yaml"
 
     marked = tmp_path / "marked.safetensors"
     save_file({**tiny_sd1.state_dict, "v_pred": torch.tensor([])}, str(marked))
-    model = load_checkpoint(CheckpointInfo.from_path(marked), config_dir=tiny_sd1.config_dir)
+    model = load_checkpoint(CheckpointInfo.from_path(marked))
     assert model.prediction_type == "v_prediction" and model.extra["prediction_type_source"] == "v_pred key"
 
 
@@ -368,7 +381,7 @@ def test_malicious_ckpt_is_refused_and_never_executed(tmp_path, tiny_sd1):
     evil = write_malicious_ckpt(tmp_path / "models" / "Stable-diffusion" / "evil.ckpt", marker)
     reg = CheckpointRegistry(tmp_path / "models", data_dir=tmp_path / "data")
     with pytest.raises(ModelLoadError) as err:
-        load_checkpoint(reg.find("evil"), config_dir=tiny_sd1.config_dir)
+        load_checkpoint(reg.find("evil"))
     assert err.value.path == str(evil) and "refused" in err.value.reason
     assert not marker.exists()
     # The fixture is real: an unrestricted unpickler would have created the file.
@@ -390,16 +403,16 @@ def test_corrupt_and_incomplete_files_fail_alone(models, tmp_path, tiny_sd1):
     reg = registry(models, tmp_path)
     assert {"broken.safetensors", "no-vae.safetensors", "missing-one.safetensors"} <= {i.name for i in reg.list()}
     with pytest.raises(ModelLoadError) as err:
-        load_checkpoint(reg.find("broken"), config_dir=tiny_sd1.config_dir)
+        load_checkpoint(reg.find("broken"))
     assert err.value.path.endswith("broken.safetensors") and "broken.safetensors" in str(err.value)
     with pytest.raises(ModelLoadError, match="VAE weights missing") as err:
-        load_checkpoint(reg.find("no-vae"), config_dir=tiny_sd1.config_dir)
+        load_checkpoint(reg.find("no-vae"))
     assert err.value.path.endswith("no-vae.safetensors")
     with pytest.raises(ModelLoadError, match="UNet") as err:
-        load_checkpoint(reg.find("missing-one"), config_dir=tiny_sd1.config_dir)
+        load_checkpoint(reg.find("missing-one"))
     assert err.value.path.endswith("missing-one.safetensors")
     # the registry keeps serving the others
-    good = load_checkpoint(reg.find("tiny-sd1.safetensors"), config_dir=tiny_sd1.config_dir)
+    good = load_checkpoint(reg.find("tiny-sd1.safetensors"))
     assert_no_meta(good)
 
 
@@ -412,8 +425,8 @@ def test_loading_is_offline(models, tmp_path, tiny_sd1, tiny_sdxl, monkeypatch):
     monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
     reg = registry(models, tmp_path)
-    assert load_checkpoint(reg.find("tiny-sd1.safetensors"), config_dir=tiny_sd1.config_dir).family == "sd1"
-    assert load_checkpoint(reg.find("tiny-xl"), config_dir=tiny_sdxl.config_dir).family == "sdxl"
+    assert load_checkpoint(reg.find("tiny-sd1.safetensors")).family == "sd1"
+    assert load_checkpoint(reg.find("tiny-xl")).family == "sdxl"
     assert load_checkpoint(reg.find("tiny-diffusers")).family == "sd1"
     assert build_builtin_model().family == "sd1"
 
@@ -444,3 +457,92 @@ def test_builtin_model_is_deterministic_and_listed(models, tmp_path):
     assert reg.find(BUILTIN_NAME) is info and reg.find(info.hash) is info
     assert load_checkpoint(info).title == first.title
 
+
+
+# --------------------------------------------------------------------------------------------------
+# architecture read from the tensors
+# --------------------------------------------------------------------------------------------------
+def _meta_modules(family: str) -> dict[str, torch.nn.Module]:
+    """The stock modules of a family, built from its shipped configs on the meta device (no weights)."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    d = CONFIGS_DIR / family
+    with init_empty_weights():
+        out = {"unet": UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(d, subfolder="unet")),
+               "vae": AutoencoderKL.from_config(AutoencoderKL.load_config(d, subfolder="vae")),
+               "text_encoder": CLIPTextModel(CLIPTextConfig.from_pretrained(d / "text_encoder"))}
+        if (d / "text_encoder_2").is_dir():
+            out["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig.from_pretrained(d / "text_encoder_2"))
+    return out
+
+
+def _structure(module: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
+def test_stock_shapes_derive_the_shipped_configs(family):
+    """Stock SD1/SD2/SDXL files keep loading exactly as before: the architecture read from stock-shaped keys
+    is the shipped config's (same modules, same head counts), so the same weights give the same images."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig
+
+    from pipeline.checkpoints import architecture as arch
+    from tests.fixtures.ldm_export import _prefixed, openclip_to_ldm, unet_to_ldm, vae_to_ldm
+
+    m = _meta_modules(family)
+    shapes = {**_prefixed("model.diffusion_model.", unet_to_ldm(m["unet"].state_dict(), m["unet"].config)),
+              **_prefixed("first_stage_model.", vae_to_ldm(m["vae"].state_dict(), m["vae"].config))}
+    te = {k.removeprefix("text_model."): v for k, v in m["text_encoder"].state_dict().items()}
+    if family == "sd1":
+        shapes.update(_prefixed("cond_stage_model.transformer.text_model.", te))
+    elif family == "sdxl":
+        shapes.update(_prefixed("conditioner.embedders.0.transformer.text_model.", te))
+        shapes.update(_prefixed("conditioner.embedders.1.model.", openclip_to_ldm(m["text_encoder_2"].state_dict())))
+    else:  # SD 2.x files hold 24 OpenCLIP-H layers and a projection; the encoder uses 23
+        with init_empty_weights():
+            full = type(m["text_encoder"])(CLIPTextConfig.from_pretrained(
+                CONFIGS_DIR / "sd2" / "text_encoder", num_hidden_layers=24))
+        state = dict(full.state_dict())
+        state["text_model.text_projection.weight"] = torch.empty(1024, 1024, device="meta")
+        oc = openclip_to_ldm({k if k.startswith("text_model.") else "text_model." + k: v for k, v in
+                              state.items() if k != "text_model.text_projection.weight"}
+                             | {"text_projection.weight": state["text_model.text_projection.weight"]})
+        shapes.update(_prefixed("cond_stage_model.model.", oc))
+    shapes = {k: tuple(v.shape) for k, v in shapes.items()}
+    det = detect_family(shapes)
+    assert det.family == family
+    base = json.loads((CONFIGS_DIR / family / "unet" / "config.json").read_text())
+    specs = arch.text_encoders(shapes, family, False,
+                               [json.loads((d / "config.json").read_text())
+                                for d in sorted((CONFIGS_DIR / family).glob("text_encoder*"))])
+    unet_cfg = arch.unet_config(shapes, base, pooled_dim=arch.pooled_width(specs))
+    for key in ("block_out_channels", "down_block_types", "up_block_types", "cross_attention_dim",
+                "use_linear_projection", "attention_head_dim", "layers_per_block", "in_channels",
+                "projection_class_embeddings_input_dim", "addition_time_embed_dim", "addition_embed_type"):
+        assert _norm(unet_cfg.get(key)) == _norm(base.get(key)), key
+    with init_empty_weights():
+        derived = UNet2DConditionModel.from_config(unet_cfg)
+        vae_cfg = arch.vae_config(shapes, json.loads((CONFIGS_DIR / family / "vae" / "config.json").read_text()))
+        vae = AutoencoderKL.from_config(vae_cfg)
+    assert _structure(derived) == _structure(m["unet"])
+    assert _heads(derived) == _heads(m["unet"])
+    assert _structure(vae) == _structure(m["vae"])
+    shipped_te = [m[k] for k in sorted(m) if k.startswith("text_encoder")]
+    for spec, stock in zip(specs, shipped_te, strict=True):
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+                    "max_position_embeddings", "vocab_size"):
+            assert spec.config[key] == getattr(stock.config, key), (spec.role, key)
+        if spec.projection:
+            assert spec.config["projection_dim"] == stock.config.projection_dim
+
+
+def _norm(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _heads(unet) -> list[int]:
+    return [m.heads for _, m in unet.named_modules() if type(m).__name__ == "Attention"]

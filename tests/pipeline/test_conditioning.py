@@ -19,7 +19,7 @@ from pipeline.conditioning import (
 from pipeline.errors import InvalidRequest
 from scripts.make_configs import byte_alphabet
 
-SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "pipeline" / "configs" / "sd1" / "tokenizer"
+SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "pipeline" / "configs" / "clip-tokenizer"
 
 
 def _tiny_vocab_tokenizer(folder: Path) -> CLIPTokenizer:
