@@ -55,9 +55,10 @@ class VaeFile:
         return {"model_name": self.name, "filename": str(self.path)}
 
 
-def discover(models_dir: Path) -> list[VaeFile]:
-    """VAE files under `<models>/VAE` and `*.vae.*` files under `<models>/Stable-diffusion`, in natural
-    order of their names. Only `stat`s; never opens a file."""
+def discover(models_dir: Path, vae_dir: Path | None = None, ckpt_dir: Path | None = None,
+             extra: list[Path] | None = None) -> list[VaeFile]:
+    """VAE files under `<models>/VAE` (or `vae_dir`), `*.vae.*` files under `<models>/Stable-diffusion` (or
+    `ckpt_dir`) and the `extra` files, in natural order of their names. Only `stat`s; never opens a file."""
     found: dict[str, VaeFile] = {}
 
     def add(path: Path) -> None:
@@ -65,11 +66,13 @@ def discover(models_dir: Path) -> list[VaeFile]:
             return
         found.setdefault(path.name, VaeFile(path.name, path.absolute()))  # first one wins on a name clash
 
-    vae_dir = models_dir / VAE_DIR
+    for path in extra or []:
+        add(path)
+    vae_dir = vae_dir or models_dir / VAE_DIR
     if vae_dir.is_dir():
         for path in sorted(vae_dir.rglob("*")):
             add(path)
-    ckpt_dir = models_dir / CHECKPOINT_DIR
+    ckpt_dir = ckpt_dir or models_dir / CHECKPOINT_DIR
     if ckpt_dir.is_dir():
         for path in sorted(ckpt_dir.rglob("*.vae.*")):
             add(path)
@@ -79,8 +82,12 @@ def discover(models_dir: Path) -> list[VaeFile]:
 class VaeRegistry:
     """The VAE files of one models folder, with A1111's name lookup and cached file hashes."""
 
-    def __init__(self, models_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None) -> None:
+    def __init__(self, models_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None,
+                 vae_dir: Path | None = None, ckpt_dir: Path | None = None,
+                 extra: list[Path] | None = None) -> None:
         self.models_dir = Path(models_dir)
+        self.vae_dir, self.ckpt_dir = vae_dir, ckpt_dir  # folders moved by --vae-dir / --ckpt-dir
+        self.extra = list(extra or [])  # files outside the folders (--vae-path)
         self.hashes = HashCache(Path(data_dir) / "vae-hashes.json" if data_dir is not None else None)
         self._lock = threading.Lock()
         self._items: list[VaeFile] = []
@@ -88,7 +95,7 @@ class VaeRegistry:
 
     def refresh(self) -> None:
         """Rescan the folders (`/sdapi/v1/refresh-vae`)."""
-        items = discover(self.models_dir)
+        items = discover(self.models_dir, self.vae_dir, self.ckpt_dir, self.extra)
         with self._lock:
             self._items = items
 

@@ -1,4 +1,5 @@
-"""`python -m server [--host H] [--port P] [--models-dir D] [--device cpu|cuda] ...`
+"""`python -m server [--host H] [--port P] [--models-dir D] [--device cpu|cuda] ...`, or with A1111's
+flags, also from `COMMANDLINE_ARGS` (see `server/config.py`).
 
 Shutdown (SIGTERM, Ctrl-C, or POST /sdapi/v1/server-stop with --api-server-stop): the server stops
 accepting connections and jobs at once and answers every waiting job with 503; the running job may finish
@@ -47,15 +48,21 @@ class HiresdServer(uvicorn.Server):
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = from_args(argv)  # reads COMMANDLINE_ARGS too; a refused flag exits here with status 2
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for note in config.launch_notes:
+        log.info("%s", note)
     import diffusers.utils.logging
+    import torch
     import transformers.utils.logging
 
     diffusers.utils.logging.set_verbosity_error()  # their load-time notices are not the user's concern
     transformers.utils.logging.set_verbosity_error()
-    config = from_args(argv)
+    if config.sdp_no_mem:  # --opt-sdp-no-mem-attention: A1111's deterministic SDPA
+        torch.backends.cuda.enable_mem_efficient_sdp(False)
     app = create_app(config)
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                               timeout_keep_alive=config.timeout_keep_alive,
                                timeout_graceful_shutdown=int(config.shutdown_grace_s) + 15)
     server = HiresdServer(uv_config, app.state)
     app.state.stop_server = server.request_stop

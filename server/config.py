@@ -1,10 +1,26 @@
-"""Server configuration from the command line (A1111's launch flags where they exist)."""
+"""Server configuration from the command line: hiresd's flags and A1111's launch flags.
+
+`from_args` reads the `COMMANDLINE_ARGS` environment variable as A1111's launcher does (split like a
+shell line, appended after the real arguments), so a `webui-user.sh` line starts hiresd unchanged. A1111
+flags hiresd honours are declared here; those it accepts with a note or refuses are in `a1111_flags`."""
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from server import a1111_flags
+
+# the model-file folders a flag can move: A1111's flag -> the folder's name under --models-dir
+FOLDER_FLAGS: dict[str, str] = {
+    "--esrgan-models-path": "ESRGAN", "--realesrgan-models-path": "RealESRGAN",
+    "--swinir-models-path": "SwinIR", "--dat-models-path": "DAT", "--scunet-models-path": "ScuNET",
+    "--hat-models-path": "HAT", "--gfpgan-models-path": "GFPGAN", "--codeformer-models-path": "Codeformer",
+}
 
 
 @dataclass
@@ -13,6 +29,11 @@ class ServerConfig:
     port: int = 7860
     models_dir: Path = Path("models")
     ckpt: Path | None = None  # --ckpt: a checkpoint file to list (if outside the folder) and select
+    ckpt_dir: Path | None = None  # None: <models>/Stable-diffusion
+    vae_dir: Path | None = None  # None: <models>/VAE
+    vae_path: Path | None = None  # --vae-path: the one VAE used for every checkpoint
+    # upscaler and face-restorer folders moved by a flag: the folder's name under models_dir -> path
+    model_folders: dict[str, Path] = field(default_factory=dict)
     data_dir: Path = Path("data")
     outputs_dir: Path = Path("outputs")
     extensions_dir: Path | None = Path("extensions")
@@ -23,6 +44,8 @@ class ServerConfig:
     embeddings_dir: Path | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    vae_precision: str = "auto"  # auto | fp32 (--no-half-vae)
+    sdp_no_mem: bool = False  # --opt-sdp-no-mem-attention: no memory-efficient SDPA kernel (deterministic)
     api_auth: list[tuple[str, str]] = field(default_factory=list)
     cors_allow_origins: list[str] = field(default_factory=list)
     cors_allow_origins_regex: str | None = None
@@ -33,7 +56,27 @@ class ServerConfig:
     allow_noncommercial_upscalers: bool = False
     builtin_model: bool = True
     shutdown_grace_s: float = 60.0
+    styles_file: Path | None = None  # None: <data>/styles.csv
+    console_progress: bool = True
+    log_level: str = "INFO"
+    timeout_keep_alive: int = 5
+    launch_notes: list[str] = field(default_factory=list)  # one log line per A1111 flag accepted with a note
     argv_flags: dict[str, Any] = field(default_factory=dict)  # the parsed command line, as given
+
+    def ckpt_folder(self) -> Path:
+        """Where checkpoints are: --ckpt-dir, else `<models>/Stable-diffusion`."""
+        return self.ckpt_dir or self.models_dir / "Stable-diffusion"
+
+    def vae_folder(self) -> Path:
+        """Where VAE files are: --vae-dir, else `<models>/VAE`."""
+        return self.vae_dir or self.models_dir / "VAE"
+
+    def model_folder(self, name: str) -> Path:
+        """An upscaler or face-restorer folder (`ESRGAN`, `GFPGAN`, ...): its flag, else `<models>/<name>`."""
+        return self.model_folders.get(name) or self.models_dir / name
+
+    def styles_path(self) -> Path:
+        return self.styles_file or self.data_dir / "styles.csv"
 
     def lora_folder(self) -> Path:
         """Where LoRA files are: --lora-dir, else `<models>/Lora`."""
@@ -52,18 +95,22 @@ class ServerConfig:
         settings where they exist, and `api_auth` with its passwords masked."""
         flags: dict[str, Any] = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.argv_flags.items()}
         flags.update({
-            "host": self.host, "port": self.port, "listen": self.host == "0.0.0.0",
+            "host": self.host, "port": self.port,
+            "listen": bool(self.argv_flags.get("listen")) or self.host == "0.0.0.0",
             "server_name": self.host, "api": True, "nowebui": True,
             "models_dir": str(self.models_dir), "data_dir": str(self.data_dir),
             "outputs_dir": str(self.outputs_dir),
             "extensions_dir": str(self.extensions_dir) if self.extensions_dir else None,
-            "ckpt_dir": str(self.models_dir / "Stable-diffusion"), "vae_dir": str(self.models_dir / "VAE"),
-            "esrgan_models_path": str(self.models_dir / "ESRGAN"),
-            "realesrgan_models_path": str(self.models_dir / "RealESRGAN"),
-            "swinir_models_path": str(self.models_dir / "SwinIR"),
+            "ckpt": str(self.ckpt) if self.ckpt else None,
+            "ckpt_dir": str(self.ckpt_folder()), "vae_dir": str(self.vae_folder()),
+            "vae_path": str(self.vae_path) if self.vae_path else None,
+            **{_dest(flag): str(self.model_folder(name)) for flag, name in FOLDER_FLAGS.items()},
             "lora_dir": str(self.lora_folder()), "lyco_dir": str(self.lyco_folder()),
-            "embeddings_dir": str(self.embeddings_folder()),
-            "dat_models_path": str(self.models_dir / "DAT"), "scunet_models_path": str(self.models_dir / "ScuNET"),
+            "embeddings_dir": str(self.embeddings_folder()), "styles_file": [str(self.styles_path())],
+            "no_half_vae": self.vae_precision == "fp32", "opt_sdp_attention": True,
+            "opt_sdp_no_mem_attention": self.sdp_no_mem,
+            "disable_console_progressbars": not self.console_progress, "loglevel": self.log_level,
+            "timeout_keep_alive": self.timeout_keep_alive,
             "device": self.device, "precision": self.precision, "no_half": self.precision == "fp32",
             "use_cpu": ["all"] if self.device == "cpu" else [],
             "api_auth": ",".join(f"{u}:***" for u, _ in self.api_auth) or None,
@@ -78,6 +125,10 @@ class ServerConfig:
         return flags
 
 
+def _dest(flag: str) -> str:
+    return flag[2:].replace("-", "_")
+
+
 def _auth_pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
     for item in filter(None, (s.strip() for s in text.split(","))):
@@ -90,31 +141,58 @@ def _auth_pairs(text: str) -> list[tuple[str, str]]:
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m server", description="hiresd: an A1111 /sdapi/v1 server "
-                                 "for hires fix and upscaling, fully offline.")
+                                 "for hires fix and upscaling, fully offline. COMMANDLINE_ARGS is read as "
+                                 "A1111's launcher reads it (appended to the command line).")
     ap.add_argument("--host", "--server-name", default=None, help="bind address (default 127.0.0.1)")
     ap.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (as A1111's --listen)")
     ap.add_argument("--port", type=int, default=7860)
+    ap.add_argument("--timeout-keep-alive", type=int, default=5, help="seconds an idle connection stays open")
+    ap.add_argument("--loglevel", default="INFO", type=str.upper,
+                    choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], help="log level (INFO)")
     ap.add_argument("--models-dir", type=Path, default=Path("models"),
                     help="holds Stable-diffusion/, VAE/, ESRGAN/, RealESRGAN/, SwinIR/, DAT/, HAT/, ScuNET/")
     ap.add_argument("--ckpt", type=Path, default=None,
-                    help="checkpoint to select at start (added to the list when outside the checkpoint folder)")
-    ap.add_argument("--data-dir", type=Path, default=Path("data"), help="options, hash cache, styles.csv")
-    ap.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where save_images writes")
-    ap.add_argument("--extensions-dir", type=Path, default=Path("extensions"))
+                    help="checkpoint to select at start (listed too when outside the checkpoint folder)")
+    ap.add_argument("--ckpt-dir", type=Path, default=None,
+                    help="checkpoints (default <models-dir>/Stable-diffusion)")
+    ap.add_argument("--vae-dir", type=Path, default=None, help="VAE files (default <models-dir>/VAE)")
+    ap.add_argument("--vae-path", type=Path, default=None,
+                    help="the one VAE file for every checkpoint; option sd_vae is then fixed to it")
+    for flag, name in FOLDER_FLAGS.items():
+        ap.add_argument(flag, type=Path, default=None, help=f"{name} models (default <models-dir>/{name})")
     ap.add_argument("--lora-dir", type=Path, default=None, help="LoRA files (default <models-dir>/Lora)")
-    ap.add_argument("--lyco-dir", type=Path, default=None, help="LyCORIS files (default <models-dir>/LyCORIS)")
+    ap.add_argument("--lyco-dir", "--lyco-dir-backcompat", type=Path, default=None,
+                    help="LyCORIS files (default <models-dir>/LyCORIS)")
     ap.add_argument("--embeddings-dir", type=Path, default=None,
                     help="textual-inversion embeddings (default <models-dir>/embeddings)")
+    ap.add_argument("--data-dir", type=Path, default=Path("data"), help="options, hash cache, styles.csv")
+    ap.add_argument("--styles-file", type=Path, action="append", default=None,
+                    help="styles CSV (default <data-dir>/styles.csv)")
+    ap.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where save_images writes")
+    ap.add_argument("--extensions-dir", type=Path, default=Path("extensions"))
+    ap.add_argument("--disable-all-extensions", "--disable-extra-extensions", action="store_true",
+                    help="load no extension")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-                    help="auto: fp16 on CUDA (bf16 VAE where supported), fp32 on the CPU")
+    ap.add_argument("--device-id", default=None, help="CUDA device number (same as --device cuda:N)")
+    ap.add_argument("--use-cpu", nargs="+", type=str.lower, default=[],
+                    help="'all' or 'sd': run on the CPU (hiresd has one device for everything)")
+    ap.add_argument("--precision", default="auto",
+                    choices=["auto", "fp32", "fp16", "bf16", "full", "half", "autocast"],
+                    help="auto: fp16 on CUDA (bf16 VAE where supported), fp32 on the CPU; A1111's "
+                         "full = fp32, half = fp16, autocast = auto")
     ap.add_argument("--no-half", action="store_true", help="same as --precision fp32")
+    ap.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
+    ap.add_argument("--opt-sdp-attention", action="store_true", help="PyTorch SDPA attention (always on)")
+    ap.add_argument("--opt-sdp-no-mem-attention", action="store_true",
+                    help="SDPA without the memory-efficient kernel (deterministic on CUDA, more memory)")
     ap.add_argument("--api-auth", type=_auth_pairs, default=[], help="user:pass[,user2:pass2] HTTP Basic auth")
     ap.add_argument("--cors-allow-origins", default="", help="comma-separated origins")
     ap.add_argument("--cors-allow-origins-regex", default=None)
     ap.add_argument("--api-server-stop", action="store_true", help="enable server-stop/kill/restart routes")
     ap.add_argument("--no-api-log", action="store_true", help="no per-request log line")
     ap.add_argument("--api-log", action="store_true", help="accepted for A1111 compatibility (on by default)")
+    ap.add_argument("--disable-console-progressbars", action="store_true",
+                    help="no progress bar on the console")
     ap.add_argument("--queue-size", type=int, default=16, help="jobs allowed to wait; more get 503")
     ap.add_argument("--shutdown-grace", type=float, default=60.0,
                     help="on SIGTERM, seconds the running job may take before it is interrupted")
@@ -125,19 +203,58 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-builtin-model", action="store_true", help="do not offer the built-in tiny model")
     ap.add_argument("--api", action="store_true", help="accepted for A1111 compatibility (always on)")
     ap.add_argument("--nowebui", action="store_true", help="accepted for A1111 compatibility (no UI here)")
+    a1111_flags.add_to(ap)
     return ap
 
 
-def from_args(argv: list[str] | None = None) -> ServerConfig:
-    a = parser().parse_args(argv)
+def launch_argv(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> list[str]:
+    """The command line as A1111's launcher builds it: `COMMANDLINE_ARGS`, split like a shell line, after
+    the real arguments (so a value there wins over the same flag given directly, as in A1111)."""
+    env = os.environ if environ is None else environ
+    return list(sys.argv[1:] if argv is None else argv) + shlex.split(env.get("COMMANDLINE_ARGS", ""))
+
+
+_PRECISION = {"full": "fp32", "half": "fp16", "autocast": "auto"}
+
+
+def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
+    """Parse the command line (with `COMMANDLINE_ARGS`); a refused flag ends the program with status 2
+    and a message saying why, before anything starts."""
+    ap = parser()
+    a = ap.parse_args(launch_argv(argv, environ))
+    refused = a1111_flags.refusals(a)
+    if refused:
+        ap.error("; ".join(refused))
+    notes = a1111_flags.notes(a)
     host = a.host or ("0.0.0.0" if a.listen else "127.0.0.1")
+    device = a.device
+    if device == "auto" and a.device_id is not None:
+        device = f"cuda:{a.device_id}"
+    cpu_for = set(a.use_cpu)
+    if cpu_for & {"all", "sd"}:
+        device = "cpu"
+    elif cpu_for:
+        notes.append(f"--use-cpu {' '.join(sorted(cpu_for))}: hiresd runs every model on one device; ignored "
+                     "(use --use-cpu all for the CPU)")
+    styles = a.styles_file or []
+    if len(styles) > 1:
+        notes.append(f"--styles-file: only the first file is read ({styles[0]})")
     return ServerConfig(
-        host=host, port=a.port, models_dir=a.models_dir, ckpt=a.ckpt, data_dir=a.data_dir, outputs_dir=a.outputs_dir,
-        extensions_dir=a.extensions_dir, lora_dir=a.lora_dir, lyco_dir=a.lyco_dir,
-        embeddings_dir=a.embeddings_dir, device=a.device, precision="fp32" if a.no_half else a.precision,
+        host=host, port=a.port, models_dir=a.models_dir, ckpt=a.ckpt, ckpt_dir=a.ckpt_dir, vae_dir=a.vae_dir,
+        vae_path=a.vae_path,
+        model_folders={name: getattr(a, _dest(flag)) for flag, name in FOLDER_FLAGS.items()
+                       if getattr(a, _dest(flag)) is not None},
+        data_dir=a.data_dir, outputs_dir=a.outputs_dir,
+        extensions_dir=None if a.disable_all_extensions else a.extensions_dir,
+        lora_dir=a.lora_dir, lyco_dir=a.lyco_dir, embeddings_dir=a.embeddings_dir, device=device,
+        precision="fp32" if a.no_half else _PRECISION.get(a.precision, a.precision),
+        vae_precision="fp32" if a.no_half_vae else "auto", sdp_no_mem=a.opt_sdp_no_mem_attention,
         api_auth=a.api_auth, cors_allow_origins=[o for o in a.cors_allow_origins.split(",") if o],
         cors_allow_origins_regex=a.cors_allow_origins_regex, api_server_stop=a.api_server_stop,
         api_log=not a.no_api_log, queue_size=a.queue_size, max_pixels=a.max_pixels,
         allow_noncommercial_upscalers=a.enable_noncommercial_upscalers, builtin_model=not a.no_builtin_model,
-        shutdown_grace_s=a.shutdown_grace, argv_flags=vars(a),
+        shutdown_grace_s=a.shutdown_grace, styles_file=styles[0] if styles else None,
+        console_progress=not a.disable_console_progressbars, log_level=a.loglevel,
+        timeout_keep_alive=a.timeout_keep_alive, launch_notes=notes,
+        argv_flags=a1111_flags.strip(vars(a)),
     )

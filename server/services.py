@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
-from pipeline.errors import UnknownName
+from pipeline.errors import InvalidRequest, UnknownName
 from pipeline.extensions import Extensions
 from pipeline.models import ModelManager
 from pipeline.pixel_upscale import HiresUpscaler
@@ -48,6 +48,8 @@ def pick_device(config: ServerConfig) -> tuple[torch.device, torch.dtype, torch.
     vae = torch.bfloat16 if dtype == torch.float16 and torch.cuda.is_bf16_supported() else None
     if dtype == torch.float16 and vae is None:
         vae = torch.float32
+    if config.vae_precision == "fp32" and dtype != torch.float32:  # --no-half-vae
+        vae = torch.float32
     return device, dtype, vae
 
 
@@ -68,21 +70,36 @@ class Services:
     def create(cls, config: ServerConfig, console: bool = True) -> Services:
         device, dtype, vae_dtype = pick_device(config)
         log.info("device %s, dtype %s, VAE dtype %s", device, dtype, vae_dtype or dtype)
-        registry = CheckpointRegistry(config.models_dir, config.data_dir)
-        vaes = VaeRegistry(config.models_dir, config.data_dir)
+        registry = CheckpointRegistry(config.models_dir, config.data_dir, folder=config.ckpt_folder())
+        vae_path = config.vae_path
+        if vae_path is not None and not vae_path.is_file():
+            log.warning("--vae-path %s: no such file; the sd_vae option chooses the VAE", vae_path)
+            vae_path = None
+        vaes = VaeRegistry(config.models_dir, config.data_dir, vae_dir=config.vae_folder(),
+                           ckpt_dir=config.ckpt_folder(), extra=[vae_path] if vae_path else None)
         models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model, vaes=vaes)
         registry.start_background_hashing()
         upscalers = UpscalerRegistry(config.models_dir, allow_noncommercial=config.allow_noncommercial_upscalers,
-                                     device=device)
-        options = OptionsStore(config.data_dir / "options.json", checkers={"sd_vae": models.check_vae})
+                                     device=device, folders=config.model_folders)
+        fixed_vae = vae_path.name if vae_path else None
+
+        def check_vae(value: Any, field: str = "sd_vae") -> str:
+            name = models.check_vae(value, field)
+            if fixed_vae is not None and name != fixed_vae:
+                raise InvalidRequest(field, f"the VAE is fixed to {fixed_vae!r} by --vae-path; got {value!r}")
+            return name
+
+        options = OptionsStore(config.data_dir / "options.json", checkers={"sd_vae": check_vae})
+        if fixed_vae is not None:
+            options.fall_back("sd_vae", fixed_vae)
         worker = Worker(config.queue_size)
         svc = cls(config, options, worker, models, upscalers, Extensions.load(config.extensions_dir),
-                  StyleStore(config.data_dir / "styles.csv"))
+                  StyleStore(config.styles_path()))
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
         models.vae_choice = models.check_vae(options.get("sd_vae"))
-        if console:
+        if console and config.console_progress:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
 

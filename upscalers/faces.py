@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 
 from .errors import FaceRestorationUnavailable, ModelLoadError, UpscalerError
+from .folders import family_folders
 from .images import merge_alpha, split_alpha, to_rgb_or_rgba
 from .loading import MODEL_SUFFIXES, architecture_registry, read_state_dict
 
@@ -229,9 +230,11 @@ class FaceRestorers:
     """The face restorers of one models folder; models load lazily and stay cached (at most two)."""
 
     def __init__(
-        self, models_dir: Path, allow_noncommercial: bool = False, device: torch.device | None = None
+        self, models_dir: Path, allow_noncommercial: bool = False, device: torch.device | None = None,
+        folders: dict[str, Path] | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.folders = dict(folders or {})  # GFPGAN / Codeformer folders moved by a flag
         self.allow_noncommercial = allow_noncommercial
         self.device = device if device is not None else torch.device("cpu")
         self._arch_registry = architecture_registry(allow_noncommercial)
@@ -244,12 +247,8 @@ class FaceRestorers:
     def model_files(self) -> list[Path]:
         """Model files under the GFPGAN and Codeformer folders, recursively, in name order."""
         files: list[Path] = []
-        if not self.models_dir.is_dir():
-            return files
-        wanted = {d.casefold() for d in RESTORER_DIRS.values()}
-        for folder in sorted(self.models_dir.iterdir()):
-            if folder.name.casefold() in wanted and folder.is_dir():
-                files += [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()]
+        for folder in family_folders(self.models_dir, RESTORER_DIRS.values(), self.folders):
+            files += [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()]
         return files
 
     def refresh(self) -> None:

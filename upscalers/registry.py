@@ -20,6 +20,7 @@ import torch
 
 from .errors import ModelLoadError, UnknownUpscaler, UpscalerError
 from .faces import FaceRestorers
+from .folders import family_folders
 from .latent import LatentMode, is_latent, latent_mode_names, resolve_latent
 from .loading import MODEL_SUFFIXES, architecture_registry, load_descriptor
 from .naming import match_name
@@ -171,8 +172,11 @@ class UpscalerRegistry:
         device: torch.device | None = None,
         max_cached_models: int = 2,
         allow_half: bool = True,
+        folders: dict[str, Path] | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
+        self.folders = dict(folders or {})
+        """Family folders moved away from `models_dir` by a flag: {"ESRGAN": path, "GFPGAN": path, ...}."""
         self.device = device if device is not None else torch.device("cpu")
         self.max_cached_models = max(1, max_cached_models)
         self.allow_half = allow_half
@@ -181,7 +185,7 @@ class UpscalerRegistry:
         self._entries: list[UpscalerEntry] = list(BUILTIN_ENTRIES)
         self._scanned: dict[Path, tuple[tuple[int, int], UpscalerEntry | None]] = {}
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
-        self.faces = FaceRestorers(self.models_dir, allow_noncommercial, self.device)
+        self.faces = FaceRestorers(self.models_dir, allow_noncommercial, self.device, self.folders)
         """The face restorers (GFPGAN / CodeFormer files) of the same models folder."""
         self.refresh()
 
@@ -190,12 +194,7 @@ class UpscalerRegistry:
     def model_files(self) -> list[Path]:
         """Model files under the family folders, recursively; broken links are skipped."""
         files: list[Path] = []
-        if not self.models_dir.is_dir():
-            return files
-        wanted = {d.casefold() for d in MODEL_FAMILY_DIRS}
-        for family in sorted(self.models_dir.iterdir()):
-            if family.name.casefold() not in wanted or not family.is_dir():
-                continue
+        for family in family_folders(self.models_dir, MODEL_FAMILY_DIRS, self.folders):
             for path in sorted(family.rglob("*")):
                 if path.suffix.lower() in MODEL_SUFFIXES and path.is_file():
                     files.append(path)

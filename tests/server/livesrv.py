@@ -54,7 +54,8 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, root: Path, *args: str, auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, root: Path, *args: str, auth: tuple[str, str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.root = root
         self.models = root / "models"
         self.data = root / "data"
@@ -65,6 +66,7 @@ class LiveServer:
         (self.extensions / "slowmo.py").write_text(SLOWMO_EXTENSION)
         self.args = list(args)
         self.auth = auth
+        self.env = dict(env or {})  # extra environment variables (COMMANDLINE_ARGS, ...)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.log_path = root / "server.log"
@@ -78,7 +80,8 @@ class LiveServer:
         return f"{self.base}/sdapi/v1"
 
     def start(self) -> LiveServer:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+               **self.env}
         cmd = [sys.executable, "-m", "server", "--port", str(self.port), "--models-dir", str(self.models),
                "--data-dir", str(self.data), "--outputs-dir", str(self.outputs),
                "--extensions-dir", str(self.extensions), *self.args]

@@ -1,5 +1,6 @@
-"""Starting `python -m server` as A1111 users do: a saved options file naming files that are gone and a
-`--ckpt` that does not exist never lock the server out."""
+"""Starting `python -m server` as A1111 users do: an A1111 launch line in `COMMANDLINE_ARGS`, a saved
+options file naming files that are gone and a `--ckpt` that does not exist: the server starts, says what
+it does instead of each A1111-only flag, and serves txt2img."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,11 @@ SMALL = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 7}
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("live-launch")
-    server = LiveServer(root, "--ckpt", str(root / "moved-away.safetensors"))
+    # the launch line of a webui-user.sh; --server-name keeps the test on 127.0.0.1 despite --listen
+    line = (f'--xformers --medvram --no-half-vae --api --listen --theme dark --skip-torch-cuda-test '
+            f'--opt-sdp-attention --api-log --enable-console-prompts '
+            f'--ckpt "{root / "moved away.safetensors"}"')
+    server = LiveServer(root, "--server-name", "127.0.0.1", env={"COMMANDLINE_ARGS": line})
     (server.data / "options.json").write_text(json.dumps({
         "sd_model_checkpoint": "renamed-since.safetensors [0123456789]", "sd_vae": "deleted.vae.safetensors",
         "jpeg_quality": 91}))
@@ -36,4 +41,17 @@ def test_stale_saved_names_fall_back_and_txt2img_works(srv: LiveServer) -> None:
     log = srv.log()
     assert log.count("renamed-since.safetensors") == 1, log
     assert log.count("deleted.vae.safetensors") == 1, log
-    assert log.count("moved-away.safetensors") == 1, log
+    assert log.count("moved away.safetensors") == 1, log
+
+
+def test_the_launch_line_is_read_and_each_a1111_only_flag_noted_once(srv: LiveServer) -> None:
+    log = srv.log()
+    for flag, says in [("--xformers", "SDPA"), ("--medvram", "memory modes are not implemented yet"),
+                       ("--theme", "no web UI"), ("--enable-console-prompts", "not printed")]:
+        lines = [line for line in log.splitlines() if f" {flag}: " in line]
+        assert len(lines) == 1 and says in lines[0], (flag, lines)
+    with srv.client() as c:
+        flags = c.get("/sdapi/v1/cmd-flags").json()
+    assert flags["xformers"] is True and flags["medvram"] is True and flags["theme"] == "dark"
+    assert flags["no_half_vae"] is True and flags["api"] is True and flags["listen"] is True
+    assert flags["server_name"] == "127.0.0.1" and flags["ckpt"].endswith("moved away.safetensors")

@@ -36,7 +36,8 @@ def test_a_checkpoint_removed_while_running_falls_back_after_refresh(tmp_path, c
         assert r.status_code == 200, r.text
         assert json.loads(r.json()["info"])["sd_model_name"] == BUILTIN_NAME
     # the user's choice stays in the file until they change an option themselves
-    assert json.loads((tmp_path / "data" / "options.json").read_text())["sd_model_checkpoint"] == "doomed.safetensors"
+    saved = json.loads((tmp_path / "data" / "options.json").read_text())
+    assert saved["sd_model_checkpoint"] == "doomed.safetensors"
 
 
 @pytest.mark.parametrize("option", ["sd_model_checkpoint", "sd_vae"])
@@ -44,6 +45,7 @@ def test_an_explicit_unknown_name_is_still_a_400(tmp_path, option: str) -> None:
     cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
                        outputs_dir=tmp_path / "outputs", extensions_dir=None)
     with TestClient(create_app(cfg)) as client:
-        r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {option: "nope.safetensors"}})
+        body = {**SMALL, "override_settings": {option: "nope.safetensors"}}
+        r = client.post("/sdapi/v1/txt2img", json=body)
         assert r.status_code == 400, r.text
         assert "nope.safetensors" in r.json()["detail"]
