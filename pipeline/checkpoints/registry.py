@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,7 @@ class CheckpointInfo:
     legacy_hash: str | None = None
     family: str | None = None
     _cache: HashCache | None = field(default=None, repr=False)
+    build: Callable[..., Any] | None = field(default=None, repr=False)  # builds a "builtin" (device, dtype)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike, root: str | os.PathLike | None = None,
@@ -75,9 +77,11 @@ class CheckpointInfo:
         return info
 
     @classmethod
-    def builtin(cls, name: str, filename: str, sha256: str) -> CheckpointInfo:
+    def builtin(cls, name: str, filename: str, sha256: str, build: Callable[..., Any] | None = None
+                ) -> CheckpointInfo:
+        """A model built in code, not read from a file; `build(device, dtype)` makes it."""
         return cls(filename=filename, name=name, model_name=name, kind="builtin", sha256=sha256,
-                   legacy_hash=sha256[:8], family="sd1")
+                   legacy_hash=sha256[:8], family="sd1", build=build)
 
     # --- hashes -----------------------------------------------------------------------------------
     @property
