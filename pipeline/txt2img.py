@@ -221,8 +221,7 @@ def _to_tensor(images: list[Image.Image]) -> torch.Tensor:
 def _decode(model: SDModel, latents: torch.Tensor, p: Processing) -> list[Image.Image]:
     with circular_padding([model.vae], p.tiling):
         x = vae.decode(model, latents)
-    arr = (x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-    return [Image.fromarray(a, "RGB") for a in arr]
+    return vae.to_images(x)
 
 
 def _restore_faces(images: list[Image.Image], p: Processing, ctx: Context) -> list[Image.Image]:

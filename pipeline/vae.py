@@ -9,8 +9,10 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+from PIL import Image
 
 from pipeline.model import SDModel
 
@@ -89,6 +91,15 @@ def decode(model: SDModel, latents: torch.Tensor, *, tile_above_pixels: int = DE
         img = _with_fallback(run, max(h, w), start_tiled, tile_latent)
         out.append(((img.float() + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out)
+
+
+def to_images(images: torch.Tensor) -> list[Image.Image]:
+    """Decoded images (B, 3, H, W) in [0, 1] -> 8-bit RGB pictures, converted as A1111 does: scaled by 255
+    in float32 and truncated (numpy's astype(uint8)), not rounded. Every image that leaves the VAE goes
+    through here, so that the same request gives A1111's pixels (rounding would lift about half the
+    values by one level)."""
+    arr = (images.float().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * np.float32(255.0)).astype(np.uint8)
+    return [Image.fromarray(a, "RGB") for a in arr]
 
 
 def encode(model: SDModel, images: torch.Tensor, *, tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS,

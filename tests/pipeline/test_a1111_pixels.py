@@ -1,0 +1,133 @@
+"""Same pixels as A1111: our txt2img images against an independent reference built from k-diffusion's own
+samplers (the package A1111's samplers come from) with A1111's rules written out here:
+
+- noise: one `torch.randn((4, h/8, w/8))` per image from a CPU generator seeded with the image's seed,
+  scaled by the first sigma;
+- model: k-diffusion's CompVisDenoiser over the UNet, with the alphas_cumprod of the training schedule
+  in float32 (as the LDM checkpoint holds them); CFG as A1111's CFGDenoiser (cond and uncond in one batch,
+  `uncond + (cond - uncond) * cfg_scale`);
+- conditioning: CLIP's last hidden state over `[BOS] + tokens + [EOS] * padding` (77 tokens), emphasis
+  weights 1 (so the mean restoration is the identity);
+- schedules: Euler on the model's own discretisation (`get_sigmas(steps)`), DPM++ 2M with Karras sigmas
+  between the model's smallest and largest sigma;
+- 8 bits: `clamp((x + 1) / 2, 0, 1) * 255` then `astype(uint8)` (truncation).
+
+The reference needs the test extra (`k-diffusion==0.1.1.post1` installed with --no-deps, `torchdiffeq`).
+Its package `__init__` pulls training-only dependencies, so `sampling.py` and `external.py` are loaded
+under a private package name pointing at the installed folder."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import vae
+
+PROMPT = "a red fox in the snow"
+SIZE = 64
+STEPS = 8
+CFG = 7.0
+SEEDS = [1234, 1235]  # a batch takes seed, seed + 1 (A1111)
+
+
+def _k_diffusion() -> types.ModuleType:
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None or spec.origin is None:
+        pytest.skip("k-diffusion is not installed (pip install -e .[test]; k-diffusion with --no-deps)")
+    if importlib.util.find_spec("torchdiffeq") is None:
+        pytest.skip("torchdiffeq is not installed (the test extra)")
+    name = "_hiresd_kdiffusion_reference"
+    if name not in sys.modules:
+        pkg = types.ModuleType(name)
+        pkg.__path__ = [str(Path(spec.origin).parent)]
+        sys.modules[name] = pkg
+    for sub in ("utils", "sampling", "external"):
+        importlib.import_module(f"{name}.{sub}")
+    return sys.modules[name]
+
+
+class _CompVisUNet(torch.nn.Module):
+    """What CompVisDenoiser expects of an LDM model: `alphas_cumprod` and `apply_model(x, t, cond)`."""
+
+    def __init__(self, unet: torch.nn.Module, scheduler_config: dict) -> None:
+        super().__init__()
+        self.unet = unet
+        assert scheduler_config.get("beta_schedule", "scaled_linear") == "scaled_linear"
+        start, end = scheduler_config["beta_start"], scheduler_config["beta_end"]
+        n = scheduler_config["num_train_timesteps"]
+        betas = torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=cond).sample
+
+
+def _a1111_cond(model, text: str) -> torch.Tensor:
+    tok, enc = model.tokenizers[0], model.text_encoders[0]
+    ids = tok(text, truncation=False, add_special_tokens=False).input_ids
+    assert len(ids) <= 75
+    ids = [tok.bos_token_id] + ids + [tok.eos_token_id] * (76 - len(ids))
+    with torch.no_grad():
+        return enc(torch.tensor([ids])).last_hidden_state
+
+
+def _reference(model, sampler: str, seeds: list[int]) -> list[Image.Image]:
+    k = _k_diffusion()
+    denoiser = k.external.CompVisDenoiser(_CompVisUNet(model.unet, model.scheduler_config))
+    if sampler == "Euler":
+        sigmas = denoiser.get_sigmas(STEPS)
+        sample = k.sampling.sample_euler
+    else:
+        sigmas = k.sampling.get_sigmas_karras(STEPS, float(denoiser.sigmas[0]), float(denoiser.sigmas[-1]))
+        sample = k.sampling.sample_dpmpp_2m
+    cond, uncond = _a1111_cond(model, PROMPT), _a1111_cond(model, "")
+
+    def cfg_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
+                       cond=torch.cat([cond.expand(n, -1, -1), uncond.expand(n, -1, -1)]))
+        c, u = out[:n], out[n:]
+        return u + (c - u) * CFG
+
+    shape = (4, SIZE // 8, SIZE // 8)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    with torch.no_grad():
+        latents = sample(cfg_denoiser, noise * sigmas[0], sigmas, disable=True)
+        decoded = model.vae.decode(latents / model.vae.config.scaling_factor).sample
+    x = torch.clamp((decoded.float() + 1.0) / 2.0, min=0.0, max=1.0)
+    out = []
+    for one in x:
+        arr = 255.0 * np.moveaxis(one.cpu().numpy(), 0, 2)
+        out.append(Image.fromarray(arr.astype(np.uint8), "RGB"))
+    return out
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras"])
+def test_txt2img_matches_the_k_diffusion_reference(env, sampler):
+    """The issue's bar is one 8-bit level on average (mean <= 0.5); measured: mean 0.0002, max 1 (float
+    summation order flips a rare pixel across a level). Rounding instead of truncating measured a mean of
+    0.44 (max 1), inside that bar, so the bound here is tight enough to tell the two rules apart."""
+    model = env.model()
+    expected = _reference(model, sampler, SEEDS)
+    result = env.run(prompt=PROMPT, negative_prompt="", steps=STEPS, width=SIZE, height=SIZE, seed=SEEDS[0],
+                     batch_size=len(SEEDS), cfg_scale=CFG, sampler_name=sampler, enable_hr=False)
+    assert len(result.images) == len(expected)
+    for ours, ref in zip(result.images, expected, strict=True):
+        diff = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(ref, dtype=np.int16))
+        assert diff.mean() <= 0.02, (sampler, diff.mean())
+        assert diff.max() <= 1, (sampler, diff.max())
+
+
+def test_eight_bit_conversion_truncates_like_a1111():
+    """255 * x truncated, as A1111's astype(uint8): 0.999/255 -> 0, 254.6/255 -> 254, 1 -> 255."""
+    x = torch.tensor([0.999, 10.5, 127.99, 254.6, 255.0]).div(255).view(1, 1, 1, 5).expand(1, 3, 1, 5)
+    img = vae.to_images(x.clone())[0]
+    assert np.asarray(img)[0, :, 0].tolist() == [0, 10, 127, 254, 255]
+    clipped = vae.to_images(torch.tensor([-0.5, 1.5]).view(1, 1, 1, 2).expand(1, 3, 1, 2).clone())[0]
+    assert np.asarray(clipped)[0, :, 0].tolist() == [0, 255]
