@@ -71,6 +71,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
     app.state.services = services
     app.state.config = config
     errors.install(app)
+    errors.install_openapi(app)
     app.add_middleware(GZipMiddleware, minimum_size=1000)
     if config.api_auth:
         app.add_middleware(BasicAuthMiddleware, credentials=config.api_auth)

@@ -21,3 +21,25 @@ def test_openapi_lists_the_a1111_routes() -> None:
                   "/sdapi/v1/samplers", "/sdapi/v1/schedulers", "/sdapi/v1/upscalers",
                   "/sdapi/v1/latent-upscale-modes", "/sdapi/v1/options"):
         assert route in paths
+
+
+def test_every_operation_documents_its_error_responses() -> None:
+    """400/413/422 where there is a body, 401 on guarded paths, 503 with Retry-After where a job can
+    queue, 500 everywhere: all in A1111's error model, a named component."""
+    schema = json.loads(render())
+    error = schema["components"]["schemas"]["ErrorResponse"]
+    assert set(error["required"]) == {"error", "detail", "body", "errors"}
+    ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    for path, item in schema["paths"].items():
+        for method, op in item.items():
+            responses = op["responses"]
+            assert responses["500"]["content"]["application/json"]["schema"] == ref, (method, path)
+            if path.startswith("/sdapi/"):
+                assert "WWW-Authenticate" in responses["401"]["headers"], (method, path)
+            if "requestBody" in op:
+                for status in ("400", "413"):
+                    assert responses[status]["content"]["application/json"]["schema"] == ref, (method, path)
+                assert ref in responses["422"]["content"]["application/json"]["schema"]["anyOf"]
+    txt2img = schema["paths"]["/sdapi/v1/txt2img"]["post"]["responses"]
+    assert "Retry-After" in txt2img["503"]["headers"]
+    assert "503" not in schema["paths"]["/sdapi/v1/interrupt"]["post"]["responses"]  # answered at once

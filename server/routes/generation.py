@@ -12,6 +12,7 @@ from pipeline.infotext import parse_infotext
 from pipeline.processing import prepare
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import run_on_worker, services
+from server.errors import NEVER_QUEUED
 from server.imagecodec import decode_image, encode_image_b64, read_image_info
 from server.options import OPTIONS
 from server.services import Services
@@ -67,7 +68,7 @@ class PNGInfoResponse(BaseModel):
     parameters: dict[str, Any]
 
 
-@router.post("/png-info", response_model=PNGInfoResponse)
+@router.post("/png-info", response_model=PNGInfoResponse, openapi_extra=NEVER_QUEUED)
 async def png_info(req: PNGInfoRequest, svc: Services = Depends(services)) -> PNGInfoResponse:
     def read() -> PNGInfoResponse:
         img = decode_image(req.image, field="image", max_pixels=svc.config.max_pixels)

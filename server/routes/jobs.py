@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from server.deps import services
+from server.errors import NEVER_QUEUED
 from server.imagecodec import encode_image_b64
 from server.services import Services
 
@@ -33,13 +34,13 @@ async def progress(skip_current_image: bool = False, svc: Services = Depends(ser
                             current_image=image, textinfo=snap["textinfo"])
 
 
-@router.post("/interrupt")
+@router.post("/interrupt", openapi_extra=NEVER_QUEUED)
 async def interrupt(svc: Services = Depends(services)) -> dict[str, Any]:
     svc.worker.state.interrupt()
     return {}
 
 
-@router.post("/skip")
+@router.post("/skip", openapi_extra=NEVER_QUEUED)
 async def skip(svc: Services = Depends(services)) -> None:
     svc.worker.state.skip()
     return None

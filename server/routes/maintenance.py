@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 from server.auth import check_basic
 from server.config import ServerConfig
 from server.deps import services
+from server.errors import NEVER_QUEUED
 from server.services import Services
 
 log = logging.getLogger("hiresd.maintenance")
@@ -88,7 +89,12 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body).items()}
 
 
-@login_router.post("/login")
+class LoginError(BaseModel):
+    detail: str
+
+
+@login_router.post("/login", openapi_extra=NEVER_QUEUED, responses={
+    400: {"model": LoginError, "description": "With --api-auth: wrong username or password (Gradio's answer)"}})
 async def login(request: Request) -> JSONResponse:
     """Gradio's login form, which some bots (AIYA) POST before calling the API. Without --api-auth it
     answers 200 `{"success": true}`; with it, 200 when the form's username/password pair is valid and
