@@ -20,12 +20,12 @@ SLOWMO_EXTENSION = '''
 """Test extension: a prompt containing "slowmo" sleeps SLOWMO_S seconds before every step's callback."""
 import time
 
-import pipeline.txt2img as _txt2img
+import pipeline.denoise as _denoise
 
 NAME = "slowmo"
 SLOWMO_S = 0.05
 _delay = {"s": 0.0}
-_run_pass = _txt2img.run_pass
+_run_pass = _denoise.run_pass  # every pass (txt2img, hires, img2img) samples through it
 
 
 def process_before_every_sampling(p, **kwargs):
@@ -43,7 +43,7 @@ def _slow_run_pass(*args, **kwargs):
     return _run_pass(*head, slow_callback, **kwargs)
 
 
-_txt2img.run_pass = _slow_run_pass
+_denoise.run_pass = _slow_run_pass
 '''
 
 
