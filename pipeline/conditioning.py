@@ -21,13 +21,14 @@ the pre-weighting mean), "No norm", "Ignore" (parse brackets, apply no weights),
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from pipeline.errors import InvalidRequest
+from pipeline.networks.tags import strip_tags
 from pipeline.prompts import get_prompt_schedules, parse_prompt_attention, schedule_index_at_step
 
 __all__ = [
@@ -71,6 +72,7 @@ class Cond:
 class _Chunk:
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    fixes: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (offset, embedding vectors)
 
 
 @dataclass
@@ -119,10 +121,12 @@ class PromptEncoder:
         comma_padding_backtrack: int = 20,
         sdxl_clip_l_skip: bool = False,
         cache_size: int = 256,
+        salt: Callable[[], Hashable] | None = None,
+        embeddings: Callable[[], Any] | None = None,
     ):
         if family not in ("sd1", "sd2", "sdxl"):
             raise ValueError(f"unknown model family {family!r}")
-        expected = 2 if family == "sdxl" else 1
+        expected = 2 if family == "sdxl" and len(text_encoders) != 1 else 1  # an SDXL refiner: bigG only
         if len(tokenizers) != expected or len(text_encoders) != expected:
             raise ValueError(f"{family} needs {expected} tokenizer(s) and text encoder(s)")
         if emphasis not in EMPHASIS_MODES:
@@ -131,17 +135,24 @@ class PromptEncoder:
         self.emphasis = emphasis
         self.comma_padding_backtrack = int(comma_padding_backtrack)
         self.sdxl_clip_l_skip = bool(sdxl_clip_l_skip)
-        roles = {"sd1": ["clip"], "sd2": ["openclip"], "sdxl": ["xl_clip_l", "xl_bigg"]}[family]
+        roles = {"sd1": ["clip"], "sd2": ["openclip"], "sdxl": ["xl_clip_l", "xl_bigg"]}[family][-expected:]
         self.encoders = [
             self._describe(tok, enc, role) for tok, enc, role in zip(tokenizers, text_encoders, roles)
         ]
         self.cache_size = int(cache_size)
+        self.salt = salt  # what else the encodings depend on (the text encoders' patched networks)
+        self.embeddings = embeddings  # -> a networks.embeddings.EmbeddingMatcher (textual inversion) or None
         self._cache: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor | None]]] = OrderedDict()
         self.encoder_calls = 0
 
     @classmethod
     def from_model(cls, model: Any, **options: Any) -> PromptEncoder:
-        """From an `SDModel` (its tokenizers, text_encoders and family)."""
+        """From an `SDModel` (its tokenizers, text_encoders and family). Textual-inversion embeddings come
+        from the model's `networks.embeddings` matcher; cached encodings are keyed by the model's
+        `networks.salt` (its patched LoRA set) and the matcher's generation too."""
+        options.setdefault("embeddings", lambda: model.extra.get("networks.embeddings"))
+        options.setdefault("salt", lambda: (model.extra.get("networks.salt"),
+                                            getattr(model.extra.get("networks.embeddings"), "generation", None)))
         return cls(model.tokenizers, model.text_encoders, model.family, **options)
 
     @staticmethod
@@ -163,7 +174,7 @@ class PromptEncoder:
     def pooled_dim(self) -> int | None:
         if self.family != "sdxl":
             return None
-        return int(_projection(self.encoders[1].model).out_features)
+        return int(_projection(self.encoders[-1].model).out_features)
 
     def encode(self, texts: Sequence[str], clip_skip: int = 1, *, negative: bool = False) -> Cond:
         """Encode each text on its own (as A1111 does for each distinct prompt) and stack them into a batch.
@@ -184,7 +195,8 @@ class PromptEncoder:
         texts = tuple(texts)
         zero = negative and self.family == "sdxl" and all(t == "" for t in texts)
         skip = self._effective_clip_skip(clip_skip)
-        key = (texts, skip, zero, self.emphasis, self.comma_padding_backtrack)
+        salt = self.salt() if self.salt is not None else None
+        key = (texts, skip, zero, self.emphasis, self.comma_padding_backtrack, salt)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._zeros(len(texts)) if zero else self._encode_uncached(texts, skip)
@@ -223,6 +235,8 @@ class PromptEncoder:
         pieces = [t for t, _ in parsed]
         ids = enc.tokenizer(pieces, truncation=False, add_special_tokens=False, verbose=False)["input_ids"]
         backtrack = self.comma_padding_backtrack
+        matcher = self.embeddings() if self.embeddings is not None else None
+        k = self.encoders.index(enc)
 
         chunks: list[_Chunk] = []
         chunk = _Chunk()
@@ -241,7 +255,22 @@ class PromptEncoder:
                 close(chunk)
                 chunk = _Chunk()
                 continue
-            for token in tokens:
+            i = 0
+            while i < len(tokens):
+                hit = matcher.match(k, tokens, i) if matcher is not None else None
+                if hit is not None:  # an embedding: its vectors take that many positions, never split
+                    emb, used = hit
+                    vec = emb.vectors[k if len(emb.vectors) > 1 else 0][:CHUNK_TOKENS]
+                    if len(chunk.tokens) + vec.shape[0] > CHUNK_TOKENS:
+                        close(chunk)
+                        chunk = _Chunk()
+                    chunk.fixes.append((len(chunk.tokens), vec))
+                    chunk.tokens += [0] * vec.shape[0]  # placeholder ids, replaced after the lookup
+                    chunk.weights += [float(weight)] * vec.shape[0]
+                    i += used
+                    continue
+                token = tokens[i]
+                i += 1
                 if token == enc.comma_id:
                     last_comma = len(chunk.tokens)
                 elif (
@@ -253,9 +282,11 @@ class PromptEncoder:
                     # move the words after the last comma into the next chunk
                     cut = last_comma + 1
                     moved_tokens, moved_weights = chunk.tokens[cut:], chunk.weights[cut:]
+                    moved_fixes = [(o - cut, v) for o, v in chunk.fixes if o >= cut]
+                    chunk.fixes = [(o, v) for o, v in chunk.fixes if o < cut]
                     del chunk.tokens[cut:], chunk.weights[cut:]
                     close(chunk)
-                    chunk = _Chunk(moved_tokens, moved_weights)
+                    chunk = _Chunk(moved_tokens, moved_weights, moved_fixes)
                 if len(chunk.tokens) == CHUNK_TOKENS:
                     close(chunk)
                     chunk = _Chunk()
@@ -309,7 +340,8 @@ class PromptEncoder:
             zs = []
             for i in range(n_chunks):
                 batch = [c[i] if i < len(c) else self._empty_chunk(enc) for c in chunk_lists]
-                z, pool = self._run(enc, [self._with_padding(enc, c.tokens) for c in batch], clip_skip)
+                z, pool = self._run(enc, [self._with_padding(enc, c.tokens) for c in batch], clip_skip,
+                                    [c.fixes for c in batch])
                 weights = torch.tensor([c.weights for c in batch], dtype=torch.float32, device=z.device)
                 zs.append(self._apply_emphasis(z, weights, counts.to(z.device)))
                 if i == 0 and pool is not None:
@@ -329,13 +361,28 @@ class PromptEncoder:
         return torch.cat([z, empty.expand(z.shape[0], -1, -1).repeat(1, reps, 1)], dim=1)
 
     def _run(
-        self, enc: _Encoder, token_rows: list[list[int]], clip_skip: int
+        self, enc: _Encoder, token_rows: list[list[int]], clip_skip: int,
+        fixes: list[list[tuple[int, torch.Tensor]]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         model = enc.model
         param = next(model.parameters())
         ids = torch.tensor(token_rows, dtype=torch.long, device=param.device)
         self.encoder_calls += 1
-        out = model(input_ids=ids, output_hidden_states=True)
+        handle = None
+        if fixes and any(fixes):
+            def put_vectors(_module: Any, _inputs: Any, out: torch.Tensor) -> torch.Tensor:
+                out = out.clone()
+                for row, row_fixes in enumerate(fixes):
+                    for offset, vec in row_fixes:  # after BOS, before the position embeddings
+                        out[row, offset + 1:offset + 1 + vec.shape[0]] = vec.to(out)
+                return out
+
+            handle = model.get_input_embeddings().register_forward_hook(put_vectors)
+        try:
+            out = model(input_ids=ids, output_hidden_states=True)
+        finally:
+            if handle is not None:
+                handle.remove()
         hidden = out.hidden_states
         pooled = None
         if enc.role == "clip":
@@ -440,7 +487,9 @@ class ScheduledConditioning:
         hires_steps: int | None = None,
         negative: bool = False,
     ):
-        self.prompts = list(prompts)
+        # extra-network tags (`<lora:...>`, any `<type:...>`) never reach a positive prompt's text encoder;
+        # A1111 leaves a negative prompt's tags as literal text
+        self.prompts = list(prompts) if negative else [strip_tags(p) for p in prompts]
         self.schedules = get_prompt_schedules(self.prompts, steps, hires_steps)
         groups: dict[str, list[Cond]] = {}
         for prompt, schedule in zip(self.prompts, self.schedules):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipeline import infotext as infotext_mod
-from pipeline import denoise, samplers, vae
+from pipeline import refiner as refiner_mod
+from pipeline import denoise, networks, samplers, vae
 from pipeline.errors import Interrupted
 from pipeline.extensions import Extensions
 from pipeline.model import SDModel
@@ -46,6 +47,7 @@ class Context:
     extensions: Extensions
     state: JobState
     faces: Any = None  # upscalers.faces.FaceRestorers, for restore_faces
+    networks: Any = None  # pipeline.networks.Networks: LoRA tags applied per pass (None: only stripped)
 
 
 @dataclass
@@ -63,7 +65,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
     p.all_subseeds = [p.subseed + i for i in range(bs * p.n_iter)]
     p.all_prompts = [p.prompt] * (bs * p.n_iter)
     p.all_negative_prompts = [p.negative_prompt] * (bs * p.n_iter)
-    weights = _job_weights(p)
+    weights = refiner_mod.with_swap_cost(p, _job_weights(p))
     state.begin("scripts_txt2img", p.job_count, weights)
     images: list[Image.Image] = []
     infotexts: list[str] = []
@@ -83,11 +85,14 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
 
         # -- pass one -----------------------------------------------------------------------------
         p.is_hr_pass = False
+        refined = False
         if p.firstpass_image is not None:
             first = PassResult(_encode_firstpass(model, p) if _is_latent(p) else torch.empty(0))
         else:
             first = _sample(model, p, ctx, seeds, subseeds, p.width, p.height, None, pass_no=1)
             calls.append(first.unet_calls)
+            refined = first.model is not None and first.model is not model
+            model = first.model or model  # the refiner, when it took over: its VAE decodes
         if not p.enable_hr or isinstance(first.stopped, Interrupted):
             batch = _restore_faces(_decode(model, first.latents, p), p, ctx)
             images += batch
@@ -114,9 +119,11 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
             infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(pixels))]
             continue
         hr_model = model  # the hires checkpoint is loaded only for a pass two that runs
-        if second_pass and p.hr_checkpoint:
+        # after a refiner in pass one, pass two runs on the hires checkpoint or the base again (A1111)
+        hr_key = p.hr_checkpoint or (p.checkpoint if refined else None)
+        if second_pass and hr_key:
             model = None  # let the manager free the main model if it evicts it for the hires one
-            hr_model = ctx.models.get(p.hr_checkpoint)
+            hr_model = ctx.models.get(hr_key)
         if pixels is not None:
             latents = vae.encode(hr_model, _to_tensor(pixels))
         latents = _crop(latents, p)
@@ -127,6 +134,7 @@ def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
                              pass_no=2)
             calls.append(second.unet_calls)
             latents = second.latents
+            hr_model = second.model or hr_model
         batch = _restore_faces(_decode(hr_model, latents, p), p, ctx)
         images += batch
         infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(batch))]
@@ -167,13 +175,16 @@ def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subse
     first_calls = p.counters.setdefault("first_pass_calls", calls)
     prompt = (p.hr_prompt or p.prompt) if hr else p.prompt
     negative = (p.hr_negative_prompt or p.negative_prompt) if hr else p.negative_prompt
+    networks.activate_for_pass(ctx.networks, model, p, prompt, negative)  # before the conditioning
     sched = {"steps": first_calls, "hires_steps": calls} if hr else {"steps": calls}
     cond_at = denoise.prompt_conditioning(model, [prompt] * len(seeds), [negative] * len(seeds), p.clip_skip,
                                           **sched)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
+    switch = refiner_mod.pass_switch(p, ctx.models, ctx.state, plan, pass_no, lambda m: denoise.prompt_conditioning(
+        m, [prompt] * len(seeds), [negative] * len(seeds), p.clip_skip, **sched))
     with circular_padding([model.unet, model.vae], p.tiling):
         return denoise.denoise(model, plan, noise, init_latents, cond_at, p.hr_cfg_scale if hr else p.cfg_scale,
-                               width, height, callback)
+                               width, height, callback, switch=switch)
 
 
 def _latent_upscale(latents: torch.Tensor, p: Processing) -> torch.Tensor:
@@ -269,9 +280,19 @@ def _infotext(p: Processing, ctx: Context, index: int) -> str:
         params.append(("Eta", p.eta))
     if p.enable_hr:
         params += _hires_params(p, ctx)
+    params += _refiner_params(p, ctx)
     params += list(p.extra_generation_params.items())
     params.append(("Version", VERSION))
     return infotext_mod.format_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
+
+
+def _refiner_params(p: Processing, ctx: Context) -> list[tuple[str, Any]]:
+    out = refiner_mod.switch_by_steps_infotext(p.options)
+    if p.refiner is not None:
+        info = ctx.models.info(p.refiner.checkpoint)
+        name = f"{info.get('model_name')} [{info['hash']}]" if info.get("hash") else info.get("model_name")
+        out += p.refiner.infotext(name, p.enable_hr, p.options)
+    return out
 
 
 def _hires_params(p: Processing, ctx: Context) -> list[tuple[str, Any]]:

@@ -17,6 +17,7 @@ from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.errors import InvalidRequest, UnknownName
 from pipeline.extensions import Extensions
 from pipeline.models import ModelManager
+from pipeline.networks import Networks
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.processing import Processing
 from pipeline.styles import StyleStore
@@ -63,6 +64,7 @@ class Services:
     extensions: Extensions
     styles: StyleStore
     console: ConsoleProgress | None = None
+    networks: Networks | None = None  # LoRA files and embeddings (<models>/Lora, LyCORIS, embeddings)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -95,6 +97,8 @@ class Services:
         worker = Worker(config.queue_size)
         svc = cls(config, options, worker, models, upscalers, Extensions.load(config.extensions_dir),
                   StyleStore(config.styles_path()))
+        svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
+                                               config.embeddings_dir)
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
@@ -199,7 +203,7 @@ class Services:
     def run_txt2img(self, p: Processing) -> Txt2ImgResult:
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions, self.worker.state,
-                      faces=self.upscalers.faces)
+                      faces=self.upscalers.faces, networks=self.networks)
         try:
             return run_txt2img(p, ctx)
         finally:

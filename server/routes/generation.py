@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.infotext import parse_infotext
+from pipeline.networks import check_job
 from pipeline.processing import prepare
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import run_on_worker, services
@@ -33,6 +34,7 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
             p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or req.prompt,
                                                                  p.hr_negative_prompt or req.negative_prompt,
                                                                  p.styles)
+    check_job(svc.networks, p, svc.models)  # LoRA tags: unknown name, bad number, wrong family -> 400
 
     def job() -> tuple[Any, bool]:
         result = svc.run_txt2img(p)

@@ -189,6 +189,28 @@ async def hypernetworks() -> list[dict[str, Any]]:
     return []
 
 
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
+@router.get("/loras", response_model=list[LoraItem])
+async def loras(svc: Services = Depends(services)) -> list[dict[str, Any]]:
+    """The LoRA-family files under the LoRA and LyCORIS folders (subfolders included), in A1111's shape:
+    `name` (file stem), `alias` (`ss_output_name` or the stem), absolute `path`, the safetensors
+    `metadata` ({} for .pt/.ckpt). Headers only: no tensor is read."""
+    items = await run_in_threadpool(svc.networks.loras.list)
+    return [f.as_api() for f in items]
+
+
+@router.post("/refresh-loras")
+async def refresh_loras(svc: Services = Depends(services)) -> None:
+    """Rescan the LoRA folders; returns null as A1111 does."""
+    await run_in_threadpool(svc.networks.loras.refresh)
+
+
 @router.get("/embeddings", response_model=EmbeddingsResponse)
 async def embeddings() -> EmbeddingsResponse:
     """Textual-inversion embeddings are not supported: nothing loaded, nothing skipped."""

@@ -1,0 +1,303 @@
+"""Extra networks: prompt tags, LoRA-family files patched into the loaded model's weights (restored
+exactly), and textual-inversion embeddings, all with AUTOMATIC1111 v1.10's semantics.
+
+`Networks` is the one entry point. `check()` validates a job's tags before it is queued (unknown name,
+bad multiplier, wrong model family: a 400 naming the tag); `activate()` makes a prompt's LoRA set the one
+applied to a model (no set for `None`), right before its conditioning is encoded."""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InvalidRequest
+from pipeline.networks.embeddings import EmbeddingDatabase, EmbeddingMatcher
+from pipeline.networks.files import LoraFile, LoraIndex, NetworkFileError, TensorCache, load_tensors
+from pipeline.networks.keys import file_family, split_key, target_map
+from pipeline.networks.patch import Patcher, Step
+from pipeline.networks.tags import LoraParams, lora_params, parse_tags, strip_tags
+from pipeline.prompts import parse_prompt_attention
+from pipeline.networks.types import ModuleNetwork, NetworkTypeError, classify
+
+__all__ = ["Networks", "ParsedNetwork", "parse_network", "strip_tags"]
+
+log = logging.getLogger("hiresd.networks")
+DEFAULT_CACHE_MB = 1024
+
+
+@dataclass
+class ParsedNetwork:
+    """A network file parsed once: its modules' factors by key stem."""
+
+    path: str
+    mtime: float
+    modules: dict[str, ModuleNetwork]
+    unknown_keys: list[str]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.nbytes for m in self.modules.values())
+
+
+def parse_network(lf: LoraFile) -> ParsedNetwork:
+    tensors = load_tensors(lf.path)
+    groups: dict[str, dict[str, Any]] = {}
+    unknown: list[str] = []
+    for key, value in tensors.items():
+        if key.startswith("bundle_emb."):
+            unknown.append(key)
+            continue
+        split = split_key(key)
+        if split is None:
+            unknown.append(key)
+            continue
+        stem, factor = split
+        groups.setdefault(stem, {})[factor] = value
+    modules: dict[str, ModuleNetwork] = {}
+    for stem, factors in groups.items():
+        try:
+            modules[stem] = classify(factors)
+        except NetworkTypeError as exc:
+            raise NetworkFileError(f"{lf.path}: module {stem}: {exc}") from exc
+    if unknown:
+        log.debug("%s: %d keys not understood, e.g. %s", lf.path, len(unknown), unknown[:3])
+    return ParsedNetwork(str(lf.path), lf.mtime, modules, unknown)
+
+
+@dataclass(frozen=True)
+class ActiveLora:
+    """A LoRA a pass applied: the tag's parameters and the file."""
+
+    params: LoraParams
+    file: LoraFile
+
+
+class Networks:
+    """LoRA folders, the parsed-file cache and the per-model patchers; thread-safe for listing, while
+    `activate` runs on the worker."""
+
+    def __init__(self, lora_dirs: list[Path], embeddings_dir: Path | None = None,
+                 cache_mb: float = DEFAULT_CACHE_MB) -> None:
+        self.loras = LoraIndex(lora_dirs)
+        self.embeddings = EmbeddingDatabase(embeddings_dir)
+        self.last_widths: list[int] | None = None  # text-encoder widths of the model last prepared
+        self.cache = TensorCache(int(cache_mb * 2**20))
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_models_dir(cls, models_dir: Path, lora_dir: Path | None = None, lyco_dir: Path | None = None,
+                       embeddings_dir: Path | None = None, cache_mb: float = DEFAULT_CACHE_MB) -> Networks:
+        """A1111's folders: `<models>/Lora`, `<models>/LyCORIS`, `<models>/embeddings` unless given."""
+        return cls([lora_dir or models_dir / "Lora", lyco_dir or models_dir / "LyCORIS"],
+                   embeddings_dir or models_dir / "embeddings", cache_mb)
+
+    # -- validation (before queueing) ----------------------------------------------------------------
+    def resolve(self, prompt: str, family: str | None = None) -> list[ActiveLora]:
+        """The LoRAs a prompt's tags name, each found on disk and fitting `family` (when known), else an
+        InvalidRequest naming the tag. Unknown tag types are only stripped, as in A1111."""
+        _, tags = parse_tags(prompt)
+        out: list[ActiveLora] = []
+        for params in lora_params(tags):
+            lf = self.loras.find(params.name)
+            if lf is None:
+                raise InvalidRequest("prompt", f"{params.tag}: no LoRA named {params.name!r} in "
+                                     f"{', '.join(str(f) for f in self.loras.folders)} (A1111 would silently "
+                                     "ignore it)", self.loras.closest(params.name))
+            if family is not None:
+                self._check_family(params, lf, family)
+            out.append(ActiveLora(params, lf))
+        return out
+
+    def _check_family(self, params: LoraParams, lf: LoraFile, family: str) -> None:
+        got = file_family(list(lf.shapes))
+        if got is None:
+            return
+        if (got == "sdxl") != (family == "sdxl"):
+            trained = "SDXL" if got == "sdxl" else "SD 1.x/2.x"
+            raise InvalidRequest("prompt", f"{params.tag}: LoRA {lf.name!r} was trained for {trained} models "
+                                 f"and the checkpoint is {family}; it would apply partially and distort "
+                                 "the image (A1111 applies it silently)",
+                                 [f.name for f in self.loras.list() if self._fits(f, family)][:10])
+
+    @staticmethod
+    def _fits(lf: LoraFile, family: str) -> bool:
+        got = file_family(list(lf.shapes))
+        return got is None or (got == "sdxl") == (family == "sdxl")
+
+    # -- textual inversion -----------------------------------------------------------------------------
+    def matcher_for(self, model: Any) -> EmbeddingMatcher:
+        """The embeddings that fit `model`, indexed for its tokenizers (rebuilt after a reload)."""
+        self.embeddings.ensure()
+        matcher = model.extra.get("networks.embeddings")
+        if matcher is None or matcher.generation != self.embeddings.generation:
+            widths = encoder_widths(model)
+            loaded, _ = self.embeddings.for_widths(widths)
+            matcher = model.extra["networks.embeddings"] = EmbeddingMatcher(loaded, model.tokenizers,
+                                                                            self.embeddings.generation)
+        self.last_widths = encoder_widths(model)
+        return matcher
+
+    def embeddings_api(self, widths: list[int]) -> dict[str, dict[str, Any]]:
+        """`GET /sdapi/v1/embeddings` for text encoders of these widths: A1111's `loaded` / `skipped`
+        items (`step`, `sd_checkpoint`, `sd_checkpoint_name`, `shape`, `vectors`), a skipped one with
+        its `reason` too."""
+        loaded, skipped = self.embeddings.for_widths(widths)
+        return {"loaded": {n: e.api_item() for n, e in sorted(loaded.items(), key=lambda kv: kv[0].lower())},
+                "skipped": {n: {**e.api_item(), "reason": why} for n, (e, why) in skipped.items()}}
+
+    # -- activation (worker thread) ------------------------------------------------------------------
+    def activate(self, model: Any, prompt: str | None) -> list[ActiveLora]:
+        """Apply the LoRA set of `prompt`'s tags to `model` (only the tags' set, every earlier one off);
+        `None` or a prompt without tags applies none. Returns what is now applied."""
+        active = self.resolve(prompt) if prompt else []
+        last = {a.params.name: a.params for a in active}  # a repeated name uses its last multipliers
+        signature = tuple((a.file.path, a.file.mtime, last[a.params.name].te, last[a.params.name].unet,
+                           last[a.params.name].dyn) for a in active)
+        patcher: Patcher = model.extra.setdefault("networks.patcher", Patcher())
+        if signature == patcher.signature:
+            return active
+        plan: list[Step] = []
+        targets = None
+        keep = {(str(a.file.path), a.file.mtime) for a in active}
+        for a in active:
+            params = last[a.params.name]
+            parsed = self._parsed(a.file, keep)
+            if targets is None:
+                targets = model.extra.get("networks.targets")
+                if targets is None:
+                    targets = model.extra["networks.targets"] = target_map(model)
+            plan += self._plan(params, a.file, parsed, targets)
+        try:
+            changed = patcher.apply(signature, plan)
+        except (NetworkTypeError, RuntimeError) as exc:
+            raise InvalidRequest("prompt", f"a LoRA of {[a.params.tag for a in active]} does not fit the "
+                                 f"loaded model: {exc}") from exc
+        self.cache.trim(keep)
+        if changed:
+            model.extra["networks.salt"] = signature
+            log.info("networks on %s: %s", model.title,
+                     ", ".join(f"{a.params.name} te={last[a.params.name].te} unet={last[a.params.name].unet}"
+                               for a in active) or "none")
+        return active
+
+    def _parsed(self, lf: LoraFile, keep: set[tuple[str, float]]) -> ParsedNetwork:
+        key = (str(lf.path), lf.mtime)
+        hit = self.cache.get(key)
+        if hit is None:
+            try:
+                hit = parse_network(lf)
+            except NetworkFileError as exc:
+                raise InvalidRequest("prompt", f"LoRA {lf.name!r}: {exc}") from exc
+            self.cache.put(key, hit, hit.nbytes, keep)
+        return hit
+
+    @staticmethod
+    def _plan(params: LoraParams, lf: LoraFile, parsed: ParsedNetwork, targets: dict[str, Any]) -> list[Step]:
+        steps: list[Step] = []
+        missing: list[str] = []
+        for stem, net in parsed.modules.items():
+            target = targets.get(stem)
+            if target is None:
+                missing.append(stem)
+                continue
+            steps.append(Step(target, net, params.te if target.is_te else params.unet, params.dyn))
+        if missing:
+            log.debug("LoRA %s: %d modules match nothing in the model, e.g. %s", lf.name, len(missing),
+                      missing[:3])
+        if parsed.modules and not steps:
+            raise InvalidRequest("prompt", f"{params.tag}: none of the {len(parsed.modules)} modules of LoRA "
+                                 f"{lf.name!r} exists in the loaded model (e.g. {missing[0]!r}); it was made "
+                                 "for another kind of model")
+        return steps
+
+
+def hash_items(text: str | None) -> dict[str, str]:
+    """`name: hash, name2: hash` (an infotext `Lora hashes` / `TI hashes` value) as a dict."""
+    out: dict[str, str] = {}
+    for item in (text or "").split(", "):
+        name, sep, value = item.rpartition(": ")
+        if sep:
+            out[name] = value
+    return out
+
+
+def hash_value(items: dict[str, str]) -> str:
+    return ", ".join(f"{k}: {v}" for k, v in items.items())
+
+
+def _infotext_name(name: str) -> str:
+    return name.replace(":", "").replace(",", "")
+
+
+def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str,
+                      negative: str | None = None) -> list[ActiveLora]:
+    """A1111's per-pass activation: the LoRA set of this pass's prompt (pass two: the hires prompt's) is
+    applied to `model` before its conditioning is encoded; with `disable_extra_networks` none is (never
+    the previous job's). The LoRAs used are added to the job's `Lora hashes` (keys as typed), the
+    embeddings the prompt and `negative` use to its `TI hashes` (whatever the encoder's cache did)."""
+    if networks is None:
+        return []
+    matcher = networks.matcher_for(model)
+    if negative is not None and matcher.embeddings and p.options.get("textual_inversion_add_hashes_to_infotext",
+                                                                      True):
+        used = used_embeddings(matcher, model.tokenizers[0], [prompt, negative])
+        if used:
+            items = hash_items(p.extra_generation_params.get("TI hashes"))
+            for emb in used:
+                items.setdefault(_infotext_name(emb.name), emb.shorthash)
+            p.extra_generation_params["TI hashes"] = hash_value(items)
+    disabled = bool(getattr(p.request, "disable_extra_networks", False))
+    active = networks.activate(model, None if disabled else prompt)
+    if active and p.options.get("lora_add_hashes_to_infotext", True):
+        items = hash_items(p.extra_generation_params.get("Lora hashes"))
+        for a in active:
+            items.setdefault(_infotext_name(a.params.name), a.file.shorthash)
+        p.extra_generation_params["Lora hashes"] = hash_value(items)
+    return active
+
+
+def _family(models: Any, key: str | None) -> str | None:
+    """The family of a checkpoint (header-only detection when not yet known), None when unknown."""
+    if not key:
+        return None
+    try:
+        info = models.find(key)
+        if info.family is None and info.kind != "builtin":
+            from pipeline.checkpoints.loader import detect_checkpoint
+
+            detect_checkpoint(info)
+        return info.family
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint fails later, with its own message
+        return None
+
+
+def check_job(networks: Networks | None, p: Any, models: Any) -> None:
+    """Validate a txt2img job's LoRA tags before it is queued: the prompt's against the checkpoint, the
+    hires prompt's (when it has its own) against the hires checkpoint. Nothing when
+    `disable_extra_networks` is set: the tags are then only stripped."""
+    if networks is None or getattr(p.request, "disable_extra_networks", False):
+        return
+    family = _family(models, p.checkpoint)
+    networks.resolve(p.prompt, family)
+    if p.enable_hr and p.hr_prompt:
+        networks.resolve(p.hr_prompt, _family(models, p.hr_checkpoint) if p.hr_checkpoint else family)
+
+
+FAMILY_WIDTHS = {"sd1": [768], "sd2": [1024], "sdxl": [768, 1280]}
+
+
+def encoder_widths(model: Any) -> list[int]:
+    return [int(e.get_input_embeddings().weight.shape[1]) for e in model.text_encoders]
+
+
+def used_embeddings(matcher: EmbeddingMatcher, tokenizer: Any, texts: list[str]) -> list[Any]:
+    """The embeddings the texts mention (emphasis runs tokenized as the prompt encoder does)."""
+    rows: list[list[int]] = []
+    for text in texts:
+        pieces = [t for t, _ in parse_prompt_attention(strip_tags(text))] if text else []
+        for ids in tokenizer(pieces, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] \
+                if pieces else []:
+            rows.append(list(ids))
+    return matcher.used(rows)

@@ -1,0 +1,217 @@
+"""LoRA-family files applied through `<lora:...>` tags: each network type matches the image of a model
+holding the merged weights computed independently (tests/fixtures/networks.py), the weights are restored
+exactly, the te/unet split, hires prompts, and every bad input is a clear error before any work."""
+from __future__ import annotations
+
+import contextlib
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import InvalidRequest
+from tests.fixtures.networks import make_network
+from tests.pipeline.networks.conftest import arr
+
+KINDS = ["lora", "locon_cp", "loha", "lokr", "ia3", "full", "glora", "oft", "dora"]
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _close(a, b, tol: float = 1.0) -> None:
+    diff = np.abs(arr(a) - arr(b))
+    assert diff.max() <= tol, f"max pixel difference {diff.max()}"
+
+
+def _reference(net_env, nets, which: str = "sd1", mults=None, extensions=None, **fields):
+    """The image of the same job on a model holding the merged weights of `nets` (networks not applied
+    by the server; its pristine weights restored first, its prompt cache cleared around the job)."""
+    net_env.run(which, prompt="restore")  # a job without tags: the server's patch is undone
+    model = net_env.model(which)
+    mults = mults or [(1.0, 1.0)] * len(nets)
+    stack = contextlib.ExitStack()
+    with stack:
+        for net, (te, unet) in zip(nets, mults):
+            stack.enter_context(net.merged(te, unet))
+        model.extra["prompt_encoder"].clear_cache()
+        image = net_env.run(which, networks=False, extensions=extensions, **fields).images[0]
+    model.extra["prompt_encoder"].clear_cache()
+    return image
+
+
+def _write(net_env, model, kind: str, name: str, seed: int = 0, **kw):
+    net = make_network(model, kind, seed=seed, **kw)
+    net.save(net_env.lora_dir / f"{name}.safetensors")
+    net_env.networks.loras.refresh()
+    return net
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_type_matches_the_merged_weights_reference(net_env, kind):
+    model = net_env.model("sd1")
+    net = _write(net_env, model, kind, f"t-{kind}", seed=KINDS.index(kind))
+    plain = net_env.run(prompt="a cat").images[0]
+    got = net_env.run(prompt=f"a cat <lora:t-{kind}:0.8>").images[0]
+    want = _reference(net_env, [net], mults=[(0.8, 0.8)], prompt="a cat")
+    assert np.abs(arr(got) - arr(plain)).mean() > 1.0  # the network does change the picture
+    _close(got, want)
+
+
+def test_a_job_without_loras_after_a_lora_job_is_byte_identical_to_a_fresh_model(net_env, tiny_checkpoints):
+    from pipeline.checkpoints import CheckpointRegistry
+    from pipeline.models import ModelManager
+
+    model = net_env.model("sd1")
+    _write(net_env, model, "lora", "restore-a", seed=11)
+    _write(net_env, model, "ia3", "restore-b", seed=12)
+    net_env.run(prompt="a cat <lora:restore-a:1> <lora:restore-b:0.5>")
+    net_env.run(prompt="a cat <lora:restore-b:1>", enable_hr=True, hr_scale=1.5)
+    after = net_env.run(prompt="a cat").images[0]
+    root = tiny_checkpoints["root"]
+    fresh = ModelManager(CheckpointRegistry(root, root / "data"), torch.device("cpu"), torch.float32)
+    fresh_model = fresh.get(fresh.resolve_title(tiny_checkpoints["sd1"], "sd_model_checkpoint"))
+    for (name, a), b in zip(model.unet.state_dict().items(), fresh_model.unet.state_dict().values()):
+        assert torch.equal(a, b), name
+    net_env.models, saved = fresh, net_env.models
+    try:
+        reference = net_env.run(prompt="a cat", networks=False).images[0]
+    finally:
+        net_env.models = saved
+    assert _png(after) == _png(reference)
+
+
+def test_te_and_unet_multipliers_apply_to_their_own_parts(net_env):
+    model = net_env.model("sd1")
+    net = _write(net_env, model, "lora", "split", seed=21)
+    for tag, te, unet in (("<lora:split:0:1>", 0.0, 1.0), ("<lora:split:te=1.5:unet=0>", 1.5, 0.0)):
+        got = net_env.run(prompt=f"a cat {tag}").images[0]
+        want = _reference(net_env, [net], mults=[(te, unet)], prompt="a cat")
+        _close(got, want)
+
+
+def test_two_tags_add_their_deltas(net_env):
+    model = net_env.model("sd1")
+    a = _write(net_env, model, "lora", "two-a", seed=31)
+    b = _write(net_env, model, "loha", "two-b", seed=32)
+    got = net_env.run(prompt="a cat <lora:two-a:0.5>, <lora:two-b:0.7>").images[0]
+    # b's delta does not depend on the weight: order-free. Without networks the tags are only stripped.
+    want = _reference(net_env, [a, b], mults=[(0.5, 0.5), (0.7, 0.7)],
+                      prompt="a cat <lora:two-a:0.5>, <lora:two-b:0.7>")
+    _close(got, want)
+
+
+def test_dyn_keeps_the_first_rank_components(net_env):
+    model = net_env.model("sd1")
+    full = _write(net_env, model, "lora", "dyn", seed=41, rank=4)
+    cut = make_network(model, "lora", seed=41, rank=4)
+    for _, _, _, t in cut.parts:  # the first 2 components, scale still alpha / 4
+        t["lora_up.weight"][:, 2:] = 0
+    got = net_env.run(prompt="a cat <lora:dyn:1:1:2>").images[0]
+    want = _reference(net_env, [cut], prompt="a cat")  # the closures share the zeroed factors
+    _close(got, want)
+    assert np.abs(arr(got) - arr(net_env.run(prompt="a cat <lora:dyn:1>").images[0])).mean() > 0.5
+    del full
+
+
+def test_hires_prompt_without_tags_turns_the_lora_off_for_pass_two(net_env):
+    from pipeline.extensions import Extension, Extensions
+
+    model = net_env.model("sd1")
+    net = _write(net_env, model, "lora", "hr", seed=51)
+    hires = {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.6}
+    got = net_env.run(prompt="a cat <lora:hr:1>", hr_prompt="a cat", **hires).images[0]
+    pristine = {m: m.weight.detach().clone() for m in net.expected()}
+
+    def before_hr(p):  # pass two on the pristine weights, its prompt re-encoded
+        with torch.no_grad():
+            for m, w in pristine.items():
+                m.weight.copy_(w)
+        model.extra["prompt_encoder"].clear_cache()
+
+    ext = Extensions([Extension("unmerge", "test", {"before_hr": before_hr})])
+    want = _reference(net_env, [net], extensions=ext, prompt="a cat", hr_prompt="a cat", **hires)
+    _close(got, want)
+    both = net_env.run(prompt="a cat <lora:hr:1>", **hires).images[0]  # hr_prompt "" copies the tags
+    _close(both, _reference(net_env, [net], prompt="a cat", **hires))
+
+
+def test_infotext_keeps_the_tags_and_lists_lora_hashes(net_env):
+    from pipeline.networks.files import addnet_hash
+
+    model = net_env.model("sd1")
+    _write(net_env, model, "lora", "hashme", seed=61)
+    result = net_env.run(prompt="a cat <lora:hashme:0.4>")
+    text = result.infotexts[0]
+    assert text.startswith("a cat <lora:hashme:0.4>\n")
+    short = addnet_hash(net_env.lora_dir / "hashme.safetensors")[:12]
+    assert f'Lora hashes: "hashme: {short}"' in text
+
+
+def test_disable_extra_networks_strips_the_tags_and_applies_nothing(net_env):
+    model = net_env.model("sd1")
+    _write(net_env, model, "lora", "off", seed=71)
+    plain = net_env.run(prompt="a cat").images[0]
+    net_env.run(prompt="a cat <lora:off:1>")
+    got = net_env.run(prompt="a cat <lora:off:1>", disable_extra_networks=True).images[0]
+    assert _png(got) == _png(plain)
+
+
+def test_negative_prompt_tags_are_literal_text_as_in_a1111(net_env):
+    model = net_env.model("sd1")
+    _write(net_env, model, "lora", "neg", seed=81)
+    a = net_env.run(prompt="a cat", negative_prompt="<lora:neg:1> ugly").images[0]
+    b = net_env.run(prompt="a cat", negative_prompt="ugly").images[0]
+    assert _png(a) != _png(b)  # not stripped, not applied
+    c = net_env.run(prompt="a cat", negative_prompt="<lora:neg:1> ugly", networks=False).images[0]
+    assert _png(a) == _png(c)
+
+
+# -- bad input ----------------------------------------------------------------------------------------
+
+def test_unknown_name_is_an_error_listing_the_closest_names(net_env):
+    model = net_env.model("sd1")
+    _write(net_env, model, "lora", "add_detail", seed=91)
+    with pytest.raises(InvalidRequest) as e:
+        net_env.run(prompt="a cat <lora:add_detail_v2:0.6>")
+    assert "<lora:add_detail_v2:0.6>" in str(e.value) and "'add_detail'" in str(e.value)
+
+
+def test_non_numeric_multiplier_is_an_error(net_env):
+    with pytest.raises(InvalidRequest, match="not a number"):
+        net_env.run(prompt="a cat <lora:add_detail:strong>")
+
+
+def test_sdxl_lora_on_sd1_is_an_error(net_env):
+    xl = net_env.model("sdxl")
+    _write(net_env, xl, "lora", "xl-only", seed=101)
+    with pytest.raises(InvalidRequest, match="SDXL"):
+        net_env.run(prompt="a cat <lora:xl-only:1>")
+
+
+def test_a_pickled_payload_lora_is_refused_and_never_executed(net_env, tmp_path):
+    from tests.fixtures.tinymodels import write_malicious_ckpt
+
+    marker = tmp_path / "pwned"
+    write_malicious_ckpt(net_env.lora_dir / "evil.pt", marker)
+    net_env.networks.loras.refresh()
+    with pytest.raises(InvalidRequest, match="refused"):
+        net_env.run(prompt="a cat <lora:evil:1>")
+    assert not marker.exists()
+    (net_env.lora_dir / "evil.pt").unlink()
+
+
+# -- SDXL ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("kind", "ldm"), [("lora", True), ("lokr", False)])
+def test_sdxl_both_text_encoders_and_unet_layouts(net_env, kind, ldm):
+    model = net_env.model("sdxl")
+    net = _write(net_env, model, kind, f"xl-{kind}", seed=111, ldm=ldm)
+    assert any(k.startswith("lora_te2_") for k in net.tensors) and any(k.startswith("lora_te1_") for k in net.tensors)
+    got = net_env.run("sdxl", prompt=f"a cat <lora:xl-{kind}:0.9>").images[0]
+    want = _reference(net_env, [net], "sdxl", mults=[(0.9, 0.9)], prompt="a cat")
+    _close(got, want)
