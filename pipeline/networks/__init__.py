@@ -21,7 +21,8 @@ from pipeline.networks.tags import LoraParams, lora_params, parse_tags, strip_ta
 from pipeline.prompts import parse_prompt_attention
 from pipeline.networks.types import ModuleNetwork, NetworkTypeError, classify
 
-__all__ = ["Networks", "ParsedNetwork", "parse_network", "strip_tags"]
+__all__ = ["FAMILY_WIDTHS", "Networks", "ParsedNetwork", "activate_for_pass", "check_job", "checkpoint_family",
+           "parse_network", "strip_tags"]
 
 log = logging.getLogger("hiresd.networks")
 DEFAULT_CACHE_MB = 1024
@@ -258,7 +259,7 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
     return active
 
 
-def _family(models: Any, key: str | None) -> str | None:
+def checkpoint_family(models: Any, key: str | None) -> str | None:
     """The family of a checkpoint (header-only detection when not yet known), None when unknown."""
     if not key:
         return None
@@ -279,10 +280,10 @@ def check_job(networks: Networks | None, p: Any, models: Any) -> None:
     `disable_extra_networks` is set: the tags are then only stripped."""
     if networks is None or getattr(p.request, "disable_extra_networks", False):
         return
-    family = _family(models, p.checkpoint)
+    family = checkpoint_family(models, p.checkpoint)
     networks.resolve(p.prompt, family)
     if p.enable_hr and p.hr_prompt:
-        networks.resolve(p.hr_prompt, _family(models, p.hr_checkpoint) if p.hr_checkpoint else family)
+        networks.resolve(p.hr_prompt, checkpoint_family(models, p.hr_checkpoint) if p.hr_checkpoint else family)
 
 
 FAMILY_WIDTHS = {"sd1": [768], "sd2": [1024], "sdxl": [768, 1280]}

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from pipeline import samplers
+from pipeline.networks import FAMILY_WIDTHS, checkpoint_family
 from server.deps import run_on_worker, services
 from server.services import Services
 
@@ -212,6 +213,22 @@ async def refresh_loras(svc: Services = Depends(services)) -> None:
 
 
 @router.get("/embeddings", response_model=EmbeddingsResponse)
-async def embeddings() -> EmbeddingsResponse:
-    """Textual-inversion embeddings are not supported: nothing loaded, nothing skipped."""
-    return EmbeddingsResponse(loaded={}, skipped={})
+async def embeddings(svc: Services = Depends(services)) -> dict[str, Any]:
+    """The textual-inversion files of the embeddings folder, as A1111 lists them for the current model:
+    `loaded` (width fits its text encoders) and `skipped` (with a `reason`), each item with `step`,
+    `sd_checkpoint`, `sd_checkpoint_name`, `shape` (width) and `vectors`. Unreadable files are in neither
+    (they are logged)."""
+    def listing() -> dict[str, Any]:
+        widths = svc.networks.last_widths
+        if widths is None:
+            family = checkpoint_family(svc.models, svc.selected_checkpoint().filename) or "sd1"
+            widths = FAMILY_WIDTHS[family]
+        return svc.networks.embeddings_api(widths)
+
+    return await run_in_threadpool(listing)
+
+
+@router.post("/refresh-embeddings")
+async def refresh_embeddings(svc: Services = Depends(services)) -> None:
+    """Reload every embedding file now; returns null as A1111 does."""
+    await run_in_threadpool(svc.networks.embeddings.refresh)

@@ -30,6 +30,7 @@ class NetEnv:
     upscalers: UpscalerRegistry
     networks: Networks
     lora_dir: Path
+    emb_dir: Path
     ckpts: dict[str, Any]
     state: JobState = field(default_factory=JobState)
 
@@ -56,7 +57,8 @@ def net_env(tiny_checkpoints: dict[str, Any], tmp_path_factory: pytest.TempPathF
     registry = CheckpointRegistry(root, root / "data")
     mm = ModelManager(registry, torch.device("cpu"), torch.float32, max_loaded=2)
     lora_dir = tmp_path_factory.mktemp("Lora")
-    return NetEnv(mm, UpscalerRegistry(root), Networks([lora_dir]), lora_dir, tiny_checkpoints)
+    emb_dir = tmp_path_factory.mktemp("embeddings")
+    return NetEnv(mm, UpscalerRegistry(root), Networks([lora_dir], emb_dir), lora_dir, emb_dir, tiny_checkpoints)
 
 
 def arr(image: Any) -> np.ndarray:
