@@ -12,7 +12,10 @@ from pipeline import samplers
 from pipeline.errors import InvalidRequest, TooLarge
 from pipeline.hires import HiresSize, first_pass_size, hires_size
 from pipeline.pixel_upscale import resolve_hires_upscaler
+from pipeline.refiner import Refiner
+from pipeline.refiner import resolve as resolve_refiner
 from pipeline.seeds import resolve_seed
+from schemas.common import GenerationRequest
 from schemas.txt2img import Txt2ImgRequest
 from upscalers.registry import UpscalerRegistry
 
@@ -65,8 +68,10 @@ class Processing:
     hr_negative_prompt: str = ""
     hr_cfg: float | None = None
     hr_checkpoint: str | None = None
+    refiner: Refiner | None = None  # refiner_checkpoint / refiner_switch_at, resolved (pipeline/refiner.py)
     firstpass_image: Any = None  # a decoded PIL image when the client sent one
     face_restorer: Any = None  # the upscalers.faces.FaceRestorer that restore_faces uses, else None
+    script_args: dict[str, list[Any]] = field(default_factory=dict)  # alwayson_scripts args by script name
     # filled while running
     all_prompts: list[str] = field(default_factory=list)
     all_negative_prompts: list[str] = field(default_factory=list)
@@ -108,13 +113,10 @@ def _clip_skip(options: dict[str, Any]) -> int:
     return n
 
 
-def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, upscalers: UpscalerRegistry,
-            max_pixels: int, firstpass_image: Any = None) -> Processing:
-    """Resolve and validate a txt2img request. `options` are the effective options for this job (the
-    store's values with `override_settings` applied)."""
-    if req.refiner_checkpoint not in (None, "", "None"):
-        raise InvalidRequest("refiner_checkpoint", "the SDXL refiner pass is not supported by this server; "
-                             "leave it empty (hires fix with hr_checkpoint_name covers the two-model case)")
+def prepare_common(req: GenerationRequest, options: dict[str, Any], models: ModelNames,
+                   upscalers: UpscalerRegistry, cls: type[Processing] = Processing) -> Processing:
+    """The fields txt2img and img2img share, resolved and validated: a `cls` (Processing or a subclass)
+    at width x height rounded down to multiples of 8."""
     if req.script_name not in (None, "", "None"):
         raise InvalidRequest("script_name", f"script {req.script_name!r} not found; this server has no "
                              "selectable scripts (use alwayson extensions, see /sdapi/v1/scripts)")
@@ -125,8 +127,9 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
                              "GFPGAN or CodeFormer file under <models>/GFPGAN or <models>/Codeformer); send false")
     sampler, schedule = samplers.resolve(req.sampler_name, req.sampler_index, req.scheduler)
     checkpoint = models.resolve_title(str(options.get("sd_model_checkpoint") or ""), "sd_model_checkpoint")
+    refiner = resolve_refiner(req.refiner_checkpoint, req.refiner_switch_at, options, models)
     w, h = first_pass_size(req.width, req.height)
-    p = Processing(
+    p = cls(
         request=req, prompt=req.prompt, negative_prompt=req.negative_prompt or "", styles=list(req.styles or []),
         seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed), subseed_strength=req.subseed_strength,
         seed_resize_from=(req.seed_resize_from_w, req.seed_resize_from_h), sampler=sampler, schedule=schedule,
@@ -135,10 +138,32 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
         eta=req.eta, s_churn=_opt(req.s_churn, options, "s_churn"), s_tmin=_opt(req.s_tmin, options, "s_tmin"),
         s_tmax=_opt(req.s_tmax, options, "s_tmax"), s_noise=_opt(req.s_noise, options, "s_noise"),
         denoising_strength=req.denoising_strength, options=dict(options), face_restorer=face_restorer,
+        refiner=refiner,
     )
-    params = samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax,
-                                    s_noise=p.s_noise)
-    samplers.validate_params(sampler, params)
+    samplers.validate_params(sampler, sampler_params(p))
+    return p
+
+
+def sampler_params(p: Processing) -> samplers.SamplerParams:
+    return samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax, s_noise=p.s_noise)
+
+
+def check_pixel_budget(width: int, height: int, batch_size: int, max_pixels: int, what: str) -> None:
+    """The largest size a job samples or decodes, times its batch, against --max-pixels."""
+    pixels = width * height * batch_size
+    if pixels > max_pixels:
+        raise TooLarge("width/height", f"{width}x{height} x batch_size {batch_size} = {pixels} pixels "
+                       f"exceeds this server's budget of {max_pixels} pixels per batch; lower {what} "
+                       "(or raise --max-pixels)")
+
+
+def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, upscalers: UpscalerRegistry,
+            max_pixels: int, firstpass_image: Any = None) -> Processing:
+    """Resolve and validate a txt2img request. `options` are the effective options for this job (the
+    store's values with `override_settings` applied)."""
+    p = prepare_common(req, options, models, upscalers)
+    sampler, schedule, checkpoint, w, h = p.sampler, p.schedule, p.checkpoint, p.width, p.height
+    params = sampler_params(p)
     budget_w, budget_h = w, h
     if req.enable_hr or firstpass_image is not None:
         p.enable_hr = True
@@ -170,9 +195,5 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
             hr = models.resolve_title(req.hr_checkpoint_name, "hr_checkpoint_name")
             p.hr_checkpoint = None if hr == checkpoint else hr
         p.firstpass_image = firstpass_image
-    pixels = budget_w * budget_h * p.batch_size
-    if pixels > max_pixels:
-        raise TooLarge("width/height", f"{budget_w}x{budget_h} x batch_size {p.batch_size} = {pixels} pixels "
-                       f"exceeds this server's budget of {max_pixels} pixels per batch; lower the size, "
-                       "hr_scale or batch_size (or raise --max-pixels)")
+    check_pixel_budget(budget_w, budget_h, p.batch_size, max_pixels, "the size, hr_scale or batch_size")
     return p

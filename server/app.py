@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import errors
 from server.auth import BasicAuthMiddleware
 from server.config import ServerConfig
-from server.routes import extras, generation, jobs, listing, maintenance, options
+from server.routes import extras, generation, img2img, jobs, listing, maintenance, options
 from server.services import Services
 
 log = logging.getLogger("hiresd.api")
@@ -80,7 +80,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_allow_origins,
                            allow_origin_regex=config.cors_allow_origins_regex, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (generation, jobs, listing, options, extras, maintenance):
+    for module in (generation, img2img, jobs, listing, options, extras, maintenance):
         app.include_router(module.router)
     maintenance.install_server_control(app, config)
     return app

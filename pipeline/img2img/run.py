@@ -1,0 +1,251 @@
+"""img2img and inpainting, as A1111 v1.10 runs them; `run_img2img` reads top to bottom like the algorithm.
+
+Per job: prepare each init image once (flatten, resize by `resize_mode`, mask, overlay, only-masked crop,
+masked-content fill) and VAE-encode it. Per batch: seeded noise from the same CPU seeds as txt2img,
+the shared `denoise` routine from `denoising_strength` with A1111's img2img step rule (int(d * steps) + 1
+steps, or exactly `steps` with the option `img2img_fix_steps`), the inpainting mask blended around every
+model call, then decode, restore faces, paste back and overlay the original's unmasked pixels."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageColor
+
+from pipeline import denoise, vae
+from pipeline.errors import Interrupted
+from pipeline.img2img import masks
+from pipeline.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
+from pipeline.img2img.resize import CROP_AND_RESIZE, JUST_RESIZE, LATENT_UPSCALE, RESIZE_AND_FILL, resize_image
+from pipeline.model import SDModel
+from pipeline.processing import sampler_params
+from pipeline.sampling import PassResult
+from pipeline.seeds import image_noise
+from pipeline.tiling import circular_padding
+from pipeline.txt2img import Context, Txt2ImgResult, _decode, _info_json, _infotext, _restore_faces, _to_tensor
+
+log = logging.getLogger("hiresd.img2img")
+
+
+@dataclass
+class Source:
+    """One init image ready to encode: `image` at the processing size, the `repaint` mask at that size
+    (None without a mask), and how the result goes back: `overlay` (original pixels, alpha = keep) and
+    `paste_to` (x, y, w, h) in the original for "only masked"."""
+
+    image: Image.Image
+    repaint: Image.Image | None = None
+    overlay: Image.Image | None = None
+    paste_to: tuple[int, int, int, int] | None = None
+
+
+def run_img2img(p: Img2ImgProcessing, ctx: Context) -> Txt2ImgResult:
+    state = ctx.state
+    bs = p.batch_size
+    p.all_seeds = [p.seed + (i if p.subseed_strength == 0 else 0) for i in range(bs * p.n_iter)]
+    p.all_subseeds = [p.subseed + i for i in range(bs * p.n_iter)]
+    p.all_prompts = [p.prompt] * (bs * p.n_iter)
+    p.all_negative_prompts = [p.negative_prompt] * (bs * p.n_iter)
+    p.extra_generation_params.setdefault("Denoising strength", p.denoising_strength)
+    state.begin("img2img", p.n_iter, [float(p.steps * p.width * p.height)] * p.n_iter)
+    model = ctx.models.get(p.checkpoint)
+    sources = _prepare_sources(p, ctx)
+    sources = sources * (bs // len(sources))  # one image repeats over the batch; k images are the batch
+    init = _encode(model, p, [s.image for s in sources])
+    repaint = None
+    if sources[0].repaint is not None:
+        repaint = torch.cat([masks.latent_mask(s.repaint, init.shape[-2], init.shape[-1], p.mask_round)
+                             for s in sources]).to(init.device)
+        init = _masked_content(p, init, repaint)
+    image_cond = _image_conditioning(model, p, sources, init) if _is_inpainting_model(model) else None
+    images: list[Image.Image] = []
+    infotexts: list[str] = []
+    calls: list[int] = []
+    for it in range(p.n_iter):
+        if state.interrupted:
+            break
+        p.iteration = it
+        state.clear_skip()
+        seeds = p.all_seeds[it * bs:(it + 1) * bs]
+        subseeds = p.all_subseeds[it * bs:(it + 1) * bs]
+        state.set_job(it, f"Batch {it + 1} out of {p.n_iter}" if p.n_iter > 1 else None, p.steps)
+        if p.denoising_strength > 0:
+            result = _sample(model, p, ctx, seeds, subseeds, init, repaint, image_cond)
+            calls.append(result.unet_calls)
+        else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
+            result = PassResult(init)
+        batch = _restore_faces(_decode(model, result.latents, p), p, ctx)
+        batch = [_put_back(img, src, p) for img, src in zip(batch, sources, strict=True)]
+        images += batch
+        infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(batch))]
+        if isinstance(result.stopped, Interrupted):
+            break
+    info = _info_json(p, ctx, infotexts, state)
+    info["is_using_inpainting_conditioning"] = image_cond is not None
+    return Txt2ImgResult(images, infotexts, info, calls)
+
+
+# -- the pieces -----------------------------------------------------------------------------------
+
+def _prepare_sources(p: Img2ImgProcessing, ctx: Context) -> list[Source]:
+    """A1111's img2img `init`: the mask once, then every init image."""
+    repaint = crop = None
+    overlay_mask = None
+    if p.mask is not None:
+        repaint = masks.prepare_mask(p.mask, invert=p.inpainting_mask_invert, blur_x=p.mask_blur_x,
+                                     blur_y=p.mask_blur_y, round_=p.mask_round)
+        if p.inpainting_mask_invert:
+            p.extra_generation_params["Mask mode"] = "Inpaint not masked"
+        if p.mask_blur_x == p.mask_blur_y:
+            p.extra_generation_params["Mask blur"] = p.mask_blur_x
+        if p.inpaint_full_res:
+            crop = masks.crop_region(repaint, p.inpaint_full_res_padding, p.width, p.height)
+            if crop is None:  # an empty mask: plain img2img of the whole picture, as A1111 1.10 does
+                log.info("inpaint only masked: the mask is empty; running img2img without a mask")
+                repaint = None
+            else:
+                overlay_mask = repaint
+                repaint = resize_image(RESIZE_AND_FILL, repaint.crop(crop), p.width, p.height)
+                p.extra_generation_params["Inpaint area"] = "Only masked"
+                p.extra_generation_params["Masked area padding"] = p.inpaint_full_res_padding
+        else:
+            mode = JUST_RESIZE if p.resize_mode == LATENT_UPSCALE else p.resize_mode
+            repaint = resize_image(mode, repaint, p.width, p.height)
+            overlay_mask = masks.overlay_mask_whole(repaint)
+    if repaint is not None and p.inpainting_fill != 1:
+        p.extra_generation_params["Masked content"] = MASKED_CONTENT[p.inpainting_fill]
+    background = _background(p)
+    out = []
+    for img in p.init_images:
+        image = _flatten(img, background)
+        if crop is None and p.resize_mode != LATENT_UPSCALE:
+            image = resize_image(p.resize_mode, image, p.width, p.height, _scaler(p, ctx))
+        src = Source(image)
+        if repaint is not None:
+            over_src = image if p.resize_mode != LATENT_UPSCALE or crop is not None else \
+                resize_image(JUST_RESIZE, image, p.width, p.height)
+            src.overlay = masks.overlay(over_src, overlay_mask) if p.overlay_inpaint else None
+            if crop is not None:
+                x1, y1, x2, y2 = crop
+                src.paste_to = (x1, y1, x2 - x1, y2 - y1)
+                src.image = resize_image(RESIZE_AND_FILL, image.crop(crop), p.width, p.height, _scaler(p, ctx))
+            if p.inpainting_fill == 0:
+                src.image = masks.fill(src.image, repaint)
+            src.repaint = repaint
+        out.append(src)
+    return out
+
+
+def _background(p: Img2ImgProcessing) -> tuple[int, int, int]:
+    value = str(p.options.get("img2img_background_color") or "#ffffff")
+    try:
+        return ImageColor.getrgb(value)[:3]
+    except ValueError:
+        return (255, 255, 255)
+
+
+def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Transparent pixels onto the background colour, as A1111's `flatten`."""
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        base = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(base, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _scaler(p: Img2ImgProcessing, ctx: Context):
+    state = ctx.state
+    if p.resize_upscaler == "None":
+        return lambda img, w, h: img if img.size == (w, h) else img.resize((w, h), Image.Resampling.LANCZOS)
+    return lambda img, w, h: ctx.upscaler.upscale_to(img, p.resize_upscaler, w, h,
+                                                     lambda: state.interrupted or state.skipped)
+
+
+def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image]) -> torch.Tensor:
+    """The init latents; latent upscale (mode 3) encodes at the image's own size (rounded down to whole
+    latent cells) and interpolates bilinearly to the processing size."""
+    if p.resize_mode == LATENT_UPSCALE:
+        images = [img.crop((0, 0, img.width // 8 * 8, img.height // 8 * 8)) for img in images]
+    with circular_padding([model.vae], p.tiling):
+        latents = vae.encode(model, _to_tensor(images)).float()
+    if p.resize_mode == LATENT_UPSCALE and latents.shape[-2:] != (p.height // 8, p.width // 8):
+        latents = F.interpolate(latents, size=(p.height // 8, p.width // 8), mode="bilinear")
+    return latents
+
+
+def _masked_content(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Tensor) -> torch.Tensor:
+    """Masked content 2 (latent noise: seeded unit noise) and 3 (latent nothing: zeros) in the hole."""
+    if p.inpainting_fill == 2:
+        shape = tuple(init.shape[1:])
+        noise = torch.stack([image_noise(shape, s) for s in p.all_seeds[:init.shape[0]]]).to(init.device)
+        return init * (1 - repaint) + noise * repaint
+    if p.inpainting_fill == 3:
+        return init * (1 - repaint)
+    return init
+
+
+def _is_inpainting_model(model: SDModel) -> bool:
+    return int(model.unet.config.in_channels) == model.latent_channels * 2 + 1
+
+
+def _image_conditioning(model: SDModel, p: Img2ImgProcessing, sources: list[Source], init: torch.Tensor
+                        ) -> torch.Tensor:
+    """9-channel inpainting models: [mask (1 ch, nearest, rounded), VAE(masked image) (4 ch)], where the
+    masked image is lerp(src, src * (1 - mask), inpainting_mask_weight) in [-1, 1] (masked pixels go
+    mid-grey). Without a mask the whole image counts as masked (A1111: a ones mask)."""
+    pixels = _to_tensor([s.image for s in sources])
+    if sources[0].repaint is not None:
+        mask = torch.stack([torch.from_numpy(_mask_array(s.repaint)) for s in sources])[:, None]
+        if p.mask_round:
+            mask = mask.round()
+    else:
+        mask = torch.ones(pixels.shape[0], 1, *pixels.shape[-2:])
+    signed = pixels * 2 - 1
+    masked = torch.lerp(signed, signed * (1 - mask), p.mask_weight)
+    with circular_padding([model.vae], p.tiling):
+        latents = vae.encode(model, (masked + 1) / 2).float()
+    p.extra_generation_params["Conditional mask weight"] = p.mask_weight
+    small = F.interpolate(mask, size=init.shape[-2:])
+    return torch.cat([small.to(latents.device), latents], dim=1)
+
+
+def _mask_array(mask: Image.Image) -> np.ndarray:
+    return np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+
+
+def _sample(model: SDModel, p: Img2ImgProcessing, ctx: Context, seeds: list[int], subseeds: list[int],
+            init: torch.Tensor, repaint: torch.Tensor | None, image_cond: torch.Tensor | None) -> PassResult:
+    noise, gens = denoise.seeded_noise(model, p.width, p.height, seeds, subseeds, p.subseed_strength,
+                                       p.seed_resize_from)
+    if p.initial_noise_multiplier != 1.0:
+        p.extra_generation_params["Noise multiplier"] = p.initial_noise_multiplier
+        noise = noise * p.initial_noise_multiplier
+    ctx.extensions.call("process_before_every_sampling", p, pass_no=1, x=init, noise=noise)
+    settings = denoise.PassSettings(sampler=p.sampler, schedule=p.schedule, steps=p.steps,
+                                    params=sampler_params(p), strength=p.denoising_strength, fix_steps=p.fix_steps)
+    plan = denoise.plan_pass(model, settings, gens, seeds)
+    cond_at = denoise.prompt_conditioning(model, [p.prompt] * len(seeds), [p.negative_prompt] * len(seeds),
+                                          p.clip_skip, steps=len(plan.timesteps))
+    callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
+    keep = None if repaint is None else 1 - repaint
+    with circular_padding([model.unet, model.vae], p.tiling):
+        return denoise.denoise(model, plan, noise, init, cond_at, p.cfg_scale, p.width, p.height, callback,
+                               keep_mask=keep, image_cond=image_cond)
+
+
+def _put_back(image: Image.Image, src: Source, p: Img2ImgProcessing) -> Image.Image:
+    """Only masked: the sample (crop-and-resize) into its box on a canvas of the original size; then the
+    original's unmasked pixels composited on top (option overlay_inpaint)."""
+    if src.overlay is None:  # no mask, or overlay_inpaint off (only masked: the bare crop, as A1111)
+        return image
+    if src.paste_to is not None:
+        x, y, w, h = src.paste_to
+        canvas = Image.new("RGBA", src.overlay.size)
+        canvas.paste(resize_image(CROP_AND_RESIZE, image, w, h), (x, y))
+        image = canvas
+    out = image.convert("RGBA")
+    out.alpha_composite(src.overlay)
+    return out.convert("RGB")

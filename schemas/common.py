@@ -1,0 +1,94 @@
+"""The request fields txt2img and img2img share (A1111's common processing fields and API fields), and
+the leniency every generation request has. Unknown fields are ignored; integral floats are accepted for
+integers."""
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _is_int_field(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return int in typing.get_args(annotation)
+    return False
+
+
+class Lenient(BaseModel):
+    """Ignore unknown keys (Forge / SD.Next / extension fields) and refuse NaN and infinity.
+
+    Floats sent for integer fields are truncated as A1111 (pydantic 1) does: `10.0` -> 10 and
+    AIYA's `hr_second_pass_steps: int(steps)/2` = 12.5 -> 12. Range limits still apply afterwards."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _truncate_floats_for_ints(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, f in cls.model_fields.items():
+            value = out.get(name)
+            if isinstance(value, float) and math.isfinite(value) and _is_int_field(f.annotation):
+                out[name] = int(value)
+        return out
+
+
+class GenerationRequest(Lenient):
+    """Every field of A1111 v1.10's txt2img and img2img requests that both endpoints have, with its API default.
+    `width`/`height` are the first-pass size for txt2img and the output size for img2img."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] | None = None
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = None
+    sampler_index: str | None = "Euler"
+    scheduler: str | None = None
+    batch_size: int = Field(1, ge=1, le=64, description="images sampled together")
+    n_iter: int = Field(1, ge=1, le=1000, description="number of batches")
+    steps: int = Field(50, ge=1, le=1000)
+    cfg_scale: float = Field(7.0, ge=0.0, le=100.0)
+    width: int = Field(512, ge=64, le=16384, description="used rounded down to a multiple of 8")
+    height: int = Field(512, ge=64, le=16384, description="used rounded down to a multiple of 8")
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = Field(None, ge=0.0, le=10.0)
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    s_min_uncond: float | None = None
+    s_churn: float | None = Field(None, ge=0.0)
+    s_tmax: float | None = Field(None, ge=0.0)
+    s_tmin: float | None = Field(None, ge=0.0)
+    s_noise: float | None = Field(None, ge=0.0)
+    override_settings: dict[str, Any] | None = None
+    override_settings_restore_afterwards: bool = True
+    refiner_checkpoint: str | None = None
+    refiner_switch_at: float | None = None
+    disable_extra_networks: bool = False
+    comments: dict[str, Any] | None = None
+    force_task_id: str | None = None
+    script_name: str | None = None
+    script_args: list[Any] = Field(default_factory=list)
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
+    infotext: str | None = None
+    distilled_cfg_scale: float | None = None  # Forge; only Flux-style models use it
+
+    @field_validator("seed", "subseed", mode="before")
+    @classmethod
+    def _empty_seed_is_random(cls, value: Any) -> Any:
+        """A1111 takes "" (and null) as -1: a random seed."""
+        return -1 if value is None or value == "" else value

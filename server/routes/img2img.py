@@ -1,0 +1,76 @@
+"""POST /sdapi/v1/img2img: images decoded and the request validated before it is queued, then the same
+queue, leniency and response shape as txt2img."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
+
+from pipeline.img2img import Img2ImgProcessing, prepare_img2img, run_img2img
+from pipeline.pixel_upscale import HiresUpscaler
+from pipeline.txt2img import Context, Txt2ImgResult
+from schemas.img2img import ImageToImageResponse, Img2ImgRequest
+from server.deps import run_on_worker, services
+from server.imagecodec import decode_image, encode_image_b64
+from server.options import OPTIONS
+from server.services import Services
+
+router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
+
+
+@router.post("/img2img", response_model=ImageToImageResponse)
+async def img2img(req: Img2ImgRequest, request: Request, svc: Services = Depends(services)) -> ImageToImageResponse:
+    if not req.init_images:  # A1111's answer, checked first
+        raise HTTPException(404, "Init image not found")
+    opts = svc.options.effective(req.override_settings)
+    limit = svc.config.max_pixels
+
+    def decode() -> tuple[list[Any], Any]:
+        images = [decode_image(data, field=f"init_images[{i}]", max_pixels=limit)
+                  for i, data in enumerate(req.init_images or [])]
+        mask = decode_image(req.mask, field="mask", max_pixels=limit) if req.mask else None
+        return images, mask
+
+    init_images, mask = await run_in_threadpool(decode)
+    p = prepare_img2img(req, opts, svc.models, svc.upscalers, limit, init_images, mask)
+    if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
+        p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
+
+    def job() -> tuple[Txt2ImgResult, bool]:
+        result = _run(svc, p)
+        state = svc.worker.state
+        return result, state.interrupted or state.skipped
+
+    result, incomplete = await run_on_worker(svc, request, "img2img", job)
+    if req.override_settings and not req.override_settings_restore_afterwards:
+        kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
+        svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
+    fmt = opts["samples_format"]
+
+    def encode() -> list[str]:
+        if req.save_images and (not incomplete or opts["save_incomplete_images"]):
+            # A1111 saves img2img results under outdir_img2img_samples (outdir_samples first, when set)
+            where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images"}
+            svc.save_images(result.images, result.infotexts, fmt, where)
+        if not req.send_images:
+            return []
+        chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
+        return [encode_image_b64(img, fmt, text_chunks=c, jpeg_quality=opts["jpeg_quality"])
+                for img, c in zip(result.images, chunks, strict=True)]
+
+    images = await run_in_threadpool(encode)
+    params = req.model_dump()
+    if not req.include_init_images:
+        params["init_images"] = None
+        params["mask"] = None
+    return ImageToImageResponse(images=images, parameters=params, info=json.dumps(result.info))
+
+
+def _run(svc: Services, p: Img2ImgProcessing) -> Txt2ImgResult:
+    """On the worker: the job's VAE choice, then the img2img algorithm."""
+    svc.models.select_vae(p.options.get("sd_vae"), apply_now=False)
+    ctx = Context(svc.models, HiresUpscaler(svc.upscalers, p.options), svc.extensions, svc.worker.state,
+                  faces=svc.upscalers.faces)
+    return run_img2img(p, ctx)
