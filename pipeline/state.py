@@ -40,6 +40,7 @@ class JobState:
         self._s = _Snapshot()
         self._preview: Any = None  # a callable returning a PIL image, or None
         self._preview_step = -1
+        self._interrupt_at_begin = False  # the running job was interrupted before it began its progress
 
     # -- written by the worker -------------------------------------------------------------------
     def begin(self, job: str, job_count: int, weights: list[float] | None = None) -> None:
@@ -50,6 +51,7 @@ class JobState:
                 job_timestamp=datetime.now().strftime("%Y%m%d%H%M%S"),
                 time_start=time.monotonic(),
                 weights=list(weights) if weights else [1.0] * job_count,
+                interrupted=self._interrupt_at_begin,
             )
             self._preview = None
             self._preview_step = -1
@@ -79,6 +81,7 @@ class JobState:
         with self._lock:
             self._s = _Snapshot()
             self._preview = None
+            self._interrupt_at_begin = False
 
     def check(self) -> None:
         """Raise Interrupted or Skipped when a flag is set; called once per step or tile."""
@@ -98,6 +101,14 @@ class JobState:
     # -- written by HTTP handlers ----------------------------------------------------------------
     def interrupt(self) -> None:
         with self._lock:
+            if self._s.job_count > 0:
+                self._s.interrupted = True
+
+    def interrupt_running(self) -> None:
+        """Interrupt the job the worker runs now, also when it has not begun its progress yet (it then
+        stops at its first check). Only the worker calls this, for the job it knows is running."""
+        with self._lock:
+            self._interrupt_at_begin = True
             if self._s.job_count > 0:
                 self._s.interrupted = True
 

@@ -1,8 +1,9 @@
 """The single device worker: one thread runs jobs one at a time in FIFO order.
 
 Route handlers submit a job and await its future; they never touch the device themselves. The queue is
-bounded; a waiting job can be cancelled (its client went away) and is then never run; stopping the worker
-lets the running job finish and fails every waiting one with `WorkerStopped`: no job is silently lost."""
+bounded; a waiting job can be cancelled (its client went away) and is then never run, a running one
+interrupted (`interrupt(job)` affects only that job); stopping the worker lets the running job finish and
+fails every waiting one with `WorkerStopped`: no job is silently lost."""
 from __future__ import annotations
 
 import collections
@@ -77,6 +78,15 @@ class Worker:
                 return False
         job.future.cancel()
         return True
+
+    def interrupt(self, job: Job) -> bool:
+        """Interrupt `job` if it is the one running (its client went away); True when it was. Never touches
+        another job: the check and the interrupt happen under the queue's lock, before the next job starts."""
+        with self._cv:
+            if self._running is not job:
+                return False
+            self.state.interrupt_running()
+            return True
 
     def stop(self, timeout: float = 60.0) -> None:
         """Stop accepting work, fail the waiting jobs, and let the running one finish (bounded wait)."""

@@ -1,8 +1,9 @@
 """`create_app(config)`: the FastAPI app with its one `Services` object, middleware and routes.
 
 Middleware, outermost first: CORS (only when --cors-allow-origins[-regex] is given), the per-request
-log line and `X-Process-Time` header, Basic auth (only with --api-auth), GZip. All are plain ASGI
-middleware, so that routes still see their client disconnect (Starlette's BaseHTTPMiddleware hides it)."""
+log line and `X-Process-Time` header, Basic auth (only with --api-auth), the body-size limit
+(--max-body-mb, 413), GZip. All are plain ASGI middleware, so that routes still see their client
+disconnect (Starlette's BaseHTTPMiddleware hides it)."""
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import errors
 from server.auth import BasicAuthMiddleware
+from server.bodylimit import MIB, BodyLimitMiddleware
 from server.config import ServerConfig
 from server.routes import extras, generation, img2img, jobs, listing, maintenance, options
 from server.services import Services
@@ -73,6 +75,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
     errors.install(app)
     errors.install_openapi(app)
     app.add_middleware(GZipMiddleware, minimum_size=1000)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_mb * MIB)
     if config.api_auth:
         app.add_middleware(BasicAuthMiddleware, credentials=config.api_auth)
     app.add_middleware(TimingLogMiddleware, log_requests=config.api_log)

@@ -53,6 +53,12 @@ class ServerConfig:
     api_log: bool = True
     queue_size: int = 16
     max_pixels: int = 4096 * 4096
+    # a request body's limit in MiB: a batch of six 4K images as base64 PNG (up to ~33 MB each) fits
+    max_body_mb: int = 200
+    # per-request work limits (A1111's UI maximum for steps); see server/limits.py
+    max_steps: int = 150
+    max_n_iter: int = 100
+    max_batch_size: int = 8
     allow_noncommercial_upscalers: bool = False
     builtin_model: bool = True
     shutdown_grace_s: float = 60.0
@@ -117,7 +123,8 @@ class ServerConfig:
             "api_log": self.api_log, "api_server_stop": self.api_server_stop,
             "cors_allow_origins": ",".join(self.cors_allow_origins) or None,
             "cors_allow_origins_regex": self.cors_allow_origins_regex,
-            "queue_size": self.queue_size, "max_pixels": self.max_pixels,
+            "queue_size": self.queue_size, "max_pixels": self.max_pixels, "max_body_mb": self.max_body_mb,
+            "max_steps": self.max_steps, "max_n_iter": self.max_n_iter, "max_batch_size": self.max_batch_size,
             "shutdown_grace": self.shutdown_grace_s,
             "enable_noncommercial_upscalers": self.allow_noncommercial_upscalers,
             "no_builtin_model": not self.builtin_model,
@@ -127,6 +134,16 @@ class ServerConfig:
 
 def _dest(flag: str) -> str:
     return flag[2:].replace("-", "_")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _auth_pairs(text: str) -> list[tuple[str, str]]:
@@ -198,6 +215,12 @@ def parser() -> argparse.ArgumentParser:
                     help="on SIGTERM, seconds the running job may take before it is interrupted")
     ap.add_argument("--max-pixels", type=int, default=4096 * 4096,
                     help="pixel budget per batch (width x height x batch_size, hires target included)")
+    ap.add_argument("--max-body-mb", type=_positive_int, default=200,
+                    help="largest request body in MiB (200: a batch of six 4K PNGs as base64); larger is a 413")
+    ap.add_argument("--max-steps", type=_positive_int, default=150,
+                    help="most sampling steps per pass a request may ask for, hires pass included (150)")
+    ap.add_argument("--max-n-iter", type=_positive_int, default=100, help="most batches per request (100)")
+    ap.add_argument("--max-batch-size", type=_positive_int, default=8, help="most images per batch (8)")
     ap.add_argument("--enable-noncommercial-upscalers", action="store_true",
                     help="load non-commercial spandrel architectures (spandrel_extra_arches)")
     ap.add_argument("--no-builtin-model", action="store_true", help="do not offer the built-in tiny model")
@@ -252,6 +275,8 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         api_auth=a.api_auth, cors_allow_origins=[o for o in a.cors_allow_origins.split(",") if o],
         cors_allow_origins_regex=a.cors_allow_origins_regex, api_server_stop=a.api_server_stop,
         api_log=not a.no_api_log, queue_size=a.queue_size, max_pixels=a.max_pixels,
+        max_body_mb=a.max_body_mb, max_steps=a.max_steps, max_n_iter=a.max_n_iter,
+        max_batch_size=a.max_batch_size,
         allow_noncommercial_upscalers=a.enable_noncommercial_upscalers, builtin_model=not a.no_builtin_model,
         shutdown_grace_s=a.shutdown_grace, styles_file=styles[0] if styles else None,
         console_progress=not a.disable_console_progressbars, log_level=a.loglevel,

@@ -31,20 +31,29 @@ async def _disconnected(request: Request) -> None:
             return
 
 
-async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable[[], T]) -> T:
+async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable[[], T],
+                        finish_if_gone: bool = False) -> T:
     """Queue `fn` on the device worker and await it without blocking the event loop.
 
-    A client that disconnects while its job still waits has the job dropped, never run. Once the job
-    runs it finishes (as in A1111; clients that want it stopped send /interrupt, as SillyTavern does)."""
+    A client that disconnects while its job still waits has the job dropped, never run. A running job
+    whose client disconnects is interrupted (A1111 lets it run on, so a client that timed out keeps the
+    worker busy for everyone), unless `finish_if_gone` (the request asked to save its images): then it
+    finishes and saves. The log says which."""
     job = svc.worker.submit(name, fn)
     result = asyncio.wrap_future(job.future)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
-        if result not in done and svc.worker.cancel(job):
-            log.info("%s: client %s went away while the job waited; dropped", name,
-                     f"{request.client.host}:{request.client.port}" if request.client else "-")
-            raise HTTPException(CLIENT_CLOSED, "client closed the request; the job was dropped before it ran")
+        if result not in done:
+            who = f"{request.client.host}:{request.client.port}" if request.client else "-"
+            if svc.worker.cancel(job):
+                log.info("%s: client %s went away while the job waited; dropped", name, who)
+                raise HTTPException(CLIENT_CLOSED, "client closed the request; the job was dropped before it ran")
+            if finish_if_gone:
+                log.info("%s: client %s went away while the job ran; it asked to save its images, so it "
+                         "finishes and saves", name, who)
+            elif svc.worker.interrupt(job):
+                log.info("%s: client %s went away while the job ran; interrupted", name, who)
         return await result
     finally:
         gone.cancel()

@@ -15,6 +15,7 @@ from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import run_on_worker, services
 from server.errors import NEVER_QUEUED
 from server.imagecodec import decode_image, encode_image_b64, read_image_info
+from server.limits import check_work_limits
 from server.options import OPTIONS
 from server.services import Services
 
@@ -23,11 +24,16 @@ router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 @router.post("/txt2img", response_model=TextToImageResponse)
 async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends(services)) -> TextToImageResponse:
+    hires = req.enable_hr or bool(req.firstpass_image)
+    check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size,
+                      hr_steps=(req.hr_second_pass_steps or req.steps) if hires else None)
     opts = svc.options.effective(req.override_settings)
     firstpass = None
     if req.firstpass_image:
         firstpass = decode_image(req.firstpass_image, field="firstpass_image", max_pixels=svc.config.max_pixels)
+    script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
     p = prepare(req, opts, svc.models, svc.upscalers, svc.config.max_pixels, firstpass)
+    p.script_args = script_args
     if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
         p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
         if p.hr_prompt or p.hr_negative_prompt:  # styled once, from the request's own texts
@@ -41,7 +47,7 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
         state = svc.worker.state
         return result, state.interrupted or state.skipped
 
-    result, incomplete = await run_on_worker(svc, request, "txt2img", job)
+    result, incomplete = await run_on_worker(svc, request, "txt2img", job, finish_if_gone=req.save_images)
     if req.override_settings and not req.override_settings_restore_afterwards:
         kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
