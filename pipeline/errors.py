@@ -26,6 +26,17 @@ class UnknownName(InvalidRequest):
         self.name = name
 
 
+class UnknownScript(InvalidRequest):
+    """An `alwayson_scripts` entry naming a script the server does not have (A1111 answers 422)."""
+
+    def __init__(self, name: object, known: list[str]):
+        listing = (f"known always-on scripts: {', '.join(repr(k) for k in known)}" if known
+                   else "this server has no always-on scripts")
+        super().__init__("alwayson_scripts", f"Script {name!r} not found ({listing}; see /sdapi/v1/scripts)")
+        self.name = name
+        self.known = list(known)
+
+
 class TooLarge(InvalidRequest):
     """A job whose pixels exceed the configured budget."""
 

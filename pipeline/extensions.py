@@ -10,7 +10,12 @@ entry-point group) that defines any of:
                                                 # kwargs: pass_no (1 or 2), x (latents), noise
 
 `p` is the job's `pipeline.processing.Processing`. A hook that raises fails the job with its message.
-Extensions run only when enabled for the server (all files in the directory are loaded at start-up)."""
+Extensions run only when enabled for the server (all files in the directory are loaded at start-up).
+
+Each extension is an always-on script of that name: a request's `alwayson_scripts: {"<name>": {"args":
+[...]}}` (name case-insensitive) hands its args to the hooks, positionally after `p`, as A1111 calls
+`before_hr(p, *args)`; without args a hook is called as `hook(p)`. An entry naming no known script is a
+422 listing the known ones. Built-in always-on scripts join the same registry with `register()`."""
 from __future__ import annotations
 
 import importlib
@@ -22,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+from pipeline.errors import InvalidRequest, UnknownScript
 
 log = logging.getLogger("hiresd.extensions")
 
@@ -74,8 +81,30 @@ class Extensions:
     def names(self) -> list[str]:
         return [e.name.lower() for e in self.items]
 
+    def register(self, extension: Extension) -> None:
+        """Add a built-in always-on script; its name must not clash with a loaded one."""
+        if extension.name.lower() in self.names():
+            raise ValueError(f"an always-on script named {extension.name!r} is already registered")
+        self.items.append(extension)
+
+    def script_args(self, alwayson_scripts: dict[str, Any]) -> dict[str, list[Any]]:
+        """A request's `alwayson_scripts`, checked: {lower-cased name: args}. Raises UnknownScript for a
+        name no script has, InvalidRequest for an entry that is not `{"args": [...]}`."""
+        known = self.names()
+        out: dict[str, list[Any]] = {}
+        for name, entry in alwayson_scripts.items():
+            key = str(name).lower()
+            if key not in known:
+                raise UnknownScript(name, known)
+            args = entry.get("args", []) if isinstance(entry, dict) else None
+            if not isinstance(args, list):
+                raise InvalidRequest(f"alwayson_scripts.{name}", 'expected {"args": [...]} (a list of arguments)')
+            out[key] = list(args)
+        return out
+
     def call(self, hook: str, p: Any, **kwargs: Any) -> None:
+        args_by_script: dict[str, list[Any]] = getattr(p, "script_args", None) or {}
         for ext in self.items:
             fn = ext.hooks.get(hook)
             if fn is not None:
-                fn(p, **kwargs)
+                fn(p, *args_by_script.get(ext.name.lower(), ()), **kwargs)

@@ -8,11 +8,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.errors import Interrupted, ModelLoadError, PipelineError
+from pipeline.errors import Interrupted, ModelLoadError, PipelineError, UnknownScript
 from pipeline.vae import is_oom
 from pipeline.worker import QueueFull, WorkerStopped
 from server.auth import is_protected
@@ -41,15 +43,32 @@ def _status(exc: BaseException) -> int:
         return 503
     if isinstance(exc, ModelLoadError):
         return 500
+    if isinstance(exc, UnknownScript):  # A1111's status for a script it does not have
+        return 422
     if isinstance(exc, (PipelineError, ImageDecodeError, UpscalerError)):
         return 400
     return 500
+
+
+def allowed_methods(request: Request) -> list[str] | None:
+    """The methods openapi.json lists for this request's path (Starlette's 405 names only the first
+    route's), or None when the path is not one of the schema's."""
+    item = request.app.openapi().get("paths", {}).get(request.url.path)
+    return sorted(m.upper() for m in item) if item else None
 
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse(error_body(exc, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown paths keep FastAPI's 404 (as A1111); a 405's Allow header names every method of the path."""
+        methods = allowed_methods(request) if exc.status_code == 405 else None
+        if methods:
+            return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": ", ".join(methods)})
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

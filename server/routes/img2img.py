@@ -13,6 +13,7 @@ from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.txt2img import Context, Txt2ImgResult
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import run_on_worker, services
+from server.errors import ErrorResponse
 from server.imagecodec import decode_image, encode_image_b64
 from server.options import OPTIONS
 from server.services import Services
@@ -20,7 +21,8 @@ from server.services import Services
 router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 
-@router.post("/img2img", response_model=ImageToImageResponse)
+@router.post("/img2img", response_model=ImageToImageResponse, responses={
+    404: {"model": ErrorResponse, "description": "`init_images` is missing or empty (A1111's answer)"}})
 async def img2img(req: Img2ImgRequest, request: Request, svc: Services = Depends(services)) -> ImageToImageResponse:
     if not req.init_images:  # A1111's answer, checked first
         raise HTTPException(404, "Init image not found")
@@ -34,7 +36,9 @@ async def img2img(req: Img2ImgRequest, request: Request, svc: Services = Depends
         return images, mask
 
     init_images, mask = await run_in_threadpool(decode)
+    script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
     p = prepare_img2img(req, opts, svc.models, svc.upscalers, limit, init_images, mask)
+    p.script_args = script_args
     if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
         p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
 
