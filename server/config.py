@@ -159,7 +159,11 @@ def _auth_pairs(text: str) -> list[tuple[str, str]]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m server", description="hiresd: an A1111 /sdapi/v1 server "
                                  "for hires fix and upscaling, fully offline. COMMANDLINE_ARGS is read as "
-                                 "A1111's launcher reads it (appended to the command line).")
+                                 "A1111's launcher reads it (appended to the command line).",
+                                 epilog="A1111's other launch flags (--xformers, --medvram, --theme, --share, "
+                                 "...) are accepted with one log line each saying what hiresd does instead; "
+                                 "--disable-safe-unpickle, --enable-insecure-extension-access and --allow-code "
+                                 "are refused. See the README's 'Launch lines'.")
     ap.add_argument("--host", "--server-name", default=None, help="bind address (default 127.0.0.1)")
     ap.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (as A1111's --listen)")
     ap.add_argument("--port", type=int, default=7860)

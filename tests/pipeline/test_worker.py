@@ -67,3 +67,41 @@ def test_jobs_run_one_at_a_time_in_submission_order() -> None:
         assert order == [0, 1, 2, 3, 4]
     finally:
         worker.stop()
+
+
+def _stepping_job(worker: Worker, started: threading.Event, release: threading.Event, steps: int = 50):
+    """A job that signals when it runs, waits for `release`, then begins its progress and checks the
+    interrupt flag at every step; returns how many steps it ran and whether it was interrupted."""
+    from pipeline.errors import Interrupted
+
+    def job() -> tuple[int, bool]:
+        started.set()
+        release.wait(10)
+        worker.state.begin("txt2img", job_count=1)
+        for i in range(steps):
+            try:
+                worker.state.check()
+            except Interrupted:
+                return i, True
+        return steps, False
+
+    return job
+
+
+def test_interrupt_reaches_only_the_running_job_even_before_it_began_its_progress() -> None:
+    worker = Worker()
+    try:
+        started, release = threading.Event(), threading.Event()
+        first = worker.submit("txt2img", _stepping_job(worker, started, release))
+        go = threading.Event()
+        go.set()
+        second = worker.submit("txt2img", _stepping_job(worker, threading.Event(), go, steps=5))
+        assert started.wait(10)
+        assert worker.interrupt(second) is False  # still waiting: untouched (cancel() drops waiting jobs)
+        assert worker.interrupt(first) is True  # running, but its progress has not begun yet
+        release.set()
+        assert first.future.result(10) == (0, True)
+        assert second.future.result(20) == (5, False)  # the next job is not hit by the first one's interrupt
+        assert worker.interrupt(first) is False  # over
+    finally:
+        worker.stop()
