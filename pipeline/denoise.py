@@ -23,7 +23,7 @@ from pipeline.conditioning import PromptEncoder, ScheduledConditioning
 from pipeline.model import SDModel
 from pipeline.preview import latent_preview
 from pipeline.samplers.schedules import NoiseTable
-from pipeline.sampling import PassResult, StepCallback, run_pass
+from pipeline.sampling import ModelSwitch, PassResult, StepCallback, run_pass
 from pipeline.seeds import batch_noise
 from pipeline.state import JobState
 
@@ -97,16 +97,17 @@ class LatentMask:
 
 def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_latents: torch.Tensor | None,
             cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
-            keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> PassResult:
+            keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
+            switch: ModelSwitch | None = None) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
-    9-channel models' extra input."""
+    9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py)."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     x = plan.start(noise.to(model.device), init)
     blend = None if keep_mask is None or init is None else LatentMask(model, plan, init, keep_mask)
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond)
+                      image_cond=image_cond, switch=switch)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result

@@ -24,6 +24,20 @@ class PassResult:
     latents: torch.Tensor
     stopped: BaseException | None = None  # Interrupted or Skipped, when a flag ended the pass early
     unet_calls: int = 0
+    model: SDModel | None = None  # the model that ended the pass, when a refiner took over
+
+
+@dataclass
+class Handover:
+    """What a mid-pass model switch (the SDXL refiner, pipeline/refiner.py) hands the loop: the model that
+    continues, its conditioning for each call, and an SDXL refiner's (prompt, negative) aesthetic scores."""
+
+    model: SDModel
+    cond_at: Callable[[int], tuple[Any, Any]]
+    aesthetic: tuple[float, float] | None = None
+
+
+ModelSwitch = Callable[[int, Any, SDModel], "Handover | None"]
 
 
 def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int) -> torch.Tensor:
@@ -39,25 +53,43 @@ class MaskBlend(Protocol):
     def after(self, out: torch.Tensor, x_in: torch.Tensor, i: int) -> torch.Tensor: ...
 
 
+def refiner_vector_ids(model: SDModel, height: int, width: int, n_negative: int, n_prompt: int,
+                       aesthetic: tuple[float, float]) -> torch.Tensor:
+    """An SDXL refiner's micro-conditioning: original size, crop (0, 0) and the aesthetic score, the
+    negative prompt's rows (first) scored low and the prompt's high, as A1111 sends them."""
+    high, low = aesthetic
+    rows = [[height, width, 0, 0, low]] * n_negative + [[height, width, 0, 0, high]] * n_prompt
+    return torch.tensor(rows, dtype=model.dtype, device=model.device)
+
+
 def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False,
-                 image_cond: torch.Tensor | None = None) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
+                 image_cond: torch.Tensor | None = None, aesthetic: tuple[float, float] = (6.0, 2.5)
+                 ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
     not computed (it cannot change the result), unless `keep_uncond`: then it always is, and the last
     unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
     `t` is best a tensor already on the model's device. `image_cond` (B, c, h, w) is concatenated to the
     UNet input's channels, for cond and uncond alike (9-channel inpainting models)."""
-    time_ids: dict[int, torch.Tensor] = {}  # SDXL: built once per batch size, not per step (no H2D copy)
+    time_ids: dict[tuple[int, int], torch.Tensor] = {}  # SDXL: built once per batch shape, not per step
 
-    def run_one(x_in: torch.Tensor, t: Any, cond: Any) -> torch.Tensor:
-        return run(x_in, t, cond, cond, single=True)
+    def vector_ids(n_negative: int, n_prompt: int) -> torch.Tensor:
+        key = (n_negative, n_prompt)
+        if key not in time_ids:
+            time_ids[key] = (refiner_vector_ids(model, height, width, n_negative, n_prompt, aesthetic)
+                             if model.refiner else sdxl_time_ids(model, height, width, n_negative + n_prompt))
+        return time_ids[key]
 
-    def run(x_in: torch.Tensor, t: Any, cond: Any, uncond: Any, single: bool = False) -> torch.Tensor:
+    def run_one(x_in: torch.Tensor, t: Any, cond: Any, negative: bool) -> torch.Tensor:
+        return run(x_in, t, cond, cond, single=True, negative=negative)
+
+    def run(x_in: torch.Tensor, t: Any, cond: Any, uncond: Any, single: bool = False,
+            negative: bool = False) -> torch.Tensor:
         b = x_in.shape[0]
         use_uncond = (cfg_scale != 1.0 or keep_uncond) and not single
         if use_uncond and cond.context.shape[1] != uncond.context.shape[1]:
             # prompts of different chunk counts: A1111's default runs the two halves separately
-            u = run_one(x_in, t, uncond)
-            c = run_one(x_in, t, cond)
+            u = run_one(x_in, t, uncond, True)
+            c = run_one(x_in, t, cond, False)
             run.last_uncond = u if keep_uncond else None
             return u + cfg_scale * (c - u)
         x = torch.cat([x_in, x_in]) if use_uncond else x_in
@@ -65,10 +97,8 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
         kwargs: dict[str, Any] = {}
         if model.family == "sdxl":
             pooled = torch.cat([uncond.pooled, cond.pooled]) if use_uncond else cond.pooled
-            if x.shape[0] not in time_ids:
-                time_ids[x.shape[0]] = sdxl_time_ids(model, height, width, x.shape[0])
-            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(model.device, model.dtype),
-                                           "time_ids": time_ids[x.shape[0]]}
+            ids = vector_ids(b, b) if use_uncond else (vector_ids(b, 0) if negative else vector_ids(0, b))
+            kwargs["added_cond_kwargs"] = {"text_embeds": pooled.to(model.device, model.dtype), "time_ids": ids}
         tt = t if torch.is_tensor(t) else torch.tensor(t)
         if image_cond is not None:
             extra = image_cond.to(x.device, x.dtype)
@@ -88,13 +118,15 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
 
 def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int], tuple[Any, Any]],
              cfg_scale: float, height: int, width: int, callback: StepCallback, *,
-             blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None) -> PassResult:
+             blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None,
+             switch: ModelSwitch | None = None) -> PassResult:
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
     them), so prompt editing and alternation change the conditioning during sampling.
     `callback(step, x, denoised)` runs after every step. `blend` (inpainting) adjusts each call's input
-    and guided output; `image_cond` goes to the UNet with every call (see `guided_model`)."""
+    and guided output; `image_cond` goes to the UNet with every call (see `guided_model`). `switch(i, t,
+    model)`, asked before every call, may hand the rest of the pass to another model (the refiner)."""
     scheduler = plan.scheduler
     needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
     guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
@@ -107,6 +139,15 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     with torch.inference_mode():
         for i, t in enumerate(plan.timesteps):
             step = plan.user_step(i)
+            handover = switch(i, t, model) if switch is not None else None
+            if handover is not None:
+                model, cond_at = handover.model, handover.cond_at
+                guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
+                                      keep_uncond=needs_uncond,
+                                      image_cond=image_cond if model.unet.config.in_channels > x.shape[1] else None,
+                                      **({"aesthetic": handover.aesthetic} if handover.aesthetic else {}))
+                unet_timesteps = plan.timesteps.to(model.device)
+                x = x.to(model.device)
             cond, uncond = cond_at(i)
             x_in = scheduler.scale_model_input(x, t)
             if blend is not None:
@@ -124,5 +165,5 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             try:
                 callback(step, x, denoised)
             except STOPS as exc:  # the callback stops the pass by raising; anything else is a real error
-                return PassResult(denoised if denoised is not None else x, exc, calls)
-    return PassResult(x, None, calls)
+                return PassResult(denoised if denoised is not None else x, exc, calls, model)
+    return PassResult(x, None, calls, model)

@@ -183,8 +183,20 @@ def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subse
     switch = refiner_mod.pass_switch(p, ctx.models, ctx.state, plan, pass_no, lambda m: denoise.prompt_conditioning(
         m, [prompt] * len(seeds), [negative] * len(seeds), p.clip_skip, **sched))
     with circular_padding([model.unet, model.vae], p.tiling):
+        image_cond = _inpainting_model_cond(model, len(seeds), width, height)
         return denoise.denoise(model, plan, noise, init_latents, cond_at, p.hr_cfg_scale if hr else p.cfg_scale,
-                               width, height, callback, switch=switch)
+                               width, height, callback, switch=switch, image_cond=image_cond)
+
+
+def _inpainting_model_cond(model: SDModel, batch: int, width: int, height: int) -> torch.Tensor | None:
+    """A 9-channel inpainting model in txt2img, as A1111 drives it: the whole image masked (a ones mask)
+    over a mid-grey masked image, VAE-encoded."""
+    if int(model.unet.config.in_channels) != 2 * model.latent_channels + 1:
+        return None
+    grey = torch.full((1, 3, height, width), 0.5)
+    latent = vae.encode(model, grey).float()
+    mask = torch.ones(1, 1, *latent.shape[-2:], device=latent.device)
+    return torch.cat([mask, latent], dim=1).repeat(batch, 1, 1, 1)
 
 
 def _latent_upscale(latents: torch.Tensor, p: Processing) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """LDM (A1111 single-file) key names -> diffusers / transformers key names, one component at a time.
 
 Every function takes the file's tensors under the component's prefix (prefix already removed) and returns
-`(converted, unused)`: the tensors under the module's names, and the file keys it could not place. The
-loader turns a non-empty `unused` into an error, so a file key is never dropped silently.
+`(converted, unused, origin)`: the tensors under the module's names, the file keys it could not place, and
+for each module name the file key it came from (for error messages). The loader turns a non-empty `unused`
+into an error, so a file key is never dropped silently.
 Written from the layouts' definitions (openaimodel's block indices, the ldm autoencoder's names,
 open_clip's TextTransformer), the inverse of `tests/fixtures/ldm_export.py`.
 """
@@ -13,7 +14,7 @@ from collections.abc import Mapping
 import torch
 
 Tensors = Mapping[str, torch.Tensor]
-Converted = tuple[dict[str, torch.Tensor], list[str]]
+Converted = tuple[dict[str, torch.Tensor], list[str], dict[str, str]]
 
 _UNET_RESNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_emb_proj",
                 "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
@@ -36,14 +37,15 @@ def unet(sd: Tensors, layers_per_block: int) -> Converted:
     """openaimodel UNet keys -> `UNet2DConditionModel` keys; `layers_per_block` as in the config."""
     per = layers_per_block + 1
     out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
     unused: list[str] = []
     for key, value in sd.items():
         new = _unet_key(key, layers_per_block, per)
         if new is None:
             unused.append(key)
         else:
-            out[new] = value
-    return out, unused
+            out[new], origin[new] = value, key
+    return out, unused, origin
 
 
 def _unet_key(key: str, lpb: int, per: int) -> str | None:
@@ -85,6 +87,7 @@ def _unet_key(key: str, lpb: int, per: int) -> str | None:
 def vae(sd: Tensors, levels: int) -> Converted:
     """ldm autoencoder keys -> `AutoencoderKL` keys (1x1-conv attention projections become Linear)."""
     out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
     unused: list[str] = []
     for key, value in sd.items():
         new = _vae_key(key, levels)
@@ -93,8 +96,8 @@ def vae(sd: Tensors, levels: int) -> Converted:
             continue
         if ".mid_block.attentions.0.to_" in new and new.endswith(".weight") and value.ndim == 4:
             value = value[:, :, 0, 0]
-        out[new] = value
-    return out, unused
+        out[new], origin[new] = value, key
+    return out, unused, origin
 
 
 def _vae_key(key: str, levels: int) -> str | None:
@@ -132,8 +135,8 @@ def _vae_key(key: str, levels: int) -> str | None:
 def hf_clip(sd: Tensors, module_prefix: str) -> Converted:
     """transformers-layout CLIP keys (under `text_model.` in the file) -> the module's own names
     (`module_prefix` is "text_model." for modules whose state dict keeps it, else "")."""
-    out = {module_prefix + k: v for k, v in sd.items() if k != "embeddings.position_ids"}
-    return out, []
+    keys = [k for k in sd if k != "embeddings.position_ids"]
+    return {module_prefix + k: sd[k] for k in keys}, [], {module_prefix + k: k for k in keys}
 
 
 _OPENCLIP_LAYER = {"attn.out_proj": "self_attn.out_proj", "ln_1": "layer_norm1", "ln_2": "layer_norm2",
@@ -145,6 +148,7 @@ def openclip(sd: Tensors, module_prefix: str, layers: int, projection: bool) -> 
     width. Layers from `layers` on (SD 2.x's last) and the projection when not `projection` are returned
     as unused, for the caller to declare expected."""
     out: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
     unused: list[str] = []
     p = module_prefix
     top = {"token_embedding.weight": "embeddings.token_embedding.weight",
@@ -152,10 +156,10 @@ def openclip(sd: Tensors, module_prefix: str, layers: int, projection: bool) -> 
            "ln_final.weight": "final_layer_norm.weight", "ln_final.bias": "final_layer_norm.bias"}
     for key, value in sd.items():
         if key in top:
-            out[p + top[key]] = value
+            out[p + top[key]], origin[p + top[key]] = value, key
             continue
         if key == "text_projection" and projection:
-            out["text_projection.weight"] = value.T.contiguous()
+            out["text_projection.weight"], origin["text_projection.weight"] = value.T.contiguous(), key
             continue
         parts = key.split(".")
         if key.startswith("transformer.resblocks.") and len(parts) > 3 and parts[2].isdigit():
@@ -168,10 +172,11 @@ def openclip(sd: Tensors, module_prefix: str, layers: int, projection: bool) -> 
                 kind = rest.rsplit("_", 1)[1]
                 for name, chunk in zip(("q", "k", "v"), value.chunk(3, dim=0)):
                     out[f"{dst}self_attn.{name}_proj.{kind}"] = chunk.contiguous()
+                    origin[f"{dst}self_attn.{name}_proj.{kind}"] = key
                 continue
             res = _rename(rest, _OPENCLIP_LAYER)
             if res is not None:
-                out[dst + res] = value
+                out[dst + res], origin[dst + res] = value, key
                 continue
         unused.append(key)
-    return out, unused
+    return out, unused, origin

@@ -232,7 +232,7 @@ def _build_strict(path: str, part: str, prefix: str, factory: Callable[[], torch
     that disagrees is a ModelLoadError naming the file, the part and the keys."""
     from accelerate import init_empty_weights
 
-    tensors, unused = converted
+    tensors, unused, origin = converted
     try:
         with init_empty_weights():
             module = factory()
@@ -244,7 +244,7 @@ def _build_strict(path: str, part: str, prefix: str, factory: Callable[[], torch
     if missing:
         raise ModelLoadError(path, f"{part} weights missing from the file ({len(missing)} tensors, e.g. "
                                    f"{', '.join(missing[:3])})")
-    leftover = [prefix + k for k in unused] + [f"{part}:{k}" for k in unexpected]
+    leftover = [prefix + k for k in unused] + sorted({prefix + origin.get(k, k) for k in unexpected})
     if leftover:
         raise ModelLoadError(path, f"{part}: {len(leftover)} file keys fit no parameter of the architecture "
                                    f"read from the file (e.g. {', '.join(leftover[:3])})")
@@ -270,16 +270,16 @@ def _text_encoder(path: str, spec: TextEncoderSpec, sd: dict[str, torch.Tensor],
     # transformers >= 5.6: CLIPTextModel's keys have no `text_model.` level, CLIPTextModelWithProjection's do
     module_prefix = "text_model." if spec.projection else ""
     if spec.layout == "hf":
-        tensors, unused = convert.hf_clip(_sub(sd, spec.prefix), module_prefix)
+        tensors, unused, origin = convert.hf_clip(_sub(sd, spec.prefix), module_prefix)
     else:
-        tensors, unused = convert.openclip(_sub(sd, spec.prefix), module_prefix,
+        tensors, unused, origin = convert.openclip(_sub(sd, spec.prefix), module_prefix,
                                            layers=int(spec.config["num_hidden_layers"]), projection=spec.projection)
         # SD 2.x: the last layer and the projection are in the file but unused (it conditions on the
         # penultimate layer), as in every SD 2.x pipeline
         if spec.unused_layers:
             unused = [k for k in unused if not (k.startswith("transformer.resblocks.") or k == "text_projection")]
     unused = [k for k in unused if not _HARMLESS.match(k)]
-    return _build_strict(path, spec.label, spec.prefix, lambda: cls(config), (tensors, unused), dtype)
+    return _build_strict(path, spec.label, spec.prefix, lambda: cls(config), (tensors, unused, origin), dtype)
 
 
 def _load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> SDModel:
@@ -305,12 +305,12 @@ def _load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.d
     if stray:
         raise ModelLoadError(path, f"{len(stray)} file keys belong to no part of a {det.variant} checkpoint "
                                    f"(e.g. {', '.join(sorted(stray)[:3])})")
-    unet_tensors, unet_unused = convert.unet(_sub(sd, UNET_PREFIX), int(unet_cfg["layers_per_block"]))
+    unet_tensors, unet_unused, unet_origin = convert.unet(_sub(sd, UNET_PREFIX), int(unet_cfg["layers_per_block"]))
     unet = _build_strict(path, "UNet", UNET_PREFIX, lambda: UNet2DConditionModel.from_config(unet_cfg),
-                         (unet_tensors, [k for k in unet_unused if not _HARMLESS.match(k)]), dtype)
-    vae_tensors, vae_unused = convert.vae(_sub(sd, VAE_PREFIX), len(vae_cfg["block_out_channels"]))
+                         (unet_tensors, [k for k in unet_unused if not _HARMLESS.match(k)], unet_origin), dtype)
+    vae_tensors, vae_unused, vae_origin = convert.vae(_sub(sd, VAE_PREFIX), len(vae_cfg["block_out_channels"]))
     vae = _build_strict(path, "VAE", VAE_PREFIX, lambda: AutoencoderKL.from_config(vae_cfg),
-                        (vae_tensors, [k for k in vae_unused if not _HARMLESS.match(k)]), vae_dtype)
+                        (vae_tensors, [k for k in vae_unused if not _HARMLESS.match(k)], vae_origin), vae_dtype)
     encoders = [_text_encoder(path, spec, sd, dtype) for spec in specs]
     tokenizers = [clip_tokenizer(openclip=spec.role in ("openclip", "xl_bigg")) for spec in specs]
     has_v_pred_key, has_ztsnr = det.v_pred_key, det.ztsnr_key

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -546,3 +547,92 @@ def _norm(value):
 
 def _heads(unet) -> list[int]:
     return [m.heads for _, m in unet.named_modules() if type(m).__name__ == "Attention"]
+
+
+# --------------------------------------------------------------------------------------------------
+# variants users keep: each loads from the file alone and generates through txt2img
+# --------------------------------------------------------------------------------------------------
+def _variants(work: Path) -> dict[str, TinyModel]:
+    from tests.fixtures.tinymodels import BK_SDM, SSD_1B, build_tiny_refiner
+
+    return {"ssd1b-like": build_tiny_sdxl(work, seed=40, unet=SSD_1B),
+            "bksdm-like": build_tiny_sd1(work, seed=50, unet=BK_SDM),
+            "xl-refiner-like": build_tiny_refiner(work, seed=60),
+            "sd1-inpaint": build_tiny_sd1(work, seed=70, in_channels=9),
+            "xl-inpaint": build_tiny_sdxl(work, seed=80, unet={"in_channels": 9})}
+
+
+@pytest.fixture(scope="module")
+def variant_env(tmp_path_factory):
+    from pipeline.models import ModelManager
+    from tests.conftest import Env
+    from upscalers.registry import UpscalerRegistry
+
+    root = tmp_path_factory.mktemp("models-variants")
+    variants = _variants(tmp_path_factory.mktemp("variants-build"))
+    for name, tiny in variants.items():
+        tiny.write_safetensors(root / "Stable-diffusion" / f"{name}.safetensors")
+    mm = ModelManager(CheckpointRegistry(root, root / "data"), torch.device("cpu"), torch.float32, max_loaded=1)
+    return Env(mm, UpscalerRegistry(root)), variants
+
+
+@pytest.mark.parametrize("name", ["ssd1b-like", "bksdm-like", "xl-refiner-like", "sd1-inpaint", "xl-inpaint"])
+def test_variant_loads_its_own_shapes_and_generates(variant_env, name):
+    env, variants = variant_env
+    source = variants[name]
+    model = env.model(name)
+    assert_no_meta(model)
+    for loaded, src in ((model.unet, source.unet), (model.vae, source.vae),
+                        *zip(model.text_encoders, source.text_encoders, strict=True)):
+        assert_same_weights(loaded, src)
+    assert _heads(model.unet) == _heads(source.unet)
+    for key in ("in_channels", "layers_per_block", "block_out_channels", "down_block_types", "up_block_types",
+                "mid_block_type", "cross_attention_dim", "use_linear_projection"):
+        assert _norm(getattr(model.unet.config, key)) == _norm(getattr(source.unet.config, key)), key
+    torch.testing.assert_close(unet_out_any(model.unet), unet_out_any(source.unet), rtol=0, atol=1e-5)
+    result = env.run(options={"sd_model_checkpoint": name}, steps=3, width=64, height=64)
+    image = result.images[0]
+    assert image.size == (64, 64) and len(np.unique(np.asarray(image).reshape(-1, 3), axis=0)) > 16  # not flat
+    assert infotext_params_model(result.infotexts[0]) == name
+
+
+def unet_out_any(unet) -> torch.Tensor:
+    """One UNet call on fixed random inputs, whatever the input channels and vector conditioning."""
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    x = torch.randn(1, cfg.in_channels, 8, 8, generator=g)
+    ctx = torch.randn(1, 5, cfg.cross_attention_dim, generator=g)
+    kwargs = {}
+    if cfg.addition_embed_type == "text_time":  # the tiny SDXL-likes pool 64 wide
+        ids = (cfg.projection_class_embeddings_input_dim - 64) // cfg.addition_time_embed_dim
+        kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 64, generator=g),
+                                       "time_ids": torch.randn(1, ids, generator=g)}
+    with torch.no_grad():
+        return unet(x, torch.tensor([500]), encoder_hidden_states=ctx, **kwargs).sample
+
+
+def infotext_params_model(text: str) -> str:
+    from tests.conftest import infotext_params
+
+    return infotext_params(text)["Model"]
+
+
+def test_strict_load_names_unused_and_missing_keys(tmp_path, tiny_sd1):
+    from safetensors.torch import save_file
+
+    extra = {**tiny_sd1.state_dict, "model.diffusion_model.input_blocks.1.1.stray.weight": torch.zeros(2),
+             "model_ema.decay": torch.tensor(0.999), "alphas_cumprod": torch.ones(1000)}
+    save_file(extra, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(ModelLoadError, match="input_blocks.1.1.stray.weight") as err:
+        load_checkpoint(CheckpointInfo.from_path(tmp_path / "extra.safetensors"))
+    assert err.value.path.endswith("extra.safetensors")
+    stray_prefix = {**tiny_sd1.state_dict, "depth_free.weight": torch.zeros(2)}
+    save_file(stray_prefix, str(tmp_path / "stray.safetensors"))
+    with pytest.raises(ModelLoadError, match="depth_free.weight"):
+        load_checkpoint(CheckpointInfo.from_path(tmp_path / "stray.safetensors"))
+    # known-harmless extras (EMA, DDPM buffers, markers) are skipped on purpose
+    harmless = {**tiny_sd1.state_dict, "model_ema.decay": torch.tensor(0.999), "alphas_cumprod": torch.ones(1000),
+                "ztsnr": torch.tensor([])}
+    save_file(harmless, str(tmp_path / "harmless.safetensors"))
+    model = load_checkpoint(CheckpointInfo.from_path(tmp_path / "harmless.safetensors"))
+    assert model.scheduler_config["rescale_betas_zero_snr"] is True
