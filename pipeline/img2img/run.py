@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from pipeline import denoise, vae
+from pipeline import denoise, refiner, vae
 from pipeline.errors import Interrupted
 from pipeline.img2img import masks
 from pipeline.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
@@ -77,7 +77,7 @@ def run_img2img(p: Img2ImgProcessing, ctx: Context) -> Txt2ImgResult:
             calls.append(result.unet_calls)
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
-        batch = _restore_faces(_decode(model, result.latents, p), p, ctx)
+        batch = _restore_faces(_decode(result.model or model, result.latents, p), p, ctx)  # the refiner's VAE
         batch = [_put_back(img, src, p) for img, src in zip(batch, sources, strict=True)]
         images += batch
         infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(batch))]
@@ -231,9 +231,11 @@ def _sample(model: SDModel, p: Img2ImgProcessing, ctx: Context, seeds: list[int]
                                           p.clip_skip, steps=len(plan.timesteps))
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
     keep = None if repaint is None else 1 - repaint
+    switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, 1, lambda m: denoise.prompt_conditioning(
+        m, [p.prompt] * len(seeds), [p.negative_prompt] * len(seeds), p.clip_skip, steps=len(plan.timesteps)))
     with circular_padding([model.unet, model.vae], p.tiling):
         return denoise.denoise(model, plan, noise, init, cond_at, p.cfg_scale, p.width, p.height, callback,
-                               keep_mask=keep, image_cond=image_cond)
+                               keep_mask=keep, image_cond=image_cond, switch=switch)
 
 
 def _put_back(image: Image.Image, src: Source, p: Img2ImgProcessing) -> Image.Image:
