@@ -170,3 +170,20 @@ def test_eta_weights_charge_the_swap(xl_env):
     plain = xl_env.prepare(**XL)
     assert with_swap_cost(plain, [1.0]) == [1.0]
     assert with_swap_cost(p, [1.0])[0] > 1.0
+
+
+def test_img2img_takes_the_refiner_too(xl_env):
+    """refiner_checkpoint / refiner_switch_at are fields of img2img as well; the strength's noise level
+    decides where the refiner starts (strength 0.5 is below s = 0.8's noise level only at the end)."""
+    from PIL import Image
+
+    from tests.pipeline.test_img2img import run as run_img2img
+
+    image = Image.new("RGB", (64, 64), (120, 60, 200))
+    base, ref = xl_env.model("tiny-xl-base"), xl_env.model("tiny-xl-refiner")
+    with count_unet(base, ref, tags=["base", "refiner"]) as counter:
+        result = run_img2img(xl_env, [image], checkpoint="tiny-xl-base.safetensors", steps=20,
+                             denoising_strength=0.5, refiner_checkpoint="tiny-xl-refiner", refiner_switch_at=0.8)
+    assert counter.count("base") > 0 and counter.count("refiner") > 0
+    assert [t for t, _ in counter.calls] == sorted((t for t, _ in counter.calls), key=("base", "refiner").index)
+    assert infotext_params(result.infotexts[0])["Refiner switch at"] == "0.8"
