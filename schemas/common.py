@@ -3,29 +3,25 @@ the leniency every generation request has. Unknown fields are ignored; integral 
 integers."""
 from __future__ import annotations
 
-import math
-import types
-import typing
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-def _is_int_field(annotation: Any) -> bool:
-    if annotation is int:
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return int in typing.get_args(annotation)
-    return False
+from schemas import leniency
 
 
 class Lenient(BaseModel):
     """Ignore unknown keys (Forge / SD.Next / extension fields) and refuse NaN and infinity.
 
     Floats sent for integer fields are truncated as A1111 (pydantic 1) does: `10.0` -> 10 and
-    AIYA's `hr_second_pass_steps: int(steps)/2` = 12.5 -> 12. Range limits still apply afterwards."""
+    AIYA's `hr_second_pass_steps: int(steps)/2` = 12.5 -> 12. Range limits still apply afterwards.
+    Booleans are taken as 0/1 by number fields, 0/1 as booleans; numbers sent as JSON strings and values
+    nested deeper than 64 levels are a 422. The JSON schema states the unions (`schemas.leniency`). Fields
+    named in `blank_is_default` also take "" (their own validator maps it)."""
 
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+    blank_is_default: ClassVar[tuple[str, ...]] = ()
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True,
+                              json_schema_extra=lambda s, cls: leniency.document(s, True, cls.blank_is_default))
 
     @model_validator(mode="before")
     @classmethod
@@ -34,9 +30,13 @@ class Lenient(BaseModel):
             return data
         out = dict(data)
         for name, f in cls.model_fields.items():
-            value = out.get(name)
-            if isinstance(value, float) and math.isfinite(value) and _is_int_field(f.annotation):
-                out[name] = int(value)
+            if name not in out:
+                continue
+            kind = leniency.scalar_kind(f.annotation)
+            leniency.refuse_deep(name, out[name])
+            if not (name in cls.blank_is_default and out[name] == ""):
+                leniency.refuse_strings(name, kind, out[name])
+            out[name] = leniency.truncate_float(kind, out[name])
         return out
 
 
@@ -86,6 +86,8 @@ class GenerationRequest(Lenient):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
     distilled_cfg_scale: float | None = None  # Forge; only Flux-style models use it
+
+    blank_is_default: ClassVar[tuple[str, ...]] = ("seed", "subseed")
 
     @field_validator("seed", "subseed", mode="before")
     @classmethod

@@ -8,11 +8,27 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas import leniency
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    """Unknown keys ignored; booleans taken as 0/1 by number fields and 0/1 as booleans, as the JSON schema
+    says (`schemas.leniency`); numbers sent as JSON strings and values nested deeper than 64 levels are a
+    422. Integer fields take integral floats only (10.5 is refused)."""
+
+    model_config = ConfigDict(extra="ignore", json_schema_extra=lambda s, cls: leniency.document(s, False))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_values_only(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                if name in data:
+                    leniency.refuse_deep(name, data[name])
+                    leniency.refuse_strings(name, leniency.scalar_kind(f.annotation), data[name])
+        return data
 
 
 class ExtrasBaseRequest(_Lenient):
@@ -53,16 +69,25 @@ class ExtrasBaseRequest(_Lenient):
         return "None" if value is None else value
 
 
+def _image_required(schema: dict) -> None:
+    leniency.document(schema, False)
+    schema.setdefault("required", []).append("image")
+
+
 class ExtrasSingleImageRequest(ExtrasBaseRequest):
     """`POST /sdapi/v1/extra-single-image`."""
 
-    image: str = Field("", description="Image as base64, bare or as a data: URL")
+    # A1111's default is "", which no server can upscale: the schema asks for an image (minLength 1,
+    # required) so that a schema-valid body is one we accept; leaving it out is still a 400 naming it.
+    image: str = Field("", min_length=1, description="Image as base64, bare or as a data: URL",
+                       json_schema_extra=lambda s: s.pop("default", None))
+    model_config = ConfigDict(json_schema_extra=lambda s, cls: _image_required(s))
 
 
 class FileData(_Lenient):
     """One item of `imageList`; `name` is accepted and discarded, as in A1111."""
 
-    data: str = Field(description="Image as base64, bare or as a data: URL")
+    data: str = Field(min_length=1, description="Image as base64, bare or as a data: URL")
     name: str = Field("", description="File name (unused)")
 
 

@@ -72,8 +72,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        """FastAPI's 422 shape; inputs that JSON cannot carry (NaN, infinity) are shown as strings."""
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+        """FastAPI's 422 shape; inputs that JSON cannot carry (NaN, infinity) are shown as strings, inputs
+        too deeply nested to encode are left out."""
+        return JSONResponse({"detail": [_encodable(e) for e in exc.errors()]}, status_code=422)
 
     async def any_error(request: Request, exc: Exception) -> JSONResponse:
         status = _status(exc)
@@ -92,6 +93,13 @@ def install(app: FastAPI) -> None:
     # the domain errors get their own handlers so they are answered without a server-error traceback
     for cls in (PipelineError, ImageDecodeError, UpscalerError, QueueFull, WorkerStopped, Exception):
         app.add_exception_handler(cls, any_error)
+
+
+def _encodable(error: Any) -> object:
+    try:
+        return _json_safe(jsonable_encoder(error))
+    except (RecursionError, ValueError):
+        return _json_safe(jsonable_encoder({k: v for k, v in error.items() if k != "input"}))
 
 
 def _json_safe(value: object) -> object:

@@ -5,7 +5,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.infotext import parse_infotext
@@ -67,7 +67,7 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
 
 
 class PNGInfoRequest(BaseModel):
-    image: str
+    image: str = Field(min_length=1, description="a PNG/JPEG/WebP as base64, bare or as a data: URL")
 
 
 class PNGInfoResponse(BaseModel):

@@ -29,7 +29,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     ext.mkdir()
     (ext / "arg_recorder.py").write_text(RECORDER)
     cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
-                       extensions_dir=ext, max_pixels=512 * 512)
+                       extensions_dir=ext, max_pixels=512 * 512, max_body_mb=8)
     with TestClient(create_app(cfg)) as c:
         yield c
 
@@ -102,6 +102,26 @@ def test_malformed_requests_are_a_clear_4xx(client: TestClient, path: str, name:
     assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
     body_json = r.json()  # always JSON, in FastAPI's 422 shape or A1111's error shape
     assert "detail" in body_json
+
+
+@pytest.mark.parametrize("field", ["comments", "override_settings", "alwayson_scripts"])
+def test_deep_but_parseable_json_is_a_422(client: TestClient, field: str) -> None:
+    """Nesting under the JSON parser's limit but too deep to echo back in `parameters` is refused up front."""
+    deep: object = 1
+    for _ in range(900):
+        deep = [deep]
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, field: {"x": deep}})
+    assert r.status_code == 422, (r.status_code, r.text[:300])
+    assert f"{field}: nested deeper than 64 levels" in r.text
+
+
+def test_a_100_mb_body_is_413(client: TestClient) -> None:
+    """Chunked, without a length, over --max-body-mb (8 here); that the server stops reading near the
+    limit needs a real socket: tests/server/test_live_limits.py."""
+    chunk = b'{"prompt": "' + b"x" * (1024 * 1024)
+    r = client.post("/sdapi/v1/txt2img", content=(chunk for _ in range(100)), headers=JSON)
+    assert r.status_code == 413, r.text[:300]
+    assert "max-body-mb" in _a1111_error(r)["detail"]
 
 
 def test_the_worker_serves_after_the_bad_inputs(client: TestClient) -> None:
