@@ -15,6 +15,7 @@ from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import run_on_worker, services
 from server.errors import ErrorResponse
 from server.imagecodec import decode_image, encode_image_b64
+from server.limits import check_work_limits
 from server.options import OPTIONS
 from server.services import Services
 
@@ -23,9 +24,11 @@ router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 @router.post("/img2img", response_model=ImageToImageResponse, responses={
     404: {"model": ErrorResponse, "description": "`init_images` is missing or empty (A1111's answer)"}})
-async def img2img(req: Img2ImgRequest, request: Request, svc: Services = Depends(services)) -> ImageToImageResponse:
+async def img2img(req: Img2ImgRequest, request: Request,
+                  svc: Services = Depends(services)) -> ImageToImageResponse:
     if not req.init_images:  # A1111's answer, checked first
         raise HTTPException(404, "Init image not found")
+    check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size)
     opts = svc.options.effective(req.override_settings)
     limit = svc.config.max_pixels
 

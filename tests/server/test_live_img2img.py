@@ -118,3 +118,5 @@ def test_bad_input_is_a_clear_4xx_before_work(srv: LiveServer) -> None:
     assert r.status_code == 400 and "latent_mask" in r.json()["detail"]
     r = post({"init_images": [img], "sampler_name": "Nope"})
     assert r.status_code == 400
+    r = post({"init_images": [img], "steps": 500})
+    assert r.status_code == 400 and "--max-steps" in r.json()["detail"]
