@@ -49,8 +49,10 @@ class ExtrasBaseRequest(_Lenient):
     upscaling_resize_w: int = Field(512, ge=1, description="Target width for resize_mode 1")
     upscaling_resize_h: int = Field(512, ge=1, description="Target height for resize_mode 1")
     upscaling_crop: bool = Field(True, description="resize_mode 1: crop to exactly the target size")
-    upscaler_1: str = Field("None", description="Main upscaler name, as listed by /sdapi/v1/upscalers")
-    upscaler_2: str = Field("None", description="Secondary upscaler name")
+    upscaler_1: str = Field("None", description="Main upscaler name, as listed by /sdapi/v1/upscalers; null "
+                            "means None", json_schema_extra=leniency.nullable)
+    upscaler_2: str = Field("None", description="Secondary upscaler name; null means None",
+                            json_schema_extra=leniency.nullable)
     extras_upscaler_2_visibility: float = Field(
         0.0, ge=0, le=1, allow_inf_nan=False, description="Blend weight of upscaler_2"
     )

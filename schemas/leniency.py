@@ -64,6 +64,12 @@ def truncate_float(kind: Kind | None, value: Any) -> Any:
     return value
 
 
+def nullable(schema: dict[str, Any]) -> None:
+    """`json_schema_extra` for a field whose validator maps null to its default: the schema takes null."""
+    branch = {k: schema.pop(k) for k in ("type", "minLength", "maxLength", "pattern", "enum") if k in schema}
+    schema["anyOf"] = [branch, {"type": "null"}]
+
+
 def _allowed_bools(lo: float, hi: float) -> list[bool]:
     return [b for b in (False, True) if lo <= int(b) <= hi]
 

@@ -64,11 +64,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
-        """Unknown paths keep FastAPI's 404 (as A1111); a 405's Allow header names every method of the path."""
-        methods = allowed_methods(request) if exc.status_code == 405 else None
-        if methods:
-            return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": ", ".join(methods)})
-        return await http_exception_handler(request, exc)
+        """Unknown paths keep FastAPI's 404 and 405 (as A1111), a 405's Allow header naming every method of
+        the path; the rest (a body that cannot be parsed) get A1111's error shape."""
+        if exc.status_code == 405:
+            methods = allowed_methods(request)
+            if methods:
+                return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": ", ".join(methods)})
+        if exc.status_code in (404, 405):
+            return await http_exception_handler(request, exc)
+        detail = str(exc.detail)
+        if detail == "There was an error parsing the body":
+            detail = "the body is not JSON this server can read (send UTF-8 JSON with content-type application/json)"
+        return JSONResponse(error_body(exc, detail), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

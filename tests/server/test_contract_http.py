@@ -139,3 +139,10 @@ def test_options_preflight_answers_its_allow_header(client: TestClient) -> None:
     schema = client.get("/openapi.json").json()
     assert "options" not in schema["paths"]["/sdapi/v1/options"]
 
+
+
+def test_an_unreadable_body_is_400_in_a1111_shape(client: TestClient) -> None:
+    r = client.post("/sdapi/v1/txt2img", content=b'{"prompt": "\xff\xfe"}', headers=JSON)
+    assert r.status_code == 400
+    assert "UTF-8 JSON" in _a1111_error(r)["detail"]
+    assert client.get("/sdapi/v1/no-such-route").json() == {"detail": "Not Found"}  # FastAPI's, as A1111
