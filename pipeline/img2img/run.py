@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from pipeline import denoise, refiner, vae
+from pipeline import denoise, networks, refiner, vae
 from pipeline.errors import Interrupted
 from pipeline.img2img import masks
 from pipeline.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
@@ -227,6 +227,7 @@ def _sample(model: SDModel, p: Img2ImgProcessing, ctx: Context, seeds: list[int]
     settings = denoise.PassSettings(sampler=p.sampler, schedule=p.schedule, steps=p.steps,
                                     params=sampler_params(p), strength=p.denoising_strength, fix_steps=p.fix_steps)
     plan = denoise.plan_pass(model, settings, gens, seeds)
+    networks.activate_for_pass(ctx.networks, model, p, p.prompt, p.negative_prompt)  # before the conditioning
     cond_at = denoise.prompt_conditioning(model, [p.prompt] * len(seeds), [p.negative_prompt] * len(seeds),
                                           p.clip_skip, steps=len(plan.timesteps))
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.img2img import Img2ImgProcessing, prepare_img2img, run_img2img
+from pipeline.networks import check_job
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.txt2img import Context, Txt2ImgResult
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
@@ -44,6 +45,7 @@ async def img2img(req: Img2ImgRequest, request: Request,
     p.script_args = script_args
     if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
         p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
+    check_job(svc.networks, p, svc.models)  # LoRA tags: unknown name, bad number, wrong family -> 400
 
     def job() -> tuple[Txt2ImgResult, bool]:
         result = _run(svc, p)
@@ -79,5 +81,5 @@ def _run(svc: Services, p: Img2ImgProcessing) -> Txt2ImgResult:
     """On the worker: the job's VAE choice, then the img2img algorithm."""
     svc.models.select_vae(p.options.get("sd_vae"), apply_now=False)
     ctx = Context(svc.models, HiresUpscaler(svc.upscalers, p.options), svc.extensions, svc.worker.state,
-                  faces=svc.upscalers.faces)
+                  faces=svc.upscalers.faces, networks=svc.networks)
     return run_img2img(p, ctx)
