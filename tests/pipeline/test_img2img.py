@@ -291,3 +291,19 @@ def test_firstpass_hires_equals_img2img_of_the_upscaled_image(env: Env) -> None:
               options={"img2img_fix_steps": True})
     assert hires.unet_calls == img.unet_calls == [5]
     assert (pixels(hires.images[0]) == pixels(img.images[0])).all()
+
+
+def test_progress_counts_the_steps_run_and_interrupt_ends_the_job(env: Env, builtin_model: Any) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    def on_call(n: int, _t: float) -> None:
+        s = env.state.snapshot()["state"]
+        seen.append((s["job_no"], s["job_count"], s["sampling_steps"]))
+        if n == 3:
+            env.state.interrupt()
+
+    with count_unet(builtin_model, on_call=on_call) as c:
+        r = run(env, [_noise_image(64, 64)], n_iter=3, steps=10, denoising_strength=0.5)
+    assert c.count() == 3  # stopped in the first batch's third step
+    assert len(r.images) == 1 and r.images[0].size == (64, 64)  # its partial result; no later batch ran
+    assert seen[0][:2] == (0, 3) and seen[-1][2] == 6  # int(0.5 * 10) + 1 steps of this pass
