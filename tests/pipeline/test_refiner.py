@@ -81,22 +81,23 @@ def test_switch_by_sampling_steps_option(xl_env):
     opts = {"refiner_switch_by_sample_steps": True}
     base, ref = xl_env.model("tiny-xl-base"), xl_env.model("tiny-xl-refiner")
     with count_unet(base, ref, tags=["base", "refiner"]) as counter:
-        result = xl_env.run(options=opts, **{**XL, "refiner_checkpoint": "tiny-xl-refiner", "refiner_switch_at": 0.3})
-    assert (counter.count("base"), counter.count("refiner")) == (6, 14)
+        result = xl_env.run(options=opts, **{**XL, "steps": 10, "refiner_checkpoint": "tiny-xl-refiner",
+                                             "refiner_switch_at": 0.3})
+    assert (counter.count("base"), counter.count("refiner")) == (3, 7)
     assert infotext_params(result.infotexts[0])["Refiner switch by sampling steps"] == "True"
-    plain = xl_env.run(options=opts, **XL)  # A1111 writes the key on every job while the option is on
+    plain = xl_env.run(options=opts, **{**XL, "steps": 2})  # A1111 writes the key on every job while the option is on
     assert infotext_params(plain.infotexts[0])["Refiner switch by sampling steps"] == "True"
 
 
 def test_null_switch_at_refines_everything_and_one_never_switches(xl_env):
-    counter, result = _split(xl_env, refiner_checkpoint="tiny-xl-refiner", refiner_switch_at=None)
-    assert (counter.count("base"), counter.count("refiner")) == (0, 20)
+    counter, result = _split(xl_env, steps=3, refiner_checkpoint="tiny-xl-refiner", refiner_switch_at=None)
+    assert (counter.count("base"), counter.count("refiner")) == (0, 3)
     params = infotext_params(result.infotexts[0])
     assert "Refiner" in params and "Refiner switch at" not in params
-    counter, result = _split(xl_env, refiner_checkpoint="tiny-xl-refiner", refiner_switch_at=1.0)
-    assert (counter.count("base"), counter.count("refiner")) == (20, 0)
+    counter, result = _split(xl_env, steps=3, refiner_checkpoint="tiny-xl-refiner", refiner_switch_at=1.0)
+    assert (counter.count("base"), counter.count("refiner")) == (3, 0)
     assert "Refiner" not in infotext_params(result.infotexts[0])
-    counter, result = _split(xl_env, refiner_checkpoint="None", refiner_switch_at=0.5)
+    counter, result = _split(xl_env, steps=2, refiner_checkpoint="None", refiner_switch_at=0.5)
     assert counter.count("refiner") == 0
 
 
@@ -129,18 +130,18 @@ def test_unknown_refiner_is_refused_before_any_work(xl_env):
 
 
 @pytest.mark.parametrize(("option", "pass1", "pass2"), [
-    (None, (6, 0), (3, 3)), ("first pass", (3, 3), (6, 0)), ("both passes", (3, 3), (3, 3))])
+    (None, (4, 0), (2, 2)), ("first pass", (2, 2), (4, 0)), ("both passes", (2, 2), (2, 2))])
 def test_hires_refiner_pass_option(xl_env, option, pass1, pass2):
     """hires_fix_refiner_pass: the default refines pass two only; "first pass" refines pass one and runs
     pass two on the base again; "both passes" switches in each."""
     opts = {"hires_fix_refiner_pass": option} if option else {}
     base, ref = xl_env.model("tiny-xl-base"), xl_env.model("tiny-xl-refiner")
     with count_unet(base, ref, tags=["base", "refiner"]) as counter:
-        result = xl_env.run(options=opts, **{**XL, "steps": 6, "enable_hr": True, "hr_scale": 2,
+        result = xl_env.run(options=opts, **{**XL, "steps": 4, "enable_hr": True, "hr_scale": 2,
                                              "denoising_strength": 1.0, "refiner_checkpoint": "tiny-xl-refiner",
                                              "refiner_switch_at": 0.5, "scheduler": "Automatic"})
     tags = [tag for tag, _ in counter.calls]
-    first, second = tags[:6], tags[6:]
+    first, second = tags[:4], tags[4:]
     assert (first.count("base"), first.count("refiner")) == pass1
     assert (second.count("base"), second.count("refiner")) == pass2
     params = infotext_params(result.infotexts[0])
@@ -152,16 +153,16 @@ def test_any_checkpoint_may_refine_and_interrupt_stops_before_the_swap(xl_env):
     sd1 = xl_env.model("tiny-sd1")
     base = xl_env.model("tiny-xl-base")
     with count_unet(base, sd1, tags=["base", "sd1"]) as counter:
-        xl_env.run(**{**XL, "steps": 6, "refiner_checkpoint": "tiny-sd1", "refiner_switch_at": 0.5})
+        xl_env.run(**{**XL, "steps": 4, "refiner_checkpoint": "tiny-sd1", "refiner_switch_at": 0.5})
     assert counter.count("sd1") > 0 and counter.count("base") > 0
 
     def stop(n: int, _t: float) -> None:
-        if n == 3:
+        if n == 2:
             xl_env.state.interrupt()
 
     with count_unet(base, sd1, tags=["base", "sd1"], on_call=stop) as counter:
-        result = xl_env.run(**{**XL, "steps": 6, "refiner_checkpoint": "tiny-sd1", "refiner_switch_at": 0.5})
-    assert counter.count("sd1") == 0 and counter.count("base") == 3
+        result = xl_env.run(**{**XL, "steps": 4, "refiner_checkpoint": "tiny-sd1", "refiner_switch_at": 0.5})
+    assert counter.count("sd1") == 0 and counter.count("base") == 2
     assert len(result.images) == 1
 
 
@@ -182,7 +183,7 @@ def test_img2img_takes_the_refiner_too(xl_env):
     image = Image.new("RGB", (64, 64), (120, 60, 200))
     base, ref = xl_env.model("tiny-xl-base"), xl_env.model("tiny-xl-refiner")
     with count_unet(base, ref, tags=["base", "refiner"]) as counter:
-        result = run_img2img(xl_env, [image], checkpoint="tiny-xl-base.safetensors", steps=20,
+        result = run_img2img(xl_env, [image], checkpoint="tiny-xl-base.safetensors", steps=10,
                              denoising_strength=0.5, refiner_checkpoint="tiny-xl-refiner", refiner_switch_at=0.8)
     assert counter.count("base") > 0 and counter.count("refiner") > 0
     assert [t for t, _ in counter.calls] == sorted((t for t, _ in counter.calls), key=("base", "refiner").index)
