@@ -98,7 +98,8 @@ class Extensions:
                 raise UnknownScript(name, known)
             args = entry.get("args", []) if isinstance(entry, dict) else None
             if not isinstance(args, list):
-                raise InvalidRequest(f"alwayson_scripts.{name}", 'expected {"args": [...]} (a list of arguments)')
+                raise InvalidRequest(f"alwayson_scripts.{name}",
+                                     'expected {"args": [...]} (a list of arguments)')
             out[key] = list(args)
         return out
 

@@ -20,8 +20,9 @@ class Lenient(BaseModel):
     named in `blank_is_default` also take "" (their own validator maps it)."""
 
     blank_is_default: ClassVar[tuple[str, ...]] = ()
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True,
-                              json_schema_extra=lambda s, cls: leniency.document(s, True, cls.blank_is_default))
+    model_config = ConfigDict(
+        extra="ignore", allow_inf_nan=False, populate_by_name=True,
+        json_schema_extra=lambda s, cls: leniency.document(s, True, cls.blank_is_default))
 
     @model_validator(mode="before")
     @classmethod

@@ -116,6 +116,10 @@ _KEYWORDS = ("type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum
 def _lenient(s: dict[str, Any], truncate_floats: bool) -> dict[str, Any] | None:
     """The union a scalar's schema becomes, or None when it stays as it is."""
     kind = s.get("type")
+    if kind == "integer" and "enum" in s:  # an int Literal: booleans that equal a member are taken
+        allowed = [b for b in (False, True) if int(b) in s["enum"]]
+        core = {k: v for k, v in s.items() if k in _KEYWORDS}
+        return {"anyOf": [core, {"type": "boolean", "enum": allowed}]} if allowed else None
     if kind not in ("integer", "number", "boolean") or "enum" in s:
         return None
     core = {k: v for k, v in s.items() if k in _KEYWORDS}

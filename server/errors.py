@@ -69,12 +69,14 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 405:
             methods = allowed_methods(request)
             if methods:
-                return JSONResponse({"detail": exc.detail}, status_code=405, headers={"Allow": ", ".join(methods)})
+                allow = {"Allow": ", ".join(methods)}
+                return JSONResponse({"detail": exc.detail}, status_code=405, headers=allow)
         if exc.status_code in (404, 405):
             return await http_exception_handler(request, exc)
         detail = str(exc.detail)
         if detail == "There was an error parsing the body":
-            detail = "the body is not JSON this server can read (send UTF-8 JSON with content-type application/json)"
+            detail = ("the body is not JSON this server can read (send UTF-8 JSON with content-type "
+                      "application/json)")
         return JSONResponse(error_body(exc, detail), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

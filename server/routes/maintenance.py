@@ -94,7 +94,8 @@ class LoginError(BaseModel):
 
 
 @login_router.post("/login", openapi_extra=NEVER_QUEUED, responses={
-    400: {"model": LoginError, "description": "With --api-auth: wrong username or password (Gradio's answer)"}})
+    400: {"model": LoginError, "description": "With --api-auth: wrong username or password (Gradio's answer)"},
+})
 async def login(request: Request) -> JSONResponse:
     """Gradio's login form, which some bots (AIYA) POST before calling the API. Without --api-auth it
     answers 200 `{"success": true}`; with it, 200 when the form's username/password pair is valid and
