@@ -124,6 +124,8 @@ def test_nan_is_refused(client: TestClient) -> None:
     ({"enable_hr": True, "hr_sampler_name": "nope"}, ["hr_sampler_name", "Euler"]),
     ({"width": 1024, "height": 1024}, ["pixels", "budget"]),
     ({"restore_faces": True}, ["restore_faces", "face-restoration"]),
+    ({"refiner_checkpoint": "sd_xl_refiner_1.0"}, ["refiner_checkpoint", "sd_xl_refiner_1.0", "hiresd-builtin-tiny"]),
+    ({"override_settings": {"hires_fix_refiner_pass": "third pass"}}, ["hires_fix_refiner_pass", "second pass"]),
     ({"enable_hr": True, "hr_scale": 16}, ["pixels", "budget"]),
 ])
 def test_bad_names_and_budgets_are_400_listing_what_is_valid(client: TestClient, patch: dict,
