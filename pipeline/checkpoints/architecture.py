@@ -257,7 +257,9 @@ def vae_config(shapes: Shapes, base: Mapping[str, Any], path: str = "<state dict
     return cfg
 
 
-def _hf_clip(shapes: Shapes, prefix: str, role: str, base: Mapping[str, Any], path: str) -> TextEncoderSpec:
+def hf_text_encoder(shapes: Shapes, prefix: str, role: str, base: Mapping[str, Any], path: str
+                    ) -> TextEncoderSpec:
+    """A transformers-layout CLIP text encoder under `prefix` (its config's activation is CLIP-L's)."""
     t = _Keys(shapes, prefix)
     tok = t.shape("embeddings.token_embedding.weight")
     pos = t.shape("embeddings.position_embedding.weight")
@@ -296,13 +298,13 @@ def text_encoders(shapes: Shapes, family: str, refiner: bool, bases: Sequence[Ma
                   path: str = "<state dict>") -> list[TextEncoderSpec]:
     """The text encoders of a file of `family` (bases: the family's shipped text encoder configs, in order)."""
     if family == "sd1":
-        return [_hf_clip(shapes, SD1_CLIP, "clip", bases[0], path)]
+        return [hf_text_encoder(shapes, SD1_CLIP, "clip", bases[0], path)]
     if family == "sd2":
         prefix = SD2_OPENCLIP if any(k.startswith(SD2_OPENCLIP) for k in shapes) else EMBEDDER0_OPENCLIP
         return [_openclip(shapes, prefix, "openclip", bases[0], path, projection=False, unused_layers=1)]
     if refiner:
         return [_openclip(shapes, EMBEDDER0_OPENCLIP, "xl_bigg", bases[-1], path, projection=True, unused_layers=0)]
-    return [_hf_clip(shapes, XL_CLIP, "xl_clip_l", bases[0], path),
+    return [hf_text_encoder(shapes, XL_CLIP, "xl_clip_l", bases[0], path),
             _openclip(shapes, XL_BIGG, "xl_bigg", bases[1], path, projection=True, unused_layers=0)]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoints import architecture, convert
+from pipeline.checkpoints import architecture, convert, folder_layout
 from pipeline.checkpoints.architecture import TextEncoderSpec
 from pipeline.checkpoints.convert import Converted
 from pipeline.checkpoints.detect import Detection, detect_family, shapes_of
@@ -349,11 +349,57 @@ def _load_single_file(info: CheckpointInfo, device: torch.device, dtype: torch.d
 def _diffusers_family(folder: Path) -> str:
     if (folder / "text_encoder_2").is_dir():
         return "sdxl"
+    if not (folder / "unet" / "config.json").is_file():  # read the cross-attention width from the weights
+        weights = folder_layout.weights_file(folder / "unet")
+        shapes = shapes_of(folder_layout.read_weights(weights)) if weights is not None else {}
+        widths = {s[-1] for k, s in shapes.items() if k.endswith("attn2.to_k.weight")}
+        return "sd2" if 1024 in widths else "sd1"
     try:
         width = int(_read_json(folder / "unet" / "config.json").get("cross_attention_dim", 768))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(str(folder), f"unreadable unet/config.json: {exc}") from exc
     return "sd2" if width == 1024 else "sd1"
+
+
+def _derived_component(folder: Path, sub: str, family: str, dtype: torch.dtype, roles: list[str]) -> Any:
+    """A folder component without `config.json`: its architecture read from its weights (folder_layout)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    path = str(folder)
+    weights = folder_layout.weights_file(folder / sub)
+    if weights is None:
+        raise ModelLoadError(path, f"{sub}/ has neither config.json nor weights")
+    sd = folder_layout.read_weights(weights)
+    shapes = shapes_of(sd)
+    base_dir = _family_base(family)
+    identity = (sd, [], {k: k for k in sd})
+    if sub == "unet":
+        pooled, time_ids = None, 6
+        if family == "sdxl":
+            te2 = folder_layout.weights_file(folder / "text_encoder_2")
+            proj = shapes_of(folder_layout.read_weights(te2)).get("text_projection.weight") if te2 else None
+            pooled = int(proj[0]) if proj else None
+            time_ids = 6 if (folder / "text_encoder").is_dir() else 5
+        cfg = architecture.unet_config(folder_layout.unet_shapes_as_ldm(shapes),
+                                       _read_json(base_dir / "unet" / "config.json"), path, pooled, time_ids)
+        return _build_strict(path, "UNet", "unet/", lambda: UNet2DConditionModel.from_config(cfg), identity, dtype)
+    if sub == "vae":
+        cfg = architecture.vae_config(folder_layout.vae_shapes_as_ldm(shapes),
+                                      _read_json(base_dir / "vae" / "config.json"), path)
+        return _build_strict(path, "VAE", "vae/", lambda: AutoencoderKL.from_config(cfg), identity, dtype)
+    role = roles[-1] if sub == "text_encoder_2" else roles[0]
+    projection = role == "xl_bigg"
+    base = _read_json(base_dir / sub / "config.json") if (base_dir / sub).is_dir() else {}
+    spec = architecture.hf_text_encoder(folder_layout.text_shapes(shapes, ""), "", role, base, path)
+    config = CLIPTextConfig(**{**spec.config, "hidden_act": "quick_gelu" if role in ("clip", "xl_clip_l") else "gelu",
+                               **({"projection_dim": int(shapes["text_projection.weight"][0])} if projection else {})})
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    module_prefix = "text_model." if projection else ""
+    tensors = {(k if k == "text_projection.weight" else module_prefix + k.removeprefix("text_model.")): v
+               for k, v in sd.items() if not k.endswith("position_ids")}
+    return _build_strict(path, spec.label, f"{sub}/", lambda: cls(config), (tensors, [], {k: k for k in tensors}),
+                         dtype)
 
 
 def _load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> SDModel:
@@ -366,28 +412,47 @@ def _load_diffusers_folder(info: CheckpointInfo, device: torch.device, dtype: to
     info.family = family
     vae_dtype = _vae_dtype(family, dtype)
     opts = {"local_files_only": True}
-    unet = _checked(path, "UNet", lambda: UNet2DConditionModel.from_pretrained(
-        folder, subfolder="unet", torch_dtype=dtype, **opts))
-    vae = _checked(path, "VAE", lambda: AutoencoderKL.from_pretrained(
-        folder, subfolder="vae", torch_dtype=vae_dtype, **opts))
-    encoders = [_checked(path, "text encoder", lambda: CLIPTextModel.from_pretrained(
-        folder / "text_encoder", dtype=dtype, **opts))]
-    tokenizers = [_tokenizer(folder / "tokenizer")]
+    refiner = family == "sdxl" and not (folder / "text_encoder").is_dir()
+    roles = {"sd1": ["clip"], "sd2": ["openclip"], "sdxl": ["xl_clip_l", "xl_bigg"]}[family]
+    roles = roles[-1:] if refiner else roles
+
+    def component(sub: str, load: Callable[[], Any], part: str, part_dtype: torch.dtype) -> Any:
+        if (folder / sub / "config.json").is_file():
+            return _checked(path, part, load)
+        return _derived_component(folder, sub, family, part_dtype, roles)
+
+    unet = component("unet", lambda: UNet2DConditionModel.from_pretrained(
+        folder, subfolder="unet", torch_dtype=dtype, **opts), "UNet", dtype)
+    vae = component("vae", lambda: AutoencoderKL.from_pretrained(
+        folder, subfolder="vae", torch_dtype=vae_dtype, **opts), "VAE", vae_dtype)
+    encoders, tokenizers = [], []
+    if not refiner:
+        encoders.append(component("text_encoder", lambda: CLIPTextModel.from_pretrained(
+            folder / "text_encoder", dtype=dtype, **opts), "text encoder", dtype))
+        tokenizers.append(_folder_tokenizer(folder / "tokenizer", openclip=family == "sd2"))
     if family == "sdxl":
-        encoders.append(_checked(path, "text encoder 2", lambda: CLIPTextModelWithProjection.from_pretrained(
-            folder / "text_encoder_2", dtype=dtype, **opts)))
-        tokenizers.append(_tokenizer(folder / "tokenizer_2"))
+        encoders.append(component("text_encoder_2", lambda: CLIPTextModelWithProjection.from_pretrained(
+            folder / "text_encoder_2", dtype=dtype, **opts), "text encoder 2", dtype))
+        tokenizers.append(_folder_tokenizer(folder / "tokenizer_2", openclip=True))
+    scheduler_path = folder / "scheduler" / "scheduler_config.json"
+    if not scheduler_path.is_file():
+        scheduler_path = _family_base(family) / "scheduler" / "scheduler_config.json"
     try:
-        scheduler_config = _read_json(folder / "scheduler" / "scheduler_config.json")
+        scheduler_config = _read_json(scheduler_path)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(path, f"scheduler config: {exc}") from exc
     for module in (unet, vae, *encoders):
         module.to(device)
     return SDModel(
         title=info.title, family=family, unet=unet, vae=vae, text_encoders=encoders, tokenizers=tokenizers,
-        scheduler_config=scheduler_config, device=device, dtype=dtype, vae_dtype=vae_dtype,
+        scheduler_config=scheduler_config, device=device, dtype=dtype, vae_dtype=vae_dtype, refiner=refiner,
         extra={"checkpoint": info, "filename": info.filename, "sha256": info.sha256,
                "model_name": info.model_name, "config_dir": path, "variant": family,
                "inpainting": int(unet.config.in_channels) == 9, "unet_in_channels": int(unet.config.in_channels),
                "prediction_type_source": "config", "diffusers_model_type": None},
     )
+
+
+def _folder_tokenizer(folder: Path, openclip: bool) -> Any:
+    """The folder's tokenizer, or the shipped CLIP tokenizer when the folder has none."""
+    return _tokenizer(folder) if (folder / "vocab.json").is_file() else clip_tokenizer(openclip=openclip)

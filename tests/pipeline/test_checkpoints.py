@@ -636,3 +636,26 @@ def test_strict_load_names_unused_and_missing_keys(tmp_path, tiny_sd1):
     save_file(harmless, str(tmp_path / "harmless.safetensors"))
     model = load_checkpoint(CheckpointInfo.from_path(tmp_path / "harmless.safetensors"))
     assert model.scheduler_config["rescale_betas_zero_snr"] is True
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_diffusers_folder_without_configs_reads_the_weights(tmp_path, tiny_sd1, tiny_sdxl, family):
+    import shutil
+
+    tiny = tiny_sd1 if family == "sd1" else tiny_sdxl
+    folder = tiny.write_diffusers(tmp_path / "Stable-diffusion" / f"bare-{family}")
+    for sub in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        if (folder / sub).is_dir():
+            (folder / sub / "config.json").unlink()
+    for sub in ("tokenizer", "tokenizer_2", "scheduler"):
+        shutil.rmtree(folder / sub, ignore_errors=True)
+    model = load_checkpoint(CheckpointInfo.from_path(folder, tmp_path / "Stable-diffusion"))
+    assert model.family == family and model.prediction_type == "epsilon"
+    assert_no_meta(model)
+    for loaded, src in ((model.unet, tiny.unet), (model.vae, tiny.vae),
+                        *zip(model.text_encoders, tiny.text_encoders, strict=True)):
+        assert_same_weights(loaded, src)
+    assert _heads(model.unet) == _heads(tiny.unet)
+    assert [e.config.hidden_act for e in model.text_encoders] == [e.config.hidden_act for e in tiny.text_encoders]
+    torch.testing.assert_close(unet_out_any(model.unet), unet_out_any(tiny.unet), rtol=0, atol=1e-5)
+    assert model.tokenizers[-1]("a photo of a cat").input_ids == CAT_IDS
