@@ -1,21 +1,21 @@
 #!/usr/bin/env python
 """Generate `pipeline/configs/`: offline, config-only diffusers directories for every checkpoint family.
 
-Why: `from_single_file(..., config=DIR, local_files_only=True)` loads an A1111 single-file checkpoint fully
-offline and bit-identically when DIR holds the diffusers configs of the family (no weights). Without it,
-diffusers tries to download the family's reference repository. We write those configs here, from the
-public architecture facts of each family, so that nothing is fetched at run time.
+Why: the loader reads a checkpoint's architecture from its tensors (pipeline/checkpoints/architecture.py);
+what tensors cannot show (the scheduler, sample size, VAE scaling factor, tokenizer ids) comes from the
+family's configs here, written from the public facts of each family, so that nothing is fetched at run
+time. The stock UNet / VAE / text encoder configs are also the reference the tests compare derived
+architectures with.
 
 Families written (one directory each, diffusers layout):
 
     sd1             SD 1.x (CLIP ViT-L/14 text encoder, 768-d cross-attention), epsilon, 512 px
-    sd1-inpainting  SD 1.x inpainting UNet (9 input channels), epsilon, 512 px
     sd2             SD 2.x 768-v (OpenCLIP ViT-H text encoder, 1024-d cross-attention), v_prediction, 768 px
     sd2-base        SD 2.x 512-base: the same architecture, epsilon, 512 px
     sdxl            SDXL base 1.0 (CLIP ViT-L + OpenCLIP ViT-bigG, text_time conditioning), epsilon, 1024 px
 
 SD 2.x 768-v and 512-base have identical weights' shapes; only the prediction type (and native size)
-differ, so the loader picks between `sd2` and `sd2-base` from evidence (see pipeline/checkpoints.py:
+differ, so the loader picks between `sd2` and `sd2-base` from evidence (see pipeline/checkpoints/loader.py:
 a sidecar `.yaml`, a `v_pred` key, else the weight probe A1111 also uses).
 
 Tokenizer: the CLIP BPE vocabulary `bpe_simple_vocab_16e6.txt.gz` (MIT licence, (c) OpenAI) is taken from
@@ -309,7 +309,6 @@ SDXL_COMPONENTS = {
 
 def families(vocab: dict[str, int], merges: list[str]) -> dict[str, dict[str, Any]]:
     """Directory name -> {relative file path: JSON object or text}."""
-
     sd1 = {
         "model_index.json": model_index("StableDiffusionPipeline", SD_COMPONENTS),
         "scheduler/scheduler_config.json": scheduler("epsilon", "EulerDiscreteScheduler"),
@@ -317,8 +316,6 @@ def families(vocab: dict[str, int], merges: list[str]) -> dict[str, dict[str, An
         "vae/config.json": vae(512, 0.18215, False),
         "text_encoder/config.json": clip_text(**CLIP_L, with_projection=False),
     }
-    sd1_inpainting = {**sd1, "unet/config.json": unet_sd(768, 8, False, 64, in_channels=9),
-                      "model_index.json": model_index("StableDiffusionInpaintPipeline", SD_COMPONENTS)}
 
     def sd2(prediction_type: str, sample_size: int) -> dict[str, Any]:
         return {
@@ -337,7 +334,7 @@ def families(vocab: dict[str, int], merges: list[str]) -> dict[str, dict[str, An
         "text_encoder/config.json": clip_text(**CLIP_L, with_projection=False),
         "text_encoder_2/config.json": clip_text(**OPENCLIP_BIGG, with_projection=True),
     }
-    return {"sd1": sd1, "sd1-inpainting": sd1_inpainting, "sd2": sd2("v_prediction", 768),
+    return {"sd1": sd1, "sd2": sd2("v_prediction", 768),
             "sd2-base": sd2("epsilon", 512), "sdxl": sdxl,
             "clip-tokenizer": tokenizer_files(vocab, merges, pad_token=EOS)}
 
