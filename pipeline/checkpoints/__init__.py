@@ -1,5 +1,7 @@
 """Checkpoints: discovery and A1111 naming (`registry`), hashes (`hashing`), family detection
-(`detect`) and offline loading into an `SDModel` (`loader`)."""
+(`detect`), the architecture read from a file's tensors (`architecture`, `folder_layout`), LDM key
+conversion (`convert`), the shipped configs and tokenizer (`shipped`) and offline, strict loading into an
+`SDModel` (`loader`)."""
 from pipeline.checkpoints.detect import Detection, detect_family
 from pipeline.checkpoints.hashing import HashCache
 from pipeline.checkpoints.loader import (

@@ -209,11 +209,11 @@ def _vae_dtype(family: str, dtype: torch.dtype) -> torch.dtype:
 
 
 # File keys that hold no weight any module here uses, skipped on purpose; every other key must be used:
-# EMA copies, the DDPM schedule buffers of LDM-era training files (our schedule comes from the config),
-# marker keys read by `detect_family`, CLIP's `position_ids` (a non-persistent buffer in transformers 5)
-# and open_clip's contrastive `logit_scale` / `attn_mask`.
+# EMA copies, the DDPM schedule buffers of LDM-era training files and the sigma table of sgm's denoiser
+# (our schedule comes from the config), marker keys read by `detect_family`, CLIP's `position_ids` (a
+# non-persistent buffer in transformers 5) and open_clip's contrastive `logit_scale` / `attn_mask`.
 _HARMLESS = re.compile(
-    r"^(model_ema\.|v_pred$|ztsnr$|betas$|alphas_cumprod(_prev)?$|sqrt_|log_one_minus_alphas_cumprod$|"
+    r"^(model_ema\.|denoiser\.sigmas$|v_pred$|ztsnr$|betas$|alphas_cumprod(_prev)?$|sqrt_|log_one_minus_alphas_cumprod$|"
     r"posterior_|logvar$|lvlb_weights$|(.*\.)?(position_ids|logit_scale|attn_mask)$)")
 
 
