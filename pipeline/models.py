@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pipeline import checkpoints
+from pipeline.accel import Accel
 from pipeline.builtin import build_builtin_model, builtin_checkpoint_info
 from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.model import SDModel
@@ -23,8 +24,9 @@ log = logging.getLogger("hiresd.models")
 class ModelManager:
     def __init__(self, registry: CheckpointRegistry, device: torch.device, dtype: torch.dtype,
                  vae_dtype: torch.dtype | None = None, builtin: bool = True, max_loaded: int = 1,
-                 vaes: VaeRegistry | None = None) -> None:
+                 vaes: VaeRegistry | None = None, accel: Accel | None = None) -> None:
         self.registry = registry
+        self.accel = accel  # layout (and later compile / memory placement) applied after each load
         self.vaes = vaes if vaes is not None else VaeRegistry(registry.models_dir, None)
         self.vae_choice = "Automatic"  # option `sd_vae` for the models `get()` hands out
         self.device = device
@@ -128,6 +130,8 @@ class ModelManager:
                 if self.vae_dtype is not None and self.vae_dtype != model.dtype:
                     model.vae.to(self.vae_dtype)
                     model.vae_dtype = self.vae_dtype
+                if self.accel is not None:
+                    self.accel.prepare(model)
                 self._loaded[info.filename] = model
             else:
                 self._loaded.move_to_end(info.filename)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from pipeline.accel import Accel, choose, resolve_device
 from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.errors import InvalidRequest, UnknownName
 from pipeline.extensions import Extensions
@@ -33,25 +34,11 @@ from upscalers.registry import UpscalerRegistry
 log = logging.getLogger("hiresd.services")
 
 
-def pick_device(config: ServerConfig) -> tuple[torch.device, torch.dtype, torch.dtype | None]:
-    """(device, model dtype, VAE dtype): CUDA when present (fp16 UNet and text encoders, bf16 VAE where the
-    card supports it, since SDXL's VAE overflows in fp16), else the CPU in fp32."""
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cpu":
-        if config.precision in ("fp16",):
-            log.warning("fp16 on the CPU is very slow and inexact; using fp32")
-        dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
-        return device, dtype, None
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(config.precision, torch.float16)
-    vae = torch.bfloat16 if dtype == torch.float16 and torch.cuda.is_bf16_supported() else None
-    if dtype == torch.float16 and vae is None:
-        vae = torch.float32
-    if config.vae_precision == "fp32" and dtype != torch.float32:  # --no-half-vae
-        vae = torch.float32
-    return device, dtype, vae
+def pick_accel(config: ServerConfig) -> Accel:
+    """The speed policy from the flags: device and dtypes (pipeline/accel/precision.py: CUDA fp16 with a
+    bf16 VAE where supported; the CPU in bf16 where it computes bf16 natively, else fp32)."""
+    device = resolve_device(config.device)
+    return Accel(choose(device, config.precision, config.vae_precision))
 
 
 @dataclass
@@ -70,8 +57,9 @@ class Services:
 
     @classmethod
     def create(cls, config: ServerConfig, console: bool = True) -> Services:
-        device, dtype, vae_dtype = pick_device(config)
-        log.info("device %s, dtype %s, VAE dtype %s", device, dtype, vae_dtype or dtype)
+        accel = pick_accel(config)
+        device, dtype, vae_dtype = accel.precision.device, accel.precision.dtype, accel.precision.vae_dtype
+        log.info("%s", accel.precision.describe())
         registry = CheckpointRegistry(config.models_dir, config.data_dir, folder=config.ckpt_folder())
         vae_path = config.vae_path
         if vae_path is not None and not vae_path.is_file():
@@ -79,7 +67,8 @@ class Services:
             vae_path = None
         vaes = VaeRegistry(config.models_dir, config.data_dir, vae_dir=config.vae_folder(),
                            ckpt_dir=config.ckpt_folder(), extra=[vae_path] if vae_path else None)
-        models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model, vaes=vaes)
+        models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model, vaes=vaes,
+                              accel=accel)
         registry.start_background_hashing()
         upscalers = UpscalerRegistry(config.models_dir, allow_noncommercial=config.allow_noncommercial_upscalers,
                                      device=device, folders=config.model_folders)
