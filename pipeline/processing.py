@@ -114,12 +114,16 @@ def _clip_skip(options: dict[str, Any]) -> int:
 
 
 def prepare_common(req: GenerationRequest, options: dict[str, Any], models: ModelNames,
-                   upscalers: UpscalerRegistry, cls: type[Processing] = Processing) -> Processing:
+                   upscalers: UpscalerRegistry, cls: type[Processing] = Processing,
+                   scripts: tuple[str, ...] = ()) -> Processing:
     """The fields txt2img and img2img share, resolved and validated: a `cls` (Processing or a subclass)
-    at width x height rounded down to multiples of 8."""
-    if req.script_name not in (None, "", "None"):
-        raise InvalidRequest("script_name", f"script {req.script_name!r} not found; this server has no "
-                             "selectable scripts (use alwayson extensions, see /sdapi/v1/scripts)")
+    at width x height rounded down to multiples of 8. `scripts`: the selectable scripts (lower case) the
+    caller runs itself."""
+    if req.script_name not in (None, "", "None") and req.script_name.lower() not in scripts:
+        served = f"selectable scripts here: {', '.join(repr(s) for s in scripts)}" if scripts else \
+            "this server has no selectable scripts for this endpoint"
+        raise InvalidRequest("script_name", f"script {req.script_name!r} not found; {served} (alwayson "
+                             "extensions: see /sdapi/v1/scripts)")
     restore = req.restore_faces if req.restore_faces is not None else bool(options.get("face_restoration"))
     face_restorer = upscalers.faces.pick(options.get("face_restoration_model")) if restore else None
     if restore and face_restorer is None:

@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.errors import InvalidRequest
+from pipeline.img2img import sd_upscale
 from pipeline.pixel_upscale import resolve_hires_upscaler
 from pipeline.processing import ModelNames, Processing, check_pixel_budget, prepare_common
 from schemas.img2img import Img2ImgRequest
@@ -36,6 +37,7 @@ class Img2ImgProcessing(Processing):
     resize_upscaler: str = "None"  # option upscaler_for_img2img (None: Lanczos)
     mask_weight: float = 1.0  # option inpainting_mask_weight (9-channel models)
     overlay_inpaint: bool = True
+    script: Any = None  # a selectable script's runner (`script_name`), with a `run(p, ctx)` method
 
     @property
     def job_count(self) -> int:
@@ -51,7 +53,7 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
     if req.latent_mask not in (None, ""):
         raise InvalidRequest("latent_mask", "not supported (A1111 cannot decode it either); send null and put "
                              "the mask in `mask`")
-    p = prepare_common(req, options, models, upscalers, cls=Img2ImgProcessing)
+    p = prepare_common(req, options, models, upscalers, cls=Img2ImgProcessing, scripts=(sd_upscale.NAME,))
     assert isinstance(p, Img2ImgProcessing)
     if len(init_images) > p.batch_size:
         raise InvalidRequest("init_images", f"{len(init_images)} images for batch_size {p.batch_size}: send at "
@@ -84,6 +86,12 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
     if upscalers.is_latent(p.resize_upscaler):
         raise InvalidRequest("override_settings.upscaler_for_img2img", "must be a pixel upscaler from "
                              "/sdapi/v1/upscalers, not a latent mode (resize_mode 3 is the latent upscale)")
+    if (req.script_name or "").lower() == sd_upscale.NAME:
+        p.script = sd_upscale.SDUpscale.parse(list(req.script_args or []), upscalers.names(),
+                                              lambda name: upscalers.resolve(name).name)
+        p.script.check(p)
+        tw, th = p.script.target_size(init_images[0].width, init_images[0].height)
+        check_pixel_budget(tw, th, 1, max_pixels, "the scale_factor or the init image")
     p.mask_weight = float(options.get("inpainting_mask_weight", 1.0))
     p.overlay_inpaint = bool(options.get("overlay_inpaint", True))
     budget_w, budget_h = p.width, p.height

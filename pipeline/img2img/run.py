@@ -43,6 +43,16 @@ class Source:
 
 
 def run_img2img(p: Img2ImgProcessing, ctx: Context) -> Txt2ImgResult:
+    """The job: a selectable script (`script_name`, e.g. SD upscale) when the request names one, else the
+    img2img batches."""
+    if p.script is not None:
+        return p.script.run(p, ctx)
+    ctx.state.begin("img2img", p.n_iter, [float(p.steps * p.width * p.height)] * p.n_iter)
+    return img2img_batches(p, ctx)
+
+
+def img2img_batches(p: Img2ImgProcessing, ctx: Context, job_offset: int = 0) -> Txt2ImgResult:
+    """`n_iter` batches of img2img; progress counts them as jobs job_offset, job_offset + 1, ..."""
     state = ctx.state
     bs = p.batch_size
     p.all_seeds = [p.seed + (i if p.subseed_strength == 0 else 0) for i in range(bs * p.n_iter)]
@@ -50,7 +60,6 @@ def run_img2img(p: Img2ImgProcessing, ctx: Context) -> Txt2ImgResult:
     p.all_prompts = [p.prompt] * (bs * p.n_iter)
     p.all_negative_prompts = [p.negative_prompt] * (bs * p.n_iter)
     p.extra_generation_params.setdefault("Denoising strength", p.denoising_strength)
-    state.begin("img2img", p.n_iter, [float(p.steps * p.width * p.height)] * p.n_iter)
     model = ctx.models.get(p.checkpoint)
     sources = _prepare_sources(p, ctx)
     sources = sources * (bs // len(sources))  # one image repeats over the batch; k images are the batch
@@ -71,7 +80,7 @@ def run_img2img(p: Img2ImgProcessing, ctx: Context) -> Txt2ImgResult:
         state.clear_skip()
         seeds = p.all_seeds[it * bs:(it + 1) * bs]
         subseeds = p.all_subseeds[it * bs:(it + 1) * bs]
-        state.set_job(it, f"Batch {it + 1} out of {p.n_iter}" if p.n_iter > 1 else None, p.steps)
+        state.set_job(job_offset + it, f"Batch {it + 1} out of {p.n_iter}" if p.n_iter > 1 else None, p.steps)
         if p.denoising_strength > 0:
             result = _sample(model, p, ctx, seeds, subseeds, init, repaint, image_cond)
             calls.append(result.unet_calls)
@@ -154,6 +163,11 @@ def _flatten(image: Image.Image, background: tuple[int, int, int]) -> Image.Imag
         base = Image.new("RGBA", rgba.size, background + (255,))
         return Image.alpha_composite(base, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def flatten_init(p: Img2ImgProcessing, image: Image.Image) -> Image.Image:
+    """An init image as RGB, transparent pixels on the option `img2img_background_color`."""
+    return _flatten(image, _background(p))
 
 
 def _scaler(p: Img2ImgProcessing, ctx: Context):

@@ -135,7 +135,7 @@ async def latent_upscale_modes(svc: Services = Depends(services)) -> list[dict[s
 
 @router.get("/scripts", response_model=ScriptsList)
 async def scripts(svc: Services = Depends(services)) -> ScriptsList:
-    return ScriptsList(txt2img=svc.extensions.names(), img2img=[])
+    return ScriptsList(txt2img=svc.extensions.names(), img2img=["sd upscale"])  # selectable, by script_name
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])
