@@ -553,9 +553,11 @@ def _heads(unet) -> list[int]:
 # variants users keep: each loads from the file alone and generates through txt2img
 # --------------------------------------------------------------------------------------------------
 def _variants(work: Path) -> dict[str, TinyModel]:
-    from tests.fixtures.tinymodels import BK_SDM, SSD_1B, build_tiny_refiner
+    from tests.fixtures.tinymodels import BK_SDM, SSD_1B, VEGA, build_tiny_refiner, build_tiny_sd2
 
-    return {"ssd1b-like": build_tiny_sdxl(work, seed=40, unet=SSD_1B),
+    return {"sd2-like": build_tiny_sd2(work),
+            "ssd1b-like": build_tiny_sdxl(work, seed=40, unet=SSD_1B),
+            "vega-like": build_tiny_sdxl(work, seed=45, unet=VEGA),
             "bksdm-like": build_tiny_sd1(work, seed=50, unet=BK_SDM),
             "xl-refiner-like": build_tiny_refiner(work, seed=60),
             "sd1-inpaint": build_tiny_sd1(work, seed=70, in_channels=9),
@@ -576,7 +578,8 @@ def variant_env(tmp_path_factory):
     return Env(mm, UpscalerRegistry(root)), variants
 
 
-@pytest.mark.parametrize("name", ["ssd1b-like", "bksdm-like", "xl-refiner-like", "sd1-inpaint", "xl-inpaint"])
+@pytest.mark.parametrize("name", ["sd2-like", "ssd1b-like", "vega-like", "bksdm-like", "xl-refiner-like",
+                                  "sd1-inpaint", "xl-inpaint"])
 def test_variant_loads_its_own_shapes_and_generates(variant_env, name):
     env, variants = variant_env
     source = variants[name]
