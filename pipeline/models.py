@@ -109,6 +109,11 @@ class ModelManager:
                 return info
         return self.find(key)
 
+    def is_loaded(self, key: str) -> bool:
+        """Whether the checkpoint with filename key `key` is in memory (then its file is not read again)."""
+        with self._lock:
+            return key in self._loaded
+
     # -- loading (worker thread) -------------------------------------------------------------------
     def get(self, key: str) -> SDModel:
         """The loaded model for a filename key (or any name); loads it, evicting the least recently used."""

@@ -189,7 +189,22 @@ class Services:
         return values
 
     # -- jobs (run on the worker thread) --------------------------------------------------------------
+    def reach_checkpoint(self, p: Any) -> None:
+        """Before a job loads its model: a checkpoint file removed or renamed since the last scan is not a
+        failed load. The folder is rescanned; when the saved option chose the file, the job falls back as
+        at start-up (one log line); when the request named it (override_settings), it is a 400."""
+        key = p.checkpoint
+        if not key or key.startswith("<") or self.models.is_loaded(key) or os.path.exists(key):
+            return
+        self.refresh_checkpoints()
+        named = (p.request.override_settings or {}).get("sd_model_checkpoint")
+        if named:
+            raise UnknownName("override_settings.sd_model_checkpoint", named, self.models.registry.titles())
+        p.checkpoint = self.models.resolve_title(str(self.options.get("sd_model_checkpoint") or ""),
+                                                 "sd_model_checkpoint")
+
     def run_txt2img(self, p: Processing) -> Txt2ImgResult:
+        self.reach_checkpoint(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions, self.worker.state,
                       faces=self.upscalers.faces, networks=self.networks)

@@ -49,3 +49,23 @@ def test_an_explicit_unknown_name_is_still_a_400(tmp_path, option: str) -> None:
         r = client.post("/sdapi/v1/txt2img", json=body)
         assert r.status_code == 400, r.text
         assert "nope.safetensors" in r.json()["detail"]
+
+
+def test_a_checkpoint_file_removed_without_a_refresh_falls_back_too(tmp_path) -> None:
+    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
+    ckpt_dir.mkdir(parents=True)
+    doomed = ckpt_dir / "doomed.safetensors"
+    doomed.write_bytes(b"listed, never loaded")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "options.json").write_text(json.dumps({"sd_model_checkpoint": "doomed.safetensors"}))
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
+                       outputs_dir=tmp_path / "outputs", extensions_dir=None)
+    with TestClient(create_app(cfg)) as client:
+        doomed.unlink()  # and nobody calls refresh-checkpoints
+        r = client.post("/sdapi/v1/txt2img", json=SMALL)
+        assert r.status_code == 200, r.text
+        assert json.loads(r.json()["info"])["sd_model_name"] == BUILTIN_NAME
+        assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(BUILTIN_NAME)
+        named = {**SMALL, "override_settings": {"sd_model_checkpoint": "doomed.safetensors"}}
+        r = client.post("/sdapi/v1/txt2img", json=named)
+        assert r.status_code == 400 and "doomed.safetensors" in r.json()["detail"], r.text
