@@ -188,3 +188,18 @@ def test_img2img_takes_the_refiner_too(xl_env):
     assert counter.count("base") > 0 and counter.count("refiner") > 0
     assert [t for t, _ in counter.calls] == sorted((t for t, _ in counter.calls), key=("base", "refiner").index)
     assert infotext_params(result.infotexts[0])["Refiner switch at"] == "0.8"
+
+
+def test_progress_runs_on_across_the_switch(xl_env):
+    base, ref = xl_env.model("tiny-xl-base"), xl_env.model("tiny-xl-refiner")
+    steps_seen: list[int] = []
+
+    def look(_n: int, _t: float) -> None:
+        snap = xl_env.state.snapshot()["state"]
+        steps_seen.append(snap["sampling_step"])
+        assert snap["sampling_steps"] == 4 and snap["job_count"] == 1
+
+    with count_unet(base, ref, tags=["base", "refiner"], on_call=look) as counter:
+        xl_env.run(**{**XL, "steps": 4, "refiner_checkpoint": "tiny-xl-refiner", "refiner_switch_at": 0.5})
+    assert [t for t, _ in counter.calls] == ["base", "base", "refiner", "refiner"]
+    assert steps_seen == [0, 1, 2, 3]  # one count over both models
