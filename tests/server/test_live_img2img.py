@@ -72,6 +72,16 @@ def test_webuiapi_inpaint_keeps_unmasked_pixels(api: webuiapi.WebUIApi) -> None:
     assert "Inpaint area: Only masked" in r.info["infotexts"][0]
 
 
+def test_webuiapi_sd_upscale(api: webuiapi.WebUIApi) -> None:
+    r = api.img2img(images=[noise(64, 48, seed=4)], prompt="a harbour", width=64, height=64, seed=3, steps=2,
+                    denoising_strength=0.3, script_name="sd upscale", script_args=["", 16, "Lanczos", 2.0])
+    assert len(r.images) == 1 and r.image.size == (128, 96)
+    assert "SD upscale upscaler: Lanczos" in r.info["infotexts"][0]
+    with pytest.raises(RuntimeError, match="script_args"):  # webuiapi raises on a non-200 answer
+        api.img2img(images=[noise(64, 48)], width=64, height=64, steps=2, script_name="sd upscale",
+                    script_args=["", 16, "Lanczos", 2.0, "extra"])
+
+
 def test_photoshop_plugin_style_inpaint(srv: LiveServer) -> None:
     src = noise(64, 64, seed=2)
     payload = {
