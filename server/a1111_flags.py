@@ -25,6 +25,7 @@ _MEMORY = "memory modes are not implemented yet; running normally (tiled VAE and
 _UI = "hiresd has no web UI; ignored"
 _LAUNCHER = "a launcher/installer option of A1111; hiresd installs nothing at start, ignored"
 _NOTHING = "does nothing in A1111 either; ignored"
+_NO_EXTENSION = "an A1111 extension's flag (ControlNet, ADetailer); that extension is not served here, ignored"
 
 NOTED: dict[str, NotedFlag] = {
     # attention implementations
@@ -119,6 +120,14 @@ NOTED: dict[str, NotedFlag] = {
     "--do-not-download-clip": NotedFlag("hiresd never downloads anything; nothing to change"),
     "--no-download-sd-model": NotedFlag("hiresd never downloads anything; nothing to change"),
     "--log-startup": NotedFlag(_LAUNCHER),
+    # flags that popular A1111 extensions add (their preload.py); hiresd serves no such extension
+    "--controlnet-dir": NotedFlag(_NO_EXTENSION, "1"),
+    "--controlnet-annotator-models-path": NotedFlag(_NO_EXTENSION, "1"),
+    "--no-half-controlnet": NotedFlag(_NO_EXTENSION),
+    "--controlnet-preprocessor-cache-size": NotedFlag(_NO_EXTENSION, "1"),
+    "--controlnet-loglevel": NotedFlag(_NO_EXTENSION, "1"),
+    "--controlnet-tracemalloc": NotedFlag(_NO_EXTENSION),
+    "--ad-no-huggingface": NotedFlag(_NO_EXTENSION),
 }
 
 REFUSED: dict[str, str] = {

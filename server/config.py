@@ -248,11 +248,17 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
     """Parse the command line (with `COMMANDLINE_ARGS`); a refused flag ends the program with status 2
     and a message saying why, before anything starts."""
     ap = parser()
-    a = ap.parse_args(launch_argv(argv, environ))
+    env = os.environ if environ is None else environ
+    if env.get("IGNORE_CMD_ARGS_ERRORS") is None:
+        a, unknown = ap.parse_args(launch_argv(argv, env)), []
+    else:  # A1111's escape hatch: flags it does not know are ignored
+        a, unknown = ap.parse_known_args(launch_argv(argv, env))
     refused = a1111_flags.refusals(a)
     if refused:
         ap.error("; ".join(refused))
     notes = a1111_flags.notes(a)
+    if unknown:
+        notes.append(f"IGNORE_CMD_ARGS_ERRORS is set: ignoring unknown arguments {' '.join(unknown)}")
     host = a.host or ("0.0.0.0" if a.listen else "127.0.0.1")
     device = a.device
     if device == "auto" and a.device_id is not None:

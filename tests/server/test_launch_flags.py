@@ -48,6 +48,15 @@ def test_commandline_args_come_after_the_real_arguments_as_in_a1111() -> None:
     assert cfg.host == "127.0.0.1"
 
 
+def test_unknown_flags_are_an_error_unless_ignore_cmd_args_errors_is_set(capsys) -> None:
+    with pytest.raises(SystemExit):
+        from_args(["--no-such-flag"], environ={})
+    assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    cfg = from_args(["--port", "7001", "--no-such-flag"], environ={"IGNORE_CMD_ARGS_ERRORS": "1"})
+    assert cfg.port == 7001 and cfg.launch_notes == [
+        "IGNORE_CMD_ARGS_ERRORS is set: ignoring unknown arguments --no-such-flag"]
+
+
 @pytest.mark.parametrize("line, device, precision", [
     ("--use-cpu all", "cpu", "auto"), ("--use-cpu sd interrogate", "cpu", "auto"),
     ("--precision half", "auto", "fp16"), ("--precision autocast", "auto", "auto"),
