@@ -20,12 +20,14 @@ import torch
 
 from pipeline import samplers
 from pipeline.conditioning import PromptEncoder, ScheduledConditioning
+from pipeline.errors import InvalidRequest
 from pipeline.model import SDModel
 from pipeline.preview import latent_preview
 from pipeline.samplers.schedules import NoiseTable
 from pipeline.sampling import ModelSwitch, PassResult, StepCallback, run_pass
 from pipeline.seeds import batch_noise
 from pipeline.state import JobState
+from pipeline.tiled import TiledGuidance, TileSettings
 
 
 @dataclass(frozen=True)
@@ -98,16 +100,24 @@ class LatentMask:
 def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_latents: torch.Tensor | None,
             cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
-            switch: ModelSwitch | None = None) -> PassResult:
+            switch: ModelSwitch | None = None, tiles: TileSettings | None = None) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
-    9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py)."""
+    9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
+    `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     x = plan.start(noise.to(model.device), init)
     blend = None if keep_mask is None or init is None else LatentMask(model, plan, init, keep_mask)
+    wrap = None
+    if tiles is not None:
+        if image_cond is not None:
+            raise InvalidRequest("tiled_diffusion", "tiled sampling is not available with a 9-channel "
+                                 "inpainting checkpoint; send it without tiled_diffusion")
+        lh, lw = x.shape[-2:]
+        wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw)  # noqa: E731
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond, switch=switch)
+                      image_cond=image_cond, switch=switch, wrap_model=wrap)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result
@@ -140,3 +150,11 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
         state.check()
 
     return callback
+
+
+def tile_settings(request: Any) -> TileSettings | None:
+    """The request's `tiled_diffusion` (pixels) as latent-cell TileSettings; None when absent or disabled."""
+    t = getattr(request, "tiled_diffusion", None)
+    if t is None or not t.enabled:
+        return None
+    return TileSettings(t.method, t.tile_width // 8, t.tile_height // 8, t.overlap // 8, t.tile_batch_size)

@@ -119,18 +119,23 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
 def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int], tuple[Any, Any]],
              cfg_scale: float, height: int, width: int, callback: StepCallback, *,
              blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None,
-             switch: ModelSwitch | None = None) -> PassResult:
+             switch: ModelSwitch | None = None,
+             wrap_model: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None
+             ) -> PassResult:
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
     them), so prompt editing and alternation change the conditioning during sampling.
     `callback(step, x, denoised)` runs after every step. `blend` (inpainting) adjusts each call's input
     and guided output; `image_cond` goes to the UNet with every call (see `guided_model`). `switch(i, t,
-    model)`, asked before every call, may hand the rest of the pass to another model (the refiner)."""
+    model)`, asked before every call, may hand the rest of the pass to another model (the refiner).
+    `wrap_model(guided)` replaces the guided model call (tiled diffusion, pipeline/tiled)."""
     scheduler = plan.scheduler
     needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
     guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
                           keep_uncond=needs_uncond, image_cond=image_cond)
+    if wrap_model is not None:
+        guided = wrap_model(guided)
     denoised: torch.Tensor | None = None
     calls = 0
     # The UNet gets its timesteps from one upfront copy: a per-step host-to-device copy of a scalar would
@@ -146,6 +151,8 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                                       keep_uncond=needs_uncond,
                                       image_cond=image_cond if model.unet.config.in_channels > x.shape[1] else None,
                                       **({"aesthetic": handover.aesthetic} if handover.aesthetic else {}))
+                if wrap_model is not None:
+                    guided = wrap_model(guided)
                 unet_timesteps = plan.timesteps.to(model.device)
                 x = x.to(model.device)
             cond, uncond = cond_at(i)

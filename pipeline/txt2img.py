@@ -185,7 +185,8 @@ def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subse
     with circular_padding([model.unet, model.vae], p.tiling):
         image_cond = _inpainting_model_cond(model, len(seeds), width, height)
         return denoise.denoise(model, plan, noise, init_latents, cond_at, p.hr_cfg_scale if hr else p.cfg_scale,
-                               width, height, callback, switch=switch, image_cond=image_cond)
+                               width, height, callback, switch=switch, image_cond=image_cond,
+                               tiles=denoise.tile_settings(p.request) if hr else None)  # pass two only
 
 
 def _inpainting_model_cond(model: SDModel, batch: int, width: int, height: int) -> torch.Tensor | None:

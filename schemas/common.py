@@ -3,7 +3,7 @@ the leniency every generation request has. Unknown fields are ignored; integral 
 integers."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -39,6 +39,26 @@ class Lenient(BaseModel):
                 leniency.refuse_strings(name, kind, out[name])
             out[name] = leniency.truncate_float(kind, out[name])
         return out
+
+
+class TiledDiffusion(Lenient):
+    """Tiled sampling of the denoising pass (img2img, hires pass two): the latent is cut into tiles that
+    overlap, each model call runs per tile and the outputs are merged (MultiDiffusion: plain average;
+    Mixture of Diffusers: Gaussian weights). Sizes in pixels, used in whole latent cells (8 px)."""
+
+    enabled: bool = True
+    method: Literal["MultiDiffusion", "Mixture of Diffusers"] = "Mixture of Diffusers"
+    tile_width: int = Field(768, ge=64, le=8192)
+    tile_height: int = Field(768, ge=64, le=8192)
+    overlap: int = Field(64, ge=0, le=4096)
+    tile_batch_size: int = Field(4, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _overlap_below_tile(self) -> TiledDiffusion:
+        if self.overlap // 8 >= min(self.tile_width, self.tile_height) // 8:
+            raise ValueError(f"overlap {self.overlap} must be smaller than the tile "
+                             f"({self.tile_width}x{self.tile_height})")
+        return self
 
 
 class GenerationRequest(Lenient):
@@ -87,6 +107,8 @@ class GenerationRequest(Lenient):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
     distilled_cfg_scale: float | None = None  # Forge; only Flux-style models use it
+    tiled_diffusion: TiledDiffusion | None = Field(None, description="hiresd: tiled sampling of img2img and "
+                                                   "of hires pass two (not of txt2img's pass one)")
 
     blank_is_default: ClassVar[tuple[str, ...]] = ("seed", "subseed")
 

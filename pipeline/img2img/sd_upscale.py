@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import InvalidRequest
+from pipeline.tiled.plan import grid_positions
 from upscalers.errors import UnknownUpscaler
 
 NAME = "sd upscale"
@@ -40,15 +41,9 @@ class Grid:
         return [(x, y, x + self.tile_w, y + self.tile_h) for y, xs in self.rows for x in xs]
 
 
-def _positions(size: int, tile: int, overlap: int) -> list[int]:
-    n = math.ceil((size - overlap) / (tile - overlap))
-    step = (size - tile) / (n - 1) if n > 1 else 0
-    return [size - tile if int(i * step) + tile >= size else int(i * step) for i in range(n)]
-
-
 def split_grid(width: int, height: int, tile_w: int, tile_h: int, overlap: int) -> Grid:
-    xs = _positions(width, tile_w, overlap)
-    return Grid(tile_w, tile_h, width, height, overlap, [(y, xs) for y in _positions(height, tile_h, overlap)])
+    xs = grid_positions(width, tile_w, overlap)
+    return Grid(tile_w, tile_h, width, height, overlap, [(y, xs) for y in grid_positions(height, tile_h, overlap)])
 
 
 def _ramp(length: int, across: int, horizontal: bool) -> Image.Image:

@@ -1,0 +1,92 @@
+"""Tiled diffusion (pipeline/tiled): tile planning geometry, the merge (normalised weights, MultiDiffusion's
+average), equivalence with the untiled pass when one tile covers everything, UNet batches, hires pass two."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.conditioning import Cond
+from pipeline.tiled import TiledGuidance, TileSettings, grid_positions, plan_windows
+from tests.conftest import Env, count_unet, pixels
+from tests.pipeline.test_img2img import _noise_image, run
+
+
+@pytest.mark.parametrize("h,w,tile,overlap", [(64, 64, 64, 8), (100, 37, 24, 6), (13, 200, 16, 15),
+                                              (9, 9, 4, 1), (96, 128, 96, 8)])
+def test_windows_cover_everything_with_the_overlap(h: int, w: int, tile: int, overlap: int) -> None:
+    wins = plan_windows(h, w, tile, tile, overlap)
+    seen = np.zeros((h, w), int)
+    for win in wins:
+        assert 0 <= win.y and win.y + win.h <= h and 0 <= win.x and win.x + win.w <= w
+        assert (win.h, win.w) == (min(tile, h), min(tile, w))
+        seen[win.y:win.y + win.h, win.x:win.x + win.w] += 1
+    assert seen.min() >= 1
+    effective = min(overlap, min(tile, h, w) - 1)  # the overlap is clamped below the (clamped) tile
+    xs = sorted({win.x for win in wins})
+    for a, b in zip(xs, xs[1:]):  # neighbours overlap by at least that
+        assert a + min(tile, w) - b >= effective
+
+
+def test_positions_by_hand() -> None:
+    assert grid_positions(12, 8, 4) == [0, 4]  # ceil(8 / 4) = 2 tiles
+    assert grid_positions(20, 8, 2) == [0, 6, 12]  # ceil(18 / 6) = 3, step 6
+    assert grid_positions(21, 8, 2) == [0, 4, 8, 13]  # ceil(19 / 6) = 4 tiles, step 13 / 3 truncated
+    assert grid_positions(8, 8, 2) == [0] and grid_positions(5, 8, 2) == [0]
+    with pytest.raises(ValueError):
+        grid_positions(20, 4, 4)
+
+
+def _cond(b: int) -> Cond:
+    return Cond(torch.zeros(b, 77, 8), None)
+
+
+@pytest.mark.parametrize("method", ["MultiDiffusion", "Mixture of Diffusers"])
+def test_merge_is_normalised(method: str) -> None:
+    """A model that returns its input: the merged output is the input exactly, whatever the weights."""
+    x = torch.randn(2, 4, 12, 20)
+    tiled = TiledGuidance(lambda xi, t, c, u: xi * 1.0, TileSettings(method, 8, 8, 3, 3), 12, 20)
+    assert len(tiled.windows) > 1
+    assert torch.allclose(tiled(x, 0, _cond(2), _cond(2)), x, atol=1e-6)
+
+
+def test_multidiffusion_averages_the_tiles() -> None:
+    """Each tile predicts its own mean: the overlap gets the plain average of the two tiles' values."""
+    x = torch.zeros(1, 1, 4, 12)
+    x[..., 6:] = 1.0  # tile 1 (cols 0-7) mean 0.25, tile 2 (cols 4-11) mean 0.75
+    tiled = TiledGuidance(lambda xi, t, c, u: xi.mean(dim=(1, 2, 3), keepdim=True).expand_as(xi).clone(),
+                          TileSettings("MultiDiffusion", 8, 8, 4, 1), 4, 12)
+    out = tiled(x, 0, _cond(1), _cond(1))[0, 0, 0]
+    assert torch.allclose(out[:4], torch.tensor(0.25)) and torch.allclose(out[8:], torch.tensor(0.75))
+    assert torch.allclose(out[4:8], torch.tensor(0.5))
+
+
+def test_one_tile_equals_the_untiled_pass(env: Env) -> None:
+    src = _noise_image(96, 64)
+    a = run(env, [src], width=96, height=64)
+    b = run(env, [src], width=96, height=64, tiled_diffusion={"tile_width": 128, "tile_height": 128,
+                                                            "overlap": 16})
+    assert (pixels(a.images[0]) == pixels(b.images[0])).all()
+
+
+def test_tiles_are_batched_and_change_the_result(env: Env, builtin_model: Any) -> None:
+    src = _noise_image(128, 64)
+    plain = run(env, [src], width=128, height=64, steps=4, denoising_strength=0.5)
+    with count_unet(builtin_model) as c:  # latent 16x8, tiles 8x8 overlap 4: 3 tiles, 2 per UNet batch
+        t = run(env, [src], width=128, height=64, steps=4, denoising_strength=0.5,
+                tiled_diffusion={"method": "MultiDiffusion", "tile_width": 64, "tile_height": 64, "overlap": 32,
+                                 "tile_batch_size": 2})
+    assert c.count() == 3 * 2 and t.unet_calls == [3]
+    assert t.images[0].size == (128, 64)
+    assert not (pixels(plain.images[0]) == pixels(t.images[0])).all()
+
+
+def test_hires_pass_two_is_tiled_and_pass_one_is_not(env: Env, builtin_model: Any) -> None:
+    with count_unet(builtin_model) as c:
+        r = env.run(enable_hr=True, hr_scale=2, steps=3, tiled_diffusion={"tile_width": 64, "tile_height": 64,
+                                                                          "overlap": 16, "tile_batch_size": 1})
+    # pass one 64x64: 3 calls; pass two 128x128 (latent 16x16, tiles 8x8 overlap 2): 3x3 tiles x 3 steps
+    assert r.images[0].size == (128, 128) and r.unet_calls == [3, 3]
+    assert c.count() == 3 + 9 * 3
