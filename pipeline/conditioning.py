@@ -151,8 +151,11 @@ class PromptEncoder:
         from the model's `networks.embeddings` matcher; cached encodings are keyed by the model's
         `networks.salt` (its patched LoRA set) and the matcher's generation too."""
         options.setdefault("embeddings", lambda: model.extra.get("networks.embeddings"))
-        options.setdefault("salt", lambda: (model.extra.get("networks.salt"),
-                                            getattr(model.extra.get("networks.embeddings"), "generation", None)))
+        def salt() -> Hashable:
+            matcher = model.extra.get("networks.embeddings")
+            return model.extra.get("networks.salt"), getattr(matcher, "generation", None)
+
+        options.setdefault("salt", salt)
         return cls(model.tokenizers, model.text_encoders, model.family, **options)
 
     @staticmethod

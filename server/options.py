@@ -128,6 +128,10 @@ OPTIONS: dict[str, Option] = {
     "realesrgan_enabled_models": Option([], _str_list),
     "sd_vae_encode_method": Option("Full", _choice("Full")),
     "sd_vae_decode_method": Option("Full", _choice("Full")),
+    "lora_add_hashes_to_infotext": Option(True, _bool, "write `Lora hashes` into the infotext"),
+    "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
+    "lora_cache_mb": Option(1024, _int(0, 1 << 20), "MiB of parsed LoRA files kept in memory (least recently "
+                            "used out; 0 keeps only the files of the set in use)"),
 }
 
 

@@ -21,8 +21,8 @@ from pipeline.networks.tags import LoraParams, lora_params, parse_tags, strip_ta
 from pipeline.prompts import parse_prompt_attention
 from pipeline.networks.types import ModuleNetwork, NetworkTypeError, classify
 
-__all__ = ["FAMILY_WIDTHS", "Networks", "ParsedNetwork", "activate_for_pass", "check_job", "checkpoint_family",
-           "parse_network", "strip_tags"]
+__all__ = ["FAMILY_WIDTHS", "Networks", "ParsedNetwork", "activate_for_pass", "check_job",
+           "checkpoint_family", "parse_network", "strip_tags"]
 
 log = logging.getLogger("hiresd.networks")
 DEFAULT_CACHE_MB = 1024
@@ -241,14 +241,16 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
     if networks is None:
         return []
     matcher = networks.matcher_for(model)
-    if negative is not None and matcher.embeddings and p.options.get("textual_inversion_add_hashes_to_infotext",
-                                                                      True):
+    add_ti = p.options.get("textual_inversion_add_hashes_to_infotext", True)
+    if negative is not None and matcher.embeddings and add_ti:
         used = used_embeddings(matcher, model.tokenizers[0], [prompt, negative])
         if used:
             items = hash_items(p.extra_generation_params.get("TI hashes"))
             for emb in used:
                 items.setdefault(_infotext_name(emb.name), emb.shorthash)
             p.extra_generation_params["TI hashes"] = hash_value(items)
+    if "lora_cache_mb" in p.options:
+        networks.cache.limit_bytes = int(float(p.options["lora_cache_mb"]) * 2**20)
     disabled = bool(getattr(p.request, "disable_extra_networks", False))
     active = networks.activate(model, None if disabled else prompt)
     if active and p.options.get("lora_add_hashes_to_infotext", True):
@@ -283,7 +285,8 @@ def check_job(networks: Networks | None, p: Any, models: Any) -> None:
     family = checkpoint_family(models, p.checkpoint)
     networks.resolve(p.prompt, family)
     if p.enable_hr and p.hr_prompt:
-        networks.resolve(p.hr_prompt, checkpoint_family(models, p.hr_checkpoint) if p.hr_checkpoint else family)
+        hr_family = checkpoint_family(models, p.hr_checkpoint) if p.hr_checkpoint else family
+        networks.resolve(p.hr_prompt, hr_family)
 
 
 FAMILY_WIDTHS = {"sd1": [768], "sd2": [1024], "sdxl": [768, 1280]}

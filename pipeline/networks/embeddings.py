@@ -96,7 +96,8 @@ def read_embedding(path: Path) -> Embedding:
         raise EmbeddingFileError(f"not a dict of tensors (found {type(data).__name__})")
     meta = {"step": data.get("step"), "sd_checkpoint": data.get("sd_checkpoint"),
             "sd_checkpoint_name": data.get("sd_checkpoint_name")}
-    meta = {k: (v if isinstance(v, (int, str)) and not isinstance(v, bool) else None) for k, v in meta.items()}
+    meta = {k: (v if isinstance(v, (int, str)) and not isinstance(v, bool) else None)
+            for k, v in meta.items()}
     if "string_to_param" in data:
         params = _tensors(data["string_to_param"])
         if len(params) != 1:

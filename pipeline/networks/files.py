@@ -214,7 +214,7 @@ class LoraIndex:
             return list(self._files)
 
     def find(self, name: str) -> LoraFile | None:
-        """The file a prompt name means (stem or alias, exact); rescans once on a miss (a file added since)."""
+        """The file a prompt name means (stem or alias, exact); rescans once on a miss (a new file)."""
         self._ensure()
         with self._lock:
             hit = self._lookup.get(name)

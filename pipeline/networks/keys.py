@@ -59,7 +59,8 @@ class Target:
 
 def _ldm_unet_names(config: Any) -> dict[str, str]:
     """diffusers UNet module path -> LDM path prefix rewrites, as {diffusers prefix: ldm prefix}."""
-    n = int(config.layers_per_block if isinstance(config.layers_per_block, int) else config.layers_per_block[0])
+    lpb = config.layers_per_block
+    n = int(lpb if isinstance(lpb, int) else lpb[0])
     table = {"conv_in": "input_blocks.0.0", "time_embedding.linear_1": "time_embed.0",
              "time_embedding.linear_2": "time_embed.2", "add_embedding.linear_1": "label_emb.0.0",
              "add_embedding.linear_2": "label_emb.0.2", "conv_norm_out": "out.0", "conv_out": "out.2",
@@ -77,7 +78,8 @@ def _ldm_unet_names(config: Any) -> dict[str, str]:
             k = (n + 1) * i + j
             table[f"up_blocks.{i}.resnets.{j}"] = f"output_blocks.{k}.0"
             table[f"up_blocks.{i}.attentions.{j}"] = f"output_blocks.{k}.1"
-        table[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{(n + 1) * i + n}.{2 if has_attn else 1}.conv"
+        slot = 2 if has_attn else 1
+        table[f"up_blocks.{i}.upsamplers.0.conv"] = f"output_blocks.{(n + 1) * i + n}.{slot}.conv"
     return table
 
 

@@ -34,7 +34,8 @@ class Patcher:
     """The networks applied to one model, and the pristine copies of the parameters they changed."""
 
     signature: tuple = ()
-    _weights: dict[int, tuple[Any, torch.Tensor]] = field(default_factory=dict)  # id(module) -> (module, copy)
+    # id(module) -> (module, pristine copy)
+    _weights: dict[int, tuple[Any, torch.Tensor]] = field(default_factory=dict)
     _biases: dict[int, tuple[Any, torch.Tensor | None]] = field(default_factory=dict)  # None: had no bias
 
     @property
@@ -82,8 +83,7 @@ class Patcher:
             key = id(module)
             if key not in self._weights:
                 self._weights[key] = (module, module.weight.detach().clone())
-            dw, db = step.network.delta(module.weight, step.multiplier, step.dyn)
-            module.weight.add_(dw.to(module.weight.dtype))
+            db = step.network.add_to(module.weight, step.multiplier, step.dyn)
             if db is not None:
                 if key not in self._biases:
                     bias = getattr(module, "bias", None)

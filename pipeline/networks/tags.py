@@ -91,7 +91,8 @@ def lora_params(tags: list[Tag]) -> list[LoraParams]:
     for kind in order:
         for tag in (t for t in tags if t.type == kind):
             if not tag.name.strip():
-                raise InvalidRequest("prompt", f"{tag.text}: the tag names no network; write <{kind}:NAME:0.8>")
+                raise InvalidRequest("prompt", f"{tag.text}: the tag names no network; "
+                                     f"write <{kind}:NAME:0.8>")
             pos, named = tag.positional, dict(tag.named)
             te = float(_number(tag, "te multiplier", pos[1], float)) if len(pos) > 1 else 1.0
             if "te" in named:

@@ -59,6 +59,24 @@ class ModuleNetwork:
             return float(alpha.float().item()) / dim
         return 1.0
 
+    def add_to(self, weight: torch.Tensor, multiplier: float, dyn: int | None = None) -> torch.Tensor | None:
+        """Add this module's delta to `weight` in place; returns the bias delta (or None). A plain LoRA on
+        a weight is one fused multiply-add in the weight's dtype (no full-size temporary); every other
+        type goes through `delta` in float32."""
+        f = self.factors
+        if self.kind == "lora" and not ({"lora_mid", "dora_scale", "bias"} & f.keys()):
+            up, down = f["lora_up"].flatten(1), f["lora_down"].flatten(1)
+            if dyn is not None:
+                up, down = up[:, :dyn], down[:dyn]
+            if up.shape[0] * down.shape[1] == weight.numel():
+                w2 = weight.view(up.shape[0], down.shape[1])
+                w2.addmm_(up.to(weight.device, weight.dtype), down.to(weight.device, weight.dtype),
+                          alpha=self.scale() * multiplier)
+                return None
+        dw, db = self.delta(weight, multiplier, dyn)
+        weight.add_(dw.to(weight.dtype))
+        return db
+
     def delta(self, weight: torch.Tensor, multiplier: float, dyn: int | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(dW in float32 shaped like `weight`, bias delta or None)."""
@@ -70,12 +88,11 @@ class ModuleNetwork:
         if raw.numel() != w.numel():
             raise NetworkTypeError(f"{self.kind} delta of shape {tuple(raw.shape)} does not fit a weight of "
                                    f"shape {tuple(w.shape)}")
-        raw = raw.reshape(w.shape) * self.scale()
-        if "dora_scale" in f:
-            raw = _dora(raw, w, f["dora_scale"])
         if bias is not None:
             bias = bias * multiplier
-        return raw * multiplier, bias
+        if "dora_scale" in f:
+            return _dora(raw.reshape(w.shape) * self.scale(), w, f["dora_scale"]) * multiplier, bias
+        return raw.reshape(w.shape) * (self.scale() * multiplier), bias
 
 
 def classify(factors: dict[str, torch.Tensor]) -> ModuleNetwork:
@@ -103,8 +120,8 @@ def classify(factors: dict[str, torch.Tensor]) -> ModuleNetwork:
 
 
 def _tucker(core: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """CP/Tucker rebuild: dW[o, i, kh, kw] = sum_ab core[a, b, kh, kw] up[o, a] down[b, i]; core (r, r, kh, kw),
-    up (out, r), down (r, in)."""
+    """CP/Tucker rebuild: dW[o, i, kh, kw] = sum_ab core[a, b, kh, kw] up[o, a] down[b, i];
+    core (r, r, kh, kw), up (out, r), down (r, in)."""
     return torch.einsum("a b k l, o a, b i -> o i k l", core, up, down)
 
 

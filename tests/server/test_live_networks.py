@@ -23,13 +23,15 @@ def srv(tmp_path_factory: pytest.TempPathFactory):
     server = LiveServer(root)
     model = build_builtin_model(torch.device("cpu"), torch.float32)
     make_network(model, "lora", seed=1).save(server.models / "Lora" / "styles" / "detail.safetensors",
-                                              {"ss_output_name": "add_detail", "ss_base_model_version": "sd_v1",
+                                              {"ss_output_name": "add_detail",
+                                               "ss_base_model_version": "sd_v1",
                                                "ss_tag_frequency": '{"a": {"b": 1}}'})
     torch.save(make_network(model, "lora", seed=2).tensors, server.models / "Lora" / "old.pt")
     make_network(model, "loha", seed=3).save(server.models / "LyCORIS" / "hada.safetensors")
     width = model.text_encoders[0].get_input_embeddings().weight.shape[1]
     (server.models / "embeddings").mkdir()
-    save_file({"emb_params": torch.randn(2, width)}, str(server.models / "embeddings" / "goodemb.safetensors"))
+    emb = server.models / "embeddings"
+    save_file({"emb_params": torch.randn(2, width)}, str(emb / "goodemb.safetensors"))
     save_file({"clip_l": torch.randn(1, 768), "clip_g": torch.randn(1, 1280)},
               str(server.models / "embeddings" / "xlemb.safetensors"))
     server.start().wait_ready()
@@ -65,7 +67,8 @@ def test_refresh_loras_finds_a_new_file(srv, api):
 
 def test_a_lora_by_alias_runs_and_png_info_reads_its_hash_back(srv):
     with srv.client() as http:
-        r = http.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a fox <lora:add_detail:0.7> <lyco:hada>"})
+        prompt = "a fox <lora:add_detail:0.7> <lyco:hada>"
+        r = http.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": prompt})
         assert r.status_code == 200, r.text
         info = json.loads(r.json()["info"])
         assert info["prompt"] == "a fox <lora:add_detail:0.7> <lyco:hada>"
@@ -96,7 +99,8 @@ def test_embeddings_loaded_and_skipped_for_the_current_model(srv, api):
     assert listing["skipped"]["xlemb"]["shape"] == 2048
     sub = srv.models / "embeddings" / "sub"
     sub.mkdir()
-    save_file({"emb_params": torch.randn(1, listing["loaded"]["goodemb"]["shape"])}, str(sub / "later.safetensors"))
+    width = listing["loaded"]["goodemb"]["shape"]
+    save_file({"emb_params": torch.randn(1, width)}, str(sub / "later.safetensors"))
     with srv.client() as http:
         assert http.post("/sdapi/v1/refresh-embeddings").json() is None
     assert "later" in api.get_embeddings()["loaded"]

@@ -40,7 +40,8 @@ class NetEnv:
     def run(self, which: str = "sd1", networks: bool = True, extensions: Extensions | None = None,
             **fields: Any) -> Txt2ImgResult:
         options = {**BASE_OPTIONS, "sd_model_checkpoint": self.ckpts[which]}
-        p = prepare(Txt2ImgRequest(**{**FAST, **fields}), options, self.models, self.upscalers, MAX_PIXELS)
+        req = Txt2ImgRequest(**{**FAST, "steps": 3, **fields})
+        p = prepare(req, options, self.models, self.upscalers, MAX_PIXELS)
         nets = self.networks if networks else None
         check_job(nets, p, self.models)
         ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), extensions or Extensions(),
@@ -58,7 +59,8 @@ def net_env(tiny_checkpoints: dict[str, Any], tmp_path_factory: pytest.TempPathF
     mm = ModelManager(registry, torch.device("cpu"), torch.float32, max_loaded=2)
     lora_dir = tmp_path_factory.mktemp("Lora")
     emb_dir = tmp_path_factory.mktemp("embeddings")
-    return NetEnv(mm, UpscalerRegistry(root), Networks([lora_dir], emb_dir), lora_dir, emb_dir, tiny_checkpoints)
+    networks = Networks([lora_dir], emb_dir)
+    return NetEnv(mm, UpscalerRegistry(root), networks, lora_dir, emb_dir, tiny_checkpoints)
 
 
 def arr(image: Any) -> np.ndarray:

@@ -93,8 +93,8 @@ def test_formats_and_a_wrong_width_is_skipped_with_its_reason(net_env, tmp_path)
     net_env.run(prompt="warm up")
     listing = net_env.networks.embeddings_api(net_env.networks.last_widths)
     assert listing["loaded"]["diffusers-style"]["vectors"] == 1
-    assert listing["loaded"]["kohya-style"] == {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                                "shape": width, "vectors": 2}
+    assert listing["loaded"]["kohya-style"] == {"step": None, "sd_checkpoint": None,
+                                                "sd_checkpoint_name": None, "shape": width, "vectors": 2}
     assert "does not fit" in listing["skipped"]["too-wide"]["reason"]
     for name in ("diffusers-style.bin", "kohya-style.safetensors", "too-wide.safetensors"):
         (net_env.emb_dir / name).unlink()

@@ -14,6 +14,7 @@ from pipeline.errors import InvalidRequest
 from tests.fixtures.networks import make_network
 from tests.pipeline.networks.conftest import arr
 
+PLAIN: dict[str, object] = {}  # the no-network image of "a cat", made once
 KINDS = ["lora", "locon_cp", "loha", "lokr", "ia3", "full", "glora", "oft", "dora"]
 
 
@@ -31,8 +32,8 @@ def _close(a, b, tol: float = 1.0) -> None:
 def _reference(net_env, nets, which: str = "sd1", mults=None, extensions=None, **fields):
     """The image of the same job on a model holding the merged weights of `nets` (networks not applied
     by the server; its pristine weights restored first, its prompt cache cleared around the job)."""
-    net_env.run(which, prompt="restore")  # a job without tags: the server's patch is undone
     model = net_env.model(which)
+    net_env.networks.activate(model, None)  # what a job without tags does first: the server's patch undone
     mults = mults or [(1.0, 1.0)] * len(nets)
     stack = contextlib.ExitStack()
     with stack:
@@ -55,11 +56,12 @@ def _write(net_env, model, kind: str, name: str, seed: int = 0, **kw):
 def test_each_type_matches_the_merged_weights_reference(net_env, kind):
     model = net_env.model("sd1")
     net = _write(net_env, model, kind, f"t-{kind}", seed=KINDS.index(kind))
-    plain = net_env.run(prompt="a cat").images[0]
     got = net_env.run(prompt=f"a cat <lora:t-{kind}:0.8>").images[0]
     want = _reference(net_env, [net], mults=[(0.8, 0.8)], prompt="a cat")
-    assert np.abs(arr(got) - arr(plain)).mean() > 1.0  # the network does change the picture
     _close(got, want)
+    if "plain" not in PLAIN:
+        PLAIN["plain"] = net_env.run(prompt="a cat").images[0]
+    assert np.abs(arr(got) - arr(PLAIN["plain"])).mean() > 1.0  # the network does change the picture
 
 
 def test_a_job_without_loras_after_a_lora_job_is_byte_identical_to_a_fresh_model(net_env, tiny_checkpoints):
@@ -107,7 +109,7 @@ def test_two_tags_add_their_deltas(net_env):
 
 def test_dyn_keeps_the_first_rank_components(net_env):
     model = net_env.model("sd1")
-    full = _write(net_env, model, "lora", "dyn", seed=41, rank=4)
+    _write(net_env, model, "lora", "dyn", seed=41, rank=4)
     cut = make_network(model, "lora", seed=41, rank=4)
     for _, _, _, t in cut.parts:  # the first 2 components, scale still alpha / 4
         t["lora_up.weight"][:, 2:] = 0
@@ -115,7 +117,6 @@ def test_dyn_keeps_the_first_rank_components(net_env):
     want = _reference(net_env, [cut], prompt="a cat")  # the closures share the zeroed factors
     _close(got, want)
     assert np.abs(arr(got) - arr(net_env.run(prompt="a cat <lora:dyn:1>").images[0])).mean() > 0.5
-    del full
 
 
 def test_hires_prompt_without_tags_turns_the_lora_off_for_pass_two(net_env):
@@ -211,7 +212,40 @@ def test_a_pickled_payload_lora_is_refused_and_never_executed(net_env, tmp_path)
 def test_sdxl_both_text_encoders_and_unet_layouts(net_env, kind, ldm):
     model = net_env.model("sdxl")
     net = _write(net_env, model, kind, f"xl-{kind}", seed=111, ldm=ldm)
-    assert any(k.startswith("lora_te2_") for k in net.tensors) and any(k.startswith("lora_te1_") for k in net.tensors)
+    assert {k.split("_")[1] for k in net.tensors} == {"te1", "te2", "unet"}
     got = net_env.run("sdxl", prompt=f"a cat <lora:xl-{kind}:0.9>").images[0]
     want = _reference(net_env, [net], "sdxl", mults=[(0.9, 0.9)], prompt="a cat")
     _close(got, want)
+
+
+def test_peft_and_ldm_layouts_patch_what_the_kohya_layout_patches(net_env):
+    """The same LoRA written as diffusers/peft keys (`unet.<path>.lora_A.weight`) and with LDM UNet names
+    (`lora_unet_input_blocks_1_1_...`, A1111 exports) changes exactly the weights the kohya file changes."""
+    model = net_env.model("sd1")
+    net = _write(net_env, model, "lora", "layout-kohya", seed=121)
+    ldm = make_network(model, "lora", seed=121, ldm=True)
+    assert set(ldm.tensors) != set(net.tensors)
+    ldm.save(net_env.lora_dir / "layout-ldm.safetensors")
+    peft = {}
+    for key, value in net.tensors.items():
+        stem, _, factor = key.partition(".")
+        for site, *_ in net.parts:
+            if site.stem == stem:
+                break
+        component = "unet" if stem.startswith("lora_unet_") else "text_encoder"
+        path = next(n for n, m in (model.unet if component == "unet" else model.text_encoders[0]).named_modules()
+                    if m is site.module)
+        name = {"lora_up.weight": "lora_B.weight", "lora_down.weight": "lora_A.weight"}.get(factor, factor)
+        peft[f"{component}.{path}.{name}"] = value
+    from safetensors.torch import save_file
+
+    save_file(peft, str(net_env.lora_dir / "layout-peft.safetensors"))
+    net_env.networks.loras.refresh()
+    results = []
+    for name in ("layout-kohya", "layout-ldm", "layout-peft"):
+        net_env.networks.activate(model, f"<lora:{name}:0.7>")
+        results.append({m: m.weight.detach().clone() for m in net.expected()})
+    net_env.networks.activate(model, None)
+    for other in results[1:]:
+        assert all(torch.equal(results[0][m], other[m]) for m in results[0])
+    assert any(not torch.equal(results[0][m], m.weight) for m in results[0])

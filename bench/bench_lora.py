@@ -1,0 +1,197 @@
+"""LoRA switching cost, per-step cost and cache memory, side by side in one run.
+
+    .venv/bin/python bench/bench_lora.py                  # CPU: SD1.5 at 512, SDXL (narrowed) at 512
+    .venv/bin/python bench/bench_lora.py --quick          # CPU: narrowed SD1.5 shape only, a minute or two
+    .venv/bin/python bench/bench_lora.py --device cuda    # fp16, real SD1.5 at 512 and real SDXL at 1024
+
+Models: the SD 1.5 and SDXL architectures from the shipped configs (random weights: timing does not depend
+on them); `--width-div N` narrows the UNet channels for slow machines (the printout says what ran). Networks:
+rank-32 LoRA, LoHa and LoKr files in kohya layout over every attention/feed-forward linear of the UNet and
+every attention/MLP linear of the text encoder(s), written to a temporary folder and loaded through
+`pipeline.networks.Networks`, exactly as a job does.
+
+Printed per model, as ratios of one UNet step (one CFG batch of 2 at the job's size):
+  cold apply     first use of a file: read + parse + patch
+  switch         from set A to set B (restore A's parameters, patch B's), files already cached
+  restore        back to no networks
+  step ratio     a UNet step with a LoRA applied / without (goal <= 1.02: the weights are plain tensors)
+  memory         bytes held by the parsed-file cache and by the backups of the patched parameters
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.builtin import deterministic_fill, load_sd1_tokenizer  # noqa: E402
+from pipeline.model import SDModel  # noqa: E402
+from pipeline.networks import Networks  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
+UNET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+TE_SUFFIXES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+
+
+def _cfg(family: str, part: str) -> dict[str, Any]:
+    raw = json.loads((CONFIGS / family / part / "config.json").read_text())
+    return {k: v for k, v in raw.items() if not k.startswith("_")}
+
+
+def build(family: str, device: torch.device, dtype: torch.dtype, width_div: int) -> SDModel:
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    unet_cfg = _cfg(family, "unet")
+    if width_div > 1:
+        channels = unet_cfg["block_out_channels"]
+        unet_cfg["block_out_channels"] = [max(32, c // width_div // 32 * 32) for c in channels]
+    unet = UNet2DConditionModel(**unet_cfg)
+    encoders = [CLIPTextModel(CLIPTextConfig(**_cfg(family, "text_encoder")))]
+    if family == "sdxl":
+        encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**_cfg(family, "text_encoder_2"))))
+    for i, m in enumerate([unet, *encoders]):
+        deterministic_fill(m, 100 + i)
+        m.eval().requires_grad_(False).to(device=device, dtype=dtype)
+    tok = load_sd1_tokenizer()
+    return SDModel(title=f"{family}-shaped-w{width_div}", family=family, unet=unet, vae=None,
+                   text_encoders=encoders, tokenizers=[tok] * len(encoders), scheduler_config={},
+                   device=device, dtype=dtype)
+
+
+def write_network(model: SDModel, kind: str, path: Path, rank: int, seed: int) -> int:
+    """A kohya-layout file of `kind` over the model's attention/MLP linears; returns its module count."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+
+    def rnd(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=g) * 0.01).to(torch.float16)
+
+    prefixes = [("lora_unet_", model.unet, UNET_SUFFIXES)]
+    te_prefixes = ["lora_te1_", "lora_te2_"] if model.family == "sdxl" else ["lora_te_"]
+    prefixes += [(p, enc, TE_SUFFIXES) for p, enc in zip(te_prefixes, model.text_encoders)]
+    count = 0
+    for prefix, component, suffixes in prefixes:
+        for name, mod in component.named_modules():
+            if not (isinstance(mod, torch.nn.Linear) and name.endswith(suffixes)):
+                continue
+            if prefix != "lora_unet_" and not name.startswith("text_model."):
+                name = "text_model." + name
+            stem = prefix + name.replace(".", "_")
+            o, i = mod.weight.shape
+            if kind == "lora":
+                out.update({f"{stem}.lora_up.weight": rnd(o, rank), f"{stem}.lora_down.weight": rnd(rank, i)})
+            elif kind == "loha":
+                out.update({f"{stem}.hada_w1_a": rnd(o, rank), f"{stem}.hada_w1_b": rnd(rank, i),
+                            f"{stem}.hada_w2_a": rnd(o, rank), f"{stem}.hada_w2_b": rnd(rank, i)})
+            else:  # lokr: a small full factor times a rank-32 factor, as LyCORIS writes it for big layers
+                a = 4 if o % 4 == 0 and i % 4 == 0 else 1
+                out.update({f"{stem}.lokr_w1": rnd(a, a), f"{stem}.lokr_w2_a": rnd(o // a, rank),
+                            f"{stem}.lokr_w2_b": rnd(rank, i // a)})
+            out[f"{stem}.alpha"] = torch.tensor(float(rank) / 2)
+            count += 1
+    save_file(out, str(path))
+    return count
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, device: torch.device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+@torch.no_grad()
+def unet_step(model: SDModel, size: int) -> None:
+    x = torch.randn(2, 4, size // 8, size // 8, device=model.device, dtype=model.dtype)
+    ctx_dim = model.unet.config.cross_attention_dim
+    ctx = torch.randn(2, 77, ctx_dim, device=model.device, dtype=model.dtype)
+    kwargs: dict[str, Any] = {}
+    if model.family == "sdxl":
+        embeds = torch.randn(2, 1280, device=model.device, dtype=model.dtype)
+        kwargs["added_cond_kwargs"] = {"text_embeds": embeds,
+                                       "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * 2,
+                                                                device=model.device, dtype=model.dtype)}
+    model.unet(x, torch.tensor([500.0] * 2, device=model.device), encoder_hidden_states=ctx, **kwargs)
+
+
+def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[str]:
+    dev = model.device
+    lines = [f"== {model.title} at {size}x{size}, {model.dtype}, {dev} =="]
+    networks = Networks([folder])
+    counts = {kind: write_network(model, kind, folder / f"{model.title}-{kind}.safetensors", 32, i)
+              for i, kind in enumerate(("lora", "loha", "lokr"))}
+    networks.loras.refresh()
+    unet_step(model, size)  # warm-up
+    step = statistics.median(timed(lambda: unet_step(model, size), dev) for _ in range(repeats))
+    lines.append(f"one UNet step (CFG batch 2): {step * 1000:.0f} ms")
+    for kind in ("lora", "loha", "lokr"):
+        tag = f"<lora:{model.title}-{kind}:0.8>"
+        other = f"<lora:{model.title}-{kind}:0.5>"  # another set (other weights): a full switch
+        cold = timed(lambda: networks.activate(model, tag), dev)
+        switches, restores = [], []
+        for _ in range(repeats):
+            switches.append(timed(lambda: networks.activate(model, other), dev))
+            switches.append(timed(lambda: networks.activate(model, tag), dev))
+            restores.append(timed(lambda: networks.activate(model, None), dev))
+            networks.activate(model, tag)
+        with_lora = statistics.median(timed(lambda: unet_step(model, size), dev) for _ in range(repeats))
+        networks.activate(model, None)
+        without = statistics.median(timed(lambda: unet_step(model, size), dev) for _ in range(repeats))
+        networks.activate(model, tag)
+        patcher = model.extra["networks.patcher"]
+        cache_mb, backup_mb = networks.cache.bytes / 2**20, patcher.backup_bytes / 2**20
+        sw, rs = statistics.median(switches), statistics.median(restores)
+        lines.append(f"{kind:5s} rank 32, {counts[kind]} modules: cold apply {cold * 1000:7.0f} ms "
+                     f"({cold / step:5.2f} steps) | switch {sw * 1000:6.0f} ms ({sw / step:5.2f} steps) | "
+                     f"restore {rs * 1000:5.0f} ms ({rs / step:5.3f} steps) | step with/without "
+                     f"{with_lora / without:5.3f} | cache {cache_mb:6.1f} MiB, backups {backup_mb:6.1f} MiB")
+        networks.activate(model, None)
+        networks.cache.clear()
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true", help="narrowed SD1.5 shape only")
+    ap.add_argument("--width-div", type=int, default=None, help="divide UNet channels (CPU default: SDXL 2)")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    device = torch.device(a.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    if a.quick:
+        plan = [("sd1", 512, a.width_div or 4)]
+    elif device.type == "cuda":
+        plan = [("sd1", 512, a.width_div or 1), ("sdxl", 1024, a.width_div or 1)]
+    else:
+        plan = [("sd1", 512, a.width_div or 1), ("sdxl", 512, a.width_div or 2)]
+    torch.manual_seed(0)
+    out: list[str] = [f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for family, size, div in plan:
+            model = build(family, device, dtype, div)
+            out += bench_model(model, size, a.repeats, Path(tmp))
+            print("\n".join(out[-4:]), flush=True)
+            del model
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
