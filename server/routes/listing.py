@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline import samplers
 from pipeline.networks import FAMILY_WIDTHS, checkpoint_family
 from server.deps import run_on_worker, services
+from server.errors import NEVER_QUEUED
 from server.services import Services
 
 router = APIRouter(prefix="/sdapi/v1", tags=["listing"])
@@ -149,7 +150,7 @@ async def sd_vae(svc: Services = Depends(services)) -> list[dict[str, str]]:
     return [v.as_api() for v in svc.models.vaes.list()]
 
 
-@router.post("/refresh-vae")
+@router.post("/refresh-vae", openapi_extra=NEVER_QUEUED)
 async def refresh_vae(svc: Services = Depends(services)) -> None:
     await run_in_threadpool(svc.refresh_vaes)
 
@@ -206,7 +207,7 @@ async def loras(svc: Services = Depends(services)) -> list[dict[str, Any]]:
     return [f.as_api() for f in items]
 
 
-@router.post("/refresh-loras")
+@router.post("/refresh-loras", openapi_extra=NEVER_QUEUED)
 async def refresh_loras(svc: Services = Depends(services)) -> None:
     """Rescan the LoRA folders; returns null as A1111 does."""
     await run_in_threadpool(svc.networks.loras.refresh)
@@ -228,7 +229,7 @@ async def embeddings(svc: Services = Depends(services)) -> dict[str, Any]:
     return await run_in_threadpool(listing)
 
 
-@router.post("/refresh-embeddings")
+@router.post("/refresh-embeddings", openapi_extra=NEVER_QUEUED)
 async def refresh_embeddings(svc: Services = Depends(services)) -> None:
     """Reload every embedding file now; returns null as A1111 does."""
     await run_in_threadpool(svc.networks.embeddings.refresh)
