@@ -284,8 +284,9 @@ def check_job(networks: Networks | None, p: Any, models: Any) -> None:
         return
     family = checkpoint_family(models, p.checkpoint)
     networks.resolve(p.prompt, family)
-    if p.enable_hr and p.hr_prompt:
-        hr_family = checkpoint_family(models, p.hr_checkpoint) if p.hr_checkpoint else family
+    if getattr(p, "enable_hr", False) and getattr(p, "hr_prompt", ""):
+        hr_checkpoint = getattr(p, "hr_checkpoint", None)
+        hr_family = checkpoint_family(models, hr_checkpoint) if hr_checkpoint else family
         networks.resolve(p.hr_prompt, hr_family)
 
 

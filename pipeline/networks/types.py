@@ -85,6 +85,10 @@ class ModuleNetwork:
         raw, bias = _RAW[self.kind](f, w, dyn)
         if "bias" in f:
             raw = raw.reshape(f["bias"].shape) + f["bias"]
+        if w.dim() == 4 and w.shape[1] == 9 and raw.numel() * 9 == w.numel() * 4:
+            # a 4-channel conv_in delta on an inpainting UNet: the extra 5 input channels stay as they are
+            four = raw.reshape(w.shape[0], 4, *w.shape[2:])
+            raw = torch.cat([four, four.new_zeros(w.shape[0], 5, *w.shape[2:])], dim=1)
         if raw.numel() != w.numel():
             raise NetworkTypeError(f"{self.kind} delta of shape {tuple(raw.shape)} does not fit a weight of "
                                    f"shape {tuple(w.shape)}")

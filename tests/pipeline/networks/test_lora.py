@@ -249,3 +249,26 @@ def test_peft_and_ldm_layouts_patch_what_the_kohya_layout_patches(net_env):
     for other in results[1:]:
         assert all(torch.equal(results[0][m], other[m]) for m in results[0])
     assert any(not torch.equal(results[0][m], m.weight) for m in results[0])
+
+
+def test_a_4_channel_conv_in_delta_on_an_inpainting_unet_leaves_the_extra_channels(net_env):
+    from safetensors.torch import save_file
+
+    net_env.ckpts.setdefault("sd1_inpaint", "tiny-sd1-inpaint.safetensors")
+    model = net_env.model("sd1_inpaint")
+    conv = model.unet.conv_in
+    assert conv.weight.shape[1] == 9
+    g = torch.Generator().manual_seed(5)
+    up, down = torch.randn(conv.weight.shape[0], 2, 1, 1, generator=g), torch.randn(2, 4, 3, 3, generator=g)
+    save_file({"lora_unet_conv_in.lora_up.weight": up, "lora_unet_conv_in.lora_down.weight": down,
+               "lora_unet_conv_in.alpha": torch.tensor(1.0)}, str(net_env.lora_dir / "inpaint-in.safetensors"))
+    net_env.networks.loras.refresh()
+    before = conv.weight.detach().clone()
+    net_env.networks.activate(model, "<lora:inpaint-in:0.6>")
+    delta = (up.flatten(1) @ down.flatten(1)).reshape(-1, 4, 3, 3) * 0.5 * 0.6
+    try:
+        assert torch.allclose(conv.weight[:, :4], before[:, :4] + delta, atol=1e-6)
+        assert torch.equal(conv.weight[:, 4:], before[:, 4:])
+    finally:
+        net_env.networks.activate(model, None)
+    assert torch.equal(conv.weight, before)
