@@ -22,6 +22,11 @@ Printed per model: wall time (median of alternating repeats after a warm-up of e
 each pipeline (counted with forward hooks; they must match), the time ratio ours/naive (goal <= 1.0), and
 the share of wall time inside UNet and VAE forwards (measured in one extra instrumented run each; goal
 >= 90% at SD shapes). Our prompt-encoder cache is cleared before each run: a job with a new prompt.
+
+img2img (second table; `--img2img-size`, default 1024 on CUDA, 256 on the CPU): the same image through
+  ours   prepare_img2img() + run_img2img(): encode, A1111's step rule (int(d*S)+1 steps), decode.
+  naive  StableDiffusionImg2ImgPipeline on the same modules, num_inference_steps chosen so that it runs
+         the same number of steps (diffusers runs int(N*d)), Euler, decode.
 """
 from __future__ import annotations
 
@@ -41,11 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.builtin import build_builtin_model, deterministic_fill, load_sd1_tokenizer  # noqa: E402
 from pipeline.extensions import Extensions  # noqa: E402
+from pipeline.img2img import prepare_img2img, run_img2img  # noqa: E402
 from pipeline.model import SDModel  # noqa: E402
 from pipeline.pixel_upscale import HiresUpscaler  # noqa: E402
 from pipeline.processing import prepare  # noqa: E402
 from pipeline.state import JobState  # noqa: E402
 from pipeline.txt2img import Context, run_txt2img  # noqa: E402
+from schemas.img2img import Img2ImgRequest  # noqa: E402
 from schemas.txt2img import Txt2ImgRequest  # noqa: E402
 from upscalers.registry import UpscalerRegistry  # noqa: E402
 
@@ -262,12 +269,95 @@ def print_table(rows: list[dict[str, Any]], device: str, dtype: torch.dtype) -> 
         print(f"WARNING: UNet evaluation counts differ for {bad}")
 
 
+# -- img2img ---------------------------------------------------------------------------------------
+
+def naive_img2img_steps(steps: int, d: float) -> int:
+    """The diffusers num_inference_steps N whose int(N * d) equals A1111's int(d * steps) + 1."""
+    want = int(min(d, 0.999) * steps) + 1
+    n = want
+    while int(n * d) < want:
+        n += 1
+    return n
+
+
+def compare_img2img(label: str, model: SDModel, size: int, steps: int, d: float, repeats: int) -> dict[str, Any]:
+    import numpy as np
+    from diffusers import EulerDiscreteScheduler, StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    image = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8))
+    upscalers = UpscalerRegistry(Path("/nonexistent-models"))
+    state = JobState()
+    models = OneModel(model)
+    options = {"sd_model_checkpoint": "", "CLIP_stop_at_last_layers": 1, "live_previews_enable": True,
+               "show_progress_every_n_steps": 10}
+
+    def ours() -> Any:
+        encoder = model.extra.get("prompt_encoder")
+        if encoder is not None:
+            encoder.clear_cache()
+        req = Img2ImgRequest(init_images=["bench"], prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps,
+                             width=size, height=size, seed=1, cfg_scale=CFG, sampler_name="Euler",
+                             denoising_strength=d)
+        p = prepare_img2img(req, options, models, upscalers, 10**9, [image], None)
+        try:
+            return run_img2img(p, Context(models, HiresUpscaler(upscalers, options), Extensions(), state)).images
+        finally:
+            state.end()
+
+    pipe = StableDiffusionImg2ImgPipeline(vae=model.vae, text_encoder=model.text_encoders[0],
+                                          tokenizer=model.tokenizers[0], unet=model.unet,
+                                          scheduler=EulerDiscreteScheduler.from_config(model.scheduler_config),
+                                          safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    n = naive_img2img_steps(steps, d)
+
+    def naive() -> Any:
+        with torch.inference_mode():
+            return pipe(PROMPT, negative_prompt=NEGATIVE, image=image, strength=d, num_inference_steps=n,
+                        guidance_scale=CFG, generator=torch.Generator("cpu").manual_seed(1)).images
+
+    ours(), naive()
+    t_ours, t_naive = [], []
+    ev_ours = ev_naive = 0
+    for r in range(repeats):
+        for which in (("ours", "naive") if r % 2 == 0 else ("naive", "ours")):
+            w, ev, _ = timed(ours if which == "ours" else naive, model)
+            if which == "ours":
+                t_ours.append(w)
+                ev_ours = ev
+            else:
+                t_naive.append(w)
+                ev_naive = ev
+    o, nv = statistics.median(t_ours), statistics.median(t_naive)
+    return {"label": label, "size": size, "steps": steps, "d": d, "ours": o, "naive": nv, "ratio": o / nv,
+            "ev_ours": ev_ours, "ev_naive": ev_naive}
+
+
+def print_img2img(rows: list[dict[str, Any]], device: str, dtype: torch.dtype) -> None:
+    print(f"\nimg2img, ours vs diffusers StableDiffusionImg2ImgPipeline, {device} "
+          f"{str(dtype).replace('torch.', '')}, {torch.get_num_threads()} threads, Euler, CFG {CFG}")
+    head = f"{'model':<26}{'job':<24}{'UNet evals o/n':>15}{'ours s':>9}{'naive s':>9}{'ratio':>7}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        job = f"{r['size']}x{r['size']} S{r['steps']} d{r['d']}"
+        print(f"{r['label']:<26}{job:<24}{r['ev_ours']:>7}/{r['ev_naive']:<7}{r['ours']:>9.3f}{r['naive']:>9.3f}"
+              f"{r['ratio']:>7.2f}")
+    bad = [r["label"] for r in rows if r["ev_ours"] != r["ev_naive"]]
+    if bad:
+        print(f"WARNING: UNet evaluation counts differ for {bad}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (about a minute on a CPU)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--full-width", action="store_true", help="real SD 1.5 widths for the SD-shaped model")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--img2img-size", type=int, default=None, help="img2img side in pixels (0: skip img2img)")
+    ap.add_argument("--img2img-only", action="store_true", help="only the img2img comparison")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -278,20 +368,30 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
 
+    width_div = 1 if (args.full_width or cuda) else 4
+    name = "SD1.5 shape" if width_div == 1 else f"SD1.5 shape, width/{width_div}"
+    size = args.img2img_size if args.img2img_size is not None else (1024 if cuda else 256)
+    if args.img2img_only:
+        sd = sd_shaped_model(device, dtype, width_div)
+        print_img2img([compare_img2img(name, sd, size, 20 if not args.quick else 8, 0.5, repeats)],
+                      args.device, dtype)
+        return
+
     tiny = build_builtin_model(device, dtype)
     tiny_job = Job(128, 128, 8, 8, 0.5) if args.quick else Job(256, 256, 20, 10, 0.5)
     rows.append(compare("builtin tiny", tiny, tiny_job, repeats * 2))
     del tiny
 
-    width_div = 1 if (args.full_width or cuda) else 4
     sd = sd_shaped_model(device, dtype, width_div)
     if cuda:
         sd_job = Job(512, 512, 20, 10, 0.5) if not args.quick else Job(512, 512, 10, 6, 0.5)
     else:
         sd_job = Job(256, 256, 6, 4, 0.5) if args.quick else Job(256, 256, 12, 8, 0.5)
-    name = "SD1.5 shape" if width_div == 1 else f"SD1.5 shape, width/{width_div}"
     rows.append(compare(name, sd, sd_job, repeats))
     print_table(rows, args.device, dtype)
+    if size:
+        print_img2img([compare_img2img(name, sd, size, 20 if not args.quick else 8, 0.5, repeats)],
+                      args.device, dtype)
 
 
 if __name__ == "__main__":
