@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_hires.py            # about 4-5 minutes on an idle 2-core CPU
     .venv/bin/python bench/bench_hires.py --quick    # about a minute
     .venv/bin/python bench/bench_hires.py --device cuda   # fp16, larger sizes
+    .venv/bin/python bench/bench_hires.py --precision auto [--compile] [--full-width]   # the fast path
 
 The same job both ways: same modules (the very same UNet/VAE/text encoder objects), same prompt pair,
 sizes, Euler sampler, CFG 7 and the same number of UNet evaluations:
@@ -358,10 +359,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--img2img-size", type=int, default=None, help="img2img side in pixels (0: skip img2img)")
     ap.add_argument("--img2img-only", action="store_true", help="only the img2img comparison")
+    fast = ap.add_argument_group("fast path (bench/hires_fastpath.py): ours with the server's speed policy vs "
+                                 "naive fp32 diffusers, with fidelity")
+    fast.add_argument("--precision", choices=["auto", "fp32", "fp16", "bf16"], default=None,
+                      help="our dtypes as the server's --precision chooses them (auto: the server default)")
+    fast.add_argument("--compile", action="store_true", help="ours with --compile (UNet and VAE compiled)")
+    fast.add_argument("--compile-cache", type=Path, default=Path("data/compile-cache"),
+                      help="inductor's cache folder for --compile (the server uses <data-dir>/compile-cache)")
+    fast.add_argument("--no-half-vae", action="store_true", help="ours with the VAE in fp32")
+    fast.add_argument("--skip-tiny", action="store_true", help="only the SD-shaped model")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("CUDA is not available")
+    if args.precision or args.compile:
+        from bench.hires_fastpath import run as run_fastpath
+
+        run_fastpath(args)
+        return
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     cuda = device.type == "cuda"
     repeats = args.repeats or (2 if args.quick else 3)

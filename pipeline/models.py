@@ -127,16 +127,17 @@ class ModelManager:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
                 log.info("loading checkpoint %s", info.filename)
+                load_device = self.accel.load_device(self.device) if self.accel is not None else self.device
                 if info.kind == "builtin":
-                    model = build_builtin_model(self.device, self.dtype)
+                    model = build_builtin_model(load_device, self.dtype)
                 else:
-                    model = checkpoints.load_checkpoint(info, self.device, self.dtype)
+                    model = checkpoints.load_checkpoint(info, load_device, self.dtype)
                     info.ensure_hash()
                 if self.vae_dtype is not None and self.vae_dtype != model.dtype:
                     model.vae.to(self.vae_dtype)
                     model.vae_dtype = self.vae_dtype
                 if self.accel is not None:
-                    self.accel.prepare(model)
+                    self.accel.prepare(model, self.device)
                 self._loaded[info.filename] = model
             else:
                 self._loaded.move_to_end(info.filename)

@@ -21,7 +21,7 @@ class NotedFlag:
 
 
 _SDPA = "hiresd uses PyTorch's scaled-dot-product attention (SDPA) on every device; nothing else to choose"
-_MEMORY = "memory modes are not implemented yet; running normally (tiled VAE and OOM fallbacks still apply)"
+_MEMORY = "no separate low-RAM load path here; ignored (--medvram, --lowvram, --medvram-sdxl are honoured)"
 _UI = "hiresd has no web UI; ignored"
 _LAUNCHER = "a launcher/installer option of A1111; hiresd installs nothing at start, ignored"
 _NOTHING = "does nothing in A1111 either; ignored"
@@ -42,9 +42,6 @@ NOTED: dict[str, NotedFlag] = {
     "--disable-opt-split-attention": NotedFlag(_SDPA),
     "--opt-channelslast": NotedFlag("channels-last memory format is not used; running normally"),
     # memory modes
-    "--medvram": NotedFlag(_MEMORY),
-    "--lowvram": NotedFlag(_MEMORY),
-    "--medvram-sdxl": NotedFlag(_MEMORY),
     "--lowram": NotedFlag(_MEMORY),
     "--always-batch-cond-uncond": NotedFlag("cond and uncond are always batched together here; ignored"),
     "--disable-model-loading-ram-optimization": NotedFlag("checkpoints load through safetensors' own "

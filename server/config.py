@@ -46,6 +46,10 @@ class ServerConfig:
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     vae_precision: str = "auto"  # auto | fp32 (--no-half-vae)
     sdp_no_mem: bool = False  # --opt-sdp-no-mem-attention: no memory-efficient SDPA kernel (deterministic)
+    compile: bool = False  # --compile: torch.compile UNet and VAE (pipeline/accel/compiling.py)
+    compile_warmup: list[tuple[int, int]] = field(default_factory=list)  # --compile-warmup WxH,...
+    memory_mode: str = "none"  # none | medvram | lowvram | medvram-sdxl (pipeline/accel/memory.py)
+    png_compress_level: int = 6  # zlib level of PNGs sent and saved (Pillow's and A1111's 6)
     api_auth: list[tuple[str, str]] = field(default_factory=list)
     cors_allow_origins: list[str] = field(default_factory=list)
     cors_allow_origins_regex: str | None = None
@@ -146,6 +150,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _sizes(text: str) -> list[tuple[int, int]]:
+    sizes = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        w, sep, h = item.lower().partition("x")
+        if not sep or not w.isdigit() or not h.isdigit() or int(w) % 8 or int(h) % 8 or not int(w) or not int(h):
+            raise argparse.ArgumentTypeError(f"{item!r}: sizes are WIDTHxHEIGHT, multiples of 8 (e.g. 512x512)")
+        sizes.append((int(w), int(h)))
+    return sizes
+
+
 def _auth_pairs(text: str) -> list[tuple[str, str]]:
     pairs = []
     for item in filter(None, (s.strip() for s in text.split(","))):
@@ -160,7 +174,7 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m server", description="hiresd: an A1111 /sdapi/v1 server "
                                  "for hires fix and upscaling, fully offline. COMMANDLINE_ARGS is read as "
                                  "A1111's launcher reads it (appended to the command line).",
-                                 epilog="A1111's other launch flags (--xformers, --medvram, --theme, --share, "
+                                 epilog="A1111's other launch flags (--xformers, --lowram, --theme, --share, "
                                  "...) are accepted with one log line each saying what hiresd does instead; "
                                  "--disable-safe-unpickle, --enable-insecure-extension-access and --allow-code "
                                  "are refused. See the README's 'Launch lines'.")
@@ -203,6 +217,19 @@ def parser() -> argparse.ArgumentParser:
                          "full = fp32, half = fp16, autocast = auto")
     ap.add_argument("--no-half", action="store_true", help="same as --precision fp32")
     ap.add_argument("--no-half-vae", action="store_true", help="run the VAE in fp32")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the UNet and VAE (first job at a new size compiles; generated code is "
+                         "cached under <data-dir>/compile-cache for restarts)")
+    ap.add_argument("--compile-warmup", type=_sizes, default=[], metavar="WxH[,WxH]",
+                    help="with --compile: run these image sizes once at model load (e.g. 512x512,1024x1024)")
+    ap.add_argument("--medvram", action="store_true",
+                    help="GPU: only the running component (text encoder, UNet, VAE) sits on the GPU")
+    ap.add_argument("--lowvram", action="store_true",
+                    help="GPU: as --medvram, and the UNet moves block by block (slow, least memory)")
+    ap.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL checkpoints only")
+    ap.add_argument("--png-compress-level", type=int, choices=range(10), default=6, metavar="0-9",
+                    help="PNG zlib level for responses and saved files (6, as A1111; 1 encodes a 1024 image "
+                         "about 1.5x faster for ~10%% more bytes)")
     ap.add_argument("--opt-sdp-attention", action="store_true", help="PyTorch SDPA attention (always on)")
     ap.add_argument("--opt-sdp-no-mem-attention", action="store_true",
                     help="SDPA without the memory-efficient kernel (deterministic on CUDA, more memory)")
@@ -282,6 +309,9 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         lora_dir=a.lora_dir, lyco_dir=a.lyco_dir, embeddings_dir=a.embeddings_dir, device=device,
         precision="fp32" if a.no_half else _PRECISION.get(a.precision, a.precision),
         vae_precision="fp32" if a.no_half_vae else "auto", sdp_no_mem=a.opt_sdp_no_mem_attention,
+        compile=a.compile, compile_warmup=a.compile_warmup, png_compress_level=a.png_compress_level,
+        memory_mode="lowvram" if a.lowvram else "medvram" if a.medvram else
+        "medvram-sdxl" if a.medvram_sdxl else "none",
         api_auth=a.api_auth, cors_allow_origins=[o for o in a.cors_allow_origins.split(",") if o],
         cors_allow_origins_regex=a.cors_allow_origins_regex, api_server_stop=a.api_server_stop,
         api_log=not a.no_api_log, queue_size=a.queue_size, max_pixels=a.max_pixels,

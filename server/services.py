@@ -10,7 +10,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from pipeline.accel import Accel, choose, resolve_device
@@ -38,7 +37,12 @@ def pick_accel(config: ServerConfig) -> Accel:
     """The speed policy from the flags: device and dtypes (pipeline/accel/precision.py: CUDA fp16 with a
     bf16 VAE where supported; the CPU in bf16 where it computes bf16 natively, else fp32)."""
     device = resolve_device(config.device)
-    return Accel(choose(device, config.precision, config.vae_precision))
+    memory = config.memory_mode
+    if memory != "none" and device.type == "cpu":
+        log.info("--%s: running on the CPU, which has no separate device memory; running normally", memory)
+        memory = "none"
+    return Accel(choose(device, config.precision, config.vae_precision), compile=config.compile,
+                 cache_dir=config.data_dir / "compile-cache", warmup=list(config.compile_warmup), memory=memory)
 
 
 @dataclass
@@ -229,7 +233,8 @@ class Services:
         written: list[Path] = []
         for img, text in zip(images, infotexts, strict=True):
             chunks = {"parameters": text} if opts.get("enable_pnginfo", True) else {"parameters": None}
-            data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)))
+            data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                                compress_level=self.config.png_compress_level)
             written.append(write_numbered(folder, f"-{_seed_of(text)}.{ext}", data))
         return written
 

@@ -1,22 +1,60 @@
-"""Speed: the precision policy (dtypes, CPU bf16 detection, channels-last), and what is done to a model once
-it is loaded so that its forwards run fast. One entry point, `Accel.prepare(model)`, called by the model
-manager after every load."""
+"""Speed: the precision policy (dtypes, CPU bf16 detection, channels-last), opt-in compiled forwards, and what
+is done to a model once it is loaded so that its forwards run fast. One entry point, `Accel.prepare(model)`,
+called by the model manager after every load."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import torch
+
+from pipeline.accel import compiling, memory
 from pipeline.accel.layout import apply_layout
 from pipeline.accel.precision import Precision, choose, resolve_device
 from pipeline.model import SDModel
 
 __all__ = ["Accel", "Precision", "choose", "resolve_device"]
 
+log = logging.getLogger("hiresd.accel")
+
 
 @dataclass
 class Accel:
-    """Everything the speed flags ask of a loaded model."""
+    """Everything the speed flags ask of a loaded model. `compile`: torch.compile the UNet and VAE
+    (`--compile`), caching generated code under `cache_dir`; `warmup`: (width, height) sizes run once right
+    after a compiled load (`--compile-warmup`)."""
 
     precision: Precision
+    compile: bool = False
+    cache_dir: Path | None = None
+    warmup: list[tuple[int, int]] = field(default_factory=list)
+    memory: str = "none"  # none | medvram | lowvram | medvram-sdxl (pipeline/accel/memory.py)
 
-    def prepare(self, model: SDModel) -> None:
+    def load_device(self, device: torch.device) -> torch.device:
+        """Where a checkpoint is built: the CPU under a memory mode (only the running part goes to the GPU,
+        so the whole model never has to fit there), else the compute device."""
+        return torch.device("cpu") if self.memory != "none" and device.type != "cpu" else device
+
+    def prepare(self, model: SDModel, device: torch.device | None = None) -> None:
+        """Make a freshly loaded model fast on `device` (default: where it was loaded): layout, memory mode
+        placement, then compilation (not under a memory mode: modules moving mid-forward do not compile)."""
         apply_layout(model, self.precision)
+        device = device or model.device
+        model.device = device
+        if memory.install(model, self.memory) is not None:
+            if self.compile:
+                log.warning("--compile is not used together with --%s; running eagerly", self.memory)
+            return
+        for module in (model.unet, model.vae, *model.text_encoders):
+            module.to(device)
+        if self.compile:
+            problem = compiling.compiler_problem(model.device)
+            if problem is not None:
+                log.warning("--compile: %s; running eagerly", problem)
+                return
+            if self.cache_dir is not None:
+                compiling.use_cache_dir(self.cache_dir)
+            compiling.compile_model(model)
+            if self.warmup:
+                compiling.warm_up(model, self.warmup)

@@ -17,7 +17,7 @@ from schemas.extras import (
     ExtrasSingleImageResponse,
 )
 from server.deps import run_on_worker, services
-from server.imagecodec import decode_image, encode_image_b64
+from server.imagecodec import decode_image, encode_images_b64
 from server.services import Services
 from upscalers.errors import Interrupted
 from upscalers.extras import ExtrasParams, check_extras, html_info, run_extras
@@ -58,8 +58,9 @@ async def _extras(svc: Services, request: Request, datas: list[tuple[str, str]],
     fmt = svc.options.get("samples_format")
 
     def encode() -> list[str]:
-        return [encode_image_b64(img, fmt, text_chunks={k: v for k, v in img.info.items() if isinstance(v, str)})
-                for img in results]
+        return encode_images_b64(results, fmt, compress_level=svc.config.png_compress_level,
+                                 text_chunks=[{k: v for k, v in img.info.items() if isinstance(v, str)}
+                                              for img in results])
 
     return await run_in_threadpool(encode), html_info(infotext)
 

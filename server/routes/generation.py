@@ -14,7 +14,7 @@ from pipeline.processing import prepare
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import run_on_worker, services
 from server.errors import NEVER_QUEUED
-from server.imagecodec import decode_image, encode_image_b64, read_image_info
+from server.imagecodec import decode_image, encode_images_b64, read_image_info
 from server.limits import check_work_limits
 from server.options import OPTIONS
 from server.services import Services
@@ -59,8 +59,8 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
             svc.save_images(result.images, result.infotexts, fmt, opts)
         if not req.send_images:
             return []
-        return [encode_image_b64(img, fmt, text_chunks=c, jpeg_quality=opts["jpeg_quality"])
-                for img, c in zip(result.images, chunks, strict=True)]
+        return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
+                                 compress_level=svc.config.png_compress_level)
 
     images = await run_in_threadpool(encode)
     return TextToImageResponse(images=images, parameters=req.model_dump(), info=json.dumps(result.info))

@@ -15,7 +15,7 @@ from pipeline.txt2img import Context, Txt2ImgResult
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import run_on_worker, services
 from server.errors import ErrorResponse
-from server.imagecodec import decode_image, encode_image_b64
+from server.imagecodec import decode_image, encode_images_b64
 from server.limits import check_work_limits
 from server.options import OPTIONS
 from server.services import Services
@@ -66,8 +66,8 @@ async def img2img(req: Img2ImgRequest, request: Request,
         if not req.send_images:
             return []
         chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
-        return [encode_image_b64(img, fmt, text_chunks=c, jpeg_quality=opts["jpeg_quality"])
-                for img, c in zip(result.images, chunks, strict=True)]
+        return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
+                                 compress_level=svc.config.png_compress_level)
 
     images = await run_in_threadpool(encode)
     params = req.model_dump()

@@ -96,3 +96,16 @@ def test_bf16_hires_job_repeats_exactly_and_stays_close_to_fp32(bf16_env: Env, e
     other = pixels(bf16_env.run(**{**job, "seed": 78}).images[0]).astype(np.float64)
     # a different seed differs more from the fp32 image than the bf16 image of the same seed
     assert np.mean(np.abs(other - ref)) > np.mean(np.abs(pixels(first) - ref))
+
+
+def test_speed_flags_reach_the_policy(tmp_path) -> None:
+    cfg = from_args(["--device", "cpu", "--compile", "--compile-warmup", "512x512,1024x768", "--data-dir",
+                     str(tmp_path)], environ={})
+    accel = pick_accel(cfg)
+    assert accel.compile and accel.warmup == [(512, 512), (1024, 768)]
+    assert accel.cache_dir == tmp_path / "compile-cache"
+    assert from_args(["--medvram-sdxl"], environ={}).memory_mode == "medvram-sdxl"
+    assert from_args(["--lowvram", "--medvram"], environ={}).memory_mode == "lowvram"
+    assert pick_accel(from_args(["--device", "cpu", "--medvram"], environ={})).memory == "none"  # no VRAM
+    with pytest.raises(SystemExit):
+        from_args(["--compile-warmup", "512x500"], environ={})

@@ -35,3 +35,62 @@ def test_every_sampler_runs_a_hires_job_in_half_precision(cuda_env, env, sampler
     assert res.images[0].size == (128, 128) and np.isfinite(img).all() and img.std() > 1
     on_cpu = pixels(env.run(**HR, sampler_name=sampler, hr_upscaler=upscaler).images[0])
     assert np.abs(img.astype(float) - on_cpu).mean() < 12  # same seeds, same noise: only rounding differs
+
+
+# -- speed paths (pipeline/accel) on the GPU ------------------------------------------------------------
+
+def _accel_env(root, **accel_kw) -> Env:
+    from pipeline.accel import Accel, choose
+
+    cuda = torch.device("cuda")
+    policy = choose(cuda, "auto")
+    mm = ModelManager(CheckpointRegistry(root, root / "data"), cuda, policy.dtype, policy.vae_dtype,
+                      accel=Accel(policy, **accel_kw))
+    return Env(mm, UpscalerRegistry(root, device=cuda))
+
+
+def _device_of(module) -> str:
+    return next(module.parameters()).device.type
+
+
+@pytest.mark.parametrize("mode", ["medvram", "lowvram"])
+def test_memory_modes_keep_only_the_running_part_on_the_gpu(tmp_path, cuda_env, mode):
+    env_m = _accel_env(tmp_path, memory=mode)
+    model = env_m.model()
+    parts = (model.text_encoders[0], model.unet, model.vae)
+    assert [_device_of(m) for m in parts] == ["cpu", "cpu", "cpu"]  # loaded on the CPU, nothing waits on the GPU
+    seen: dict[str, list[str]] = {}
+
+    def record(name):
+        def hook(*_):
+            seen.setdefault(name, [_device_of(m) for m in parts])
+        return hook
+
+    handles = [model.text_encoders[0].register_forward_pre_hook(record("text")),
+               model.vae.decoder.register_forward_pre_hook(record("vae"))]
+    if mode == "medvram":
+        handles.append(model.unet.register_forward_pre_hook(record("unet")))
+    try:
+        res = env_m.run(**HR)
+    finally:
+        for h in handles:
+            h.remove()
+    assert seen["text"] == ["cuda", "cpu", "cpu"]
+    assert seen["vae"] == ["cpu", "cpu", "cuda"]
+    if mode == "medvram":
+        assert seen["unet"] == ["cpu", "cuda", "cpu"]
+    normal = pixels(cuda_env.run(**HR).images[0]).astype(float)
+    assert np.abs(pixels(res.images[0]) - normal).mean() < 1  # same kernels, same dtypes
+
+
+def test_compiled_forwards_on_the_gpu_match_eager_without_recompiling(tmp_path, cuda_env):
+    from torch._dynamo.utils import counters
+
+    env_c = _accel_env(tmp_path, compile=True, cache_dir=tmp_path / "compile-cache")
+    first = pixels(env_c.run(**HR).images[0]).astype(float)
+    graphs = int(counters["stats"]["unique_graphs"])
+    again = pixels(env_c.run(**HR).images[0]).astype(float)
+    assert int(counters["stats"]["unique_graphs"]) == graphs  # the repeated job compiled nothing
+    assert np.array_equal(first, again)
+    eager = pixels(cuda_env.run(**HR).images[0]).astype(float)
+    assert np.abs(first - eager).mean() < 2

@@ -29,11 +29,11 @@ def test_typical_launch_line_from_commandline_args() -> None:
     assert cfg.device == "cuda:1"
     assert cfg.lora_folder() == Path("/my models/Lora") and cfg.embeddings_folder() == Path("/emb")
     noted = [n.split(":", 1)[0] for n in cfg.launch_notes]
-    assert noted == ["--xformers", "--opt-split-attention", "--sub-quad-q-chunk-size", "--medvram",
+    assert noted == ["--xformers", "--opt-split-attention", "--sub-quad-q-chunk-size",
                      "--hypernetwork-dir", "--enable-console-prompts", "--autolaunch", "--theme",
                      "--gradio-allowed-path", "--skip-torch-cuda-test"]
     assert "PyTorch's scaled-dot-product attention" in cfg.launch_notes[0]
-    assert "memory modes are not implemented yet; running normally" in cfg.launch_notes[3]
+    assert cfg.memory_mode == "medvram"  # honoured (pipeline/accel/memory.py)
     flags = cfg.cmd_flags()
     assert flags["xformers"] is True and flags["medvram"] is True and flags["theme"] == "dark"
     assert flags["gradio_allowed_path"] == ["/a", "/b"] and flags["sub_quad_q_chunk_size"] == "512"

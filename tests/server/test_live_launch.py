@@ -46,7 +46,7 @@ def test_stale_saved_names_fall_back_and_txt2img_works(srv: LiveServer) -> None:
 
 def test_the_launch_line_is_read_and_each_a1111_only_flag_noted_once(srv: LiveServer) -> None:
     log = srv.log()
-    for flag, says in [("--xformers", "SDPA"), ("--medvram", "memory modes are not implemented yet"),
+    for flag, says in [("--xformers", "SDPA"), ("--medvram", "no separate device memory"),
                        ("--theme", "no web UI"), ("--enable-console-prompts", "not printed")]:
         lines = [line for line in log.splitlines() if f" {flag}: " in line]
         assert len(lines) == 1 and says in lines[0], (flag, lines)
