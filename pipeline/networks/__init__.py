@@ -7,7 +7,6 @@ applied to a model (no set for `None`), right before its conditioning is encoded
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,6 @@ class Networks:
         self.embeddings = EmbeddingDatabase(embeddings_dir)
         self.last_widths: list[int] | None = None  # text-encoder widths of the model last prepared
         self.cache = TensorCache(int(cache_mb * 2**20))
-        self._lock = threading.Lock()
 
     @classmethod
     def for_models_dir(cls, models_dir: Path, lora_dir: Path | None = None, lyco_dir: Path | None = None,
@@ -95,29 +93,33 @@ class Networks:
                    embeddings_dir or models_dir / "embeddings", cache_mb)
 
     # -- validation (before queueing) ----------------------------------------------------------------
-    def resolve(self, prompt: str, family: str | None = None) -> list[ActiveLora]:
+    def resolve(self, prompt: str, family: str | None = None, field: str = "prompt") -> list[ActiveLora]:
         """The LoRAs a prompt's tags name, each found on disk and fitting `family` (when known), else an
         InvalidRequest naming the tag. Unknown tag types are only stripped, as in A1111."""
         _, tags = parse_tags(prompt)
         out: list[ActiveLora] = []
-        for params in lora_params(tags):
+        try:
+            wanted = lora_params(tags)
+        except InvalidRequest as exc:
+            raise InvalidRequest(field, str(exc).split(": ", 1)[1]) from None
+        for params in wanted:
             lf = self.loras.find(params.name)
             if lf is None:
-                raise InvalidRequest("prompt", f"{params.tag}: no LoRA named {params.name!r} in "
+                raise InvalidRequest(field, f"{params.tag}: no LoRA named {params.name!r} in "
                                      f"{', '.join(str(f) for f in self.loras.folders)} (A1111 would silently "
                                      "ignore it)", self.loras.closest(params.name))
             if family is not None:
-                self._check_family(params, lf, family)
+                self._check_family(params, lf, family, field)
             out.append(ActiveLora(params, lf))
         return out
 
-    def _check_family(self, params: LoraParams, lf: LoraFile, family: str) -> None:
+    def _check_family(self, params: LoraParams, lf: LoraFile, family: str, field: str) -> None:
         got = file_family(list(lf.shapes))
         if got is None:
             return
         if (got == "sdxl") != (family == "sdxl"):
             trained = "SDXL" if got == "sdxl" else "SD 1.x/2.x"
-            raise InvalidRequest("prompt", f"{params.tag}: LoRA {lf.name!r} was trained for {trained} models "
+            raise InvalidRequest(field, f"{params.tag}: LoRA {lf.name!r} was trained for {trained} models "
                                  f"and the checkpoint is {family}; it would apply partially and distort "
                                  "the image (A1111 applies it silently)",
                                  [f.name for f in self.loras.list() if self._fits(f, family)][:10])
@@ -287,7 +289,7 @@ def check_job(networks: Networks | None, p: Any, models: Any) -> None:
     if getattr(p, "enable_hr", False) and getattr(p, "hr_prompt", ""):
         hr_checkpoint = getattr(p, "hr_checkpoint", None)
         hr_family = checkpoint_family(models, hr_checkpoint) if hr_checkpoint else family
-        networks.resolve(p.hr_prompt, hr_family)
+        networks.resolve(p.hr_prompt, hr_family, "hr_prompt")
 
 
 FAMILY_WIDTHS = {"sd1": [768], "sd2": [1024], "sdxl": [768, 1280]}
