@@ -123,6 +123,7 @@ class PromptEncoder:
         cache_size: int = 256,
         salt: Callable[[], Hashable] | None = None,
         embeddings: Callable[[], Any] | None = None,
+        device: torch.device | None = None,
     ):
         if family not in ("sd1", "sd2", "sdxl"):
             raise ValueError(f"unknown model family {family!r}")
@@ -144,6 +145,9 @@ class PromptEncoder:
         self.embeddings = embeddings  # -> a networks.embeddings.EmbeddingMatcher (textual inversion) or None
         self._cache: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor | None]]] = OrderedDict()
         self.encoder_calls = 0
+        # where encodings live: the model's compute device (under --medvram the text encoders wait on the CPU
+        # between uses, so their parameters' device is not it); None: the first encoder's device
+        self.device = device
 
     @classmethod
     def from_model(cls, model: Any, **options: Any) -> PromptEncoder:
@@ -151,6 +155,7 @@ class PromptEncoder:
         from the model's `networks.embeddings` matcher; cached encodings are keyed by the model's
         `networks.salt` (its patched LoRA set) and the matcher's generation too."""
         options.setdefault("embeddings", lambda: model.extra.get("networks.embeddings"))
+        options.setdefault("device", getattr(model, "device", None))
         def salt() -> Hashable:
             matcher = model.extra.get("networks.embeddings")
             return model.extra.get("networks.salt"), getattr(matcher, "generation", None)
@@ -323,8 +328,9 @@ class PromptEncoder:
     def _zeros(self, count: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         ref = self.encoders[0].model
         param = next(ref.parameters())
-        ctx = torch.zeros(CHUNK_LENGTH, self.context_dim, device=param.device, dtype=param.dtype)
-        pooled = torch.zeros(self.pooled_dim, device=param.device, dtype=param.dtype)
+        device = self.device or param.device
+        ctx = torch.zeros(CHUNK_LENGTH, self.context_dim, device=device, dtype=param.dtype)
+        pooled = torch.zeros(self.pooled_dim, device=device, dtype=param.dtype)
         return [(ctx, pooled) for _ in range(count)]
 
     @torch.no_grad()
@@ -369,7 +375,7 @@ class PromptEncoder:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         model = enc.model
         param = next(model.parameters())
-        ids = torch.tensor(token_rows, dtype=torch.long, device=param.device)
+        ids = torch.tensor(token_rows, dtype=torch.long, device=self.device or param.device)
         self.encoder_calls += 1
         handle = None
         if fixes and any(fixes):
