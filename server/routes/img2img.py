@@ -52,7 +52,7 @@ async def img2img(req: Img2ImgRequest, request: Request,
         state = svc.worker.state
         return result, state.interrupted or state.skipped
 
-    result, incomplete = await run_on_worker(svc, request, "img2img", job)
+    result, incomplete = await run_on_worker(svc, request, "img2img", job, finish_if_gone=req.save_images)
     if req.override_settings and not req.override_settings_restore_afterwards:
         kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
