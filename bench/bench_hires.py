@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.builtin import build_builtin_model, deterministic_fill, load_sd1_tokenizer  # noqa: E402
 from pipeline.extensions import Extensions  # noqa: E402
 from pipeline.img2img import prepare_img2img, run_img2img  # noqa: E402
-from pipeline.model import SDModel  # noqa: E402
 from pipeline.pixel_upscale import HiresUpscaler  # noqa: E402
 from pipeline.processing import prepare  # noqa: E402
+from pipeline.sd_model import SDModel  # noqa: E402
 from pipeline.state import JobState  # noqa: E402
 from pipeline.txt2img import Context, run_txt2img  # noqa: E402
 from schemas.img2img import Img2ImgRequest  # noqa: E402

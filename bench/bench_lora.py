@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.builtin import deterministic_fill, load_sd1_tokenizer  # noqa: E402
-from pipeline.model import SDModel  # noqa: E402
 from pipeline.networks import Networks  # noqa: E402
+from pipeline.sd_model import SDModel  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
 UNET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")

@@ -22,7 +22,7 @@ import torch
 from bench.bench_hires import Job, Naive, run_ours, sd_shaped_model, timed
 from pipeline.accel import Accel, choose
 from pipeline.builtin import build_builtin_model
-from pipeline.model import SDModel
+from pipeline.sd_model import SDModel
 from pipeline.state import JobState
 from upscalers.registry import UpscalerRegistry
 

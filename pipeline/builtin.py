@@ -17,7 +17,7 @@ import torch
 
 from pipeline.checkpoints.registry import CheckpointInfo
 from pipeline.checkpoints.shipped import clip_tokenizer, read_config
-from pipeline.model import SDModel
+from pipeline.sd_model import SDModel
 
 BUILTIN_NAME = "hiresd-builtin-tiny"
 BUILTIN_FILENAME = "<builtin>"

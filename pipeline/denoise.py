@@ -21,10 +21,10 @@ import torch
 from pipeline import samplers
 from pipeline.conditioning import PromptEncoder, ScheduledConditioning
 from pipeline.errors import InvalidRequest
-from pipeline.model import SDModel
 from pipeline.preview import latent_preview
 from pipeline.samplers.schedules import NoiseTable
 from pipeline.sampling import ModelSwitch, PassResult, StepCallback, run_pass
+from pipeline.sd_model import SDModel
 from pipeline.seeds import batch_noise
 from pipeline.state import JobState
 from pipeline.tiled import TiledGuidance, TileSettings

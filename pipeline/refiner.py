@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from pipeline.errors import InvalidRequest
-from pipeline.model import SDModel
 from pipeline.samplers.schedules import NoiseTable
 from pipeline.sampling import Handover
+from pipeline.sd_model import SDModel
 
 NO_REFINER = (None, "", "None", "none")
 HIRES_PASSES = ("first pass", "second pass", "both passes")

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import torch
 
 from pipeline.errors import Interrupted
-from pipeline.model import SDModel
+from pipeline.sd_model import SDModel
 from pipeline.state import Skipped
 
 STOPS = (Interrupted, Skipped)

@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from pipeline import denoise, networks, samplers, vae
 from pipeline import infotext as infotext_mod
 from pipeline import refiner as refiner_mod
-from pipeline import denoise, networks, samplers, vae
 from pipeline.errors import Interrupted
 from pipeline.extensions import Extensions
-from pipeline.model import SDModel
 from pipeline.processing import Processing
 from pipeline.sampling import PassResult
+from pipeline.sd_model import SDModel
 from pipeline.state import JobState
 from pipeline.tiling import circular_padding
 from upscalers.latent import interpolate_args

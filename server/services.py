@@ -16,13 +16,13 @@ from pipeline.accel import Accel, choose, resolve_device
 from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.errors import InvalidRequest, UnknownName
 from pipeline.extensions import Extensions
-from pipeline.models import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.networks import Networks
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.processing import Processing
 from pipeline.styles import StyleStore
 from pipeline.txt2img import Context, Txt2ImgResult, run_txt2img
-from pipeline.vaes import VaeRegistry
+from pipeline.vae_files import VaeRegistry
 from pipeline.worker import Worker
 from server.config import ServerConfig
 from server.console import ConsoleProgress

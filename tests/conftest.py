@@ -18,7 +18,7 @@ from PIL import Image
 from pipeline.builtin import BUILTIN_NAME
 from pipeline.checkpoints import CheckpointRegistry
 from pipeline.extensions import Extensions
-from pipeline.models import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.processing import Processing, prepare
 from pipeline.state import JobState

@@ -12,7 +12,7 @@ import torch
 from pipeline.accel import compiling, memory
 from pipeline.accel.layout import apply_layout
 from pipeline.accel.precision import Precision, choose, resolve_device
-from pipeline.model import SDModel
+from pipeline.sd_model import SDModel
 
 __all__ = ["Accel", "Precision", "choose", "resolve_device"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.accel.precision import Precision
-from pipeline.model import SDModel
+from pipeline.sd_model import SDModel
 
 
 def apply_layout(model: SDModel, precision: Precision) -> None:

@@ -38,7 +38,7 @@ from pipeline.checkpoints.detect import Detection, detect_family, shapes_of
 from pipeline.checkpoints.registry import CheckpointInfo
 from pipeline.checkpoints.shipped import CONFIGS_DIR, clip_tokenizer
 from pipeline.errors import ModelLoadError
-from pipeline.model import SDModel
+from pipeline.sd_model import SDModel
 
 log = logging.getLogger(__name__)
 

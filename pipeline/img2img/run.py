@@ -19,13 +19,27 @@ from pipeline import denoise, networks, refiner, vae
 from pipeline.errors import Interrupted
 from pipeline.img2img import masks
 from pipeline.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
-from pipeline.img2img.resize import CROP_AND_RESIZE, JUST_RESIZE, LATENT_UPSCALE, RESIZE_AND_FILL, resize_image
-from pipeline.model import SDModel
+from pipeline.img2img.resize import (
+    CROP_AND_RESIZE,
+    JUST_RESIZE,
+    LATENT_UPSCALE,
+    RESIZE_AND_FILL,
+    resize_image,
+)
 from pipeline.processing import sampler_params
 from pipeline.sampling import PassResult
+from pipeline.sd_model import SDModel
 from pipeline.seeds import image_noise
 from pipeline.tiling import circular_padding
-from pipeline.txt2img import Context, Txt2ImgResult, _decode, _info_json, _infotext, _restore_faces, _to_tensor
+from pipeline.txt2img import (
+    Context,
+    Txt2ImgResult,
+    _decode,
+    _info_json,
+    _infotext,
+    _restore_faces,
+    _to_tensor,
+)
 
 log = logging.getLogger("hiresd.img2img")
 

@@ -17,8 +17,8 @@ from pipeline.networks.files import LoraFile, LoraIndex, NetworkFileError, Tenso
 from pipeline.networks.keys import file_family, split_key, target_map
 from pipeline.networks.patch import Patcher, Step
 from pipeline.networks.tags import LoraParams, lora_params, parse_tags, strip_tags
-from pipeline.prompts import parse_prompt_attention
 from pipeline.networks.types import ModuleNetwork, NetworkTypeError, classify
+from pipeline.prompts import parse_prompt_attention
 
 __all__ = ["FAMILY_WIDTHS", "Networks", "ParsedNetwork", "activate_for_pass", "check_job",
            "checkpoint_family", "parse_network", "strip_tags"]

@@ -9,7 +9,7 @@ import torch
 from pipeline.accel import Accel, choose
 from pipeline.accel.cpu import cpu_flags, native_bf16_flags
 from pipeline.checkpoints import CheckpointRegistry
-from pipeline.models import ModelManager
+from pipeline.model_manager import ModelManager
 from server.config import from_args
 from server.services import pick_accel
 from tests.conftest import Env, pixels

@@ -13,7 +13,7 @@ import torch
 from pipeline.accel import Accel, choose
 from pipeline.accel.memory import effective_mode
 from pipeline.checkpoints import CheckpointRegistry
-from pipeline.models import ModelManager
+from pipeline.model_manager import ModelManager
 from tests.conftest import Env, pixels
 from upscalers.registry import UpscalerRegistry
 

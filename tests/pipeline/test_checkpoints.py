@@ -566,7 +566,7 @@ def _variants(work: Path) -> dict[str, TinyModel]:
 
 @pytest.fixture(scope="module")
 def variant_env(tmp_path_factory):
-    from pipeline.models import ModelManager
+    from pipeline.model_manager import ModelManager
     from tests.conftest import Env
     from upscalers.registry import UpscalerRegistry
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.checkpoints import CheckpointRegistry
-from pipeline.models import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.samplers import api_samplers
 from tests.conftest import Env, pixels
 from upscalers.registry import UpscalerRegistry

@@ -7,7 +7,7 @@ import torch
 
 from pipeline.checkpoints import CheckpointRegistry
 from pipeline.errors import UnknownName
-from pipeline.models import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.refiner import with_swap_cost
 from tests.conftest import Env, count_unet, infotext_params
 from upscalers.registry import UpscalerRegistry

@@ -217,7 +217,7 @@ def test_hires_checkpoint_is_not_loaded_when_pass_two_does_not_run(tiny_checkpoi
 def _one_slot_env(tiny_checkpoints):
     """An Env over the tiny models folder with the server's default of one loaded model."""
     from pipeline.checkpoints import CheckpointRegistry
-    from pipeline.models import ModelManager
+    from pipeline.model_manager import ModelManager
     from tests.conftest import Env
     from upscalers.registry import UpscalerRegistry
 

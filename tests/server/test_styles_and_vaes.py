@@ -11,7 +11,7 @@ import torch
 
 from pipeline.errors import ModelLoadError, UnknownName
 from pipeline.styles import StyleStore, merge
-from pipeline.vaes import VaeRegistry, apply_vae
+from pipeline.vae_files import VaeRegistry, apply_vae
 
 
 def test_merge_follows_a1111() -> None:

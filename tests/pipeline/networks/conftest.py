@@ -13,7 +13,7 @@ import torch
 
 from pipeline.checkpoints import CheckpointRegistry
 from pipeline.extensions import Extensions
-from pipeline.models import ModelManager
+from pipeline.model_manager import ModelManager
 from pipeline.networks import Networks, check_job
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.processing import prepare

@@ -66,7 +66,7 @@ def test_each_type_matches_the_merged_weights_reference(net_env, kind):
 
 def test_a_job_without_loras_after_a_lora_job_is_byte_identical_to_a_fresh_model(net_env, tiny_checkpoints):
     from pipeline.checkpoints import CheckpointRegistry
-    from pipeline.models import ModelManager
+    from pipeline.model_manager import ModelManager
 
     model = net_env.model("sd1")
     _write(net_env, model, "lora", "restore-a", seed=11)

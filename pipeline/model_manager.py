@@ -15,8 +15,8 @@ from pipeline import checkpoints
 from pipeline.accel import Accel
 from pipeline.builtin import build_builtin_model, builtin_checkpoint_info
 from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
-from pipeline.model import SDModel
-from pipeline.vaes import VaeRegistry, apply_vae
+from pipeline.sd_model import SDModel
+from pipeline.vae_files import VaeRegistry, apply_vae
 
 log = logging.getLogger("hiresd.models")
 
