@@ -95,6 +95,15 @@ class Processing:
     def job_count(self) -> int:
         return self.n_iter * (2 if self.enable_hr else 1)
 
+    def lay_out_batches(self) -> None:
+        """A1111's per-image seeds, subseeds and prompts for the whole job: seed + i (the same seed for every
+        image when variation seeds are on), subseed + i, the prompts repeated."""
+        count = self.batch_size * self.n_iter
+        self.all_seeds = [self.seed + (i if self.subseed_strength == 0 else 0) for i in range(count)]
+        self.all_subseeds = [self.subseed + i for i in range(count)]
+        self.all_prompts = [self.prompt] * count
+        self.all_negative_prompts = [self.negative_prompt] * count
+
 
 def _opt(value: float | None, options: dict[str, Any], key: str) -> float | None:
     """A request's null sampler parameter falls back to the option of the same name, as in A1111."""

@@ -61,10 +61,7 @@ class Txt2ImgResult:
 def run_txt2img(p: Processing, ctx: Context) -> Txt2ImgResult:
     state = ctx.state
     bs = p.batch_size
-    p.all_seeds = [p.seed + (i if p.subseed_strength == 0 else 0) for i in range(bs * p.n_iter)]
-    p.all_subseeds = [p.subseed + i for i in range(bs * p.n_iter)]
-    p.all_prompts = [p.prompt] * (bs * p.n_iter)
-    p.all_negative_prompts = [p.negative_prompt] * (bs * p.n_iter)
+    p.lay_out_batches()
     weights = refiner_mod.with_swap_cost(p, _job_weights(p))
     state.begin("scripts_txt2img", p.job_count, weights)
     images: list[Image.Image] = []

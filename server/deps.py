@@ -1,14 +1,18 @@
-"""FastAPI dependencies: the app's one `Services` object, and running a job on the worker."""
+"""FastAPI dependencies: the app's one `Services` object, running a job on the worker, and the common end of
+the generation routes (save, encode)."""
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
+from server.imagecodec import encode_images_b64
+from server.options import OPTIONS
 from server.services import Services
 
 T = TypeVar("T")
@@ -59,3 +63,31 @@ async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable
         gone.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await gone
+
+
+async def run_generation(svc: Services, request: Request, name: str, req: Any, opts: dict[str, Any],
+                         run: Callable[[], Any], save_options: dict[str, Any]) -> tuple[Any, list[str]]:
+    """The common end of txt2img and img2img: run the job on the worker, keep `override_settings` when the
+    request asks (A1111's `override_settings_restore_afterwards: false`), then save (with `save_options`
+    naming the folder) and encode the images off the worker. Returns the result and the base64 images."""
+    def job() -> tuple[Any, bool]:
+        result = run()
+        state = svc.worker.state
+        return result, state.interrupted or state.skipped
+
+    result, incomplete = await run_on_worker(svc, request, name, job, finish_if_gone=req.save_images)
+    if req.override_settings and not req.override_settings_restore_afterwards:
+        kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
+        svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
+    fmt = opts["samples_format"]
+
+    def encode() -> list[str]:
+        if req.save_images and (not incomplete or opts["save_incomplete_images"]):
+            svc.save_images(result.images, result.infotexts, fmt, save_options)
+        if not req.send_images:
+            return []
+        chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
+        return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
+                                 compress_level=svc.config.png_compress_level)
+
+    return result, await run_in_threadpool(encode)

@@ -69,10 +69,7 @@ def img2img_batches(p: Img2ImgProcessing, ctx: Context, job_offset: int = 0) -> 
     """`n_iter` batches of img2img; progress counts them as jobs job_offset, job_offset + 1, ..."""
     state = ctx.state
     bs = p.batch_size
-    p.all_seeds = [p.seed + (i if p.subseed_strength == 0 else 0) for i in range(bs * p.n_iter)]
-    p.all_subseeds = [p.subseed + i for i in range(bs * p.n_iter)]
-    p.all_prompts = [p.prompt] * (bs * p.n_iter)
-    p.all_negative_prompts = [p.negative_prompt] * (bs * p.n_iter)
+    p.lay_out_batches()
     p.extra_generation_params.setdefault("Denoising strength", p.denoising_strength)
     model = ctx.models.get(p.checkpoint)
     sources = _prepare_sources(p, ctx)

@@ -12,11 +12,10 @@ from pipeline.infotext import parse_infotext
 from pipeline.networks import check_job
 from pipeline.processing import prepare
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
-from server.deps import run_on_worker, services
+from server.deps import run_generation, services
 from server.errors import NEVER_QUEUED
-from server.imagecodec import decode_image, encode_images_b64, read_image_info
+from server.imagecodec import decode_image, read_image_info
 from server.limits import check_work_limits
-from server.options import OPTIONS
 from server.services import Services
 
 router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
@@ -42,27 +41,8 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
                                                                  p.styles)
     check_job(svc.networks, p, svc.models)  # LoRA tags: unknown name, bad number, wrong family -> 400
 
-    def job() -> tuple[Any, bool]:
-        result = svc.run_txt2img(p)
-        state = svc.worker.state
-        return result, state.interrupted or state.skipped
-
-    result, incomplete = await run_on_worker(svc, request, "txt2img", job, finish_if_gone=req.save_images)
-    if req.override_settings and not req.override_settings_restore_afterwards:
-        kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
-        svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
-    fmt = opts["samples_format"]
-
-    def encode() -> list[str]:
-        chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
-        if req.save_images and (not incomplete or opts["save_incomplete_images"]):
-            svc.save_images(result.images, result.infotexts, fmt, opts)
-        if not req.send_images:
-            return []
-        return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
-                                 compress_level=svc.config.png_compress_level)
-
-    images = await run_in_threadpool(encode)
+    result, images = await run_generation(svc, request, "txt2img", req, opts, lambda: svc.run_txt2img(p),
+                                          save_options=opts)
     return TextToImageResponse(images=images, parameters=req.model_dump(), info=json.dumps(result.info))
 
 

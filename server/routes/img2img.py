@@ -13,11 +13,10 @@ from pipeline.networks import check_job
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.txt2img import Context, Txt2ImgResult
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
-from server.deps import run_on_worker, services
+from server.deps import run_generation, services
 from server.errors import ErrorResponse
-from server.imagecodec import decode_image, encode_images_b64
+from server.imagecodec import decode_image
 from server.limits import check_work_limits
-from server.options import OPTIONS
 from server.services import Services
 
 router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
@@ -47,29 +46,9 @@ async def img2img(req: Img2ImgRequest, request: Request,
         p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
     check_job(svc.networks, p, svc.models)  # LoRA tags: unknown name, bad number, wrong family -> 400
 
-    def job() -> tuple[Txt2ImgResult, bool]:
-        result = _run(svc, p)
-        state = svc.worker.state
-        return result, state.interrupted or state.skipped
-
-    result, incomplete = await run_on_worker(svc, request, "img2img", job, finish_if_gone=req.save_images)
-    if req.override_settings and not req.override_settings_restore_afterwards:
-        kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
-        svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
-    fmt = opts["samples_format"]
-
-    def encode() -> list[str]:
-        if req.save_images and (not incomplete or opts["save_incomplete_images"]):
-            # A1111 saves img2img results under outdir_img2img_samples (outdir_samples first, when set)
-            where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images"}
-            svc.save_images(result.images, result.infotexts, fmt, where)
-        if not req.send_images:
-            return []
-        chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
-        return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
-                                 compress_level=svc.config.png_compress_level)
-
-    images = await run_in_threadpool(encode)
+    # A1111 saves img2img results under outdir_img2img_samples (outdir_samples first, when set)
+    where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images"}
+    result, images = await run_generation(svc, request, "img2img", req, opts, lambda: _run(svc, p), where)
     params = req.model_dump()
     if not req.include_init_images:
         params["init_images"] = None
