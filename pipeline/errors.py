@@ -14,7 +14,8 @@ class InvalidRequest(PipelineError):
         self.valid = list(valid) if valid is not None else None
         text = f"{field}: {message}"
         if self.valid is not None:
-            text += f". Valid values: {', '.join(repr(v) for v in self.valid)}"
+            choices = ", ".join(repr(v) for v in self.valid) or "none available"
+            text += f". Valid values: {choices}"
         super().__init__(text)
 
 
