@@ -15,15 +15,24 @@ from server.config import ServerConfig
 SMALL = {"prompt": "a red fox", "steps": 2, "width": 64, "height": 64, "seed": 5}
 
 
+def _config(root) -> ServerConfig:
+    return ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
+                        extensions_dir=None)
+
+
+def _saved_checkpoint(root, name: str):
+    """A listed checkpoint file (never loaded) that options.json names as the user's choice."""
+    path = root / "models" / "Stable-diffusion" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"listed, never loaded")
+    (root / "data").mkdir()
+    (root / "data" / "options.json").write_text(json.dumps({"sd_model_checkpoint": name}))
+    return path
+
+
 def test_a_checkpoint_removed_while_running_falls_back_after_refresh(tmp_path, caplog) -> None:
-    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
-    ckpt_dir.mkdir(parents=True)
-    doomed = ckpt_dir / "doomed.safetensors"
-    doomed.write_bytes(b"listed, never loaded")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "options.json").write_text(json.dumps({"sd_model_checkpoint": "doomed.safetensors"}))
-    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
-                       outputs_dir=tmp_path / "outputs", extensions_dir=None)
+    doomed = _saved_checkpoint(tmp_path, "doomed.safetensors")
+    cfg = _config(tmp_path)
     with TestClient(create_app(cfg)) as client:
         assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith("doomed.safetensors")
         doomed.unlink()
@@ -42,8 +51,7 @@ def test_a_checkpoint_removed_while_running_falls_back_after_refresh(tmp_path, c
 
 @pytest.mark.parametrize("option", ["sd_model_checkpoint", "sd_vae"])
 def test_an_explicit_unknown_name_is_still_a_400(tmp_path, option: str) -> None:
-    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
-                       outputs_dir=tmp_path / "outputs", extensions_dir=None)
+    cfg = _config(tmp_path)
     with TestClient(create_app(cfg)) as client:
         body = {**SMALL, "override_settings": {option: "nope.safetensors"}}
         r = client.post("/sdapi/v1/txt2img", json=body)
@@ -52,14 +60,8 @@ def test_an_explicit_unknown_name_is_still_a_400(tmp_path, option: str) -> None:
 
 
 def test_a_checkpoint_file_removed_without_a_refresh_falls_back_too(tmp_path) -> None:
-    ckpt_dir = tmp_path / "models" / "Stable-diffusion"
-    ckpt_dir.mkdir(parents=True)
-    doomed = ckpt_dir / "doomed.safetensors"
-    doomed.write_bytes(b"listed, never loaded")
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "options.json").write_text(json.dumps({"sd_model_checkpoint": "doomed.safetensors"}))
-    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
-                       outputs_dir=tmp_path / "outputs", extensions_dir=None)
+    doomed = _saved_checkpoint(tmp_path, "doomed.safetensors")
+    cfg = _config(tmp_path)
     with TestClient(create_app(cfg)) as client:
         doomed.unlink()  # and nobody calls refresh-checkpoints
         r = client.post("/sdapi/v1/txt2img", json=SMALL)
