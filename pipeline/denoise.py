@@ -100,12 +100,14 @@ class LatentMask:
 def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_latents: torch.Tensor | None,
             cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
-            switch: ModelSwitch | None = None, tiles: TileSettings | None = None) -> PassResult:
+            switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
+            crop: tuple[int, int] = (0, 0)) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
     9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
-    `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers."""
+    `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers; `crop`
+    is SDXL's crop conditioning (`sdxl_crop`)."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     x = plan.start(noise.to(model.device), init)
     blend = None if keep_mask is None or init is None else LatentMask(model, plan, init, keep_mask)
@@ -117,10 +119,16 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
         lh, lw = x.shape[-2:]
         wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw)  # noqa: E731
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond, switch=switch, wrap_model=wrap)
+                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result
+
+
+def sdxl_crop(options: dict[str, Any]) -> tuple[int, int]:
+    """SDXL's crop micro-conditioning (top, left), from the options `sdxl_crop_top` / `sdxl_crop_left` as
+    A1111 sends it to the base model and the refiner (0, 0 unless set)."""
+    return int(options.get("sdxl_crop_top", 0)), int(options.get("sdxl_crop_left", 0))
 
 
 def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,

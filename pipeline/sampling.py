@@ -40,9 +40,11 @@ class Handover:
 ModelSwitch = Callable[[int, Any, SDModel], "Handover | None"]
 
 
-def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int) -> torch.Tensor:
-    """SDXL's micro-conditioning: original size, crop (0, 0), target size, as A1111 sends them."""
-    ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=model.dtype, device=model.device)
+def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int, crop: tuple[int, int] = (0, 0)
+                  ) -> torch.Tensor:
+    """SDXL's micro-conditioning: original size, crop (top, left: the options `sdxl_crop_top/left`), target
+    size, as A1111 sends them."""
+    ids = torch.tensor([[height, width, *crop, height, width]], dtype=model.dtype, device=model.device)
     return ids.repeat(batch, 1)
 
 
@@ -54,17 +56,17 @@ class MaskBlend(Protocol):
 
 
 def refiner_vector_ids(model: SDModel, height: int, width: int, n_negative: int, n_prompt: int,
-                       aesthetic: tuple[float, float]) -> torch.Tensor:
-    """An SDXL refiner's micro-conditioning: original size, crop (0, 0) and the aesthetic score, the
+                       aesthetic: tuple[float, float], crop: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """An SDXL refiner's micro-conditioning: original size, crop (top, left) and the aesthetic score, the
     negative prompt's rows (first) scored low and the prompt's high, as A1111 sends them."""
     high, low = aesthetic
-    rows = [[height, width, 0, 0, low]] * n_negative + [[height, width, 0, 0, high]] * n_prompt
+    rows = [[height, width, *crop, low]] * n_negative + [[height, width, *crop, high]] * n_prompt
     return torch.tensor(rows, dtype=model.dtype, device=model.device)
 
 
 def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False,
-                 image_cond: torch.Tensor | None = None, aesthetic: tuple[float, float] = (6.0, 2.5)
-                 ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
+                 image_cond: torch.Tensor | None = None, aesthetic: tuple[float, float] = (6.0, 2.5),
+                 crop: tuple[int, int] = (0, 0)) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
     not computed (it cannot change the result), unless `keep_uncond`: then it always is, and the last
     unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
@@ -75,8 +77,8 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
     def vector_ids(n_negative: int, n_prompt: int) -> torch.Tensor:
         key = (n_negative, n_prompt)
         if key not in time_ids:
-            time_ids[key] = (refiner_vector_ids(model, height, width, n_negative, n_prompt, aesthetic)
-                             if model.refiner else sdxl_time_ids(model, height, width, n_negative + n_prompt))
+            time_ids[key] = (refiner_vector_ids(model, height, width, n_negative, n_prompt, aesthetic, crop)
+                             if model.refiner else sdxl_time_ids(model, height, width, n_negative + n_prompt, crop))
         return time_ids[key]
 
     def run_one(x_in: torch.Tensor, t: Any, cond: Any, negative: bool) -> torch.Tensor:
@@ -120,8 +122,8 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
              cfg_scale: float, height: int, width: int, callback: StepCallback, *,
              blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None,
              switch: ModelSwitch | None = None,
-             wrap_model: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None
-             ) -> PassResult:
+             wrap_model: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None,
+             crop: tuple[int, int] = (0, 0)) -> PassResult:
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
@@ -129,11 +131,12 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     `callback(step, x, denoised)` runs after every step. `blend` (inpainting) adjusts each call's input
     and guided output; `image_cond` goes to the UNet with every call (see `guided_model`). `switch(i, t,
     model)`, asked before every call, may hand the rest of the pass to another model (the refiner).
-    `wrap_model(guided)` replaces the guided model call (tiled diffusion, pipeline/tiled)."""
+    `wrap_model(guided)` replaces the guided model call (tiled diffusion, pipeline/tiled). `crop` is SDXL's
+    crop micro-conditioning (top, left)."""
     scheduler = plan.scheduler
     needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
     guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
-                          keep_uncond=needs_uncond, image_cond=image_cond)
+                          keep_uncond=needs_uncond, image_cond=image_cond, crop=crop)
     if wrap_model is not None:
         guided = wrap_model(guided)
     denoised: torch.Tensor | None = None
@@ -150,6 +153,7 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                 guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
                                       keep_uncond=needs_uncond,
                                       image_cond=image_cond if model.unet.config.in_channels > x.shape[1] else None,
+                                      crop=crop,
                                       **({"aesthetic": handover.aesthetic} if handover.aesthetic else {}))
                 if wrap_model is not None:
                     guided = wrap_model(guided)

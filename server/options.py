@@ -116,6 +116,8 @@ OPTIONS: dict[str, Option] = {
     "s_tmin": Option(0.0, _float(0, 1000)),
     "s_tmax": Option(0.0, _float(0, 1000)),
     "s_noise": Option(1.0, _float(0, 10)),
+    "sdxl_crop_top": Option(0, _int(0, 16384), "SDXL: crop top coordinate (micro-conditioning)"),
+    "sdxl_crop_left": Option(0, _int(0, 16384), "SDXL: crop left coordinate (micro-conditioning)"),
     "sdxl_refiner_high_aesthetic_score": Option(6.0, _float(0, 10), "SDXL refiner: aesthetic score of the prompt"),
     "sdxl_refiner_low_aesthetic_score": Option(2.5, _float(0, 10), "SDXL refiner: aesthetic score of the negative"),
     "hires_fix_refiner_pass": Option("second pass", _choice("first pass", "second pass", "both passes"),

@@ -261,7 +261,7 @@ def _sample(model: SDModel, p: Img2ImgProcessing, ctx: Context, seeds: list[int]
         m, [p.prompt] * len(seeds), [p.negative_prompt] * len(seeds), p.clip_skip, steps=len(plan.timesteps)))
     with circular_padding([model.unet, model.vae], p.tiling):
         return denoise.denoise(model, plan, noise, init, cond_at, p.cfg_scale, p.width, p.height, callback,
-                               keep_mask=keep, image_cond=image_cond, switch=switch,
+                               keep_mask=keep, image_cond=image_cond, switch=switch, crop=denoise.sdxl_crop(p.options),
                                tiles=denoise.tile_settings(p.request))
 
 

@@ -121,6 +121,23 @@ def test_refiner_conditioning_uses_its_own_encoder_and_aesthetic_scores(xl_env):
     assert ids.tolist() == [[64, 64, 0, 0, 1.5], [64, 64, 0, 0, 7.0]]  # negative first, scored low
 
 
+def test_crop_options_reach_the_base_and_the_refiner_micro_conditioning(xl_env):
+    ids_seen: dict[str, list[list[float]]] = {}
+    handles = []
+    for name in ("tiny-xl-base", "tiny-xl-refiner"):
+        def grab(_module, _args, kwargs, name=name):
+            ids_seen.setdefault(name, kwargs["added_cond_kwargs"]["time_ids"].tolist())
+        handles.append(xl_env.model(name).unet.register_forward_pre_hook(grab, with_kwargs=True))
+    try:
+        xl_env.run(**{**XL, "steps": 4, "negative_prompt": "blurry", "refiner_checkpoint": "tiny-xl-refiner",
+                      "refiner_switch_at": 0.5}, options={"sdxl_crop_top": 8, "sdxl_crop_left": 16})
+    finally:
+        for h in handles:
+            h.remove()
+    assert ids_seen["tiny-xl-base"] == [[64, 64, 8, 16, 64, 64]] * 2  # original size, crop, target size
+    assert ids_seen["tiny-xl-refiner"] == [[64, 64, 8, 16, 2.5], [64, 64, 8, 16, 6.0]]
+
+
 def test_unknown_refiner_is_refused_before_any_work(xl_env):
     base = xl_env.model("tiny-xl-base")
     with count_unet(base) as counter, pytest.raises(UnknownName) as err:
