@@ -8,7 +8,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.errors import InvalidRequest
-from pipeline.img2img import sd_upscale
+from pipeline.img2img import sd_upscale, ultimate_upscale
 from pipeline.pixel_upscale import resolve_hires_upscaler
 from pipeline.processing import ModelNames, Processing, check_pixel_budget, prepare_common
 from schemas.img2img import Img2ImgRequest
@@ -53,7 +53,8 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
     if req.latent_mask not in (None, ""):
         raise InvalidRequest("latent_mask", "not supported (A1111 cannot decode it either); send null and put "
                              "the mask in `mask`")
-    p = prepare_common(req, options, models, upscalers, cls=Img2ImgProcessing, scripts=(sd_upscale.NAME,))
+    p = prepare_common(req, options, models, upscalers, cls=Img2ImgProcessing,
+                       scripts=(sd_upscale.NAME, ultimate_upscale.NAME))
     assert isinstance(p, Img2ImgProcessing)
     if len(init_images) > p.batch_size:
         raise InvalidRequest("init_images", f"{len(init_images)} images for batch_size {p.batch_size}: send at "
@@ -92,6 +93,12 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
         p.script.check(p)
         tw, th = p.script.target_size(init_images[0].width, init_images[0].height)
         check_pixel_budget(tw, th, 1, max_pixels, "the scale_factor or the init image")
+    elif (req.script_name or "").lower() == ultimate_upscale.NAME:
+        p.script = ultimate_upscale.UltimateSDUpscale.parse(list(req.script_args or []), upscalers.names(),
+                                                            lambda name: upscalers.resolve(name).name)
+        p.n_iter = p.batch_size = 1  # the extension forces one image; only the first init image is used
+        tw, th = p.script.target_size(p, init_images[0].width, init_images[0].height)
+        check_pixel_budget(tw, th, 1, max_pixels, "the target size (width/height, custom size or scale)")
     p.mask_weight = float(options.get("inpainting_mask_weight", 1.0))
     p.overlay_inpaint = bool(options.get("overlay_inpaint", True))
     budget_w, budget_h = p.width, p.height

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.errors import InvalidRequest
+from pipeline.img2img import script_args
 from pipeline.tiled.plan import grid_positions
-from upscalers.errors import UnknownUpscaler
 
 NAME = "sd upscale"
 DEFAULTS = ("", 64, 0, 2.0)
@@ -94,19 +94,7 @@ class SDUpscale:
                 or not 0 <= overlap <= 2048:
             raise InvalidRequest("script_args[1]", f"overlap must be a whole number of pixels from 0 to 2048, "
                                  f"got {overlap!r}")
-        if isinstance(upscaler, bool) or not isinstance(upscaler, (int, str)):
-            raise InvalidRequest("script_args[2]", f"upscaler must be an index into /sdapi/v1/upscalers or a "
-                                 f"name, got {upscaler!r}")
-        if isinstance(upscaler, int):
-            if not 0 <= upscaler < len(upscaler_names):
-                raise InvalidRequest("script_args[2]", f"upscaler index {upscaler} is out of range: "
-                                     f"0..{len(upscaler_names) - 1} ({', '.join(upscaler_names)})")
-            name = upscaler_names[upscaler]
-        else:
-            try:
-                name = resolve(upscaler)
-            except UnknownUpscaler as exc:
-                raise InvalidRequest("script_args[2]", str(exc)) from None
+        name = script_args.upscaler(upscaler, 2, "upscaler", upscaler_names, resolve)
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 1.0 <= float(scale) <= 8.0:
             raise InvalidRequest("script_args[3]", f"scale_factor must be a number from 1 to 8, got {scale!r}")
         return cls(int(overlap), name, float(scale))

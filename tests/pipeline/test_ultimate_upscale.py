@@ -1,0 +1,300 @@
+"""The Ultimate SD Upscale img2img script: its geometry by hand (upscale factors, grid, chess order, the pass
+counts and masks of every seam-fix mode, target sizes), argument parsing and the 400s, and runs on the
+builtin model: output size and image count, one img2img per pass, paste-back that leaves unmasked pixels
+exactly as they were, progress counting passes, interrupt between and inside passes, skip."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.errors import InvalidRequest
+from pipeline.img2img.ultimate_upscale import ARGS, UltimateSDUpscale
+from pipeline.img2img.usdu_plan import CHESS, LINEAR, NO_REDRAW, Plan, radial, tent, upscale_factors
+from tests.conftest import Env, count_unet, infotext_params
+from tests.pipeline.test_img2img import _noise_image, run
+
+NAMES = ["None", "Lanczos", "Nearest", "4x-Tiny"]
+RESOLVE = {"lanczos": "Lanczos", "4x-tiny": "4x-Tiny"}.get
+
+
+def resolve(name: str) -> str:
+    from upscalers.errors import UnknownUpscaler
+
+    found = RESOLVE(name.lower())
+    if found is None:
+        raise UnknownUpscaler(name, NAMES)
+    return found
+
+
+def usdu(*args: Any, **named: Any) -> UltimateSDUpscale:
+    """The script parsed from positional args, with named ones (by ARGS name) put at their positions."""
+    values = [default for _, default in ARGS]
+    values[:len(args)] = args
+    for name, value in named.items():
+        values[[n for n, _ in ARGS].index(name)] = value
+    return UltimateSDUpscale.parse(values, NAMES, resolve)
+
+
+def args_for(**named: Any) -> list[Any]:
+    values = [default for _, default in ARGS]
+    for name, value in named.items():
+        values[[n for n, _ in ARGS].index(name)] = value
+    return values
+
+
+# -- geometry -------------------------------------------------------------------------------------
+
+def test_upscale_factors_decompose_into_x4_x3_x2() -> None:
+    assert upscale_factors(1) == []
+    assert [upscale_factors(s) for s in (2, 3, 4, 6, 8, 9, 12, 16)] == \
+        [[2], [3], [4], [3, 2], [4, 2], [3, 3], [4, 3], [4, 4]]
+    assert upscale_factors(5) == [3, 2] and upscale_factors(7) == [4, 2]  # raised to 6 and 8, as the extension
+    assert upscale_factors(10) == [4, 3]  # the extension would ask for a x0 pass here; we go on to 12
+
+
+def test_grid_and_tile_orders() -> None:
+    plan = Plan(200, 130, 64, 64)  # 4 columns (the last reaches past x=200), 3 rows
+    assert (plan.rows, plan.cols) == (3, 4)
+    assert plan.tile_order(LINEAR) == [(r, c) for r in range(3) for c in range(4)]
+    chess = plan.tile_order(CHESS)
+    assert chess[:6] == [(0, 0), (0, 2), (1, 1), (1, 3), (2, 0), (2, 2)]  # the "white" squares first
+    assert sorted(chess) == sorted(plan.tile_order(LINEAR)) and len(set(chess)) == 12
+    assert plan.tile_order(NO_REDRAW) == []
+    assert Plan(64, 64, 512, 512).tile_order(LINEAR) == [(0, 0)]  # a tile bigger than the image: one tile
+
+
+def test_redraw_passes_cover_the_image_tile_by_tile() -> None:
+    s = usdu("", 48, 32, 4, 24)  # 48x32 tiles, padding 24
+    redraw, seams = s.passes(128, 80)  # 3 cols (the last to 144) x 3 rows (the last to 96)
+    assert len(redraw) == 9 and seams == []
+    first = redraw[0]
+    assert (first.width, first.height) == (128, 64)  # ceil((48 + 24) / 64) * 64, ceil((32 + 24) / 64) * 64
+    assert (first.padding, first.mask_blur) == (24, 4)
+    m = np.asarray(first.mask(128, 80))
+    assert (m[:33, :49] == 255).all() and m[33:].max() == 0 and m[:, 49:].max() == 0  # the far edge included
+    covered = np.zeros((80, 128), bool)
+    for step in redraw:
+        covered |= np.asarray(step.mask(128, 80)) > 0
+    assert covered.all()
+    assert [step.at for step in redraw[:4]] == [(0, 0), (48, 0), (96, 0), (0, 32)]
+
+
+@pytest.mark.parametrize(("seams_fix_type", "count"), [(0, 0), (1, 3 + 4 - 2), (2, 3 * 3 + 2 * 4),
+                                                       (3, 3 * 3 + 2 * 4 + 2 * 3)])
+def test_seam_fix_pass_counts(seams_fix_type: int, count: int) -> None:
+    # 4 cols x 3 rows: band = rows + cols - 2; half tile = rows (cols - 1) + (rows - 1) cols; + (rows-1)(cols-1)
+    redraw, seams = usdu("", 32, 32, seams_fix_type=seams_fix_type, seams_fix_width=8).passes(128, 96)
+    assert len(redraw) == 12 and len(seams) == count
+    assert all(s.seam_fix for s in seams) and not any(s.seam_fix for s in redraw)
+
+
+def test_band_pass_masks_sit_on_the_seams() -> None:
+    _, seams = usdu("", 32, 32, seams_fix_type=1, seams_fix_width=8, seams_fix_padding=4).passes(96, 64)
+    assert len(seams) == 2 + 1
+    vertical = np.asarray(seams[0].mask(96, 64)).astype(int)
+    assert (seams[0].width, seams[0].height, seams[0].mask_blur) == (16, 64, 0)  # band + 2 padding x height
+    cols = np.nonzero(vertical.max(axis=0))[0]
+    assert cols.min() == 28 and cols.max() == 35  # 8 px centred on the seam at x = 32
+    assert vertical[:, 31].min() > 200 and vertical[:, 28].max() < 60  # white on the seam, fading out
+    assert (vertical == vertical[0]).all()  # the full height
+    horizontal = np.asarray(seams[2].mask(96, 64))
+    assert (seams[2].width, seams[2].height) == (96, 16)
+    rows = np.nonzero(horizontal.max(axis=1))[0]
+    assert rows.min() == 28 and rows.max() == 35 and (horizontal[:, 0] == horizontal[:, 95]).all()
+
+
+def test_half_tile_and_intersection_masks() -> None:
+    _, seams = usdu("", 32, 32, seams_fix_type=3, seams_fix_padding=6, seams_fix_mask_blur=2).passes(64, 64)
+    kinds = [s.kind for s in seams]
+    assert kinds == ["half tile"] * 4 + ["intersection"]  # 2 on the horizontal seam, 2 on the vertical one
+    first = np.asarray(seams[0].mask(64, 64)).astype(int)  # across the seam y = 32, tile column 0
+    assert (seams[0].width, seams[0].height, seams[0].padding, seams[0].mask_blur) == (32, 32, 6, 2)
+    assert first[:, 32:].max() == 0 and first[:16].max() == 0 and first[48:].max() == 0
+    assert first[31, 0] > 240 and first[16, 0] < 10 and (np.diff(first[16:32, 5]) >= 0).all()
+    col = np.asarray(seams[2].mask(64, 64)).astype(int)  # across the seam x = 32, tile row 0
+    assert col[32:].max() == 0 and col[0, 31] > 240 and col[0, 16] < 10
+    corner = seams[4]
+    assert corner.padding == 0 and corner.at == (16, 16)
+    c = np.asarray(corner.mask(64, 64)).astype(int)
+    assert c[32, 32] > 240 and c[16, 16] == 0 and c[32, 17] < 30  # white on the corner, black half a tile out
+
+
+def test_patches_by_hand() -> None:
+    t = np.asarray(tent(4, 6, vertical=True))[:, 0].tolist()
+    assert t == [42, 128, 212, 212, 128, 42]
+    r = np.asarray(radial(9, 9))
+    assert r[4, 4] == max(r.flatten()) and r[0, 0] == 0 and (r == r.T).all()
+
+
+def test_target_sizes() -> None:
+    class P:
+        width, height = 320, 256
+
+    assert usdu().target_size(P, 100, 80) == (320, 256)  # type 0: the request's width x height
+    assert usdu(target_size_type=1, custom_width=640, custom_height=384).target_size(P, 100, 80) == (640, 384)
+    # type 2: ceil(side * scale / 64) * 64
+    assert usdu(target_size_type=2, custom_scale=2.5).target_size(P, 100, 80) == (256, 256)
+    assert usdu(target_size_type=2, custom_scale=4).target_size(P, 128, 96) == (512, 384)
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+def test_parse_defaults_and_positions() -> None:
+    s = UltimateSDUpscale.parse([], NAMES, resolve)
+    assert (s.tile_width, s.tile_height, s.mask_blur, s.padding) == (512, 512, 8, 32)  # tile_height 0 = width
+    assert (s.seams_fix_width, s.seams_fix_denoise, s.seams_fix_padding, s.seams_fix_mask_blur) == (64, 0.35, 16, 4)
+    assert (s.upscaler, s.redraw_mode, s.seams_fix_type, s.target_size_type) == ("None", 0, 0, 0)
+    assert (s.custom_width, s.custom_height, s.custom_scale) == (2048, 2048, 2.0)
+    assert s.save_upscaled_image is True and s.save_seams_fix_image is False
+    s = UltimateSDUpscale.parse([None, 0, 256.0, 4, 16, 32, 0.2, 8, 3, False, 1, True, 2, 3, 2, 512, 512, 4],
+                                NAMES, resolve)
+    assert (s.tile_width, s.tile_height, s.upscaler, s.redraw_mode, s.seams_fix_type, s.custom_scale) == \
+        (256, 256, "4x-Tiny", 1, 3, 4.0)
+    assert usdu(upscaler_index="lanczos").upscaler == "Lanczos"  # a name: our leniency
+
+
+@pytest.mark.parametrize(("args", "where", "words"), [
+    ([""] * 19, "script_args", "takes 18 arguments"),
+    (["", "512"], "script_args[1]", "tile_width must be a whole number"),
+    (["", 0, 0], "script_args[1]", "both 0"),
+    (["", -64], "script_args[1]", "tile_width"),
+    (["", 512, 4], "script_args[2]", "tile_height 4 is below 8"),
+    (["", 512, 0, 8, -1], "script_args[4]", "padding must be a whole number"),
+    (args_for(seams_fix_denoise=1.5), "script_args[6]", "seams_fix_denoise must be a number from 0.0 to 1.0"),
+    (args_for(upscaler_index=4), "script_args[8]", "upscaler_index index 4 is out of range: 0..3"),
+    (args_for(upscaler_index="R-ESRGAN 4x+"), "script_args[8]", "R-ESRGAN"),
+    (args_for(save_upscaled_image="yes"), "script_args[9]", "save_upscaled_image must be true or false"),
+    (args_for(redraw_mode=3), "script_args[10]", "redraw_mode must be one of 0 Linear, 1 Chess, 2 None"),
+    (args_for(seams_fix_type=4), "script_args[13]", "seams_fix_type must be one of 0 None, 1 Band pass"),
+    (args_for(target_size_type=-1), "script_args[14]", "target_size_type must be one of"),
+    (args_for(custom_width=2.5), "script_args[15]", "custom_width"),
+    (args_for(custom_scale=0), "script_args[17]", "custom_scale must be a number above 0"),
+    (args_for(seams_fix_type=1, seams_fix_width=0), "script_args[5]", "seams_fix_width is 0"),
+    (args_for(mask_blur=True), "script_args[3]", "mask_blur"),
+])
+def test_bad_arguments_name_position_and_form(args: list[Any], where: str, words: str) -> None:
+    with pytest.raises(InvalidRequest) as e:
+        UltimateSDUpscale.parse(args, NAMES, resolve)
+    assert e.value.field == where and words in str(e.value)
+
+
+# -- runs on the builtin model --------------------------------------------------------------------
+
+def _array(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.int16)
+
+
+def test_redraw_only_one_image_at_the_target_size(env: Env, builtin_model: Any) -> None:
+    src = _noise_image(48, 40)
+    with count_unet(builtin_model) as c:
+        r = run(env, [src], script_name="Ultimate SD Upscale", width=96, height=80, steps=2, seed=21,
+                denoising_strength=0.5, script_args=["", 48, 40, 2, 8, 64, 0.35, 16, "Lanczos"])
+    assert len(r.images) == 1 and r.images[0].size == (96, 80)
+    assert len(r.unet_calls) == 4 and c.count() == 4 * 2  # 2x2 tiles, int(0.5 * 2) + 1 steps each
+    params = infotext_params(r.infotexts[0])
+    assert params["Ultimate SD upscale upscaler"] == "Lanczos" and params["Ultimate SD upscale tile_width"] == "48"
+    assert params["Ultimate SD upscale tile_height"] == "40" and params["Ultimate SD upscale padding"] == "8"
+    assert params["Ultimate SD upscale mask_blur"] == "2" and params["Inpaint area"] == "Only masked"
+    assert params["Size"] == "96x80" and params["Seed"] == "21" and params["Denoising strength"] == "0.5"
+    assert r.info["width"] == 96 and r.info["all_seeds"] == [21]
+
+
+def test_seam_fix_adds_the_second_image(env: Env, builtin_model: Any) -> None:
+    src = _noise_image(32, 32)
+    with count_unet(builtin_model) as c:
+        r = run(env, [src], script_name="ultimate sd upscale", width=64, height=64, steps=2, seed=3,
+                denoising_strength=0.5, script_args=args_for(tile_width=32, padding=8, mask_blur=2, upscaler_index=1,
+                                                              seams_fix_type=2, seams_fix_denoise=0.2,
+                                                              seams_fix_padding=8, seams_fix_mask_blur=2))
+    assert [im.size for im in r.images] == [(64, 64), (64, 64)]
+    assert len(r.unet_calls) == 4 + 4  # 2x2 tiles, then 2 + 2 half-tile passes
+    assert c.count() == 4 * 2 + 4 * 1  # int(0.5 * 2) + 1 steps per tile; int(0.2 * 2) + 1 per seam pass
+    assert not np.array_equal(_array(r.images[0]), _array(r.images[1]))
+    assert infotext_params(r.infotexts[0])["Denoising strength"] == "0.5"
+    assert infotext_params(r.infotexts[1])["Denoising strength"] == "0.2"
+
+
+def test_no_redraw_returns_the_upscaled_image(env: Env, builtin_model: Any) -> None:
+    src = _noise_image(40, 24)
+    with count_unet(builtin_model) as c:
+        r = run(env, [src], script_name="ultimate sd upscale", width=64, height=64, steps=2,
+                script_args=args_for(tile_width=32, redraw_mode=2, upscaler_index=1, target_size_type=2,
+                                     custom_scale=2))
+    assert c.count() == 0 and len(r.images) == 1
+    assert r.images[0].size == (128, 64)  # ceil(40 * 2 / 64) * 64, ceil(24 * 2 / 64) * 64
+    # factor ceil(128 / 40) = 4: one x4 pass of the Lanczos upscaler, then Lanczos to the exact size
+    x4 = src.resize((160, 96), Image.Resampling.LANCZOS)
+    assert np.array_equal(_array(r.images[0]), _array(x4.resize((128, 64), Image.Resampling.LANCZOS)))
+
+
+def test_interrupt_after_a_tile_returns_it_and_leaves_the_rest_exact(env: Env, builtin_model: Any) -> None:
+    # 96x64, 32 px tiles (3x2): interrupted in tile 0's last step, the script stops there; every pixel beyond
+    # that tile's blurred mask (x or y > 32 + the blur's reach 5) is the (un-upscaled) input, exactly
+    src = _noise_image(96, 64, seed=8)
+
+    def on_call(n: int, _t: float) -> None:
+        if n == 2:
+            env.state.interrupt()
+
+    with count_unet(builtin_model, on_call=on_call) as c:
+        r = run(env, [src], script_name="ultimate sd upscale", width=96, height=64, steps=2,
+                denoising_strength=0.9, script_args=args_for(tile_width=32, padding=8, mask_blur=2,
+                                                            seams_fix_type=2))
+    assert c.count() == 2 and len(r.images) == 2  # the seam fix was asked for: still two images
+    out, before = _array(r.images[0]), _array(src)
+    assert np.array_equal(out, _array(r.images[1]))
+    outside = np.ones((64, 96), bool)
+    outside[:38, :38] = False
+    assert np.array_equal(out[outside], before[outside])
+    assert np.abs(out[:30, :30] - before[:30, :30]).mean() > 5  # the tile itself was redrawn
+
+
+def test_band_pass_changes_only_the_bands(env: Env) -> None:
+    # redraw None and no upscale: the first image is the input; the band-pass image differs from it only
+    # under the 8 px bands on the seams (mask blur 0 for the band pass), exactly nowhere else
+    src = _noise_image(64, 64, seed=9)
+    r = run(env, [src], script_name="ultimate sd upscale", width=64, height=64, steps=2,
+            script_args=args_for(tile_width=32, redraw_mode=2, upscaler_index=0, seams_fix_type=1,
+                                 seams_fix_width=8, seams_fix_padding=8, seams_fix_denoise=0.9))
+    upscaled, fixed = _array(r.images[0]), _array(r.images[1])
+    assert np.array_equal(upscaled, _array(src))
+    changed = np.abs(fixed - upscaled).max(axis=2) > 0
+    bands = np.zeros((64, 64), bool)
+    bands[:, 28:36] = True  # the vertical band on x = 32
+    bands[28:36, :] = True  # the horizontal band on y = 32
+    assert changed[bands].mean() > 0.3 and not changed[~bands].any()
+
+
+def test_chess_and_linear_orders_see_different_neighbours(env: Env) -> None:
+    # with padding a tile's crop shows its already-redrawn neighbours: the order changes the result
+    src = _noise_image(64, 64, seed=2)
+    kw: dict[str, Any] = {"script_name": "ultimate sd upscale", "width": 64, "height": 64, "steps": 2}
+    linear = run(env, [src], **kw, script_args=args_for(tile_width=32, padding=16, mask_blur=0, redraw_mode=0))
+    chess = run(env, [src], **kw, script_args=args_for(tile_width=32, padding=16, mask_blur=0, redraw_mode=1))
+    assert len(linear.unet_calls) == len(chess.unet_calls) == 4
+    a, b = _array(linear.images[0]), _array(chess.images[0])
+    assert np.array_equal(a[:31, :31], b[:31, :31])  # tile (0, 0) goes first in both, and is redrawn last
+    assert not np.array_equal(a[34:, 34:], b[34:, 34:])  # tile (1, 1): fourth in linear, second in chess
+
+
+def test_progress_counts_passes_and_skip_moves_on(env: Env, builtin_model: Any) -> None:
+    src = _noise_image(64, 64, seed=4)
+    seen: list[tuple[int, int]] = []
+
+    def on_call(n: int, _t: float) -> None:
+        snap = env.state.snapshot()["state"]
+        seen.append((snap["job_no"], snap["job_count"]))
+        if n == 1:
+            env.state.skip()  # tile 0 stops after its first step; the others run
+
+    with count_unet(builtin_model, on_call=on_call) as c:
+        r = run(env, [src], script_name="ultimate sd upscale", width=64, height=64, steps=2,
+                denoising_strength=0.9, script_args=args_for(tile_width=32, seams_fix_type=1, seams_fix_width=8,
+                                                            seams_fix_denoise=0.9))
+    # 4 tiles + 2 bands = 6 jobs of 2 steps, the first cut to 1
+    assert c.count() == 1 + 5 * 2 and len(r.images) == 2
+    assert [job for job, _ in seen] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
+    assert {count for _, count in seen} == {6}
