@@ -188,31 +188,60 @@ def _glora(f: dict[str, torch.Tensor], w: torch.Tensor, dyn: int | None):
 
 
 def _oft(f: dict[str, torch.Tensor], w: torch.Tensor, dyn: int | None):
-    """R W - W, R block-diagonal orthogonal acting on the output rows. kohya `oft_blocks` (n, b, b) hold a
-    matrix whose skew part Q, its norm clamped to the constraint alpha x out_dim, gives R = (I+Q)(I-Q)^-1
-    per block (Cayley); LyCORIS `oft_diag` blocks are R itself. `rescale` scales the output rows."""
+    """R W - W, R orthogonal acting on the output rows; `rescale` then scales the output rows.
+
+    kohya / LyCORIS `oft_blocks` hold per-block matrices whose skew part Q (the norm of all of them
+    together clamped to the constraint alpha x out_dim, when that is not 0) gives R = (I+Q)(I-Q)^-1 per
+    block (Cayley); old LyCORIS `oft_diag` blocks are R itself. 3-D blocks (n, b, b) are OFT: each block
+    acts as R^T on its b rows. 4-D blocks (m, n, b, b) are BOFT, as A1111 v1.10 applies them: m butterfly
+    stages, stage i multiplying each group of b rows by its R after the rows are interleaved with
+    stride k = 2^i * b/2 (see `_butterfly`)."""
     if "oft_blocks" in f:
         q = f["oft_blocks"]
-        if q.dim() != 3:
-            raise NetworkTypeError(f"BOFT blocks of shape {tuple(q.shape)} are not supported")
-        q = q - q.transpose(1, 2)
-        if "alpha" in f and float(f["alpha"]) > 0:
-            constraint = float(f["alpha"]) * w.shape[0]
+        if q.dim() not in (3, 4) or q.shape[-1] != q.shape[-2]:
+            raise NetworkTypeError(f"OFT blocks of shape {tuple(q.shape)} are not square blocks")
+        q = q - q.transpose(-1, -2)
+        constraint = float(f["alpha"]) * w.shape[0] if "alpha" in f else 0.0
+        if constraint != 0:
             norm = torch.norm(q.flatten())
             q = q * (torch.clamp(norm, max=constraint) + 1e-8) / (norm + 1e-8)
-        eye = torch.eye(q.shape[1], device=q.device).expand_as(q)
+        eye = torch.eye(q.shape[-1], device=q.device)
         r = (eye + q) @ torch.linalg.inv(eye - q)
     else:
         r = f["oft_diag"]
         if r.dim() != 3:
             raise NetworkTypeError(f"OFT blocks of shape {tuple(r.shape)} are not supported")
-    n, b = r.shape[0], r.shape[1]
-    if n * b != w.shape[0]:
-        raise NetworkTypeError(f"OFT blocks {n}x{b} do not cover {w.shape[0]} output rows")
-    merged = torch.einsum("k n m, k n c -> k m c", r, w.flatten(1).reshape(n, b, -1)).reshape(w.shape[0], -1)
+    rows = w.flatten(1)
+    if r.dim() == 4:
+        merged = _butterfly(r, rows)
+    else:
+        n, b = r.shape[0], r.shape[1]
+        if n * b != w.shape[0]:
+            raise NetworkTypeError(f"OFT blocks {n}x{b} do not cover {w.shape[0]} output rows")
+        merged = torch.einsum("k n m, k n c -> k m c", r, rows.reshape(n, b, -1)).reshape(w.shape[0], -1)
     if "rescale" in f:
         merged = merged * f["rescale"].reshape(w.shape[0], 1)
     return merged.reshape(w.shape) - w, None
+
+
+def _butterfly(r: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """BOFT's product of m butterfly stages on `rows` (out, c); r is (m, n, b, b). Stage i views the rows as
+    (groups, 2, k) with k = 2^i * (b // 2), swaps the last two axes (so each run of b rows pairs rows k
+    apart), multiplies every run by its block (R @ run), and puts the rows back in place."""
+    m, n, b = r.shape[0], r.shape[1], r.shape[2]
+    out = rows.shape[0]
+    if n * b != out:
+        raise NetworkTypeError(f"BOFT blocks {n}x{b} do not cover {out} output rows")
+    x = rows
+    for i in range(m):
+        k = 2 ** i * (b // 2)
+        if k == 0 or out % (2 * k):
+            raise NetworkTypeError(f"BOFT stage {i + 1} of {m} (stride {k}) does not divide {out} "
+                                   "output rows")
+        x = x.reshape(out // (2 * k), 2, k, -1).transpose(1, 2).reshape(n, b, -1)
+        x = torch.einsum("d i j, d j c -> d i c", r[i], x)
+        x = x.reshape(out // (2 * k), k, 2, -1).transpose(1, 2).reshape(out, -1)
+    return x
 
 
 def _dora(delta: torch.Tensor, w: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:

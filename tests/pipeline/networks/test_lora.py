@@ -15,7 +15,7 @@ from tests.fixtures.networks import make_network
 from tests.pipeline.networks.conftest import arr
 
 PLAIN: dict[str, object] = {}  # the no-network image of "a cat", made once
-KINDS = ["lora", "locon_cp", "loha", "lokr", "ia3", "full", "glora", "oft", "dora"]
+KINDS = ["lora", "locon_cp", "loha", "lokr", "ia3", "full", "glora", "oft", "boft", "dora"]
 
 
 def _png(image) -> bytes:
@@ -71,8 +71,9 @@ def test_a_job_without_loras_after_a_lora_job_is_byte_identical_to_a_fresh_model
     model = net_env.model("sd1")
     _write(net_env, model, "lora", "restore-a", seed=11)
     _write(net_env, model, "ia3", "restore-b", seed=12)
+    _write(net_env, model, "boft", "restore-c", seed=13)
     net_env.run(prompt="a cat <lora:restore-a:1> <lora:restore-b:0.5>")
-    net_env.run(prompt="a cat <lora:restore-b:1>", enable_hr=True, hr_scale=1.5)
+    net_env.run(prompt="a cat <lora:restore-b:1> <lora:restore-c:0.7>", enable_hr=True, hr_scale=1.5)
     after = net_env.run(prompt="a cat").images[0]
     root = tiny_checkpoints["root"]
     fresh = ModelManager(CheckpointRegistry(root, root / "data"), torch.device("cpu"), torch.float32)
@@ -233,8 +234,8 @@ def test_peft_and_ldm_layouts_patch_what_the_kohya_layout_patches(net_env):
             if site.stem == stem:
                 break
         component = "unet" if stem.startswith("lora_unet_") else "text_encoder"
-        path = next(n for n, m in (model.unet if component == "unet" else model.text_encoders[0]).named_modules()
-                    if m is site.module)
+        owner = model.unet if component == "unet" else model.text_encoders[0]
+        path = next(n for n, m in owner.named_modules() if m is site.module)
         name = {"lora_up.weight": "lora_B.weight", "lora_down.weight": "lora_A.weight"}.get(factor, factor)
         peft[f"{component}.{path}.{name}"] = value
     from safetensors.torch import save_file
@@ -251,6 +252,34 @@ def test_peft_and_ldm_layouts_patch_what_the_kohya_layout_patches(net_env):
     assert any(not torch.equal(results[0][m], m.weight) for m in results[0])
 
 
+@pytest.mark.parametrize("shape", [(32, 16), (64, 8, 3, 3)])
+def test_boft_delta_is_the_butterfly_product_of_its_stages(shape):
+    """BOFT's delta for a linear and a conv weight equals the explicit-permutation-matrix reference."""
+    from pipeline.networks.types import classify
+    from tests.fixtures.networks import _boft
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(*shape, generator=g)
+    tensors, reference = _boft(w, g)
+    dw, db = classify(tensors).delta(w, 0.6)
+    assert db is None
+    assert torch.allclose(dw, 0.6 * reference(w), atol=1e-5)
+    assert dw.abs().max() > 0.05
+
+
+def test_boft_blocks_that_do_not_fit_the_rows_are_an_error_naming_the_tag(net_env):
+    from safetensors.torch import save_file
+
+    model = net_env.model("sd1")
+    path = next(n for n, _ in model.unet.named_modules() if n.endswith("attn1.to_q"))
+    stem = "lora_unet_" + path.replace(".", "_")
+    save_file({f"{stem}.oft_blocks": torch.zeros(2, 3, 4, 4)}, str(net_env.lora_dir / "boft-bad.safetensors"))
+    net_env.networks.loras.refresh()
+    with pytest.raises(InvalidRequest, match="<lora:boft-bad:1>.*BOFT blocks 3x4 do not cover"):
+        net_env.run(prompt="a cat <lora:boft-bad:1>")
+    assert net_env.networks.activate(model, None) == []
+
+
 def test_a_4_channel_conv_in_delta_on_an_inpainting_unet_leaves_the_extra_channels(net_env):
     from safetensors.torch import save_file
 
@@ -261,7 +290,8 @@ def test_a_4_channel_conv_in_delta_on_an_inpainting_unet_leaves_the_extra_channe
     g = torch.Generator().manual_seed(5)
     up, down = torch.randn(conv.weight.shape[0], 2, 1, 1, generator=g), torch.randn(2, 4, 3, 3, generator=g)
     save_file({"lora_unet_conv_in.lora_up.weight": up, "lora_unet_conv_in.lora_down.weight": down,
-               "lora_unet_conv_in.alpha": torch.tensor(1.0)}, str(net_env.lora_dir / "inpaint-in.safetensors"))
+               "lora_unet_conv_in.alpha": torch.tensor(1.0)},
+              str(net_env.lora_dir / "inpaint-in.safetensors"))
     net_env.networks.loras.refresh()
     before = conv.weight.detach().clone()
     net_env.networks.activate(model, "<lora:inpaint-in:0.6>")
