@@ -274,8 +274,9 @@ def _infotext(p: Processing, ctx: Context, index: int) -> str:
         params += [("Variation seed", p.all_subseeds[index]), ("Variation seed strength", p.subseed_strength)]
     if p.seed_resize_from[0] > 0 and p.seed_resize_from[1] > 0:
         params.append(("Seed resize from", f"{p.seed_resize_from[0]}x{p.seed_resize_from[1]}"))
-    if p.enable_hr:
-        params.append(("Denoising strength", p.denoising_strength))
+    # A1111 writes it here from extra_generation_params (img2img and the hires pass set it), not at their end
+    params.append(("Denoising strength", p.extra_generation_params.get(
+        "Denoising strength", p.denoising_strength if p.enable_hr else None)))
     if p.clip_skip > 1:
         params.append(("Clip skip", p.clip_skip))
     params.append(("RNG", "CPU"))
@@ -292,7 +293,7 @@ def _infotext(p: Processing, ctx: Context, index: int) -> str:
     if p.enable_hr:
         params += _hires_params(p, ctx)
     params += _refiner_params(p, ctx)
-    params += list(p.extra_generation_params.items())
+    params += [(k, v) for k, v in p.extra_generation_params.items() if k != "Denoising strength"]
     params.append(("Version", VERSION))
     return infotext_mod.format_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
 
