@@ -77,8 +77,9 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
     def vector_ids(n_negative: int, n_prompt: int) -> torch.Tensor:
         key = (n_negative, n_prompt)
         if key not in time_ids:
-            time_ids[key] = (refiner_vector_ids(model, height, width, n_negative, n_prompt, aesthetic, crop)
-                             if model.refiner else sdxl_time_ids(model, height, width, n_negative + n_prompt, crop))
+            time_ids[key] = (
+                refiner_vector_ids(model, height, width, n_negative, n_prompt, aesthetic, crop) if model.refiner
+                else sdxl_time_ids(model, height, width, n_negative + n_prompt, crop))
         return time_ids[key]
 
     def run_one(x_in: torch.Tensor, t: Any, cond: Any, negative: bool) -> torch.Tensor:
@@ -163,7 +164,10 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             x_in = scheduler.scale_model_input(x, t)
             if blend is not None:
                 x_in = blend.before(x_in, i)
-            out = guided(x_in, unet_timesteps[i], cond, uncond)
+            try:
+                out = guided(x_in, unet_timesteps[i], cond, uncond)
+            except STOPS as exc:  # a tiled call checks the flags between its tile batches
+                return PassResult(denoised if denoised is not None else x, exc, calls, model)
             if blend is not None:
                 out = blend.after(out, x_in, i)
             calls += 1

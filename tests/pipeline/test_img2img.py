@@ -309,3 +309,43 @@ def test_progress_counts_the_steps_run_and_interrupt_ends_the_job(env: Env, buil
     assert c.count() == 3  # stopped in the first batch's third step
     assert len(r.images) == 1 and r.images[0].size == (64, 64)  # its partial result; no later batch ran
     assert seen[0][:2] == (0, 3) and seen[-1][2] == 6  # int(0.5 * 10) + 1 steps of this pass
+
+
+@pytest.fixture(scope="module")
+def xl_inpaint_env(tmp_path_factory) -> Env:
+    import torch
+
+    from pipeline.checkpoints import CheckpointRegistry
+    from pipeline.model_manager import ModelManager
+    from tests.fixtures.tinymodels import build_tiny_sdxl
+    from upscalers.registry import UpscalerRegistry
+
+    root = tmp_path_factory.mktemp("models-xl-inpaint")
+    build_tiny_sdxl(tmp_path_factory.mktemp("xl-inpaint-build"), seed=80, unet={"in_channels": 9}) \
+        .write_safetensors(root / "Stable-diffusion" / "tiny-xl-inpaint.safetensors")
+    env = Env(ModelManager(CheckpointRegistry(root, root / "data"), torch.device("cpu"), torch.float32),
+              UpscalerRegistry(root))
+    env.options["sd_model_checkpoint"] = "tiny-xl-inpaint.safetensors"
+    return env
+
+
+def test_sdxl_nine_channel_inpainting_through_img2img(xl_inpaint_env: Env) -> None:
+    env = xl_inpaint_env
+    model = env.model("tiny-xl-inpaint")
+    assert model.family == "sdxl" and model.unet.config.in_channels == 9
+    src, mask = _noise_image(64, 64), _box_mask(64, 64, (16, 16, 48, 48))
+    seen: list[tuple[int, tuple[int, ...]]] = []
+    def grab(_module, args, kwargs):
+        seen.append((args[0].shape[1], tuple(kwargs["added_cond_kwargs"]["time_ids"].shape)))
+
+    hook = model.unet.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        r = run(env, [src], mask, inpaint_full_res=False, mask_blur=0)
+    finally:
+        hook.remove()
+    assert {c for c, _ in seen} == {9} and {ids for _, ids in seen} == {(2, 6)}  # SDXL vector cond with CFG
+    assert r.info["is_using_inpainting_conditioning"] is True
+    out, orig = pixels(r.images[0]), pixels(src)
+    assert (out[:8] == orig[:8]).all() and np.abs(out[24:40, 24:40] - orig[24:40, 24:40]).mean() > 5
+    w0 = run(env, [src], mask, inpaint_full_res=False, mask_blur=0, options={"inpainting_mask_weight": 0.0})
+    assert not (pixels(w0.images[0]) == out).all()  # the masked-image conditioning reaches the UNet
