@@ -19,9 +19,12 @@ import struct
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
 from pipeline.errors import InvalidRequest
+from server.pngwrite import CHANNELS as PNG_CHANNELS
+from server.pngwrite import write_png
 
 __all__ = [
     "ImageDecodeError",
@@ -370,6 +373,8 @@ def _png_keyword_ok(key: str) -> bool:
 
 # Pillow's (and A1111's) PNG compress level; --png-compress-level changes it for responses and saved files
 PNG_COMPRESS_LEVEL = 6
+# `info` entries Pillow's PNG writer turns into chunks (iCCP, tRNS): such images are written by Pillow
+_PILLOW_PNG_EXTRAS = ("icc_profile", "transparency")
 
 
 def encode_image(
@@ -382,6 +387,8 @@ def encode_image(
 ) -> bytes:
     """Encode an image as PNG, JPEG or WEBP, with A1111's metadata layout. Same input, same bytes.
     `compress_level` (PNG only, 0-9): zlib's effort; every level is a valid PNG of the same pixels.
+    8-bit L/LA/RGB/RGBA PNGs are written by `server.pngwrite` (bands of rows deflated on several threads);
+    other modes, and images carrying an ICC profile or transparency, by Pillow.
 
     PNG: every string entry of `img.info` and every entry of `text_chunks` (which override, and may
     remove with None) becomes a text chunk, in that order. JPEG/WEBP: RGBA and palette images become
@@ -410,6 +417,8 @@ def encode_image(
         if kind == "png":
             if img.mode not in ("1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"):
                 img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+            if img.mode in PNG_CHANNELS and not any(k in img.info for k in _PILLOW_PNG_EXTRAS):
+                return write_png(np.asarray(img), img.mode, level=compress_level, texts=texts.items())
             pnginfo = None
             if texts:
                 pnginfo = PngImagePlugin.PngInfo()
