@@ -8,6 +8,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.errors import InvalidRequest
+from pipeline.img2img import scripts as img2img_scripts
 from pipeline.img2img import sd_upscale, ultimate_upscale
 from pipeline.pixel_upscale import resolve_hires_upscaler
 from pipeline.processing import ModelNames, Processing, check_pixel_budget, prepare_common
@@ -54,7 +55,7 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
         raise InvalidRequest("latent_mask", "not supported (A1111 cannot decode it either); send null and put "
                              "the mask in `mask`")
     p = prepare_common(req, options, models, upscalers, cls=Img2ImgProcessing,
-                       scripts=(sd_upscale.NAME, ultimate_upscale.NAME))
+                       scripts=img2img_scripts.NAMES)
     assert isinstance(p, Img2ImgProcessing)
     if len(init_images) > p.batch_size:
         raise InvalidRequest("init_images", f"{len(init_images)} images for batch_size {p.batch_size}: send at "

@@ -155,3 +155,14 @@ class SDUpscale:
         info = dict(first_info.info) if first_info is not None else {}
         info["infotexts"] = [text] * len(images)
         return Txt2ImgResult(images, [text] * len(images), info, calls)
+
+
+def script_info_args(upscaler_names: list[str]) -> list[dict[str, Any]]:
+    """/sdapi/v1/script-info `args`: A1111's controls in script_args order."""
+    return [
+        {"label": None, "value": "Will upscale the image by the selected scale factor; use width and height "
+                                 "sliders to set tile size"},
+        {"label": "Tile overlap", "value": 64, "minimum": 0, "maximum": 256, "step": 16},
+        {"label": "Upscaler", "value": upscaler_names[0], "choices": list(upscaler_names)},
+        {"label": "Scale Factor", "value": 2.0, "minimum": 1.0, "maximum": 4.0, "step": 0.05},
+    ]

@@ -187,3 +187,25 @@ def _inpaint_passes(p: Any, ctx: Any, image: Image.Image, passes: list[InpaintPa
             image = result.images[0]
         last = q
     return image, last
+
+
+def script_info_args(upscaler_names: list[str]) -> list[dict[str, Any]]:
+    """/sdapi/v1/script-info `args`: the extension's controls in script_args order, with its labels."""
+    def slider(label: str, value: float, lo: float, hi: float, step: float) -> dict[str, Any]:
+        return {"label": label, "value": value, "minimum": lo, "maximum": hi, "step": step}
+
+    def dropdown(label: str, choices: tuple[str, ...] | list[str]) -> dict[str, Any]:
+        return {"label": label, "value": choices[0], "choices": list(choices)}
+
+    return [
+        {"label": None, "value": "Will upscale the image depending on the selected target size type"},
+        slider("Tile width", 512, 0, 2048, 64), slider("Tile height", 0, 0, 2048, 64),
+        slider("Mask blur", 8, 0, 64, 1), slider("Padding", 32, 0, 512, 1),
+        slider("Width", 64, 0, 128, 1), slider("Denoise", 0.35, 0, 1, 0.01), slider("Padding", 16, 0, 128, 1),
+        dropdown("Upscaler", upscaler_names), {"label": "Upscaled", "value": True},
+        dropdown("Type", REDRAW_MODES), {"label": "Seams fix", "value": False},
+        slider("Mask blur", 4, 0, 64, 1), dropdown("Type", SEAMS_FIX_TYPES),
+        dropdown("Target size type", TARGET_SIZE_TYPES),
+        slider("Custom width", 2048, 64, 8192, 64), slider("Custom height", 2048, 64, 8192, 64),
+        slider("Scale", 2, 1, 16, 0.01),
+    ]

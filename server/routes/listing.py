@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from pipeline import samplers
+from pipeline.img2img import scripts as img2img_scripts
 from pipeline.networks import FAMILY_WIDTHS, checkpoint_family
 from server.deps import run_on_worker, services
 from server.errors import NEVER_QUEUED
@@ -136,13 +137,16 @@ async def latent_upscale_modes(svc: Services = Depends(services)) -> list[dict[s
 
 @router.get("/scripts", response_model=ScriptsList)
 async def scripts(svc: Services = Depends(services)) -> ScriptsList:
-    return ScriptsList(txt2img=svc.extensions.names(), img2img=["sd upscale"])  # selectable, by script_name
+    return ScriptsList(txt2img=svc.extensions.names(), img2img=list(img2img_scripts.NAMES))  # by script_name
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])
 async def script_info(svc: Services = Depends(services)) -> list[ScriptInfo]:
-    """One always-on entry per loaded extension (their hooks take no script arguments)."""
-    return [ScriptInfo(name=name, is_alwayson=True, is_img2img=False, args=[]) for name in svc.extensions.names()]
+    """One always-on entry per loaded extension (their hooks take no script arguments), then the selectable
+    img2img scripts with their positional args (labels, defaults, ranges, choices)."""
+    always_on = [ScriptInfo(name=name, is_alwayson=True, is_img2img=False, args=[])
+                 for name in svc.extensions.names()]
+    return always_on + [ScriptInfo(**info) for info in img2img_scripts.script_info(svc.upscalers.names())]
 
 
 @router.get("/sd-vae", response_model=list[SDVaeItem])

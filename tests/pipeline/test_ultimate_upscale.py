@@ -51,7 +51,7 @@ def test_upscale_factors_decompose_into_x4_x3_x2() -> None:
     assert upscale_factors(1) == []
     assert [upscale_factors(s) for s in (2, 3, 4, 6, 8, 9, 12, 16)] == \
         [[2], [3], [4], [3, 2], [4, 2], [3, 3], [4, 3], [4, 4]]
-    assert upscale_factors(5) == [3, 2] and upscale_factors(7) == [4, 2]  # raised to 6 and 8, as the extension
+    assert upscale_factors(5) == [3, 2] and upscale_factors(7) == [4, 2]  # raised to 6 and 8, as USDU
     assert upscale_factors(10) == [4, 3]  # the extension would ask for a x0 pass here; we go on to 12
 
 
@@ -85,7 +85,7 @@ def test_redraw_passes_cover_the_image_tile_by_tile() -> None:
 @pytest.mark.parametrize(("seams_fix_type", "count"), [(0, 0), (1, 3 + 4 - 2), (2, 3 * 3 + 2 * 4),
                                                        (3, 3 * 3 + 2 * 4 + 2 * 3)])
 def test_seam_fix_pass_counts(seams_fix_type: int, count: int) -> None:
-    # 4 cols x 3 rows: band = rows + cols - 2; half tile = rows (cols - 1) + (rows - 1) cols; + (rows-1)(cols-1)
+    # 4 cols x 3 rows: band rows + cols - 2; half tile rows (cols - 1) + (rows - 1) cols; + (rows-1)(cols-1)
     redraw, seams = usdu("", 32, 32, seams_fix_type=seams_fix_type, seams_fix_width=8).passes(128, 96)
     assert len(redraw) == 12 and len(seams) == count
     assert all(s.seam_fix for s in seams) and not any(s.seam_fix for s in redraw)
@@ -145,7 +145,8 @@ def test_target_sizes() -> None:
 def test_parse_defaults_and_positions() -> None:
     s = UltimateSDUpscale.parse([], NAMES, resolve)
     assert (s.tile_width, s.tile_height, s.mask_blur, s.padding) == (512, 512, 8, 32)  # tile_height 0 = width
-    assert (s.seams_fix_width, s.seams_fix_denoise, s.seams_fix_padding, s.seams_fix_mask_blur) == (64, 0.35, 16, 4)
+    assert (s.seams_fix_width, s.seams_fix_denoise, s.seams_fix_padding) == (64, 0.35, 16)
+    assert s.seams_fix_mask_blur == 4
     assert (s.upscaler, s.redraw_mode, s.seams_fix_type, s.target_size_type) == ("None", 0, 0, 0)
     assert (s.custom_width, s.custom_height, s.custom_scale) == (2048, 2048, 2.0)
     assert s.save_upscaled_image is True and s.save_seams_fix_image is False
@@ -195,7 +196,8 @@ def test_redraw_only_one_image_at_the_target_size(env: Env, builtin_model: Any) 
     assert len(r.images) == 1 and r.images[0].size == (96, 80)
     assert len(r.unet_calls) == 4 and c.count() == 4 * 2  # 2x2 tiles, int(0.5 * 2) + 1 steps each
     params = infotext_params(r.infotexts[0])
-    assert params["Ultimate SD upscale upscaler"] == "Lanczos" and params["Ultimate SD upscale tile_width"] == "48"
+    assert params["Ultimate SD upscale upscaler"] == "Lanczos"
+    assert params["Ultimate SD upscale tile_width"] == "48"
     assert params["Ultimate SD upscale tile_height"] == "40" and params["Ultimate SD upscale padding"] == "8"
     assert params["Ultimate SD upscale mask_blur"] == "2" and params["Inpaint area"] == "Only masked"
     assert params["Size"] == "96x80" and params["Seed"] == "21" and params["Denoising strength"] == "0.5"
@@ -206,9 +208,10 @@ def test_seam_fix_adds_the_second_image(env: Env, builtin_model: Any) -> None:
     src = _noise_image(32, 32)
     with count_unet(builtin_model) as c:
         r = run(env, [src], script_name="ultimate sd upscale", width=64, height=64, steps=2, seed=3,
-                denoising_strength=0.5, script_args=args_for(tile_width=32, padding=8, mask_blur=2, upscaler_index=1,
-                                                              seams_fix_type=2, seams_fix_denoise=0.2,
-                                                              seams_fix_padding=8, seams_fix_mask_blur=2))
+                denoising_strength=0.5,
+                script_args=args_for(tile_width=32, padding=8, mask_blur=2, upscaler_index=1,
+                                     seams_fix_type=2, seams_fix_denoise=0.2, seams_fix_padding=8,
+                                     seams_fix_mask_blur=2))
     assert [im.size for im in r.images] == [(64, 64), (64, 64)]
     assert len(r.unet_calls) == 4 + 4  # 2x2 tiles, then 2 + 2 half-tile passes
     assert c.count() == 4 * 2 + 4 * 1  # int(0.5 * 2) + 1 steps per tile; int(0.2 * 2) + 1 per seam pass
@@ -272,8 +275,9 @@ def test_chess_and_linear_orders_see_different_neighbours(env: Env) -> None:
     # with padding a tile's crop shows its already-redrawn neighbours: the order changes the result
     src = _noise_image(64, 64, seed=2)
     kw: dict[str, Any] = {"script_name": "ultimate sd upscale", "width": 64, "height": 64, "steps": 2}
-    linear = run(env, [src], **kw, script_args=args_for(tile_width=32, padding=16, mask_blur=0, redraw_mode=0))
-    chess = run(env, [src], **kw, script_args=args_for(tile_width=32, padding=16, mask_blur=0, redraw_mode=1))
+    linear = run(env, [src], **kw, script_args=args_for(tile_width=32, padding=16, mask_blur=0))
+    chess = run(env, [src], **kw, script_args=args_for(tile_width=32, padding=16, mask_blur=0,
+                                                       redraw_mode=CHESS))
     assert len(linear.unet_calls) == len(chess.unet_calls) == 4
     a, b = _array(linear.images[0]), _array(chess.images[0])
     assert np.array_equal(a[:31, :31], b[:31, :31])  # tile (0, 0) goes first in both, and is redrawn last
@@ -292,8 +296,9 @@ def test_progress_counts_passes_and_skip_moves_on(env: Env, builtin_model: Any) 
 
     with count_unet(builtin_model, on_call=on_call) as c:
         r = run(env, [src], script_name="ultimate sd upscale", width=64, height=64, steps=2,
-                denoising_strength=0.9, script_args=args_for(tile_width=32, seams_fix_type=1, seams_fix_width=8,
-                                                            seams_fix_denoise=0.9))
+                denoising_strength=0.9,
+                script_args=args_for(tile_width=32, seams_fix_type=1, seams_fix_width=8,
+                                     seams_fix_denoise=0.9))
     # 4 tiles + 2 bands = 6 jobs of 2 steps, the first cut to 1
     assert c.count() == 1 + 5 * 2 and len(r.images) == 2
     assert [job for job, _ in seen] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]

@@ -164,9 +164,11 @@ def test_listings_through_webuiapi(api: webuiapi.WebUIApi, http: httpx.Client, t
     flags = api.get_cmd_flags()
     assert flags["port"] == int(http.base_url.port) and flags["nowebui"] is True and flags["api_auth"] is None
     assert flags["ckpt_dir"].endswith("Stable-diffusion") and flags["queue_size"] == 16
-    assert api.get_scripts() == {"txt2img": ["slowmo"], "img2img": ["sd upscale"]}
-    assert http.get("/sdapi/v1/script-info").json() == [
-        {"name": "slowmo", "is_alwayson": True, "is_img2img": False, "args": []}]
+    assert api.get_scripts() == {"txt2img": ["slowmo"], "img2img": ["sd upscale", "ultimate sd upscale"]}
+    infos = http.get("/sdapi/v1/script-info").json()
+    assert infos[0] == {"name": "slowmo", "is_alwayson": True, "is_img2img": False, "args": []}
+    assert [(i["name"], i["is_alwayson"], i["is_img2img"], len(i["args"])) for i in infos[1:]] == [
+        ("sd upscale", False, True, 4), ("ultimate sd upscale", False, True, 18)]
     assert api.get_face_restorers() == []
     real = api.get_realesrgan_models()
     assert [(r["name"], r["scale"]) for r in real] == [("Compact-x4", 4)] and Path(real[0]["path"]).is_file()
