@@ -106,7 +106,8 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
     9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
-    `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers; `crop`
+    `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers (the
+    callback's `on_tiles(done, total)`, when it has one, runs after every tile batch); `crop`
     is SDXL's crop conditioning (`sdxl_crop`)."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     x = plan.start(noise.to(model.device), init)
@@ -117,7 +118,8 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
             raise InvalidRequest("tiled_diffusion", "tiled sampling is not available with a 9-channel "
                                  "inpainting checkpoint; send it without tiled_diffusion")
         lh, lw = x.shape[-2:]
-        wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw)  # noqa: E731
+        on_tiles = getattr(callback, "on_tiles", None)
+        wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)  # noqa: E731
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
                       image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop)
     if blend is not None:
@@ -145,7 +147,8 @@ def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str]
 
 def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int) -> StepCallback:
     """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps`, and the
-    interrupt/skip check (which raises to stop the loop)."""
+    interrupt/skip check (which raises to stop the loop). Its `on_tiles(done, total)` does the same after
+    each tile batch of a tiled model call (`JobState.set_tiles`), so a flag stops a long tiled step."""
     every = int(options.get("show_progress_every_n_steps", 10) or 0)
     live = bool(options.get("live_previews_enable", True)) and every > 0
 
@@ -157,6 +160,11 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
         state.set_step(step, steps, preview)
         state.check()
 
+    def on_tiles(done: int, total: int) -> None:  # tiled sampling: progress and the flags per tile batch
+        state.set_tiles(done, total)
+        state.check()
+
+    callback.on_tiles = on_tiles  # type: ignore[attr-defined]
     return callback
 
 

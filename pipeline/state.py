@@ -32,6 +32,10 @@ class _Snapshot:
     # relative cost of each job (pass) for the ETA; progress itself follows A1111's equal-job formula
     weights: list[float] = field(default_factory=list)
     textinfo: str | None = None
+    # tiled sampling (pipeline/tiled): tiles of the current model call done / planned; 0 / 0 when untiled
+    tiles_done: int = 0
+    tiles_total: int = 0
+    step_part: float = 0.0  # the part of the step under way that is done (tiles); never goes back in a step
 
 
 class JobState:
@@ -60,6 +64,9 @@ class JobState:
         with self._lock:
             self._s.job_no = job_no
             self._s.sampling_step = 0
+            self._s.tiles_done = self._s.tiles_total = 0
+            self._s.step_part = 0.0
+            self._s.textinfo = None
             self._s.sampling_steps = sampling_steps
             if job is not None:
                 self._s.job = job
@@ -67,11 +74,23 @@ class JobState:
     def set_step(self, step: int, steps: int | None = None, preview: Any = None) -> None:
         with self._lock:
             self._s.sampling_step = step
+            self._s.step_part = 0.0
             if steps is not None:
                 self._s.sampling_steps = steps
             if preview is not None:
                 self._preview = preview
                 self._preview_step = step
+
+    def set_tiles(self, done: int, total: int) -> None:
+        """Tiled sampling: `done` of the `total` tiles of the step under way are through the model. Progress
+        then moves within the step (a sampler with two model calls per step holds at the first call's
+        end until the step is done) and `textinfo` reads "Tiled Diffusion: tile done/total of step n/N"."""
+        with self._lock:
+            s = self._s
+            s.tiles_done, s.tiles_total = done, total
+            s.step_part = max(s.step_part, done / total if total else 0.0)
+            s.textinfo = (f"Tiled Diffusion: tile {done}/{total} of step {s.sampling_step + 1}/"
+                          f"{s.sampling_steps}")
 
     def clear_skip(self) -> None:
         with self._lock:
@@ -136,7 +155,8 @@ class JobState:
             if s.job_count == 0:
                 return {"progress": 0.0, "eta_relative": 0.0, "state": state, "textinfo": s.textinfo,
                         "preview": None}
-            step_frac = s.sampling_step / s.sampling_steps if s.sampling_steps else 0.0
+            done_steps = s.sampling_step + s.step_part
+            step_frac = min(1.0, done_steps / s.sampling_steps) if s.sampling_steps else 0.0
             progress = min(1.0, 0.01 + s.job_no / s.job_count + step_frac / s.job_count)
             # ETA from the work-weighted fraction, so that a cheap pass one does not promise a short job
             w = s.weights or [1.0] * s.job_count

@@ -50,12 +50,19 @@ def _repeat(cond: Any, k: int) -> Any:
     return type(cond)(cond.context.repeat(k, 1, 1), pooled)
 
 
+TileProgress = Callable[[int, int], None]
+
+
 class TiledGuidance:
     """Wraps `guided(x_in, t, cond, uncond)` (sampling.guided_model): the same call over latent tiles,
-    `settings.batch` tiles per UNet batch, merged. `last_uncond` (DDIM CFG++) is merged the same way."""
+    `settings.batch` tiles per UNet batch, merged. `last_uncond` (DDIM CFG++) is merged the same way.
+    `on_tiles(done, total)` runs after every tile batch: it reports progress and may raise (interrupt,
+    skip) to stop inside a model call."""
 
-    def __init__(self, guided: Callable[..., torch.Tensor], settings: TileSettings, latent_h: int, latent_w: int):
+    def __init__(self, guided: Callable[..., torch.Tensor], settings: TileSettings, latent_h: int, latent_w: int,
+                 on_tiles: TileProgress | None = None):
         self.guided = guided
+        self.on_tiles = on_tiles
         self.settings = settings
         self.windows = settings.windows(latent_h, latent_w)
         self.weight = tile_weight(settings.method, self.windows[0].h, self.windows[0].w)
@@ -82,6 +89,8 @@ class TiledGuidance:
                 out[:, :, g.y:g.y + g.h, g.x:g.x + g.w] += res[j * b:(j + 1) * b] * w
                 if last is not None:
                     unc[:, :, g.y:g.y + g.h, g.x:g.x + g.w] += last[j * b:(j + 1) * b].float() * w
+            if self.on_tiles is not None:
+                self.on_tiles(start + k, len(self.windows))
         norm = self.norm.to(x_in.device)
         self.last_uncond = None if unc is None else unc / norm
         return out / norm

@@ -157,3 +157,45 @@ def test_tiled_is_close_to_untiled_at_low_denoise(tiny_env: Env) -> None:
     other_seed = _seam_run(tiny_env, 5, None, 0.3).images[0]
     assert mean_abs_diff(tiled, untiled) < 0.25 * mean_abs_diff(other_seed, untiled)
     assert mean_abs_diff(tiled, untiled) > 0  # the tiles did run
+
+
+# -- interrupt, skip and progress inside a tiled call ---------------------------------------------------
+# 128x128 img2img (latent 16x16) in 64 px tiles with a 16 px overlap: 3x3 = 9 tiles, one per UNet batch, so
+# a tiled step is 9 UNet calls. The flags are set from a UNet pre-hook, as an HTTP handler would mid-step.
+TILES_9 = {"tile_width": 64, "tile_height": 64, "overlap": 16, "tile_batch_size": 1}
+
+
+def _flag_at(env: Env, k: int, flag: str):
+    def on_call(n: int, _t: float) -> None:
+        if n == k:
+            getattr(env.state, flag)()
+    return on_call
+
+
+@pytest.mark.parametrize("flag", ["interrupt", "skip"])
+def test_a_flag_stops_the_pass_inside_a_tiled_step(env: Env, builtin_model: Any, flag: str) -> None:
+    src = _noise_image(128, 128)
+    with count_unet(builtin_model, on_call=_flag_at(env, 9 + 4, flag)) as c:  # tile 4 of step 2
+        res = run(env, [src], width=128, height=128, steps=4, denoising_strength=1.0, tiled_diffusion=TILES_9)
+    assert c.count() == 9 + 4  # stopped after the tile batch in which the flag arrived, not at the step's end
+    assert res.unet_calls == [1]  # one whole model call; the second was cut short
+    assert len(res.images) == 1 and res.images[0].size == (128, 128)
+    assert pixels(res.images[0]).std() > 1  # the first step's denoised estimate, a real picture
+
+
+def test_progress_counts_tiles_within_a_step(env: Env, builtin_model: Any) -> None:
+    snaps: list[dict] = []
+    with count_unet(builtin_model, on_call=lambda n, t: snaps.append(env.state.snapshot())):
+        run(env, [_noise_image(128, 128)], width=128, height=128, steps=2, denoising_strength=1.0,
+            tiled_diffusion={**TILES_9, "tile_batch_size": 2})  # 9 tiles in batches of 2
+    texts = [s["textinfo"] for s in snaps]
+    progress = [s["progress"] for s in snaps]
+    steps = snaps[0]["state"]["sampling_steps"]
+    per_step = 5  # ceil(9 / 2) UNet calls
+    assert len(snaps) == steps * per_step
+    # before each UNet call, the tiles of the batches before it in this step are reported as done
+    assert texts[1:per_step] == [f"Tiled Diffusion: tile {d}/9 of step 1/{steps}" for d in (2, 4, 6, 8)]
+    assert texts[per_step + 1] == f"Tiled Diffusion: tile 2/9 of step 2/{steps}"
+    assert progress == sorted(progress) and len(set(progress)) == len(progress)  # moves with every batch
+    assert progress[1] == pytest.approx(0.01 + (2 / 9) / steps)
+    assert progress[per_step] == pytest.approx(0.01 + 1 / steps)  # a new step starts at the step count
