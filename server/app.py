@@ -2,8 +2,8 @@
 
 Middleware, outermost first: CORS (only when --cors-allow-origins[-regex] is given), the per-request
 log line and `X-Process-Time` header, Basic auth (only with --api-auth), the body-size limit
-(--max-body-mb, 413), GZip. All are plain ASGI middleware, so that routes still see their client
-disconnect (Starlette's BaseHTTPMiddleware hides it)."""
+(--max-body-mb, 413), GZip (not on the routes that answer with images). All are plain ASGI middleware, so
+that routes still see their client disconnect (Starlette's BaseHTTPMiddleware hides it)."""
 from __future__ import annotations
 
 import logging
@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.middleware.gzip import GZipMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import errors
 from server.auth import BasicAuthMiddleware
 from server.bodylimit import MIB, BodyLimitMiddleware
 from server.config import ServerConfig
+from server.gzipping import GZipExceptImages
 from server.routes import extras, generation, img2img, jobs, listing, maintenance, options
 from server.services import Services
 
@@ -74,7 +74,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
     app.state.config = config
     errors.install(app)
     errors.install_openapi(app)
-    app.add_middleware(GZipMiddleware, minimum_size=1000)
+    app.add_middleware(GZipExceptImages, minimum_size=1000)  # not the image routes: see server/gzipping.py
     app.add_middleware(BodyLimitMiddleware, max_bytes=config.max_body_mb * MIB)
     if config.api_auth:
         app.add_middleware(BasicAuthMiddleware, credentials=config.api_auth)
