@@ -98,8 +98,7 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
         p.script = ultimate_upscale.UltimateSDUpscale.parse(list(req.script_args or []), upscalers.names(),
                                                             lambda name: upscalers.resolve(name).name)
         p.n_iter = p.batch_size = 1  # the extension forces one image; only the first init image is used
-        tw, th = p.script.target_size(p, init_images[0].width, init_images[0].height)
-        check_pixel_budget(tw, th, 1, max_pixels, "the target size (width/height, custom size or scale)")
+        p.script.check(p, init_images[0].width, init_images[0].height, max_pixels)
     p.mask_weight = float(options.get("inpainting_mask_weight", 1.0))
     p.overlay_inpaint = bool(options.get("overlay_inpaint", True))
     budget_w, budget_h = p.width, p.height

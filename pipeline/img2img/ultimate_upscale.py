@@ -21,6 +21,7 @@ from PIL import Image
 from pipeline.errors import InvalidRequest
 from pipeline.img2img import script_args as arg
 from pipeline.img2img.usdu_plan import BAND_PASS, NO_SEAMS_FIX, InpaintPass, Plan, upscale_factors
+from pipeline.processing import check_pixel_budget
 
 NAME = "ultimate sd upscale"
 ARGS: tuple[tuple[str, Any], ...] = (
@@ -103,6 +104,16 @@ class UltimateSDUpscale:
         if self.target_size_type == 2:
             return tuple(math.ceil(side * self.custom_scale / 64) * 64 for side in (init_w, init_h))
         return p.width, p.height
+
+    def check(self, p: Any, init_w: int, init_h: int, max_pixels: int) -> None:
+        """Before the job is queued: the final image and the largest pass within the pixel budget."""
+        width, height = self.target_size(p, init_w, init_h)
+        check_pixel_budget(width, height, 1, max_pixels, "the target size (width/height, custom size, scale)")
+        redraw, seams_fix = self.passes(width, height)
+        biggest = max(redraw + seams_fix, key=lambda s: s.width * s.height, default=None)
+        if biggest is not None:
+            check_pixel_budget(biggest.width, biggest.height, 1, max_pixels,
+                               f"the {biggest.kind} pass size (tile size, padding or seams_fix_width)")
 
     def passes(self, width: int, height: int) -> tuple[list[InpaintPass], list[InpaintPass]]:
         """The redraw passes and the seam-fix passes over a width x height image, each in order."""

@@ -44,21 +44,31 @@ def upscale_factors(scale: int) -> list[int]:
 
 @dataclass(frozen=True)
 class InpaintPass:
-    """One img2img call: `patch` (an L image) at `at` on a black mask of the whole image; the call's
-    processing size, only-masked padding, mask blur, and whether it is a seam fix (seams_fix_denoise)."""
+    """One img2img call: a patch of `shape` and `size` at `at` on a black mask of the whole image; the
+    call's processing size, only-masked padding, mask blur, and whether it is a seam fix (seams_fix_denoise).
+    Shapes: "rect" white; "tent y" / "tent x" rising to white mid-way along y / x, then falling; "radial"."""
 
     kind: str  # "redraw", "band", "half tile", "intersection"
     at: tuple[int, int]
-    patch: Image.Image
+    shape: str
+    size: tuple[int, int]
     width: int
     height: int
     padding: int
     mask_blur: int
     seam_fix: bool
 
+    def patch(self) -> Image.Image:
+        w, h = self.size
+        if self.shape == "rect":
+            return Image.new("L", (w, h), 255)
+        if self.shape == "radial":
+            return radial(w, h)
+        return tent(w, h, vertical=self.shape == "tent y")
+
     def mask(self, width: int, height: int) -> Image.Image:
         out = Image.new("L", (width, height))
-        out.paste(self.patch, self.at)
+        out.paste(self.patch(), self.at)
         return out
 
 
@@ -87,35 +97,33 @@ class Plan:
         return cells if mode == LINEAR else []
 
     def redraw(self, mode: int, padding: int, mask_blur: int) -> list[InpaintPass]:
-        w, h = round_up(self.tile_w + padding, 64), round_up(self.tile_h + padding, 64)
-        patch = Image.new("L", (self.tile_w + 1, self.tile_h + 1), 255)
-        return [InpaintPass("redraw", (c * self.tile_w, r * self.tile_h), patch, w, h, padding, mask_blur,
+        tw, th = self.tile_w, self.tile_h
+        w, h = round_up(tw + padding, 64), round_up(th + padding, 64)
+        return [InpaintPass("redraw", (c * tw, r * th), "rect", (tw + 1, th + 1), w, h, padding, mask_blur,
                             False) for r, c in self.tile_order(mode)]
 
     def seams_fix(self, mode: int, band_width: int, padding: int, mask_blur: int) -> list[InpaintPass]:
-        tw, th, rows, cols = self.tile_w, self.tile_h, self.rows, self.cols
+        tw, th, rows, cols, bw = self.tile_w, self.tile_h, self.rows, self.cols, band_width
         if mode == BAND_PASS:
-            pw, ph = round_up(band_width + 2 * padding, 8), round_up(self.height, 8)
-            across = tent(band_width, self.height, vertical=False)
-            down = tent(self.width, band_width, vertical=True)
-            return ([InpaintPass("band", (c * tw - band_width // 2, 0), across, pw, ph, padding, 0, True)
-                     for c in range(1, cols)]
-                    + [InpaintPass("band", (0, r * th - band_width // 2), down, round_up(self.width, 8),
-                                   pw, padding, 0, True) for r in range(1, rows)])
+            across = round_up(bw + 2 * padding, 8)
+            return ([InpaintPass("band", (c * tw - bw // 2, 0), "tent x", (bw, self.height), across,
+                                 round_up(self.height, 8), padding, 0, True) for c in range(1, cols)]
+                    + [InpaintPass("band", (0, r * th - bw // 2), "tent y", (self.width, bw),
+                                   round_up(self.width, 8), across, padding, 0, True)
+                       for r in range(1, rows)])
         if mode not in (HALF_TILE, HALF_TILE_INTERSECTIONS):
             return []
         w, h = round_up(tw, 8), round_up(th, 8)
 
-        def at_tile(kind: str, patch: Image.Image, cells: list[tuple[int, int]], dx: int, dy: int,
+        def at_tile(kind: str, shape: str, cells: list[tuple[int, int]], dx: int, dy: int,
                     pad: int) -> list[InpaintPass]:
-            return [InpaintPass(kind, (c * tw + dx, r * th + dy), patch, w, h, pad, mask_blur, True)
+            return [InpaintPass(kind, (c * tw + dx, r * th + dy), shape, (tw, th), w, h, pad, mask_blur, True)
                     for r, c in cells]
 
-        across_rows, across_cols = tent(tw, th, vertical=True), tent(tw, th, vertical=False)
-        passes = at_tile("half tile", across_rows, _cells(rows - 1, cols), 0, th // 2, padding)
-        passes += at_tile("half tile", across_cols, _cells(rows, cols - 1), tw // 2, 0, padding)
+        passes = at_tile("half tile", "tent y", _cells(rows - 1, cols), 0, th // 2, padding)
+        passes += at_tile("half tile", "tent x", _cells(rows, cols - 1), tw // 2, 0, padding)
         if mode == HALF_TILE_INTERSECTIONS:
-            passes += at_tile("intersection", radial(tw, th), _cells(rows - 1, cols - 1), tw // 2, th // 2, 0)
+            passes += at_tile("intersection", "radial", _cells(rows - 1, cols - 1), tw // 2, th // 2, 0)
         return passes
 
 

@@ -233,9 +233,10 @@ def test_no_redraw_returns_the_upscaled_image(env: Env, builtin_model: Any) -> N
     assert np.array_equal(_array(r.images[0]), _array(x4.resize((128, 64), Image.Resampling.LANCZOS)))
 
 
-def test_interrupt_after_a_tile_returns_it_and_leaves_the_rest_exact(env: Env, builtin_model: Any) -> None:
-    # 96x64, 32 px tiles (3x2): interrupted in tile 0's last step, the script stops there; every pixel beyond
-    # that tile's blurred mask (x or y > 32 + the blur's reach 5) is the (un-upscaled) input, exactly
+def test_interrupt_inside_a_tile_stops_and_leaves_the_rest_exact(env: Env, builtin_model: Any) -> None:
+    # 96x64, 32 px tiles (3x2), 4 steps a tile: interrupted during tile 0's second step, the script keeps
+    # that tile as sampled so far and runs no other pass; every pixel beyond the tile's blurred mask (x or
+    # y > 32 + the blur's reach 5) is the (un-upscaled) input, exactly
     src = _noise_image(96, 64, seed=8)
 
     def on_call(n: int, _t: float) -> None:
@@ -243,7 +244,7 @@ def test_interrupt_after_a_tile_returns_it_and_leaves_the_rest_exact(env: Env, b
             env.state.interrupt()
 
     with count_unet(builtin_model, on_call=on_call) as c:
-        r = run(env, [src], script_name="ultimate sd upscale", width=96, height=64, steps=2,
+        r = run(env, [src], script_name="ultimate sd upscale", width=96, height=64, steps=4,
                 denoising_strength=0.9, script_args=args_for(tile_width=32, padding=8, mask_blur=2,
                                                             seams_fix_type=2))
     assert c.count() == 2 and len(r.images) == 2  # the seam fix was asked for: still two images
@@ -252,7 +253,18 @@ def test_interrupt_after_a_tile_returns_it_and_leaves_the_rest_exact(env: Env, b
     outside = np.ones((64, 96), bool)
     outside[:38, :38] = False
     assert np.array_equal(out[outside], before[outside])
-    assert np.abs(out[:30, :30] - before[:30, :30]).mean() > 5  # the tile itself was redrawn
+    assert np.abs(out[:30, :30] - before[:30, :30]).mean() > 5  # the tile itself was (partly) redrawn
+
+
+def test_pixel_budget_covers_the_target_and_the_largest_pass(env: Env) -> None:
+    from pipeline.errors import TooLarge
+
+    with pytest.raises(TooLarge, match="target size"):
+        run(env, [_noise_image(64, 64)], script_name="ultimate sd upscale",
+            script_args=args_for(target_size_type=1, custom_width=8192, custom_height=8192))
+    with pytest.raises(TooLarge, match="redraw pass size"):  # a 4096 tile: processed at 4160x4160
+        run(env, [_noise_image(64, 64)], script_name="ultimate sd upscale",
+            script_args=args_for(tile_width=4096))
 
 
 def test_band_pass_changes_only_the_bands(env: Env) -> None:
