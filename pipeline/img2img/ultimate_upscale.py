@@ -181,9 +181,11 @@ def _inpaint_passes(p: Any, ctx: Any, image: Image.Image, passes: list[InpaintPa
     from pipeline.img2img.run import img2img_batches
 
     last = None
-    for job, step in enumerate(passes, start=job_offset):
+    for i, step in enumerate(passes):
         if ctx.state.interrupted:
             break
+        job = job_offset + i
+        ctx.state.set_job(job, f"Ultimate SD upscale: {step.kind} {i + 1} of {len(passes)}")
         mask = step.mask(image.width, image.height)
         if mask.getbbox() is None:  # nothing to repaint (a band clipped away): an empty mask would mean all
             continue

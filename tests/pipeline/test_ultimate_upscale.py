@@ -299,10 +299,12 @@ def test_chess_and_linear_orders_see_different_neighbours(env: Env) -> None:
 def test_progress_counts_passes_and_skip_moves_on(env: Env, builtin_model: Any) -> None:
     src = _noise_image(64, 64, seed=4)
     seen: list[tuple[int, int]] = []
+    jobs: list[str] = []
 
     def on_call(n: int, _t: float) -> None:
         snap = env.state.snapshot()["state"]
         seen.append((snap["job_no"], snap["job_count"]))
+        jobs.append(snap["job"])
         if n == 1:
             env.state.skip()  # tile 0 stops after its first step; the others run
 
@@ -315,3 +317,4 @@ def test_progress_counts_passes_and_skip_moves_on(env: Env, builtin_model: Any) 
     assert c.count() == 1 + 5 * 2 and len(r.images) == 2
     assert [job for job, _ in seen] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert {count for _, count in seen} == {6}
+    assert jobs[0] == "Ultimate SD upscale: redraw 1 of 4" and jobs[-1] == "Ultimate SD upscale: band 2 of 2"
