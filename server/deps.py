@@ -8,7 +8,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import HTTPException, Request
+from fastapi import HTTPException, Request, Response
+from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from server.imagecodec import encode_images_b64
@@ -91,3 +92,11 @@ async def run_generation(svc: Services, request: Request, name: str, req: Any, o
                                  compress_level=svc.config.png_compress_level)
 
     return result, await run_in_threadpool(encode)
+
+
+def json_response(model: BaseModel) -> Response:
+    """`model` as a JSON response, serialised by pydantic straight to bytes. For the routes that answer with
+    base64 images (megabytes of text), FastAPI's own path (`response_model` validation, a Python dict, then
+    `json.dumps`) took 26 ms for one 2048x2048 image's body, this 5-9 ms. Same keys, same order; the route
+    keeps its `response_model` for the OpenAPI document."""
+    return Response(TypeAdapter(type(model)).dump_json(model), media_type="application/json")

@@ -5,7 +5,7 @@ runs on the one worker (shared with txt2img), reporting progress per image and p
 stops the running image and returns the ones finished before it."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
@@ -16,7 +16,7 @@ from schemas.extras import (
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
 )
-from server.deps import run_on_worker, services
+from server.deps import json_response, run_on_worker, services
 from server.imagecodec import decode_image, encode_images_b64
 from server.services import Services
 from upscalers.errors import Interrupted
@@ -67,14 +67,14 @@ async def _extras(svc: Services, request: Request, datas: list[tuple[str, str]],
 
 @router.post("/extra-single-image", response_model=ExtrasSingleImageResponse)
 async def extra_single_image(req: ExtrasSingleImageRequest, request: Request,
-                             svc: Services = Depends(services)) -> ExtrasSingleImageResponse:
+                             svc: Services = Depends(services)) -> Response:
     images, info = await _extras(svc, request, [("image", req.image)], req)
-    return ExtrasSingleImageResponse(html_info=info, image=images[0] if images else "")
+    return json_response(ExtrasSingleImageResponse(html_info=info, image=images[0] if images else ""))
 
 
 @router.post("/extra-batch-images", response_model=ExtrasBatchImagesResponse)
 async def extra_batch_images(req: ExtrasBatchImagesRequest, request: Request,
-                             svc: Services = Depends(services)) -> ExtrasBatchImagesResponse:
+                             svc: Services = Depends(services)) -> Response:
     datas = [(f"imageList[{i}]", item.data) for i, item in enumerate(req.imageList)]
     images, info = await _extras(svc, request, datas, req)
-    return ExtrasBatchImagesResponse(html_info=info, images=images)
+    return json_response(ExtrasBatchImagesResponse(html_info=info, images=images))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -12,7 +12,7 @@ from pipeline.infotext import parse_infotext
 from pipeline.networks import check_job
 from pipeline.processing import prepare
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
-from server.deps import run_generation, services
+from server.deps import json_response, run_generation, services
 from server.errors import NEVER_QUEUED
 from server.imagecodec import decode_image, read_image_info
 from server.limits import check_work_limits
@@ -22,7 +22,7 @@ router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 
 @router.post("/txt2img", response_model=TextToImageResponse)
-async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends(services)) -> TextToImageResponse:
+async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends(services)) -> Response:
     hires = req.enable_hr or bool(req.firstpass_image)
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size,
                       hr_steps=(req.hr_second_pass_steps or req.steps) if hires else None)
@@ -43,7 +43,8 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
 
     result, images = await run_generation(svc, request, "txt2img", req, opts, lambda: svc.run_txt2img(p),
                                           save_options=opts)
-    return TextToImageResponse(images=images, parameters=req.model_dump(), info=json.dumps(result.info))
+    return json_response(TextToImageResponse(images=images, parameters=req.model_dump(),
+                                             info=json.dumps(result.info)))
 
 
 class PNGInfoRequest(BaseModel):

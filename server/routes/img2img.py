@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.img2img import Img2ImgProcessing, prepare_img2img, run_img2img
@@ -13,7 +13,7 @@ from pipeline.networks import check_job
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.txt2img import Context, Txt2ImgResult
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
-from server.deps import run_generation, services
+from server.deps import json_response, run_generation, services
 from server.errors import ErrorResponse
 from server.imagecodec import decode_image
 from server.limits import check_work_limits
@@ -25,7 +25,7 @@ router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 @router.post("/img2img", response_model=ImageToImageResponse, responses={
     404: {"model": ErrorResponse, "description": "`init_images` is missing or empty (A1111's answer)"}})
 async def img2img(req: Img2ImgRequest, request: Request,
-                  svc: Services = Depends(services)) -> ImageToImageResponse:
+                  svc: Services = Depends(services)) -> Response:
     if not req.init_images:  # A1111's answer, checked first
         raise HTTPException(404, "Init image not found")
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size)
@@ -53,7 +53,7 @@ async def img2img(req: Img2ImgRequest, request: Request,
     if not req.include_init_images:
         params["init_images"] = None
         params["mask"] = None
-    return ImageToImageResponse(images=images, parameters=params, info=json.dumps(result.info))
+    return json_response(ImageToImageResponse(images=images, parameters=params, info=json.dumps(result.info)))
 
 
 def _run(svc: Services, p: Img2ImgProcessing) -> Txt2ImgResult:
