@@ -3,6 +3,10 @@ users copy from the extension's README (upscaler by index into /sdapi/v1/upscale
 file): 4x-sized answers, the second image of a seam fix, /script-info, and the 400s for bad args."""
 from __future__ import annotations
 
+import base64
+import io
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -42,8 +46,8 @@ def usdu_args(upscaler: int | str, tile: int = 64, seams_fix_type: int = 0, targ
     # [info, tile_width, tile_height, mask_blur, padding, seams_fix_width, seams_fix_denoise,
     #  seams_fix_padding, upscaler_index, save_upscaled_image, redraw_mode, save_seams_fix_image,
     #  seams_fix_mask_blur, seams_fix_type, target_size_type, custom_width, custom_height, custom_scale]
-    return ["", tile, 0, 8, 32, 64, 0.35, 32, upscaler, True, 0, False, 8, seams_fix_type, target, 2048, 2048,
-            scale]
+    return [None, tile, 0, 8, 32, 64, 0.35, 32, upscaler, True, 0, False, 8, seams_fix_type, target, 2048,
+            2048, scale]
 
 
 def test_webuiapi_usdu_4x_with_a_model_by_index(api: webuiapi.WebUIApi) -> None:
@@ -63,6 +67,21 @@ def test_webuiapi_usdu_seam_fix_answers_two_images(api: webuiapi.WebUIApi) -> No
                     script_args=usdu_args("Lanczos", tile=64, seams_fix_type=3, target=0))
     assert [im.size for im in r.images] == [(128, 96), (128, 96)]  # target type 0: the request's size
     assert len(r.info["infotexts"]) == 2
+
+
+def test_the_extension_readme_payload(srv: LiveServer) -> None:
+    # the API example of the extension's README, verbatim, on a 128x128 request: one 512 tile (processed at
+    # 576 px), upscaler None, no seam fix
+    readme_args = [None, 512, 512, 8, 32, 64, 0.35, 32, 0, True, 0, False, 8, 0, 0, 2048, 2048, 2]
+    r = httpx.post(f"{srv.api}/img2img", timeout=120, json={
+        "init_images": [_b64(noise(64, 64, seed=3))], "prompt": "a harbour", "steps": 2, "width": 128,
+        "height": 128, "denoising_strength": 0.3, "script_name": "ultimate sd upscale",
+        "script_args": readme_args})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["images"]) == 1
+    assert Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).size == (128, 128)
+    assert "Ultimate SD upscale tile_width: 512" in json.loads(body["info"])["infotexts"][0]
 
 
 def test_script_info_and_bad_args(srv: LiveServer) -> None:
@@ -88,9 +107,6 @@ def test_script_info_and_bad_args(srv: LiveServer) -> None:
 
 
 def _b64(img: Image.Image) -> str:
-    import base64
-    import io
-
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
