@@ -1,8 +1,12 @@
 """LoRA switching cost, per-step cost and cache memory, side by side in one run.
 
-    .venv/bin/python bench/bench_lora.py                  # CPU: SD1.5 at 512, SDXL (narrowed) at 512
+    .venv/bin/python bench/bench_lora.py                  # real SD1.5 at 512 and real SDXL at 1024
     .venv/bin/python bench/bench_lora.py --quick          # CPU: narrowed SD1.5 shape only, a minute or two
-    .venv/bin/python bench/bench_lora.py --device cuda    # fp16, real SD1.5 at 512 and real SDXL at 1024
+    .venv/bin/python bench/bench_lora.py --device cuda    # the same on CUDA (fp16)
+    .venv/bin/python bench/bench_lora.py --models sdxl --sdxl-size 768 --repeats 2
+
+The dtype is the server's default for the device (`--precision auto`: bf16 on CPUs with native bf16, else
+fp32; fp16 on CUDA) unless `--precision` says otherwise.
 
 Models: the SD 1.5 and SDXL architectures from the shipped configs (random weights: timing does not depend
 on them); `--width-div N` narrows the UNet channels for slow machines (the printout says what ran). Networks:
@@ -14,7 +18,8 @@ Printed per model, as ratios of one UNet step (one CFG batch of 2 at the job's s
   cold apply     first use of a file: read + parse + patch
   switch         from set A to set B (restore A's parameters, patch B's), files already cached
   restore        back to no networks
-  step ratio     a UNet step with a LoRA applied / without (goal <= 1.02: the weights are plain tensors)
+  step ratio     a UNet step with a LoRA applied / without (goal <= 1.02: the weights are plain tensors);
+                 the steps alternate with / without, so drift of a shared machine falls on both sides
   memory         bytes held by the parsed-file cache and by the backups of the patched parameters
 """
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.accel.precision import PRECISIONS, choose  # noqa: E402
 from pipeline.builtin import deterministic_fill, load_sd1_tokenizer  # noqa: E402
 from pipeline.networks import Networks  # noqa: E402
 from pipeline.sd_model import SDModel  # noqa: E402
@@ -54,7 +60,9 @@ def build(family: str, device: torch.device, dtype: torch.dtype, width_div: int)
     if width_div > 1:
         channels = unet_cfg["block_out_channels"]
         unet_cfg["block_out_channels"] = [max(32, c // width_div // 32 * 32) for c in channels]
-    unet = UNet2DConditionModel(**unet_cfg)
+    with torch.device("meta"):  # no init pass, no float32 copy of a 2.6B-parameter UNet
+        unet = UNet2DConditionModel(**unet_cfg)
+    unet = unet.to_empty(device="cpu").to(dtype)  # no buffers: every tensor is filled below
     encoders = [CLIPTextModel(CLIPTextConfig(**_cfg(family, "text_encoder")))]
     if family == "sdxl":
         encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**_cfg(family, "text_encoder_2"))))
@@ -151,10 +159,13 @@ def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[s
             switches.append(timed(lambda: networks.activate(model, tag), dev))
             restores.append(timed(lambda: networks.activate(model, None), dev))
             networks.activate(model, tag)
-        with_lora = statistics.median(timed(lambda: unet_step(model, size), dev) for _ in range(repeats))
-        networks.activate(model, None)
-        without = statistics.median(timed(lambda: unet_step(model, size), dev) for _ in range(repeats))
-        networks.activate(model, tag)
+        with_steps, without_steps = [], []
+        for _ in range(repeats):
+            with_steps.append(timed(lambda: unet_step(model, size), dev))
+            networks.activate(model, None)
+            without_steps.append(timed(lambda: unet_step(model, size), dev))
+            networks.activate(model, tag)
+        with_lora, without = sum(with_steps), sum(without_steps)
         patcher = model.extra["networks.patcher"]
         cache_mb, backup_mb = networks.cache.bytes / 2**20, patcher.backup_bytes / 2**20
         sw, rs = statistics.median(switches), statistics.median(restores)
@@ -171,19 +182,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true", help="narrowed SD1.5 shape only")
-    ap.add_argument("--width-div", type=int, default=None, help="divide UNet channels (CPU default: SDXL 2)")
+    ap.add_argument("--width-div", type=int, default=None, help="divide UNet channels (default 1)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--models", default="sd1,sdxl", help="comma-separated: sd1, sdxl")
+    ap.add_argument("--sdxl-size", type=int, default=1024, help="image size of the SDXL UNet step")
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     a = ap.parse_args()
     device = torch.device(a.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = choose(device, a.precision).dtype
+    sizes = {"sd1": 512, "sdxl": a.sdxl_size}
     if a.quick:
         plan = [("sd1", 512, a.width_div or 4)]
-    elif device.type == "cuda":
-        plan = [("sd1", 512, a.width_div or 1), ("sdxl", 1024, a.width_div or 1)]
     else:
-        plan = [("sd1", 512, a.width_div or 1), ("sdxl", 512, a.width_div or 2)]
+        plan = [(m, sizes[m], a.width_div or 1) for m in a.models.split(",")]
     torch.manual_seed(0)
-    out: list[str] = [f"torch {torch.__version__}, {torch.get_num_threads()} threads"]
+    out: list[str] = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}"]
     with tempfile.TemporaryDirectory() as tmp:
         for family, size, div in plan:
             model = build(family, device, dtype, div)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 KINDS = ("lora", "loha", "ia3", "lokr", "full", "norm", "glora", "oft")
+_READS_WEIGHT = ("ia3", "glora", "oft")
 
 
 class NetworkTypeError(ValueError):
@@ -80,8 +81,11 @@ class ModuleNetwork:
     def delta(self, weight: torch.Tensor, multiplier: float, dyn: int | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(dW in float32 shaped like `weight`, bias delta or None)."""
-        w = weight.detach().float()
-        f = {k: v.to(w.device, torch.float32) for k, v in self.factors.items()}
+        f = {k: v.to(weight.device, torch.float32) for k, v in self.factors.items()}
+        # only IA3, GLoRA, OFT and DoRA read W's values: the others skip a full-size float32 copy
+        w = weight.detach()
+        if self.kind in _READS_WEIGHT or "dora_scale" in f:
+            w = w.float()
         raw, bias = _RAW[self.kind](f, w, dyn)
         if "bias" in f:
             raw = raw.reshape(f["bias"].shape) + f["bias"]
@@ -96,7 +100,11 @@ class ModuleNetwork:
             bias = bias * multiplier
         if "dora_scale" in f:
             return _dora(raw.reshape(w.shape) * self.scale(), w, f["dora_scale"]) * multiplier, bias
-        return raw.reshape(w.shape) * (self.scale() * multiplier), bias
+        raw = raw.reshape(w.shape)
+        ptr = raw.untyped_storage().data_ptr()
+        if any(v.untyped_storage().data_ptr() == ptr for v in f.values()):  # full's `diff`: the cache's
+            return raw * (self.scale() * multiplier), bias
+        return raw.mul_(self.scale() * multiplier), bias
 
 
 def classify(factors: dict[str, torch.Tensor]) -> ModuleNetwork:
