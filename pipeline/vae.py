@@ -112,7 +112,7 @@ def _to_uint8_on_device(x: torch.Tensor) -> np.ndarray:
 
 def encode(model: SDModel, images: torch.Tensor, *, tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS,
            tile_latent: int = 64, force_tiled: bool = False) -> torch.Tensor:
-    """Images (B, 3, H, W) in [0, 1] -> scaled latents (B, C, H/8, W/8) on the model's device.
+    """Images (B, 3, H, W) in [0, 1] -> scaled float32 latents (B, C, H/8, W/8) on the model's device.
 
     Uses the mean of the latent distribution (deterministic), where A1111 samples it with the global RNG."""
     vae = model.vae
@@ -132,5 +132,5 @@ def encode(model: SDModel, images: torch.Tensor, *, tile_above_pixels: int = DEF
                 return vae.encode(x).latent_dist.mode()
 
         lat = _with_fallback(run, max(h, w) // f, start_tiled, tile_latent)
-        out.append(lat * vae.config.scaling_factor)
-    return torch.cat(out).to(model.dtype)
+        out.append(lat.float() * vae.config.scaling_factor)
+    return torch.cat(out)  # float32 whatever the VAE computed in: the sampler's arithmetic is float32
