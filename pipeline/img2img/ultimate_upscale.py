@@ -153,12 +153,12 @@ class UltimateSDUpscale:
             key + "tile_height": self.tile_height, key + "mask_blur": self.mask_blur,
             key + "padding": self.padding,
         })
-        calls: list[int] = []
-        image, redraw_p = _inpaint_passes(p, ctx, image, redraw, 0, p.denoising_strength, calls)
+        done: list[Any] = []  # every pass's img2img result
+        image, redraw_p = _inpaint_passes(p, ctx, image, redraw, 0, p.denoising_strength, done)
         images, stages = [image], [redraw_p]
         if self.seams_fix_type != NO_SEAMS_FIX:  # a second image even when an interrupt left it unchanged
             image, seams_p = _inpaint_passes(p, ctx, image, seams_fix, len(redraw), self.seams_fix_denoise,
-                                             calls)
+                                             done)
             images.append(image)
             stages.append(seams_p or redraw_p)
         infotexts, final = [], p
@@ -169,15 +169,17 @@ class UltimateSDUpscale:
             infotexts.append(_infotext(final, ctx, 0))
         info = _info_json(final, ctx, infotexts, state)
         info["infotexts"] = infotexts
-        return Txt2ImgResult(images, infotexts, info, calls)
+        info["is_using_inpainting_conditioning"] = any(r.info.get("is_using_inpainting_conditioning")
+                                                       for r in done)
+        return Txt2ImgResult(images, infotexts, info, [n for r in done for n in r.unet_calls])
 
 
 def _inpaint_passes(p: Any, ctx: Any, image: Image.Image, passes: list[InpaintPass], job_offset: int,
-                    denoise: float, calls: list[int]) -> tuple[Image.Image, Any]:
+                    denoise: float, done: list[Any]) -> tuple[Image.Image, Any]:
     """Each pass in turn: an only-masked inpaint (inpainting_fill original, seed fixed) of the whole current
     image, whose result is the next pass's input. Stops before the next pass once interrupted (a pass cut
-    short inside keeps what it sampled, as any interrupted img2img). Returns the image and the last call's
-    processing (None when none ran)."""
+    short inside keeps what it sampled, as any interrupted img2img). Appends each call's result to `done`;
+    returns the image and the last call's processing (None when none ran)."""
     from pipeline.img2img.run import img2img_batches
 
     last = None
@@ -195,7 +197,7 @@ def _inpaint_passes(p: Any, ctx: Any, image: Image.Image, passes: list[InpaintPa
             mask_blur_y=step.mask_blur, inpainting_fill=1, resize_mode=0, script=None, counters={},
             denoising_strength=denoise, extra_generation_params=dict(p.extra_generation_params))
         result = img2img_batches(q, ctx, job_offset=job)
-        calls += result.unet_calls
+        done.append(result)
         if result.images:
             image = result.images[0]
         last = q

@@ -318,3 +318,20 @@ def test_progress_counts_passes_and_skip_moves_on(env: Env, builtin_model: Any) 
     assert [job for job, _ in seen] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert {count for _, count in seen} == {6}
     assert jobs[0] == "Ultimate SD upscale: redraw 1 of 4" and jobs[-1] == "Ultimate SD upscale: band 2 of 2"
+
+
+def test_runs_on_a_nine_channel_inpainting_checkpoint(tiny_env: Env, tiny_checkpoints: dict[str, Any]
+                                                      ) -> None:
+    # the tiles are inpaints: an inpainting checkpoint gets its mask + masked-image conditioning for each
+    name = tiny_checkpoints["sd1_inpaint"]
+    model = tiny_env.model(name)
+    seen: list[int] = []
+    hook = model.unet.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    try:
+        r = run(tiny_env, [_noise_image(32, 32)], checkpoint=name, script_name="ultimate sd upscale",
+                width=64, height=64, steps=2,
+                script_args=args_for(tile_width=32, padding=8, upscaler_index=1))
+    finally:
+        hook.remove()
+    assert set(seen) == {9} and len(seen) == 4 * 2  # 4 tiles of int(0.5 * 2) + 1 steps
+    assert r.images[0].size == (64, 64) and r.info["is_using_inpainting_conditioning"] is True
