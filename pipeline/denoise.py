@@ -119,7 +119,8 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
                                  "inpainting checkpoint; send it without tiled_diffusion")
         lh, lw = x.shape[-2:]
         on_tiles = getattr(callback, "on_tiles", None)
-        wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)  # noqa: E731
+        if len(tiles.windows(lh, lw)) > 1:  # one tile covering the latent is the untiled call itself
+            wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)  # noqa: E731
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
                       image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop)
     if blend is not None:
@@ -166,11 +167,3 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
 
     callback.on_tiles = on_tiles  # type: ignore[attr-defined]
     return callback
-
-
-def tile_settings(request: Any) -> TileSettings | None:
-    """The request's `tiled_diffusion` (pixels) as latent-cell TileSettings; None when absent or disabled."""
-    t = getattr(request, "tiled_diffusion", None)
-    if t is None or not t.enabled:
-        return None
-    return TileSettings(t.method, t.tile_width // 8, t.tile_height // 8, t.overlap // 8, t.tile_batch_size)

@@ -15,6 +15,9 @@ from pipeline.pixel_upscale import resolve_hires_upscaler
 from pipeline.refiner import Refiner
 from pipeline.refiner import resolve as resolve_refiner
 from pipeline.seeds import resolve_seed
+from pipeline.tiled import TileSettings
+from pipeline.tiled.request import check_model as check_tiles_model
+from pipeline.tiled.request import request_tiles
 from schemas.common import GenerationRequest
 from schemas.txt2img import Txt2ImgRequest
 from upscalers.registry import UpscalerRegistry
@@ -72,6 +75,7 @@ class Processing:
     firstpass_image: Any = None  # a decoded PIL image when the client sent one
     face_restorer: Any = None  # the upscalers.faces.FaceRestorer that restore_faces uses, else None
     script_args: dict[str, list[Any]] = field(default_factory=dict)  # alwayson_scripts args by script name
+    tiles: TileSettings | None = None  # tiled sampling of every pass (pipeline/tiled/request.py)
     # filled while running
     all_prompts: list[str] = field(default_factory=list)
     all_negative_prompts: list[str] = field(default_factory=list)
@@ -154,6 +158,8 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
         refiner=refiner,
     )
     samplers.validate_params(sampler, sampler_params(p))
+    p.tiles = request_tiles(req, img2img=cls is not Processing)
+    check_tiles_model(models, checkpoint, p.tiles)
     return p
 
 

@@ -184,7 +184,7 @@ def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subse
         return denoise.denoise(model, plan, noise, init_latents, cond_at, p.hr_cfg_scale if hr else p.cfg_scale,
                                width, height, callback, switch=switch, image_cond=image_cond,
                                crop=denoise.sdxl_crop(p.options),
-                               tiles=denoise.tile_settings(p.request) if hr else None)  # pass two only
+                               tiles=p.tiles)
 
 
 def _inpainting_model_cond(model: SDModel, batch: int, width: int, height: int) -> torch.Tensor | None:

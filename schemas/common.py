@@ -42,9 +42,9 @@ class Lenient(BaseModel):
 
 
 class TiledDiffusion(Lenient):
-    """Tiled sampling of the denoising pass (img2img, hires pass two): the latent is cut into tiles that
-    overlap, each model call runs per tile and the outputs are merged (MultiDiffusion: plain average;
-    Mixture of Diffusers: Gaussian weights). Sizes in pixels, used in whole latent cells (8 px)."""
+    """Tiled sampling of every sampling pass (txt2img, hires pass two, img2img): the latent is cut into
+    tiles that overlap, each model call runs per tile and the outputs are merged (MultiDiffusion: plain
+    average; Mixture of Diffusers: Gaussian weights). Sizes in pixels, used in whole latent cells (8 px)."""
 
     enabled: bool = True
     method: Literal["MultiDiffusion", "Mixture of Diffusers"] = "Mixture of Diffusers"
@@ -107,8 +107,9 @@ class GenerationRequest(Lenient):
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: str | None = None
     distilled_cfg_scale: float | None = None  # Forge; only Flux-style models use it
-    tiled_diffusion: TiledDiffusion | None = Field(None, description="hiresd: tiled sampling of img2img and "
-                                                   "of hires pass two (not of txt2img's pass one)")
+    tiled_diffusion: TiledDiffusion | None = Field(None, description="hiresd: tiled sampling of every pass "
+                                                   "(txt2img's pass one, hires pass two, img2img); or send the "
+                                                   "Tiled Diffusion extension's alwayson_scripts entry")
 
     blank_is_default: ClassVar[tuple[str, ...]] = ("seed", "subseed")
 

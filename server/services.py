@@ -21,6 +21,7 @@ from pipeline.networks import Networks
 from pipeline.pixel_upscale import HiresUpscaler
 from pipeline.processing import Processing
 from pipeline.styles import StyleStore
+from pipeline.tiled.request import register as register_tiled_diffusion
 from pipeline.txt2img import Context, Txt2ImgResult, run_txt2img
 from pipeline.vae_files import VaeRegistry
 from pipeline.worker import Worker
@@ -88,8 +89,9 @@ class Services:
         if fixed_vae is not None:
             options.fall_back("sd_vae", fixed_vae)
         worker = Worker(config.queue_size)
-        svc = cls(config, options, worker, models, upscalers, Extensions.load(config.extensions_dir),
-                  StyleStore(config.styles_path()))
+        extensions = Extensions.load(config.extensions_dir)
+        register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
+        svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)
         if config.ckpt is not None:

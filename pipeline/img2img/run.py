@@ -262,7 +262,7 @@ def _sample(model: SDModel, p: Img2ImgProcessing, ctx: Context, seeds: list[int]
     with circular_padding([model.unet, model.vae], p.tiling):
         return denoise.denoise(model, plan, noise, init, cond_at, p.cfg_scale, p.width, p.height, callback,
                                keep_mask=keep, image_cond=image_cond, switch=switch, crop=denoise.sdxl_crop(p.options),
-                               tiles=denoise.tile_settings(p.request))
+                               tiles=p.tiles)
 
 
 def _put_back(image: Image.Image, src: Source, p: Img2ImgProcessing) -> Image.Image:

@@ -77,20 +77,21 @@ def test_tiles_are_batched_and_change_the_result(env: Env, builtin_model: Any) -
     plain = run(env, [src], width=128, height=64, steps=4, denoising_strength=0.5)
     with count_unet(builtin_model) as c:  # latent 16x8, tiles 8x8 overlap 4: 3 tiles, 2 per UNet batch
         t = run(env, [src], width=128, height=64, steps=4, denoising_strength=0.5,
-                tiled_diffusion={"method": "MultiDiffusion", "tile_width": 64, "tile_height": 64, "overlap": 32,
-                                 "tile_batch_size": 2})
+                tiled_diffusion={"method": "MultiDiffusion", "tile_width": 64, "tile_height": 64,
+                                 "overlap": 32, "tile_batch_size": 2})
     assert c.count() == 3 * 2 and t.unet_calls == [3]
     assert t.images[0].size == (128, 64)
     assert not (pixels(plain.images[0]) == pixels(t.images[0])).all()
 
 
-def test_hires_pass_two_is_tiled_and_pass_one_is_not(env: Env, builtin_model: Any) -> None:
+def test_both_hires_passes_are_tiled(env: Env, builtin_model: Any) -> None:
     with count_unet(builtin_model) as c:
-        r = env.run(enable_hr=True, hr_scale=2, steps=3, tiled_diffusion={"tile_width": 64, "tile_height": 64,
-                                                                          "overlap": 16, "tile_batch_size": 1})
-    # pass one 64x64: 3 calls; pass two 128x128 (latent 16x16, tiles 8x8 overlap 2): 3x3 tiles x 3 steps
-    assert r.images[0].size == (128, 128) and r.unet_calls == [3, 3]
-    assert c.count() == 3 + 9 * 3
+        r = env.run(enable_hr=True, hr_scale=2, steps=3, width=128, height=64, tiled_diffusion={
+            "tile_width": 64, "tile_height": 64, "overlap": 16, "tile_batch_size": 1})
+    # tiles 8x8 cells overlapping by 2: pass one 128x64 (latent 16x8) 3x1 tiles, pass two 256x128
+    # (latent 32x16) 5x3 tiles; 3 steps each
+    assert r.images[0].size == (256, 128) and r.unet_calls == [3, 3]
+    assert c.count() == 3 * 3 + 15 * 3
 
 
 # -- seams ------------------------------------------------------------------------------------------
@@ -129,7 +130,8 @@ def seam_ratio(tiled: Image.Image, untiled: Image.Image, settings: TileSettings)
 
 def _seam_run(tiny_env: Env, seed: int, tiled: dict[str, Any] | None, denoise: float = 0.6):
     return run(tiny_env, [_gradient_image()], width=SEAM_W, height=SEAM_H, steps=4,
-               denoising_strength=denoise, seed=seed, checkpoint="tiny-sd1.safetensors", **({"tiled_diffusion": tiled} if tiled else {}))
+               denoising_strength=denoise, seed=seed, checkpoint="tiny-sd1.safetensors",
+               **({"tiled_diffusion": tiled} if tiled else {}))
 
 
 @pytest.mark.parametrize("seed", [1, 1234])

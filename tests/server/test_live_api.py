@@ -164,7 +164,8 @@ def test_listings_through_webuiapi(api: webuiapi.WebUIApi, http: httpx.Client, t
     flags = api.get_cmd_flags()
     assert flags["port"] == int(http.base_url.port) and flags["nowebui"] is True and flags["api_auth"] is None
     assert flags["ckpt_dir"].endswith("Stable-diffusion") and flags["queue_size"] == 16
-    assert api.get_scripts() == {"txt2img": ["slowmo"], "img2img": ["sd upscale", "ultimate sd upscale"]}
+    assert api.get_scripts() == {"txt2img": ["slowmo", "tiled diffusion"],
+                                 "img2img": ["sd upscale", "ultimate sd upscale"]}
     infos = http.get("/sdapi/v1/script-info").json()
     assert {"name": "slowmo", "is_alwayson": True, "is_img2img": False, "args": []} in infos
     selectable = [(i["name"], len(i["args"])) for i in infos if i["is_img2img"] and not i["is_alwayson"]]
