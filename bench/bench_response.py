@@ -13,12 +13,19 @@ would not compress and would hide the encoder's cost), stamps the clock (= the l
 on exactly as the pipeline does after its decode: `pipeline.vae.to_images`, then the route's tail (encode,
 base64, JSON, send). The time is from that stamp to the client's last byte; the body is checked to hold the
 images.
+
+Beside it, in the same run, the same batch through A1111's tail in this process (no socket): numpy's 8-bit
+conversion, Pillow's PNG writer with the infotext chunk (its default level 6, as A1111), base64,
+`json.dumps` and Starlette's GZipMiddleware level 9 (A1111 gzips every response over 1000 bytes); ratio =
+ours / A1111's.
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import gzip
 import io
+import json
 import socket
 import statistics
 import sys
@@ -32,6 +39,7 @@ import numpy as np
 import torch
 import uvicorn
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -93,6 +101,22 @@ def serve(root: Path, png_level: int) -> tuple[uvicorn.Server, CannedJob, str]:
     return server, job, f"http://127.0.0.1:{port}/sdapi/v1"
 
 
+def a1111_tail(decoded: torch.Tensor) -> float:
+    start = time.perf_counter()
+    arr = (decoded.float().clamp(0, 1).permute(0, 2, 3, 1).numpy() * np.float32(255.0)).astype(np.uint8)
+    h, w = decoded.shape[-2:]
+    encoded = []
+    for i, a in enumerate(arr):
+        info = PngInfo()
+        info.add_text("parameters", INFOTEXT.format(seed=i, w=w, h=h))
+        buf = io.BytesIO()
+        Image.fromarray(a, "RGB").save(buf, format="PNG", pnginfo=info)  # Pillow's level 6
+        encoded.append(base64.b64encode(buf.getvalue()).decode())
+    body = json.dumps({"images": encoded, "parameters": {}, "info": "{}"}, ensure_ascii=False).encode()
+    gzip.compress(body, 9)
+    return time.perf_counter() - start
+
+
 def one_request(client: httpx.Client, api: str, job: CannedJob, side: int, batch: int,
                 identity: bool) -> tuple[float, int]:
     headers = {"Accept-Encoding": "identity"} if identity else {}
@@ -115,7 +139,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--png-level", type=int, default=6)
+    ap.add_argument("--png-level", type=int, default=ServerConfig.png_compress_level)
     ap.add_argument("--identity", action="store_true", help="ask for no gzip content coding")
     args = ap.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -124,18 +148,21 @@ def main() -> None:
         coding = "identity" if args.identity else "client default (gzip, deflate accepted)"
         print(f"last VAE decode -> last response byte, txt2img route over HTTP, PNG level {args.png_level}, "
               f"encoding {coding}, {torch.get_num_threads()} torch threads, median of {args.repeats}")
-        print(f"{'size':>6}{'batch':>7}{'tail s':>9}{'min s':>9}{'wire MB':>9}")
+        print(f"{'size':>6}{'batch':>7}{'tail s':>9}{'min s':>9}{'wire MB':>9}{'A1111 tail s':>14}"
+              f"{'ratio':>7}")
         with httpx.Client(timeout=600) as client:
             for side in args.sizes:
                 for batch in args.batches:
                     job.decoded = decoded_batch(side, batch)
                     one_request(client, api, job, side, batch, args.identity)  # warm-up
-                    times, wire = [], 0
-                    for _ in range(args.repeats):
+                    times, ref, wire = [], [], 0
+                    for _ in range(args.repeats):  # alternating, so that load changes hit both alike
                         t, wire = one_request(client, api, job, side, batch, args.identity)
                         times.append(t)
-                    print(f"{side:>6}{batch:>7}{statistics.median(times):>9.3f}{min(times):>9.3f}"
-                          f"{wire / 1e6:>9.2f}", flush=True)
+                        ref.append(a1111_tail(job.decoded))
+                    ours, theirs = statistics.median(times), statistics.median(ref)
+                    print(f"{side:>6}{batch:>7}{ours:>9.3f}{min(times):>9.3f}{wire / 1e6:>9.2f}"
+                          f"{theirs:>14.3f}{ours / theirs:>7.2f}", flush=True)
         server.should_exit = True
 
 

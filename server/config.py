@@ -49,7 +49,7 @@ class ServerConfig:
     compile: bool = False  # --compile: torch.compile UNet and VAE (pipeline/accel/compiling.py)
     compile_warmup: list[tuple[int, int]] = field(default_factory=list)  # --compile-warmup WxH,...
     memory_mode: str = "none"  # none | medvram | lowvram | medvram-sdxl (pipeline/accel/memory.py)
-    png_compress_level: int = 6  # zlib level of PNGs sent and saved (Pillow's and A1111's 6)
+    png_compress_level: int = 1  # zlib level of PNGs sent and saved (A1111 writes Pillow's 6; README Speed)
     api_auth: list[tuple[str, str]] = field(default_factory=list)
     cors_allow_origins: list[str] = field(default_factory=list)
     cors_allow_origins_regex: str | None = None
@@ -227,9 +227,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lowvram", action="store_true",
                     help="GPU: as --medvram, and the UNet moves block by block (slow, least memory)")
     ap.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL checkpoints only")
-    ap.add_argument("--png-compress-level", type=int, choices=range(10), default=6, metavar="0-9",
-                    help="PNG zlib level for responses and saved files (6, as A1111; 1 encodes a 1024 image "
-                         "about 1.5x faster for ~10%% more bytes)")
+    ap.add_argument("--png-compress-level", type=int, choices=range(10), default=1, metavar="0-9",
+                    help="PNG zlib level for responses and saved files (default 1; 6 is A1111's: a few "
+                         "percent fewer bytes, 2-7x the encoding time)")
     ap.add_argument("--opt-sdp-attention", action="store_true", help="PyTorch SDPA attention (always on)")
     ap.add_argument("--opt-sdp-no-mem-attention", action="store_true",
                     help="SDPA without the memory-efficient kernel (deterministic on CUDA, more memory)")

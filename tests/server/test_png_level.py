@@ -41,6 +41,6 @@ def test_batch_encoding_keeps_order_and_bytes() -> None:
         assert Image.open(io.BytesIO(base64.b64decode(b64))).info["parameters"] == f"image {i}"
 
 
-def test_flag_defaults_to_pillows_level() -> None:
-    assert from_args([], environ={}).png_compress_level == 6
-    assert from_args(["--png-compress-level", "1"], environ={}).png_compress_level == 1
+def test_flag_defaults_to_the_fast_level() -> None:
+    assert from_args([], environ={}).png_compress_level == 1
+    assert from_args(["--png-compress-level", "6"], environ={}).png_compress_level == 6
