@@ -23,6 +23,7 @@ from pipeline.processing import Processing
 from pipeline.sampling import PassResult
 from pipeline.sd_model import SDModel
 from pipeline.state import JobState
+from pipeline.tiled.auto import tiles_for_pass
 from pipeline.tiling import circular_padding
 from upscalers.latent import interpolate_args
 
@@ -184,7 +185,7 @@ def _sample(model: SDModel, p: Processing, ctx: Context, seeds: list[int], subse
         return denoise.denoise(model, plan, noise, init_latents, cond_at, p.hr_cfg_scale if hr else p.cfg_scale,
                                width, height, callback, switch=switch, image_cond=image_cond,
                                crop=denoise.sdxl_crop(p.options),
-                               tiles=p.tiles)
+                               tiles=tiles_for_pass(p, model, len(seeds), width, height))
 
 
 def _inpainting_model_cond(model: SDModel, batch: int, width: int, height: int) -> torch.Tensor | None:

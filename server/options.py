@@ -134,6 +134,10 @@ OPTIONS: dict[str, Option] = {
     "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
     "lora_cache_mb": Option(1024, _int(0, 1 << 20), "MiB of parsed LoRA files kept in memory (least recently "
                             "used out; 0 keeps only the files of the set in use)"),
+    "tiled_diffusion_auto": Option(True, _bool, "sample a pass in tiles when it would not fit in memory "
+                                   "(infotext `Tiled Diffusion: auto`)"),
+    "tiled_diffusion_auto_budget_mb": Option(0, _int(0, 1 << 24), "MiB one UNet call of a pass may use before "
+                                             "it is tiled automatically (0: the device's free memory)"),
 }
 
 

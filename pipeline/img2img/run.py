@@ -30,6 +30,7 @@ from pipeline.processing import sampler_params
 from pipeline.sampling import PassResult
 from pipeline.sd_model import SDModel
 from pipeline.seeds import image_noise
+from pipeline.tiled.auto import tiles_for_pass
 from pipeline.tiling import circular_padding
 from pipeline.txt2img import (
     Context,
@@ -262,7 +263,7 @@ def _sample(model: SDModel, p: Img2ImgProcessing, ctx: Context, seeds: list[int]
     with circular_padding([model.unet, model.vae], p.tiling):
         return denoise.denoise(model, plan, noise, init, cond_at, p.cfg_scale, p.width, p.height, callback,
                                keep_mask=keep, image_cond=image_cond, switch=switch, crop=denoise.sdxl_crop(p.options),
-                               tiles=p.tiles)
+                               tiles=tiles_for_pass(p, model, len(seeds), p.width, p.height))
 
 
 def _put_back(image: Image.Image, src: Source, p: Img2ImgProcessing) -> Image.Image:
