@@ -47,9 +47,13 @@ def crop_region(mask: Image.Image, padding: int, width: int, height: int) -> tup
     mask, then grown on its short side to the aspect ratio of width:height (centred, shifted back inside,
     clamped). None for an empty mask."""
     box = mask.getbbox()
-    if box is None:
-        return None
-    w, h = mask.size
+    return None if box is None else crop_box(box, mask.size, padding, width, height)
+
+
+def crop_box(box: tuple[int, int, int, int], size: tuple[int, int], padding: int, width: int,
+             height: int) -> tuple[int, int, int, int]:
+    """`crop_region` of a mask of `size` whose non-zero pixels have the bounding box `box`."""
+    w, h = size
     x1, y1, x2, y2 = max(box[0] - padding, 0), max(box[1] - padding, 0), min(box[2] + padding, w), \
         min(box[3] + padding, h)
     if (x2 - x1) / (y2 - y1) > width / height:

@@ -176,32 +176,45 @@ class UltimateSDUpscale:
 
 def _inpaint_passes(p: Any, ctx: Any, image: Image.Image, passes: list[InpaintPass], job_offset: int,
                     denoise: float, done: list[Any]) -> tuple[Image.Image, Any]:
-    """Each pass in turn: an only-masked inpaint (inpainting_fill original, seed fixed) of the whole current
-    image, whose result is the next pass's input. Stops before the next pass once interrupted (a pass cut
-    short inside keeps what it sampled, as any interrupted img2img). Appends each call's result to `done`;
-    returns the image and the last call's processing (None when none ran)."""
-    from pipeline.img2img.run import img2img_batches
-
-    last = None
+    """Each pass in turn on a copy of `image`, whose result is the next pass's input. Stops before the next
+    pass once interrupted (a pass cut short inside keeps what it sampled, as any interrupted img2img).
+    Appends each call's result to `done`; returns the image and the last call's processing (None when none
+    ran)."""
+    image, last = image.copy(), None
     for i, step in enumerate(passes):
         if ctx.state.interrupted:
             break
         job = job_offset + i
         ctx.state.set_job(job, f"Ultimate SD upscale: {step.kind} {i + 1} of {len(passes)}")
-        mask = step.mask(image.width, image.height)
-        if mask.getbbox() is None:  # nothing to repaint (a band clipped away): an empty mask would mean all
-            continue
-        q = dataclasses.replace(
-            p, init_images=[image], mask=mask, width=step.width, height=step.height, batch_size=1, n_iter=1,
-            inpaint_full_res=True, inpaint_full_res_padding=step.padding, mask_blur_x=step.mask_blur,
-            mask_blur_y=step.mask_blur, inpainting_fill=1, resize_mode=0, script=None, counters={},
-            denoising_strength=denoise, extra_generation_params=dict(p.extra_generation_params))
-        result = img2img_batches(q, ctx, job_offset=job)
-        done.append(result)
-        if result.images:
-            image = result.images[0]
-        last = q
+        ran = inpaint_pass(p, ctx, image, step, denoise, job)
+        if ran is not None:
+            last, result = ran
+            done.append(result)
     return image, last
+
+
+def inpaint_pass(p: Any, ctx: Any, image: Image.Image, step: InpaintPass, denoise: float,
+                 job: int) -> tuple[Any, Any] | None:
+    """One pass, in place: the "only masked" inpaint (inpainting_fill original, the request's seed) of the
+    whole image with the pass's mask, run on the crop box it can change (`InpaintPass.region`: same pixels,
+    without whole-image work per pass), pasted back. Returns (processing, result); None for an empty mask
+    (nothing to repaint; an empty mask would mean img2img of everything)."""
+    from pipeline.img2img.run import img2img_batches
+
+    region = step.region(image.width, image.height)
+    if region is None:
+        return None
+    box, mask = region
+    q = dataclasses.replace(
+        p, init_images=[image.crop(box)], mask=mask, width=step.width, height=step.height, batch_size=1,
+        n_iter=1, inpaint_full_res=True, inpaint_full_res_padding=step.padding, mask_blur_x=0, mask_blur_y=0,
+        inpainting_fill=1, resize_mode=0, script=None, counters={}, denoising_strength=denoise,
+        extra_generation_params=dict(p.extra_generation_params))
+    result = img2img_batches(q, ctx, job_offset=job)
+    q.extra_generation_params["Mask blur"] = step.mask_blur  # the mask came blurred already
+    if result.images:
+        image.paste(result.images[0], box[:2])
+    return q, result
 
 
 def script_info_args(upscaler_names: list[str]) -> list[dict[str, Any]]:

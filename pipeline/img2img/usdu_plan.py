@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from pipeline.img2img import masks
+
 LINEAR, CHESS, NO_REDRAW = 0, 1, 2
 NO_SEAMS_FIX, BAND_PASS, HALF_TILE, HALF_TILE_INTERSECTIONS = 0, 1, 2, 3
 
@@ -70,6 +72,34 @@ class InpaintPass:
         out = Image.new("L", (width, height))
         out.paste(self.patch(), self.at)
         return out
+
+    def region(self, width: int, height: int) -> tuple[tuple[int, int, int, int], Image.Image] | None:
+        """Where an "only masked" inpaint of a width x height image with this mask can change pixels: the
+        crop box (x1, y1, x2, y2) A1111 takes (blurred mask's bounding box + padding, grown to the
+        processing aspect ratio), and the blurred mask cut to that box; None when the mask is empty.
+
+        Worked on a window around the patch, not the whole image, and exact: the blur only reaches
+        `int(2.5 * sigma + 0.5)` px, so a window 2 * reach + 2 wider on every side sees only zeros at its
+        edges, as the whole image would. An inpaint of the box with this (already blurred) mask gives the
+        pixels of the whole-image inpaint inside the box; outside it the image is unchanged."""
+        reach = int(2.5 * self.mask_blur + 0.5) if self.mask_blur > 0 else 0
+        margin = 2 * reach + 2
+        (x, y), (pw, ph) = self.at, self.size
+        x0, y0, x1, y1 = max(x - margin, 0), max(y - margin, 0), min(x + pw + margin, width), \
+            min(y + ph + margin, height)
+        if x0 >= x1 or y0 >= y1:
+            return None
+        window = Image.new("L", (x1 - x0, y1 - y0))
+        window.paste(self.patch(), (x - x0, y - y0))
+        window = masks.blur(window, self.mask_blur, self.mask_blur)
+        bbox = window.getbbox()
+        if bbox is None:
+            return None
+        box = masks.crop_box((bbox[0] + x0, bbox[1] + y0, bbox[2] + x0, bbox[3] + y0), (width, height),
+                             self.padding, self.width, self.height)
+        cut = Image.new("L", (box[2] - box[0], box[3] - box[1]))
+        cut.paste(window, (x0 - box[0], y0 - box[1]))
+        return box, cut
 
 
 @dataclass(frozen=True)

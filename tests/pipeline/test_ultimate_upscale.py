@@ -335,3 +335,42 @@ def test_runs_on_a_nine_channel_inpainting_checkpoint(tiny_env: Env, tiny_checkp
         hook.remove()
     assert set(seen) == {9} and len(seen) == 4 * 2  # 4 tiles of int(0.5 * 2) + 1 steps
     assert r.images[0].size == (64, 64) and r.info["is_using_inpainting_conditioning"] is True
+
+
+def test_a_pass_on_its_crop_box_equals_the_whole_image_inpaint(env: Env) -> None:
+    # each pass runs on the box it can change (with its mask blurred beforehand) instead of the whole image:
+    # the pixels must be exactly those of A1111's whole-image "only masked" inpaint with the blurred mask
+    import dataclasses
+
+    from pipeline.extensions import Extensions
+    from pipeline.img2img.prepare import prepare_img2img
+    from pipeline.img2img.run import img2img_batches
+    from pipeline.img2img.ultimate_upscale import inpaint_pass
+    from pipeline.pixel_upscale import HiresUpscaler
+    from pipeline.txt2img import Context
+    from schemas.img2img import Img2ImgRequest
+    from tests.conftest import FAST, MAX_PIXELS
+
+    src = _noise_image(100, 76, seed=12)
+    s = usdu("", 40, 32, 6, 12, seams_fix_type=3, seams_fix_padding=6, seams_fix_mask_blur=3)
+    redraw, seams = s.passes(100, 76)
+    band = usdu("", 40, 32, seams_fix_type=1, seams_fix_width=10, seams_fix_padding=4).passes(100, 76)[1]
+    picked = [redraw[0], redraw[-1], seams[0], seams[-4], seams[-1], band[0], band[-1]]  # edges, all kinds
+    assert {step.kind for step in picked} == {"redraw", "half tile", "intersection", "band"}
+    req = Img2ImgRequest(**{**FAST, "init_images": ["sent"], "steps": 2, "denoising_strength": 0.6})
+    p = prepare_img2img(req, env.options, env.models, env.upscalers, MAX_PIXELS, [src], None)
+    ctx = Context(env.models, HiresUpscaler(env.upscalers, p.options), Extensions(), env.state)
+    env.state.begin("test", 1)
+    try:
+        for step in picked:
+            whole = img2img_batches(dataclasses.replace(
+                p, init_images=[src], mask=step.mask(100, 76), width=step.width, height=step.height,
+                inpaint_full_res=True, inpaint_full_res_padding=step.padding, mask_blur_x=step.mask_blur,
+                mask_blur_y=step.mask_blur, inpainting_fill=1, extra_generation_params={}), ctx).images[0]
+            boxed = src.copy()
+            q, _ = inpaint_pass(p, ctx, boxed, step, 0.6, 0)
+            assert np.array_equal(_array(boxed), _array(whole)), step
+            assert not np.array_equal(_array(boxed), _array(src))
+            assert q.extra_generation_params["Mask blur"] == step.mask_blur
+    finally:
+        env.state.end()
