@@ -109,6 +109,15 @@ class ModelManager:
                 return info
         return self.find(key)
 
+    def release_device(self) -> None:
+        """Under a memory mode, every loaded model's running part back to the offload device (the pixel
+        upscaler runs next and should find the GPU free); nothing otherwise."""
+        with self._lock:
+            for model in self._loaded.values():
+                placement = model.extra.get("placement")
+                if placement is not None:
+                    placement.release()
+
     def is_loaded(self, key: str) -> bool:
         """Whether the checkpoint with filename key `key` is in memory (then its file is not read again)."""
         with self._lock:

@@ -75,8 +75,12 @@ class Services:
         models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model, vaes=vaes,
                               accel=accel)
         registry.start_background_hashing()
+        # --medvram/--lowvram: the pixel upscaler too sits on the GPU only while it runs, after the
+        # checkpoint's running part has left it
+        offload = accel.load_device(device) if accel.memory in ("medvram", "lowvram") else None
         upscalers = UpscalerRegistry(config.models_dir, allow_noncommercial=config.allow_noncommercial_upscalers,
-                                     device=device, folders=config.model_folders)
+                                     device=device, folders=config.model_folders, offload=offload)
+        upscalers.make_room = models.release_device
         fixed_vae = vae_path.name if vae_path else None
 
         def check_vae(value: Any, field: str = "sd_vae") -> str:

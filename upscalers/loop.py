@@ -5,6 +5,7 @@ Used by the extras operations and by hires fix alike, with any registry entry.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -128,14 +129,17 @@ def upscale(
         progress = _Progress(on_tile, counts)
 
     current = rgb
-    for index in range(len(plan.passes)):
-        if should_stop is not None and should_stop():
-            raise Interrupted("upscaling was interrupted")
-        if model is not None and progress is not None:
-            current = _model_pass(current, model, entry, tile, overlap, should_stop, progress.for_pass(index))
-        elif entry.kind in ("lanczos", "nearest"):
-            resample = Image.Resampling.LANCZOS if entry.kind == "lanczos" else Image.Resampling.NEAREST
-            current = current.resize(_pass_size(current.size, factor, entry), resample=resample)
+    # under --medvram the model sits on the GPU only for its passes (UpscalerRegistry.running)
+    with registry.running(model) if registry is not None and model is not None else contextlib.nullcontext():
+        for index in range(len(plan.passes)):
+            if should_stop is not None and should_stop():
+                raise Interrupted("upscaling was interrupted")
+            if model is not None and progress is not None:
+                current = _model_pass(current, model, entry, tile, overlap, should_stop,
+                                      progress.for_pass(index))
+            elif entry.kind in ("lanczos", "nearest"):
+                resample = Image.Resampling.LANCZOS if entry.kind == "lanczos" else Image.Resampling.NEAREST
+                current = current.resize(_pass_size(current.size, factor, entry), resample=resample)
     if current.size != plan.destination:
         current = current.resize(plan.destination, resample=Image.Resampling.LANCZOS)
     return merge_alpha(current, alpha)

@@ -8,9 +8,11 @@ first use, then kept in a small LRU cache.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -173,6 +175,7 @@ class UpscalerRegistry:
         max_cached_models: int = 2,
         allow_half: bool = True,
         folders: dict[str, Path] | None = None,
+        offload: torch.device | None = None,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.folders = dict(folders or {})
@@ -180,6 +183,14 @@ class UpscalerRegistry:
         self.device = device if device is not None else torch.device("cpu")
         self.max_cached_models = max(1, max_cached_models)
         self.allow_half = allow_half
+        self.offload = offload
+        """With --medvram/--lowvram: where loaded models wait between runs (the CPU); they sit on `device`
+        only inside `running`. None: they stay on `device`."""
+        self.make_room: Callable[[], None] | None = None
+        """Called before a waiting model moves to `device` (the server moves the checkpoint's parts off
+        it)."""
+        self.placement_log: list[tuple[str, str]] = []
+        """(upscaler name, "in" or "out") for every move of `running`: where each model was, for tests."""
         self._arch_registry = architecture_registry(allow_noncommercial)
         self._lock = threading.RLock()
         self._entries: list[UpscalerEntry] = list(BUILTIN_ENTRIES)
@@ -331,6 +342,8 @@ class UpscalerRegistry:
                 log.info("upscaler %s does not run in %s here; using float32", entry.name, dtype)
                 dtype = torch.float32
                 descriptor = descriptor.to(dtype=dtype)
+            if self.offload is not None:
+                descriptor = descriptor.to(self.offload)  # LoadedModel.device stays where it will run
             loaded = LoadedModel(entry, descriptor, self.device, dtype)
             self._cache[key] = loaded
             while len(self._cache) > self.max_cached_models:
@@ -338,6 +351,25 @@ class UpscalerRegistry:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
             return loaded
+
+    @contextlib.contextmanager
+    def running(self, model: LoadedModel) -> Iterator[LoadedModel]:
+        """`model` on its device for the duration; with `offload` set it comes in (after `make_room`) and goes
+        back out afterwards, so that the GPU holds it only while it upscales."""
+        if self.offload is None:
+            yield model
+            return
+        if self.make_room is not None:
+            self.make_room()
+        model.descriptor.to(self.device)
+        self.placement_log.append((model.entry.name, "in"))
+        try:
+            yield model
+        finally:
+            model.descriptor.to(self.offload)
+            self.placement_log.append((model.entry.name, "out"))
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
 
     def cached_names(self) -> list[str]:
         """Names of the models now in memory, least recently used first."""
