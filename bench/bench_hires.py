@@ -368,11 +368,13 @@ def main() -> None:
                       help="inductor's cache folder for --compile (the server uses <data-dir>/compile-cache)")
     fast.add_argument("--no-half-vae", action="store_true", help="ours with the VAE in fp32")
     fast.add_argument("--skip-tiny", action="store_true", help="only the SD-shaped model")
+    fast.add_argument("--unet-channels-last", action="store_true",
+                      help="ours with the UNet's weights channels-last too (not a server default)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("CUDA is not available")
-    if args.precision or args.compile:
+    if args.precision or args.compile or args.unet_channels_last:
         from bench.hires_fastpath import run as run_fastpath
 
         run_fastpath(args)

@@ -12,6 +12,7 @@ its time is printed as 'ours fp32 s', a single run): PSNR, mean and max absolute
 """
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from typing import Any
@@ -98,11 +99,14 @@ def print_fast(rows: list[dict[str, Any]], device: str, accel: Accel, flags: str
 
 def run(args: Any) -> None:
     device = torch.device(args.device)
-    accel = Accel(choose(device, args.precision or "auto", "fp32" if args.no_half_vae else "auto"),
-                  **({"compile": True, "cache_dir": args.compile_cache} if args.compile else {}))
+    policy = choose(device, args.precision or "auto", "fp32" if args.no_half_vae else "auto")
+    if args.unet_channels_last:
+        policy = dataclasses.replace(policy, unet_channels_last=True)
+    accel = Accel(policy, **({"compile": True, "cache_dir": args.compile_cache} if args.compile else {}))
     flags = " ".join(f for f in (
         f"--precision {args.precision or 'auto'}", "--compile" if args.compile else "",
-        "--no-half-vae" if args.no_half_vae else "") if f)
+        "--no-half-vae" if args.no_half_vae else "",
+        "--unet-channels-last" if args.unet_channels_last else "") if f)
     repeats = args.repeats or (2 if args.quick else 3)
     width_div = 1 if (args.full_width or device.type == "cuda") else 4
     rows = []
