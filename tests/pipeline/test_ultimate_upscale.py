@@ -374,3 +374,29 @@ def test_a_pass_on_its_crop_box_equals_the_whole_image_inpaint(env: Env) -> None
             assert q.extra_generation_params["Mask blur"] == step.mask_blur
     finally:
         env.state.end()
+
+
+def _seam_step(img: Image.Image, at: int) -> float:
+    """The mean pixel step across the tile borders x = at and y = at, over the median step anywhere: about
+    1 or below when the borders cannot be told from the rest of the image, above when there is a seam."""
+    a = np.asarray(img, np.float32)
+    dx = np.abs(np.diff(a, axis=1)).mean(axis=(0, 2))  # dx[i]: between columns i and i + 1
+    dy = np.abs(np.diff(a, axis=0)).mean(axis=(1, 2))
+    return float((dx[at - 1] + dy[at - 1]) / (np.median(dx) + np.median(dy)))
+
+
+def test_seams_show_without_blur_and_go_with_blur_padding_or_the_seam_fix(env: Env) -> None:
+    # a smooth gradient redrawn in 64 px tiles at denoise 0.5: hard-edged tiles (no blur, no padding) leave a
+    # step on the borders; the extension's defaults (blur 8, padding 32) do not, and the half-tile seam fix
+    # repairs the hard-edged result
+    y, x = np.mgrid[0:128, 0:128]
+    src = Image.fromarray(np.stack([x * 2, y * 2, x + y], -1).clip(0, 255).astype(np.uint8))
+    kw: dict[str, Any] = {"script_name": "ultimate sd upscale", "width": 128, "height": 128, "steps": 2}
+    hard = run(env, [src], **kw, script_args=args_for(tile_width=64, padding=0, mask_blur=0, seams_fix_type=2,
+                                                      seams_fix_denoise=0.5, seams_fix_padding=16,
+                                                      seams_fix_mask_blur=8))
+    soft = run(env, [src], **kw, script_args=args_for(tile_width=64, padding=32, mask_blur=8))
+    assert _seam_step(src, 64) < 1.1  # the input has none
+    assert _seam_step(hard.images[0], 64) > 1.4
+    assert _seam_step(hard.images[1], 64) < 1.1
+    assert _seam_step(soft.images[0], 64) < 1.1
