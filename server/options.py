@@ -132,6 +132,8 @@ OPTIONS: dict[str, Option] = {
     "sd_vae_decode_method": Option("Full", _choice("Full")),
     "lora_add_hashes_to_infotext": Option(True, _bool, "write `Lora hashes` into the infotext"),
     "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
+    "lora_bundled_ti_to_infotext": Option(True, _bool, "an embedding bundled in a LoRA file is listed in `TI "
+                                          "hashes` with the LoRA's name (else with an empty value)"),
     "lora_cache_mb": Option(1024, _int(0, 1 << 20), "MiB of parsed LoRA files kept in memory (least recently "
                             "used out; 0 keeps only the files of the set in use)"),
     "tiled_diffusion_auto": Option(True, _bool, "sample a pass in tiles when it would not fit in memory "

@@ -7,12 +7,19 @@ applied to a model (no set for `None`), right before its conditioning is encoded
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InvalidRequest
-from pipeline.networks.embeddings import EmbeddingDatabase, EmbeddingMatcher
+from pipeline.networks.embeddings import (
+    Embedding,
+    EmbeddingDatabase,
+    EmbeddingFileError,
+    EmbeddingMatcher,
+    embedding_from_data,
+    fits_widths,
+)
 from pipeline.networks.files import LoraFile, LoraIndex, NetworkFileError, TensorCache, load_tensors
 from pipeline.networks.keys import file_family, split_key, target_map
 from pipeline.networks.patch import Patcher, Step
@@ -29,25 +36,28 @@ DEFAULT_CACHE_MB = 1024
 
 @dataclass
 class ParsedNetwork:
-    """A network file parsed once: its modules' factors by key stem."""
+    """A network file parsed once: its modules' factors by key stem, and the embeddings it bundles."""
 
     path: str
     mtime: float
     modules: dict[str, ModuleNetwork]
     unknown_keys: list[str]
+    embeddings: dict[str, Embedding] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        return sum(m.nbytes for m in self.modules.values())
+        vectors = sum(v.numel() * v.element_size() for e in self.embeddings.values() for v in e.vectors)
+        return sum(m.nbytes for m in self.modules.values()) + vectors
 
 
 def parse_network(lf: LoraFile) -> ParsedNetwork:
     tensors = load_tensors(lf.path)
     groups: dict[str, dict[str, Any]] = {}
     unknown: list[str] = []
+    bundle: dict[str, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("bundle_emb."):
-            unknown.append(key)
+            _bundle_part(bundle, key, value, lf)
             continue
         split = split_key(key)
         if split is None:
@@ -63,7 +73,29 @@ def parse_network(lf: LoraFile) -> ParsedNetwork:
             raise NetworkFileError(f"{lf.path}: module {stem}: {exc}") from exc
     if unknown:
         log.debug("%s: %d keys not understood, e.g. %s", lf.path, len(unknown), unknown[:3])
-    return ParsedNetwork(str(lf.path), lf.mtime, modules, unknown)
+    embeddings: dict[str, Embedding] = {}
+    for name, data in bundle.items():
+        try:
+            embeddings[name] = embedding_from_data(data, name, lf.path / name, bundled=True)
+        except EmbeddingFileError as exc:
+            raise NetworkFileError(f"{lf.path}: bundled embedding {name!r}: {exc}") from exc
+    return ParsedNetwork(str(lf.path), lf.mtime, modules, unknown, embeddings)
+
+
+def _bundle_part(bundle: dict[str, dict[str, Any]], key: str, value: Any, lf: LoraFile) -> None:
+    """A1111's reading of `bundle_emb.<name>.string_to_param.<k>` (an A1111 embedding's tensor) and
+    `bundle_emb.<name>.<part>` (`clip_l`, `clip_g`, or a single tensor) into `bundle[name]`."""
+    name, _, part = key[len("bundle_emb."):].partition(".")
+    if not name or not part:
+        raise NetworkFileError(f"{lf.path}: key {key!r} is not bundle_emb.<name>.<vector name>")
+    data = bundle.setdefault(name, {})
+    head, _, sub = part.partition(".")
+    if head == "string_to_param":
+        if not sub:
+            raise NetworkFileError(f"{lf.path}: key {key!r} needs bundle_emb.<name>.string_to_param.<token>")
+        data["string_to_param"] = {sub: value}
+    else:
+        data[part] = value
 
 
 @dataclass(frozen=True)
@@ -131,14 +163,20 @@ class Networks:
 
     # -- textual inversion -----------------------------------------------------------------------------
     def matcher_for(self, model: Any) -> EmbeddingMatcher:
-        """The embeddings that fit `model`, indexed for its tokenizers (rebuilt after a reload)."""
+        """The embeddings that fit `model`, indexed for its tokenizers (rebuilt after a reload or a change
+        of applied LoRAs): the folder's, and those bundled in the applied LoRA files whose names the
+        folder's do not take (A1111 skips a bundled one when the folder has it)."""
         self.embeddings.ensure()
+        bundled: dict[str, tuple[Embedding, str]] = model.extra.get("networks.bundled", {})
+        key = (self.embeddings.generation, tuple((name, id(emb)) for name, (emb, _) in bundled.items()))
         matcher = model.extra.get("networks.embeddings")
-        if matcher is None or matcher.generation != self.embeddings.generation:
+        if matcher is None or matcher.generation != key:
             widths = encoder_widths(model)
             loaded, _ = self.embeddings.for_widths(widths)
-            matcher = model.extra["networks.embeddings"] = EmbeddingMatcher(loaded, model.tokenizers,
-                                                                            self.embeddings.generation)
+            for name, (emb, _) in bundled.items():
+                if name not in loaded and fits_widths(emb, widths):
+                    loaded[name] = emb
+            matcher = model.extra["networks.embeddings"] = EmbeddingMatcher(loaded, model.tokenizers, key)
         self.last_widths = encoder_widths(model)
         return matcher
 
@@ -164,9 +202,13 @@ class Networks:
         plan: list[Step] = []
         targets = None
         keep = {(str(a.file.path), a.file.mtime) for a in active}
+        bundled: dict[str, tuple[Embedding, str]] = {}  # embedding name -> (embedding, LoRA name as typed)
+        model.extra["networks.bundled"] = {}
         for a in active:
             params = last[a.params.name]
             parsed = self._parsed(a.file, keep)
+            for emb_name, emb in parsed.embeddings.items():  # a later LoRA's wins, as A1111 registers them
+                bundled[emb_name] = (emb, a.params.name)
             if targets is None:
                 targets = model.extra.get("networks.targets")
                 if targets is None:
@@ -178,6 +220,7 @@ class Networks:
             raise InvalidRequest("prompt", f"a LoRA of {[a.params.tag for a in active]} does not fit the "
                                  f"loaded model: {exc}") from exc
         self.cache.trim(keep)
+        model.extra["networks.bundled"] = bundled
         if changed:
             model.extra["networks.salt"] = signature
             log.info("networks on %s: %s", model.title,
@@ -242,19 +285,25 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
     embeddings the prompt and `negative` use to its `TI hashes` (whatever the encoder's cache did)."""
     if networks is None:
         return []
-    matcher = networks.matcher_for(model)
-    add_ti = p.options.get("textual_inversion_add_hashes_to_infotext", True)
-    if negative is not None and matcher.embeddings and add_ti:
-        used = used_embeddings(matcher, model.tokenizers[0], [prompt, negative])
-        if used:
-            items = hash_items(p.extra_generation_params.get("TI hashes"))
-            for emb in used:
-                items.setdefault(_infotext_name(emb.name), emb.shorthash)
-            p.extra_generation_params["TI hashes"] = hash_value(items)
     if "lora_cache_mb" in p.options:
         networks.cache.limit_bytes = int(float(p.options["lora_cache_mb"]) * 2**20)
     disabled = bool(getattr(p.request, "disable_extra_networks", False))
     active = networks.activate(model, None if disabled else prompt)
+    matcher = networks.matcher_for(model)  # the folder's embeddings and the applied LoRAs' bundled ones
+    add_ti = p.options.get("textual_inversion_add_hashes_to_infotext", True)
+    if negative is not None and matcher.embeddings and add_ti:
+        used = used_embeddings(matcher, model.tokenizers[0], [prompt, negative])
+        if used:
+            bundled = model.extra.get("networks.bundled", {})
+            items = hash_items(p.extra_generation_params.get("TI hashes"))
+            for emb in used:
+                if emb.bundled:  # A1111 writes the LoRA's name (as typed) where a hash would be
+                    lora = bundled[emb.name][1] if emb.name in bundled else ""
+                    value = lora if p.options.get("lora_bundled_ti_to_infotext", True) else ""
+                else:
+                    value = emb.shorthash
+                items.setdefault(_infotext_name(emb.name), value)
+            p.extra_generation_params["TI hashes"] = hash_value(items)
     if active and p.options.get("lora_add_hashes_to_infotext", True):
         items = hash_items(p.extra_generation_params.get("Lora hashes"))
         for a in active:

@@ -40,6 +40,7 @@ class Embedding:
     step: int | None = None
     sd_checkpoint: str | None = None
     sd_checkpoint_name: str | None = None
+    bundled: bool = False  # from a LoRA file's `bundle_emb.<name>.*` keys (`path` is `<lora file>/<name>`)
     _hash: str | None = field(default=None, repr=False)
 
     @property
@@ -94,6 +95,12 @@ def read_embedding(path: Path) -> Embedding:
                                  f"containers): {first}") from exc
     if not isinstance(data, dict):
         raise EmbeddingFileError(f"not a dict of tensors (found {type(data).__name__})")
+    return embedding_from_data(data, path.stem, path.resolve())
+
+
+def embedding_from_data(data: dict[str, Any], name: str, path: Path, bundled: bool = False) -> Embedding:
+    """An embedding from a file's dict (or a LoRA file's bundled part), by A1111's rules: `string_to_param`
+    with exactly one tensor, SDXL's `clip_l` + `clip_g`, or a dict holding a single tensor."""
     meta = {"step": data.get("step"), "sd_checkpoint": data.get("sd_checkpoint"),
             "sd_checkpoint_name": data.get("sd_checkpoint_name")}
     meta = {k: (v if isinstance(v, (int, str)) and not isinstance(v, bool) else None)
@@ -116,8 +123,8 @@ def read_embedding(path: Path) -> Embedding:
         vectors = [_as_matrix(found[0][1])]
     if any(v.dim() != 2 or v.shape[0] == 0 for v in vectors):
         raise EmbeddingFileError(f"vectors of shape {[tuple(v.shape) for v in vectors]}; (n, width) needed")
-    return Embedding(path.stem, path.resolve(), vectors, meta["step"], meta["sd_checkpoint"],
-                     meta["sd_checkpoint_name"])
+    return Embedding(name, path, vectors, meta["step"], meta["sd_checkpoint"], meta["sd_checkpoint_name"],
+                     bundled)
 
 
 class EmbeddingDatabase:
@@ -170,10 +177,9 @@ class EmbeddingDatabase:
         """(loaded, skipped with reason) for text encoders of these widths."""
         loaded: dict[str, Embedding] = {}
         skipped: dict[str, tuple[Embedding, str]] = {}
-        want = sum(widths)
         for name, emb in sorted(self.all().items(), key=lambda kv: natural_key(kv[0])):
             parts = [int(v.shape[1]) for v in emb.vectors]
-            if parts == list(widths) or (len(widths) == 1 and parts == [want]):
+            if fits_widths(emb, widths):
                 loaded[name] = emb
             else:
                 reason = (f"width {emb.width} ({'+'.join(map(str, parts))}) does not fit this model's text "
@@ -182,10 +188,16 @@ class EmbeddingDatabase:
         return loaded, skipped
 
 
+def fits_widths(emb: Embedding, widths: list[int]) -> bool:
+    """Whether the embedding's vectors fit text encoders of these widths (SDXL: clip_l + clip_g)."""
+    parts = [int(v.shape[1]) for v in emb.vectors]
+    return parts == list(widths) or (len(widths) == 1 and parts == [sum(widths)])
+
+
 class EmbeddingMatcher:
     """The loaded embeddings of one model, indexed by token ids for one tokenizer per text encoder."""
 
-    def __init__(self, embeddings: dict[str, Embedding], tokenizers: list[Any], generation: int) -> None:
+    def __init__(self, embeddings: dict[str, Embedding], tokenizers: list[Any], generation: Any) -> None:
         self.generation = generation
         self.embeddings = embeddings
         self._index: list[dict[int, list[tuple[list[int], Embedding]]]] = []

@@ -38,8 +38,8 @@ class NetEnv:
         return self.models.get(self.models.resolve_title(self.ckpts[which], "sd_model_checkpoint"))
 
     def run(self, which: str = "sd1", networks: bool = True, extensions: Extensions | None = None,
-            **fields: Any) -> Txt2ImgResult:
-        options = {**BASE_OPTIONS, "sd_model_checkpoint": self.ckpts[which]}
+            options: dict[str, Any] | None = None, **fields: Any) -> Txt2ImgResult:
+        options = {**BASE_OPTIONS, "sd_model_checkpoint": self.ckpts[which], **(options or {})}
         req = Txt2ImgRequest(**{**FAST, "steps": 3, **fields})
         p = prepare(req, options, self.models, self.upscalers, MAX_PIXELS)
         nets = self.networks if networks else None
