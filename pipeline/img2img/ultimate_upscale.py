@@ -144,7 +144,9 @@ class UltimateSDUpscale:
         source = flatten_init(p, p.init_images[0])
         width, height = self.target_size(p, source.width, source.height)
         redraw, seams_fix = self.passes(width, height)
-        state.begin(NAME, max(1, len(redraw) + len(seams_fix)), None)
+        steps = {False: _steps_run(p, p.denoising_strength), True: _steps_run(p, self.seams_fix_denoise)}
+        weights = [float(s.width * s.height * steps[s.seam_fix]) for s in redraw + seams_fix]  # for the ETA
+        state.begin(NAME, max(1, len(weights)), weights or None)
         state.set_job(0, "Upscaling")
         image = self.upscale(source, width, height, ctx)
         key = "Ultimate SD upscale "
@@ -172,6 +174,11 @@ class UltimateSDUpscale:
         info["is_using_inpainting_conditioning"] = any(r.info.get("is_using_inpainting_conditioning")
                                                        for r in done)
         return Txt2ImgResult(images, infotexts, info, [n for r in done for n in r.unet_calls])
+
+
+def _steps_run(p: Any, denoise: float) -> int:
+    """The sampling steps an img2img at `denoise` runs (A1111's rule, or `steps` with img2img_fix_steps)."""
+    return p.steps if p.fix_steps else int(min(denoise, 0.999) * p.steps) + 1
 
 
 def _inpaint_passes(p: Any, ctx: Any, image: Image.Image, passes: list[InpaintPass], job_offset: int,

@@ -400,3 +400,21 @@ def test_seams_show_without_blur_and_go_with_blur_padding_or_the_seam_fix(env: E
     assert _seam_step(hard.images[0], 64) > 1.4
     assert _seam_step(hard.images[1], 64) < 1.1
     assert _seam_step(soft.images[0], 64) < 1.1
+
+
+def test_eta_weights_follow_pass_area_and_steps(env: Env) -> None:
+    # the redraw tiles (processed at 64x64, int(0.5 * 4) + 1 = 3 steps) and the band passes (8 + 2 * 8 = 24 x
+    # 64 and 64 x 24, int(0.25 * 4) + 1 = 2 steps) weigh what they cost in /progress's ETA
+    weights: list[list[float]] = []
+
+    class Watch(type(env.state)):  # type: ignore[misc]
+        def begin(self, job: str, job_count: int, w: list[float] | None = None) -> None:
+            weights.append(list(w or []))
+            super().begin(job, job_count, w)
+
+    watched = Env(env.models, env.upscalers, Watch(), env.options)
+    run(watched, [_noise_image(64, 64)], script_name="ultimate sd upscale", width=64, height=64, steps=4,
+        denoising_strength=0.5,
+        script_args=args_for(tile_width=32, padding=8, seams_fix_type=1, seams_fix_width=8,
+                             seams_fix_padding=8, seams_fix_denoise=0.25))
+    assert weights[0] == [64 * 64 * 3.0] * 4 + [24 * 64 * 2.0, 64 * 24 * 2.0]
