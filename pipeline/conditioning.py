@@ -265,20 +265,8 @@ class PromptEncoder:
                 continue
             i = 0
             while i < len(tokens):
-                hit = matcher.match(k, tokens, i) if matcher is not None else None
-                if hit is not None:  # an embedding: its vectors take that many positions, never split
-                    emb, used = hit
-                    vec = emb.vectors[k if len(emb.vectors) > 1 else 0][:CHUNK_TOKENS]
-                    if len(chunk.tokens) + vec.shape[0] > CHUNK_TOKENS:
-                        close(chunk)
-                        chunk = _Chunk()
-                    chunk.fixes.append((len(chunk.tokens), vec))
-                    chunk.tokens += [0] * vec.shape[0]  # placeholder ids, replaced after the lookup
-                    chunk.weights += [float(weight)] * vec.shape[0]
-                    i += used
-                    continue
+                # A1111's order: the comma / full-chunk checks see the next token first, embedding or not
                 token = tokens[i]
-                i += 1
                 if token == enc.comma_id:
                     last_comma = len(chunk.tokens)
                 elif (
@@ -287,19 +275,33 @@ class PromptEncoder:
                     and last_comma != -1
                     and len(chunk.tokens) - last_comma <= backtrack
                 ):
-                    # move the words after the last comma into the next chunk
+                    # move the words after the last comma into the next chunk. As in A1111, an embedding's
+                    # placeholder ids move with them but its vectors stay at their offsets in this chunk
+                    # (over its padding), and the moved placeholders encode as token id 0
                     cut = last_comma + 1
                     moved_tokens, moved_weights = chunk.tokens[cut:], chunk.weights[cut:]
-                    moved_fixes = [(o - cut, v) for o, v in chunk.fixes if o >= cut]
-                    chunk.fixes = [(o, v) for o, v in chunk.fixes if o < cut]
                     del chunk.tokens[cut:], chunk.weights[cut:]
                     close(chunk)
-                    chunk = _Chunk(moved_tokens, moved_weights, moved_fixes)
+                    chunk = _Chunk(moved_tokens, moved_weights)
                 if len(chunk.tokens) == CHUNK_TOKENS:
                     close(chunk)
                     chunk = _Chunk()
-                chunk.tokens.append(int(token))
-                chunk.weights.append(float(weight))
+                hit = matcher.match(k, tokens, i) if matcher is not None else None
+                if hit is None:
+                    chunk.tokens.append(int(token))
+                    chunk.weights.append(float(weight))
+                    i += 1
+                    continue
+                # an embedding: its vectors take that many positions, never split across chunks
+                emb, used = hit
+                vec = emb.vectors[k if len(emb.vectors) > 1 else 0][:CHUNK_TOKENS]
+                if len(chunk.tokens) + vec.shape[0] > CHUNK_TOKENS:
+                    close(chunk)
+                    chunk = _Chunk()
+                chunk.fixes.append((len(chunk.tokens), vec))
+                chunk.tokens += [0] * vec.shape[0]  # placeholder ids, replaced after the lookup
+                chunk.weights += [float(weight)] * vec.shape[0]
+                i += used
 
         if chunk.tokens or not chunks:
             close(chunk)

@@ -81,6 +81,29 @@ def test_a_multi_vector_embedding_is_never_split_across_chunks(net_env):
     assert _png(got) == _png(want)
 
 
+def test_the_comma_backtrack_moves_an_embeddings_placeholders_but_not_its_vectors_as_a1111(net_env):
+    """A1111 v1.10 moves the words after the last comma into the next chunk when a chunk overflows; the
+    embedding fixes recorded before stay at their offsets in the first chunk (over its padding) and the
+    moved placeholders are token id 0 in the second."""
+    _save_word_embedding(net_env, "sd1", "backkitty")  # 2 vectors
+    model = net_env.model("sd1")
+    net_env.run(prompt="warm up")
+    encoder = model.extra["prompt_encoder"]
+    enc = encoder.encoders[0]
+    dog = enc.tokenizer("dog", add_special_tokens=False)["input_ids"]
+    filler = " ".join(["cat"] * 70)  # 70 tokens, a comma at 70, the embedding at 71-72, dogs to 75 and over
+    chunks = encoder._chunks(enc, f"{filler}, backkitty dog dog dog")
+    assert len(chunks) == 2
+    assert chunks[0].tokens[72:] == [enc.eos_id] * 5  # 70 cats and the comma after BOS, then padding
+    assert [(o, v.shape[0]) for o, v in chunks[0].fixes] == [(71, 2)]  # the vectors stayed
+    assert chunks[1].tokens[1:6] == [0, 0] + dog * 3 and chunks[1].fixes == []
+    # chunk one is the text up to the comma, with the vectors written over its padding (positions 72-73)
+    cond = encoder.encode([f"{filler}, backkitty dog dog dog"]).context[0, :77]
+    alone = encoder.encode([f"{filler},"]).context[0]
+    assert torch.allclose(cond[:72], alone[:72], atol=1e-5)  # CLIP is causal: the positions before agree
+    assert (cond[72:74] - alone[72:74]).abs().max() > 1e-2
+
+
 def test_formats_and_a_wrong_width_is_skipped_with_its_reason(net_env, tmp_path):
     from safetensors.torch import save_file
 

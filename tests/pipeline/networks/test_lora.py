@@ -108,6 +108,17 @@ def test_two_tags_add_their_deltas(net_env):
     _close(got, want)
 
 
+def test_a_lora_tagged_twice_is_applied_twice_with_its_last_multipliers_as_a1111(net_env):
+    """A1111 v1.10 keeps every tag (extra_networks.parse_prompt) and loads the same network object for
+    both, so its last multipliers win and its delta is added twice; `Lora hashes` lists it once."""
+    model = net_env.model("sd1")
+    net = _write(net_env, model, "lora", "dup", seed=35)
+    got = net_env.run(prompt="a cat <lora:dup:0.2> <lora:dup:0.45>")
+    want = _reference(net_env, [net, net], mults=[(0.45, 0.45), (0.45, 0.45)], prompt="a cat")
+    _close(got.images[0], want)
+    assert got.infotexts[0].count("dup: ") == 1
+
+
 def test_dyn_keeps_the_first_rank_components(net_env):
     model = net_env.model("sd1")
     _write(net_env, model, "lora", "dyn", seed=41, rank=4)
