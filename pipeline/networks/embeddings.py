@@ -1,8 +1,9 @@
 """Textual-inversion embeddings with A1111 v1.10's semantics.
 
 Files: `.pt`/`.bin` (unpickled with `weights_only=True`, `ParameterDict` allowed, nothing else that is not
-plain data) and `.safetensors` under the embeddings folder, recursively; the name is the file stem (a later
-file wins). Accepted structures: A1111's `string_to_param` with exactly one tensor, SDXL's `clip_l` +
+plain data), `.safetensors`, and A1111's image embeddings (`image_embeddings.py`) under the embeddings
+folder, recursively; the name is the file stem (an image's embedded `name` when it has one; a later file
+wins). Accepted structures: A1111's `string_to_param` with exactly one tensor, SDXL's `clip_l` +
 `clip_g`, or any dict holding a single tensor. A file is `loaded` for the current model when its width
 fits the text encoder(s) (SD1 768, SD2 1024, SDXL 768 + 1280), else `skipped` with the reason.
 
@@ -20,10 +21,12 @@ from typing import Any
 import torch
 
 from pipeline.networks.files import natural_key, walk
+from pipeline.networks.image_embeddings import SUFFIXES as IMAGE_SUFFIXES
+from pipeline.networks.image_embeddings import read_image_embedding
 
 log = logging.getLogger("hiresd.networks")
 
-SUFFIXES = (".pt", ".bin", ".safetensors")
+SUFFIXES = (".pt", ".bin", ".safetensors", *IMAGE_SUFFIXES)
 
 
 class EmbeddingFileError(Exception):
@@ -79,8 +82,17 @@ def _tensors(obj: Any) -> list[tuple[str, torch.Tensor]]:
     return []
 
 
-def read_embedding(path: Path) -> Embedding:
-    """Read one embedding file (EmbeddingFileError with the reason when it cannot be used)."""
+def read_embedding(path: Path) -> Embedding | None:
+    """Read one embedding file (EmbeddingFileError with the reason when it cannot be used; None for an
+    image that holds no embedding, such as a `.preview.png`)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        try:
+            found = read_image_embedding(path)
+        except Exception as exc:  # noqa: BLE001 - broken images, bad base64 / JSON alike
+            raise EmbeddingFileError(f"unreadable image embedding: {exc}") from exc
+        if found is None:
+            return None
+        return embedding_from_data(found[1], found[0], path.resolve())
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
@@ -150,6 +162,8 @@ class EmbeddingDatabase:
             except (EmbeddingFileError, OSError) as exc:
                 errors[str(path)] = str(exc)
                 log.warning("embedding %s skipped: %s", path, exc)
+                continue
+            if emb is None:  # a picture (a preview), not an embedding
                 continue
             found[emb.name] = emb
         with self._lock:

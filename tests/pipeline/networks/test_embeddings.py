@@ -3,11 +3,17 @@ the image of that word (prompt, negative prompt, emphasis, SDXL's two encoders),
 are never split across a 75-token chunk, files are read safely, wrong widths are skipped with a reason."""
 from __future__ import annotations
 
+import base64
 import io
+import json
 import pickle
+import zlib
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 
 from pipeline.conditioning import CHUNK_TOKENS
 from pipeline.networks.embeddings import EmbeddingFileError, read_embedding
@@ -138,3 +144,77 @@ def test_a_pickle_with_code_is_refused(tmp_path):
     good = tmp_path / "pd.pt"
     torch.save({"string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(torch.ones(2, 8))})}, good)
     assert read_embedding(good).vectors[0].shape == (2, 8)
+
+
+# -- embeddings stored in images (A1111's `.png` embeddings) ------------------------------------------------
+
+def _tensor_json(data: dict) -> str:
+    return json.dumps({k: ({t: {"TORCHTENSOR": v.tolist()} for t, v in val.items()} if isinstance(val, dict)
+                           else val) for k, val in data.items()})
+
+
+def _mask_stream(n: int) -> np.ndarray:
+    """The writer's mask: x <- 1664525 x + 1013904223 (mod 2^32) from 0, (x mod 255) & 15."""
+    out, x = [], 0
+    for _ in range(n):
+        x = (1664525 * x + 1013904223) & 0xFFFFFFFF
+        out.append((x % 255) & 0x0F)
+    return np.array(out, dtype=np.uint8)
+
+
+def _hide_in_pixels(data: dict, picture: np.ndarray) -> Image.Image:
+    """A1111's layout: [low-nibble panel | black column | picture | black column | high-nibble panel], each
+    panel's nibbles XORed with the mask stream, lit by a high nibble of their own."""
+    raw = np.frombuffer(zlib.compress(_tensor_json(data).encode(), 9), dtype=np.uint8)
+    h = picture.shape[0]
+    size = -(-raw.size // (h * 3)) * (h * 3)
+    mask = _mask_stream(size).reshape(h, -1, 3)
+    low = np.resize(raw & 0x0F, size).reshape(h, -1, 3) ^ mask | 0x30
+    high = np.resize(raw >> 4, size).reshape(h, -1, 3) ^ mask | 0x50
+    black = np.zeros((h, 1, 3), dtype=np.uint8)
+    return Image.fromarray(np.concatenate([low, black, picture, black, high], axis=1).astype(np.uint8))
+
+
+def test_image_embeddings_in_a_text_chunk_and_in_the_pixels_are_read_as_a1111_writes_them(net_env):
+    model = net_env.model("sd1")
+    vectors = _word_vectors(model, 0, WORD)
+    data = {"string_to_param": {"*": vectors}, "name": "pngkitty", "step": 700}
+    info = PngInfo()
+    info.add_text("sd-ti-embedding", base64.b64encode(_tensor_json(data).encode()).decode())
+    Image.new("RGB", (32, 32), (200, 100, 50)).save(net_env.emb_dir / "card.png", pnginfo=info)
+    g = np.random.default_rng(3)
+    picture = (g.integers(1, 16, (24, 20, 3)) * 16 + g.integers(1, 16, (24, 20, 3))).astype(np.uint8)
+    hidden = _hide_in_pixels({**data, "name": "stegokitty"}, picture)
+    hidden.save(net_env.emb_dir / "stego.png")
+    hidden.save(net_env.emb_dir / "stego.preview.png")  # a preview: never read as an embedding
+    Image.fromarray(picture).save(net_env.emb_dir / "just-a-picture.webp", lossless=True)
+    net_env.networks.embeddings.refresh()
+    try:
+        everything = net_env.networks.embeddings.all()
+        assert set(everything) >= {"pngkitty", "stegokitty"} and "card" not in everything
+        assert not {"stego", "just-a-picture"} & set(everything)
+        assert not net_env.networks.embeddings.errors
+        for name in ("pngkitty", "stegokitty"):
+            assert torch.equal(everything[name].vectors[0], vectors) and everything[name].step == 700
+        got = net_env.run(prompt="a photo of pngkitty, outdoors").images[0]
+        want = net_env.run(prompt=f"a photo of {WORD}, outdoors").images[0]
+        assert _png(got) == _png(want)
+        assert _png(net_env.run(prompt="a photo of stegokitty, outdoors").images[0]) == _png(want)
+    finally:
+        for name in ("card.png", "stego.png", "stego.preview.png", "just-a-picture.webp"):
+            (net_env.emb_dir / name).unlink()
+        net_env.networks.embeddings.refresh()
+
+
+def test_a_broken_image_embedding_is_skipped_with_its_reason(net_env):
+    info = PngInfo()
+    info.add_text("sd-ti-embedding", "not base64 json")
+    Image.new("RGB", (8, 8)).save(net_env.emb_dir / "broken.png", pnginfo=info)
+    net_env.networks.embeddings.refresh()
+    try:
+        errors = net_env.networks.embeddings.errors
+        assert any(path.endswith("broken.png") and "unreadable image embedding" in why
+                   for path, why in errors.items())
+    finally:
+        (net_env.emb_dir / "broken.png").unlink()
+        net_env.networks.embeddings.refresh()
