@@ -370,11 +370,17 @@ def main() -> None:
     fast.add_argument("--skip-tiny", action="store_true", help="only the SD-shaped model")
     fast.add_argument("--unet-channels-last", action="store_true",
                       help="ours with the UNet's weights channels-last too (not a server default)")
+    fast.add_argument("--fused-qkv", choices=["auto", "on", "off"], default="auto",
+                      help="ours with the server's --fused-qkv")
+    fast.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"],
+                      default="auto", help="ours with the server's --sdpa-backend (CUDA)")
+    fast.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: CUDA graphs")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("CUDA is not available")
-    if args.precision or args.compile or args.unet_channels_last:
+    if (args.precision or args.compile or args.unet_channels_last or args.fused_qkv != "auto"
+            or args.sdpa_backend != "auto"):
         from bench.hires_fastpath import run as run_fastpath
 
         run_fastpath(args)

@@ -102,11 +102,13 @@ def run(args: Any) -> None:
     policy = choose(device, args.precision or "auto", "fp32" if args.no_half_vae else "auto")
     if args.unet_channels_last:
         policy = dataclasses.replace(policy, unet_channels_last=True)
-    accel = Accel(policy, **({"compile": True, "cache_dir": args.compile_cache} if args.compile else {}))
+    accel = Accel(policy, **({"compile": True, "cache_dir": args.compile_cache} if args.compile else {}),
+                  fused_qkv=args.fused_qkv, sdpa_backend=args.sdpa_backend, cuda_graphs=args.cuda_graphs)
     flags = " ".join(f for f in (
         f"--precision {args.precision or 'auto'}", "--compile" if args.compile else "",
         "--no-half-vae" if args.no_half_vae else "",
-        "--unet-channels-last" if args.unet_channels_last else "") if f)
+        "--unet-channels-last" if args.unet_channels_last else "", f"--fused-qkv {args.fused_qkv}",
+        f"--sdpa-backend {args.sdpa_backend}", "--cuda-graphs" if args.cuda_graphs else "") if f)
     repeats = args.repeats or (2 if args.quick else 3)
     width_div = 1 if (args.full_width or device.type == "cuda") else 4
     rows = []

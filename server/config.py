@@ -48,6 +48,9 @@ class ServerConfig:
     sdp_no_mem: bool = False  # --opt-sdp-no-mem-attention: no memory-efficient SDPA kernel (deterministic)
     compile: bool = False  # --compile: torch.compile UNet and VAE (pipeline/accel/compiling.py)
     compile_warmup: list[tuple[int, int]] = field(default_factory=list)  # --compile-warmup WxH,...
+    cuda_graphs: bool = False  # --cuda-graphs: with --compile on CUDA, "reduce-overhead" (CUDA graphs)
+    fused_qkv: str = "auto"  # --fused-qkv auto|on|off (pipeline/accel/fused_qkv.py)
+    sdpa_backend: str = "auto"  # --sdpa-backend auto|flash|efficient|cudnn|math (pipeline/accel/sdpa.py)
     memory_mode: str = "none"  # none | medvram | lowvram | medvram-sdxl (pipeline/accel/memory.py)
     png_compress_level: int = 1  # zlib level of PNGs sent and saved (A1111 writes Pillow's 6; README Speed)
     api_auth: list[tuple[str, str]] = field(default_factory=list)
@@ -222,6 +225,15 @@ def parser() -> argparse.ArgumentParser:
                          "cached under <data-dir>/compile-cache for restarts)")
     ap.add_argument("--compile-warmup", type=_sizes, default=[], metavar="WxH[,WxH]",
                     help="with --compile: run these image sizes once at model load (e.g. 512x512,1024x1024)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="with --compile on CUDA: record the compiled forwards as CUDA graphs per image size "
+                         "(torch.compile mode reduce-overhead)")
+    ap.add_argument("--fused-qkv", choices=["auto", "on", "off"], default="auto",
+                    help="one matrix product for attention's query/key/value projections (auto: on for the "
+                         "CPU, off on CUDA until measured there; never with --compile)")
+    ap.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"], default="auto",
+                    help="CUDA attention kernel tried first (auto: PyTorch's own order); the others stay "
+                         "as fallbacks")
     ap.add_argument("--medvram", action="store_true",
                     help="GPU: only the running component (text encoder, UNet, VAE) sits on the GPU")
     ap.add_argument("--lowvram", action="store_true",
@@ -310,6 +322,7 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         precision="fp32" if a.no_half else _PRECISION.get(a.precision, a.precision),
         vae_precision="fp32" if a.no_half_vae else "auto", sdp_no_mem=a.opt_sdp_no_mem_attention,
         compile=a.compile, compile_warmup=a.compile_warmup, png_compress_level=a.png_compress_level,
+        cuda_graphs=a.cuda_graphs, fused_qkv=a.fused_qkv, sdpa_backend=a.sdpa_backend,
         memory_mode="lowvram" if a.lowvram else "medvram" if a.medvram else
         "medvram-sdxl" if a.medvram_sdxl else "none",
         api_auth=a.api_auth, cors_allow_origins=[o for o in a.cors_allow_origins.split(",") if o],

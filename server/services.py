@@ -42,8 +42,12 @@ def pick_accel(config: ServerConfig) -> Accel:
     if memory != "none" and device.type == "cpu":
         log.info("--%s: running on the CPU, which has no separate device memory; running normally", memory)
         memory = "none"
+    if config.cuda_graphs and not (config.compile and device.type == "cuda"):
+        log.info("--cuda-graphs applies to --compile on CUDA only; not used")
     return Accel(choose(device, config.precision, config.vae_precision), compile=config.compile,
-                 cache_dir=config.data_dir / "compile-cache", warmup=list(config.compile_warmup), memory=memory)
+                 cache_dir=config.data_dir / "compile-cache", warmup=list(config.compile_warmup),
+                 memory=memory, fused_qkv=config.fused_qkv, sdpa_backend=config.sdpa_backend,
+                 sdp_no_mem=config.sdp_no_mem, cuda_graphs=config.cuda_graphs)
 
 
 @dataclass

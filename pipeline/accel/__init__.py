@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 
 from pipeline.accel import compiling, memory
+from pipeline.accel.fused_qkv import fuse_qkv
 from pipeline.accel.layout import apply_layout
 from pipeline.accel.precision import Precision, choose, resolve_device
+from pipeline.accel.sdpa import set_sdpa_backend
 from pipeline.sd_model import SDModel
 
 __all__ = ["Accel", "Precision", "choose", "resolve_device"]
@@ -30,6 +32,17 @@ class Accel:
     cache_dir: Path | None = None
     warmup: list[tuple[int, int]] = field(default_factory=list)
     memory: str = "none"  # none | medvram | lowvram | medvram-sdxl (pipeline/accel/memory.py)
+    fused_qkv: str = "auto"  # auto | on | off: stacked attention projections (pipeline/accel/fused_qkv.py)
+    sdpa_backend: str = "auto"  # auto | flash | efficient | cudnn | math, CUDA only (pipeline/accel/sdpa.py)
+    sdp_no_mem: bool = False  # --opt-sdp-no-mem-attention: no memory-efficient SDPA kernel
+    cuda_graphs: bool = False  # with compile on CUDA: "reduce-overhead" mode (pipeline/accel/compiling.py)
+
+    def wants_fused_qkv(self, device: torch.device) -> bool:
+        """`auto`: on for the CPU (measured faster here, identical images), off on CUDA (not yet measured);
+        never together with compilation (the stacked-weight cache is Python state a graph would freeze)."""
+        if self.compile:
+            return False
+        return self.fused_qkv == "on" or (self.fused_qkv == "auto" and device.type == "cpu")
 
     def load_device(self, device: torch.device) -> torch.device:
         """Where a checkpoint is built: the CPU under a memory mode (only the running part goes to the GPU,
@@ -42,6 +55,9 @@ class Accel:
         apply_layout(model, self.precision)
         device = device or model.device
         model.device = device
+        set_sdpa_backend(device, self.sdpa_backend, self.sdp_no_mem)
+        if self.wants_fused_qkv(device):
+            model.extra["fused_qkv"] = fuse_qkv(model.unet)
         if memory.install(model, self.memory) is not None:
             if self.compile:
                 log.warning("--compile is not used together with --%s; running eagerly", self.memory)
@@ -55,6 +71,6 @@ class Accel:
                 return
             if self.cache_dir is not None:
                 compiling.use_cache_dir(self.cache_dir)
-            compiling.compile_model(model)
+            compiling.compile_model(model, cuda_graphs=self.cuda_graphs)
             if self.warmup:
                 compiling.warm_up(model, self.warmup)

@@ -63,14 +63,21 @@ def use_cache_dir(path: Path) -> Path:
     return path
 
 
-def compile_model(model: SDModel) -> None:
+def compile_model(model: SDModel, cuda_graphs: bool = False) -> None:
     """Compile the UNet and the VAE's decoder and encoder in place (`nn.Module.compile`: the same module
-    objects, so hooks, `.config` and weight swaps such as LoRA patching keep working)."""
+    objects, so hooks, `.config` and weight swaps such as LoRA patching keep working).
+
+    `cuda_graphs` (`--cuda-graphs`, CUDA only): inductor's "reduce-overhead" mode, which records each
+    compiled graph as a CUDA graph per input shape and replays it (one launch instead of hundreds). Weights
+    are static inputs read in place, so in-place LoRA patching still shows; forwards run under inference
+    mode, where each call starts a new CUDA-graph iteration and the previous call's outputs are already
+    consumed (the sampler and the 8-bit conversion copy what they keep)."""
     if model.extra.get("compiled"):
         return
+    mode = "reduce-overhead" if cuda_graphs and model.device.type == "cuda" else None
     for module in (model.unet, model.vae.decoder, model.vae.encoder):
-        module.compile()
-    model.extra["compiled"] = True
+        module.compile(mode=mode)
+    model.extra["compiled"] = mode or "default"
 
 
 def warm_up(model: SDModel, sizes: list[tuple[int, int]], batch: int = 1) -> None:

@@ -40,3 +40,23 @@ def test_tiled_equals_untiled_on_cuda(cuda_registry: UpscalerRegistry) -> None:
     whole = upscale_array(model, image, tile=0).astype(int)
     d = np.abs(whole - upscale_array(model, image, tile=64, overlap=16).astype(int))
     assert d.max() <= 2
+
+
+def test_offloaded_registry_keeps_models_on_the_cpu_between_runs(models_dir) -> None:
+    cuda = torch.device("cuda")
+    reg = UpscalerRegistry(models_dir, device=cuda, offload=torch.device("cpu"), max_cached_models=32)
+    released = []
+    reg.make_room = lambda: released.append(True)
+    entry = reg.resolve("Compact-x4")
+    model = reg.load(entry)
+    assert model.device == cuda and next(model.descriptor.model.parameters()).device.type == "cpu"
+    seen = []
+    hook = model.descriptor.model.register_forward_pre_hook(
+        lambda m, *_: seen.append(next(m.parameters()).device.type))
+    try:
+        out = upscale(photo("coffee", 64, 48), 2, entry, reg)
+    finally:
+        hook.remove()
+    assert out.size == (128, 96) and set(seen) == {"cuda"} and released == [True]
+    assert next(model.descriptor.model.parameters()).device.type == "cpu"
+    assert reg.placement_log == [("Compact-x4", "in"), ("Compact-x4", "out")]
