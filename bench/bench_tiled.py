@@ -1,7 +1,8 @@
 """Tiled diffusion: one sampling pass untiled vs tiled at 1024, 2048 and 4096 px, side by side in one run.
 
-    .venv/bin/python bench/bench_tiled.py                      # CPU: 1/8-width SD 1.5 UNet, 1 step
-    .venv/bin/python bench/bench_tiled.py --device cuda --width-div 1 --steps 4   # full SD 1.5, fp16
+    .venv/bin/python bench/bench_tiled.py --untiled-max 2048   # CPU: 1/8-width SD 1.5 UNet, 1 step (~20 min)
+    .venv/bin/python bench/bench_tiled.py --sizes 256 512 1024 --tile 24 --overlap 2   # CPU, quarter geometry
+    .venv/bin/python bench/bench_tiled.py --device cuda   # full-width SD 1.5, fp16, 4 steps
 
 The model is the SD 1.5 UNet layout (bench_hires.sd_shaped_model: 4 levels, attention at three, 768-wide
 cross-attention, the CLIP ViT-L text encoder shape) with random weights; `--width-div N` divides the UNet
@@ -16,8 +17,8 @@ Each configuration runs in a fresh subprocess, so that one's peak does not hide 
         memory allocated before the pass.
 Printed: wall time of the pass, time per megapixel, peak, and the ratios tiled/untiled at each size and
 each size's peak against the 1024 px pass (goal: 4096 tiled within 1.10x of 1024; 2048 tiled time per
-pixel within 1.3x of untiled). Untiled passes whose attention would take too long on a CPU are skipped
-(`--untiled-max`, default 2048 on the CPU)."""
+pixel within 1.3x of untiled). `--untiled-max` skips the untiled passes above a size (an untiled 4096 pass
+takes hours on a 2-core CPU)."""
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,7 @@
 """Tiled diffusion (pipeline/tiled): tile planning geometry, the merge (normalised weights, MultiDiffusion's
-average), equivalence with the untiled pass when one tile covers everything, UNet batches, hires pass two."""
+average), equivalence with the untiled pass when one tile covers everything, UNet batches, both hires
+passes, the seam metric (it flags hard tile borders, not the default blend), closeness to the untiled
+picture at low denoise, interrupt/skip inside a tiled step and progress counting tiles."""
 from __future__ import annotations
 
 from typing import Any
