@@ -38,7 +38,8 @@ for part in $PARTS; do
                  --compile-cache /tmp/hiresd-gpu-check-cc ;;
     graphs)    run graphs 120 "$PY" bench/bench_hires.py --device cuda --quick --precision auto --compile \
                  --cuda-graphs --compile-cache /tmp/hiresd-gpu-check-cc ;;
-    fused)     run fused 60 "$PY" bench/bench_hires.py --device cuda --quick --precision auto --fused-qkv on ;;
+    fused)     run fused 60 "$PY" bench/bench_fused_qkv.py --device cuda --width-div 1 --size 512 \
+                 --dtype float16 ;;
     response)  run response 60 "$PY" bench/bench_response.py --sizes 1024 2048 --batches 1 4 --repeats 3 ;;
     bigimage)  run bigimage 45 "$PY" bench/bench_bigimage.py --device cuda ;;
     lora)      run lora 45 "$PY" bench/bench_lora.py --device cuda --quick ;;
