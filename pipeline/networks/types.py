@@ -62,8 +62,9 @@ class ModuleNetwork:
 
     def add_to(self, weight: torch.Tensor, multiplier: float, dyn: int | None = None) -> torch.Tensor | None:
         """Add this module's delta to `weight` in place; returns the bias delta (or None). A plain LoRA on
-        a weight is one fused multiply-add in the weight's dtype (no full-size temporary); every other
-        type goes through `delta` in float32."""
+        a weight is one fused multiply-add in the weight's dtype (no full-size temporary); a plain LoHa or
+        LoKr is one float32 multiply-add pass over the weight (`_fused_add`); every other case goes
+        through `delta` in float32."""
         f = self.factors
         if self.kind == "lora" and not ({"lora_mid", "dora_scale", "bias"} & f.keys()):
             up, down = f["lora_up"].flatten(1), f["lora_down"].flatten(1)
@@ -74,6 +75,9 @@ class ModuleNetwork:
                 w2.addmm_(up.to(weight.device, weight.dtype), down.to(weight.device, weight.dtype),
                           alpha=self.scale() * multiplier)
                 return None
+        if (self.kind in ("loha", "lokr") and not ({"dora_scale", "bias", "hada_t1", "lokr_t2"} & f.keys())
+                and _fused_add(self.kind, f, weight, self.scale() * multiplier)):
+            return None
         dw, db = self.delta(weight, multiplier, dyn)
         weight.add_(dw.to(weight.dtype))
         return db
@@ -105,6 +109,37 @@ class ModuleNetwork:
         if any(v.untyped_storage().data_ptr() == ptr for v in f.values()):  # full's `diff`: the cache's
             return raw * (self.scale() * multiplier), bias
         return raw.mul_(self.scale() * multiplier), bias
+
+
+def _fused_add(kind: str, f: dict[str, torch.Tensor], weight: torch.Tensor, coef: float) -> bool:
+    """Add coef x a plain LoHa or LoKr delta to `weight` in one multiply-add pass: the factor products in
+    float32, then W += coef * w1 * w2 (LoHa) or W[(p, r), (q, c)] += coef * w1[p, q] * w2[r, c] (LoKr's
+    Kronecker product, on W viewed as (a, o / a, b, cols / b)), computed in float32 and rounded once to
+    W's dtype. False (nothing done) when the shapes do not line up; `delta` then handles the module."""
+    def get(name: str) -> torch.Tensor:
+        return f[name].to(weight.device, torch.float32)
+
+    if not weight.is_contiguous():
+        return False
+    if kind == "loha":
+        w1 = get("hada_w1_a").flatten(1) @ get("hada_w1_b").flatten(1)
+        w2 = get("hada_w2_a").flatten(1) @ get("hada_w2_b").flatten(1)
+        if w1.shape != w2.shape or w1.numel() != weight.numel():
+            return False
+        weight.view(w1.shape).addcmul_(w1, w2, value=coef)
+        return True
+    if kind == "lokr":
+        w1 = get("lokr_w1") if "lokr_w1" in f else get("lokr_w1_a") @ get("lokr_w1_b")
+        w2 = get("lokr_w2") if "lokr_w2" in f else get("lokr_w2_a") @ get("lokr_w2_b")
+        if w1.dim() != 2:
+            return False
+        w2 = w2.flatten(1)
+        (a, b), (o2, c2) = w1.shape, w2.shape
+        if a * o2 * b * c2 != weight.numel() or weight.shape[0] != a * o2:
+            return False
+        weight.view(a, o2, b, c2).addcmul_(w1[:, None, :, None], w2[None, :, None, :], value=coef)
+        return True
+    return False
 
 
 def classify(factors: dict[str, torch.Tensor]) -> ModuleNetwork:

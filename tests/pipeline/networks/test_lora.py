@@ -278,6 +278,26 @@ def test_boft_delta_is_the_butterfly_product_of_its_stages(shape):
     assert dw.abs().max() > 0.05
 
 
+@pytest.mark.parametrize("kind", ["loha", "lokr"])
+@pytest.mark.parametrize("shape", [(64, 48), (64, 32, 3, 3)])
+def test_loha_and_lokr_patch_a_bf16_weight_with_one_rounding(kind, shape):
+    """LoHa / LoKr are added in one float32 multiply-add pass: a bf16 weight ends up as the float32 merged
+    weight rounded once (within half a bf16 step of it)."""
+    from pipeline.networks.keys import SUFFIXES
+    from pipeline.networks.types import classify
+    from tests.fixtures.networks import _factors
+
+    g = torch.Generator().manual_seed(9)
+    w = (torch.randn(*shape, generator=g) * 0.1).bfloat16()
+    tensors, delta = _factors(kind, w.float(), g, 4)
+    tensors = {SUFFIXES[k]: v for k, v in tensors.items()}
+    expected = w.float() + 0.7 * float(tensors["alpha"]) / 4 * delta(w.float())
+    patched = w.clone()
+    assert classify(tensors).add_to(patched, 0.7) is None
+    assert ((patched.float() - expected).abs() <= expected.abs() * 2**-8 + 1e-6).all()
+    assert (patched.float() - w.float()).abs().max() > 0.01
+
+
 def test_boft_blocks_that_do_not_fit_the_rows_are_an_error_naming_the_tag(net_env):
     from safetensors.torch import save_file
 
