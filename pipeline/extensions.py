@@ -41,6 +41,13 @@ class Extension:
     name: str
     source: str
     hooks: dict[str, Callable[..., Any]]
+    # /sdapi/v1/script-info `args` of the txt2img (False) or img2img (True) entry, A1111's ScriptArg fields
+    args_info: Callable[[bool], list[dict[str, Any]]] | None = None
+
+    def script_info(self, img2img: bool) -> dict[str, Any]:
+        """This always-on script's /sdapi/v1/script-info entry for one of the two tabs."""
+        args = self.args_info(img2img) if self.args_info is not None else []
+        return {"name": self.name.lower(), "is_alwayson": True, "is_img2img": img2img, "args": args}
 
 
 def _from_module(module: ModuleType, source: str) -> Extension:

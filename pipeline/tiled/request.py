@@ -133,6 +133,33 @@ def check_model(models: Any, checkpoint: str, tiles: TileSettings | None) -> Non
                              f"tiled_diffusion nor alwayson_scripts.{NAME})")
 
 
+_LABELS = ("Enable Tiled Diffusion", "Method", "Overwrite image size", "Keep input image size", "Image width",
+           "Image height", "Latent tile width", "Latent tile height", "Latent tile overlap",
+           "Latent tile batch size", "Upscaler", "Scale Factor", "Enable Noise Inversion", "Inversion steps",
+           "Retouch", "Renoise strength", "Renoise kernel size", "Move ControlNet tensor to CPU (if applicable)",
+           "Enable Control", "Draw full canvas background", "Causalize layers")
+_RANGES = {"image_width": (256, 16384, 16), "image_height": (256, 16384, 16),
+           "tile_width": (MIN_TILE, 1024, 16), "tile_height": (MIN_TILE, 1024, 16), "overlap": (0, 512, 4),
+           "tile_batch_size": (1, 64, 1), "scale_factor": (1.0, 8.0, 0.05), "noise_inverse_steps": (1, 200, 1),
+           "retouch": (0.0, 100.0, 0.1), "renoise_strength": (0.0, 2.0, 0.01), "renoise_kernel": (2, 512, 1)}
+
+
+def script_info_args(img2img: bool) -> list[dict[str, Any]]:
+    """/sdapi/v1/script-info `args` of the entry: the extension's settings in args order, with the defaults
+    of the tab (regions are not listed: region control is not available)."""
+    defaults = {**DEFAULTS, "method": "Mixture of Diffusers" if img2img else "MultiDiffusion",
+                "overlap": 8 if img2img else 48}
+    out = []
+    for name, label in zip(FIXED_ARGS, _LABELS):
+        arg: dict[str, Any] = {"label": label, "value": defaults[name]}
+        if name == "method":
+            arg["choices"] = list(METHODS)
+        if name in _RANGES:
+            arg["minimum"], arg["maximum"], arg["step"] = _RANGES[name]
+        out.append(arg)
+    return out
+
+
 def register(extensions: Any) -> None:
     """List "Tiled Diffusion" among the always-on scripts (so the entry is not an unknown script's 422, and
     /sdapi/v1/scripts shows it). It has no hooks: `request_tiles` reads its args while preparing the job.
@@ -140,4 +167,4 @@ def register(extensions: Any) -> None:
     from pipeline.extensions import Extension
 
     if KEY not in extensions.names():
-        extensions.register(Extension(NAME, "built-in (pipeline/tiled)", {}))
+        extensions.register(Extension(NAME, "built-in (pipeline/tiled)", {}, script_info_args))

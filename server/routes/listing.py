@@ -137,15 +137,18 @@ async def latent_upscale_modes(svc: Services = Depends(services)) -> list[dict[s
 
 @router.get("/scripts", response_model=ScriptsList)
 async def scripts(svc: Services = Depends(services)) -> ScriptsList:
-    return ScriptsList(txt2img=svc.extensions.names(), img2img=list(img2img_scripts.NAMES))  # by script_name
+    # A1111 lists every named script of a tab: the always-on ones in both, the selectable ones (script_name)
+    always_on = svc.extensions.names()
+    return ScriptsList(txt2img=always_on, img2img=always_on + list(img2img_scripts.NAMES))
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])
 async def script_info(svc: Services = Depends(services)) -> list[ScriptInfo]:
-    """One always-on entry per loaded extension (their hooks take no script arguments), then the selectable
+    """Each always-on script twice, as A1111 lists them: its txt2img entry, then its img2img one (a loaded
+    extension's hooks take no described arguments; Tiled Diffusion describes its own), then the selectable
     img2img scripts with their positional args (labels, defaults, ranges, choices)."""
-    always_on = [ScriptInfo(name=name, is_alwayson=True, is_img2img=False, args=[])
-                 for name in svc.extensions.names()]
+    always_on = [ScriptInfo(**ext.script_info(img2img))
+                 for img2img in (False, True) for ext in svc.extensions.items]
     return always_on + [ScriptInfo(**info) for info in img2img_scripts.script_info(svc.upscalers.names())]
 
 

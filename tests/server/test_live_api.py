@@ -164,10 +164,15 @@ def test_listings_through_webuiapi(api: webuiapi.WebUIApi, http: httpx.Client, t
     flags = api.get_cmd_flags()
     assert flags["port"] == int(http.base_url.port) and flags["nowebui"] is True and flags["api_auth"] is None
     assert flags["ckpt_dir"].endswith("Stable-diffusion") and flags["queue_size"] == 16
-    assert api.get_scripts() == {"txt2img": ["slowmo", "tiled diffusion"],
-                                 "img2img": ["sd upscale", "ultimate sd upscale"]}
+    assert api.get_scripts() == {"txt2img": ["slowmo", "tiled diffusion"],  # always-on scripts in both tabs
+                                 "img2img": ["slowmo", "tiled diffusion", "sd upscale", "ultimate sd upscale"]}
     infos = http.get("/sdapi/v1/script-info").json()
-    assert {"name": "slowmo", "is_alwayson": True, "is_img2img": False, "args": []} in infos
+    for tab in (False, True):
+        assert {"name": "slowmo", "is_alwayson": True, "is_img2img": tab, "args": []} in infos
+    tiled = {i["is_img2img"]: i["args"] for i in infos if i["name"] == "tiled diffusion"}
+    assert [a["label"] for a in tiled[True][:2]] == ["Enable Tiled Diffusion", "Method"]
+    assert (tiled[False][1]["value"], tiled[True][1]["value"]) == ("MultiDiffusion", "Mixture of Diffusers")
+    assert tiled[True][8]["value"] == 8 and tiled[False][8]["value"] == 48  # latent overlap defaults per tab
     selectable = [(i["name"], len(i["args"])) for i in infos if i["is_img2img"] and not i["is_alwayson"]]
     assert selectable == [("sd upscale", 4), ("ultimate sd upscale", 18)]
     assert api.get_face_restorers() == []
