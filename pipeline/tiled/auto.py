@@ -12,6 +12,8 @@ The budget is the option `tiled_diffusion_auto_budget_mb` when it is above 0, el
 memory (CUDA: torch.cuda.mem_get_info; CPU: MemAvailable) less a safety margin."""
 from __future__ import annotations
 
+import json
+
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -95,9 +97,15 @@ def auto_tiles(unet: Any, batch: int, latent_h: int, latent_w: int, itemsize: in
 def tiles_for_pass(p: Any, model: Any, batch: int, width: int, height: int) -> TileSettings | None:
     """The tiling of one pass: the request's (`p.tiles`), else automatic tiles when the pass would not fit
     (option `tiled_diffusion_auto`, on by default; never for 9-channel inpainting models). Records
-    `Tiled Diffusion: auto` in the job's infotext when it tiles on its own."""
-    if p.tiles is not None or not p.options.get("tiled_diffusion_auto", True):
-        return p.tiles
+    `Tiled Diffusion: auto` in the job's infotext when it tiles on its own, the settings (JSON) when asked."""
+    if p.tiles is not None:
+        t = p.tiles
+        p.extra_generation_params[INFOTEXT_KEY] = json.dumps({  # what ran, in the alwayson entry's latent cells
+            "Method": t.method, "Latent tile width": t.tile_width, "Latent tile height": t.tile_height,
+            "Latent tile overlap": t.overlap, "Latent tile batch size": t.batch})
+        return t
+    if not p.options.get("tiled_diffusion_auto", True):
+        return None
     if int(model.unet.config.in_channels) != int(model.latent_channels):
         return None
     lh, lw = height // 8, width // 8

@@ -4,6 +4,7 @@ naming the argument for what hiresd does not implement, and the same picture as 
 field."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from pipeline.tiled import TileSettings
 from pipeline.tiled.request import MAX_ARGS, NAME, from_alwayson_args, register, request_tiles
 from schemas.img2img import Img2ImgRequest
 from schemas.txt2img import Txt2ImgRequest
-from tests.conftest import Env, count_unet, pixels
+from tests.conftest import Env, count_unet, infotext_params, pixels
 from tests.pipeline.test_img2img import _noise_image, run
 
 # enabled, method, overwrite_size, keep_input_size, image_width, image_height, tile_width, tile_height,
@@ -93,3 +94,8 @@ def test_alwayson_entry_gives_the_same_picture_as_the_field(env: Env, builtin_mo
             "args": [True, "MultiDiffusion", False, True, 1024, 1024, 8, 8, 4, 2, "None", 2.0, False]}})
     assert c.count() == 2 * 2  # 3 tiles in batches of 2, 2 steps at denoise 0.6
     assert (pixels(field.images[0]) == pixels(entry.images[0])).all()
+    written = json.loads(infotext_params(entry.infotexts[0])["Tiled Diffusion"])  # what ran, in latent cells
+    assert written == {"Method": "MultiDiffusion", "Latent tile width": 8, "Latent tile height": 8,
+                       "Latent tile overlap": 4, "Latent tile batch size": 2}
+    assert infotext_params(field.infotexts[0])["Tiled Diffusion"] == infotext_params(entry.infotexts[0])[
+        "Tiled Diffusion"]
