@@ -229,8 +229,8 @@ def parser() -> argparse.ArgumentParser:
                     help="with --compile on CUDA: record the compiled forwards as CUDA graphs per image size "
                          "(torch.compile mode reduce-overhead)")
     ap.add_argument("--fused-qkv", choices=["auto", "on", "off"], default="auto",
-                    help="one matrix product for attention's query/key/value projections (auto: on for the "
-                         "CPU, off on CUDA until measured there; never with --compile)")
+                    help="one matrix product for attention's query/key/value projections (auto: off until "
+                         "measured faster: see README Speed; never with --compile)")
     ap.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"], default="auto",
                     help="CUDA attention kernel tried first (auto: PyTorch's own order); the others stay "
                          "as fallbacks")
