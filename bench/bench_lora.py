@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_lora.py                  # real SD1.5 at 512 and real SDXL at 1024
     .venv/bin/python bench/bench_lora.py --quick          # CPU: narrowed SD1.5 shape only, a minute or two
     .venv/bin/python bench/bench_lora.py --device cuda    # the same on CUDA (fp16)
-    .venv/bin/python bench/bench_lora.py --models sdxl --sdxl-size 768 --repeats 2
+    .venv/bin/python bench/bench_lora.py --models sdxl --sdxl-size 512 --step-factor 1024  # slow CPUs
 
 The dtype is the server's default for the device (`--precision auto`: bf16 on CPUs with native bf16, else
 fp32; fp16 on CUDA) unless `--precision` says otherwise.
@@ -139,6 +139,16 @@ def unet_step(model: SDModel, size: int) -> None:
     model.unet(x, torch.tensor([500.0] * 2, device=model.device), encoder_hidden_states=ctx, **kwargs)
 
 
+def step_factor(model: SDModel, size: int, other: int) -> str:
+    """One UNet step at `other` against steps at `size` just before and after it."""
+    dev = model.device
+    a = timed(lambda: unet_step(model, size), dev)
+    b = timed(lambda: unet_step(model, other), dev)
+    a = (a + timed(lambda: unet_step(model, size), dev)) / 2
+    return (f"one UNet step at {other}: {b * 1000:.0f} ms = {b / a:.2f} x the step at {size} "
+            f"({a * 1000:.0f} ms)")
+
+
 def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[str]:
     dev = model.device
     lines = [f"== {model.title} at {size}x{size}, {model.dtype}, {dev} =="]
@@ -149,6 +159,7 @@ def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[s
     unet_step(model, size)  # warm-up
     step = statistics.median(timed(lambda: unet_step(model, size), dev) for _ in range(repeats))
     lines.append(f"one UNet step (CFG batch 2): {step * 1000:.0f} ms")
+    print("\n".join(lines), flush=True)
     for kind in ("lora", "loha", "lokr"):
         tag = f"<lora:{model.title}-{kind}:0.8>"
         other = f"<lora:{model.title}-{kind}:0.5>"  # another set (other weights): a full switch
@@ -173,6 +184,7 @@ def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[s
                      f"({cold / step:5.2f} steps) | switch {sw * 1000:6.0f} ms ({sw / step:5.2f} steps) | "
                      f"restore {rs * 1000:5.0f} ms ({rs / step:5.3f} steps) | step with/without "
                      f"{with_lora / without:5.3f} | cache {cache_mb:6.1f} MiB, backups {backup_mb:6.1f} MiB")
+        print(lines[-1], flush=True)
         networks.activate(model, None)
         networks.cache.clear()
     return lines
@@ -187,6 +199,8 @@ def main() -> None:
     ap.add_argument("--models", default="sd1,sdxl", help="comma-separated: sd1, sdxl")
     ap.add_argument("--sdxl-size", type=int, default=1024, help="image size of the SDXL UNet step")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS)
+    ap.add_argument("--step-factor", type=int, default=None, metavar="SIZE",
+                    help="also time one UNet step at SIZE against the bench size (to convert the ratios)")
     a = ap.parse_args()
     device = torch.device(a.device)
     dtype = choose(device, a.precision).dtype
@@ -197,13 +211,16 @@ def main() -> None:
         plan = [(m, sizes[m], a.width_div or 1) for m in a.models.split(",")]
     torch.manual_seed(0)
     out: list[str] = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}"]
+    print(out[0], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for family, size, div in plan:
             model = build(family, device, dtype, div)
+            if a.step_factor:
+                out.append(step_factor(model, size, a.step_factor))
+                print(out[-1], flush=True)
             out += bench_model(model, size, a.repeats, Path(tmp))
-            print("\n".join(out[-4:]), flush=True)
             del model
-    print("\n".join(out))
+    print("\n".join(["", "== summary ==", *out]))
 
 
 if __name__ == "__main__":
