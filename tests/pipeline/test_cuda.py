@@ -130,10 +130,11 @@ def test_each_sdpa_backend_is_set_and_gives_the_same_image(tmp_path, cuda_env, b
         finally:
             hook.remove()
         assert seen["enabled"][2]  # math stays as the fallback
-        default = pixels(cuda_env.run(**HR).images[0]).astype(float)
-        assert np.abs(image - default).mean() < 2
     finally:
         reset_sdpa_backend()
+    assert current_order() is None
+    default = pixels(cuda_env.run(**HR).images[0]).astype(float)  # PyTorch's own order again
+    assert np.abs(image - default).mean() < 2
 
 
 def test_cuda_graphs_replay_and_match_eager(tmp_path, cuda_env):
