@@ -38,8 +38,8 @@ class Accel:
     cuda_graphs: bool = False  # with compile on CUDA: "reduce-overhead" mode (pipeline/accel/compiling.py)
 
     def wants_fused_qkv(self, device: torch.device) -> bool:
-        """`on` only, for now: `auto` is off on the CPU (runs on the shared development machine gave 0.90x
-        and 1.85x the unfused UNet step: no reliable gain) and on CUDA (not measured yet: bench/gpu_check.sh);
+        """`on` only, for now: `auto` is off on the CPU (the idle development machine took 1.10x the unfused
+        UNet step, bench/results/cpu-fused-qkv.txt) and on CUDA (not measured yet: bench/gpu_check.sh);
         never together with compilation (the stacked-weight cache is Python state a graph would freeze)."""
         if self.compile:
             return False
