@@ -47,6 +47,20 @@ _denoise.run_pass = _slow_run_pass
 '''
 
 
+def write_tiny_esrgan(models_dir: Path, file_name: str = "4x-Tiny.safetensors") -> Path:
+    """A tiny real-architecture 4x ESRGAN file (seeded weights) in `<models_dir>/ESRGAN`, as users keep theirs."""
+    import safetensors.torch
+    import torch
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    folder = models_dir / "ESRGAN"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = ESRGAN(num_filters=8, num_blocks=1, scale=4)
+    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(folder / file_name))
+    return folder / file_name
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

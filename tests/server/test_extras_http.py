@@ -10,25 +10,19 @@ import zlib
 from pathlib import Path
 
 import pytest
-import safetensors.torch
-import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from spandrel.architectures.ESRGAN import ESRGAN
 
 from server.app import create_app
 from server.config import ServerConfig
+from tests.server.livesrv import write_tiny_esrgan
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     root = tmp_path_factory.mktemp("extras")
-    (root / "models" / "ESRGAN").mkdir(parents=True)
-    torch.manual_seed(0)
-    net = ESRGAN(num_filters=8, num_blocks=1, scale=4)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()},
-                                str(root / "models" / "ESRGAN" / "Tiny ESRGAN 4x.safetensors"))
+    write_tiny_esrgan(root / "models", "Tiny ESRGAN 4x.safetensors")
     cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "out",
                        extensions_dir=None, max_pixels=1024 * 1024)
     with TestClient(create_app(cfg)) as c:

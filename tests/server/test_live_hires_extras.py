@@ -8,23 +8,16 @@ import json
 
 import httpx
 import pytest
-import safetensors.torch
-import torch
 import webuiapi
 from PIL import Image
-from spandrel.architectures.ESRGAN import ESRGAN
 
-from tests.server.livesrv import LiveServer
+from tests.server.livesrv import LiveServer, write_tiny_esrgan
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
     server = LiveServer(tmp_path_factory.mktemp("live-hires"))
-    (server.models / "ESRGAN").mkdir(parents=True)
-    torch.manual_seed(0)
-    net = ESRGAN(num_filters=8, num_blocks=1, scale=4)
-    safetensors.torch.save_file({k: v.contiguous() for k, v in net.state_dict().items()},
-                                str(server.models / "ESRGAN" / "4x-Tiny.safetensors"))
+    write_tiny_esrgan(server.models)
     server.start().wait_ready()
     yield server
     server.stop()
