@@ -19,7 +19,9 @@ Printed per model, as ratios of one UNet step (one CFG batch of 2 at the job's s
   switch         from set A to set B (restore A's parameters, patch B's), files already cached
   restore        back to no networks
   step ratio     a UNet step with a LoRA applied / without (goal <= 1.02: the weights are plain tensors);
-                 the steps alternate with / without, so drift of a shared machine falls on both sides
+                 the steps alternate with / without, so drift of a shared machine falls on both sides, and
+                 each timed step follows an untimed one after the switch (steady state, as a job's later
+                 steps); the first step right after applying is printed beside it
   memory         bytes held by the parsed-file cache and by the backups of the patched parameters
 """
 from __future__ import annotations
@@ -170,10 +172,15 @@ def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[s
             switches.append(timed(lambda: networks.activate(model, tag), dev))
             restores.append(timed(lambda: networks.activate(model, None), dev))
             networks.activate(model, tag)
-        with_steps, without_steps = [], []
+        # Steady state, as in a job's later steps: after each switch one untimed step first, so the
+        # allocator's refill after the switch's temporaries (page faults of fresh pages) is not charged to
+        # the timed step; the first step after a switch is reported on its own ("first step after apply").
+        with_steps, without_steps, first_steps = [], [], []
         for _ in range(repeats):
+            first_steps.append(timed(lambda: unet_step(model, size), dev))
             with_steps.append(timed(lambda: unet_step(model, size), dev))
             networks.activate(model, None)
+            unet_step(model, size)
             without_steps.append(timed(lambda: unet_step(model, size), dev))
             networks.activate(model, tag)
         with_lora, without = sum(with_steps), sum(without_steps)
@@ -183,7 +190,8 @@ def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[s
         lines.append(f"{kind:5s} rank 32, {counts[kind]} modules: cold apply {cold * 1000:7.0f} ms "
                      f"({cold / step:5.2f} steps) | switch {sw * 1000:6.0f} ms ({sw / step:5.2f} steps) | "
                      f"restore {rs * 1000:5.0f} ms ({rs / step:5.3f} steps) | step with/without "
-                     f"{with_lora / without:5.3f} | cache {cache_mb:6.1f} MiB, backups {backup_mb:6.1f} MiB")
+                     f"{with_lora / without:5.3f} (first step after apply {sum(first_steps) / without:5.3f}) | "
+                     f"cache {cache_mb:6.1f} MiB, backups {backup_mb:6.1f} MiB")
         print(lines[-1], flush=True)
         networks.activate(model, None)
         networks.cache.clear()
