@@ -190,7 +190,8 @@ def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[s
         lines.append(f"{kind:5s} rank 32, {counts[kind]} modules: cold apply {cold * 1000:7.0f} ms "
                      f"({cold / step:5.2f} steps) | switch {sw * 1000:6.0f} ms ({sw / step:5.2f} steps) | "
                      f"restore {rs * 1000:5.0f} ms ({rs / step:5.3f} steps) | step with/without "
-                     f"{with_lora / without:5.3f} (first step after apply {sum(first_steps) / without:5.3f}) | "
+                     f"{with_lora / without:5.3f} (first step after apply "
+                     f"{sum(first_steps) / without:5.3f}) | "
                      f"cache {cache_mb:6.1f} MiB, backups {backup_mb:6.1f} MiB")
         print(lines[-1], flush=True)
         networks.activate(model, None)
