@@ -19,6 +19,7 @@ from pipeline.networks.embeddings import (
     EmbeddingMatcher,
     embedding_from_data,
     fits_widths,
+    misfit_reason,
 )
 from pipeline.networks.files import LoraFile, LoraIndex, NetworkFileError, TensorCache, load_tensors
 from pipeline.networks.keys import file_family, split_key, target_map
@@ -115,6 +116,7 @@ class Networks:
         self.loras = LoraIndex(lora_dirs)
         self.embeddings = EmbeddingDatabase(embeddings_dir)
         self.last_widths: list[int] | None = None  # text-encoder widths of the model last prepared
+        self.last_bundled: dict[str, Embedding] = {}  # the embeddings its applied LoRA files bundle
         self.cache = TensorCache(int(cache_mb * 2**20))
 
     @classmethod
@@ -178,13 +180,23 @@ class Networks:
                     loaded[name] = emb
             matcher = model.extra["networks.embeddings"] = EmbeddingMatcher(loaded, model.tokenizers, key)
         self.last_widths = encoder_widths(model)
+        self.last_bundled = {name: emb for name, (emb, _) in bundled.items()}
         return matcher
 
     def embeddings_api(self, widths: list[int]) -> dict[str, dict[str, Any]]:
         """`GET /sdapi/v1/embeddings` for text encoders of these widths: A1111's `loaded` / `skipped`
         items (`step`, `sd_checkpoint`, `sd_checkpoint_name`, `shape`, `vectors`), a skipped one with
-        its `reason` too."""
+        its `reason` too. The embeddings bundled in the LoRA files applied to the model last prepared are
+        listed while they are applied (A1111 registers them with the folder's), unless a folder embedding
+        takes the name; one that does not fit is skipped with its reason."""
         loaded, skipped = self.embeddings.for_widths(widths)
+        for name, emb in self.last_bundled.items():
+            if name in loaded or name in skipped:
+                continue
+            if fits_widths(emb, widths):
+                loaded[name] = emb
+            else:
+                skipped[name] = (emb, misfit_reason(emb, widths))
         return {"loaded": {n: e.api_item() for n, e in sorted(loaded.items(), key=lambda kv: kv[0].lower())},
                 "skipped": {n: {**e.api_item(), "reason": why} for n, (e, why) in skipped.items()}}
 

@@ -192,14 +192,17 @@ class EmbeddingDatabase:
         loaded: dict[str, Embedding] = {}
         skipped: dict[str, tuple[Embedding, str]] = {}
         for name, emb in sorted(self.all().items(), key=lambda kv: natural_key(kv[0])):
-            parts = [int(v.shape[1]) for v in emb.vectors]
             if fits_widths(emb, widths):
                 loaded[name] = emb
             else:
-                reason = (f"width {emb.width} ({'+'.join(map(str, parts))}) does not fit this model's text "
-                          f"encoder{'s' if len(widths) > 1 else ''} ({'+'.join(map(str, widths))})")
-                skipped[name] = (emb, reason)
+                skipped[name] = (emb, misfit_reason(emb, widths))
         return loaded, skipped
+
+
+def misfit_reason(emb: Embedding, widths: list[int]) -> str:
+    parts = [int(v.shape[1]) for v in emb.vectors]
+    return (f"width {emb.width} ({'+'.join(map(str, parts))}) does not fit this model's text "
+            f"encoder{'s' if len(widths) > 1 else ''} ({'+'.join(map(str, widths))})")
 
 
 def fits_widths(emb: Embedding, widths: list[int]) -> bool:

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.errors import InvalidRequest
+from pipeline.networks import encoder_widths
 from tests.fixtures.networks import make_network
 
 WORD = "tabby kitten"
@@ -92,3 +93,18 @@ def test_a_bundled_embedding_of_no_known_structure_is_an_error_naming_it(net_env
     net_env.networks.loras.refresh()
     with pytest.raises(InvalidRequest, match="bundled embedding 'twovec'"):
         net_env.run(prompt="a cat <lora:bund-bad:1>")
+
+
+
+def test_get_embeddings_lists_a_bundled_embedding_while_its_lora_is_applied(net_env):
+    model = net_env.model("sd1")
+    widths = encoder_widths(model)
+    _bundle(net_env, "sd1", "bund-list", "listedbundle", seed=7)
+    assert "listedbundle" not in net_env.networks.embeddings_api(widths)["loaded"]
+    net_env.run(prompt="a cat <lora:bund-list:1>")
+    vectors = _word_vectors(model, 0, WORD)
+    assert net_env.networks.embeddings_api(widths)["loaded"]["listedbundle"] == {
+        "step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+        "shape": int(vectors.shape[1]), "vectors": int(vectors.shape[0])}
+    net_env.run(prompt="a cat")
+    assert "listedbundle" not in net_env.networks.embeddings_api(widths)["loaded"]
