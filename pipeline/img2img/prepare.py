@@ -8,10 +8,12 @@ from typing import Any
 from PIL import Image
 
 from pipeline.errors import InvalidRequest
+from pipeline.hires import first_pass_size
 from pipeline.img2img import scripts as img2img_scripts
 from pipeline.img2img import sd_upscale, ultimate_upscale
 from pipeline.pixel_upscale import resolve_hires_upscaler
 from pipeline.processing import ModelNames, Processing, check_pixel_budget, prepare_common
+from pipeline.tiled.request import keeps_input_size
 from schemas.img2img import Img2ImgRequest
 from upscalers.registry import UpscalerRegistry
 
@@ -68,6 +70,13 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
             raise InvalidRequest(f"init_images[{i}]", f"the image is {img.width}x{img.height}; at least "
                                  f"{MIN_SIDE}x{MIN_SIDE} needed")
     p.init_images = list(init_images)
+    what = "the size or batch_size"
+    if keeps_input_size(req) and req.script_name in (None, "", "None"):
+        # the Tiled Diffusion entry's keep_input_size (its default): the first init image's size, as the
+        # extension sets it (with a selectable script, the script decides the size)
+        p.width, p.height = first_pass_size(init_images[0].width, init_images[0].height)
+        what = ("the init image or batch_size (Tiled Diffusion's keep_input_size samples at the image's "
+                "size; send it false to sample at width x height)")
     p.resize_mode = req.resize_mode
     if mask is not None:
         p.mask = _mask_for(mask, init_images)
@@ -105,7 +114,7 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
     if p.mask is not None and p.inpaint_full_res:  # the result is pasted back at the input's size
         budget_w = max(budget_w, max(i.width for i in init_images))
         budget_h = max(budget_h, max(i.height for i in init_images))
-    check_pixel_budget(budget_w, budget_h, p.batch_size, max_pixels, "the size or batch_size")
+    check_pixel_budget(budget_w, budget_h, p.batch_size, max_pixels, what)
     return p
 
 

@@ -7,7 +7,8 @@ image_width, image_height, tile_width, tile_height, overlap, tile_batch_size, up
 noise_inverse, noise_inverse_steps, retouch, renoise_strength, renoise_kernel, control_tensor_cpu,
 enable_bbox_control, draw_background, causal_layers, then 8 regions of 10 values each. Missing trailing
 args take the extension's defaults. What hiresd does not implement (overwrite_size, an img2img upscaler,
-noise inversion, region control) is a 400 naming the argument when switched on; the rest is accepted."""
+noise inversion, region control) is a 400 naming the argument when switched on; the rest is accepted.
+`keep_input_size` (img2img: sample at the init image's size) is applied by `keeps_input_size`."""
 from __future__ import annotations
 
 from typing import Any
@@ -72,7 +73,7 @@ def from_alwayson_args(raw: list[Any], img2img: bool) -> TileSettings | None:
     if args[1] not in METHODS:
         raise InvalidRequest(_where(1), f"unknown method {args[1]!r}", list(METHODS))
     _off(args, 2, "overwrite_size (generating at image_width x image_height); set width/height instead")
-    _flag(args, 3)  # keep_input_size: img2img samples at the request's width/height, as with upscaler None
+    _flag(args, 3)  # keep_input_size: read by `keeps_input_size` (img2img only)
     tile_w = _int(args, 6, MIN_TILE, 1024)
     tile_h = _int(args, 7, MIN_TILE, 1024)
     overlap = _int(args, 8, 0, 512)
@@ -102,14 +103,29 @@ def request_tiles(req: Any, img2img: bool) -> TileSettings | None:
     if field is not None and field.enabled:
         from_field = TileSettings(field.method, field.tile_width // 8, field.tile_height // 8, field.overlap // 8,
                                   field.tile_batch_size)
-    entry = next((v for k, v in (getattr(req, "alwayson_scripts", None) or {}).items()
-                  if str(k).lower() == KEY), None)
-    args = entry.get("args") if isinstance(entry, dict) else None
-    from_args = from_alwayson_args(list(args), img2img) if isinstance(args, list) else None
+    args = _entry_args(req)
+    from_args = from_alwayson_args(args, img2img) if args is not None else None
     if from_field is not None and from_args is not None:
         raise InvalidRequest("tiled_diffusion", f"tiling asked twice (the field and alwayson_scripts.{NAME}); "
                              "send one of them")
     return from_field or from_args
+
+
+def _entry_args(req: Any) -> list[Any] | None:
+    entry = next((v for k, v in (getattr(req, "alwayson_scripts", None) or {}).items()
+                  if str(k).lower() == KEY), None)
+    args = entry.get("args") if isinstance(entry, dict) else None
+    return list(args) if isinstance(args, list) else None
+
+
+def keeps_input_size(req: Any) -> bool:
+    """img2img with the extension's entry enabled and `keep_input_size` (args[3], on by default): the job
+    samples at the init image's size, not the request's width/height, as the extension sets them (its
+    upscaler, which would come first, is refused in hiresd). Call after `request_tiles` validated the args."""
+    args = _entry_args(req)
+    if not args or not args[0]:
+        return False
+    return bool(args[3]) if len(args) > 3 else DEFAULTS["keep_input_size"]
 
 
 def check_model(models: Any, checkpoint: str, tiles: TileSettings | None) -> None:

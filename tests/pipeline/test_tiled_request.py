@@ -9,10 +9,18 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import InvalidRequest
+from pipeline.errors import InvalidRequest, TooLarge
 from pipeline.extensions import Extensions
+from pipeline.img2img.prepare import prepare_img2img
 from pipeline.tiled import TileSettings
-from pipeline.tiled.request import MAX_ARGS, NAME, from_alwayson_args, register, request_tiles
+from pipeline.tiled.request import (
+    MAX_ARGS,
+    NAME,
+    from_alwayson_args,
+    keeps_input_size,
+    register,
+    request_tiles,
+)
 from schemas.img2img import Img2ImgRequest
 from schemas.txt2img import Txt2ImgRequest
 from tests.conftest import Env, count_unet, infotext_params, pixels
@@ -99,3 +107,32 @@ def test_alwayson_entry_gives_the_same_picture_as_the_field(env: Env, builtin_mo
                        "Latent tile overlap": 4, "Latent tile batch size": 2}
     assert infotext_params(field.infotexts[0])["Tiled Diffusion"] == infotext_params(entry.infotexts[0])[
         "Tiled Diffusion"]
+
+
+def test_keep_input_size_is_on_by_default_and_only_with_the_entry_enabled() -> None:
+    def req(args: list | None) -> Img2ImgRequest:
+        return Img2ImgRequest(alwayson_scripts={NAME: {"args": args}} if args is not None else {})
+
+    assert keeps_input_size(req([True])) and keeps_input_size(req(ARGS))
+    assert not keeps_input_size(req(ARGS[:3] + [False] + ARGS[4:]))
+    assert not keeps_input_size(req([False, "MultiDiffusion", False, True]))
+    assert not keeps_input_size(req(None))
+    assert not keeps_input_size(Img2ImgRequest(tiled_diffusion={"tile_width": 64, "tile_height": 64,
+                                                                "overlap": 16}))
+
+
+def test_keep_input_size_samples_img2img_at_the_init_images_size_as_the_extension_does(env: Env) -> None:
+    """The extension sets width/height to the init image's (its upscaler None) before sampling: a client
+    that sends the default 512x512 with a bigger picture gets the picture's size back, as from A1111."""
+    src = _noise_image(204, 100)  # not multiples of 8: the sampled size rounds down, as width/height do
+    common = {"width": 64, "height": 64, "steps": 2, "denoising_strength": 0.5}
+    args = [True, "Mixture of Diffusers", False, True, 1024, 1024, 8, 8, 4, 4]
+    kept = run(env, [src], **common, alwayson_scripts={NAME: {"args": args}})
+    assert kept.images[0].size == (200, 96)
+    assert "Size: 200x96" in kept.infotexts[0]
+    not_kept = run(env, [src], **common, alwayson_scripts={NAME: {"args": args[:3] + [False] + args[4:]}})
+    assert not_kept.images[0].size == (64, 64)
+    # over the pixel budget because of the kept size: the 400 says so (the request's 64x64 would fit)
+    req = Img2ImgRequest(init_images=["sent"], **common, alwayson_scripts={NAME: {"args": [True]}})
+    with pytest.raises(TooLarge, match="keep_input_size samples at the image's size"):
+        prepare_img2img(req, env.options, env.models, env.upscalers, 100 * 100, [src], None)
