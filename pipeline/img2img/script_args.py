@@ -63,7 +63,10 @@ def choice(value: Any, index: int, name: str, labels: Sequence[str]) -> int:
 
 def upscaler(value: Any, index: int, name: str, names: Sequence[str], resolve: Callable[[str], str]) -> str:
     """An index into the /sdapi/v1/upscalers list (`names`, in that order) or a name; `resolve(name)` gives
-    the canonical name or raises UnknownUpscaler."""
+    the canonical name or raises UnknownUpscaler. A string of digits that names no upscaler is an index
+    (clients that send every script arg as text)."""
+    if isinstance(value, str) and value.strip().isdigit() and value not in names:
+        value = int(value)
     if _is_number(value) and value == int(value):
         if not 0 <= value < len(names):
             raise InvalidRequest(_field(index), f"{name} index {value} is out of range: 0..{len(names) - 1} "

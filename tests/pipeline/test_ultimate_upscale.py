@@ -155,6 +155,7 @@ def test_parse_defaults_and_positions() -> None:
     assert (s.tile_width, s.tile_height, s.upscaler, s.redraw_mode, s.seams_fix_type, s.custom_scale) == \
         (256, 256, "4x-Tiny", 1, 3, 4.0)
     assert usdu(upscaler_index="lanczos").upscaler == "Lanczos"  # a name: our leniency
+    assert usdu(upscaler_index="3").upscaler == NAMES[3]  # digits naming no upscaler: an index, sent as text
 
 
 @pytest.mark.parametrize(("args", "where", "words"), [
