@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import InvalidRequest
+from pipeline.networks.patch import BACKUP_DEVICES
 
 Validator = Callable[[Any], Any]
 # extra checks the app adds for values only it can judge (a VAE or checkpoint name): (value, field) -> value
@@ -136,6 +137,10 @@ OPTIONS: dict[str, Option] = {
                                           "hashes` with the LoRA's name (else with an empty value)"),
     "lora_cache_mb": Option(1024, _int(0, 1 << 20), "MiB of parsed LoRA files kept in memory (least recently "
                             "used out; 0 keeps only the files of the set in use)"),
+    "lora_backup_device": Option("auto", _choice(*BACKUP_DEVICES), "where the pristine copies of the "
+                                 "weights a LoRA patches are kept: auto (on the CPU when the GPU would keep "
+                                 "under half its memory free), device (beside the weights: fastest switch) "
+                                 "or cpu (as A1111)"),
     "tiled_diffusion_auto": Option(True, _bool, "sample a pass in tiles when it would not fit in memory "
                                    "(infotext `Tiled Diffusion: auto`)"),
     "tiled_diffusion_auto_budget_mb": Option(0, _int(0, 1 << 24), "MiB one UNet call of a pass may use before "

@@ -118,6 +118,7 @@ class Networks:
         self.last_widths: list[int] | None = None  # text-encoder widths of the model last prepared
         self.last_bundled: dict[str, Embedding] = {}  # the embeddings its applied LoRA files bundle
         self.cache = TensorCache(int(cache_mb * 2**20))
+        self.backups = "auto"  # where patched parameters' backups live: one of patch.BACKUP_DEVICES
 
     @classmethod
     def for_models_dir(cls, models_dir: Path, lora_dir: Path | None = None, lyco_dir: Path | None = None,
@@ -209,6 +210,7 @@ class Networks:
         signature = tuple((a.file.path, a.file.mtime, last[a.params.name].te, last[a.params.name].unet,
                            last[a.params.name].dyn) for a in active)
         patcher: Patcher = model.extra.setdefault("networks.patcher", Patcher())
+        patcher.backups = self.backups
         if signature == patcher.signature:
             return active
         plan: list[Step] = []
@@ -299,6 +301,7 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
         return []
     if "lora_cache_mb" in p.options:
         networks.cache.limit_bytes = int(float(p.options["lora_cache_mb"]) * 2**20)
+    networks.backups = str(p.options.get("lora_backup_device", "auto"))
     disabled = bool(getattr(p.request, "disable_extra_networks", False))
     active = networks.activate(model, None if disabled else prompt)
     matcher = networks.matcher_for(model)  # the folder's embeddings and the applied LoRAs' bundled ones

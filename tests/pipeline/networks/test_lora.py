@@ -333,3 +333,62 @@ def test_a_4_channel_conv_in_delta_on_an_inpainting_unet_leaves_the_extra_channe
     finally:
         net_env.networks.activate(model, None)
     assert torch.equal(conv.weight, before)
+
+
+def test_backups_leave_an_accelerator_they_would_crowd():
+    """`lora_backup_device`: auto keeps the pristine copies beside the weights only while half of the
+    device's memory stays free after them (an 80 GB card, yes; a 24 GB card with SDXL loaded, no)."""
+    from pipeline.networks.patch import backup_device
+
+    cpu, cuda, gib = torch.device("cpu"), torch.device("cuda", 0), 2**30
+    assert backup_device("auto", cuda, 5 * gib, 70 * gib, 80 * gib) == cuda
+    assert backup_device("auto", cuda, 5 * gib, 16 * gib, 24 * gib) == cpu
+    assert backup_device("device", cuda, 5 * gib, 6 * gib, 12 * gib) == cuda
+    assert backup_device("cpu", cuda, 1, 80 * gib, 80 * gib) == cpu
+    assert backup_device("device", cpu, 1, 0, 0) == cpu
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_backups_on_the_cpu_restore_exactly():
+    from pipeline.networks.keys import Target
+    from pipeline.networks.patch import Patcher, Step
+    from pipeline.networks.types import classify
+
+    layer = torch.nn.Linear(64, 48).cuda().half().requires_grad_(False)
+    before = layer.weight.detach().clone()
+    g = torch.Generator().manual_seed(0)
+    network = classify({"lora_up": torch.randn(48, 4, generator=g),
+                        "lora_down": torch.randn(4, 64, generator=g)})
+    patcher = Patcher(backups="cpu")
+    patcher.apply(("x",), [Step(Target("unet", "site", layer), network, 0.5, None)])
+    assert not torch.equal(layer.weight, before)
+    assert all(t.device.type == "cpu" for _, t in patcher._weights.values())
+    patcher.restore()
+    assert torch.equal(layer.weight, before)
+
+
+def test_backups_in_shared_buffers_restore_every_weight_exactly(monkeypatch):
+    """The backups are packed into a few buffers (patch.BACKUP_BUFFER elements each; small here so that
+    layers split across buffers, of two dtypes, one bigger than a buffer): every bit comes back."""
+    from pipeline.networks import patch
+    from pipeline.networks.keys import Target
+    from pipeline.networks.types import classify
+
+    monkeypatch.setattr(patch, "BACKUP_BUFFER", 3000)
+    g = torch.Generator().manual_seed(1)
+    layers = [torch.nn.Linear(i, o).to(dtype).requires_grad_(False)
+              for i, o, dtype in [(64, 48, torch.bfloat16), (32, 32, torch.float32), (16, 8, torch.bfloat16),
+                                  (40, 24, torch.float32), (8, 8, torch.bfloat16)]]
+    before = [layer.weight.detach().clone() for layer in layers]
+    plan = [patch.Step(Target("unet", f"l{k}", layer),
+                       classify({"lora_up": torch.randn(layer.out_features, 2, generator=g),
+                                 "lora_down": torch.randn(2, layer.in_features, generator=g)}), 1.0, None)
+            for k, layer in enumerate(layers)]
+    patcher = patch.Patcher()
+    patcher.apply(("a",), plan + plan[:1])  # the first layer twice: backed up once
+    assert all(not torch.equal(layer.weight, b) for layer, b in zip(layers, before))
+    buffers = {t.untyped_storage().data_ptr() for _, t in patcher._weights.values()}
+    assert 2 < len(buffers) < len(layers)
+    assert patcher.backup_bytes == sum(b.numel() * b.element_size() for b in before)
+    patcher.restore()
+    assert all(torch.equal(layer.weight, b) for layer, b in zip(layers, before))
