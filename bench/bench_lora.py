@@ -18,10 +18,12 @@ Printed per model, as ratios of one UNet step (one CFG batch of 2 at the job's s
   cold apply     first use of a file: read + parse + patch
   switch         from set A to set B (restore A's parameters, patch B's), files already cached
   restore        back to no networks
-  step ratio     a UNet step with a LoRA applied / without (goal <= 1.02: the weights are plain tensors);
-                 the steps alternate with / without, so drift of a shared machine falls on both sides, and
-                 each timed step follows an untimed one after the switch (steady state, as a job's later
-                 steps); the first step right after applying is printed beside it
+  step ratio     a UNet step with a LoRA applied / without (goal <= 1.02: the weights are plain tensors):
+                 the median of the ratios of back-to-back pairs (their range and the ratio of the sums
+                 beside it). The steps alternate with / without, so drift of the machine falls on both
+                 sides; each timed step follows an untimed one after the switch (steady state, as a job's
+                 later steps); the first step right after applying is printed beside it; a control (two
+                 steps without networks, a switch there and back between them) shows the noise floor
   memory         bytes held by the parsed-file cache and by the backups of the patched parameters
 """
 from __future__ import annotations
@@ -175,22 +177,34 @@ def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[s
         # Steady state, as in a job's later steps: after each switch one untimed step first, so the
         # allocator's refill after the switch's temporaries (page faults of fresh pages) is not charged to
         # the timed step; the first step after a switch is reported on its own ("first step after apply").
-        with_steps, without_steps, first_steps = [], [], []
+        # The control: a second step without networks after a switch there and back (the same work
+        # between the two steps as on the LoRA side), whose ratio to the first is the machine's noise floor.
+        with_steps, without_steps, control_steps, first_steps = [], [], [], []
         for _ in range(repeats):
             first_steps.append(timed(lambda: unet_step(model, size), dev))
             with_steps.append(timed(lambda: unet_step(model, size), dev))
             networks.activate(model, None)
             unet_step(model, size)
             without_steps.append(timed(lambda: unet_step(model, size), dev))
+            networks.activate(model, other)
+            networks.activate(model, None)
+            unet_step(model, size)
+            control_steps.append(timed(lambda: unet_step(model, size), dev))
             networks.activate(model, tag)
         with_lora, without = sum(with_steps), sum(without_steps)
+        # Each pair ran back to back: the median of the pair ratios shrugs off a slow stretch of a shared
+        # machine that the ratio of sums (printed too) absorbs on one side only.
+        pairs = sorted(w / o for w, o in zip(with_steps, without_steps))
+        noise = sorted(c / o for c, o in zip(control_steps, without_steps))
         patcher = model.extra["networks.patcher"]
         cache_mb, backup_mb = networks.cache.bytes / 2**20, patcher.backup_bytes / 2**20
         sw, rs = statistics.median(switches), statistics.median(restores)
         lines.append(f"{kind:5s} rank 32, {counts[kind]} modules: cold apply {cold * 1000:7.0f} ms "
                      f"({cold / step:5.2f} steps) | switch {sw * 1000:6.0f} ms ({sw / step:5.2f} steps) | "
                      f"restore {rs * 1000:5.0f} ms ({rs / step:5.3f} steps) | step with/without "
-                     f"{with_lora / without:5.3f} (first step after apply "
+                     f"{statistics.median(pairs):5.3f} (pairs {pairs[0]:.3f}-{pairs[-1]:.3f}, sums "
+                     f"{with_lora / without:5.3f}; control without/without {statistics.median(noise):5.3f} "
+                     f"({noise[0]:.3f}-{noise[-1]:.3f}); first step after apply "
                      f"{sum(first_steps) / without:5.3f}) | "
                      f"cache {cache_mb:6.1f} MiB, backups {backup_mb:6.1f} MiB")
         print(lines[-1], flush=True)
