@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_lora.py                  # real SD1.5 at 512 and real SDXL at 1024
     .venv/bin/python bench/bench_lora.py --quick          # CPU: narrowed SD1.5 shape only, a minute or two
     .venv/bin/python bench/bench_lora.py --device cuda    # the same on CUDA (fp16)
+    .venv/bin/python bench/bench_lora.py --device cuda --backups cpu   # backups on the CPU, as A1111
     .venv/bin/python bench/bench_lora.py --models sdxl --sdxl-size 512 --step-factor 1024  # slow CPUs
 
 The dtype is the server's default for the device (`--precision auto`: bf16 on CPUs with native bf16, else
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.accel.precision import PRECISIONS, choose  # noqa: E402
 from pipeline.builtin import deterministic_fill, load_sd1_tokenizer  # noqa: E402
 from pipeline.networks import Networks  # noqa: E402
+from pipeline.networks.patch import BACKUP_DEVICES  # noqa: E402
 from pipeline.sd_model import SDModel  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
@@ -153,10 +155,11 @@ def step_factor(model: SDModel, size: int, other: int) -> str:
             f"({a * 1000:.0f} ms)")
 
 
-def bench_model(model: SDModel, size: int, repeats: int, folder: Path) -> list[str]:
+def bench_model(model: SDModel, size: int, repeats: int, folder: Path, backups: str = "auto") -> list[str]:
     dev = model.device
-    lines = [f"== {model.title} at {size}x{size}, {model.dtype}, {dev} =="]
+    lines = [f"== {model.title} at {size}x{size}, {model.dtype}, {dev}, backups {backups} =="]
     networks = Networks([folder])
+    networks.backups = backups
     counts = {kind: write_network(model, kind, folder / f"{model.title}-{kind}.safetensors", 32, i)
               for i, kind in enumerate(("lora", "loha", "lokr"))}
     networks.loras.refresh()
@@ -222,6 +225,8 @@ def main() -> None:
     ap.add_argument("--models", default="sd1,sdxl", help="comma-separated: sd1, sdxl")
     ap.add_argument("--sdxl-size", type=int, default=1024, help="image size of the SDXL UNet step")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS)
+    ap.add_argument("--backups", default="auto", choices=BACKUP_DEVICES,
+                    help="where the backups of patched weights live (the option lora_backup_device)")
     ap.add_argument("--step-factor", type=int, default=None, metavar="SIZE",
                     help="also time one UNet step at SIZE against the bench size (to convert the ratios)")
     a = ap.parse_args()
@@ -241,7 +246,7 @@ def main() -> None:
             if a.step_factor:
                 out.append(step_factor(model, size, a.step_factor))
                 print(out[-1], flush=True)
-            out += bench_model(model, size, a.repeats, Path(tmp))
+            out += bench_model(model, size, a.repeats, Path(tmp), a.backups)
             del model
     print("\n".join(["", "== summary ==", *out]))
 
