@@ -113,10 +113,10 @@ class Patcher:
 
     def _take_backups(self, plan: list[Step]) -> None:
         """Copy the weights the plan touches (all pristine: `restore` came first) into a few buffers of
-        about BACKUP_BUFFER bytes each, not one allocation per parameter: on the CPU, hundreds of
-        parameter-sized blocks would sit in the C heap while the set is applied and change how the
-        sampler's activations are allocated (see bench/bench_lora.py); large buffers are mapped apart from
-        it and given back whole. A part on the CPU (offloaded text encoders) keeps its backups there."""
+        about BACKUP_BUFFER elements each, not one allocation per parameter: on the CPU, hundreds of
+        parameter-sized blocks would sit in the C heap while the set is applied and slow the sampler's
+        allocations (bench/results/lora-cpu-control.txt); large buffers are mapped apart from it and
+        given back whole. A part on the CPU (offloaded text encoders) keeps its backups there."""
         modules = list({id(s.target.module): s.target.module for s in plan}.values())
         accelerator = self._backup_to(modules)
         groups: dict[tuple[Any, torch.dtype], list[Any]] = {}
