@@ -60,14 +60,23 @@ def _off(args: list[Any], i: int, what: str) -> None:
         raise InvalidRequest(_where(i), f"{what} is not available in hiresd; send false")
 
 
+def _tab_defaults(img2img: bool) -> dict[str, Any]:
+    return {**DEFAULTS, "method": "Mixture of Diffusers" if img2img else "MultiDiffusion",
+            "overlap": 8 if img2img else 48}
+
+
+def _with_defaults(raw: list[Any], img2img: bool) -> list[Any]:
+    """The args with the tab's defaults for the missing trailing ones."""
+    defaults = _tab_defaults(img2img)
+    return list(raw) + [defaults[name] for name in FIXED_ARGS[len(raw):]]
+
+
 def from_alwayson_args(raw: list[Any], img2img: bool) -> TileSettings | None:
     """The extension's positional args as TileSettings (None when `enabled` is false)."""
     if len(raw) > MAX_ARGS:
         raise InvalidRequest(f"alwayson_scripts.{NAME}.args", f"{len(raw)} args; the extension takes at most "
                              f"{MAX_ARGS} ({len(FIXED_ARGS)} settings, then {REGIONS} regions of {REGION_ARGS})")
-    method_default = "Mixture of Diffusers" if img2img else "MultiDiffusion"
-    defaults = {**DEFAULTS, "method": method_default, "overlap": 8 if img2img else 48}
-    args = list(raw) + [defaults[name] for name in FIXED_ARGS[len(raw):]]
+    args = _with_defaults(raw, img2img)
     if not _flag(args, 0):
         return None
     if args[1] not in METHODS:
@@ -122,10 +131,11 @@ def keeps_input_size(req: Any) -> bool:
     """img2img with the extension's entry enabled and `keep_input_size` (args[3], on by default): the job
     samples at the init image's size, not the request's width/height, as the extension sets them (its
     upscaler, which would come first, is refused in hiresd). Call after `request_tiles` validated the args."""
-    args = _entry_args(req)
-    if not args or not args[0]:
+    raw = _entry_args(req)
+    if raw is None:
         return False
-    return bool(args[3]) if len(args) > 3 else DEFAULTS["keep_input_size"]
+    args = _with_defaults(raw, img2img=True)
+    return _flag(args, 0) and _flag(args, 3)
 
 
 def check_model(models: Any, checkpoint: str, tiles: TileSettings | None) -> None:
@@ -163,8 +173,7 @@ _RANGES = {"image_width": (256, 16384, 16), "image_height": (256, 16384, 16),
 def script_info_args(img2img: bool) -> list[dict[str, Any]]:
     """/sdapi/v1/script-info `args` of the entry: the extension's settings in args order, with the defaults
     of the tab (regions are not listed: region control is not available)."""
-    defaults = {**DEFAULTS, "method": "Mixture of Diffusers" if img2img else "MultiDiffusion",
-                "overlap": 8 if img2img else 48}
+    defaults = _tab_defaults(img2img)
     out = []
     for name, label in zip(FIXED_ARGS, _LABELS):
         arg: dict[str, Any] = {"label": label, "value": defaults[name]}
