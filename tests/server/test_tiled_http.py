@@ -3,10 +3,13 @@ script, a 1024x256 panorama in tiles, a 400 naming the argument for what is not 
 9-channel inpainting refusal before the job is queued (the checkpoint is never loaded)."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from pipeline.builtin import BUILTIN_NAME
 from server.app import create_app
@@ -67,3 +70,19 @@ def test_a_9_channel_checkpoint_is_refused_before_the_job_is_queued(client: Test
     # without tiles the same checkpoint serves the request
     ok = client.post("/sdapi/v1/txt2img", json={**SMALL, **inpaint})
     assert ok.status_code == 200, ok.text
+
+
+def test_img2img_keeps_the_init_images_size_as_the_extension_does(client: TestClient) -> None:
+    """The entry's keep_input_size (on unless sent false): A1111 with the extension answers at the init
+    picture's size whatever width/height say."""
+    buf = io.BytesIO()
+    Image.new("RGB", (128, 64), (200, 120, 40)).save(buf, format="PNG")
+    body = {**SMALL, "init_images": [base64.b64encode(buf.getvalue()).decode()], "denoising_strength": 0.5}
+
+    def size(args: list) -> tuple[int, int]:
+        r = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": _entry(*args)})
+        assert r.status_code == 200, r.text
+        return Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size
+
+    assert size([True]) == (128, 64)
+    assert size([True, "Mixture of Diffusers", False, False]) == (64, 64)
