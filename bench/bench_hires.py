@@ -55,6 +55,7 @@ from pipeline.state import JobState  # noqa: E402
 from pipeline.txt2img import Context, run_txt2img  # noqa: E402
 from schemas.img2img import Img2ImgRequest  # noqa: E402
 from schemas.txt2img import Txt2ImgRequest  # noqa: E402
+from server.config import FUSED_QKV_CHOICES, SDPA_BACKEND_CHOICES  # noqa: E402
 from upscalers.registry import UpscalerRegistry  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs" / "sd1"
@@ -370,10 +371,10 @@ def main() -> None:
     fast.add_argument("--skip-tiny", action="store_true", help="only the SD-shaped model")
     fast.add_argument("--unet-channels-last", action="store_true",
                       help="ours with the UNet's weights channels-last too (not a server default)")
-    fast.add_argument("--fused-qkv", choices=["auto", "on", "off"], default="auto",
+    fast.add_argument("--fused-qkv", choices=FUSED_QKV_CHOICES, default="auto",
                       help="ours with the server's --fused-qkv")
-    fast.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"],
-                      default="auto", help="ours with the server's --sdpa-backend (CUDA)")
+    fast.add_argument("--sdpa-backend", choices=SDPA_BACKEND_CHOICES, default="auto",
+                      help="ours with the server's --sdpa-backend (CUDA)")
     fast.add_argument("--cuda-graphs", action="store_true", help="with --compile on CUDA: CUDA graphs")
     args = ap.parse_args()
     device = torch.device(args.device)

@@ -15,6 +15,11 @@ from typing import Any
 
 from server import a1111_flags
 
+# the accel flags' choices, written here so that parsing flags needs no torch (pipeline/accel/sdpa.py maps
+# the backend names onto PyTorch's kernels)
+FUSED_QKV_CHOICES = ("auto", "on", "off")
+SDPA_BACKEND_CHOICES = ("auto", "flash", "efficient", "cudnn", "math")
+
 # the model-file folders a flag can move: A1111's flag -> the folder's name under --models-dir
 FOLDER_FLAGS: dict[str, str] = {
     "--esrgan-models-path": "ESRGAN", "--realesrgan-models-path": "RealESRGAN",
@@ -228,10 +233,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="with --compile on CUDA: record the compiled forwards as CUDA graphs per image size "
                          "(torch.compile mode reduce-overhead)")
-    ap.add_argument("--fused-qkv", choices=["auto", "on", "off"], default="auto",
+    ap.add_argument("--fused-qkv", choices=FUSED_QKV_CHOICES, default="auto",
                     help="one matrix product for attention's query/key/value projections (auto: off until "
                          "measured faster: see README Speed; never with --compile)")
-    ap.add_argument("--sdpa-backend", choices=["auto", "flash", "efficient", "cudnn", "math"], default="auto",
+    ap.add_argument("--sdpa-backend", choices=SDPA_BACKEND_CHOICES, default="auto",
                     help="CUDA attention kernel tried first (auto: PyTorch's own order); the others stay "
                          "as fallbacks")
     ap.add_argument("--medvram", action="store_true",
