@@ -13,7 +13,6 @@ memory (CUDA: torch.cuda.mem_get_info; CPU: MemAvailable) less a safety margin."
 from __future__ import annotations
 
 import json
-
 import logging
 from collections.abc import Iterable
 from pathlib import Path
