@@ -104,3 +104,36 @@ def test_embeddings_loaded_and_skipped_for_the_current_model(srv, api):
     with srv.client() as http:
         assert http.post("/sdapi/v1/refresh-embeddings").json() is None
     assert "later" in api.get_embeddings()["loaded"]
+
+
+def test_get_embeddings_lists_a_bundled_embedding_while_its_lora_is_applied(srv, api):
+    from pipeline.builtin import build_builtin_model
+
+    model = build_builtin_model(torch.device("cpu"), torch.float32)
+    width = model.text_encoders[0].get_input_embeddings().weight.shape[1]
+    tensors = dict(make_network(model, "lora", seed=5).tensors)
+    tensors["bundle_emb.packedkitty.string_to_param.*"] = torch.randn(3, width)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(srv.models / "Lora" / "bundled.safetensors"))
+    with srv.client() as http:
+        http.post("/sdapi/v1/refresh-loras")
+        ok = http.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "packedkitty <lora:bundled:0.5>"})
+        assert ok.status_code == 200, ok.text
+        assert "packedkitty: bundled" in json.loads(ok.json()["info"])["infotexts"][0]  # TI hashes
+        assert api.get_embeddings()["loaded"]["packedkitty"]["vectors"] == 3
+        assert http.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200  # no LoRA: no bundled embedding
+    assert "packedkitty" not in api.get_embeddings()["loaded"]
+
+
+def test_lora_backup_device_is_an_option_with_three_choices(srv):
+    with srv.client() as http:
+        bad = http.post("/sdapi/v1/options", json={"lora_backup_device": "gpu"})
+        assert bad.status_code == 400 and "'auto', 'device', 'cpu'" in bad.text
+        images = []
+        for where in ("cpu", "device"):  # the same picture wherever the backups live
+            r = http.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "a fox <lora:detail:0.8>",
+                                                     "override_settings": {"lora_backup_device": where}})
+            assert r.status_code == 200, r.text
+            images.append(r.json()["images"][0])
+            http.post("/sdapi/v1/txt2img", json=SMALL)  # restore between them
+        assert images[0] == images[1]
+        assert http.get("/sdapi/v1/options").json()["lora_backup_device"] == "auto"
