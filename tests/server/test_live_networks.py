@@ -113,7 +113,8 @@ def test_get_embeddings_lists_a_bundled_embedding_while_its_lora_is_applied(srv,
     width = model.text_encoders[0].get_input_embeddings().weight.shape[1]
     tensors = dict(make_network(model, "lora", seed=5).tensors)
     tensors["bundle_emb.packedkitty.string_to_param.*"] = torch.randn(3, width)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(srv.models / "Lora" / "bundled.safetensors"))
+    save_file({k: v.contiguous() for k, v in tensors.items()},
+              str(srv.models / "Lora" / "bundled.safetensors"))
     with srv.client() as http:
         http.post("/sdapi/v1/refresh-loras")
         ok = http.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": "packedkitty <lora:bundled:0.5>"})
