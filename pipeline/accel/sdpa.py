@@ -59,7 +59,7 @@ def current_order() -> list[SDPBackend] | None:
 
 
 def reset_sdpa_backend() -> None:
-    """Back to PyTorch's own order (tests, and a model prepared for the CPU after a CUDA one)."""
+    """Back to PyTorch's own order (the CUDA tests use it between backends)."""
     global _current
     _held.close()
     _current = None
