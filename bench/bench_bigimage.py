@@ -17,12 +17,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_hires import OneModel, sd_shaped_model  # noqa: E402
-from pipeline import vae  # noqa: E402
-from pipeline.extensions import Extensions  # noqa: E402
-from pipeline.pixel_upscale import HiresUpscaler  # noqa: E402
-from pipeline.processing import prepare  # noqa: E402
-from pipeline.state import JobState  # noqa: E402
-from pipeline.txt2img import Context, run_txt2img  # noqa: E402
+from pipeline.models import vae_codec as vae  # noqa: E402
+from pipeline.jobs.extensions import Extensions  # noqa: E402
+from pipeline.jobs.pixel_upscale import HiresUpscaler  # noqa: E402
+from pipeline.jobs.processing import prepare  # noqa: E402
+from pipeline.runtime.job_state import JobState  # noqa: E402
+from pipeline.jobs.txt2img import Context, run_txt2img  # noqa: E402
 from schemas.txt2img import Txt2ImgRequest  # noqa: E402
 from upscalers.registry import UpscalerRegistry  # noqa: E402
 

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.checkpoints import CONFIGS_DIR, CheckpointInfo, load_checkpoint, read_state_dict  # noqa: E402
+from pipeline.models.checkpoints import CONFIGS_DIR, CheckpointInfo, load_checkpoint, read_state_dict  # noqa: E402
 from tests.fixtures.ldm_export import sd_to_ldm  # noqa: E402
 from tests.pipeline.test_realsize import _build_random_sd15  # noqa: E402
 

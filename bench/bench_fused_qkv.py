@@ -18,7 +18,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_hires import sd_shaped_model
-from pipeline.accel.fused_qkv import fuse_qkv, unfuse_qkv
+from pipeline.models.accel.fused_qkv import fuse_qkv, unfuse_qkv
 
 
 def main() -> None:

@@ -45,14 +45,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.builtin import build_builtin_model, deterministic_fill, load_sd1_tokenizer  # noqa: E402
-from pipeline.extensions import Extensions  # noqa: E402
-from pipeline.img2img import prepare_img2img, run_img2img  # noqa: E402
-from pipeline.pixel_upscale import HiresUpscaler  # noqa: E402
-from pipeline.processing import prepare  # noqa: E402
-from pipeline.sd_model import SDModel  # noqa: E402
-from pipeline.state import JobState  # noqa: E402
-from pipeline.txt2img import Context, run_txt2img  # noqa: E402
+from pipeline.models.builtin import build_builtin_model, deterministic_fill, load_sd1_tokenizer  # noqa: E402
+from pipeline.jobs.extensions import Extensions  # noqa: E402
+from pipeline.jobs.img2img.prepare import prepare_img2img  # noqa: E402
+from pipeline.jobs.img2img.run import run_img2img  # noqa: E402
+from pipeline.jobs.pixel_upscale import HiresUpscaler  # noqa: E402
+from pipeline.jobs.processing import prepare  # noqa: E402
+from pipeline.models.sd_model import SDModel  # noqa: E402
+from pipeline.runtime.job_state import JobState  # noqa: E402
+from pipeline.jobs.txt2img import Context, run_txt2img  # noqa: E402
 from schemas.img2img import Img2ImgRequest  # noqa: E402
 from schemas.txt2img import Txt2ImgRequest  # noqa: E402
 from server.config import FUSED_QKV_CHOICES, SDPA_BACKEND_CHOICES  # noqa: E402

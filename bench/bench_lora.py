@@ -13,7 +13,7 @@ Models: the SD 1.5 and SDXL architectures from the shipped configs (random weigh
 on them); `--width-div N` narrows the UNet channels for slow machines (the printout says what ran). Networks:
 rank-32 LoRA, LoHa and LoKr files in kohya layout over every attention/feed-forward linear of the UNet and
 every attention/MLP linear of the text encoder(s), written to a temporary folder and loaded through
-`pipeline.networks.Networks`, exactly as a job does.
+`pipeline.models.networks.Networks`, exactly as a job does.
 
 Printed per model, as ratios of one UNet step (one CFG batch of 2 at the job's size):
   cold apply     first use of a file: read + parse + patch
@@ -42,11 +42,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.accel.precision import PRECISIONS, choose  # noqa: E402
-from pipeline.builtin import deterministic_fill, load_sd1_tokenizer  # noqa: E402
-from pipeline.networks import Networks  # noqa: E402
-from pipeline.networks.patch import BACKUP_DEVICES  # noqa: E402
-from pipeline.sd_model import SDModel  # noqa: E402
+from pipeline.models.accel.precision import PRECISIONS, choose  # noqa: E402
+from pipeline.models.builtin import deterministic_fill, load_sd1_tokenizer  # noqa: E402
+from pipeline.models.networks import Networks  # noqa: E402
+from pipeline.models.networks.patch import BACKUP_DEVICES  # noqa: E402
+from pipeline.models.sd_model import SDModel  # noqa: E402
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
 UNET_SUFFIXES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")

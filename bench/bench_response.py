@@ -10,7 +10,7 @@ whole body, as `requests`/`webuiapi` do (they send `Accept-Encoding: gzip, defla
 content coding). Only the job itself is canned: instead of sampling, the worker takes a decoded-looking float
 image batch (B, 3, H, W) in [0, 1] (smooth gradients, texture and noise, like a VAE output; random bytes
 would not compress and would hide the encoder's cost), stamps the clock (= the last VAE decode ended) and goes
-on exactly as the pipeline does after its decode: `pipeline.vae.to_images`, then the route's tail (encode,
+on exactly as the pipeline does after its decode: `pipeline.models.vae_codec.to_images`, then the route's tail (encode,
 base64, JSON, send). The time is from that stamp to the client's last byte; the body is checked to hold the
 images.
 
@@ -43,8 +43,8 @@ from PIL.PngImagePlugin import PngInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.txt2img import Txt2ImgResult
-from pipeline.vae import to_images
+from pipeline.jobs.txt2img import Txt2ImgResult
+from pipeline.models.vae_codec import to_images
 from server.app import create_app
 from server.config import ServerConfig
 from server.services import Services

@@ -7,7 +7,7 @@
 The model is the SD 1.5 UNet layout (bench_hires.sd_shaped_model: 4 levels, attention at three, 768-wide
 cross-attention, the CLIP ViT-L text encoder shape) with random weights; `--width-div N` divides the UNet
 channel widths by N (1 = the real SD 1.5) so that a 2-core CPU finishes. A pass is txt2img from noise
-(Euler, CFG 7, `--steps` steps) through pipeline.denoise.denoise, the same call a job makes, with
+(Euler, CFG 7, `--steps` steps) through pipeline.diffusion.denoise.denoise, the same call a job makes, with
 `tiles=None` (untiled) or the default tiling (Mixture of Diffusers, 96-cell = 768 px tiles, overlap 8
 cells, 4 tiles per UNet call). The VAE is not run: the pass's memory is what tiling bounds.
 
@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.tiled import TileSettings  # noqa: E402
+from pipeline.diffusion.tiled import TileSettings  # noqa: E402
 
 SIZES = (1024, 2048, 4096)
 
@@ -54,7 +54,8 @@ def _reset_peak() -> bool:
 
 def child(size: int, tiled: bool, steps: int, width_div: int, device_name: str, tiling: TileSettings) -> dict:
     from bench.bench_hires import NEGATIVE, PROMPT, sd_shaped_model
-    from pipeline import denoise, samplers
+    from pipeline.diffusion import denoise
+    from pipeline.diffusion import samplers
     device = torch.device(device_name)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

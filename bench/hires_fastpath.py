@@ -5,7 +5,7 @@ diffusers, side by side in one run, with the fidelity of our fast images to our 
     .venv/bin/python bench/bench_hires.py --precision bf16 --full-width --quick
 
 Per model: naive = the diffusers composition in fp32 (bench_hires.Naive); ours = prepare() + run_txt2img() on
-a model loaded as the server loads it under the policy (dtypes from pipeline.accel.choose, then
+a model loaded as the server loads it under the policy (dtypes from pipeline.models.accel.choose, then
 Accel.prepare: channels-last VAE, compile). The two alternate (ABBA) after a warm-up of each; ratio = median
 ours / median naive. Fidelity: our fast image against our fp32 image of the same seed (one extra fp32 run;
 its time is printed as 'ours fp32 s', a single run): PSNR, mean and max absolute difference in 8-bit levels.
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from bench.bench_hires import Job, Naive, run_ours, sd_shaped_model, timed
-from pipeline.accel import Accel, choose
-from pipeline.builtin import build_builtin_model
-from pipeline.sd_model import SDModel
-from pipeline.state import JobState
+from pipeline.models.accel import Accel, choose
+from pipeline.models.builtin import build_builtin_model
+from pipeline.models.sd_model import SDModel
+from pipeline.runtime.job_state import JobState
 from upscalers.registry import UpscalerRegistry
 
 

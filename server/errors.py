@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.errors import Interrupted, ModelLoadError, PipelineError, UnknownScript
-from pipeline.vae import is_oom
-from pipeline.worker import QueueFull, WorkerStopped
+from pipeline.runtime.errors import Interrupted, ModelLoadError, PipelineError, UnknownScript
+from pipeline.models.vae_codec import is_oom
+from pipeline.runtime.worker import QueueFull, WorkerStopped
 from server.auth import is_protected
 from server.imagecodec import ImageDecodeError
 from upscalers.errors import UpscalerError

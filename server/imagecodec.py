@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 from server.pngwrite import CHANNELS as PNG_CHANNELS
 from server.pngwrite import write_png
 

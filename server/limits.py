@@ -4,7 +4,7 @@
 (A1111 accepts `n_iter: 416` and runs it) is a 400 naming the limit and the flag that raises it."""
 from __future__ import annotations
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 from server.config import ServerConfig
 
 

@@ -12,19 +12,19 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.accel import Accel, choose, resolve_device
-from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
-from pipeline.errors import InvalidRequest, UnknownName
-from pipeline.extensions import Extensions
-from pipeline.model_manager import ModelManager
-from pipeline.networks import Networks
-from pipeline.pixel_upscale import HiresUpscaler
-from pipeline.processing import Processing
-from pipeline.styles import StyleStore
-from pipeline.tiled.request import register as register_tiled_diffusion
-from pipeline.txt2img import Context, Txt2ImgResult, run_txt2img
-from pipeline.vae_files import VaeRegistry
-from pipeline.worker import Worker
+from pipeline.models.accel import Accel, choose, resolve_device
+from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
+from pipeline.runtime.errors import InvalidRequest, UnknownName
+from pipeline.jobs.extensions import Extensions
+from pipeline.models.manager import ModelManager
+from pipeline.models.networks import Networks
+from pipeline.jobs.pixel_upscale import HiresUpscaler
+from pipeline.jobs.processing import Processing
+from pipeline.jobs.styles import StyleStore
+from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
+from pipeline.jobs.txt2img import Context, Txt2ImgResult, run_txt2img
+from pipeline.models.vae_files import VaeRegistry
+from pipeline.runtime.worker import Worker
 from server.config import ServerConfig
 from server.console import ConsoleProgress
 from server.imagecodec import encode_image

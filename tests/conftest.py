@@ -15,14 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.builtin import BUILTIN_NAME
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.extensions import Extensions
-from pipeline.model_manager import ModelManager
-from pipeline.pixel_upscale import HiresUpscaler
-from pipeline.processing import Processing, prepare
-from pipeline.state import JobState
-from pipeline.txt2img import Context, Txt2ImgResult, run_txt2img
+from pipeline.models.builtin import BUILTIN_NAME
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.jobs.extensions import Extensions
+from pipeline.models.manager import ModelManager
+from pipeline.jobs.pixel_upscale import HiresUpscaler
+from pipeline.jobs.processing import Processing, prepare
+from pipeline.runtime.job_state import JobState
+from pipeline.jobs.txt2img import Context, Txt2ImgResult, run_txt2img
 from schemas.txt2img import Txt2ImgRequest
 from upscalers.registry import UpscalerRegistry
 
@@ -75,7 +75,7 @@ def mean_abs_diff(a: Image.Image, b: Image.Image) -> float:
 def infotext_params(text: str) -> dict[str, str]:
     """The `Key: value` pairs written on an infotext's last line, in order, JSON-quoted values unquoted
     (only the keys actually written: no A1111 defaults filled in)."""
-    from pipeline.infotext import _PARAM_ITEM, unquote_value
+    from pipeline.infotext.codec import _PARAM_ITEM, unquote_value
 
     out: dict[str, str] = {}
     for key, value in _PARAM_ITEM.findall(text.strip().rsplit("\n", 1)[-1]):

@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import InvalidRequest
-from pipeline.networks.tags import strip_tags
-from pipeline.prompts import get_prompt_schedules, parse_prompt_attention, schedule_index_at_step
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.models.networks.tags import strip_tags
+from pipeline.diffusion.prompts import get_prompt_schedules, parse_prompt_attention, schedule_index_at_step
 
 __all__ = [
     "CHUNK_TOKENS",

@@ -18,16 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import samplers
-from pipeline.conditioning import PromptEncoder, ScheduledConditioning
-from pipeline.errors import InvalidRequest
-from pipeline.preview import latent_preview
-from pipeline.samplers.schedules import NoiseTable
-from pipeline.sampling import ModelSwitch, PassResult, StepCallback, run_pass
-from pipeline.sd_model import SDModel
-from pipeline.seeds import batch_noise
-from pipeline.state import JobState
-from pipeline.tiled import TiledGuidance, TileSettings
+from pipeline.diffusion import samplers
+from pipeline.diffusion.conditioning import PromptEncoder, ScheduledConditioning
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.diffusion.preview import latent_preview
+from pipeline.diffusion.samplers.schedules import NoiseTable
+from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
+from pipeline.models.sd_model import SDModel
+from pipeline.diffusion.seeds import batch_noise
+from pipeline.runtime.job_state import JobState
+from pipeline.diffusion.tiled import TiledGuidance, TileSettings
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 import torch
 
-from pipeline.errors import Interrupted
-from pipeline.sd_model import SDModel
-from pipeline.state import Skipped
+from pipeline.runtime.errors import Interrupted
+from pipeline.models.sd_model import SDModel
+from pipeline.runtime.job_state import Skipped
 
 STOPS = (Interrupted, Skipped)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]

@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 
 __all__ = [
     "BREAK",

@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping
 
-from pipeline.prompts import PromptSyntaxError, parse_prompt_attention
+from pipeline.diffusion.prompts import PromptSyntaxError, parse_prompt_attention
 
 __all__ = ["format_infotext", "parse_infotext", "quote_value", "unquote_value", "prompt_uses_emphasis"]
 

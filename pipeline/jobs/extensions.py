@@ -9,7 +9,7 @@ entry-point group) that defines any of:
     def process_before_every_sampling(p, **kwargs): ...   # each time a sampler is created (both passes);
                                                 # kwargs: pass_no (1 or 2), x (latents), noise
 
-`p` is the job's `pipeline.processing.Processing`. A hook that raises fails the job with its message.
+`p` is the job's `pipeline.jobs.processing.Processing`. A hook that raises fails the job with its message.
 Extensions run only when enabled for the server (all files in the directory are loaded at start-up).
 
 Each extension is an always-on script of that name: a request's `alwayson_scripts: {"<name>": {"args":
@@ -28,7 +28,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from pipeline.errors import InvalidRequest, UnknownScript
+from pipeline.runtime.errors import InvalidRequest, UnknownScript
 
 log = logging.getLogger("hiresd.extensions")
 

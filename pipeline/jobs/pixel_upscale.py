@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.errors import UnknownName
+from pipeline.runtime.errors import UnknownName
 from upscalers.errors import Interrupted as UpscaleInterrupted
 from upscalers.errors import UnknownUpscaler
 from upscalers.loop import upscale

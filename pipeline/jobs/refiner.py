@@ -28,10 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pipeline.errors import InvalidRequest
-from pipeline.samplers.schedules import NoiseTable
-from pipeline.sampling import Handover
-from pipeline.sd_model import SDModel
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.diffusion.samplers.schedules import NoiseTable
+from pipeline.diffusion.loop import Handover
+from pipeline.models.sd_model import SDModel
 
 NO_REFINER = (None, "", "None", "none")
 HIRES_PASSES = ("first pass", "second pass", "both passes")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 from upscalers.errors import UnknownUpscaler
 
 

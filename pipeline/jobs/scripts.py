@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.img2img import sd_upscale, ultimate_upscale
+from pipeline.jobs import sd_upscale, ultimate_upscale
 
 NAMES = (sd_upscale.NAME, ultimate_upscale.NAME)
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.errors import InvalidRequest
-from pipeline.img2img import script_args
-from pipeline.tiled.plan import grid_positions
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.jobs import script_args
+from pipeline.diffusion.tiled.plan import grid_positions
 
 NAME = "sd upscale"
 DEFAULTS = ("", 64, 0, 2.0)
@@ -111,8 +111,8 @@ class SDUpscale:
         return int(w * self.scale) // 8 * 8, int(h * self.scale) // 8 * 8
 
     def run(self, p: Any, ctx: Any) -> Any:
-        from pipeline.img2img.run import flatten_init, img2img_batches
-        from pipeline.txt2img import Txt2ImgResult
+        from pipeline.jobs.img2img.run import flatten_init, img2img_batches
+        from pipeline.jobs.txt2img import Txt2ImgResult
 
         state = ctx.state
         source = flatten_init(p, p.init_images[0])

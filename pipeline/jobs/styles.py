@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import UnknownName
+from pipeline.runtime.errors import UnknownName
 
 log = logging.getLogger("hiresd.styles")
 

@@ -14,17 +14,23 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline import denoise, networks, samplers, vae
-from pipeline import infotext as infotext_mod
-from pipeline import refiner as refiner_mod
-from pipeline.errors import Interrupted
-from pipeline.extensions import Extensions
-from pipeline.processing import Processing
-from pipeline.sampling import PassResult
-from pipeline.sd_model import SDModel
-from pipeline.state import JobState
-from pipeline.tiled.auto import tiles_for_pass
-from pipeline.tiling import circular_padding
+from pipeline.diffusion import denoise
+
+from pipeline.models import networks
+
+from pipeline.diffusion import samplers
+
+from pipeline.models import vae_codec as vae
+from pipeline.infotext import codec as infotext_mod
+from pipeline.jobs import refiner as refiner_mod
+from pipeline.runtime.errors import Interrupted
+from pipeline.jobs.extensions import Extensions
+from pipeline.jobs.processing import Processing
+from pipeline.diffusion.loop import PassResult
+from pipeline.models.sd_model import SDModel
+from pipeline.runtime.job_state import JobState
+from pipeline.diffusion.tiled.auto import tiles_for_pass
+from pipeline.diffusion.seamless import circular_padding
 from upscalers.latent import interpolate_args
 
 log = logging.getLogger("hiresd.txt2img")
@@ -48,7 +54,7 @@ class Context:
     extensions: Extensions
     state: JobState
     faces: Any = None  # upscalers.faces.FaceRestorers, for restore_faces
-    networks: Any = None  # pipeline.networks.Networks: LoRA tags applied per pass (None: only stripped)
+    networks: Any = None  # pipeline.models.networks.Networks: LoRA tags applied per pass (None: only stripped)
 
 
 @dataclass

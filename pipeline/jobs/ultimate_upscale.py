@@ -18,10 +18,10 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.errors import InvalidRequest
-from pipeline.img2img import script_args as arg
-from pipeline.img2img.usdu_plan import BAND_PASS, NO_SEAMS_FIX, InpaintPass, Plan, upscale_factors
-from pipeline.processing import check_pixel_budget
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.jobs import script_args as arg
+from pipeline.jobs.ultimate_upscale_plan import BAND_PASS, NO_SEAMS_FIX, InpaintPass, Plan, upscale_factors
+from pipeline.jobs.processing import check_pixel_budget
 
 NAME = "ultimate sd upscale"
 ARGS: tuple[tuple[str, Any], ...] = (
@@ -137,8 +137,8 @@ class UltimateSDUpscale:
         return image
 
     def run(self, p: Any, ctx: Any) -> Any:
-        from pipeline.img2img.run import flatten_init
-        from pipeline.txt2img import Txt2ImgResult, _info_json, _infotext
+        from pipeline.jobs.img2img.run import flatten_init
+        from pipeline.jobs.txt2img import Txt2ImgResult, _info_json, _infotext
 
         state = ctx.state
         source = flatten_init(p, p.init_images[0])
@@ -206,7 +206,7 @@ def inpaint_pass(p: Any, ctx: Any, image: Image.Image, step: InpaintPass, denois
     whole image with the pass's mask, run on the crop box it can change (`InpaintPass.region`: same pixels,
     without whole-image work per pass), pasted back. Returns (processing, result); None for an empty mask
     (nothing to repaint; an empty mask would mean img2img of everything)."""
-    from pipeline.img2img.run import img2img_batches
+    from pipeline.jobs.img2img.run import img2img_batches
 
     region = step.region(image.width, image.height)
     if region is None:

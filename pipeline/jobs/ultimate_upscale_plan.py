@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.img2img import masks
+from pipeline.jobs.img2img import masks
 
 LINEAR, CHESS, NO_REDRAW = 0, 1, 2
 NO_SEAMS_FIX, BAND_PASS, HALF_TILE, HALF_TILE_INTERSECTIONS = 0, 1, 2, 3

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoints.registry import CheckpointInfo
-from pipeline.checkpoints.shipped import clip_tokenizer, read_config
-from pipeline.sd_model import SDModel
+from pipeline.models.checkpoints.registry import CheckpointInfo
+from pipeline.models.checkpoints.shipped import clip_tokenizer, read_config
+from pipeline.models.sd_model import SDModel
 
 BUILTIN_NAME = "hiresd-builtin-tiny"
 BUILTIN_FILENAME = "<builtin>"

@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
-from pipeline import checkpoints
-from pipeline.accel import Accel
-from pipeline.builtin import build_builtin_model, builtin_checkpoint_info
-from pipeline.checkpoints import CheckpointInfo, CheckpointRegistry
-from pipeline.sd_model import SDModel
-from pipeline.vae_files import VaeRegistry, apply_vae
+from pipeline.models import checkpoints
+from pipeline.models.accel import Accel
+from pipeline.models.builtin import build_builtin_model, builtin_checkpoint_info
+from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
+from pipeline.models.sd_model import SDModel
+from pipeline.models.vae_files import VaeRegistry, apply_vae
 
 log = logging.getLogger("hiresd.models")
 

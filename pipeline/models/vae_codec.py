@@ -14,7 +14,7 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
-from pipeline.sd_model import SDModel
+from pipeline.models.sd_model import SDModel
 
 log = logging.getLogger("hiresd.vae")
 

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoints.hashing import HashCache
-from pipeline.errors import ModelLoadError, UnknownName
+from pipeline.models.checkpoints.hashing import HashCache
+from pipeline.runtime.errors import ModelLoadError, UnknownName
 
 log = logging.getLogger("hiresd.vaes")
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pipeline.errors import Interrupted
+from pipeline.runtime.errors import Interrupted
 
 
 class Skipped(Exception):

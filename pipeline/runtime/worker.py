@@ -14,7 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.state import JobState
+from pipeline.runtime.job_state import JobState
 
 log = logging.getLogger("hiresd.worker")
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.infotext import parse_infotext
-from pipeline.networks import check_job
-from pipeline.processing import prepare
+from pipeline.infotext.codec import parse_infotext
+from pipeline.models.networks import check_job
+from pipeline.jobs.processing import prepare
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import json_response, run_generation, services
 from server.errors import NEVER_QUEUED

@@ -8,10 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.img2img import Img2ImgProcessing, prepare_img2img, run_img2img
-from pipeline.networks import check_job
-from pipeline.pixel_upscale import HiresUpscaler
-from pipeline.txt2img import Context, Txt2ImgResult
+from pipeline.jobs.img2img.prepare import Img2ImgProcessing, prepare_img2img
+from pipeline.jobs.img2img.run import run_img2img
+from pipeline.models.networks import check_job
+from pipeline.jobs.pixel_upscale import HiresUpscaler
+from pipeline.jobs.txt2img import Context, Txt2ImgResult
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import json_response, run_generation, services
 from server.errors import ErrorResponse

@@ -7,9 +7,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from pipeline import samplers
-from pipeline.img2img import scripts as img2img_scripts
-from pipeline.networks import FAMILY_WIDTHS, checkpoint_family
+from pipeline.diffusion import samplers
+from pipeline.jobs import scripts as img2img_scripts
+from pipeline.models.networks import FAMILY_WIDTHS, checkpoint_family
 from server.deps import run_on_worker, services
 from server.errors import NEVER_QUEUED
 from server.services import Services

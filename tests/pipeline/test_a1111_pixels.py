@@ -27,7 +27,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import vae
+from pipeline.models import vae_codec as vae
 
 PROMPT = "a red fox in the snow"
 SIZE = 64

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.accel import Accel, choose
-from pipeline.accel.cpu import cpu_flags, native_bf16_flags
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.model_manager import ModelManager
+from pipeline.models.accel import Accel, choose
+from pipeline.models.accel.cpu import cpu_flags, native_bf16_flags
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
 from server.config import from_args
 from server.services import pick_accel
 from tests.conftest import Env, pixels

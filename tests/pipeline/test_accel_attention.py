@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.accel import Accel, choose
-from pipeline.accel.fused_qkv import FusedQKVProcessor, fuse_qkv, is_fused, unfuse_qkv
-from pipeline.accel.sdpa import backend_order, current_order, set_sdpa_backend
-from pipeline.builtin import build_builtin_model
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.model_manager import ModelManager
+from pipeline.models.accel import Accel, choose
+from pipeline.models.accel.fused_qkv import FusedQKVProcessor, fuse_qkv, is_fused, unfuse_qkv
+from pipeline.models.accel.sdpa import backend_order, current_order, set_sdpa_backend
+from pipeline.models.builtin import build_builtin_model
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
 from server.config import from_args
 from server.services import pick_accel
 from tests.conftest import Env, pixels

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.accel import Accel, choose
-from pipeline.accel.compiling import compiler_problem
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.model_manager import ModelManager
+from pipeline.models.accel import Accel, choose
+from pipeline.models.accel.compiling import compiler_problem
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
 from tests.conftest import Env, pixels
 from upscalers.registry import UpscalerRegistry
 

@@ -1,4 +1,4 @@
-"""VAE encode under bf16 (pipeline.vae.encode): the latents an img2img or hires job starts from are float32,
+"""VAE encode under bf16 (pipeline.models.vae_codec.encode): the latents an img2img or hires job starts from are float32,
 as the sampler's arithmetic is, not re-rounded to the VAE's bf16 after scaling."""
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import vae
-from pipeline.accel import Accel, choose
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.model_manager import ModelManager
+from pipeline.models import vae_codec as vae
+from pipeline.models.accel import Accel, choose
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
 from tests.conftest import Env, pixels
 from upscalers.registry import UpscalerRegistry
 

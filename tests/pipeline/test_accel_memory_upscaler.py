@@ -13,9 +13,9 @@ import torch
 from PIL import Image
 from spandrel.architectures.Compact import Compact
 
-from pipeline.accel import Accel, choose
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.model_manager import ModelManager
+from pipeline.models.accel import Accel, choose
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
 from tests.conftest import Env, pixels
 from upscalers import upscale
 from upscalers.registry import UpscalerRegistry

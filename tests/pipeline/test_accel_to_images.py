@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.vae import _to_uint8_on_device, to_images
+from pipeline.models.vae_codec import _to_uint8_on_device, to_images
 
 
 def _numpy_reference(x: torch.Tensor) -> np.ndarray:

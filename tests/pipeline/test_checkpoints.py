@@ -15,8 +15,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.fixtures` (no root conftest yet)
 
-from pipeline.builtin import BUILTIN_NAME, build_builtin_model, builtin_checkpoint_info
-from pipeline.checkpoints import (
+from pipeline.models.builtin import BUILTIN_NAME, build_builtin_model, builtin_checkpoint_info
+from pipeline.models.checkpoints import (
     CONFIGS_DIR,
     CheckpointInfo,
     CheckpointRegistry,
@@ -26,7 +26,7 @@ from pipeline.checkpoints import (
     load_checkpoint,
     probe_v_prediction,
 )
-from pipeline.errors import ModelLoadError, UnknownName
+from pipeline.runtime.errors import ModelLoadError, UnknownName
 from tests.fixtures.tinymodels import (
     TinyModel,
     build_tiny_sd1,
@@ -108,7 +108,7 @@ def test_shipped_config_dirs_are_complete(family):
 
 
 def test_one_shipped_tokenizer_tokenizes_like_clip_and_openclip():
-    from pipeline.checkpoints.shipped import clip_tokenizer
+    from pipeline.models.checkpoints.shipped import clip_tokenizer
 
     for openclip in (False, True):
         tok = clip_tokenizer(openclip=openclip)
@@ -491,7 +491,7 @@ def test_stock_shapes_derive_the_shipped_configs(family):
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig
 
-    from pipeline.checkpoints import architecture as arch
+    from pipeline.models.checkpoints import architecture as arch
     from tests.fixtures.ldm_export import _prefixed, openclip_to_ldm, unet_to_ldm, vae_to_ldm
 
     m = _meta_modules(family)
@@ -566,7 +566,7 @@ def _variants(work: Path) -> dict[str, TinyModel]:
 
 @pytest.fixture(scope="module")
 def variant_env(tmp_path_factory):
-    from pipeline.model_manager import ModelManager
+    from pipeline.models.manager import ModelManager
     from tests.conftest import Env
     from upscalers.registry import UpscalerRegistry
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from pipeline.conditioning import (
+from pipeline.diffusion.conditioning import (
     Cond,
     PromptEncoder,
     ScheduledConditioning,
     pad_to_same_length,
     stack_conds,
 )
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 from scripts.make_configs import byte_alphabet
 
 SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "pipeline" / "configs" / "clip-tokenizer"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.model_manager import ModelManager
-from pipeline.samplers import api_samplers
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
+from pipeline.diffusion.samplers import api_samplers
 from tests.conftest import Env, pixels
 from upscalers.registry import UpscalerRegistry
 
@@ -40,7 +40,7 @@ def test_every_sampler_runs_a_hires_job_in_half_precision(cuda_env, env, sampler
 # -- speed paths (pipeline/accel) on the GPU ------------------------------------------------------------
 
 def _accel_env(root, **accel_kw) -> Env:
-    from pipeline.accel import Accel, choose
+    from pipeline.models.accel import Accel, choose
 
     cuda = torch.device("cuda")
     policy = choose(cuda, "auto")
@@ -100,7 +100,7 @@ def test_compiled_forwards_on_the_gpu_match_eager_without_recompiling(tmp_path, 
 # -- the on-device 8-bit conversion ---------------------------------------------------------------------
 
 def test_fused_qkv_on_the_gpu_gives_the_unfused_image(tmp_path, cuda_env):
-    from pipeline.accel.fused_qkv import is_fused
+    from pipeline.models.accel.fused_qkv import is_fused
 
     env_f = _accel_env(tmp_path, fused_qkv="on")
     assert is_fused(env_f.model().unet)
@@ -113,7 +113,7 @@ def test_fused_qkv_on_the_gpu_gives_the_unfused_image(tmp_path, cuda_env):
 def test_each_sdpa_backend_is_set_and_gives_the_same_image(tmp_path, cuda_env, backend):
     from torch.nn.attention import SDPBackend
 
-    from pipeline.accel.sdpa import current_order, reset_sdpa_backend
+    from pipeline.models.accel.sdpa import current_order, reset_sdpa_backend
 
     try:
         env_b = _accel_env(tmp_path, sdpa_backend=backend)
@@ -181,7 +181,7 @@ def test_medvram_pixel_upscaler_sits_on_the_gpu_only_while_it_runs(tmp_path):
 
 
 def test_on_device_8bit_conversion_equals_the_cpu_one():
-    from pipeline.vae import to_images
+    from pipeline.models.vae_codec import to_images
 
     x = torch.rand(2, 3, 64, 48, generator=torch.Generator().manual_seed(1)) * 1.2 - 0.1
     on_cpu = [np.asarray(i) for i in to_images(x)]

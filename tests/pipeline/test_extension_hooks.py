@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.extensions import Extensions
+from pipeline.jobs.extensions import Extensions
 from tests.conftest import count_unet, infotext_params, mean_abs_diff, pixels
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "extensions" / "hires_detail.py"

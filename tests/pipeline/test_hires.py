@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.hires import first_pass_size, hires_size
+from pipeline.jobs.hires_size import first_pass_size, hires_size
 from tests.conftest import infotext_params
 
 # (width, height, hr_scale, resize_x, resize_y) -> (final_w, final_h, upscale_w, upscale_h, crop(t, b, l, r))

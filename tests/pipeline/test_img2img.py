@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import InvalidRequest
-from pipeline.extensions import Extensions
-from pipeline.img2img import masks, prepare_img2img, run_img2img
-from pipeline.img2img.resize import placement, resize_image
-from pipeline.pixel_upscale import HiresUpscaler
-from pipeline.txt2img import Context, Txt2ImgResult
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.jobs.extensions import Extensions
+from pipeline.jobs.img2img import masks
+from pipeline.jobs.img2img.prepare import prepare_img2img
+from pipeline.jobs.img2img.run import run_img2img
+from pipeline.jobs.img2img.resize import placement, resize_image
+from pipeline.jobs.pixel_upscale import HiresUpscaler
+from pipeline.jobs.txt2img import Context, Txt2ImgResult
 from schemas.img2img import Img2ImgRequest
 from tests.conftest import MAX_PIXELS, Env, count_unet, infotext_params, pixels
 
@@ -315,8 +317,8 @@ def test_progress_counts_the_steps_run_and_interrupt_ends_the_job(env: Env, buil
 def xl_inpaint_env(tmp_path_factory) -> Env:
     import torch
 
-    from pipeline.checkpoints import CheckpointRegistry
-    from pipeline.model_manager import ModelManager
+    from pipeline.models.checkpoints import CheckpointRegistry
+    from pipeline.models.manager import ModelManager
     from tests.fixtures.tinymodels import build_tiny_sdxl
     from upscalers.registry import UpscalerRegistry
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.infotext import format_infotext, parse_infotext, prompt_uses_emphasis
+from pipeline.infotext.codec import format_infotext, parse_infotext, prompt_uses_emphasis
 
 HIRES_INFOTEXT = (
     "masterpiece, best quality, (a tabby cat:1.2) sitting on a windowsill,\n"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.extensions import Extension, Extensions
-from pipeline.state import JobState
+from pipeline.jobs.extensions import Extension, Extensions
+from pipeline.runtime.job_state import JobState
 from tests.conftest import count_unet, mean_abs_diff, pixels
 
 HR = {"enable_hr": True, "hr_scale": 2.0, "steps": 4, "hr_second_pass_steps": 3}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.prompts import (
+from pipeline.diffusion.prompts import (
     BREAK,
     PromptSyntaxError,
     get_prompt_schedules,

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.fixtures` (no root conftest yet)
 
-from pipeline.checkpoints import CONFIGS_DIR, CheckpointInfo, load_checkpoint, read_state_dict
+from pipeline.models.checkpoints import CONFIGS_DIR, CheckpointInfo, load_checkpoint, read_state_dict
 from tests.fixtures.ldm_export import sd_to_ldm
 
 # Parameter counts of the SD 1.5 components (UNet 859.52 M, VAE 83.65 M, CLIP ViT-L text 123.06 M).

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import InvalidRequest, UnknownName
-from pipeline.samplers import (
+from pipeline.runtime.errors import InvalidRequest, UnknownName
+from pipeline.diffusion.samplers import (
     SAMPLERS,
     SCHEDULES,
     NoiseTable,
@@ -26,9 +26,9 @@ from pipeline.samplers import (
     resolve_hires,
     validate_params,
 )
-from pipeline.samplers.brownian import CPUBrownianNoise
-from pipeline.samplers.schedules import SCHEDULES_BY_NAME, karras
-from pipeline.samplers.table import SAMPLERS_BY_NAME, effective_schedule
+from pipeline.diffusion.samplers.brownian import CPUBrownianNoise
+from pipeline.diffusion.samplers.schedules import SCHEDULES_BY_NAME, karras
+from pipeline.diffusion.samplers.table import SAMPLERS_BY_NAME, effective_schedule
 
 SD1 = {
     "_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,

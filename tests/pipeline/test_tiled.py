@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.conditioning import Cond
-from pipeline.tiled import TiledGuidance, TileSettings, grid_positions, plan_windows
+from pipeline.diffusion.conditioning import Cond
+from pipeline.diffusion.tiled import TiledGuidance, TileSettings, grid_positions, plan_windows
 from tests.conftest import Env, count_unet, mean_abs_diff, pixels
 from tests.pipeline.test_img2img import _noise_image, run
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.errors import InvalidRequest, TooLarge
-from pipeline.extensions import Extensions
-from pipeline.img2img.prepare import prepare_img2img
-from pipeline.tiled import TileSettings
-from pipeline.tiled.request import (
+from pipeline.runtime.errors import InvalidRequest, TooLarge
+from pipeline.jobs.extensions import Extensions
+from pipeline.jobs.img2img.prepare import prepare_img2img
+from pipeline.diffusion.tiled import TileSettings
+from pipeline.diffusion.tiled.request import (
     MAX_ARGS,
     NAME,
     from_alwayson_args,

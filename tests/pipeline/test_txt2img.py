@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline import samplers
-from pipeline.errors import InvalidRequest, UnknownName
-from pipeline.infotext import parse_infotext
+from pipeline.diffusion import samplers
+from pipeline.runtime.errors import InvalidRequest, UnknownName
+from pipeline.infotext.codec import parse_infotext
 from tests.conftest import count_unet, count_vae, infotext_params, mean_abs_diff, pixels
 from upscalers.latent import latent_mode_names
 
@@ -216,8 +216,8 @@ def test_hires_checkpoint_is_not_loaded_when_pass_two_does_not_run(tiny_checkpoi
 
 def _one_slot_env(tiny_checkpoints):
     """An Env over the tiny models folder with the server's default of one loaded model."""
-    from pipeline.checkpoints import CheckpointRegistry
-    from pipeline.model_manager import ModelManager
+    from pipeline.models.checkpoints import CheckpointRegistry
+    from pipeline.models.manager import ModelManager
     from tests.conftest import Env
     from upscalers.registry import UpscalerRegistry
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import InvalidRequest
-from pipeline.img2img.ultimate_upscale import ARGS, UltimateSDUpscale
-from pipeline.img2img.usdu_plan import CHESS, LINEAR, NO_REDRAW, Plan, radial, tent, upscale_factors
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.jobs.ultimate_upscale import ARGS, UltimateSDUpscale
+from pipeline.jobs.ultimate_upscale_plan import CHESS, LINEAR, NO_REDRAW, Plan, radial, tent, upscale_factors
 from tests.conftest import Env, count_unet, infotext_params
 from tests.pipeline.test_img2img import _noise_image, run
 
@@ -258,7 +258,7 @@ def test_interrupt_inside_a_tile_stops_and_leaves_the_rest_exact(env: Env, built
 
 
 def test_pixel_budget_covers_the_target_and_the_largest_pass(env: Env) -> None:
-    from pipeline.errors import TooLarge
+    from pipeline.runtime.errors import TooLarge
 
     with pytest.raises(TooLarge, match="target size"):
         run(env, [_noise_image(64, 64)], script_name="ultimate sd upscale",
@@ -343,12 +343,12 @@ def test_a_pass_on_its_crop_box_equals_the_whole_image_inpaint(env: Env) -> None
     # the pixels must be exactly those of A1111's whole-image "only masked" inpaint with the blurred mask
     import dataclasses
 
-    from pipeline.extensions import Extensions
-    from pipeline.img2img.prepare import prepare_img2img
-    from pipeline.img2img.run import img2img_batches
-    from pipeline.img2img.ultimate_upscale import inpaint_pass
-    from pipeline.pixel_upscale import HiresUpscaler
-    from pipeline.txt2img import Context
+    from pipeline.jobs.extensions import Extensions
+    from pipeline.jobs.img2img.prepare import prepare_img2img
+    from pipeline.jobs.img2img.run import img2img_batches
+    from pipeline.jobs.ultimate_upscale import inpaint_pass
+    from pipeline.jobs.pixel_upscale import HiresUpscaler
+    from pipeline.jobs.txt2img import Context
     from schemas.img2img import Img2ImgRequest
     from tests.conftest import FAST, MAX_PIXELS
 

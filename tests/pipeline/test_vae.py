@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline import vae
+from pipeline.models import vae_codec as vae
 
 
 def _latent(seed: int, h: int = 32, w: int = 32) -> torch.Tensor:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from pipeline.worker import Worker
+from pipeline.runtime.worker import Worker
 
 
 def _seen_when_resolved(worker: Worker, fn) -> dict:
@@ -72,7 +72,7 @@ def test_jobs_run_one_at_a_time_in_submission_order() -> None:
 def _stepping_job(worker: Worker, started: threading.Event, release: threading.Event, steps: int = 50):
     """A job that signals when it runs, waits for `release`, then begins its progress and checks the
     interrupt flag at every step; returns how many steps it ran and whether it was interrupted."""
-    from pipeline.errors import Interrupted
+    from pipeline.runtime.errors import Interrupted
 
     def job() -> tuple[int, bool]:
         started.set()

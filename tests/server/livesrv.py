@@ -20,7 +20,7 @@ SLOWMO_EXTENSION = '''
 """Test extension: a prompt containing "slowmo" sleeps SLOWMO_S seconds before every step's callback."""
 import time
 
-import pipeline.denoise as _denoise
+import pipeline.diffusion.denoise as _denoise
 
 NAME = "slowmo"
 SLOWMO_S = 0.05

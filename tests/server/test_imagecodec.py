@@ -10,7 +10,7 @@ import zlib
 import pytest
 from PIL import Image, PngImagePlugin
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 from server.imagecodec import (
     ImageDecodeError,
     ImageEncodeError,

@@ -21,7 +21,7 @@ import torch
 import webuiapi
 from PIL import Image
 
-from pipeline.builtin import BUILTIN_NAME
+from pipeline.models.builtin import BUILTIN_NAME
 from tests.server.livesrv import LiveServer, wait_for
 
 HR = {"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "denoising_strength": 0.6}

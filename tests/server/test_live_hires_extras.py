@@ -29,7 +29,7 @@ def api(srv: LiveServer) -> webuiapi.WebUIApi:
 
 
 def infotext_params(text: str) -> dict[str, str]:
-    from pipeline.infotext import parse_infotext
+    from pipeline.infotext.codec import parse_infotext
     return parse_infotext(text)
 
 

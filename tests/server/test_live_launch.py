@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.builtin import BUILTIN_NAME
+from pipeline.models.builtin import BUILTIN_NAME
 from tests.server.livesrv import LiveServer
 
 SMALL = {"prompt": "a fox", "steps": 2, "width": 64, "height": 64, "seed": 7}

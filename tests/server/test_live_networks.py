@@ -17,7 +17,7 @@ SMALL = {"prompt": "a fox", "steps": 3, "width": 64, "height": 64, "seed": 7, "s
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
-    from pipeline.builtin import build_builtin_model
+    from pipeline.models.builtin import build_builtin_model
 
     root = tmp_path_factory.mktemp("live-networks")
     server = LiveServer(root)
@@ -55,7 +55,7 @@ def test_get_loras_lists_both_folders_with_a1111_fields(srv, api):
 
 
 def test_refresh_loras_finds_a_new_file(srv, api):
-    from pipeline.builtin import build_builtin_model
+    from pipeline.models.builtin import build_builtin_model
 
     model = build_builtin_model(torch.device("cpu"), torch.float32)
     make_network(model, "lokr", seed=4).save(srv.models / "LyCORIS" / "newone.safetensors")
@@ -107,7 +107,7 @@ def test_embeddings_loaded_and_skipped_for_the_current_model(srv, api):
 
 
 def test_get_embeddings_lists_a_bundled_embedding_while_its_lora_is_applied(srv, api):
-    from pipeline.builtin import build_builtin_model
+    from pipeline.models.builtin import build_builtin_model
 
     model = build_builtin_model(torch.device("cpu"), torch.float32)
     width = model.text_encoders[0].get_input_embeddings().weight.shape[1]

@@ -8,7 +8,7 @@ import logging
 import pytest
 from fastapi.testclient import TestClient
 
-from pipeline.builtin import BUILTIN_NAME
+from pipeline.models.builtin import BUILTIN_NAME
 from server.app import create_app
 from server.config import ServerConfig
 

@@ -9,9 +9,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from pipeline.errors import ModelLoadError, UnknownName
-from pipeline.styles import StyleStore, merge
-from pipeline.vae_files import VaeRegistry, apply_vae
+from pipeline.runtime.errors import ModelLoadError, UnknownName
+from pipeline.jobs.styles import StyleStore, merge
+from pipeline.models.vae_files import VaeRegistry, apply_vae
 
 
 def test_merge_follows_a1111() -> None:
@@ -39,7 +39,7 @@ def test_style_store_reads_a1111_csv_and_reloads(tmp_path: Path) -> None:
 def tiny_vae():
     from diffusers import AutoencoderKL
 
-    from pipeline.builtin import tiny_sd1_configs
+    from pipeline.models.builtin import tiny_sd1_configs
 
     torch.manual_seed(0)
     return AutoencoderKL(**tiny_sd1_configs()["vae"]).eval()

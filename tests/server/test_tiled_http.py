@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from pipeline.builtin import BUILTIN_NAME
+from pipeline.models.builtin import BUILTIN_NAME
 from server.app import create_app
 from server.config import ServerConfig
 from tests.fixtures.tinymodels import build_tiny_sd1

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 from .brownian import CPUBrownianNoise
 from .churn import Churn, churn_schedule
 from .schedules import LCMNoiseTable, NoiseTable, ScheduleSpec, uniform

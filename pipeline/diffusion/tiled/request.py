@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 
 from .merge import METHODS, TileSettings
 
@@ -148,7 +148,7 @@ def check_model(models: Any, checkpoint: str, tiles: TileSettings | None) -> Non
         info = models.find(checkpoint)
         if info.kind != "safetensors":
             return
-        from pipeline.checkpoints.loader import detect_checkpoint
+        from pipeline.models.checkpoints.loader import detect_checkpoint
 
         in_channels = detect_checkpoint(info).unet_in_channels
     except Exception:  # noqa: BLE001 - an unreadable checkpoint fails when loaded, with its own message
@@ -189,7 +189,7 @@ def register(extensions: Any) -> None:
     """List "Tiled Diffusion" among the always-on scripts (so the entry is not an unknown script's 422, and
     /sdapi/v1/scripts shows it). It has no hooks: `request_tiles` reads its args while preparing the job.
     A loaded extension of the same name keeps the name."""
-    from pipeline.extensions import Extension
+    from pipeline.jobs.extensions import Extension
 
     if KEY not in extensions.names():
         extensions.register(Extension(NAME, "built-in (pipeline/tiled)", {}, script_info_args))

@@ -7,13 +7,13 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.errors import InvalidRequest
-from pipeline.hires import first_pass_size
-from pipeline.img2img import scripts as img2img_scripts
-from pipeline.img2img import sd_upscale, ultimate_upscale
-from pipeline.pixel_upscale import resolve_hires_upscaler
-from pipeline.processing import ModelNames, Processing, check_pixel_budget, prepare_common
-from pipeline.tiled.request import keeps_input_size
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.jobs.hires_size import first_pass_size
+from pipeline.jobs import scripts as img2img_scripts
+from pipeline.jobs import sd_upscale, ultimate_upscale
+from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
+from pipeline.jobs.processing import ModelNames, Processing, check_pixel_budget, prepare_common
+from pipeline.diffusion.tiled.request import keeps_input_size
 from schemas.img2img import Img2ImgRequest
 from upscalers.registry import UpscalerRegistry
 

@@ -15,24 +15,30 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from pipeline import denoise, networks, refiner, vae
-from pipeline.errors import Interrupted
-from pipeline.img2img import masks
-from pipeline.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
-from pipeline.img2img.resize import (
+from pipeline.diffusion import denoise
+
+from pipeline.models import networks
+
+from pipeline.jobs import refiner
+
+from pipeline.models import vae_codec as vae
+from pipeline.runtime.errors import Interrupted
+from pipeline.jobs.img2img import masks
+from pipeline.jobs.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
+from pipeline.jobs.img2img.resize import (
     CROP_AND_RESIZE,
     JUST_RESIZE,
     LATENT_UPSCALE,
     RESIZE_AND_FILL,
     resize_image,
 )
-from pipeline.processing import sampler_params
-from pipeline.sampling import PassResult
-from pipeline.sd_model import SDModel
-from pipeline.seeds import image_noise
-from pipeline.tiled.auto import tiles_for_pass
-from pipeline.tiling import circular_padding
-from pipeline.txt2img import (
+from pipeline.jobs.processing import sampler_params
+from pipeline.diffusion.loop import PassResult
+from pipeline.models.sd_model import SDModel
+from pipeline.diffusion.seeds import image_noise
+from pipeline.diffusion.tiled.auto import tiles_for_pass
+from pipeline.diffusion.seamless import circular_padding
+from pipeline.jobs.txt2img import (
     Context,
     Txt2ImgResult,
     _decode,

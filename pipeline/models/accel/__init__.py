@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.accel import compiling, memory
-from pipeline.accel.fused_qkv import fuse_qkv
-from pipeline.accel.layout import apply_layout
-from pipeline.accel.precision import Precision, choose, resolve_device
-from pipeline.accel.sdpa import set_sdpa_backend
-from pipeline.sd_model import SDModel
+from pipeline.models.accel import compiling, memory
+from pipeline.models.accel.fused_qkv import fuse_qkv
+from pipeline.models.accel.layout import apply_layout
+from pipeline.models.accel.precision import Precision, choose, resolve_device
+from pipeline.models.accel.sdpa import set_sdpa_backend
+from pipeline.models.sd_model import SDModel
 
 __all__ = ["Accel", "Precision", "choose", "resolve_device"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from pipeline.sd_model import SDModel
+from pipeline.models.sd_model import SDModel
 
 log = logging.getLogger("hiresd.accel")
 

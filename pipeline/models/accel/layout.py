@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.accel.precision import Precision
-from pipeline.sd_model import SDModel
+from pipeline.models.accel.precision import Precision
+from pipeline.models.sd_model import SDModel
 
 
 def apply_layout(model: SDModel, precision: Precision) -> None:

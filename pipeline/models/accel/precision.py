@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pipeline.accel import cpu
+from pipeline.models.accel import cpu
 
 log = logging.getLogger("hiresd.accel")
 

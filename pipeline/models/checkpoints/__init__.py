@@ -2,9 +2,9 @@
 (`detect`), the architecture read from a file's tensors (`architecture`, `folder_layout`), LDM key
 conversion (`convert`), the shipped configs and tokenizer (`shipped`) and offline, strict loading into an
 `SDModel` (`loader`)."""
-from pipeline.checkpoints.detect import Detection, detect_family
-from pipeline.checkpoints.hashing import HashCache
-from pipeline.checkpoints.loader import (
+from pipeline.models.checkpoints.detect import Detection, detect_family
+from pipeline.models.checkpoints.hashing import HashCache
+from pipeline.models.checkpoints.loader import (
     CONFIGS_DIR,
     detect_checkpoint,
     header_shapes,
@@ -12,7 +12,7 @@ from pipeline.checkpoints.loader import (
     probe_v_prediction,
     read_state_dict,
 )
-from pipeline.checkpoints.registry import CheckpointInfo, CheckpointRegistry, discover
+from pipeline.models.checkpoints.registry import CheckpointInfo, CheckpointRegistry, discover
 
 __all__ = [
     "CONFIGS_DIR", "CheckpointInfo", "CheckpointRegistry", "Detection", "HashCache", "detect_checkpoint",

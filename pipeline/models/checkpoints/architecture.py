@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ModelLoadError
+from pipeline.runtime.errors import ModelLoadError
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."

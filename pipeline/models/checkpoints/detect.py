@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.errors import ModelLoadError
+from pipeline.runtime.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.errors import ModelLoadError
+from pipeline.runtime.errors import ModelLoadError
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "diffusion_pytorch_model.bin",
                 "pytorch_model.bin")

@@ -31,14 +31,14 @@ from typing import Any
 
 import torch
 
-from pipeline.checkpoints import architecture, convert, folder_layout
-from pipeline.checkpoints.architecture import TextEncoderSpec
-from pipeline.checkpoints.convert import Converted
-from pipeline.checkpoints.detect import Detection, detect_family, shapes_of
-from pipeline.checkpoints.registry import CheckpointInfo
-from pipeline.checkpoints.shipped import CONFIGS_DIR, clip_tokenizer
-from pipeline.errors import ModelLoadError
-from pipeline.sd_model import SDModel
+from pipeline.models.checkpoints import architecture, convert, folder_layout
+from pipeline.models.checkpoints.architecture import TextEncoderSpec
+from pipeline.models.checkpoints.convert import Converted
+from pipeline.models.checkpoints.detect import Detection, detect_family, shapes_of
+from pipeline.models.checkpoints.registry import CheckpointInfo
+from pipeline.models.checkpoints.shipped import CONFIGS_DIR, clip_tokenizer
+from pipeline.runtime.errors import ModelLoadError
+from pipeline.models.sd_model import SDModel
 
 log = logging.getLogger(__name__)
 

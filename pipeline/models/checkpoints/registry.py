@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.checkpoints.hashing import FileStamp, HashCache
-from pipeline.errors import UnknownName
+from pipeline.models.checkpoints.hashing import FileStamp, HashCache
+from pipeline.runtime.errors import UnknownName
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 TOKENIZER_DIR = CONFIGS_DIR / "clip-tokenizer"
 OPENCLIP_PAD = "!"  # open_clip pads with token id 0 ("!"); OpenAI's CLIP-L with <|endoftext|>
 

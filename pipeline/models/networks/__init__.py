@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InvalidRequest
-from pipeline.networks.embeddings import (
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.models.networks.embeddings import (
     Embedding,
     EmbeddingDatabase,
     EmbeddingFileError,
@@ -21,12 +21,12 @@ from pipeline.networks.embeddings import (
     fits_widths,
     misfit_reason,
 )
-from pipeline.networks.files import LoraFile, LoraIndex, NetworkFileError, TensorCache, load_tensors
-from pipeline.networks.keys import file_family, split_key, target_map
-from pipeline.networks.patch import Patcher, Step
-from pipeline.networks.tags import LoraParams, lora_params, parse_tags, strip_tags
-from pipeline.networks.types import ModuleNetwork, NetworkTypeError, classify
-from pipeline.prompts import parse_prompt_attention
+from pipeline.models.networks.files import LoraFile, LoraIndex, NetworkFileError, TensorCache, load_tensors
+from pipeline.models.networks.keys import file_family, split_key, target_map
+from pipeline.models.networks.patch import Patcher, Step
+from pipeline.models.networks.tags import LoraParams, lora_params, parse_tags, strip_tags
+from pipeline.models.networks.types import ModuleNetwork, NetworkTypeError, classify
+from pipeline.diffusion.prompts import parse_prompt_attention
 
 __all__ = ["FAMILY_WIDTHS", "Networks", "ParsedNetwork", "activate_for_pass", "check_job",
            "checkpoint_family", "parse_network", "strip_tags"]
@@ -334,7 +334,7 @@ def checkpoint_family(models: Any, key: str | None) -> str | None:
     try:
         info = models.find(key)
         if info.family is None and info.kind != "builtin":
-            from pipeline.checkpoints.loader import detect_checkpoint
+            from pipeline.models.checkpoints.loader import detect_checkpoint
 
             detect_checkpoint(info)
         return info.family

@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from pipeline.networks.files import natural_key, walk
-from pipeline.networks.image_embeddings import SUFFIXES as IMAGE_SUFFIXES
-from pipeline.networks.image_embeddings import read_image_embedding
+from pipeline.models.networks.files import natural_key, walk
+from pipeline.models.networks.image_embeddings import SUFFIXES as IMAGE_SUFFIXES
+from pipeline.models.networks.image_embeddings import read_image_embedding
 
 log = logging.getLogger("hiresd.networks")
 

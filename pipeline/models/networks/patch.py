@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from pipeline.networks.keys import Target
-from pipeline.networks.types import ModuleNetwork
+from pipeline.models.networks.keys import Target
+from pipeline.models.networks.types import ModuleNetwork
 
 log = logging.getLogger("hiresd.networks")
 

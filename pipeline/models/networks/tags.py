@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 
 __all__ = ["LORA_TYPES", "LoraParams", "Tag", "lora_params", "parse_tags", "strip_tags"]
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.checkpoints import CheckpointRegistry
-from pipeline.extensions import Extensions
-from pipeline.model_manager import ModelManager
-from pipeline.networks import Networks, check_job
-from pipeline.pixel_upscale import HiresUpscaler
-from pipeline.processing import prepare
-from pipeline.state import JobState
-from pipeline.txt2img import Context, Txt2ImgResult, run_txt2img
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.jobs.extensions import Extensions
+from pipeline.models.manager import ModelManager
+from pipeline.models.networks import Networks, check_job
+from pipeline.jobs.pixel_upscale import HiresUpscaler
+from pipeline.jobs.processing import prepare
+from pipeline.runtime.job_state import JobState
+from pipeline.jobs.txt2img import Context, Txt2ImgResult, run_txt2img
 from schemas.txt2img import Txt2ImgRequest
 from tests.conftest import BASE_OPTIONS, FAST, MAX_PIXELS
 from upscalers.registry import UpscalerRegistry

@@ -15,8 +15,8 @@ import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from pipeline.conditioning import CHUNK_TOKENS
-from pipeline.networks.embeddings import EmbeddingFileError, read_embedding
+from pipeline.diffusion.conditioning import CHUNK_TOKENS
+from pipeline.models.networks.embeddings import EmbeddingFileError, read_embedding
 
 WORD = "tabby kitten"
 

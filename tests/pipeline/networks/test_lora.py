@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.errors import InvalidRequest
+from pipeline.runtime.errors import InvalidRequest
 from tests.fixtures.networks import make_network
 from tests.pipeline.networks.conftest import arr
 
@@ -65,8 +65,8 @@ def test_each_type_matches_the_merged_weights_reference(net_env, kind):
 
 
 def test_a_job_without_loras_after_a_lora_job_is_byte_identical_to_a_fresh_model(net_env, tiny_checkpoints):
-    from pipeline.checkpoints import CheckpointRegistry
-    from pipeline.model_manager import ModelManager
+    from pipeline.models.checkpoints import CheckpointRegistry
+    from pipeline.models.manager import ModelManager
 
     model = net_env.model("sd1")
     _write(net_env, model, "lora", "restore-a", seed=11)
@@ -132,7 +132,7 @@ def test_dyn_keeps_the_first_rank_components(net_env):
 
 
 def test_hires_prompt_without_tags_turns_the_lora_off_for_pass_two(net_env):
-    from pipeline.extensions import Extension, Extensions
+    from pipeline.jobs.extensions import Extension, Extensions
 
     model = net_env.model("sd1")
     net = _write(net_env, model, "lora", "hr", seed=51)
@@ -154,7 +154,7 @@ def test_hires_prompt_without_tags_turns_the_lora_off_for_pass_two(net_env):
 
 
 def test_infotext_keeps_the_tags_and_lists_lora_hashes(net_env):
-    from pipeline.networks.files import addnet_hash
+    from pipeline.models.networks.files import addnet_hash
 
     model = net_env.model("sd1")
     _write(net_env, model, "lora", "hashme", seed=61)
@@ -266,7 +266,7 @@ def test_peft_and_ldm_layouts_patch_what_the_kohya_layout_patches(net_env):
 @pytest.mark.parametrize("shape", [(32, 16), (64, 8, 3, 3)])
 def test_boft_delta_is_the_butterfly_product_of_its_stages(shape):
     """BOFT's delta for a linear and a conv weight equals the explicit-permutation-matrix reference."""
-    from pipeline.networks.types import classify
+    from pipeline.models.networks.types import classify
     from tests.fixtures.networks import _boft
 
     g = torch.Generator().manual_seed(7)
@@ -283,8 +283,8 @@ def test_boft_delta_is_the_butterfly_product_of_its_stages(shape):
 def test_loha_and_lokr_patch_a_bf16_weight_with_one_rounding(kind, shape):
     """LoHa / LoKr are added in one float32 multiply-add pass: a bf16 weight ends up as the float32 merged
     weight rounded once (within half a bf16 step of it)."""
-    from pipeline.networks.keys import SUFFIXES
-    from pipeline.networks.types import classify
+    from pipeline.models.networks.keys import SUFFIXES
+    from pipeline.models.networks.types import classify
     from tests.fixtures.networks import _factors
 
     g = torch.Generator().manual_seed(9)
@@ -338,7 +338,7 @@ def test_a_4_channel_conv_in_delta_on_an_inpainting_unet_leaves_the_extra_channe
 def test_backups_leave_an_accelerator_they_would_crowd():
     """`lora_backup_device`: auto keeps the pristine copies beside the weights only while half of the
     device's memory stays free after them (an 80 GB card, yes; a 24 GB card with SDXL loaded, no)."""
-    from pipeline.networks.patch import backup_device
+    from pipeline.models.networks.patch import backup_device
 
     cpu, cuda, gib = torch.device("cpu"), torch.device("cuda", 0), 2**30
     assert backup_device("auto", cuda, 5 * gib, 70 * gib, 80 * gib) == cuda
@@ -350,9 +350,9 @@ def test_backups_leave_an_accelerator_they_would_crowd():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_backups_on_the_cpu_restore_exactly():
-    from pipeline.networks.keys import Target
-    from pipeline.networks.patch import Patcher, Step
-    from pipeline.networks.types import classify
+    from pipeline.models.networks.keys import Target
+    from pipeline.models.networks.patch import Patcher, Step
+    from pipeline.models.networks.types import classify
 
     layer = torch.nn.Linear(64, 48).cuda().half().requires_grad_(False)
     before = layer.weight.detach().clone()
@@ -370,9 +370,9 @@ def test_cuda_backups_on_the_cpu_restore_exactly():
 def test_backups_in_shared_buffers_restore_every_weight_exactly(monkeypatch):
     """The backups are packed into a few buffers (patch.BACKUP_BUFFER elements each; small here so that
     layers split across buffers, of two dtypes, one bigger than a buffer): every bit comes back."""
-    from pipeline.networks import patch
-    from pipeline.networks.keys import Target
-    from pipeline.networks.types import classify
+    from pipeline.models.networks import patch
+    from pipeline.models.networks.keys import Target
+    from pipeline.models.networks.types import classify
 
     monkeypatch.setattr(patch, "BACKUP_BUFFER", 3000)
     g = torch.Generator().manual_seed(1)
