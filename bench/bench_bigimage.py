@@ -17,12 +17,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_hires import OneModel, sd_shaped_model  # noqa: E402
-from pipeline.models import vae_codec as vae  # noqa: E402
+from pipeline.jobs.common import JobContext
 from pipeline.jobs.extensions import Extensions  # noqa: E402
 from pipeline.jobs.pixel_upscale import HiresUpscaler  # noqa: E402
 from pipeline.jobs.processing import prepare  # noqa: E402
+from pipeline.jobs.txt2img import run_txt2img  # noqa: E402
+from pipeline.models import vae_codec as vae  # noqa: E402
 from pipeline.runtime.job_state import JobState  # noqa: E402
-from pipeline.jobs.txt2img import Context, run_txt2img  # noqa: E402
 from schemas.txt2img import Txt2ImgRequest  # noqa: E402
 from upscalers.registry import UpscalerRegistry  # noqa: E402
 
@@ -38,7 +39,7 @@ def run_job(model, ups, label: str, **fields) -> None:
     req = Txt2ImgRequest(prompt="a castle on a hill, detailed", negative_prompt="blurry", seed=1,
                          sampler_name="DPM++ 2M", **fields)
     p = prepare(req, OPTS, OneModel(model), ups, 10**9)
-    ctx = Context(OneModel(model), HiresUpscaler(ups, OPTS), Extensions(), JobState())
+    ctx = JobContext(OneModel(model), HiresUpscaler(ups, OPTS), Extensions(), JobState())
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     t = time.perf_counter()

@@ -45,15 +45,18 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.models.builtin import build_builtin_model, deterministic_fill, load_sd1_tokenizer  # noqa: E402
+from pipeline.jobs.common import JobContext
+from pipeline.jobs.dispatch import (
+    prepare_img2img,  # noqa: E402
+    run_job,  # noqa: E402
+)
 from pipeline.jobs.extensions import Extensions  # noqa: E402
-from pipeline.jobs.img2img.prepare import prepare_img2img  # noqa: E402
-from pipeline.jobs.img2img.run import run_img2img  # noqa: E402
 from pipeline.jobs.pixel_upscale import HiresUpscaler  # noqa: E402
 from pipeline.jobs.processing import prepare  # noqa: E402
+from pipeline.jobs.txt2img import run_txt2img  # noqa: E402
+from pipeline.models.builtin import build_builtin_model, deterministic_fill, load_sd1_tokenizer  # noqa: E402
 from pipeline.models.sd_model import SDModel  # noqa: E402
 from pipeline.runtime.job_state import JobState  # noqa: E402
-from pipeline.jobs.txt2img import Context, run_txt2img  # noqa: E402
 from schemas.img2img import Img2ImgRequest  # noqa: E402
 from schemas.txt2img import Txt2ImgRequest  # noqa: E402
 from server.config import FUSED_QKV_CHOICES, SDPA_BACKEND_CHOICES  # noqa: E402
@@ -138,7 +141,7 @@ def run_ours(model: SDModel, job: Job, upscalers: UpscalerRegistry, state: JobSt
     models = OneModel(model)
     p = prepare(req, options, models, upscalers, 10**9)
     try:
-        return run_txt2img(p, Context(models, HiresUpscaler(upscalers, options), Extensions(), state)).images
+        return run_txt2img(p, JobContext(models, HiresUpscaler(upscalers, options), Extensions(), state)).images
     finally:
         state.end()
 
@@ -304,7 +307,7 @@ def compare_img2img(label: str, model: SDModel, size: int, steps: int, d: float,
                              denoising_strength=d)
         p = prepare_img2img(req, options, models, upscalers, 10**9, [image], None)
         try:
-            return run_img2img(p, Context(models, HiresUpscaler(upscalers, options), Extensions(), state)).images
+            return run_job(p, JobContext(models, HiresUpscaler(upscalers, options), Extensions(), state)).images
         finally:
             state.end()
 

@@ -43,7 +43,7 @@ from PIL.PngImagePlugin import PngInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.jobs.txt2img import Txt2ImgResult
+from pipeline.jobs.common import JobResult
 from pipeline.models.vae_codec import to_images
 from server.app import create_app
 from server.config import ServerConfig
@@ -74,13 +74,13 @@ class CannedJob:
         self.decoded: torch.Tensor | None = None
         self.stamp = 0.0
 
-    def __call__(self, p) -> Txt2ImgResult:
+    def __call__(self, p) -> JobResult:
         assert self.decoded is not None
         self.stamp = time.perf_counter()  # the last VAE decode has just returned
         images = to_images(self.decoded)
         h, w = self.decoded.shape[-2:]
         texts = [INFOTEXT.format(seed=i, w=w, h=h) for i in range(len(images))]
-        return Txt2ImgResult(images=images, infotexts=texts, info={"infotexts": texts})
+        return JobResult(images=images, infotexts=texts, info={"infotexts": texts})
 
 
 def serve(root: Path, png_level: int) -> tuple[uvicorn.Server, CannedJob, str]:

@@ -54,8 +54,7 @@ def _reset_peak() -> bool:
 
 def child(size: int, tiled: bool, steps: int, width_div: int, device_name: str, tiling: TileSettings) -> dict:
     from bench.bench_hires import NEGATIVE, PROMPT, sd_shaped_model
-    from pipeline.diffusion import denoise
-    from pipeline.diffusion import samplers
+    from pipeline.diffusion import denoise, samplers
     device = torch.device(device_name)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)

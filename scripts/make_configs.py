@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Generate `pipeline/configs/`: offline, config-only diffusers directories for every checkpoint family.
 
-Why: the loader reads a checkpoint's architecture from its tensors (pipeline/checkpoints/architecture.py);
+Why: the loader reads a checkpoint's architecture from its tensors (pipeline/models/checkpoints/architecture.py);
 what tensors cannot show (the scheduler, sample size, VAE scaling factor, tokenizer ids) comes from the
 family's configs here, written from the public facts of each family, so that nothing is fetched at run
 time. The stock UNet / VAE / text encoder configs are also the reference the tests compare derived
@@ -15,7 +15,7 @@ Families written (one directory each, diffusers layout):
     sdxl            SDXL base 1.0 (CLIP ViT-L + OpenCLIP ViT-bigG, text_time conditioning), epsilon, 1024 px
 
 SD 2.x 768-v and 512-base have identical weights' shapes; only the prediction type (and native size)
-differ, so the loader picks between `sd2` and `sd2-base` from evidence (see pipeline/checkpoints/loader.py:
+differ, so the loader picks between `sd2` and `sd2-base` from evidence (see pipeline/models/checkpoints/loader.py:
 a sidecar `.yaml`, a `v_pred` key, else the weight probe A1111 also uses).
 
 Tokenizer: the CLIP BPE vocabulary `bpe_simple_vocab_16e6.txt.gz` (MIT licence, (c) OpenAI) is taken from
@@ -24,7 +24,7 @@ against a pinned sha256) and converted to `vocab.json` + `merges.txt` in openai/
 order. The result is checked: "a photo of a cat" -> 49406, 320, 1125, 539, 320, 2368, 49407.
 It is written once, to `clip-tokenizer/` (every SD text encoder tokenizes alike): SD 1.x and SDXL's first
 encoder pad with <|endoftext|> (the files' setting); SD 2.x and SDXL's second encoder pad with "!" (id 0),
-as OpenCLIP does, which the loader sets (`pipeline/checkpoints/shipped.py`).
+as OpenCLIP does, which the loader sets (`pipeline/models/checkpoints/shipped.py`).
 
 Usage (re-run after changing anything here; the output is checked in):
 

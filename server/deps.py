@@ -12,6 +12,9 @@ from fastapi import HTTPException, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.jobs.common import JobResult
+from pipeline.jobs.processing import Processing
+from pipeline.models.networks import check_job
 from server.imagecodec import encode_images_b64
 from server.options import OPTIONS
 from server.services import Services
@@ -66,13 +69,26 @@ async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable
             await gone
 
 
-async def run_generation(svc: Services, request: Request, name: str, req: Any, opts: dict[str, Any],
-                         run: Callable[[], Any], save_options: dict[str, Any]) -> tuple[Any, list[str]]:
-    """The common end of txt2img and img2img: run the job on the worker, keep `override_settings` when the
-    request asks (A1111's `override_settings_restore_afterwards: false`), then save (with `save_options`
-    naming the folder) and encode the images off the worker. Returns the result and the base64 images."""
-    def job() -> tuple[Any, bool]:
-        result = run()
+async def run_generation(svc: Services, request: Request, name: str, req: Any, p: Processing,
+                         script_args: dict[str, list[Any]], opts: dict[str, Any], save_options: dict[str, Any]
+                         ) -> tuple[JobResult, list[str]]:
+    """The common end of txt2img and img2img, after the request is prepared as job `p`: its always-on
+    script args, styles (A1111's styles.csv semantics; an unknown style is a 400) and networks (LoRA tags:
+    unknown name, bad number, wrong family -> 400) checked before it is queued; then the job on the worker
+    (`Services.run_job`: the same checkpoint/VAE resolution for every kind), `override_settings` kept when
+    the request asks (A1111's `override_settings_restore_afterwards: false`), and the images saved (with
+    `save_options` naming the folder) and encoded off the worker. Returns the result and the base64 images."""
+    p.script_args = script_args
+    if p.styles:
+        p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
+        if p.hr_prompt or p.hr_negative_prompt:  # styled once, from the request's own texts
+            p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or req.prompt,
+                                                                 p.hr_negative_prompt or req.negative_prompt,
+                                                                 p.styles)
+    check_job(svc.networks, p, svc.models)
+
+    def job() -> tuple[JobResult, bool]:
+        result = svc.run_job(p)
         state = svc.worker.state
         return result, state.interrupted or state.skipped
 

@@ -13,8 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.runtime.errors import Interrupted, ModelLoadError, PipelineError, UnknownScript
 from pipeline.models.vae_codec import is_oom
+from pipeline.runtime.errors import Interrupted, ModelLoadError, PipelineError, UnknownScript
 from pipeline.runtime.worker import QueueFull, WorkerStopped
 from server.auth import is_protected
 from server.imagecodec import ImageDecodeError

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.runtime.errors import InvalidRequest
 from pipeline.models.networks.patch import BACKUP_DEVICES
+from pipeline.runtime.errors import InvalidRequest
 
 Validator = Callable[[Any], Any]
 # extra checks the app adds for values only it can judge (a VAE or checkpoint name): (value, field) -> value

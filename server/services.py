@@ -12,18 +12,19 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.models.accel import Accel, choose, resolve_device
-from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
-from pipeline.runtime.errors import InvalidRequest, UnknownName
+from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
+from pipeline.jobs.common import JobContext, JobResult
+from pipeline.jobs.dispatch import run_job
 from pipeline.jobs.extensions import Extensions
-from pipeline.models.manager import ModelManager
-from pipeline.models.networks import Networks
 from pipeline.jobs.pixel_upscale import HiresUpscaler
 from pipeline.jobs.processing import Processing
 from pipeline.jobs.styles import StyleStore
-from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
-from pipeline.jobs.txt2img import Context, Txt2ImgResult, run_txt2img
+from pipeline.models.accel import Accel, choose, resolve_device
+from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
+from pipeline.models.manager import ModelManager
+from pipeline.models.networks import Networks
 from pipeline.models.vae_files import VaeRegistry
+from pipeline.runtime.errors import InvalidRequest, UnknownName
 from pipeline.runtime.worker import Worker
 from server.config import ServerConfig
 from server.console import ConsoleProgress
@@ -217,13 +218,15 @@ class Services:
         p.checkpoint = self.models.resolve_title(str(self.options.get("sd_model_checkpoint") or ""),
                                                  "sd_model_checkpoint")
 
-    def run_txt2img(self, p: Processing) -> Txt2ImgResult:
+    def run_job(self, p: Processing) -> JobResult:
+        """Every job kind, on the worker thread: the job's checkpoint (with the fallback of
+        `reach_checkpoint`) and VAE, then the job itself (pipeline/jobs/dispatch.py)."""
         self.reach_checkpoint(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
-        ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions, self.worker.state,
-                      faces=self.upscalers.faces, networks=self.networks)
+        ctx = JobContext(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions,
+                         self.worker.state, faces=self.upscalers.faces, networks=self.networks)
         try:
-            return run_txt2img(p, ctx)
+            return run_job(p, ctx)
         finally:
             if p.hr_checkpoint:  # pass two ran on another model: the job's model stays the selected one
                 self.models.current_filename = p.checkpoint

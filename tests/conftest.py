@@ -15,14 +15,15 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.models.builtin import BUILTIN_NAME
-from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.extensions import Extensions
-from pipeline.models.manager import ModelManager
 from pipeline.jobs.pixel_upscale import HiresUpscaler
 from pipeline.jobs.processing import Processing, prepare
+from pipeline.jobs.txt2img import run_txt2img
+from pipeline.models.builtin import BUILTIN_NAME
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
 from pipeline.runtime.job_state import JobState
-from pipeline.jobs.txt2img import Context, Txt2ImgResult, run_txt2img
 from schemas.txt2img import Txt2ImgRequest
 from upscalers.registry import UpscalerRegistry
 
@@ -49,15 +50,15 @@ class Env:
         return prepare(req, {**self.options, **(options or {})}, self.models, self.upscalers, MAX_PIXELS,
                        firstpass_image)
 
-    def run_p(self, p: Processing, extensions: Extensions | None = None) -> Txt2ImgResult:
-        ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), extensions or Extensions(), self.state)
+    def run_p(self, p: Processing, extensions: Extensions | None = None) -> JobResult:
+        ctx = JobContext(self.models, HiresUpscaler(self.upscalers, p.options), extensions or Extensions(), self.state)
         try:
             return run_txt2img(p, ctx)
         finally:
             self.state.end()  # what the worker does after every job
 
     def run(self, extensions: Extensions | None = None, options: dict[str, Any] | None = None,
-            firstpass_image: Image.Image | None = None, **fields: Any) -> Txt2ImgResult:
+            firstpass_image: Image.Image | None = None, **fields: Any) -> JobResult:
         return self.run_p(self.prepare(options, firstpass_image, **fields), extensions)
 
     def model(self, name: str = ""):

@@ -19,15 +19,16 @@ import numpy as np
 import torch
 
 from pipeline.diffusion import samplers
-from pipeline.diffusion.conditioning import PromptEncoder, ScheduledConditioning
-from pipeline.runtime.errors import InvalidRequest
+from pipeline.diffusion.conditioning import PromptEncoder
+from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
 from pipeline.diffusion.preview import latent_preview
 from pipeline.diffusion.samplers.schedules import NoiseTable
-from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
-from pipeline.models.sd_model import SDModel
+from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
 from pipeline.diffusion.seeds import batch_noise
-from pipeline.runtime.job_state import JobState
 from pipeline.diffusion.tiled import TiledGuidance, TileSettings
+from pipeline.models.sd_model import SDModel
+from pipeline.runtime.errors import InvalidRequest
+from pipeline.runtime.job_state import JobState
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 
 import torch
 
-from pipeline.runtime.errors import Interrupted
 from pipeline.models.sd_model import SDModel
+from pipeline.runtime.errors import Interrupted
 from pipeline.runtime.job_state import Skipped
 
 STOPS = (Interrupted, Skipped)

@@ -9,15 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.diffusion import samplers
-from pipeline.runtime.errors import InvalidRequest, TooLarge
-from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size
-from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
-from pipeline.jobs.refiner import Refiner
-from pipeline.jobs.refiner import resolve as resolve_refiner
 from pipeline.diffusion.seeds import resolve_seed
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import check_model as check_tiles_model
 from pipeline.diffusion.tiled.request import request_tiles
+from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size
+from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
+from pipeline.jobs.refiner import Refiner
+from pipeline.jobs.refiner import resolve as resolve_refiner
+from pipeline.runtime.errors import InvalidRequest, TooLarge
 from schemas.common import GenerationRequest
 from schemas.txt2img import Txt2ImgRequest
 from upscalers.registry import UpscalerRegistry

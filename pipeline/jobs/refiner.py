@@ -28,10 +28,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from pipeline.runtime.errors import InvalidRequest
-from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.loop import Handover
+from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.models.sd_model import SDModel
+from pipeline.runtime.errors import InvalidRequest
 
 NO_REFINER = (None, "", "None", "none")
 HIRES_PASSES = ("first pass", "second pass", "both passes")
@@ -90,11 +90,6 @@ def resolve(name: str | None, switch_at: float | None, options: dict[str, Any], 
                              f"unknown value {hires_pass!r}", list(HIRES_PASSES))
     return Refiner(key, None if switch_at is None else float(switch_at),
                    bool(options.get("refiner_switch_by_sample_steps", False)), hires_pass)
-
-
-def switch_by_steps_infotext(options: dict[str, Any]) -> list[tuple[str, Any]]:
-    """A1111 writes this key on every job while the option is on, refiner or not."""
-    return [("Refiner switch by sampling steps", True)] if options.get("refiner_switch_by_sample_steps") else []
 
 
 def aesthetic_scores(options: dict[str, Any]) -> tuple[float, float]:

@@ -17,9 +17,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline.runtime.errors import InvalidRequest
-from pipeline.jobs import script_args
 from pipeline.diffusion.tiled.plan import grid_positions
+from pipeline.jobs import script_args
+from pipeline.jobs.common import JobContext, JobResult
+from pipeline.jobs.img2img.prepare import Img2ImgProcessing
+from pipeline.jobs.img2img.run import flatten_init, img2img_batches
+from pipeline.jobs.processing import check_pixel_budget
+from pipeline.runtime.errors import InvalidRequest
 
 NAME = "sd upscale"
 DEFAULTS = ("", 64, 0, 2.0)
@@ -110,10 +114,13 @@ class SDUpscale:
             return w, h
         return int(w * self.scale) // 8 * 8, int(h * self.scale) // 8 * 8
 
-    def run(self, p: Any, ctx: Any) -> Any:
-        from pipeline.jobs.img2img.run import flatten_init, img2img_batches
-        from pipeline.jobs.txt2img import Txt2ImgResult
+    def prepare(self, p: Img2ImgProcessing, init_w: int, init_h: int, max_pixels: int) -> None:
+        """Before the job is queued: the tiles and the upscaled image within bounds."""
+        self.check(p)
+        tw, th = self.target_size(init_w, init_h)
+        check_pixel_budget(tw, th, 1, max_pixels, "the scale_factor or the init image")
 
+    def run(self, p: Img2ImgProcessing, ctx: JobContext) -> JobResult:
         state = ctx.state
         source = flatten_init(p, p.init_images[0])
         tw, th = self.target_size(source.width, source.height)
@@ -154,7 +161,7 @@ class SDUpscale:
         text = first_info.infotexts[0] if first_info is not None and first_info.infotexts else ""
         info = dict(first_info.info) if first_info is not None else {}
         info["infotexts"] = [text] * len(images)
-        return Txt2ImgResult(images, [text] * len(images), info, calls)
+        return JobResult(images, [text] * len(images), info, calls)
 
 
 def script_info_args(upscaler_names: list[str]) -> list[dict[str, Any]]:

@@ -18,10 +18,14 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.runtime.errors import InvalidRequest
+from pipeline.infotext.job import job_info, job_infotext
 from pipeline.jobs import script_args as arg
-from pipeline.jobs.ultimate_upscale_plan import BAND_PASS, NO_SEAMS_FIX, InpaintPass, Plan, upscale_factors
+from pipeline.jobs.common import JobContext, JobResult
+from pipeline.jobs.img2img.prepare import Img2ImgProcessing
+from pipeline.jobs.img2img.run import flatten_init, img2img_batches
 from pipeline.jobs.processing import check_pixel_budget
+from pipeline.jobs.ultimate_upscale_plan import BAND_PASS, NO_SEAMS_FIX, InpaintPass, Plan, upscale_factors
+from pipeline.runtime.errors import InvalidRequest
 
 NAME = "ultimate sd upscale"
 ARGS: tuple[tuple[str, Any], ...] = (
@@ -136,10 +140,13 @@ class UltimateSDUpscale:
             image = image.resize((width, height), Image.Resampling.LANCZOS)
         return image
 
-    def run(self, p: Any, ctx: Any) -> Any:
-        from pipeline.jobs.img2img.run import flatten_init
-        from pipeline.jobs.txt2img import Txt2ImgResult, _info_json, _infotext
+    def prepare(self, p: Img2ImgProcessing, init_w: int, init_h: int, max_pixels: int) -> None:
+        """Before the job is queued: one image (the extension forces one; only the first init image is
+        used), and the target and every pass within the pixel budget."""
+        p.n_iter = p.batch_size = 1
+        self.check(p, init_w, init_h, max_pixels)
 
+    def run(self, p: Img2ImgProcessing, ctx: JobContext) -> JobResult:
         state = ctx.state
         source = flatten_init(p, p.init_images[0])
         width, height = self.target_size(p, source.width, source.height)
@@ -168,12 +175,12 @@ class UltimateSDUpscale:
             final = dataclasses.replace(stage or p, width=width, height=height)
             if stage is None:  # nothing was sampled: the request's own settings
                 final.lay_out_batches()
-            infotexts.append(_infotext(final, ctx, 0))
-        info = _info_json(final, ctx, infotexts, state)
+            infotexts.append(job_infotext(final, ctx.models, 0))
+        info = job_info(final, ctx.models, infotexts, state.job_timestamp)
         info["infotexts"] = infotexts
         info["is_using_inpainting_conditioning"] = any(r.info.get("is_using_inpainting_conditioning")
                                                        for r in done)
-        return Txt2ImgResult(images, infotexts, info, [n for r in done for n in r.unet_calls])
+        return JobResult(images, infotexts, info, [n for r in done for n in r.unet_calls])
 
 
 def _steps_run(p: Any, denoise: float) -> int:
@@ -201,13 +208,11 @@ def _inpaint_passes(p: Any, ctx: Any, image: Image.Image, passes: list[InpaintPa
 
 
 def inpaint_pass(p: Any, ctx: Any, image: Image.Image, step: InpaintPass, denoise: float,
-                 job: int) -> tuple[Any, Any] | None:
+                 job: int) -> tuple[Img2ImgProcessing, JobResult] | None:
     """One pass, in place: the "only masked" inpaint (inpainting_fill original, the request's seed) of the
     whole image with the pass's mask, run on the crop box it can change (`InpaintPass.region`: same pixels,
     without whole-image work per pass), pasted back. Returns (processing, result); None for an empty mask
     (nothing to repaint; an empty mask would mean img2img of everything)."""
-    from pipeline.jobs.img2img.run import img2img_batches
-
     region = step.region(image.width, image.height)
     if region is None:
         return None

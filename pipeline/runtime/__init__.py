@@ -1,1 +1,1 @@
-"""placeholder"""
+"""The runtime: the device worker and its queue, the running job's state, and the typed errors."""

@@ -137,6 +137,12 @@ class JobState:
                 self._s.skipped = True
 
     # -- read by /progress -----------------------------------------------------------------------
+    @property
+    def job_timestamp(self) -> str:
+        """When the running (or last) job began, as A1111 writes it: YYYYmmddHHMMSS."""
+        with self._lock:
+            return self._s.job_timestamp
+
     def snapshot(self) -> dict[str, Any]:
         """A1111's progress numbers: progress, eta_relative, state dict, textinfo; and the preview maker."""
         with self._lock:

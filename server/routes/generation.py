@@ -9,8 +9,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.infotext.codec import parse_infotext
-from pipeline.models.networks import check_job
-from pipeline.jobs.processing import prepare
+from pipeline.jobs.dispatch import prepare_txt2img
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import json_response, run_generation, services
 from server.errors import NEVER_QUEUED
@@ -31,18 +30,8 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
     if req.firstpass_image:
         firstpass = decode_image(req.firstpass_image, field="firstpass_image", max_pixels=svc.config.max_pixels)
     script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
-    p = prepare(req, opts, svc.models, svc.upscalers, svc.config.max_pixels, firstpass)
-    p.script_args = script_args
-    if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
-        p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
-        if p.hr_prompt or p.hr_negative_prompt:  # styled once, from the request's own texts
-            p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or req.prompt,
-                                                                 p.hr_negative_prompt or req.negative_prompt,
-                                                                 p.styles)
-    check_job(svc.networks, p, svc.models)  # LoRA tags: unknown name, bad number, wrong family -> 400
-
-    result, images = await run_generation(svc, request, "txt2img", req, opts, lambda: svc.run_txt2img(p),
-                                          save_options=opts)
+    p = prepare_txt2img(req, opts, svc.models, svc.upscalers, svc.config.max_pixels, firstpass)
+    result, images = await run_generation(svc, request, "txt2img", req, p, script_args, opts, save_options=opts)
     return json_response(TextToImageResponse(images=images, parameters=req.model_dump(),
                                              info=json.dumps(result.info)))
 

@@ -8,11 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from pipeline.jobs.img2img.prepare import Img2ImgProcessing, prepare_img2img
-from pipeline.jobs.img2img.run import run_img2img
-from pipeline.models.networks import check_job
-from pipeline.jobs.pixel_upscale import HiresUpscaler
-from pipeline.jobs.txt2img import Context, Txt2ImgResult
+from pipeline.jobs.dispatch import prepare_img2img
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import json_response, run_generation, services
 from server.errors import ErrorResponse
@@ -42,24 +38,11 @@ async def img2img(req: Img2ImgRequest, request: Request,
     init_images, mask = await run_in_threadpool(decode)
     script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
     p = prepare_img2img(req, opts, svc.models, svc.upscalers, limit, init_images, mask)
-    p.script_args = script_args
-    if p.styles:  # A1111's styles.csv semantics; an unknown style is a 400 before the job is queued
-        p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
-    check_job(svc.networks, p, svc.models)  # LoRA tags: unknown name, bad number, wrong family -> 400
-
     # A1111 saves img2img results under outdir_img2img_samples (outdir_samples first, when set)
     where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images"}
-    result, images = await run_generation(svc, request, "img2img", req, opts, lambda: _run(svc, p), where)
+    result, images = await run_generation(svc, request, "img2img", req, p, script_args, opts, where)
     params = req.model_dump()
     if not req.include_init_images:
         params["init_images"] = None
         params["mask"] = None
     return json_response(ImageToImageResponse(images=images, parameters=params, info=json.dumps(result.info)))
-
-
-def _run(svc: Services, p: Img2ImgProcessing) -> Txt2ImgResult:
-    """On the worker: the job's VAE choice, then the img2img algorithm."""
-    svc.models.select_vae(p.options.get("sd_vae"), apply_now=False)
-    ctx = Context(svc.models, HiresUpscaler(svc.upscalers, p.options), svc.extensions, svc.worker.state,
-                  faces=svc.upscalers.faces, networks=svc.networks)
-    return run_img2img(p, ctx)

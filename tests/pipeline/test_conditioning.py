@@ -12,10 +12,10 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProject
 from pipeline.diffusion.conditioning import (
     Cond,
     PromptEncoder,
-    ScheduledConditioning,
     pad_to_same_length,
     stack_conds,
 )
+from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
 from pipeline.runtime.errors import InvalidRequest
 from scripts.make_configs import byte_alphabet
 

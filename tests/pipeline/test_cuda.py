@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.diffusion.samplers import api_samplers
 from pipeline.models.checkpoints import CheckpointRegistry
 from pipeline.models.manager import ModelManager
-from pipeline.diffusion.samplers import api_samplers
 from tests.conftest import Env, pixels
 from upscalers.registry import UpscalerRegistry
 

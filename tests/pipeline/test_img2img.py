@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.runtime.errors import InvalidRequest
+from pipeline.jobs.common import JobContext, JobResult
+from pipeline.jobs.dispatch import prepare_img2img, run_job
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.img2img import masks
-from pipeline.jobs.img2img.prepare import prepare_img2img
-from pipeline.jobs.img2img.run import run_img2img
 from pipeline.jobs.img2img.resize import placement, resize_image
 from pipeline.jobs.pixel_upscale import HiresUpscaler
-from pipeline.jobs.txt2img import Context, Txt2ImgResult
+from pipeline.runtime.errors import InvalidRequest
 from schemas.img2img import Img2ImgRequest
 from tests.conftest import MAX_PIXELS, Env, count_unet, infotext_params, pixels
 
@@ -35,15 +34,15 @@ def _box_mask(w: int, h: int, box: tuple[int, int, int, int]) -> Image.Image:
 
 
 def run(env: Env, images: list[Image.Image], mask: Image.Image | None = None,
-        options: dict[str, Any] | None = None, checkpoint: str | None = None, **fields: Any) -> Txt2ImgResult:
+        options: dict[str, Any] | None = None, checkpoint: str | None = None, **fields: Any) -> JobResult:
     opts = {**env.options, **(options or {})}
     if checkpoint is not None:
         opts["sd_model_checkpoint"] = checkpoint
     req = Img2ImgRequest(**{**FAST, "init_images": ["sent"] * len(images), **fields})
     p = prepare_img2img(req, opts, env.models, env.upscalers, MAX_PIXELS, images, mask)
-    ctx = Context(env.models, HiresUpscaler(env.upscalers, p.options), Extensions(), env.state)
+    ctx = JobContext(env.models, HiresUpscaler(env.upscalers, p.options), Extensions(), env.state)
     try:
-        return run_img2img(p, ctx)
+        return run_job(p, ctx)
     finally:
         env.state.end()
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.models.checkpoints import CheckpointRegistry
-from pipeline.runtime.errors import UnknownName
-from pipeline.models.manager import ModelManager
 from pipeline.jobs.refiner import with_swap_cost
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
+from pipeline.runtime.errors import UnknownName
 from tests.conftest import Env, count_unet, infotext_params
 from upscalers.registry import UpscalerRegistry
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.runtime.errors import InvalidRequest, UnknownName
 from pipeline.diffusion.samplers import (
     SAMPLERS,
     SCHEDULES,
@@ -29,6 +28,7 @@ from pipeline.diffusion.samplers import (
 from pipeline.diffusion.samplers.brownian import CPUBrownianNoise
 from pipeline.diffusion.samplers.schedules import SCHEDULES_BY_NAME, karras
 from pipeline.diffusion.samplers.table import SAMPLERS_BY_NAME, effective_schedule
+from pipeline.runtime.errors import InvalidRequest, UnknownName
 
 SD1 = {
     "_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.runtime.errors import InvalidRequest
 from pipeline.jobs.sd_upscale import SDUpscale, combine, split_grid
+from pipeline.runtime.errors import InvalidRequest
 from tests.conftest import Env, count_unet, infotext_params
 from tests.pipeline.test_img2img import _noise_image, run
 

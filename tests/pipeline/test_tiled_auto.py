@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.models.builtin import tiny_sd1_configs
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.auto import auto_tiles, budget_bytes, pass_bytes
+from pipeline.models.builtin import tiny_sd1_configs
 from tests.conftest import Env, count_unet, infotext_params, pixels
 
 

@@ -9,9 +9,6 @@ from typing import Any
 
 import pytest
 
-from pipeline.runtime.errors import InvalidRequest, TooLarge
-from pipeline.jobs.extensions import Extensions
-from pipeline.jobs.img2img.prepare import prepare_img2img
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import (
     MAX_ARGS,
@@ -21,6 +18,9 @@ from pipeline.diffusion.tiled.request import (
     register,
     request_tiles,
 )
+from pipeline.jobs.dispatch import prepare_img2img
+from pipeline.jobs.extensions import Extensions
+from pipeline.runtime.errors import InvalidRequest, TooLarge
 from schemas.img2img import Img2ImgRequest
 from schemas.txt2img import Txt2ImgRequest
 from tests.conftest import Env, count_unet, infotext_params, pixels

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from pipeline.diffusion import samplers
-from pipeline.runtime.errors import InvalidRequest, UnknownName
 from pipeline.infotext.codec import parse_infotext
+from pipeline.runtime.errors import InvalidRequest, UnknownName
 from tests.conftest import count_unet, count_vae, infotext_params, mean_abs_diff, pixels
 from upscalers.latent import latent_mode_names
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.runtime.errors import InvalidRequest
 from pipeline.jobs.ultimate_upscale import ARGS, UltimateSDUpscale
 from pipeline.jobs.ultimate_upscale_plan import CHESS, LINEAR, NO_REDRAW, Plan, radial, tent, upscale_factors
+from pipeline.runtime.errors import InvalidRequest
 from tests.conftest import Env, count_unet, infotext_params
 from tests.pipeline.test_img2img import _noise_image, run
 
@@ -343,12 +343,12 @@ def test_a_pass_on_its_crop_box_equals_the_whole_image_inpaint(env: Env) -> None
     # the pixels must be exactly those of A1111's whole-image "only masked" inpaint with the blurred mask
     import dataclasses
 
+    from pipeline.jobs.common import JobContext
+    from pipeline.jobs.dispatch import prepare_img2img
     from pipeline.jobs.extensions import Extensions
-    from pipeline.jobs.img2img.prepare import prepare_img2img
     from pipeline.jobs.img2img.run import img2img_batches
-    from pipeline.jobs.ultimate_upscale import inpaint_pass
     from pipeline.jobs.pixel_upscale import HiresUpscaler
-    from pipeline.jobs.txt2img import Context
+    from pipeline.jobs.ultimate_upscale import inpaint_pass
     from schemas.img2img import Img2ImgRequest
     from tests.conftest import FAST, MAX_PIXELS
 
@@ -360,7 +360,7 @@ def test_a_pass_on_its_crop_box_equals_the_whole_image_inpaint(env: Env) -> None
     assert {step.kind for step in picked} == {"redraw", "half tile", "intersection", "band"}
     req = Img2ImgRequest(**{**FAST, "init_images": ["sent"], "steps": 2, "denoising_strength": 0.6})
     p = prepare_img2img(req, env.options, env.models, env.upscalers, MAX_PIXELS, [src], None)
-    ctx = Context(env.models, HiresUpscaler(env.upscalers, p.options), Extensions(), env.state)
+    ctx = JobContext(env.models, HiresUpscaler(env.upscalers, p.options), Extensions(), env.state)
     env.state.begin("test", 1)
     try:
         for step in picked:

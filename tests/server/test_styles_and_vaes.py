@@ -9,9 +9,9 @@ import pytest
 import safetensors.torch
 import torch
 
-from pipeline.runtime.errors import ModelLoadError, UnknownName
 from pipeline.jobs.styles import StyleStore, merge
 from pipeline.models.vae_files import VaeRegistry, apply_vae
+from pipeline.runtime.errors import ModelLoadError, UnknownName
 
 
 def test_merge_follows_a1111() -> None:

@@ -30,7 +30,7 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, 
     return math.sqrt(max(sigma_next**2 - up**2, 0.0)), up
 
 
-def _denoised(scheduler, model_output: torch.Tensor, sample: torch.Tensor, sigma) -> torch.Tensor:
+def denoised_estimate(scheduler, model_output: torch.Tensor, sample: torch.Tensor, sigma) -> torch.Tensor:
     if scheduler.config.prediction_type == "epsilon":
         return sample - sigma * model_output
     if scheduler.config.prediction_type == "v_prediction":
@@ -52,7 +52,7 @@ class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
         i = self.step_index
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         sample = sample.to(torch.float32)
-        x0 = _denoised(self, model_output, sample, sigma)
+        x0 = denoised_estimate(self, model_output, sample, sigma)
         down, up = ancestral_step(float(sigma), float(sigma_next), self.eta)
         prev_sample = sample + (sample - x0) / sigma * (down - sigma)
         if float(sigma_next) > 0:
@@ -87,7 +87,7 @@ class EtaDPMSolverSDEScheduler(DPMSolverSDEScheduler):
         sigma, sigma_next = (self.sigmas[i], self.sigmas[i + 1]) if first else (self.sigmas[i - 1], self.sigmas[i])
         t, t_next = t_fn(sigma), t_fn(sigma_next)
         t_mid = t + (t_next - t) * 0.5
-        x0 = _denoised(self, model_output, sample, sigma if first else sigma_fn(t_mid))
+        x0 = denoised_estimate(self, model_output, sample, sigma if first else sigma_fn(t_mid))
         if sigma_next == 0:  # the last step: Euler to 0
             prev_sample = sample + (sample - x0) / sigma * (sigma_next - sigma)
         else:

@@ -14,7 +14,7 @@ from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .ancestral import _denoised
+from .ancestral import denoised_estimate
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class CallListScheduler(EulerDiscreteScheduler):
         call = self.calls[self._call]
         self._call += 1
         sample = sample.to(torch.float32)
-        den = _denoised(self, model_output.float(), sample, call.sigma)
+        den = denoised_estimate(self, model_output.float(), sample, call.sigma)
         out = self._advance(call, sample, den, generator).to(model_output.dtype)
         if not return_dict:
             return out, den

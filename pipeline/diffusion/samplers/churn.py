@@ -28,7 +28,7 @@ from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerO
 from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .ancestral import _denoised
+from .ancestral import denoised_estimate
 
 
 def churn_schedule(sigmas: np.ndarray, s_churn: float, s_tmin: float,
@@ -112,7 +112,7 @@ class ChurnEulerScheduler(_Churning, EulerDiscreteScheduler):
                                 **kwargs)
         hat, sigma_next = self.churn.sigmas_hat[k], self.churn.sigmas[k + 1]
         x_hat = self.churn.sample_hat(k, sample)
-        x0 = _denoised(self, model_output, x_hat, hat)
+        x0 = denoised_estimate(self, model_output, x_hat, hat)
         prev_sample = (x_hat + (x_hat - x0) / hat * (sigma_next - hat)).to(model_output.dtype)
         self._step_index += 1
         if not return_dict:
@@ -143,7 +143,7 @@ class ChurnHeunScheduler(_Churning, HeunDiscreteScheduler):
             return super().step(model_output, timestep, sample, return_dict=return_dict)
         hat, sigma_next = self.churn.sigmas_hat[k], self.churn.sigmas[k + 1]
         x_hat = self.churn.sample_hat(k, sample)
-        x0 = _denoised(self, model_output, x_hat, hat)
+        x0 = denoised_estimate(self, model_output, x_hat, hat)
         derivative = (x_hat - x0) / hat
         dt = sigma_next - hat
         self.prev_derivative, self.dt, self.sample = derivative, dt, x_hat  # what the second stage continues from
@@ -184,13 +184,13 @@ class ChurnKDPM2Scheduler(_Churning, KDPM2DiscreteScheduler):
         hat, sigma_next = self.churn.sigmas_hat[k], self.churn.sigmas[k + 1]
         if not second:
             x_hat = self.churn.sample_hat(k, sample)
-            x0 = _denoised(self, model_output, x_hat, hat)
+            x0 = denoised_estimate(self, model_output, x_hat, hat)
             mid = self.sigmas_interpol[self.step_index + 1]  # 0 on a last step to sigma 0: an Euler step there
             prev_sample = x_hat + (x_hat - x0) / hat * (mid - hat)
             self.sample = x_hat
         else:
             mid = self.sigmas_interpol[self.step_index]
-            x0 = _denoised(self, model_output, sample, mid)
+            x0 = denoised_estimate(self, model_output, sample, mid)
             prev_sample = self.sample + (sample - x0) / mid * (sigma_next - hat)
             self.sample = None
         self._step_index += 1

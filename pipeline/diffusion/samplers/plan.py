@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pipeline.runtime.errors import InvalidRequest
+
 from .brownian import CPUBrownianNoise
 from .churn import Churn, churn_schedule
 from .schedules import LCMNoiseTable, NoiseTable, ScheduleSpec, uniform

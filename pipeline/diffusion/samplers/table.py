@@ -9,6 +9,7 @@ from typing import Any, Literal
 from diffusers import KDPM2AncestralDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler
 
 from pipeline.runtime.errors import InvalidRequest, UnknownName
+
 from .ancestral import EtaDPMSolverSDEScheduler, EtaEulerAncestralScheduler
 from .brownian import BrownianDPMSolverMultistepScheduler
 from .churn import ChurnEulerScheduler, ChurnHeunScheduler, ChurnKDPM2Scheduler

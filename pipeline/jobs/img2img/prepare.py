@@ -2,18 +2,17 @@
 extension hooks receive (A1111's img2img processing object, in our shape)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
 
-from pipeline.runtime.errors import InvalidRequest
+from pipeline.diffusion.tiled.request import keeps_input_size
 from pipeline.jobs.hires_size import first_pass_size
-from pipeline.jobs import scripts as img2img_scripts
-from pipeline.jobs import sd_upscale, ultimate_upscale
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
 from pipeline.jobs.processing import ModelNames, Processing, check_pixel_budget, prepare_common
-from pipeline.diffusion.tiled.request import keeps_input_size
+from pipeline.runtime.errors import InvalidRequest
 from schemas.img2img import Img2ImgRequest
 from upscalers.registry import UpscalerRegistry
 
@@ -49,15 +48,18 @@ class Img2ImgProcessing(Processing):
 
 def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelNames,
                     upscalers: UpscalerRegistry, max_pixels: int, init_images: list[Image.Image],
-                    mask: Image.Image | None) -> Img2ImgProcessing:
-    """Resolve and validate an img2img request whose images the server has decoded already."""
+                    mask: Image.Image | None, scripts: tuple[str, ...] = (),
+                    attach_script: Callable[[Img2ImgProcessing], None] | None = None) -> Img2ImgProcessing:
+    """Resolve and validate an img2img request whose images the server has decoded already. `scripts`: the
+    selectable script names served; `attach_script(p)` parses the request's script into `p.script`
+    (jobs/scripts.py) at the point where A1111's script checks run."""
     if not init_images:
         raise InvalidRequest("init_images", "send at least one base64 image")
     if req.latent_mask not in (None, ""):
         raise InvalidRequest("latent_mask", "not supported (A1111 cannot decode it either); send null and put "
                              "the mask in `mask`")
     p = prepare_common(req, options, models, upscalers, cls=Img2ImgProcessing,
-                       scripts=img2img_scripts.NAMES)
+                       scripts=scripts)
     assert isinstance(p, Img2ImgProcessing)
     if len(init_images) > p.batch_size:
         raise InvalidRequest("init_images", f"{len(init_images)} images for batch_size {p.batch_size}: send at "
@@ -97,17 +99,8 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
     if upscalers.is_latent(p.resize_upscaler):
         raise InvalidRequest("override_settings.upscaler_for_img2img", "must be a pixel upscaler from "
                              "/sdapi/v1/upscalers, not a latent mode (resize_mode 3 is the latent upscale)")
-    if (req.script_name or "").lower() == sd_upscale.NAME:
-        p.script = sd_upscale.SDUpscale.parse(list(req.script_args or []), upscalers.names(),
-                                              lambda name: upscalers.resolve(name).name)
-        p.script.check(p)
-        tw, th = p.script.target_size(init_images[0].width, init_images[0].height)
-        check_pixel_budget(tw, th, 1, max_pixels, "the scale_factor or the init image")
-    elif (req.script_name or "").lower() == ultimate_upscale.NAME:
-        p.script = ultimate_upscale.UltimateSDUpscale.parse(list(req.script_args or []), upscalers.names(),
-                                                            lambda name: upscalers.resolve(name).name)
-        p.n_iter = p.batch_size = 1  # the extension forces one image; only the first init image is used
-        p.script.check(p, init_images[0].width, init_images[0].height, max_pixels)
+    if attach_script is not None:
+        attach_script(p)
     p.mask_weight = float(options.get("inpainting_mask_weight", 1.0))
     p.overlay_inpaint = bool(options.get("overlay_inpaint", True))
     budget_w, budget_h = p.width, p.height

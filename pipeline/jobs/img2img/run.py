@@ -15,14 +15,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from pipeline.diffusion import denoise
-
-from pipeline.models import networks
-
-from pipeline.jobs import refiner
-
-from pipeline.models import vae_codec as vae
-from pipeline.runtime.errors import Interrupted
+from pipeline.diffusion.loop import PassResult
+from pipeline.diffusion.seamless import circular_padding
+from pipeline.diffusion.seeds import image_noise
+from pipeline.infotext.job import job_info, job_infotext
+from pipeline.jobs.common import (
+    JobContext,
+    JobResult,
+    PassSpec,
+    finish_images,
+    is_inpainting_model,
+    run_pass,
+    to_tensor,
+)
 from pipeline.jobs.img2img import masks
 from pipeline.jobs.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
 from pipeline.jobs.img2img.resize import (
@@ -32,21 +37,9 @@ from pipeline.jobs.img2img.resize import (
     RESIZE_AND_FILL,
     resize_image,
 )
-from pipeline.jobs.processing import sampler_params
-from pipeline.diffusion.loop import PassResult
+from pipeline.models import vae_codec as vae
 from pipeline.models.sd_model import SDModel
-from pipeline.diffusion.seeds import image_noise
-from pipeline.diffusion.tiled.auto import tiles_for_pass
-from pipeline.diffusion.seamless import circular_padding
-from pipeline.jobs.txt2img import (
-    Context,
-    Txt2ImgResult,
-    _decode,
-    _info_json,
-    _infotext,
-    _restore_faces,
-    _to_tensor,
-)
+from pipeline.runtime.errors import Interrupted
 
 log = logging.getLogger("hiresd.img2img")
 
@@ -63,16 +56,13 @@ class Source:
     paste_to: tuple[int, int, int, int] | None = None
 
 
-def run_img2img(p: Img2ImgProcessing, ctx: Context) -> Txt2ImgResult:
-    """The job: a selectable script (`script_name`, e.g. SD upscale) when the request names one, else the
-    img2img batches."""
-    if p.script is not None:
-        return p.script.run(p, ctx)
+def run_img2img(p: Img2ImgProcessing, ctx: JobContext) -> JobResult:
+    """The job: `n_iter` batches of img2img (a selectable script runs instead: jobs/dispatch.py)."""
     ctx.state.begin("img2img", p.n_iter, [float(p.steps * p.width * p.height)] * p.n_iter)
     return img2img_batches(p, ctx)
 
 
-def img2img_batches(p: Img2ImgProcessing, ctx: Context, job_offset: int = 0) -> Txt2ImgResult:
+def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) -> JobResult:
     """`n_iter` batches of img2img; progress counts them as jobs job_offset, job_offset + 1, ..."""
     state = ctx.state
     bs = p.batch_size
@@ -87,7 +77,7 @@ def img2img_batches(p: Img2ImgProcessing, ctx: Context, job_offset: int = 0) -> 
         repaint = torch.cat([masks.latent_mask(s.repaint, init.shape[-2], init.shape[-1], p.mask_round)
                              for s in sources]).to(init.device)
         init = _masked_content(p, init, repaint)
-    image_cond = _image_conditioning(model, p, sources, init) if _is_inpainting_model(model) else None
+    image_cond = _image_conditioning(model, p, sources, init) if is_inpainting_model(model) else None
     images: list[Image.Image] = []
     infotexts: list[str] = []
     calls: list[int] = []
@@ -100,24 +90,24 @@ def img2img_batches(p: Img2ImgProcessing, ctx: Context, job_offset: int = 0) -> 
         subseeds = p.all_subseeds[it * bs:(it + 1) * bs]
         state.set_job(job_offset + it, f"Batch {it + 1} out of {p.n_iter}" if p.n_iter > 1 else None, p.steps)
         if p.denoising_strength > 0:
-            result = _sample(model, p, ctx, seeds, subseeds, init, repaint, image_cond)
+            result = run_pass(model, p, ctx, seeds, subseeds, _pass(p, init, repaint, image_cond))
             calls.append(result.unet_calls)
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
-        batch = _restore_faces(_decode(result.model or model, result.latents, p), p, ctx)  # the refiner's VAE
+        batch = finish_images(result.model or model, result.latents, p, ctx)  # the refiner's VAE
         batch = [_put_back(img, src, p) for img, src in zip(batch, sources, strict=True)]
         images += batch
-        infotexts += [_infotext(p, ctx, i) for i in range(it * bs, it * bs + len(batch))]
+        infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
         if isinstance(result.stopped, Interrupted):
             break
-    info = _info_json(p, ctx, infotexts, state)
+    info = job_info(p, ctx.models, infotexts, state.job_timestamp)
     info["is_using_inpainting_conditioning"] = image_cond is not None
-    return Txt2ImgResult(images, infotexts, info, calls)
+    return JobResult(images, infotexts, info, calls)
 
 
 # -- the pieces -----------------------------------------------------------------------------------
 
-def _prepare_sources(p: Img2ImgProcessing, ctx: Context) -> list[Source]:
+def _prepare_sources(p: Img2ImgProcessing, ctx: JobContext) -> list[Source]:
     """A1111's img2img `init`: the mask once, then every init image."""
     repaint = crop = None
     overlay_mask = None
@@ -188,7 +178,7 @@ def flatten_init(p: Img2ImgProcessing, image: Image.Image) -> Image.Image:
     return _flatten(image, _background(p))
 
 
-def _scaler(p: Img2ImgProcessing, ctx: Context):
+def _scaler(p: Img2ImgProcessing, ctx: JobContext):
     state = ctx.state
     if p.resize_upscaler == "None":
         return lambda img, w, h: img if img.size == (w, h) else img.resize((w, h), Image.Resampling.LANCZOS)
@@ -202,7 +192,7 @@ def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image]) -> 
     if p.resize_mode == LATENT_UPSCALE:
         images = [img.crop((0, 0, img.width // 8 * 8, img.height // 8 * 8)) for img in images]
     with circular_padding([model.vae], p.tiling):
-        latents = vae.encode(model, _to_tensor(images)).float()
+        latents = vae.encode(model, to_tensor(images)).float()
     if p.resize_mode == LATENT_UPSCALE and latents.shape[-2:] != (p.height // 8, p.width // 8):
         latents = F.interpolate(latents, size=(p.height // 8, p.width // 8), mode="bilinear")
     return latents
@@ -219,16 +209,12 @@ def _masked_content(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Ten
     return init
 
 
-def _is_inpainting_model(model: SDModel) -> bool:
-    return int(model.unet.config.in_channels) == model.latent_channels * 2 + 1
-
-
 def _image_conditioning(model: SDModel, p: Img2ImgProcessing, sources: list[Source], init: torch.Tensor
                         ) -> torch.Tensor:
     """9-channel inpainting models: [mask (1 ch, nearest, rounded), VAE(masked image) (4 ch)], where the
     masked image is lerp(src, src * (1 - mask), inpainting_mask_weight) in [-1, 1] (masked pixels go
     mid-grey). Without a mask the whole image counts as masked (A1111: a ones mask)."""
-    pixels = _to_tensor([s.image for s in sources])
+    pixels = to_tensor([s.image for s in sources])
     if sources[0].repaint is not None:
         mask = torch.stack([torch.from_numpy(_mask_array(s.repaint)) for s in sources])[:, None]
         if p.mask_round:
@@ -248,28 +234,14 @@ def _mask_array(mask: Image.Image) -> np.ndarray:
     return np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
 
 
-def _sample(model: SDModel, p: Img2ImgProcessing, ctx: Context, seeds: list[int], subseeds: list[int],
-            init: torch.Tensor, repaint: torch.Tensor | None, image_cond: torch.Tensor | None) -> PassResult:
-    noise, gens = denoise.seeded_noise(model, p.width, p.height, seeds, subseeds, p.subseed_strength,
-                                       p.seed_resize_from)
-    if p.initial_noise_multiplier != 1.0:
-        p.extra_generation_params["Noise multiplier"] = p.initial_noise_multiplier
-        noise = noise * p.initial_noise_multiplier
-    ctx.extensions.call("process_before_every_sampling", p, pass_no=1, x=init, noise=noise)
-    settings = denoise.PassSettings(sampler=p.sampler, schedule=p.schedule, steps=p.steps,
-                                    params=sampler_params(p), strength=p.denoising_strength, fix_steps=p.fix_steps)
-    plan = denoise.plan_pass(model, settings, gens, seeds)
-    networks.activate_for_pass(ctx.networks, model, p, p.prompt, p.negative_prompt)  # before the conditioning
-    cond_at = denoise.prompt_conditioning(model, [p.prompt] * len(seeds), [p.negative_prompt] * len(seeds),
-                                          p.clip_skip, steps=len(plan.timesteps))
-    callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
-    keep = None if repaint is None else 1 - repaint
-    switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, 1, lambda m: denoise.prompt_conditioning(
-        m, [p.prompt] * len(seeds), [p.negative_prompt] * len(seeds), p.clip_skip, steps=len(plan.timesteps)))
-    with circular_padding([model.unet, model.vae], p.tiling):
-        return denoise.denoise(model, plan, noise, init, cond_at, p.cfg_scale, p.width, p.height, callback,
-                               keep_mask=keep, image_cond=image_cond, switch=switch, crop=denoise.sdxl_crop(p.options),
-                               tiles=tiles_for_pass(p, model, len(seeds), p.width, p.height))
+def _pass(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Tensor | None,
+          image_cond: torch.Tensor | None) -> PassSpec:
+    """The one pass of img2img: denoise the init latents from `denoising_strength` (A1111's img2img step
+    rule, or fixed steps with img2img_fix_steps), the unmasked latent kept where inpainting."""
+    return PassSpec(1, p.width, p.height, p.sampler, p.schedule, p.steps, p.prompt, p.negative_prompt,
+                    p.cfg_scale, init=init, strength=p.denoising_strength, fix_steps=p.fix_steps,
+                    keep=None if repaint is None else 1 - repaint, image_cond=image_cond,
+                    noise_multiplier=p.initial_noise_multiplier)
 
 
 def _put_back(image: Image.Image, src: Source, p: Img2ImgProcessing) -> Image.Image:

@@ -12,11 +12,9 @@ import torch
 from pipeline.models.accel import compiling, memory
 from pipeline.models.accel.fused_qkv import fuse_qkv
 from pipeline.models.accel.layout import apply_layout
-from pipeline.models.accel.precision import Precision, choose, resolve_device
+from pipeline.models.accel.precision import Precision
 from pipeline.models.accel.sdpa import set_sdpa_backend
 from pipeline.models.sd_model import SDModel
-
-__all__ = ["Accel", "Precision", "choose", "resolve_device"]
 
 log = logging.getLogger("hiresd.accel")
 

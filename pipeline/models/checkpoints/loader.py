@@ -37,8 +37,8 @@ from pipeline.models.checkpoints.convert import Converted
 from pipeline.models.checkpoints.detect import Detection, detect_family, shapes_of
 from pipeline.models.checkpoints.registry import CheckpointInfo
 from pipeline.models.checkpoints.shipped import CONFIGS_DIR, clip_tokenizer
-from pipeline.runtime.errors import ModelLoadError
 from pipeline.models.sd_model import SDModel
+from pipeline.runtime.errors import ModelLoadError
 
 log = logging.getLogger(__name__)
 

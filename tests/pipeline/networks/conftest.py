@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.extensions import Extensions
-from pipeline.models.manager import ModelManager
-from pipeline.models.networks import Networks, check_job
 from pipeline.jobs.pixel_upscale import HiresUpscaler
 from pipeline.jobs.processing import prepare
+from pipeline.jobs.txt2img import run_txt2img
+from pipeline.models.checkpoints import CheckpointRegistry
+from pipeline.models.manager import ModelManager
+from pipeline.models.networks import Networks, check_job
 from pipeline.runtime.job_state import JobState
-from pipeline.jobs.txt2img import Context, Txt2ImgResult, run_txt2img
 from schemas.txt2img import Txt2ImgRequest
 from tests.conftest import BASE_OPTIONS, FAST, MAX_PIXELS
 from upscalers.registry import UpscalerRegistry
@@ -38,13 +39,13 @@ class NetEnv:
         return self.models.get(self.models.resolve_title(self.ckpts[which], "sd_model_checkpoint"))
 
     def run(self, which: str = "sd1", networks: bool = True, extensions: Extensions | None = None,
-            options: dict[str, Any] | None = None, **fields: Any) -> Txt2ImgResult:
+            options: dict[str, Any] | None = None, **fields: Any) -> JobResult:
         options = {**BASE_OPTIONS, "sd_model_checkpoint": self.ckpts[which], **(options or {})}
         req = Txt2ImgRequest(**{**FAST, "steps": 3, **fields})
         p = prepare(req, options, self.models, self.upscalers, MAX_PIXELS)
         nets = self.networks if networks else None
         check_job(nets, p, self.models)
-        ctx = Context(self.models, HiresUpscaler(self.upscalers, p.options), extensions or Extensions(),
+        ctx = JobContext(self.models, HiresUpscaler(self.upscalers, p.options), extensions or Extensions(),
                       self.state, networks=nets)
         try:
             return run_txt2img(p, ctx)

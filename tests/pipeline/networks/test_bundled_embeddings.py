@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pipeline.runtime.errors import InvalidRequest
 from pipeline.models.networks import encoder_widths
+from pipeline.runtime.errors import InvalidRequest
 from tests.fixtures.networks import make_network
 
 WORD = "tabby kitten"

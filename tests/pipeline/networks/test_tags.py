@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.runtime.errors import InvalidRequest
 from pipeline.models.networks.tags import lora_params, parse_tags, strip_tags
+from pipeline.runtime.errors import InvalidRequest
 
 
 def test_every_tag_is_stripped_and_the_rest_of_the_prompt_stays():

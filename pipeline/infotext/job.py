@@ -1,0 +1,146 @@
+"""What a job writes about itself: the infotext of each image (A1111's keys, in A1111's order) and the
+`info` JSON of the response. The text format itself (quoting, parsing) is codec.py."""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Protocol
+
+from pipeline.diffusion import samplers
+from pipeline.infotext.codec import format_infotext
+
+VERSION = "hiresd-0.1.0"
+
+
+class ModelInfo(Protocol):
+    def info(self, title: str) -> dict[str, Any]: ...
+
+
+def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
+    """The infotext of image `index` of job `p` (a Processing)."""
+    info = models.info(p.checkpoint)
+    params: list[tuple[str, Any]] = [
+        ("Steps", p.steps),
+        ("Sampler", p.sampler.name),
+        ("Schedule type", samplers.label_for_infotext(p.sampler, p.schedule)),
+        ("CFG scale", p.cfg_scale),
+        ("Seed", p.all_seeds[index]),
+        ("Face restoration", p.face_restorer.name if p.face_restorer is not None else None),
+        ("Size", f"{p.width}x{p.height}"),
+        ("Model hash", info.get("hash")),
+        ("Model", info.get("model_name")),
+        ("VAE hash", info.get("vae_hash") if p.options.get("add_vae_hash_to_info", True) else None),
+        ("VAE", info.get("vae_name") if p.options.get("add_vae_name_to_info", True) else None),
+    ]
+    if p.subseed_strength > 0:
+        params += [("Variation seed", p.all_subseeds[index]), ("Variation seed strength", p.subseed_strength)]
+    if p.seed_resize_from[0] > 0 and p.seed_resize_from[1] > 0:
+        params.append(("Seed resize from", f"{p.seed_resize_from[0]}x{p.seed_resize_from[1]}"))
+    # A1111 writes it here from extra_generation_params (img2img and the hires pass set it), not at their end
+    params.append(("Denoising strength", p.extra_generation_params.get(
+        "Denoising strength", p.denoising_strength if p.enable_hr else None)))
+    if p.clip_skip > 1:
+        params.append(("Clip skip", p.clip_skip))
+    params.append(("RNG", "CPU"))
+    if p.tiling:
+        params.append(("Tiling", True))
+    for key, label, default in (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0),
+                                ("s_tmax", "Sigma tmax", 0.0), ("s_noise", "Sigma noise", 1.0)):
+        value = getattr(p, key)
+        if key in p.sampler.params and value is not None and value != default:
+            params.append((label, value))
+    default_eta = getattr(p.sampler, "eta_default", None)
+    if p.eta is not None and "eta" in p.sampler.params and p.eta != default_eta:  # A1111: only when not default
+        params.append(("Eta", p.eta))
+    if p.enable_hr:
+        params += _hires_params(p, models)
+    params += _refiner_params(p, models)
+    params += [(k, v) for k, v in p.extra_generation_params.items() if k != "Denoising strength"]
+    params.append(("Version", VERSION))
+    return format_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
+
+
+def _refiner_params(p: Any, models: ModelInfo) -> list[tuple[str, Any]]:
+    # A1111 writes the first key on every job while the option is on, refiner or not
+    out: list[tuple[str, Any]] = ([("Refiner switch by sampling steps", True)]
+                                  if p.options.get("refiner_switch_by_sample_steps") else [])
+    if p.refiner is not None:
+        info = models.info(p.refiner.checkpoint)
+        name = f"{info.get('model_name')} [{info['hash']}]" if info.get("hash") else info.get("model_name")
+        out += p.refiner.infotext(name, p.enable_hr, p.options)
+    return out
+
+
+def _hires_params(p: Any, models: ModelInfo) -> list[tuple[str, Any]]:
+    """Hires keys in A1111's insertion order; each only when it says something."""
+    out: list[tuple[str, Any]] = []
+    if p.hr_checkpoint:
+        hr = models.info(p.hr_checkpoint)
+        out.append(("Hires checkpoint", hr.get("short_title") or hr.get("title")))
+    if p.hr_sampler is not None and p.hr_sampler.name != p.sampler.name:
+        out.append(("Hires sampler", p.hr_sampler.name))
+    if p.hr_prompt and p.hr_prompt != p.prompt:
+        out.append(("Hires prompt", p.hr_prompt))
+    if p.hr_negative_prompt and p.hr_negative_prompt != p.negative_prompt:
+        out.append(("Hires negative prompt", p.hr_negative_prompt))
+    first_label = samplers.label_for_infotext(p.sampler, p.schedule)
+    hr_label = samplers.label_for_infotext(p.hr_sampler, p.hr_schedule)
+    if hr_label != first_label:
+        out.append(("Hires schedule type", hr_label))
+    out.append((p.hires.infotext_key, p.hires.infotext_value))
+    if p.hr_second_pass_steps:
+        out.append(("Hires steps", p.hr_second_pass_steps))
+    if p.request.hr_upscaler not in (None, ""):
+        out.append(("Hires upscaler", p.hr_upscaler))
+    if p.hr_cfg is not None and p.hr_cfg != p.cfg_scale:
+        out.append(("Hires CFG Scale", p.hr_cfg))
+    return out
+
+
+def job_info(p: Any, models: ModelInfo, infotexts: list[str], job_timestamp: str) -> dict[str, Any]:
+    """The response's `info` object (A1111's keys) for job `p` and the infotexts of its images."""
+    info = models.info(p.checkpoint)
+    n = len(infotexts)
+    extra = {k: (v if _jsonable(v) else None) for k, v in p.extra_generation_params.items()}
+    return {
+        "prompt": p.request.prompt,  # as sent: styles show in all_prompts and the infotexts, as in A1111
+        "all_prompts": p.all_prompts[:n] or [p.prompt],
+        "negative_prompt": p.request.negative_prompt,
+        "all_negative_prompts": p.all_negative_prompts[:n] or [p.negative_prompt],
+        "seed": p.seed,
+        "all_seeds": p.all_seeds[:n] or [p.seed],
+        "subseed": p.subseed,
+        "all_subseeds": p.all_subseeds[:n] or [p.subseed],
+        "subseed_strength": p.subseed_strength,
+        "width": p.width,
+        "height": p.height,
+        "sampler_name": p.sampler.name,
+        "cfg_scale": p.cfg_scale,
+        "steps": p.steps,
+        "batch_size": p.batch_size,
+        "restore_faces": p.face_restorer is not None,
+        "face_restoration_model": p.face_restorer.name if p.face_restorer is not None else None,
+        "sd_model_name": info.get("model_name"),
+        "sd_model_hash": info.get("hash"),
+        "sd_vae_name": info.get("vae_name"),
+        "sd_vae_hash": info.get("vae_hash"),
+        "seed_resize_from_w": p.seed_resize_from[0],
+        "seed_resize_from_h": p.seed_resize_from[1],
+        "denoising_strength": p.denoising_strength,
+        "extra_generation_params": extra,
+        "index_of_first_image": 0,
+        "infotexts": infotexts,
+        "styles": p.styles,
+        "job_timestamp": job_timestamp,
+        "clip_skip": p.clip_skip,
+        "is_using_inpainting_conditioning": False,
+        "version": VERSION,
+    }
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return not (isinstance(v, float) and math.isnan(v))
+    except TypeError:
+        return False
