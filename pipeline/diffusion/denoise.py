@@ -112,7 +112,10 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
     is SDXL's crop conditioning (`sdxl_crop`)."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     x = plan.start(noise.to(model.device), init)
-    blend = None if keep_mask is None or init is None else LatentMask(model, plan, init, keep_mask)
+    # a mask that keeps nothing (all white) is plain img2img: no blend, whose eps round trip would only
+    # add rounding
+    keeps = keep_mask is not None and init is not None and bool(keep_mask.any())
+    blend = LatentMask(model, plan, init, keep_mask) if keeps else None
     wrap = None
     if tiles is not None:
         if image_cond is not None:
