@@ -1,12 +1,15 @@
 """No lock-out (in-process app, real worker and built-in model): a saved `sd_model_checkpoint` or `sd_vae`
-that stops resolving falls back as A1111 does (first checkpoint / "Automatic"), and txt2img still works."""
+that stops resolving falls back as A1111 does (first checkpoint / "Automatic"), and every job kind still works."""
 from __future__ import annotations
 
+import base64
+import io
 import json
 import logging
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from pipeline.models.builtin import BUILTIN_NAME
 from server.app import create_app
@@ -59,15 +62,39 @@ def test_an_explicit_unknown_name_is_still_a_400(tmp_path, option: str) -> None:
         assert "nope.safetensors" in r.json()["detail"]
 
 
-def test_a_checkpoint_file_removed_without_a_refresh_falls_back_too(tmp_path) -> None:
+def _init_image() -> str:
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 60).convert("RGB").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+# one request per job kind: each reaches its checkpoint through the same worker entry (Services.run_job)
+JOB_KINDS = {
+    "txt2img": ("/sdapi/v1/txt2img", {}),
+    "txt2img hires": ("/sdapi/v1/txt2img", {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5}),
+    "img2img": ("/sdapi/v1/img2img", {"denoising_strength": 0.5}),
+    "sd upscale": ("/sdapi/v1/img2img", {"denoising_strength": 0.5, "script_name": "sd upscale",
+                                         "script_args": ["", 16, "None", 2.0]}),
+    "ultimate sd upscale": ("/sdapi/v1/img2img", {"denoising_strength": 0.5, "script_name": "ultimate sd upscale",
+                                                  "script_args": ["", 64, 64, 8, 8]}),
+}
+
+
+@pytest.mark.parametrize("kind", list(JOB_KINDS))
+def test_a_checkpoint_file_removed_without_a_refresh_falls_back_too(tmp_path, kind: str) -> None:
+    """The same fallback for every job kind (txt2img, hires, img2img, both upscale scripts): not a 500."""
+    route, fields = JOB_KINDS[kind]
+    body = {**SMALL, **fields}
+    if route.endswith("img2img"):
+        body["init_images"] = [_init_image()]
     doomed = _saved_checkpoint(tmp_path, "doomed.safetensors")
     cfg = _config(tmp_path)
     with TestClient(create_app(cfg)) as client:
         doomed.unlink()  # and nobody calls refresh-checkpoints
-        r = client.post("/sdapi/v1/txt2img", json=SMALL)
+        r = client.post(route, json=body)
         assert r.status_code == 200, r.text
         assert json.loads(r.json()["info"])["sd_model_name"] == BUILTIN_NAME
         assert client.get("/sdapi/v1/options").json()["sd_model_checkpoint"].startswith(BUILTIN_NAME)
-        named = {**SMALL, "override_settings": {"sd_model_checkpoint": "doomed.safetensors"}}
-        r = client.post("/sdapi/v1/txt2img", json=named)
+        named = {**body, "override_settings": {"sd_model_checkpoint": "doomed.safetensors"}}
+        r = client.post(route, json=named)
         assert r.status_code == 400 and "doomed.safetensors" in r.json()["detail"], r.text
