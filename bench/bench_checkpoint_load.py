@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.models.checkpoints import CONFIGS_DIR, CheckpointInfo, load_checkpoint, read_state_dict  # noqa: E402
 from tests.fixtures.ldm_export import sd_to_ldm  # noqa: E402
-from tests.pipeline.test_realsize import _build_random_sd15  # noqa: E402
+from tests.pipeline.models.test_realsize import _build_random_sd15  # noqa: E402
 
 
 def diffusers_path(path: Path) -> dict[str, torch.nn.Module]:

@@ -33,7 +33,7 @@ for part in $PARTS; do
   case $part in
     tests)     run tests 150 "$PY" -m pytest -q -p no:cacheprovider -rs tests/pipeline/test_cuda.py \
                  tests/upscalers/test_cuda.py \
-                 tests/pipeline/networks/test_lora.py::test_cuda_backups_on_the_cpu_restore_exactly ;;
+                 tests/pipeline/models/networks/test_lora.py::test_cuda_backups_on_the_cpu_restore_exactly ;;
     hires)     run hires 90 "$PY" bench/bench_hires.py --device cuda --quick ;;
     compile)   run compile 120 "$PY" bench/bench_hires.py --device cuda --quick --precision auto --compile \
                  --compile-cache /tmp/hiresd-gpu-check-cc ;;

@@ -4,7 +4,7 @@ Served (`api_samplers()`, A1111's order): DPM++ 2M, DPM++ SDE, DPM++ 2M SDE, DPM
 DPM++ 3M SDE, Euler a, Euler, LMS, Heun, DPM2, DPM2 a, DPM fast, Restart, DDIM, DDIM CFG++, PLMS, UniPC,
 LCM. Each k-diffusion sampler runs on the exact A1111 sigma schedule of every schedule type (all twelve of
 `/schedulers`), laid into the diffusers scheduler so its step is k-diffusion's update (checked step for
-step against reference updates in tests/pipeline/test_samplers.py). DPM++ 2S a, DPM fast and Restart have
+step against reference updates in tests/pipeline/diffusion/test_samplers.py). DPM++ 2S a, DPM fast and Restart have
 no diffusers scheduler: dpmpp2s.py, dpmfast.py and restart.py drive k-diffusion's / A1111's update one
 model call at a time from a call list planned in advance (calllist.py).
 

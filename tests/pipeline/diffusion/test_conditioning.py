@@ -19,7 +19,7 @@ from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
 from pipeline.runtime.errors import InvalidRequest
 from scripts.make_configs import byte_alphabet
 
-SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "pipeline" / "configs" / "clip-tokenizer"
+SHIPPED_TOKENIZER = Path(__file__).resolve().parents[3] / "pipeline" / "configs" / "clip-tokenizer"
 
 
 def _tiny_vocab_tokenizer(folder: Path) -> CLIPTokenizer:

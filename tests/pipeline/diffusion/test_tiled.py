@@ -14,7 +14,7 @@ from PIL import Image
 from pipeline.diffusion.conditioning import Cond
 from pipeline.diffusion.tiled import TiledGuidance, TileSettings, grid_positions, plan_windows
 from tests.conftest import Env, count_unet, mean_abs_diff, pixels
-from tests.pipeline.test_img2img import _noise_image, run
+from tests.pipeline.jobs.test_img2img import _noise_image, run
 
 
 @pytest.mark.parametrize("h,w,tile,overlap", [(64, 64, 64, 8), (100, 37, 24, 6), (13, 200, 16, 15),

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from tests.conftest import Env, count_unet, mean_abs_diff, pixels
-from tests.pipeline.networks.conftest import net_env  # noqa: F401 - the fixture
-from tests.pipeline.networks.test_lora import _close, _reference, _write
+from tests.pipeline.models.networks.conftest import net_env  # noqa: F401 - the fixture
+from tests.pipeline.models.networks.test_lora import _close, _reference, _write
 
 
 def test_txt2img_panorama_is_tiled_in_pass_one(env: Env, builtin_model: Any) -> None:

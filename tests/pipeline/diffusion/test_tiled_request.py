@@ -24,7 +24,7 @@ from pipeline.runtime.errors import InvalidRequest, TooLarge
 from schemas.img2img import Img2ImgRequest
 from schemas.txt2img import Txt2ImgRequest
 from tests.conftest import Env, count_unet, infotext_params, pixels
-from tests.pipeline.test_img2img import _noise_image, run
+from tests.pipeline.jobs.test_img2img import _noise_image, run
 
 # enabled, method, overwrite_size, keep_input_size, image_width, image_height, tile_width, tile_height,
 # overlap, tile_batch_size, upscaler_name, scale_factor, noise_inverse, ...

@@ -11,7 +11,7 @@ import pytest
 from pipeline.jobs.extensions import Extensions
 from tests.conftest import count_unet, infotext_params, mean_abs_diff, pixels
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "extensions" / "hires_detail.py"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "extensions" / "hires_detail.py"
 HR = {"enable_hr": True, "hr_scale": 2.0, "steps": 3, "cfg_scale": 7.0}
 
 RECORDER = '''

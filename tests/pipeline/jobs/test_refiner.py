@@ -195,7 +195,7 @@ def test_img2img_takes_the_refiner_too(xl_env):
     decides where the refiner starts (strength 0.5 is below s = 0.8's noise level only at the end)."""
     from PIL import Image
 
-    from tests.pipeline.test_img2img import run as run_img2img
+    from tests.pipeline.jobs.test_img2img import run as run_img2img
 
     image = Image.new("RGB", (64, 64), (120, 60, 200))
     base, ref = xl_env.model("tiny-xl-base"), xl_env.model("tiny-xl-refiner")

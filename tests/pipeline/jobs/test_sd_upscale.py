@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline.jobs.sd_upscale import SDUpscale, combine, split_grid
 from pipeline.runtime.errors import InvalidRequest
 from tests.conftest import Env, count_unet, infotext_params
-from tests.pipeline.test_img2img import _noise_image, run
+from tests.pipeline.jobs.test_img2img import _noise_image, run
 
 NAMES = ["None", "Lanczos", "Nearest"]
 

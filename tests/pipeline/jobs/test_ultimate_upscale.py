@@ -14,7 +14,7 @@ from pipeline.jobs.ultimate_upscale import ARGS, UltimateSDUpscale
 from pipeline.jobs.ultimate_upscale_plan import CHESS, LINEAR, NO_REDRAW, Plan, radial, tent, upscale_factors
 from pipeline.runtime.errors import InvalidRequest
 from tests.conftest import Env, count_unet, infotext_params
-from tests.pipeline.test_img2img import _noise_image, run
+from tests.pipeline.jobs.test_img2img import _noise_image, run
 
 NAMES = ["None", "Lanczos", "Nearest", "4x-Tiny"]
 RESOLVE = {"lanczos": "Lanczos", "4x-tiny": "4x-Tiny"}.get

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.fixtures` (no root conftest yet)
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # `tests.fixtures` (no root conftest yet)
 
 from pipeline.models.builtin import BUILTIN_NAME, build_builtin_model, builtin_checkpoint_info
 from pipeline.models.checkpoints import (

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # `tests.fixtures` (no root conftest yet)
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # `tests.fixtures` (no root conftest yet)
 
 from pipeline.models.checkpoints import CONFIGS_DIR, CheckpointInfo, load_checkpoint, read_state_dict
 from tests.fixtures.ldm_export import sd_to_ldm

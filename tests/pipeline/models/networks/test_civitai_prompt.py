@@ -3,8 +3,8 @@
 reference with the embeddings' words; the next job without tags is untouched by it."""
 from __future__ import annotations
 
-from tests.pipeline.networks.test_embeddings import WORD, _png, _save_word_embedding
-from tests.pipeline.networks.test_lora import _close, _reference, _write
+from tests.pipeline.models.networks.test_embeddings import WORD, _png, _save_word_embedding
+from tests.pipeline.models.networks.test_lora import _close, _reference, _write
 
 HIRES = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
          "hr_second_pass_steps": 2}

@@ -12,7 +12,7 @@ import torch
 
 from pipeline.runtime.errors import InvalidRequest
 from tests.fixtures.networks import make_network
-from tests.pipeline.networks.conftest import arr
+from tests.pipeline.models.networks.conftest import arr
 
 PLAIN: dict[str, object] = {}  # the no-network image of "a cat", made once
 KINDS = ["lora", "locon_cp", "loha", "lokr", "ia3", "full", "glora", "oft", "boft", "dora"]
