@@ -143,7 +143,7 @@ def dest(flag: str) -> str:
 
 def add_to(ap: argparse.ArgumentParser) -> None:
     """Declare every NOTED and REFUSED flag on `ap` (hidden from --help, with A1111's arity)."""
-    group = ap.add_argument_group("A1111 flags accepted with a note (see README 'Launch lines')")
+    group = ap.add_argument_group("A1111 flags accepted with a note (see docs/operating.md 'Launch lines')")
     for flag, spec in NOTED.items():
         if spec.nargs is None:
             group.add_argument(flag, dest=dest(flag), action="store_true", help=argparse.SUPPRESS)

@@ -57,7 +57,7 @@ class ServerConfig:
     fused_qkv: str = "auto"  # --fused-qkv auto|on|off (pipeline/accel/fused_qkv.py)
     sdpa_backend: str = "auto"  # --sdpa-backend auto|flash|efficient|cudnn|math (pipeline/accel/sdpa.py)
     memory_mode: str = "none"  # none | medvram | lowvram | medvram-sdxl (pipeline/accel/memory.py)
-    png_compress_level: int = 1  # zlib level of PNGs sent and saved (A1111 writes Pillow's 6; README Speed)
+    png_compress_level: int = 1  # zlib level of PNGs sent and saved (A1111 writes Pillow's 6; docs/speed.md)
     api_auth: list[tuple[str, str]] = field(default_factory=list)
     cors_allow_origins: list[str] = field(default_factory=list)
     cors_allow_origins_regex: str | None = None
@@ -185,7 +185,7 @@ def parser() -> argparse.ArgumentParser:
                                  epilog="A1111's other launch flags (--xformers, --lowram, --theme, --share, "
                                  "...) are accepted with one log line each saying what hiresd does instead; "
                                  "--disable-safe-unpickle, --enable-insecure-extension-access and --allow-code "
-                                 "are refused. See the README's 'Launch lines'.")
+                                 "are refused. See docs/operating.md, 'Launch lines'.")
     ap.add_argument("--host", "--server-name", default=None, help="bind address (default 127.0.0.1)")
     ap.add_argument("--listen", action="store_true", help="bind 0.0.0.0 (as A1111's --listen)")
     ap.add_argument("--port", type=int, default=7860)
@@ -235,7 +235,7 @@ def parser() -> argparse.ArgumentParser:
                          "(torch.compile mode reduce-overhead)")
     ap.add_argument("--fused-qkv", choices=FUSED_QKV_CHOICES, default="auto",
                     help="one matrix product for attention's query/key/value projections (auto: off until "
-                         "measured faster: see README Speed; never with --compile)")
+                         "measured faster: see docs/speed.md; never with --compile)")
     ap.add_argument("--sdpa-backend", choices=SDPA_BACKEND_CHOICES, default="auto",
                     help="CUDA attention kernel tried first (auto: PyTorch's own order); the others stay "
                          "as fallbacks")

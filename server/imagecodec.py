@@ -371,7 +371,7 @@ def _png_keyword_ok(key: str) -> bool:
     return 1 <= len(encoded) <= 79 and key == key.strip() and "\x00" not in key
 
 
-# zlib level of the PNGs the server writes (--png-compress-level; A1111 writes Pillow's 6): see README "Speed"
+# zlib level of the PNGs the server writes (--png-compress-level; A1111 writes Pillow's 6): see docs/speed.md "Time outside the forwards"
 PNG_COMPRESS_LEVEL = 1
 # `info` entries Pillow's PNG writer turns into chunks (iCCP, tRNS): such images are written by Pillow
 _PILLOW_PNG_EXTRAS = ("icc_profile", "transparency")

@@ -6,7 +6,7 @@ guidance (pipeline/sampling.py casts the UNet's output to float32 before either)
 
 CUDA (unchanged): fp16 UNet and text encoders, the VAE in bf16 where the card supports it (SDXL's VAE
 overflows in fp16) else fp32. CPU: bf16 where the processor multiplies bf16 natively (AVX-512 BF16 / AMX:
-2-4x fp32 there, see README "CPU fast path" for the measured speed and fidelity), else fp32 (emulated bf16
+2-4x fp32 there, see docs/speed.md "CPU precision" for the measured speed and fidelity), else fp32 (emulated bf16
 is slower than fp32, fp16 on a CPU far slower still); with bf16 the VAE runs channels-last, where oneDNN's
 bf16 convolutions are about 3x faster than in the default layout."""
 from __future__ import annotations
