@@ -1,9 +1,7 @@
-"""Extra networks: prompt tags, LoRA-family files patched into the loaded model's weights (restored
-exactly), and textual-inversion embeddings, all with AUTOMATIC1111 v1.10's semantics.
-
-`Networks` is the one entry point. `check()` validates a job's tags before it is queued (unknown name,
-bad multiplier, wrong model family: a 400 naming the tag); `activate()` makes a prompt's LoRA set the one
-applied to a model (no set for `None`), right before its conditioning is encoded."""
+"""`Networks`: the LoRA-family files and embeddings of the models folder, parsed once and cached, checked
+against a job's tags (`check()`/`resolve()`: unknown name, bad multiplier, wrong model family, a 400 naming
+the tag) and applied to a model (`activate()`: a prompt's LoRA set becomes the one patched in, restored
+exactly; no set for `None`). The per-pass use by a job is activation.py."""
 from __future__ import annotations
 
 import logging
