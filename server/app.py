@@ -20,8 +20,10 @@ from server.auth import BasicAuthMiddleware
 from server.bodylimit import MIB, BodyLimitMiddleware
 from server.config import ServerConfig
 from server.gzipping import GZipExceptImages
-from server.routes import extras, generation, img2img, jobs, listing, maintenance, options
+from server.routes import (agent_scheduler, extras, generation, img2img, internal, jobs, listing, maintenance,
+                           options)
 from server.services import Services
+from server.tasks import AsyncTasks
 
 log = logging.getLogger("hiresd.api")
 
@@ -65,12 +67,16 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if getattr(app.state, "services", None) is None:
             app.state.services = Services.create(config)
+        if getattr(app.state, "tasks", None) is None:  # the stored async tasks queued again (server/tasks.py)
+            app.state.tasks = await AsyncTasks.open(app.state.services)
         yield
         app.state.services.shutdown()
+        app.state.tasks.close()
 
     app = FastAPI(title="hiresd", version="0.1.0", lifespan=lifespan,
                   description="AUTOMATIC1111 /sdapi/v1-compatible hires-fix and upscaling server")
     app.state.services = services
+    app.state.tasks = None
     app.state.config = config
     errors.install(app)
     errors.install_openapi(app)
@@ -83,7 +89,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_allow_origins,
                            allow_origin_regex=config.cors_allow_origins_regex, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (generation, img2img, jobs, listing, options, extras, maintenance):
+    for module in (generation, img2img, jobs, listing, options, extras, maintenance, internal, agent_scheduler):
         app.include_router(module.router)
     maintenance.install_server_control(app, config)
     return app

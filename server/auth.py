@@ -1,7 +1,7 @@
-"""`--api-auth user:pass[,user2:pass2]`: HTTP Basic auth on every /sdapi/v1 route and on /docs and
-/openapi.json, compared in constant time. 401 answers carry `WWW-Authenticate: Basic` and A1111's error
-body. A plain ASGI middleware (not Starlette's BaseHTTPMiddleware), so that a route still sees its
-client disconnect."""
+"""`--api-auth user:pass[,user2:pass2]`: HTTP Basic auth on every /sdapi/v1, /internal and /agent-scheduler
+route and on /docs and /openapi.json, compared in constant time. 401 answers carry `WWW-Authenticate:
+Basic` and A1111's error body. A plain ASGI middleware (not Starlette's BaseHTTPMiddleware), so that a
+route still sees its client disconnect."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +11,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PROTECTED = ("/sdapi/", "/docs", "/redoc", "/openapi.json")
+PROTECTED = ("/sdapi/", "/internal/", "/agent-scheduler/", "/docs", "/redoc", "/openapi.json")
 
 
 def check_basic(header: str | None, credentials: list[tuple[str, str]]) -> bool:

@@ -64,6 +64,9 @@ class ServerConfig:
     api_server_stop: bool = False
     api_log: bool = True
     queue_size: int = 16
+    # async tasks (issue #23): results kept in <data dir>/tasks.db, the oldest dropped beyond these bounds
+    task_results_max: int = 100
+    task_results_max_mb: int = 512
     max_pixels: int = 4096 * 4096
     # a request body's limit in MiB: a batch of six 4K images as base64 PNG (up to ~33 MB each) fits
     max_body_mb: int = 200
@@ -138,6 +141,7 @@ class ServerConfig:
             "queue_size": self.queue_size, "max_pixels": self.max_pixels, "max_body_mb": self.max_body_mb,
             "max_steps": self.max_steps, "max_n_iter": self.max_n_iter, "max_batch_size": self.max_batch_size,
             "shutdown_grace": self.shutdown_grace_s,
+            "task_results_max": self.task_results_max, "task_results_max_mb": self.task_results_max_mb,
             "enable_noncommercial_upscalers": self.allow_noncommercial_upscalers,
             "no_builtin_model": not self.builtin_model,
         })
@@ -259,6 +263,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--disable-console-progressbars", action="store_true",
                     help="no progress bar on the console")
     ap.add_argument("--queue-size", type=int, default=16, help="jobs allowed to wait; more get 503")
+    ap.add_argument("--task-results-max", type=_positive_int, default=100,
+                    help="async tasks: results kept (the oldest are dropped first)")
+    ap.add_argument("--task-results-max-mb", type=_positive_int, default=512,
+                    help="async tasks: MiB of result images kept (the oldest are dropped first)")
     ap.add_argument("--shutdown-grace", type=float, default=60.0,
                     help="on SIGTERM, seconds the running job may take before it is interrupted")
     ap.add_argument("--max-pixels", type=int, default=4096 * 4096,
@@ -332,7 +340,9 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         "medvram-sdxl" if a.medvram_sdxl else "none",
         api_auth=a.api_auth, cors_allow_origins=[o for o in a.cors_allow_origins.split(",") if o],
         cors_allow_origins_regex=a.cors_allow_origins_regex, api_server_stop=a.api_server_stop,
-        api_log=not a.no_api_log, queue_size=a.queue_size, max_pixels=a.max_pixels,
+        api_log=not a.no_api_log, queue_size=a.queue_size,
+        task_results_max=a.task_results_max, task_results_max_mb=a.task_results_max_mb,
+        max_pixels=a.max_pixels,
         max_body_mb=a.max_body_mb, max_steps=a.max_steps, max_n_iter=a.max_n_iter,
         max_batch_size=a.max_batch_size,
         allow_noncommercial_upscalers=a.enable_noncommercial_upscalers, builtin_model=not a.no_builtin_model,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request, Response
@@ -40,14 +41,16 @@ async def _disconnected(request: Request) -> None:
 
 
 async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable[[], T],
-                        finish_if_gone: bool = False) -> T:
-    """Queue `fn` on the device worker and await it without blocking the event loop.
+                        finish_if_gone: bool = False, task_id: str | None = None) -> T:
+    """Queue `fn` on the device worker as task `task_id` (the request's `force_task_id`, else a new id) and
+    await it without blocking the event loop.
 
     A client that disconnects while its job still waits has the job dropped, never run. A running job
     whose client disconnects is interrupted (A1111 lets it run on, so a client that timed out keeps the
     worker busy for everyone), unless `finish_if_gone` (the request asked to save its images): then it
-    finishes and saves. The log says which."""
-    job = svc.worker.submit(name, fn)
+    finishes and saves. The log says which. A job cancelled by id while it waited (`/interrupt?id_task=`)
+    answers 409."""
+    job = svc.worker.submit(name, fn, task_id=task_id)
     result = asyncio.wrap_future(job.future)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -62,22 +65,34 @@ async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable
                          "finishes and saves", name, who)
             elif svc.worker.interrupt(job):
                 log.info("%s: client %s went away while the job ran; interrupted", name, who)
-        return await result
+        try:
+            return await result
+        except asyncio.CancelledError:
+            if not job.future.cancelled():
+                raise
+            raise HTTPException(409, f"task {job.task_id!r} was cancelled before it ran") from None
     finally:
         gone.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await gone
 
 
-async def run_generation(svc: Services, request: Request, name: str, req: Any, p: Processing,
-                         script_args: dict[str, list[Any]], opts: dict[str, Any], save_options: dict[str, Any]
-                         ) -> tuple[JobResult, list[str]]:
-    """The common end of txt2img and img2img, after the request is prepared as job `p`: its always-on
-    script args, styles (A1111's styles.csv semantics; an unknown style is a 400) and networks (LoRA tags:
-    unknown name, bad number, wrong family -> 400) checked before it is queued; then the job on the worker
-    (`Services.run_job`: the same checkpoint/VAE resolution for every kind), `override_settings` kept when
-    the request asks (A1111's `override_settings_restore_afterwards: false`), and the images saved (with
-    `save_options` naming the folder) and encoded off the worker. Returns the result and the base64 images."""
+@dataclass
+class PreparedJob:
+    """A generation request turned into job `p`, with what its end needs: the job kind (`name`), the
+    request, its always-on script args, effective options and where its images are saved."""
+    name: str
+    req: Any
+    p: Processing
+    script_args: dict[str, list[Any]]
+    opts: dict[str, Any]
+    save_options: dict[str, Any]
+
+
+def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[str, list[Any]]) -> None:
+    """Before a generation job is queued (sync or async): its always-on script args, styles (A1111's
+    styles.csv semantics; an unknown style is a 400) and networks (LoRA tags: unknown name, bad number,
+    wrong family -> 400)."""
     p.script_args = script_args
     if p.styles:
         p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
@@ -87,27 +102,47 @@ async def run_generation(svc: Services, request: Request, name: str, req: Any, p
                                                                  p.styles)
     check_job(svc.networks, p, svc.models)
 
+
+def generation_job(svc: Services, p: Processing) -> Callable[[], tuple[JobResult, bool]]:
+    """The worker's part of a generation: `Services.run_job` (the same checkpoint/VAE resolution for every
+    kind); returns the result and whether it was cut short (interrupted or skipped)."""
     def job() -> tuple[JobResult, bool]:
         result = svc.run_job(p)
         state = svc.worker.state
         return result, state.interrupted or state.skipped
 
-    result, incomplete = await run_on_worker(svc, request, name, job, finish_if_gone=req.save_images)
+    return job
+
+
+def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bool, opts: dict[str, Any],
+                      save_options: dict[str, Any]) -> list[str]:
+    """After the job, off the worker (blocking): `override_settings` kept when the request asks (A1111's
+    `override_settings_restore_afterwards: false`), the images saved (with `save_options` naming the
+    folder) and encoded as base64."""
     if req.override_settings and not req.override_settings_restore_afterwards:
         kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
+    if req.save_images and (not incomplete or opts["save_incomplete_images"]):
+        svc.save_images(result.images, result.infotexts, fmt, save_options)
+    if not req.send_images:
+        return []
+    chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
+    return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
+                             compress_level=svc.config.png_compress_level)
 
-    def encode() -> list[str]:
-        if req.save_images and (not incomplete or opts["save_incomplete_images"]):
-            svc.save_images(result.images, result.infotexts, fmt, save_options)
-        if not req.send_images:
-            return []
-        chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
-        return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
-                                 compress_level=svc.config.png_compress_level)
 
-    return result, await run_in_threadpool(encode)
+async def run_generation(svc: Services, request: Request, job: PreparedJob) -> tuple[JobResult, list[str]]:
+    """The common end of txt2img and img2img, after the request is prepared: the checks of
+    `check_generation`, the job on the worker as task `force_task_id`, then `finish_generation`. Returns
+    the result and the base64 images."""
+    req = job.req
+    check_generation(svc, req, job.p, job.script_args)
+    result, incomplete = await run_on_worker(svc, request, job.name, generation_job(svc, job.p),
+                                             finish_if_gone=req.save_images, task_id=req.force_task_id)
+    images = await run_in_threadpool(finish_generation, svc, req, result, incomplete, job.opts,
+                                     job.save_options)
+    return result, images
 
 
 def json_response(model: BaseModel) -> Response:

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.models.vae_codec import is_oom
 from pipeline.runtime.errors import Interrupted, ModelLoadError, PipelineError, UnknownScript
+from pipeline.runtime.registry import TaskIdInUse
 from pipeline.runtime.worker import QueueFull, WorkerStopped
 from server.auth import is_protected
 from server.imagecodec import ImageDecodeError
@@ -40,6 +41,8 @@ def error_body(exc: BaseException, detail: str | None = None) -> dict[str, str]:
 def _status(exc: BaseException) -> int:
     if isinstance(exc, (QueueFull, WorkerStopped)):
         return 503
+    if isinstance(exc, TaskIdInUse):
+        return 409
     if isinstance(exc, ModelLoadError):
         return 500
     if isinstance(exc, UnknownScript):  # A1111's status for a script it does not have
@@ -99,7 +102,8 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status, headers=headers)
 
     # the domain errors get their own handlers so they are answered without a server-error traceback
-    for cls in (PipelineError, ImageDecodeError, UpscalerError, QueueFull, WorkerStopped, Exception):
+    for cls in (PipelineError, ImageDecodeError, UpscalerError, QueueFull, WorkerStopped, TaskIdInUse,
+                Exception):
         app.add_exception_handler(cls, any_error)
 
 

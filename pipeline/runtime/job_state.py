@@ -44,6 +44,7 @@ class JobState:
         self._s = _Snapshot()
         self._preview: Any = None  # a callable returning a PIL image, or None
         self._preview_step = -1
+        self._preview_seq = 0  # counts the previews of the server's life: /internal/progress's id_live_preview
         self._interrupt_at_begin = False  # the running job was interrupted before it began its progress
 
     # -- written by the worker -------------------------------------------------------------------
@@ -80,6 +81,7 @@ class JobState:
             if preview is not None:
                 self._preview = preview
                 self._preview_step = step
+                self._preview_seq += 1
 
     def set_tiles(self, done: int, total: int) -> None:
         """Tiled sampling: `done` of the `total` tiles of the step under way are through the model. Progress
@@ -160,7 +162,7 @@ class JobState:
             }
             if s.job_count == 0:
                 return {"progress": 0.0, "eta_relative": 0.0, "state": state, "textinfo": s.textinfo,
-                        "preview": None}
+                        "preview": None, "preview_id": -1}
             done_steps = s.sampling_step + s.step_part
             step_frac = min(1.0, done_steps / s.sampling_steps) if s.sampling_steps else 0.0
             progress = min(1.0, 0.01 + s.job_no / s.job_count + step_frac / s.job_count)
@@ -172,4 +174,4 @@ class JobState:
             elapsed = time.monotonic() - (s.time_start or time.monotonic())
             eta = max(0.0, elapsed / frac - elapsed) if done > 0 else 0.0
             return {"progress": progress, "eta_relative": eta, "state": state, "textinfo": s.textinfo,
-                    "preview": self._preview}
+                    "preview": self._preview, "preview_id": self._preview_seq if self._preview else -1}

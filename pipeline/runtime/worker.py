@@ -3,7 +3,12 @@
 Route handlers submit a job and await its future; they never touch the device themselves. The queue is
 bounded; a waiting job can be cancelled (its client went away) and is then never run, a running one
 interrupted (`interrupt(job)` affects only that job); stopping the worker lets the running job finish and
-fails every waiting one with `WorkerStopped`: no job is silently lost."""
+fails every waiting one with `WorkerStopped`: no job is silently lost.
+
+Every job has a task id (pipeline/runtime/registry.py): the client's `force_task_id` or a new one; the
+`*_task` methods find, cancel, interrupt, skip and move a job by its id. Pausing holds back the *pausable*
+jobs (async tasks) only: a synchronous request, whose client holds its connection open, still runs, and
+runs in its turn: the queue keeps one order for both."""
 from __future__ import annotations
 
 import collections
@@ -15,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.runtime.job_state import JobState
+from pipeline.runtime.registry import (CANCELLED, DONE, FAILED, INTERRUPTED, TaskInfo, TaskRegistry,
+                                       new_task_id)
 
 log = logging.getLogger("hiresd.worker")
 
@@ -35,6 +42,8 @@ class Job:
     name: str
     fn: Callable[[], Any]
     future: Future = field(default_factory=Future)
+    task_id: str = field(default_factory=new_task_id)
+    pausable: bool = False  # an async task: held back while the queue is paused
 
 
 class Worker:
@@ -45,6 +54,8 @@ class Worker:
         self._cv = threading.Condition()
         self._accepting = True
         self._running: Job | None = None
+        self.registry = TaskRegistry()
+        self._paused = False
         self._thread = threading.Thread(target=self._loop, name="hiresd-worker", daemon=True)
         self._thread.start()
 
@@ -58,13 +69,17 @@ class Worker:
         with self._cv:
             return self._running is not None or bool(self._queue)
 
-    def submit(self, name: str, fn: Callable[[], Any]) -> Job:
-        job = Job(name, fn)
+    def submit(self, name: str, fn: Callable[[], Any], task_id: str | None = None, pausable: bool = False,
+               force: bool = False) -> Job:
+        """Queue `fn` as task `task_id` (a new id when None). `force` skips the queue bound (tasks restored
+        from the store at start-up were accepted before)."""
+        job = Job(name, fn, task_id=task_id or new_task_id(), pausable=pausable)
         with self._cv:
             if not self._accepting:
                 raise WorkerStopped()
-            if len(self._queue) >= self.max_queue:
+            if len(self._queue) >= self.max_queue and not force:
                 raise QueueFull(len(self._queue))
+            self.registry.add(job.task_id, name)
             self._queue.append(job)
             self._cv.notify()
         return job
@@ -76,8 +91,77 @@ class Worker:
                 self._queue.remove(job)
             except ValueError:
                 return False
+            self.registry.finish(job.task_id, CANCELLED)
         job.future.cancel()
         return True
+
+    # -- by task id ---------------------------------------------------------------------------------
+    @property
+    def running_task(self) -> str | None:
+        with self._cv:
+            return self._running.task_id if self._running is not None else None
+
+    def pending_tasks(self) -> list[str]:
+        """The ids of the waiting jobs, next first."""
+        with self._cv:
+            return [job.task_id for job in self._queue]
+
+    def task(self, task_id: str) -> tuple[TaskInfo | None, int | None]:
+        """The task's record and, while it waits, its place in the queue (0: next)."""
+        with self._cv:
+            position = next((i for i, job in enumerate(self._queue) if job.task_id == task_id), None)
+            return self.registry.get(task_id), position
+
+    def _find(self, task_id: str) -> Job | None:
+        return next((job for job in self._queue if job.task_id == task_id), None)
+
+    def cancel_task(self, task_id: str) -> bool:
+        """Drop the waiting job `task_id`; it never runs. True when it was waiting."""
+        with self._cv:
+            job = self._find(task_id)
+        return job is not None and self.cancel(job)
+
+    def interrupt_task(self, task_id: str) -> bool:
+        """Interrupt the job `task_id` if it is the one running; True when it was."""
+        with self._cv:
+            if self._running is None or self._running.task_id != task_id:
+                return False
+            self.state.interrupt_running()
+            return True
+
+    def skip_task(self, task_id: str) -> bool:
+        with self._cv:
+            if self._running is None or self._running.task_id != task_id:
+                return False
+            self.state.skip()
+            return True
+
+    def move_task(self, task_id: str, before: str | None) -> bool:
+        """Move the waiting job `task_id` to just before the waiting job `before` (None: to the end).
+        False when either is not waiting."""
+        with self._cv:
+            job = self._find(task_id)
+            if job is None or (before is not None and self._find(before) is None):
+                return False
+            self._queue.remove(job)
+            if before is None:
+                self._queue.append(job)
+            else:
+                self._queue.insert(self._queue.index(self._find(before)), job)
+            self._cv.notify()
+            return True
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self, paused: bool) -> None:
+        with self._cv:
+            self._paused = paused
+            self._cv.notify()
+
+    def _next(self) -> Job | None:
+        return next((job for job in self._queue if not (self._paused and job.pausable)), None)
 
     def interrupt(self, job: Job) -> bool:
         """Interrupt `job` if it is the one running (its client went away); True when it was. Never touches
@@ -96,6 +180,7 @@ class Worker:
             self._queue.clear()
             self._cv.notify_all()
         for job in waiting:
+            self.registry.finish(job.task_id, FAILED, str(WorkerStopped()))
             if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(WorkerStopped())
         self._thread.join(timeout)
@@ -103,13 +188,16 @@ class Worker:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and self._accepting:
+                while self._next() is None and self._accepting:
                     self._cv.wait()
-                if not self._queue:
+                job = self._next()
+                if job is None:
                     return
-                job = self._queue.popleft()
+                self._queue.remove(job)
                 self._running = job
+                self.registry.start(job.task_id)
             if not job.future.set_running_or_notify_cancel():
+                self.registry.finish(job.task_id, CANCELLED)
                 self._finish()
                 continue
             ok, outcome = False, None
@@ -119,6 +207,8 @@ class Worker:
                 if not isinstance(exc, Exception):
                     log.exception("job %s raised %r", job.name, exc)
                 outcome = exc
+            status = (INTERRUPTED if self.state.interrupted else DONE) if ok else FAILED
+            self.registry.finish(job.task_id, status, None if ok else str(outcome) or type(outcome).__name__)
             # The job is over before its caller hears of it: a client that polls /progress right after its
             # response must see the idle state, not the job it just received.
             self._finish()

@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline.infotext.codec import parse_infotext
 from pipeline.jobs.dispatch import prepare_txt2img
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
-from server.deps import json_response, run_generation, services
+from server.deps import PreparedJob, json_response, run_generation, services
 from server.errors import NEVER_QUEUED
 from server.imagecodec import decode_image, read_image_info
 from server.limits import check_work_limits
@@ -20,8 +20,8 @@ from server.services import Services
 router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 
-@router.post("/txt2img", response_model=TextToImageResponse)
-async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends(services)) -> Response:
+def prepare_txt2img_request(svc: Services, req: Txt2ImgRequest) -> PreparedJob:
+    """Limits, options + override_settings, the first-pass image and the job: every 4xx before queueing."""
     hires = req.enable_hr or bool(req.firstpass_image)
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size,
                       hr_steps=(req.hr_second_pass_steps or req.steps) if hires else None)
@@ -31,7 +31,12 @@ async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends
         firstpass = decode_image(req.firstpass_image, field="firstpass_image", max_pixels=svc.config.max_pixels)
     script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
     p = prepare_txt2img(req, opts, svc.models, svc.upscalers, svc.config.max_pixels, firstpass)
-    result, images = await run_generation(svc, request, "txt2img", req, p, script_args, opts, save_options=opts)
+    return PreparedJob("txt2img", req, p, script_args, opts, save_options=opts)
+
+
+@router.post("/txt2img", response_model=TextToImageResponse)
+async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends(services)) -> Response:
+    result, images = await run_generation(svc, request, prepare_txt2img_request(svc, req))
     return json_response(TextToImageResponse(images=images, parameters=req.model_dump(),
                                              info=json.dumps(result.info)))
 

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.jobs.dispatch import prepare_img2img
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
-from server.deps import json_response, run_generation, services
+from server.deps import PreparedJob, json_response, run_generation, services
 from server.errors import ErrorResponse
 from server.imagecodec import decode_image
 from server.limits import check_work_limits
@@ -19,10 +19,9 @@ from server.services import Services
 router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 
-@router.post("/img2img", response_model=ImageToImageResponse, responses={
-    404: {"model": ErrorResponse, "description": "`init_images` is missing or empty (A1111's answer)"}})
-async def img2img(req: Img2ImgRequest, request: Request,
-                  svc: Services = Depends(services)) -> Response:
+async def prepare_img2img_request(svc: Services, req: Img2ImgRequest) -> PreparedJob:
+    """Limits, options + override_settings, the images decoded (off the event loop) and the job: every 4xx
+    before queueing."""
     if not req.init_images:  # A1111's answer, checked first
         raise HTTPException(404, "Init image not found")
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size)
@@ -40,7 +39,14 @@ async def img2img(req: Img2ImgRequest, request: Request,
     p = prepare_img2img(req, opts, svc.models, svc.upscalers, limit, init_images, mask)
     # A1111 saves img2img results under outdir_img2img_samples (outdir_samples first, when set)
     where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images"}
-    result, images = await run_generation(svc, request, "img2img", req, p, script_args, opts, where)
+    return PreparedJob("img2img", req, p, script_args, opts, where)
+
+
+@router.post("/img2img", response_model=ImageToImageResponse, responses={
+    404: {"model": ErrorResponse, "description": "`init_images` is missing or empty (A1111's answer)"}})
+async def img2img(req: Img2ImgRequest, request: Request,
+                  svc: Services = Depends(services)) -> Response:
+    result, images = await run_generation(svc, request, await prepare_img2img_request(svc, req))
     params = req.model_dump()
     if not req.include_init_images:
         params["init_images"] = None

@@ -1,10 +1,15 @@
-"""Progress, interrupt and skip: answered at once, never queued behind a job."""
+"""Progress, interrupt and skip: answered at once, never queued behind a job.
+
+`/interrupt` and `/skip` without an id act on the job running now, as A1111's do; with an `id_task` (query
+parameter or JSON body: the job's `force_task_id` or async task id) on that job only: a running job is
+interrupted or skipped, a waiting one is dropped (interrupt) and never runs, an ended one is left alone,
+an unknown id is a 404."""
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Query
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from server.deps import services
@@ -34,13 +39,39 @@ async def progress(skip_current_image: bool = False, svc: Services = Depends(ser
                             current_image=image, textinfo=snap["textinfo"])
 
 
-@router.post("/interrupt", openapi_extra=NEVER_QUEUED)
-async def interrupt(svc: Services = Depends(services)) -> dict[str, Any]:
-    svc.worker.state.interrupt()
+class TaskRef(BaseModel):
+    id_task: str | None = Field(None, description="the job to act on (its force_task_id or task id); "
+                                                  "none: the job running now")
+
+
+def _task_id(query: str | None, body: TaskRef | None, svc: Services) -> str | None:
+    task_id = query or (body.id_task if body is not None else None)
+    if task_id is not None and svc.worker.task(task_id)[0] is None:
+        raise HTTPException(404, f"id_task: no job {task_id!r} is queued, running or recently finished")
+    return task_id
+
+
+ID_TASK = Query(None, description="the job to act on (its force_task_id or task id); none: the job running now")
+NOT_FOUND = {404: {"description": "`id_task` names no queued, running or recently finished job"}}
+
+
+@router.post("/interrupt", openapi_extra=NEVER_QUEUED, responses=NOT_FOUND)
+async def interrupt(body: TaskRef | None = None, id_task: str | None = ID_TASK,
+                    svc: Services = Depends(services)) -> dict[str, Any]:
+    task_id = _task_id(id_task, body, svc)
+    if task_id is None:
+        svc.worker.state.interrupt()
+    elif not svc.worker.interrupt_task(task_id):
+        svc.worker.cancel_task(task_id)  # waiting: dropped, never run; ended: nothing to do
     return {}
 
 
-@router.post("/skip", openapi_extra=NEVER_QUEUED)
-async def skip(svc: Services = Depends(services)) -> None:
-    svc.worker.state.skip()
+@router.post("/skip", openapi_extra=NEVER_QUEUED, responses=NOT_FOUND)
+async def skip(body: TaskRef | None = None, id_task: str | None = ID_TASK,
+               svc: Services = Depends(services)) -> None:
+    task_id = _task_id(id_task, body, svc)
+    if task_id is None:
+        svc.worker.state.skip()
+    else:
+        svc.worker.skip_task(task_id)  # only a running job has a batch to skip
     return None

@@ -1,0 +1,205 @@
+"""Async tasks (the agent-scheduler extension's model): a txt2img or img2img request queued with a task id
+answered at once, run later on the same worker, in the same queue and order as synchronous requests, its
+result kept in the task store (pipeline/runtime/task_store.py) and its `callback_url` called when it ends.
+
+A task is prepared exactly as the synchronous route prepares its request (every 4xx before it is queued)
+and runs the same job (`server/deps.py generation_job`), so its images are the same bytes. The store is
+written before the worker hears of a task, so a task acknowledged is never lost: at start-up the pending
+tasks are prepared again from their JSON and queued in their order; a task that was running when the
+process died is queued again once (it then counts two starts) and reported failed the second time."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from fastapi import HTTPException
+from pydantic import ValidationError
+
+from pipeline.runtime.errors import PipelineError
+from pipeline.runtime.registry import INTERRUPTED as REG_INTERRUPTED
+from pipeline.runtime.registry import new_task_id
+from pipeline.runtime.task_store import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, TaskRow, TaskStore
+from pipeline.runtime.worker import WorkerStopped
+from schemas.img2img import Img2ImgRequest
+from schemas.txt2img import Txt2ImgRequest
+from server.deps import PreparedJob, check_generation, finish_generation, generation_job
+from server.imagecodec import ImageDecodeError
+from server.routes.generation import prepare_txt2img_request
+from server.routes.img2img import prepare_img2img_request
+from server.services import Services
+from server.webhook import post_result
+from upscalers.errors import UpscalerError
+
+log = logging.getLogger("hiresd.tasks")
+
+KINDS = ("txt2img", "img2img")
+MAX_STARTS = 2  # a task whose run was cut by the process dying twice is reported failed, not run again
+
+
+def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
+    """An agent-scheduler body as the A1111 request to store and its `checkpoint` and `callback_url`: the
+    checkpoint and `vae` become the job's `override_settings` (sd_model_checkpoint, sd_vae), restored
+    afterwards, as the extension switches the model for the task only."""
+    params = dict(body)
+    checkpoint, vae, callback_url = (params.pop(k, None) for k in ("checkpoint", "vae", "callback_url"))
+    overrides = dict(params.get("override_settings") or {})
+    if checkpoint:
+        overrides["sd_model_checkpoint"] = checkpoint
+    if vae:
+        overrides["sd_vae"] = vae
+    if overrides:
+        params["override_settings"] = overrides
+    return params, checkpoint, callback_url
+
+
+class AsyncTasks:
+    def __init__(self, svc: Services, store: TaskStore) -> None:
+        self.svc = svc
+        self.store = store
+        self._ends = ThreadPoolExecutor(1, thread_name_prefix="hiresd-task-end")  # encode, store, callback
+        self._hooks = ThreadPoolExecutor(2, thread_name_prefix="hiresd-webhook")
+
+    @classmethod
+    async def open(cls, svc: Services) -> AsyncTasks:
+        cfg = svc.config
+        store = TaskStore(cfg.data_dir / "tasks.db", max_results=cfg.task_results_max,
+                          max_result_bytes=cfg.task_results_max_mb << 20)
+        tasks = cls(svc, store)
+        await tasks.restore()
+        return tasks
+
+    def close(self) -> None:
+        self._ends.shutdown(wait=True)
+        self._hooks.shutdown(wait=True)
+        self.store.close()
+
+    # -- queueing -----------------------------------------------------------------------------------
+    async def prepare(self, kind: str, params: dict[str, Any]) -> PreparedJob:
+        """The request as the synchronous route prepares it (its images always sent back to the store)."""
+        params = {**params, "send_images": True}
+        if kind == "txt2img":
+            job = prepare_txt2img_request(self.svc, Txt2ImgRequest.model_validate(params))
+        else:
+            job = await prepare_img2img_request(self.svc, Img2ImgRequest.model_validate(params))
+        check_generation(self.svc, job.req, job.p, job.script_args)
+        return job
+
+    async def submit(self, kind: str, params: dict[str, Any], checkpoint: str | None = None,
+                     callback_url: str | None = None, name: str | None = None) -> str:
+        """Prepare and queue one task; its id. A bad request is a 4xx here and nothing is stored."""
+        job = await self.prepare(kind, params)
+        task_id = new_task_id()
+        self.store.add(task_id, kind, params, checkpoint, callback_url, name)
+        try:
+            self._queue(task_id, job)
+        except BaseException:
+            self.store.delete(task_id)
+            raise
+        return task_id
+
+    def _queue(self, task_id: str, job: PreparedJob, force: bool = False) -> None:
+        run = generation_job(self.svc, job.p)
+
+        def start() -> Any:
+            self.store.set_status(task_id, RUNNING, started=True)
+            return run()
+
+        queued = self.svc.worker.submit(job.name, start, task_id=task_id, pausable=True, force=force)
+        queued.future.add_done_callback(lambda f: self._ends.submit(self._end, task_id, job, f))
+
+    async def requeue(self, row: TaskRow) -> str:
+        """A copy of a stored task queued at the end (the extension's requeue); the copy's id."""
+        return await self.submit(row.type, row.params, row.checkpoint, row.callback_url,
+                                 f"Copy of {row.name}" if row.name else None)
+
+    async def requeue_failed(self, row: TaskRow) -> bool:
+        """A failed task queued again at the end under its own id; False when it still cannot be prepared."""
+        try:
+            job = await self.prepare(row.type, row.params)
+        except (HTTPException, ValidationError, PipelineError, ImageDecodeError, UpscalerError):
+            return False
+        self.store.delete(row.id)
+        self.store.add(row.id, row.type, row.params, row.checkpoint, row.callback_url, row.name)
+        try:
+            self._queue(row.id, job)
+        except BaseException:
+            self.store.finish(row.id, FAILED, [], [], None, row.error)
+            raise
+        return True
+
+    def order_changed(self) -> None:
+        """Write the worker's order of the waiting async tasks back to the store (after a move)."""
+        mine = {row.id for row in self.store.pending()}
+        self.store.set_order([t for t in self.svc.worker.pending_tasks() if t in mine])
+
+    # -- the end of a task (on the task-end thread) -------------------------------------------------
+    def _end(self, task_id: str, job: PreparedJob, future: Future) -> None:
+        try:
+            self._end_task(task_id, job, future)
+        except Exception:  # noqa: BLE001 - a task's end must never go unrecorded
+            log.exception("task %s: storing its end failed", task_id)
+            self.store.set_status(task_id, FAILED, "storing the result failed; see the server log")
+
+    def _end_task(self, task_id: str, job: PreparedJob, future: Future) -> None:
+        if future.cancelled():  # dropped while it waited: deleted, or cancelled by id
+            if self.store.get(task_id) is not None:
+                self.store.finish(task_id, INTERRUPTED, [], [], None, "cancelled before it ran")
+                self._callback(task_id)
+            return
+        exc = future.exception()
+        if isinstance(exc, WorkerStopped):  # the server is stopping: the task stays queued for the next start
+            self.store.set_status(task_id, PENDING)
+            return
+        if exc is not None:
+            self.store.finish(task_id, FAILED, [], [], None, str(exc) or type(exc).__name__)
+            self._callback(task_id)
+            return
+        result, incomplete = future.result()
+        images = finish_generation(self.svc, job.req, result, incomplete, job.opts, job.save_options)
+        info = self.svc.worker.registry.get(task_id)
+        status = INTERRUPTED if info is not None and info.status == REG_INTERRUPTED else DONE
+        self.store.finish(task_id, status, [base64.b64decode(b) for b in images], list(result.infotexts),
+                          json.dumps(result.info))
+        self._callback(task_id)
+
+    def _callback(self, task_id: str) -> None:
+        row = self.store.get(task_id)
+        if row is None or not row.callback_url or row.callback_done:
+            return
+        fmt = str(self.svc.options.get("samples_format") or "png")
+        images = self.store.images(task_id) if row.status == DONE else []
+
+        def call() -> None:
+            post_result(row.callback_url, task_id, row.status, images, fmt)
+            self.store.update(task_id, callback_done=1)
+
+        self._hooks.submit(call)
+
+    # -- start-up -----------------------------------------------------------------------------------
+    async def restore(self) -> None:
+        """Queue the stored pending tasks again, in their order; a task that was running when the process
+        died runs once more, or is reported failed when it had started twice already."""
+        for row in self.store.pending():
+            if row.status == RUNNING and row.attempts >= MAX_STARTS:
+                log.warning("task %s was running when the server stopped, for the second time: failed", row.id)
+                self.store.finish(row.id, FAILED, [], [], None,
+                                  "the server stopped while this task ran, twice; it is not run again")
+                self._callback(row.id)
+                continue
+            if row.status == RUNNING:
+                log.warning("task %s was running when the server stopped: queued again", row.id)
+            try:
+                job = await self.prepare(row.type, row.params)
+            except (HTTPException, ValidationError, PipelineError, ImageDecodeError, UpscalerError) as exc:
+                detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+                log.warning("task %s cannot run after the restart: %s", row.id, detail)
+                self.store.finish(row.id, FAILED, [], [], None, f"after a restart: {detail}")
+                self._callback(row.id)
+                continue
+            self.store.set_status(row.id, PENDING)
+            self._queue(row.id, job, force=True)
+        for row in self.store.unannounced():  # ended, but the process died before its callback went out
+            self._callback(row.id)
