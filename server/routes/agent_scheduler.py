@@ -21,7 +21,7 @@ from pipeline.runtime.task_store import DONE, FAILED, INTERRUPTED, PENDING, RUNN
 from schemas.agent_scheduler import (HistoryResponse, Outcome, QueueImg2ImgRequest, QueueStatusResponse,
                                      QueueTaskResponse, QueueTxt2ImgRequest, TaskModel)
 from server.deps import services
-from server.errors import NEVER_QUEUED
+from server.errors import NEVER_QUEUED, ErrorResponse
 from server.services import Services
 from server.tasks import AsyncTasks, split_body
 
@@ -94,7 +94,8 @@ async def queue_txt2img(body: QueueTxt2ImgRequest, request: Request,
     return await _queue("txt2img", request, ts)
 
 
-@router.post("/queue/img2img", response_model=QueueTaskResponse)
+@router.post("/queue/img2img", response_model=QueueTaskResponse, responses={
+    404: {"model": ErrorResponse, "description": "`init_images` is missing or empty (A1111's answer)"}})
 async def queue_img2img(body: QueueImg2ImgRequest, request: Request,
                         ts: AsyncTasks = Depends(tasks)) -> QueueTaskResponse:
     return await _queue("img2img", request, ts)
@@ -138,8 +139,11 @@ async def task_position(id: str, ts: AsyncTasks = Depends(tasks)) -> Any:
     return _ok("", {"status": model.status, "position": model.position})
 
 
-@router.get("/task/{id}/results", responses={**NOT_FOUND, 200: {"content": {"application/zip": {}}}})
-@router.get("/results/{id}", deprecated=True, include_in_schema=True)
+RESULTS = {**NOT_FOUND, 200: {"content": {"application/zip": {}}, "description": "JSON, or a zip with ?zip=true"}}
+
+
+@router.get("/task/{id}/results", responses=RESULTS)
+@router.get("/results/{id}", deprecated=True, responses=RESULTS)
 async def task_results(id: str, as_zip: bool = Query(False, alias="zip", description="one zip of the images"),
                        ts: AsyncTasks = Depends(tasks)) -> Any:
     row = ts.store.get(id)
