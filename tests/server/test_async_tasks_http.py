@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from server.app import create_app
 from server.config import ServerConfig
+from server.webhook import post_result
 
 SMALL = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 1234, "sampler_name": "Euler"}
 AS = "/agent-scheduler/v1"
@@ -35,7 +36,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
 class Listener:
     """A local HTTP server recording every POST it receives (the webhook's receiver)."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, statuses: tuple[int, ...] = (200,)) -> None:
+        """Answers `statuses` in turn, the last one from then on."""
         calls: list[dict[str, Any]] = []
         self.calls = calls
 
@@ -43,7 +45,7 @@ class Listener:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 calls.append({"type": self.headers["Content-Type"], "body": body})
-                self.send_response(status)
+                self.send_response(statuses[min(len(calls), len(statuses)) - 1])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -173,3 +175,41 @@ def test_internal_progress_of_a_finished_and_an_unknown_task(client: TestClient)
     assert client.post("/sdapi/v1/interrupt", json={"id_task": "mine-1"}).json() == {}  # ended: no-op
     assert client.post("/sdapi/v1/interrupt").json() == {}  # A1111's form, no id
     assert client.post("/sdapi/v1/skip").status_code == 200
+
+
+def test_webhook_retries_a_5xx_and_stops_at_a_4xx_or_after_three_tries() -> None:
+    flaky = Listener((503, 502, 200))
+    try:
+        assert post_result(flaky.url, "t1", "done", [b"png-bytes"], wait=0) is True
+        assert len(flaky.calls) == 3
+        assert _parts(flaky.calls[2]) == {"task_id": [b"t1"], "status": [b"done"], "files": [b"png-bytes"]}
+    finally:
+        flaky.close()
+    refused = Listener((404,))
+    try:
+        assert post_result(refused.url, "t2", "failed", [], wait=0) is False
+        assert len(refused.calls) == 1  # the receiver's final word
+    finally:
+        refused.close()
+    down = Listener()
+    down.close()
+    down.server.server_close()  # nothing listens there now: three connection errors
+    assert post_result(down.url, "t3", "done", [], wait=0, timeout=2) is False
+
+
+def test_task_bookkeeping_routes(client: TestClient) -> None:
+    task_id = client.post(f"{AS}/queue/txt2img", json=SMALL).json()["task_id"]
+    _wait_status(client, task_id, ("done",))
+    assert client.post(f"{AS}/task/{task_id}/rename", params={"name": "fox"}).json()["success"] is True
+    assert client.post(f"{AS}/bookmark/{task_id}").json()["success"] is True
+    task = client.get(f"{AS}/task/{task_id}").json()["data"]
+    assert task["name"] == "fox" and task["bookmarked"] is True and task["params"]["prompt"] == "a red fox"
+    assert json.loads(task["result"])["infotexts"][0].startswith("a red fox")
+    marked = client.get(f"{AS}/history", params={"status": "bookmarked"}).json()
+    assert [t["id"] for t in marked["tasks"]] == [task_id] and marked["total"] == 1
+    assert client.get(f"{AS}/task/{task_id}/position").json()["data"] == {"status": "done", "position": None}
+    assert client.post(f"{AS}/task/{task_id}/run").json()["success"] is False  # not queued
+    assert client.post(f"{AS}/task/requeue-failed").json() == {"success": False, "message": "No failed tasks"}
+    assert client.post(f"{AS}/history/clear").json()["success"] is True
+    assert client.get(f"{AS}/history").json() == {"tasks": [], "total": 0}
+    assert client.get(f"{AS}/task/{task_id}").status_code == 404
