@@ -213,3 +213,19 @@ def test_task_bookkeeping_routes(client: TestClient) -> None:
     assert client.post(f"{AS}/history/clear").json()["success"] is True
     assert client.get(f"{AS}/history").json() == {"tasks": [], "total": 0}
     assert client.get(f"{AS}/task/{task_id}").status_code == 404
+
+
+def test_async_tasks_count_against_the_queue_bound(client: TestClient) -> None:
+    client.post(f"{AS}/queue/pause")
+    try:
+        ids = [client.post(f"{AS}/queue/txt2img", json={**SMALL, "seed": s}).json()["task_id"] for s in range(4)]
+        full = client.post(f"{AS}/queue/txt2img", json=SMALL)
+        assert full.status_code == 503 and full.headers["Retry-After"]
+        assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 503  # the same one queue
+        assert client.get(f"{AS}/queue").json()["total_pending_tasks"] == 4  # the refused one is not stored
+        assert client.post(f"{AS}/queue/clear").json()["success"] is True
+        assert client.get("/internal/pending-tasks").json() == {"size": 0, "tasks": []}
+        assert all(client.get(f"{AS}/task/{t}").status_code == 404 for t in ids)
+    finally:
+        client.post(f"{AS}/queue/resume")
+    assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
