@@ -72,3 +72,9 @@ class Outcome(BaseModel):
     success: bool
     message: str | None = None
     data: Any = None
+
+
+class UpdateTaskArgs(BaseModel):
+    name: str | None = None
+    checkpoint: str | None = None
+    params: dict[str, Any] | None = Field(None, description="request fields to change (merged into the task's)")

@@ -22,7 +22,7 @@ from pipeline.runtime.errors import PipelineError
 from pipeline.runtime.registry import INTERRUPTED as REG_INTERRUPTED
 from pipeline.runtime.registry import new_task_id
 from pipeline.runtime.task_store import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, TaskRow, TaskStore
-from pipeline.runtime.worker import WorkerStopped
+from pipeline.runtime.worker import Job, WorkerStopped
 from schemas.img2img import Img2ImgRequest
 from schemas.txt2img import Txt2ImgRequest
 from server.deps import PreparedJob, check_generation, finish_generation, generation_job
@@ -61,6 +61,8 @@ class AsyncTasks:
         self.store = store
         self._ends = ThreadPoolExecutor(1, thread_name_prefix="hiresd-task-end")  # encode, store, callback
         self._hooks = ThreadPoolExecutor(2, thread_name_prefix="hiresd-webhook")
+        self._current: dict[str, Job] = {}  # task id -> its job on the worker
+        self._replaced: set[Job] = set()  # jobs cancelled by an update: they end silently
 
     @classmethod
     async def open(cls, svc: Services) -> AsyncTasks:
@@ -68,6 +70,7 @@ class AsyncTasks:
         store = TaskStore(cfg.data_dir / "tasks.db", max_results=cfg.task_results_max,
                           max_result_bytes=cfg.task_results_max_mb << 20)
         tasks = cls(svc, store)
+        svc.worker.pause(store.setting("paused") == "1")  # a paused queue stays paused across a restart
         await tasks.restore()
         return tasks
 
@@ -108,7 +111,38 @@ class AsyncTasks:
             return run()
 
         queued = self.svc.worker.submit(job.name, start, task_id=task_id, pausable=True, force=force)
-        queued.future.add_done_callback(lambda f: self._ends.submit(self._end, task_id, job, f))
+        self._current[task_id] = queued
+        queued.future.add_done_callback(lambda f: self._ends.submit(self._end, task_id, job, queued))
+
+    def set_paused(self, paused: bool) -> None:
+        self.svc.worker.pause(paused)
+        self.store.set_setting("paused", "1" if paused else "0")
+
+    async def update(self, row: TaskRow, params: dict[str, Any] | None, checkpoint: str | None) -> str | None:
+        """Change a waiting task's request (`params` merged into it) or checkpoint: prepared again (a 4xx
+        when it is now bad), and queued in the same place. None, or why it could not be changed."""
+        worker = self.svc.worker
+        if worker.running_task == row.id or row.id not in worker.pending_tasks():
+            return f"Task is {RUNNING if worker.running_task == row.id else row.status}; only a queued task changes"
+        merged, _, _ = split_body({**row.params, **(params or {})})
+        checkpoint = checkpoint if checkpoint is not None else row.checkpoint
+        if checkpoint:
+            merged["override_settings"] = {**(merged.get("override_settings") or {}),
+                                           "sd_model_checkpoint": checkpoint}
+        job = await self.prepare(row.type, merged)
+        pending = worker.pending_tasks()
+        after = pending[pending.index(row.id) + 1] if pending.index(row.id) + 1 < len(pending) else None
+        old = self._current.get(row.id)
+        if old is not None:
+            self._replaced.add(old)
+        if not worker.cancel_task(row.id):
+            self._replaced.discard(old)
+            return "Task is running"  # it started meanwhile
+        self.store.update(row.id, params=merged, checkpoint=checkpoint)
+        self._queue(row.id, job, force=True)
+        if after is not None:
+            worker.move_task(row.id, after)
+        return None
 
     async def requeue(self, row: TaskRow) -> str:
         """A copy of a stored task queued at the end (the extension's requeue); the copy's id."""
@@ -136,9 +170,14 @@ class AsyncTasks:
         self.store.set_order([t for t in self.svc.worker.pending_tasks() if t in mine])
 
     # -- the end of a task (on the task-end thread) -------------------------------------------------
-    def _end(self, task_id: str, job: PreparedJob, future: Future) -> None:
+    def _end(self, task_id: str, job: PreparedJob, queued: Job) -> None:
+        if queued.future.cancelled() and queued in self._replaced:
+            self._replaced.discard(queued)
+            return  # replaced by an update: the new job ends the task
+        if self._current.get(task_id) is queued:
+            del self._current[task_id]
         try:
-            self._end_task(task_id, job, future)
+            self._end_task(task_id, job, queued.future)
         except Exception:  # noqa: BLE001 - a task's end must never go unrecorded
             log.exception("task %s: storing its end failed", task_id)
             self.store.set_status(task_id, FAILED, "storing the result failed; see the server log")

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     created_at REAL NOT NULL, updated_at REAL NOT NULL, attempts INTEGER DEFAULT 0, error TEXT,
     info TEXT, infotexts TEXT, result_bytes INTEGER DEFAULT 0, expired INTEGER DEFAULT 0,
     callback_done INTEGER DEFAULT 0);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     task_id TEXT NOT NULL, idx INTEGER NOT NULL, image BLOB NOT NULL, PRIMARY KEY (task_id, idx));
 """
@@ -135,7 +136,9 @@ class TaskStore:
                 self._db.execute("UPDATE tasks SET priority = ? WHERE id = ?", (base + i * 1e-3, task_id))
 
     def update(self, task_id: str, **fields: Any) -> None:
-        """Set plain columns (name, bookmarked, callback_done)."""
+        """Set plain columns (name, bookmarked, callback_done, checkpoint; params as a dict)."""
+        if "params" in fields:
+            fields["params"] = json.dumps(fields["params"])
         cols = ", ".join(f"{k} = ?" for k in fields)
         self._exec(f"UPDATE tasks SET {cols}, updated_at = ? WHERE id = ?",
                    (*fields.values(), time.time(), task_id))
@@ -151,6 +154,16 @@ class TaskStore:
             self._db.execute(f"DELETE FROM results WHERE task_id IN (SELECT id FROM tasks WHERE status IN "
                              f"({marks}))", statuses)
             return self._db.execute(f"DELETE FROM tasks WHERE status IN ({marks})", statuses).rowcount
+
+    def setting(self, key: str, default: str = "") -> str:
+        """A small persisted setting (the queue's pause)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._exec("INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                   "excluded.value", (key, value))
 
     # -- results ------------------------------------------------------------------------------------
     def finish(self, task_id: str, status: str, images: list[bytes], infotexts: list[str], info: str | None,

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 
 from pipeline.runtime.task_store import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, TaskRow
 from schemas.agent_scheduler import (HistoryResponse, Outcome, QueueImg2ImgRequest, QueueStatusResponse,
-                                     QueueTaskResponse, QueueTxt2ImgRequest, TaskModel)
+                                     QueueTaskResponse, QueueTxt2ImgRequest, TaskModel, UpdateTaskArgs)
 from server.deps import services
 from server.errors import NEVER_QUEUED, ErrorResponse
 from server.services import Services
@@ -181,6 +181,22 @@ async def delete_task(id: str, ts: AsyncTasks = Depends(tasks)) -> Any:
     return _ok("Task deleted")
 
 
+@router.put("/task/{id}", responses=NOT_FOUND)
+async def update_task(id: str, body: UpdateTaskArgs, ts: AsyncTasks = Depends(tasks)) -> Any:
+    """Rename a task, or change a queued task's request (`params`, merged into it) or `checkpoint`: checked
+    as a new request (a 4xx when now bad) and kept in its place in the queue."""
+    row = ts.store.get(id)
+    if row is None:
+        return _missing()
+    if body.params is not None or body.checkpoint is not None:
+        problem = await ts.update(row, body.params, body.checkpoint)
+        if problem:
+            return {"success": False, "message": problem}
+    if body.name is not None:
+        ts.store.update(id, name=body.name)
+    return _ok("Task updated.")
+
+
 @router.post("/task/{id}/interrupt", responses=NOT_FOUND, openapi_extra=NEVER_QUEUED)
 async def interrupt_task(id: str, ts: AsyncTasks = Depends(tasks)) -> Any:
     if ts.store.get(id) is None:
@@ -280,14 +296,14 @@ async def rename(id: str, name: str, ts: AsyncTasks = Depends(tasks)) -> Any:
 @router.post("/pause", deprecated=True, openapi_extra=NEVER_QUEUED)
 async def pause(ts: AsyncTasks = Depends(tasks)) -> Any:
     """Hold back the async tasks (synchronous requests still run); the running one finishes."""
-    ts.svc.worker.pause(True)
+    ts.set_paused(True)
     return _ok("Queue paused.")
 
 
 @router.post("/queue/resume", openapi_extra=NEVER_QUEUED)
 @router.post("/resume", deprecated=True, openapi_extra=NEVER_QUEUED)
 async def resume(ts: AsyncTasks = Depends(tasks)) -> Any:
-    ts.svc.worker.pause(False)
+    ts.set_paused(False)
     return _ok("Queue resumed.")
 
 

@@ -229,3 +229,56 @@ def test_async_tasks_count_against_the_queue_bound(client: TestClient) -> None:
     finally:
         client.post(f"{AS}/queue/resume")
     assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
+
+
+def test_the_new_routes_sit_behind_api_auth(tmp_path) -> None:
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data", outputs_dir=tmp_path / "out",
+                       extensions_dir=None, api_auth=[("alice", "s3cret")])
+    with TestClient(create_app(cfg)) as c:
+        calls = [("POST", "/internal/progress", {"id_task": "x"}), ("GET", "/internal/pending-tasks", None),
+                 ("POST", f"{AS}/queue/txt2img", SMALL), ("GET", f"{AS}/queue", None),
+                 ("GET", f"{AS}/task/x/results", None), ("POST", f"{AS}/queue/pause", None)]
+        for method, path, body in calls:
+            r = c.request(method, path, json=body)
+            assert r.status_code == 401 and r.headers["WWW-Authenticate"].startswith("Basic"), path
+        assert c.get(f"{AS}/queue").status_code == 401  # nothing was paused by the refused call
+        ok = c.get(f"{AS}/queue", auth=("alice", "s3cret"))
+        assert ok.status_code == 200 and ok.json()["paused"] is False
+        assert c.get("/internal/pending-tasks", auth=("alice", "s3cret")).json() == {"size": 0, "tasks": []}
+
+
+def test_a_queued_task_can_be_changed_in_place(client: TestClient) -> None:
+    client.post(f"{AS}/queue/pause")
+    try:
+        first, second = (client.post(f"{AS}/queue/txt2img", json={**SMALL, "seed": s}).json()["task_id"]
+                         for s in (1, 2))
+        bad = client.put(f"{AS}/task/{first}", json={"params": {"sampler_name": "Nope"}})
+        assert bad.status_code == 400 and "sampler_name" in bad.text
+        r = client.put(f"{AS}/task/{first}", json={"params": {"seed": 77}, "name": "renamed"})
+        assert r.json() == {"success": True, "message": "Task updated."}
+        task = client.get(f"{AS}/task/{first}").json()["data"]
+        assert task["params"]["seed"] == 77 and task["name"] == "renamed" and task["position"] == 0
+        assert client.get("/internal/pending-tasks").json()["tasks"] == [first, second]
+    finally:
+        client.post(f"{AS}/queue/resume")
+    _wait_status(client, first, ("done",))
+    assert "Seed: 77," in client.get(f"{AS}/task/{first}/results").json()["data"][0]["infotext"]
+    done = client.put(f"{AS}/task/{first}", json={"params": {"seed": 5}}).json()
+    assert done["success"] is False and "only a queued task" in done["message"]
+    _wait_status(client, second, ("done",))
+
+
+def test_a_paused_queue_and_its_tasks_survive_a_restart(tmp_path) -> None:
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data", outputs_dir=tmp_path / "out",
+                       extensions_dir=None)
+    with TestClient(create_app(cfg)) as c:
+        c.post(f"{AS}/queue/pause")
+        task_id = c.post(f"{AS}/queue/txt2img", json=SMALL).json()["task_id"]
+    with TestClient(create_app(cfg)) as c:  # the same data dir
+        q = c.get(f"{AS}/queue").json()
+        assert q["paused"] is True and [t["id"] for t in q["pending_tasks"]] == [task_id]
+        assert c.get("/internal/pending-tasks").json()["tasks"] == [task_id]
+        c.post(f"{AS}/queue/resume")
+        assert _wait_status(c, task_id, ("done", "failed"))["status"] == "done"
+        sync = c.post("/sdapi/v1/txt2img", json=SMALL).json()["images"]
+        assert [d["image"].split(",", 1)[1] for d in c.get(f"{AS}/task/{task_id}/results").json()["data"]] == sync
