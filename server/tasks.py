@@ -63,6 +63,7 @@ class AsyncTasks:
         self._hooks = ThreadPoolExecutor(2, thread_name_prefix="hiresd-webhook")
         self._current: dict[str, Job] = {}  # task id -> its job on the worker
         self._replaced: set[Job] = set()  # jobs cancelled by an update: they end silently
+        self._announcing: set[str] = set()  # tasks whose callback is under way
 
     @classmethod
     async def open(cls, svc: Services) -> AsyncTasks:
@@ -206,14 +207,18 @@ class AsyncTasks:
 
     def _callback(self, task_id: str) -> None:
         row = self.store.get(task_id)
-        if row is None or not row.callback_url or row.callback_done:
+        if row is None or not row.callback_url or row.callback_done or task_id in self._announcing:
             return
+        self._announcing.add(task_id)
         fmt = str(self.svc.options.get("samples_format") or "png")
         images = self.store.images(task_id) if row.status == DONE else []
 
         def call() -> None:
-            post_result(row.callback_url, task_id, row.status, images, fmt)
-            self.store.update(task_id, callback_done=1)
+            try:
+                post_result(row.callback_url, task_id, row.status, images, fmt)
+                self.store.update(task_id, callback_done=1)
+            finally:
+                self._announcing.discard(task_id)
 
         self._hooks.submit(call)
 

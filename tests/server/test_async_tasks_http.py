@@ -12,6 +12,7 @@ import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 from fastapi.testclient import TestClient
@@ -282,3 +283,29 @@ def test_a_paused_queue_and_its_tasks_survive_a_restart(tmp_path) -> None:
         assert _wait_status(c, task_id, ("done", "failed"))["status"] == "done"
         sync = c.post("/sdapi/v1/txt2img", json=SMALL).json()["images"]
         assert [d["image"].split(",", 1)[1] for d in c.get(f"{AS}/task/{task_id}/results").json()["data"]] == sync
+
+
+def test_after_a_restart_a_task_that_became_invalid_fails_and_its_callback_goes_out(tmp_path) -> None:
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data", outputs_dir=tmp_path / "out",
+                       extensions_dir=None)
+    (tmp_path / "data").mkdir()
+    styles = tmp_path / "data" / "styles.csv"
+    styles.write_text("name,prompt,negative_prompt\nfoxy,{prompt} in the snow,\n")
+    hook = Listener()
+    try:
+        with TestClient(create_app(cfg)) as c:
+            c.post(f"{AS}/queue/pause")
+            task_id = c.post(f"{AS}/queue/txt2img", json={**SMALL, "styles": ["foxy"],
+                                                          "callback_url": hook.url}).json()["task_id"]
+        styles.unlink()  # the style the task names is gone when the server starts again
+        with TestClient(create_app(cfg)) as c:
+            task = c.get(f"{AS}/task/{task_id}").json()["data"]
+            assert task["status"] == "failed" and "after a restart" in task["result"] and "foxy" in task["result"]
+            deadline = time.monotonic() + 30
+            while not hook.calls and time.monotonic() < deadline:
+                time.sleep(0.05)
+        assert len(hook.calls) == 1
+        # no images: a plain form, as the extension's `requests.post(data=..., files=[])` sends
+        assert parse_qs(hook.calls[0]["body"].decode()) == {"task_id": [task_id], "status": ["failed"]}
+    finally:
+        hook.close()
