@@ -58,7 +58,8 @@ def main() -> None:
     med = statistics.median
     print(f"txt2img 64x64, {a.steps} steps, Euler; median of {a.repeats}")
     print(f"{'sync request':>34}: {med(sync) * 1000:8.1f} ms")
-    print(f"{'async: task id back':>34}: {med(answer) * 1000:8.1f} ms   ratio to sync {med(answer) / med(sync):.3f}")
+    print(f"{'async: task id back':>34}: {med(answer) * 1000:8.1f} ms   "
+          f"ratio to sync {med(answer) / med(sync):.3f}")
     print(f"{f'async: task id, {a.ahead} queued ahead':>34}: {med(answer_busy) * 1000:8.1f} ms   "
           f"ratio to sync {med(answer_busy) / med(sync):.3f}")
     print(f"{'async: submit to results fetched':>34}: {med(end_to_end) * 1000:8.1f} ms   "

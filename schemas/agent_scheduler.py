@@ -77,4 +77,5 @@ class Outcome(BaseModel):
 class UpdateTaskArgs(BaseModel):
     name: str | None = None
     checkpoint: str | None = None
-    params: dict[str, Any] | None = Field(None, description="request fields to change (merged into the task's)")
+    params: dict[str, Any] | None = Field(None, description="request fields to change (merged into the "
+                                                            "task's)")

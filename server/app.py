@@ -89,7 +89,8 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_allow_origins,
                            allow_origin_regex=config.cors_allow_origins_regex, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (generation, img2img, jobs, listing, options, extras, maintenance, internal, agent_scheduler):
+    for module in (generation, img2img, jobs, listing, options, extras, maintenance, internal,
+                   agent_scheduler):
         app.include_router(module.router)
     maintenance.install_server_control(app, config)
     return app

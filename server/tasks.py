@@ -124,7 +124,8 @@ class AsyncTasks:
         when it is now bad), and queued in the same place. None, or why it could not be changed."""
         worker = self.svc.worker
         if worker.running_task == row.id or row.id not in worker.pending_tasks():
-            return f"Task is {RUNNING if worker.running_task == row.id else row.status}; only a queued task changes"
+            now = RUNNING if worker.running_task == row.id else row.status
+            return f"Task is {now}; only a queued task changes"
         merged, _, _ = split_body({**row.params, **(params or {})})
         checkpoint = checkpoint if checkpoint is not None else row.checkpoint
         if checkpoint:
@@ -228,7 +229,7 @@ class AsyncTasks:
         died runs once more, or is reported failed when it had started twice already."""
         for row in self.store.pending():
             if row.status == RUNNING and row.attempts >= MAX_STARTS:
-                log.warning("task %s was running when the server stopped, for the second time: failed", row.id)
+                log.warning("task %s was running when the server stopped, the second time: failed", row.id)
                 self.store.finish(row.id, FAILED, [], [], None,
                                   "the server stopped while this task ran, twice; it is not run again")
                 self._callback(row.id)

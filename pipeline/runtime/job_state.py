@@ -44,7 +44,7 @@ class JobState:
         self._s = _Snapshot()
         self._preview: Any = None  # a callable returning a PIL image, or None
         self._preview_step = -1
-        self._preview_seq = 0  # counts the previews of the server's life: /internal/progress's id_live_preview
+        self._preview_seq = 0  # counts the previews of the server's life: id_live_preview
         self._interrupt_at_begin = False  # the running job was interrupted before it began its progress
 
     # -- written by the worker -------------------------------------------------------------------

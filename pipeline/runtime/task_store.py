@@ -177,8 +177,8 @@ class TaskStore:
                 db.execute("DELETE FROM results WHERE task_id = ?", (task_id,))
                 db.executemany("INSERT INTO results (task_id, idx, image) VALUES (?, ?, ?)",
                                [(task_id, i, sqlite3.Binary(b)) for i, b in enumerate(images)])
-                db.execute("UPDATE tasks SET status = ?, error = ?, info = ?, infotexts = ?, result_bytes = ?, "
-                           "updated_at = ? WHERE id = ?",
+                db.execute("UPDATE tasks SET status = ?, error = ?, info = ?, infotexts = ?, "
+                           "result_bytes = ?, updated_at = ? WHERE id = ?",
                            (status, error, info, json.dumps(infotexts), size, time.time(), task_id))
                 db.execute("COMMIT")
             except BaseException:

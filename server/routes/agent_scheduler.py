@@ -139,7 +139,8 @@ async def task_position(id: str, ts: AsyncTasks = Depends(tasks)) -> Any:
     return _ok("", {"status": model.status, "position": model.position})
 
 
-RESULTS = {**NOT_FOUND, 200: {"content": {"application/zip": {}}, "description": "JSON, or a zip with ?zip=true"}}
+RESULTS = {**NOT_FOUND,
+           200: {"content": {"application/zip": {}}, "description": "JSON, or a zip with ?zip=true"}}
 
 
 @router.get("/task/{id}/results", responses=RESULTS)
@@ -238,9 +239,11 @@ async def move_task(id: str, over_id: str, ts: AsyncTasks = Depends(tasks)) -> A
     elif over_id == "bottom":
         moved = worker.move_task(id, None)
     else:  # to the other task's place: before it when moving up, after it when moving down
-        later = pending.index(id) < pending.index(over_id)
-        after = pending[pending.index(over_id) + 1] if later and pending.index(over_id) + 1 < len(pending) else None
-        moved = worker.move_task(id, after if later else over_id)
+        at = pending.index(over_id)
+        if pending.index(id) < at:  # down: after the other task
+            moved = worker.move_task(id, pending[at + 1] if at + 1 < len(pending) else None)
+        else:
+            moved = worker.move_task(id, over_id)
     ts.order_changed()
     return _ok("Task moved") if moved else {"success": False, "message": "Task is not queued"}
 

@@ -51,7 +51,8 @@ def _task_id(query: str | None, body: TaskRef | None, svc: Services) -> str | No
     return task_id
 
 
-ID_TASK = Query(None, description="the job to act on (its force_task_id or task id); none: the job running now")
+ID_TASK = Query(None, description="the job to act on (its force_task_id or task id); none: the job "
+                                  "running now")
 NOT_FOUND = {404: {"description": "`id_task` names no queued, running or recently finished job"}}
 
 

@@ -146,7 +146,8 @@ def test_paused_tasks_wait_while_sync_requests_run_and_can_be_moved_and_deleted(
         assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
         assert client.post(f"{AS}/task/{ids[2]}/move/top").json()["success"] is True
         assert client.post(f"{AS}/move/{ids[0]}/bottom").json()["success"] is True  # the older form
-        assert [t["id"] for t in client.get(f"{AS}/queue").json()["pending_tasks"]] == [ids[2], ids[1], ids[0]]
+        order = [t["id"] for t in client.get(f"{AS}/queue").json()["pending_tasks"]]
+        assert order == [ids[2], ids[1], ids[0]]
         assert client.delete(f"{AS}/task/{ids[1]}").json() == {"success": True, "message": "Task deleted"}
         assert client.get(f"{AS}/task/{ids[1]}").status_code == 404
         assert client.post("/internal/progress", json={"id_task": ids[1]}).json()["completed"] is True
@@ -219,7 +220,8 @@ def test_task_bookkeeping_routes(client: TestClient) -> None:
 def test_async_tasks_count_against_the_queue_bound(client: TestClient) -> None:
     client.post(f"{AS}/queue/pause")
     try:
-        ids = [client.post(f"{AS}/queue/txt2img", json={**SMALL, "seed": s}).json()["task_id"] for s in range(4)]
+        ids = [client.post(f"{AS}/queue/txt2img", json={**SMALL, "seed": s}).json()["task_id"]
+               for s in range(4)]
         full = client.post(f"{AS}/queue/txt2img", json=SMALL)
         assert full.status_code == 503 and full.headers["Retry-After"]
         assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 503  # the same one queue
@@ -233,8 +235,8 @@ def test_async_tasks_count_against_the_queue_bound(client: TestClient) -> None:
 
 
 def test_the_new_routes_sit_behind_api_auth(tmp_path) -> None:
-    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data", outputs_dir=tmp_path / "out",
-                       extensions_dir=None, api_auth=[("alice", "s3cret")])
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
+                       outputs_dir=tmp_path / "out", extensions_dir=None, api_auth=[("alice", "s3cret")])
     with TestClient(create_app(cfg)) as c:
         calls = [("POST", "/internal/progress", {"id_task": "x"}), ("GET", "/internal/pending-tasks", None),
                  ("POST", f"{AS}/queue/txt2img", SMALL), ("GET", f"{AS}/queue", None),
@@ -270,8 +272,8 @@ def test_a_queued_task_can_be_changed_in_place(client: TestClient) -> None:
 
 
 def test_a_paused_queue_and_its_tasks_survive_a_restart(tmp_path) -> None:
-    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data", outputs_dir=tmp_path / "out",
-                       extensions_dir=None)
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
+                       outputs_dir=tmp_path / "out", extensions_dir=None)
     with TestClient(create_app(cfg)) as c:
         c.post(f"{AS}/queue/pause")
         task_id = c.post(f"{AS}/queue/txt2img", json=SMALL).json()["task_id"]
@@ -282,12 +284,13 @@ def test_a_paused_queue_and_its_tasks_survive_a_restart(tmp_path) -> None:
         c.post(f"{AS}/queue/resume")
         assert _wait_status(c, task_id, ("done", "failed"))["status"] == "done"
         sync = c.post("/sdapi/v1/txt2img", json=SMALL).json()["images"]
-        assert [d["image"].split(",", 1)[1] for d in c.get(f"{AS}/task/{task_id}/results").json()["data"]] == sync
+        res = c.get(f"{AS}/task/{task_id}/results").json()["data"]
+        assert [d["image"].split(",", 1)[1] for d in res] == sync
 
 
 def test_after_a_restart_a_task_that_became_invalid_fails_and_its_callback_goes_out(tmp_path) -> None:
-    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data", outputs_dir=tmp_path / "out",
-                       extensions_dir=None)
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data",
+                       outputs_dir=tmp_path / "out", extensions_dir=None)
     (tmp_path / "data").mkdir()
     styles = tmp_path / "data" / "styles.csv"
     styles.write_text("name,prompt,negative_prompt\nfoxy,{prompt} in the snow,\n")
@@ -300,7 +303,8 @@ def test_after_a_restart_a_task_that_became_invalid_fails_and_its_callback_goes_
         styles.unlink()  # the style the task names is gone when the server starts again
         with TestClient(create_app(cfg)) as c:
             task = c.get(f"{AS}/task/{task_id}").json()["data"]
-            assert task["status"] == "failed" and "after a restart" in task["result"] and "foxy" in task["result"]
+            assert task["status"] == "failed"
+            assert "after a restart" in task["result"] and "foxy" in task["result"]
             deadline = time.monotonic() + 30
             while not hook.calls and time.monotonic() < deadline:
                 time.sleep(0.05)

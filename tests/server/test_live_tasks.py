@@ -11,7 +11,6 @@ from datetime import date
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.server.livesrv import LiveServer, wait_for
 
@@ -34,7 +33,8 @@ def _post(srv: LiveServer, payload: dict[str, Any], out: dict[str, Any], key: st
 
 
 def _progress(srv: LiveServer, task_id: str) -> dict[str, Any]:
-    return httpx.post(f"{srv.base}/internal/progress", json={"id_task": task_id, "live_preview": False}).json()
+    body = {"id_task": task_id, "live_preview": False}
+    return httpx.post(f"{srv.base}/internal/progress", json=body).json()
 
 
 def test_each_job_has_its_own_progress_and_interrupt(tmp_path) -> None:
@@ -43,6 +43,15 @@ def test_each_job_has_its_own_progress_and_interrupt(tmp_path) -> None:
         out: dict[str, Any] = {}
         a = _post(srv, {**SLOW, "force_task_id": "job-a"}, out, "a")
         wait_for(lambda: (_progress(srv, "job-a").get("progress") or 0) > 0)
+
+        def preview(seen: int) -> dict[str, Any]:
+            body = {"id_task": "job-a", "id_live_preview": seen}
+            return httpx.post(f"{srv.base}/internal/progress", json=body).json()
+
+        first = wait_for(lambda: (lambda p: p if p["live_preview"] else None)(preview(-1)))
+        assert first["live_preview"].startswith("data:image/png;base64,") and first["id_live_preview"] > 0
+        again = preview(first["id_live_preview"])  # the client has it: only a newer one is sent
+        assert again["live_preview"] is None or again["id_live_preview"] > first["id_live_preview"]
         b = _post(srv, {**QUICK, "force_task_id": "job-b"}, out, "b")
         wait_for(lambda: _progress(srv, "job-b")["queued"])
         c = _post(srv, {**QUICK, "seed": 778, "save_images": True, "force_task_id": "job-c"}, out, "c")
@@ -51,7 +60,8 @@ def test_each_job_has_its_own_progress_and_interrupt(tmp_path) -> None:
         assert pa["active"] is True and 0 < pa["progress"] < 1 and pa["queued"] is False
         assert pb == {**pb, "active": False, "queued": True, "textinfo": "In queue: 1/2"}
         assert pc["textinfo"] == "In queue: 2/2"
-        assert httpx.get(f"{srv.base}/internal/pending-tasks").json() == {"size": 2, "tasks": ["job-b", "job-c"]}
+        pending = httpx.get(f"{srv.base}/internal/pending-tasks").json()
+        assert pending == {"size": 2, "tasks": ["job-b", "job-c"]}
         # a second job may not take a live job's id
         dup = httpx.post(f"{srv.api}/txt2img", json={**QUICK, "force_task_id": "job-b"}, timeout=30)
         assert dup.status_code == 409 and "force_task_id" in dup.text
@@ -89,7 +99,8 @@ def test_sigkill_with_queued_tasks_runs_them_after_a_restart(tmp_path) -> None:
     with srv.client() as c:
         slow = c.post(f"{AS}/queue/txt2img", json={**SLOW, "steps": 60}).json()["task_id"]
         wait_for(lambda: (_progress(srv, slow).get("progress") or 0) > 0)
-        queued = [c.post(f"{AS}/queue/txt2img", json={**QUICK, "seed": s}).json()["task_id"] for s in (11, 12)]
+        queued = [c.post(f"{AS}/queue/txt2img", json={**QUICK, "seed": s}).json()["task_id"]
+                  for s in (11, 12)]
         assert _task(srv, queued[1])["position"] == 1
     _kill(srv)
 
