@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from pipeline.runtime.errors import PipelineError
@@ -37,6 +38,17 @@ log = logging.getLogger("hiresd.tasks")
 
 KINDS = ("txt2img", "img2img")
 MAX_STARTS = 2  # a task whose run was cut by the process dying twice is reported failed, not run again
+
+# what preparing a request raises for a bad request (each a 4xx over HTTP)
+REFUSED = (HTTPException, RequestValidationError, PipelineError, ImageDecodeError, UpscalerError)
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, HTTPException):
+        return str(exc.detail)
+    if isinstance(exc, RequestValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
 
 
 def split_body(body: dict[str, Any]) -> tuple[dict[str, Any], str | None, str | None]:
@@ -84,10 +96,14 @@ class AsyncTasks:
     async def prepare(self, kind: str, params: dict[str, Any]) -> PreparedJob:
         """The request as the synchronous route prepares it (its images always sent back to the store)."""
         params = {**params, "send_images": True}
+        try:
+            req = (Txt2ImgRequest if kind == "txt2img" else Img2ImgRequest).model_validate(params)
+        except ValidationError as exc:  # FastAPI's 422, as for the body of a request
+            raise RequestValidationError(exc.errors(include_url=False)) from None
         if kind == "txt2img":
-            job = prepare_txt2img_request(self.svc, Txt2ImgRequest.model_validate(params))
+            job = prepare_txt2img_request(self.svc, req)
         else:
-            job = await prepare_img2img_request(self.svc, Img2ImgRequest.model_validate(params))
+            job = await prepare_img2img_request(self.svc, req)
         check_generation(self.svc, job.req, job.p, job.script_args)
         return job
 
@@ -155,7 +171,7 @@ class AsyncTasks:
         """A failed task queued again at the end under its own id; False when it still cannot be prepared."""
         try:
             job = await self.prepare(row.type, row.params)
-        except (HTTPException, ValidationError, PipelineError, ImageDecodeError, UpscalerError):
+        except REFUSED:
             return False
         self.store.delete(row.id)
         self.store.add(row.id, row.type, row.params, row.checkpoint, row.callback_url, row.name)
@@ -238,8 +254,8 @@ class AsyncTasks:
                 log.warning("task %s was running when the server stopped: queued again", row.id)
             try:
                 job = await self.prepare(row.type, row.params)
-            except (HTTPException, ValidationError, PipelineError, ImageDecodeError, UpscalerError) as exc:
-                detail = exc.detail if isinstance(exc, HTTPException) else str(exc)
+            except REFUSED as exc:
+                detail = _why(exc)
                 log.warning("task %s cannot run after the restart: %s", row.id, detail)
                 self.store.finish(row.id, FAILED, [], [], None, f"after a restart: {detail}")
                 self._callback(row.id)

@@ -257,6 +257,8 @@ def test_a_queued_task_can_be_changed_in_place(client: TestClient) -> None:
                          for s in (1, 2))
         bad = client.put(f"{AS}/task/{first}", json={"params": {"sampler_name": "Nope"}})
         assert bad.status_code == 400 and "sampler_name" in bad.text
+        bad = client.put(f"{AS}/task/{first}", json={"params": {"steps": "many"}})
+        assert bad.status_code == 422 and "steps" in bad.text
         r = client.put(f"{AS}/task/{first}", json={"params": {"seed": 77}, "name": "renamed"})
         assert r.json() == {"success": True, "message": "Task updated."}
         task = client.get(f"{AS}/task/{first}").json()["data"]
