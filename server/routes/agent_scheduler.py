@@ -116,11 +116,11 @@ async def queue_status(limit: int = 20, offset: int = 0, ts: AsyncTasks = Depend
 
 
 @router.get("/history", response_model=HistoryResponse)
-async def history(status: str | None = None, limit: int = 20, offset: int = 0,
-                  ts: AsyncTasks = Depends(tasks)) -> HistoryResponse:
+async def history(status: str | None = None, limit: int = Query(20, ge=0, le=1_000_000),
+                  offset: int = Query(0, ge=0, le=1 << 62), ts: AsyncTasks = Depends(tasks)) -> HistoryResponse:
     ended = (DONE, FAILED, INTERRUPTED)
     statuses = (status,) if status in ended else ended
-    rows, total = ts.store.history(statuses, max(limit, 0), max(offset, 0), bookmarked=status == "bookmarked")
+    rows, total = ts.store.history(statuses, limit, offset, bookmarked=status == "bookmarked")
     return HistoryResponse(tasks=[_model(r, ts) for r in rows], total=total)
 
 

@@ -315,3 +315,9 @@ def test_after_a_restart_a_task_that_became_invalid_fails_and_its_callback_goes_
         assert parse_qs(hook.calls[0]["body"].decode()) == {"task_id": [task_id], "status": ["failed"]}
     finally:
         hook.close()
+
+
+def test_history_paging_out_of_range_is_a_422(client: TestClient) -> None:
+    assert client.get(f"{AS}/history", params={"limit": 10**30}).status_code == 422
+    assert client.get(f"{AS}/history", params={"offset": -1}).status_code == 422
+    assert client.get(f"{AS}/history", params={"limit": 0}).json()["tasks"] == []

@@ -31,12 +31,18 @@ def test_jobs_have_ids_states_and_a_cancelled_one_never_runs() -> None:
         assert worker.cancel_task("b") is True and worker.cancel_task("b") is False
         assert worker.move_task("c", "a") is True and worker.pending_tasks() == ["c", "a"]
         assert worker.interrupt_task("a") is False  # waiting, not running
+        assert worker.skip_task("a") is False
+        worker.state.begin("block", 1)  # the running job's progress has begun: its flags can be set
+        assert worker.skip_task("block") is True and worker.state.skipped
+        worker.state.clear_skip()
+        assert worker.interrupt_task("block") is True and worker.state.interrupted
         gate.set()
         for t in ("a", "c"):
             jobs[t].future.result(30)
         assert ran == ["block", "c", "a"]
         assert jobs["b"].future.cancelled()
         assert worker.task("b")[0].status == "cancelled" and worker.task("a")[0].status == "done"
+        assert worker.task("block")[0].status == "interrupted"  # it ended with its interrupt flag set
     finally:
         gate.set()
         worker.stop(10)
