@@ -11,6 +11,7 @@ from PIL import Image
 from pipeline.runtime.errors import UnknownName
 from upscalers.errors import Interrupted as UpscaleInterrupted
 from upscalers.errors import UnknownUpscaler
+from upscalers.ldsr import LdsrOptions
 from upscalers.loop import upscale
 from upscalers.registry import UpscalerRegistry
 
@@ -34,6 +35,8 @@ class HiresUpscaler:
         self.registry = registry
         self.tile = int(options.get("ESRGAN_tile", 192))
         self.overlap = int(options.get("ESRGAN_tile_overlap", 8))
+        self.ldsr = LdsrOptions(steps=int(options.get("ldsr_steps", 100)),
+                                cached=bool(options.get("ldsr_cached", False)))
 
     def upscale_to(self, image: Image.Image, name: str, width: int, height: int,
                    should_stop: Callable[[], bool]) -> Image.Image:
@@ -46,7 +49,7 @@ class HiresUpscaler:
                 entry = self.registry.resolve(name)
                 try:
                     image = upscale(image, scale, entry, self.registry, tile=self.tile, overlap=self.overlap,
-                                    should_stop=should_stop)
+                                    should_stop=should_stop, ldsr=self.ldsr)
                 except UpscaleInterrupted:
                     log.info("upscaler %s interrupted; continuing with a Lanczos resize", name)
         if image.size != (width, height):
