@@ -76,3 +76,14 @@ def test_hires_fix_with_ldsr(client: TestClient) -> None:
     body = r.json()
     assert decode(body["images"][0]).size == (96, 96)
     assert "Hires upscaler: LDSR" in body["info"]
+
+
+def test_sd_upscale_script_with_ldsr(client: TestClient) -> None:
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8))
+    r = client.post(f"{API}/img2img", json={
+        "init_images": [b64png(image)], "prompt": "a wall", "steps": 2, "width": 80, "height": 64, "seed": 3,
+        "denoising_strength": 0.3, "script_name": "sd upscale", "script_args": ["", 16, "LDSR", 2.0],
+        "override_settings": {"ldsr_steps": 1}})
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0]).size == (160, 128)
