@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures.ldsr import reference_upscale, tiny_ldsr_state, write_ldsr
+from tests.fixtures.ldsr import reference_upscale, tiny_ldsr_state, write_ldsr, write_lightning_ckpt
 from tests.fixtures.tinymodels import write_malicious_ckpt
 from upscalers import Interrupted, UnknownUpscaler, UpscalerRegistry, plan_upscale, upscale
 from upscalers.ldsr import LdsrOptions
@@ -121,6 +121,38 @@ def test_a_moved_folder_is_used(tmp_path: Path, state: dict[str, torch.Tensor]) 
     assert "LDSR" in UpscalerRegistry(tmp_path / "models", folders={"LDSR": tmp_path / "elsewhere"}).names()
 
 
+class CreatesFile:
+    """Unpickling this calls `open(path, "w")`: proof that a loader ran pickle code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (self.path, "w"))
+
+
+def test_a_lightning_checkpoint_like_the_released_one_loads(tmp_path: Path) -> None:
+    # the released model.ckpt names Lightning's ModelCheckpoint and holds numpy scalars besides the tensors
+    state = tiny_ldsr_state(seed=5, ema=False)
+    write_lightning_ckpt(tmp_path / "LDSR" / "model.ckpt", state)
+    registry = UpscalerRegistry(tmp_path)
+    image = noisy(20, 16, seed=4)
+    out = upscale(image, 4, registry.resolve("LDSR"), registry, ldsr=LdsrOptions(steps=1))
+    expected = reference_upscale(state, image, 4, steps=1)
+    assert np.abs(np.asarray(out, dtype=int) - np.asarray(expected, dtype=int)).max() <= 1
+
+
+def test_a_lightning_checkpoint_with_a_payload_is_refused_and_never_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    marker = tmp_path / "pwned"
+    write_lightning_ckpt(tmp_path / "LDSR" / "model.ckpt", tiny_ldsr_state(ema=False),
+                         extra_global=CreatesFile(marker))
+    with caplog.at_level(logging.WARNING):
+        registry = UpscalerRegistry(tmp_path)
+    assert not marker.exists() and "LDSR" not in registry.names()
+    assert any("io.open" in r.getMessage() and "never loaded" in r.getMessage() for r in caplog.records)
+
+
 def test_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     marker = tmp_path / "pwned"
     write_malicious_ckpt(tmp_path / "models" / "LDSR" / "model.ckpt", marker)
@@ -128,7 +160,7 @@ def test_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path, caplog: pyte
         registry = UpscalerRegistry(tmp_path / "models")
     assert not marker.exists()
     assert "LDSR" not in registry.names()
-    assert any("model.ckpt" in r.getMessage() and "pickled objects" in r.getMessage() for r in caplog.records)
+    assert any("model.ckpt" in r.getMessage() and "never loaded" in r.getMessage() for r in caplog.records)
     with pytest.raises(UnknownUpscaler):
         registry.resolve("LDSR")
 

@@ -2,7 +2,10 @@
 turned into the model: the UNet and the VQ decoder built from the tensors, the diffusion schedule from the
 checkpoint's `alphas_cumprod` (else from the YAML's linear schedule, else LDSR's own).
 
-`.ckpt` files are read with `torch.load(weights_only=True)` only: one that needs any other unpickling is
+`.ckpt` files are read with `torch.load(weights_only=True)` only. The released LDSR checkpoint is a PyTorch
+Lightning one: its pickle also names Lightning's `ModelCheckpoint` class (a dict key of its callback states) and
+may hold numpy scalars; those few names, and nothing else, are allowed, the Lightning class as an inert
+stand-in that has no code (A1111's safe unpickler allows the same names). A file needing any other global is
 refused (UnsafeModelFile) and nothing in it runs. Nothing is downloaded: without the files, no LDSR.
 """
 from __future__ import annotations
@@ -12,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch import nn
 
-from ..errors import ModelLoadError, UpscalerError
+from ..errors import ModelLoadError, UnsafeModelFile, UpscalerError
 from ..loading import read_state_dict
 from .unet import UNet, read_shape
 from .vq import VQDecoder
@@ -99,6 +103,61 @@ def read_config(path: Path | None) -> LdsrConfig:
         raise ModelLoadError(path, f"not a readable latent-diffusion project.yaml ({exc})") from exc
 
 
+class LightningCallbackStandIn:
+    """Stands for `pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint` while a checkpoint is read:
+    a plain class with no behaviour, so naming it in a pickle runs nothing."""
+
+
+_LIGHTNING_CALLBACK = "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint"
+
+
+def _allowed_globals() -> dict[str, object]:
+    """The globals (by the name a pickle uses) a Lightning checkpoint may need beyond tensors: data only."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+    scalar = core.multiarray.scalar
+    allowed: dict[str, object] = {
+        _LIGHTNING_CALLBACK: LightningCallbackStandIn,
+        "numpy.core.multiarray.scalar": scalar,
+        "numpy._core.multiarray.scalar": scalar,
+        "numpy.dtype": np.dtype,
+    }
+    for name in ("Float64DType", "Float32DType", "Int64DType", "Int32DType"):
+        if hasattr(np, "dtypes") and hasattr(np.dtypes, name):
+            allowed[f"numpy.dtypes.{name}"] = getattr(np.dtypes, name)
+    return allowed
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an LDSR file: `read_state_dict`, except that a `.ckpt` whose pickle names only the
+    globals of `_allowed_globals` is read with exactly those allowed."""
+    try:
+        return read_state_dict(path)
+    except UnsafeModelFile:
+        if path.suffix.lower() != ".ckpt":
+            raise
+        try:
+            needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # not a zip checkpoint: nothing more to try
+            raise UnsafeModelFile(path, "it holds pickled objects other than tensors, which are never "
+                                  "executed here; convert it to .safetensors") from None
+        allowed = _allowed_globals()
+        extra = [name for name in needed if name not in allowed]
+        if extra:
+            raise UnsafeModelFile(path, f"its pickle needs {', '.join(sorted(extra))}, which is never "
+                                  "loaded here (only tensors and a Lightning checkpoint's callback names are); "
+                                  "convert it to .safetensors") from None
+        # numpy's dtype classes are built (not named) by a dtype's pickle: allowed whenever numpy is named
+        stand_ins = [(allowed[name], name) for name in needed]
+        stand_ins += [(v, k) for k, v in allowed.items() if k.startswith("numpy.dtypes.") and k not in needed]
+        with torch.serialization.safe_globals(stand_ins):  # type: ignore[arg-type]
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+            raw = raw["state_dict"]
+        if not isinstance(raw, dict):
+            raise ModelLoadError(path, f"holds a {type(raw).__name__}, not a state dict") from None
+        return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
 def linear_alphas_cumprod(start: float, end: float, timesteps: int) -> torch.Tensor:
     """The DDPM "linear" schedule (linear in sqrt(beta)), as float64."""
     betas = torch.linspace(start**0.5, end**0.5, timesteps, dtype=torch.float64) ** 2
@@ -165,5 +224,5 @@ def build_model(state: dict[str, torch.Tensor], config: LdsrConfig, source: Path
 def load_model(files: LdsrFiles) -> LdsrModel:
     """Read and build the model of `files`. Raises UnsafeModelFile / ModelLoadError."""
     config = read_config(files.config)
-    state = read_state_dict(files.model)
+    state = read_checkpoint(files.model)
     return build_model(state, config, files.model)
