@@ -165,13 +165,27 @@ def test_a_pickle_payload_is_refused_and_never_runs(tmp_path: Path, caplog: pyte
         registry.resolve("LDSR")
 
 
-def test_a_checkpoint_of_another_model_is_skipped_with_the_reason(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def _broken(state: dict[str, torch.Tensor], case: str) -> dict[str, torch.Tensor]:
+    if case == "another model":
+        return {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}
+    if case == "a flat conv":
+        return {**state, "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(32)}
+    if case == "a 2x first stage":
+        return {k: v for k, v in state.items() if not k.startswith("first_stage_model.decoder.up.2.")}
+    return {**state, "model.diffusion_model.out.2.weight": torch.zeros(5, 32, 3, 3)}
+
+
+@pytest.mark.parametrize(("case", "reason"), [("another model", "first_stage_model"),
+                                              ("a flat conv", "do not form an LDSR model"),
+                                              ("a 2x first stage", "LDSR's is 4x"),
+                                              ("wrong UNet channels", "do not form an LDSR model")])
+def test_a_checkpoint_that_is_not_ldsr_is_skipped_with_the_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, state: dict[str, torch.Tensor], case: str,
+        reason: str) -> None:
     folder = tmp_path / "LDSR"
     folder.mkdir()
-    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3)}},
-               folder / "model.ckpt")
+    torch.save({"state_dict": _broken(state, case)}, folder / "model.ckpt")
     with caplog.at_level(logging.WARNING):
         registry = UpscalerRegistry(tmp_path)
     assert "LDSR" not in registry.names()
-    assert any("first_stage_model" in r.getMessage() for r in caplog.records)
+    assert any(reason in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]

@@ -11,6 +11,7 @@ refused (UnsafeModelFile) and nothing in it runs. Nothing is downloaded: without
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,8 +150,13 @@ def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
         # numpy's dtype classes are built (not named) by a dtype's pickle: allowed whenever numpy is named
         stand_ins = [(allowed[name], name) for name in needed]
         stand_ins += [(v, k) for k, v in allowed.items() if k.startswith("numpy.dtypes.") and k not in needed]
-        with torch.serialization.safe_globals(stand_ins):  # type: ignore[arg-type]
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.safe_globals(stand_ins):  # type: ignore[arg-type]
+                raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise UnsafeModelFile(path, "its pickle holds objects other than tensors and a Lightning "
+                                  "checkpoint's data, which are never executed here; convert it to "
+                                  ".safetensors") from exc
         if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
             raw = raw["state_dict"]
         if not isinstance(raw, dict):
@@ -225,4 +231,10 @@ def load_model(files: LdsrFiles) -> LdsrModel:
     """Read and build the model of `files`. Raises UnsafeModelFile / ModelLoadError."""
     config = read_config(files.config)
     state = read_checkpoint(files.model)
-    return build_model(state, config, files.model)
+    try:
+        return build_model(state, config, files.model)
+    except UpscalerError:
+        raise
+    except Exception as exc:  # tensors of unexpected ranks or sizes anywhere in the file
+        raise ModelLoadError(files.model, f"its tensors do not form an LDSR model ({type(exc).__name__}: "
+                             f"{exc})") from exc
