@@ -1,6 +1,6 @@
 """Reading model files without executing them, and detecting their architecture with spandrel.
 
-`.safetensors` files are read with safetensors; `.pth`/`.pt`/`.ckpt` files only with
+`.safetensors` files are read with safetensors; `.pth`/`.pt` files only with
 `torch.load(weights_only=True)`, which refuses any pickled object other than tensors and plain
 containers. spandrel's own file loader is never used (it would `torch.jit.load` a `.pt` file),
 only its architecture detection on a state dict we read ourselves.
@@ -33,7 +33,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             raw: object = safetensors.torch.load_file(str(path), device="cpu")
         except Exception as exc:  # safetensors raises its own error types
             raise ModelLoadError(path, f"not a readable safetensors file ({exc})") from exc
-    elif suffix in (".pth", ".pt", ".ckpt"):
+    elif suffix in (".pth", ".pt"):
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:

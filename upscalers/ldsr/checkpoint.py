@@ -3,8 +3,8 @@ turned into the model: the UNet and the VQ decoder built from the tensors, the d
 checkpoint's `alphas_cumprod` (else from the YAML's linear schedule, else LDSR's own).
 
 `.ckpt` files are read with `torch.load(weights_only=True)` only. The released LDSR checkpoint is a PyTorch
-Lightning one: its pickle also names Lightning's `ModelCheckpoint` class (a dict key of its callback states) and
-may hold numpy scalars; those few names, and nothing else, are allowed, the Lightning class as an inert
+Lightning one: its pickle also names Lightning's `ModelCheckpoint` class (a dict key of its callback states)
+and may hold numpy scalars; those few names, and nothing else, are allowed, the Lightning class as an inert
 stand-in that has no code (A1111's safe unpickler allows the same names). A file needing any other global is
 refused (UnsafeModelFile) and nothing in it runs. Nothing is downloaded: without the files, no LDSR.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,40 +129,55 @@ def _allowed_globals() -> dict[str, object]:
     return allowed
 
 
+def _load_pickle(path: Path, allowed: list[tuple[object, str]]) -> object:
+    """`torch.load(weights_only=True)` with `allowed` globals, memory-mapped when the file is a zip."""
+    with torch.serialization.safe_globals(allowed):  # type: ignore[arg-type]
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
+def _refused(path: Path, detail: str) -> UnsafeModelFile:
+    return UnsafeModelFile(path, f"{detail}, which is never loaded here (only tensors and a Lightning "
+                           "checkpoint's callback names are); convert it to .safetensors")
+
+
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """The tensors of an LDSR file: `read_state_dict`, except that a `.ckpt` whose pickle names only the
-    globals of `_allowed_globals` is read with exactly those allowed."""
-    try:
+    """The tensors of an LDSR file. `.safetensors` as `read_state_dict`; a `.ckpt` through `weights_only`
+    (memory-mapped: a 2 GB file is not copied into memory first), allowing exactly the globals of
+    `_allowed_globals` that its pickle names and refusing it when it names any other."""
+    if path.suffix.lower() != ".ckpt":
         return read_state_dict(path)
-    except UnsafeModelFile:
-        if path.suffix.lower() != ".ckpt":
-            raise
+    try:
         try:
-            needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # not a zip checkpoint: nothing more to try
-            raise UnsafeModelFile(path, "it holds pickled objects other than tensors, which are never "
-                                  "executed here; convert it to .safetensors") from None
-        allowed = _allowed_globals()
-        extra = [name for name in needed if name not in allowed]
-        if extra:
-            raise UnsafeModelFile(path, f"its pickle needs {', '.join(sorted(extra))}, which is never "
-                                  "loaded here (only tensors and a Lightning checkpoint's callback names are); "
-                                  "convert it to .safetensors") from None
-        # numpy's dtype classes are built (not named) by a dtype's pickle: allowed whenever numpy is named
-        stand_ins = [(allowed[name], name) for name in needed]
-        stand_ins += [(v, k) for k, v in allowed.items() if k.startswith("numpy.dtypes.") and k not in needed]
-        try:
-            with torch.serialization.safe_globals(stand_ins):  # type: ignore[arg-type]
-                raw = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise UnsafeModelFile(path, "its pickle holds objects other than tensors and a Lightning "
-                                  "checkpoint's data, which are never executed here; convert it to "
-                                  ".safetensors") from exc
-        if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
-            raw = raw["state_dict"]
-        if not isinstance(raw, dict):
-            raise ModelLoadError(path, f"holds a {type(raw).__name__}, not a state dict") from None
-        return {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+            raw = _load_pickle(path, [])
+        except pickle.UnpicklingError:
+            try:
+                needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except Exception:  # a legacy (non-zip) pickle: only plain weights_only applies
+                raise _refused(path, "it holds pickled objects other than tensors") from None
+            allowed = _allowed_globals()
+            extra = [name for name in needed if name not in allowed]
+            if extra:
+                raise _refused(path, f"its pickle needs {', '.join(sorted(extra))}") from None
+            # numpy's dtype classes are built (not named) by a dtype's pickle: allowed with numpy's names
+            stand_ins = [(allowed[name], name) for name in needed]
+            stand_ins += [(v, k) for k, v in allowed.items()
+                          if k.startswith("numpy.dtypes.") and k not in needed]
+            try:
+                raw = _load_pickle(path, stand_ins)
+            except pickle.UnpicklingError as exc:
+                raise _refused(path, "its pickle holds objects other than tensors and plain data") from exc
+    except UpscalerError:
+        raise
+    except Exception as exc:  # torch raises RuntimeError, EOFError, ... on garbage
+        raise ModelLoadError(path, f"not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+    if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+        raw = raw["state_dict"]
+    if not isinstance(raw, dict):
+        raise ModelLoadError(path, f"holds a {type(raw).__name__}, not a state dict")
+    tensors = {k: v for k, v in raw.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ModelLoadError(path, "holds no tensors")
+    return tensors
 
 
 def linear_alphas_cumprod(start: float, end: float, timesteps: int) -> torch.Tensor:
