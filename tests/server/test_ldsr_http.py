@@ -93,12 +93,13 @@ def test_sd_upscale_script_with_ldsr(client: TestClient) -> None:
 def test_ultimate_sd_upscale_with_ldsr(client: TestClient) -> None:
     rng = np.random.default_rng(2)
     image = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    # [info, tile_width, tile_height, mask_blur, padding, seams_fix_width, seams_fix_denoise, seams_fix_padding,
-    #  upscaler, save_upscaled_image, redraw_mode, save_seams_fix_image, seams_fix_mask_blur, seams_fix_type,
-    #  target_size_type, custom_width, custom_height, custom_scale]
+    # [info, tile_width, tile_height, mask_blur, padding, seams_fix_width, seams_fix_denoise,
+    #  seams_fix_padding, upscaler, save_upscaled_image, redraw_mode, save_seams_fix_image,
+    #  seams_fix_mask_blur, seams_fix_type, target_size_type, custom_width, custom_height, custom_scale]
     args = [None, 64, 0, 8, 32, 64, 0.35, 32, "LDSR", False, 0, False, 8, 0, 2, 2048, 2048, 2]
     r = client.post(f"{API}/img2img", json={
-        "init_images": [b64png(image)], "prompt": "a harbour", "steps": 2, "seed": 5, "denoising_strength": 0.3,
+        "init_images": [b64png(image)], "prompt": "a harbour", "steps": 2, "seed": 5,
+        "denoising_strength": 0.3,
         "script_name": "ultimate sd upscale", "script_args": args, "override_settings": {"ldsr_steps": 1}})
     assert r.status_code == 200, r.text
     body = r.json()
