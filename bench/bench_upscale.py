@@ -16,6 +16,10 @@
     freed tile-sized temporaries. Goal: the tiled numbers do not grow with the image (2048^2 /
     512^2 ratio close to 1: only a thin overlap strip as wide as the output grows), while the
     untiled ones grow with its area.
+(c) LDSR next to the spandrel model: the same photos upscaled 4x by the Compact x4 of (a) (tiled) and by
+    LDSR (`upscalers/ldsr`, random weights: LDSR's real shapes on CUDA or with --ldsr-real, the tests'
+    tiny ones on the CPU), seconds and ratio, seconds per sampling step, and peak memory (CUDA: allocated;
+    CPU: RSS growth). Goal: the LDSR peak grows far slower than the pixels (tiles of 128 latents).
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from spandrel import ModelLoader  # noqa: E402
 from spandrel.architectures.Compact import Compact  # noqa: E402
 
+from tests.fixtures.ldsr import REAL, TINY, tiny_ldsr_state  # noqa: E402
+from upscalers.ldsr import LdsrOptions, super_resolution  # noqa: E402
+from upscalers.ldsr.checkpoint import LdsrConfig, build_model  # noqa: E402
+from upscalers.ldsr.sampler import tile_count  # noqa: E402
+from upscalers.ldsr.upscale import padded_size  # noqa: E402
 from upscalers.registry import LoadedModel, UpscalerEntry, pick_dtype  # noqa: E402
 from upscalers.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, SizeSpec, count_tiles, upscale_array  # noqa: E402
 
@@ -194,6 +203,43 @@ def memory(args: argparse.Namespace, device: torch.device) -> None:
             print(f"    {what:<14} MB {steps}: {big}^2/{small}^2 ratio {ratio:.2f}")
 
 
+def ldsr(args: argparse.Namespace, device: torch.device) -> None:
+    real = device.type == "cuda" or args.ldsr_real
+    steps = args.ldsr_steps or (100 if real else 5)
+    model = build_model(tiny_ldsr_state(ema=False, shape=REAL if real else TINY), LdsrConfig(), Path("bench"))
+    model = model.to(device)
+    compact = make_model(64, 16, device)
+    sizes = ([128] if args.quick else [128, 512]) if real else ([64] if args.quick else [64, 160])
+    print(f"\n(c) LDSR ({'real' if real else 'tiny'} shapes, {steps} steps) next to Compact 64x16 x4 (tiled), "
+          f"{device.type} float32")
+    print(f"  {'input':>9}{'UNet tiles':>11}{'Compact s':>11}{'LDSR s':>9}{'LDSR/Compact':>14}{'s/step':>8}"
+          f"{'LDSR peak MB':>14}")
+    upscale_array(compact, make_image(32), tile=0)  # warm up both
+    with torch.inference_mode():
+        super_resolution(model, Image.fromarray(make_image(32)), 4, LdsrOptions(steps=1))
+    for size in sizes:
+        photo = make_image(size)
+        sync(device)
+        start = time.perf_counter()
+        upscale_array(compact, photo, tile=DEFAULT_TILE, overlap=DEFAULT_OVERLAP)
+        sync(device)
+        compact_s = time.perf_counter() - start
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = psutil.Process().memory_info().rss
+            reset_peak_rss()
+        start = time.perf_counter()
+        super_resolution(model, Image.fromarray(photo), 4, LdsrOptions(steps=steps))
+        sync(device)
+        ldsr_s = time.perf_counter() - start
+        peak = (torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss()) - base
+        tiles = tile_count(*padded_size(size, size)[::-1])
+        print(f"  {f'{size}x{size}':>9}{tiles:>11}{compact_s:>11.2f}{ldsr_s:>9.2f}{ldsr_s / compact_s:>14.1f}"
+              f"{ldsr_s / steps:>8.2f}{peak / 1024 / 1024:>14.0f}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,6 +248,9 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-ldsr", action="store_true")
+    parser.add_argument("--ldsr-real", action="store_true", help="LDSR's real shapes on the CPU too (slow)")
+    parser.add_argument("--ldsr-steps", type=int, default=0, help="LDSR steps (default 100 real, 5 tiny)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=512, help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, default=DEFAULT_TILE, help=argparse.SUPPRESS)
@@ -218,6 +267,8 @@ def main() -> None:
         throughput(args, device)
     if not args.skip_memory:
         memory(args, device)
+    if not args.skip_ldsr:
+        ldsr(args, device)
 
 
 if __name__ == "__main__":

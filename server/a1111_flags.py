@@ -58,7 +58,6 @@ NOTED: dict[str, NotedFlag] = {
     "--clip-models-path": NotedFlag("interrogate is not served; ignored", "1"),
     "--bsrgan-models-path": NotedFlag("BSRGAN files go under the ESRGAN folder (spandrel detects them); "
                                       "ignored", "1"),
-    "--ldsr-models-path": NotedFlag("LDSR is not served; ignored", "1"),
     "--gfpgan-dir": NotedFlag("GFPGAN model files are found under --gfpgan-models-path; ignored", "1"),
     "--gfpgan-model": NotedFlag("the first GFPGAN file under --gfpgan-models-path is used; ignored", "1"),
     "--no-hashing": NotedFlag("hashes are computed in the background and cached; ignored"),

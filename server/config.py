@@ -25,6 +25,7 @@ FOLDER_FLAGS: dict[str, str] = {
     "--esrgan-models-path": "ESRGAN", "--realesrgan-models-path": "RealESRGAN",
     "--swinir-models-path": "SwinIR", "--dat-models-path": "DAT", "--scunet-models-path": "ScuNET",
     "--hat-models-path": "HAT", "--gfpgan-models-path": "GFPGAN", "--codeformer-models-path": "Codeformer",
+    "--ldsr-models-path": "LDSR",
 }
 
 
@@ -197,7 +198,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--loglevel", default="INFO", type=str.upper,
                     choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], help="log level (INFO)")
     ap.add_argument("--models-dir", type=Path, default=Path("models"),
-                    help="holds Stable-diffusion/, VAE/, ESRGAN/, RealESRGAN/, SwinIR/, DAT/, HAT/, ScuNET/")
+                    help="holds Stable-diffusion/, VAE/, ESRGAN/, RealESRGAN/, SwinIR/, DAT/, HAT/, ScuNET/, "
+                         "LDSR/")
     ap.add_argument("--ckpt", type=Path, default=None,
                     help="checkpoint to select at start (listed too when outside the checkpoint folder)")
     ap.add_argument("--ckpt-dir", type=Path, default=None,

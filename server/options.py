@@ -145,6 +145,10 @@ OPTIONS: dict[str, Option] = {
                                    "(infotext `Tiled Diffusion: auto`)"),
     "tiled_diffusion_auto_budget_mb": Option(0, _int(0, 1 << 24), "MiB one UNet call of a pass may use before "
                                              "it is tiled automatically (0: the device's free memory)"),
+    # issue 26: LDSR
+    "ldsr_steps": Option(100, _int(1, 200), "LDSR: DDIM steps per upscale (A1111's slider, 1 to 200)"),
+    "ldsr_cached": Option(False, _bool, "LDSR: keep the model in memory between uses (else read from disk "
+                          "for each)"),
 }
 
 

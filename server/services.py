@@ -223,7 +223,8 @@ class Services:
         `reach_checkpoint`) and VAE, then the job itself (pipeline/jobs/dispatch.py)."""
         self.reach_checkpoint(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
-        ctx = JobContext(self.models, HiresUpscaler(self.upscalers, p.options), self.extensions,
+        upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
+        ctx = JobContext(self.models, upscaler, self.extensions,
                          self.worker.state, faces=self.upscalers.faces, networks=self.networks)
         try:
             return run_job(p, ctx)

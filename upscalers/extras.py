@@ -13,6 +13,7 @@ from PIL import Image
 from .errors import BadImage, TooLarge
 from .faces import FaceRestorer, FaceRestorers
 from .images import text_info, to_rgb_or_rgba
+from .ldsr import LdsrOptions
 from .loop import check_budget, plan_upscale, upscale
 from .registry import UpscalerEntry, UpscalerRegistry
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, OnTile, ShouldStop
@@ -92,6 +93,7 @@ def run_extras(
     should_stop: ShouldStop | None = None,
     on_tile: OnTile | None = None,
     on_image: Callable[[int, int], None] | None = None,
+    ldsr: LdsrOptions = LdsrOptions(),
 ) -> tuple[list[Image.Image], str]:
     """Upscale, then restore faces in, each image as A1111's extras does; returns (results, infotext
     of the last).
@@ -103,14 +105,14 @@ def run_extras(
     (with `codeformer_weight`), run on the upscaled image, each blended by its visibility.
     Each result is RGB (RGBA if the input had alpha) and carries the input's text `.info`
     entries plus `postprocessing` = its infotext. `on_image(done, total)` follows images;
-    `on_tile` and `should_stop` are passed to `upscale` (Interrupted propagates).
+    `on_tile`, `should_stop` and `ldsr` are passed to `upscale` (Interrupted propagates).
     """
     first, second = check_extras(images, params, registry, max_pixels=max_pixels)
     results: list[Image.Image] = []
     infotext = ""
     for index, image in enumerate(images):
         result, info = _upscale_one(
-            image, params, first, second, registry, tile, overlap, should_stop, on_tile
+            image, params, first, second, registry, tile, overlap, should_stop, on_tile, ldsr
         )
         result = _restore_faces(result, params, registry.faces, info, should_stop)
         infotext = format_infotext(info)
@@ -166,6 +168,7 @@ def _upscale_one(
     overlap: int,
     should_stop: ShouldStop | None,
     on_tile: OnTile | None,
+    ldsr: LdsrOptions,
 ) -> tuple[Image.Image, dict[str, object]]:
     source = to_rgb_or_rgba(image)
     info: dict[str, object] = {}
@@ -187,6 +190,7 @@ def _upscale_one(
             overlap=overlap,
             should_stop=should_stop,
             on_tile=on_tile,
+            ldsr=ldsr,
         )
         if params.resize_mode == 1 and params.upscaling_crop:
             out = _centre_crop(out, params.upscaling_resize_w, params.upscaling_resize_h)

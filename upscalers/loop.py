@@ -14,6 +14,7 @@ from PIL import Image
 
 from .errors import BadImage, Interrupted, TooLarge, UpscalerError
 from .images import merge_alpha, split_alpha, to_rgb_or_rgba
+from .ldsr.upscale import LdsrOptions, output_size, super_resolution
 from .registry import UpscalerEntry, UpscalerRegistry
 from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, OnTile, ShouldStop, TileModel, count_tiles, upscale_array
 
@@ -49,6 +50,8 @@ def _pass_size(size: tuple[int, int], factor: float, entry: UpscalerEntry) -> tu
         return size[0] * entry.scale, size[1] * entry.scale
     if entry.kind in ("lanczos", "nearest"):
         return int(size[0] * factor), int(size[1] * factor)
+    if entry.kind == "ldsr":
+        return output_size(size[0], size[1], factor)
     return size
 
 
@@ -102,6 +105,7 @@ def upscale(
     should_stop: ShouldStop | None = None,
     on_tile: OnTile | None = None,
     max_pixels: int | None = None,
+    ldsr: LdsrOptions = LdsrOptions(),
 ) -> Image.Image:
     """Upscale `image` by `factor` with `entry`, exactly as A1111's upscaler loop sizes it.
 
@@ -111,7 +115,8 @@ def upscale(
     is polled before each pass and each tile and makes this raise Interrupted (A1111 would
     instead return a Lanczos resize: a caller wanting that catches Interrupted and calls
     `upscale` again with the Lanczos entry). Raises TooLarge before any work when the result or
-    an intermediate exceeds `max_pixels`, BadImage for empty inputs or results.
+    an intermediate exceeds `max_pixels`, BadImage for empty inputs or results. The LDSR entry runs with
+    `ldsr` (A1111's `ldsr_steps`, `ldsr_cached`); its `on_tile` counts sampling steps.
     """
     image = to_rgb_or_rgba(image)
     plan = plan_upscale(image.size, factor, entry)
@@ -128,6 +133,14 @@ def upscale(
         counts = [count_tiles(w, h, entry.tiling, entry.size_requirements, tile, overlap) for w, h in sources]
         progress = _Progress(on_tile, counts)
 
+    if entry.kind == "ldsr" and plan.passes:
+        if registry is None:
+            raise UpscalerError(f"upscaler {entry.name!r} runs a model and needs a registry")
+        current = _ldsr_passes(rgb, factor, len(plan.passes), registry, ldsr, should_stop, on_tile)
+        if current.size != plan.destination:
+            current = current.resize(plan.destination, resample=Image.Resampling.LANCZOS)
+        return merge_alpha(current, alpha)
+
     current = rgb
     # under --medvram the model sits on the GPU only for its passes (UpscalerRegistry.running)
     with registry.running(model) if registry is not None and model is not None else contextlib.nullcontext():
@@ -143,6 +156,23 @@ def upscale(
     if current.size != plan.destination:
         current = current.resize(plan.destination, resample=Image.Resampling.LANCZOS)
     return merge_alpha(current, alpha)
+
+
+def _ldsr_passes(rgb: Image.Image, factor: float, passes: int, registry: UpscalerRegistry,
+                 options: LdsrOptions, should_stop: ShouldStop | None, on_tile: OnTile | None) -> Image.Image:
+    """LDSR's passes (A1111 gives each the loop's factor; one always covers the destination)."""
+    make_room = registry.make_room if registry.offload is not None else None
+    with registry.ldsr.running(options.cached, make_room, registry.offload) as model:
+        for index in range(passes):
+            if should_stop is not None and should_stop():
+                raise Interrupted("upscaling was interrupted")
+
+            def report(done: int, total: int, index: int = index) -> None:
+                if on_tile is not None:
+                    on_tile(index * total + done, passes * total)
+
+            rgb = super_resolution(model, rgb, factor, options, should_stop, report)
+    return rgb
 
 
 def _model_pass(

@@ -24,6 +24,8 @@ from .errors import ModelLoadError, UnknownUpscaler, UpscalerError
 from .faces import FaceRestorers
 from .folders import family_folders
 from .latent import LatentMode, is_latent, latent_mode_names, resolve_latent
+from .ldsr.store import NAME as LDSR_NAME
+from .ldsr.store import LdsrStore
 from .loading import MODEL_SUFFIXES, architecture_registry, load_descriptor
 from .naming import match_name
 from .tiling import SizeSpec, Tiling
@@ -33,9 +35,9 @@ log = logging.getLogger(__name__)
 MODEL_FAMILY_DIRS: tuple[str, ...] = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT", "ScuNET")
 """Sub-folders of the models folder that are scanned (names compared case-insensitively)."""
 
-UpscalerKind = Literal["none", "lanczos", "nearest", "model"]
+UpscalerKind = Literal["none", "lanczos", "nearest", "model", "ldsr"]
 
-_SUFFIX_RANK = {".safetensors": 0, ".pth": 1, ".pt": 2}
+_SUFFIX_RANK = {".safetensors": 0, ".pth": 1, ".pt": 2, ".ckpt": 3}
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,8 @@ class UpscalerEntry:
     name: str
     """The name clients send (`upscaler_1`, `hr_upscaler`); a model file's stem."""
     kind: UpscalerKind
-    """`none` (identity), `lanczos` / `nearest` (PIL resizes) or `model` (a spandrel file)."""
+    """`none` (identity), `lanczos` / `nearest` (PIL resizes), `model` (a spandrel file) or `ldsr` (latent
+    diffusion super-resolution, `upscalers/ldsr`)."""
     path: Path | None = None
     """The model file; None for built-ins."""
     scale: int | None = None
@@ -68,7 +71,7 @@ class UpscalerEntry:
     @property
     def is_model(self) -> bool:
         """Whether this entry runs a neural network."""
-        return self.kind == "model"
+        return self.kind in ("model", "ldsr")
 
 
 BUILTIN_ENTRIES: tuple[UpscalerEntry, ...] = (
@@ -198,6 +201,8 @@ class UpscalerRegistry:
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self.faces = FaceRestorers(self.models_dir, allow_noncommercial, self.device, self.folders)
         """The face restorers (GFPGAN / CodeFormer files) of the same models folder."""
+        self.ldsr = LdsrStore(self.models_dir, self.folders, self.device)
+        """The LDSR model of the same models folder (`<models>/LDSR` or `--ldsr-models-path`)."""
         self.refresh()
 
     # -- discovery -----------------------------------------------------------------------------
@@ -231,6 +236,10 @@ class UpscalerRegistry:
             scanned[path] = (key, entry)
             if entry is not None:
                 found.append(entry)
+        ldsr = self.ldsr.refresh()
+        if ldsr is not None:
+            found.append(UpscalerEntry(LDSR_NAME, "ldsr", path=ldsr.model, scale=4, architecture="LDSR",
+                                       tiling="internal"))
         found.sort(key=_sort_key)
         taken = {e.name for e in BUILTIN_ENTRIES} | set(latent_mode_names())
         entries = list(BUILTIN_ENTRIES)
@@ -325,8 +334,8 @@ class UpscalerRegistry:
 
         Raises ModelLoadError / UnsafeModelFile when the file changed into something unusable.
         """
-        if entry.path is None:
-            raise UpscalerError(f"upscaler {entry.name!r} is built in and has no model")
+        if entry.path is None or entry.kind != "model":
+            raise UpscalerError(f"upscaler {entry.name!r} is not a spandrel model file")
         key = str(entry.path)
         with self._lock:
             cached = self._cache.get(key)
@@ -381,5 +390,6 @@ class UpscalerRegistry:
         with self._lock:
             self._cache.clear()
         self.faces.clear_cache()
+        self.ldsr.clear_cache()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -11,6 +11,7 @@ from PIL import Image
 from pipeline.runtime.errors import UnknownName
 from upscalers.errors import Interrupted as UpscaleInterrupted
 from upscalers.errors import UnknownUpscaler
+from upscalers.ldsr import LdsrOptions
 from upscalers.loop import upscale
 from upscalers.registry import UpscalerRegistry
 
@@ -28,12 +29,17 @@ def resolve_hires_upscaler(registry: UpscalerRegistry, name: str, field: str = "
 
 
 class HiresUpscaler:
-    """Upscales a first-pass image to the hires size with the job's tile options."""
+    """Upscales a first-pass image to the hires size with the job's tile and LDSR options. `on_progress(done,
+    total)` follows LDSR's sampling steps (a sampling pass of its own)."""
 
-    def __init__(self, registry: UpscalerRegistry, options: dict[str, Any]) -> None:
+    def __init__(self, registry: UpscalerRegistry, options: dict[str, Any],
+                 on_progress: Callable[[int, int], None] | None = None) -> None:
         self.registry = registry
+        self.on_progress = on_progress
         self.tile = int(options.get("ESRGAN_tile", 192))
         self.overlap = int(options.get("ESRGAN_tile_overlap", 8))
+        self.ldsr = LdsrOptions(steps=int(options.get("ldsr_steps", 100)),
+                                cached=bool(options.get("ldsr_cached", False)))
 
     def upscale_to(self, image: Image.Image, name: str, width: int, height: int,
                    should_stop: Callable[[], bool]) -> Image.Image:
@@ -46,7 +52,8 @@ class HiresUpscaler:
                 entry = self.registry.resolve(name)
                 try:
                     image = upscale(image, scale, entry, self.registry, tile=self.tile, overlap=self.overlap,
-                                    should_stop=should_stop)
+                                    should_stop=should_stop, ldsr=self.ldsr,
+                                    on_tile=self.on_progress if entry.kind == "ldsr" else None)
                 except UpscaleInterrupted:
                     log.info("upscaler %s interrupted; continuing with a Lanczos resize", name)
         if image.size != (width, height):

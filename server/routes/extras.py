@@ -21,6 +21,7 @@ from server.imagecodec import decode_image, encode_images_b64
 from server.services import Services
 from upscalers.errors import Interrupted
 from upscalers.extras import ExtrasParams, check_extras, html_info, run_extras
+from upscalers.ldsr import LdsrOptions
 
 router = APIRouter(prefix="/sdapi/v1", tags=["extras"])
 
@@ -39,7 +40,8 @@ def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest) -> tu
             done, infotext = run_extras(
                 [image], params, svc.upscalers, tile=opts["ESRGAN_tile"], overlap=opts["ESRGAN_tile_overlap"],
                 max_pixels=svc.config.max_pixels, should_stop=lambda: state.interrupted,
-                on_tile=lambda d, t: state.set_step(d, t))
+                on_tile=lambda d, t: state.set_step(d, t),
+                ldsr=LdsrOptions(steps=opts["ldsr_steps"], cached=opts["ldsr_cached"]))
         except Interrupted:
             break
         out += done
