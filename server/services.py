@@ -229,8 +229,9 @@ class Services:
         try:
             return run_job(p, ctx)
         finally:
-            if p.hr_checkpoint:  # pass two ran on another model: the job's model stays the selected one
-                self.models.current_filename = p.checkpoint
+            # a refiner or hires checkpoint ran last: the job's own model stays the current one (the
+            # selection itself is the option's, never what a job loaded)
+            self.models.current_filename = p.checkpoint
 
     def save_images(self, images: list[Image.Image], infotexts: list[str], fmt: str,
                     opts: dict[str, Any]) -> list[Path]:

@@ -104,6 +104,10 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     prompts, negatives = [spec.prompt] * len(seeds), [spec.negative_prompt] * len(seeds)
 
     def conds_for(m: SDModel):
+        if m is not model:  # the refiner takes over: the prompt's networks and embeddings on it too, as A1111
+            # (inside the sampling loop's inference mode: patches and their backups must stay normal tensors)
+            with torch.inference_mode(False), torch.no_grad():
+                activate_for_pass(ctx.networks, m, p, spec.prompt, spec.negative_prompt, lenient=True)
         return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, **sched)
 
     cond_at = conds_for(model)

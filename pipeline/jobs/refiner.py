@@ -138,7 +138,8 @@ class PassSwitch:
         self.done = True
         if current.extra.get("filename") == self.refiner.checkpoint:
             return None  # the refiner is the model already sampling: nothing to switch
-        model = self.models.get(self.refiner.checkpoint)
+        with torch.inference_mode(False):  # loaded inside the sampling loop: its weights stay normal tensors
+            model = self.models.get(self.refiner.checkpoint)
         self.refiner.switched += 1
         return Handover(model, self.conds_for(model), self.aesthetic)
 

@@ -45,13 +45,12 @@ class ModelManager:
 
     # -- names (cheap, any thread) -----------------------------------------------------------------
     def default(self) -> CheckpointInfo:
-        """A1111 picks the first checkpoint: real files first, the builtin model when there are none."""
+        """A1111 picks the first checkpoint: real files first, the builtin model when there are none. Never
+        the model loaded last: what a job (a refiner, a hires checkpoint, an override) loaded does not
+        become the server's selection."""
         items = self.registry.list()
         if not items:
             raise checkpoints.UnknownName("sd_model_checkpoint", "", [])
-        for info in items:
-            if info.filename == self.current_filename:
-                return info
         return items[0]
 
     def find(self, name: str, field: str = "sd_model_checkpoint") -> CheckpointInfo:

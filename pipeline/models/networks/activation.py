@@ -30,18 +30,20 @@ def _infotext_name(name: str) -> str:
 
 
 def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str,
-                      negative: str | None = None) -> list[ActiveLora]:
+                      negative: str | None = None, lenient: bool = False) -> list[ActiveLora]:
     """A1111's per-pass activation: the LoRA set of this pass's prompt (pass two: the hires prompt's) is
     applied to `model` before its conditioning is encoded; with `disable_extra_networks` none is (never
     the previous job's). The LoRAs used are added to the job's `Lora hashes` (keys as typed), the
-    embeddings the prompt and `negative` use to its `TI hashes` (whatever the encoder's cache did)."""
+    embeddings the prompt and `negative` use to its `TI hashes` (whatever the encoder's cache did).
+    `lenient` (a refiner taking over): a LoRA none of whose modules exists in `model` is left off it, as
+    A1111's per-module patching leaves it, instead of failing the job."""
     if networks is None:
         return []
     if "lora_cache_mb" in p.options:
         networks.cache.limit_bytes = int(float(p.options["lora_cache_mb"]) * 2**20)
     networks.backups = str(p.options.get("lora_backup_device", "auto"))
     disabled = bool(getattr(p.request, "disable_extra_networks", False))
-    active = networks.activate(model, None if disabled else prompt)
+    active = networks.activate(model, None if disabled else prompt, lenient=lenient)
     matcher = networks.matcher_for(model)  # the folder's embeddings and the applied LoRAs' bundled ones
     add_ti = p.options.get("textual_inversion_add_hashes_to_infotext", True)
     if negative is not None and matcher.embeddings and add_ti:

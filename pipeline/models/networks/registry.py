@@ -196,9 +196,10 @@ class Networks:
                 "skipped": {n: {**e.api_item(), "reason": why} for n, (e, why) in skipped.items()}}
 
     # -- activation (worker thread) ------------------------------------------------------------------
-    def activate(self, model: Any, prompt: str | None) -> list[ActiveLora]:
+    def activate(self, model: Any, prompt: str | None, lenient: bool = False) -> list[ActiveLora]:
         """Apply the LoRA set of `prompt`'s tags to `model` (only the tags' set, every earlier one off);
-        `None` or a prompt without tags applies none. Returns what is now applied."""
+        `None` or a prompt without tags applies none. Returns what is now applied. `lenient`: a LoRA that
+        matches no module of `model` is skipped (else it is an InvalidRequest)."""
         active = self.resolve(prompt) if prompt else []
         last = {a.params.name: a.params for a in active}  # a repeated name uses its last multipliers
         signature = tuple((a.file.path, a.file.mtime, last[a.params.name].te, last[a.params.name].unet,
@@ -221,7 +222,7 @@ class Networks:
                 targets = model.extra.get("networks.targets")
                 if targets is None:
                     targets = model.extra["networks.targets"] = target_map(model)
-            plan += self._plan(params, a.file, parsed, targets)
+            plan += self._plan(params, a.file, parsed, targets, lenient)
         try:
             changed = patcher.apply(signature, plan)
         except (NetworkTypeError, RuntimeError) as exc:
@@ -248,7 +249,8 @@ class Networks:
         return hit
 
     @staticmethod
-    def _plan(params: LoraParams, lf: LoraFile, parsed: ParsedNetwork, targets: dict[str, Any]) -> list[Step]:
+    def _plan(params: LoraParams, lf: LoraFile, parsed: ParsedNetwork, targets: dict[str, Any],
+              lenient: bool = False) -> list[Step]:
         steps: list[Step] = []
         missing: list[str] = []
         for stem, net in parsed.modules.items():
@@ -260,7 +262,7 @@ class Networks:
         if missing:
             log.debug("LoRA %s: %d modules match nothing in the model, e.g. %s", lf.name, len(missing),
                       missing[:3])
-        if parsed.modules and not steps:
+        if parsed.modules and not steps and not lenient:
             raise InvalidRequest("prompt", f"{params.tag}: none of the {len(parsed.modules)} modules of LoRA "
                                  f"{lf.name!r} exists in the loaded model (e.g. {missing[0]!r}); it was made "
                                  "for another kind of model")
