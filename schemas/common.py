@@ -61,6 +61,9 @@ class TiledDiffusion(Lenient):
         return self
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch's manual_seed takes
+
+
 class GenerationRequest(Lenient):
     """Every field of A1111 v1.10's txt2img and img2img requests that both endpoints have, with its API default.
     `width`/`height` are the first-pass size for txt2img and the output size for img2img."""
@@ -68,11 +71,12 @@ class GenerationRequest(Lenient):
     prompt: str = ""
     negative_prompt: str = ""
     styles: list[str] | None = None
-    seed: int = -1
-    subseed: int = -1
+    seed: int = Field(-1, ge=SEED_MIN, le=SEED_MAX, description="-1: random; else any seed torch's "
+                      "manual_seed takes, as A1111 passes it on (-2^63 .. 2^64-1; image i gets seed + i)")
+    subseed: int = Field(-1, ge=SEED_MIN, le=SEED_MAX, description="the variation seed; -1: random")
     subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
-    seed_resize_from_h: int = -1
-    seed_resize_from_w: int = -1
+    seed_resize_from_h: int = Field(-1, le=16384, description="<= 0: off; else the height the noise is drawn for")
+    seed_resize_from_w: int = Field(-1, le=16384, description="<= 0: off; else the width the noise is drawn for")
     sampler_name: str | None = None
     sampler_index: str | None = "Euler"
     scheduler: str | None = None

@@ -23,7 +23,7 @@ from pipeline.models.accel import Accel, choose, resolve_device
 from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.models.manager import ModelManager
 from pipeline.models.networks import Networks
-from pipeline.models.vae_files import VaeRegistry
+from pipeline.models.vae_files import AUTOMATIC, NONE, VaeRegistry
 from pipeline.runtime.errors import InvalidRequest, UnknownName
 from pipeline.runtime.worker import Worker
 from server.config import ServerConfig
@@ -218,10 +218,23 @@ class Services:
         p.checkpoint = self.models.resolve_title(str(self.options.get("sd_model_checkpoint") or ""),
                                                  "sd_model_checkpoint")
 
+    def reach_vae(self, p: Any) -> None:
+        """The same for the job's VAE file (`sd_vae` naming a file deleted since the last scan): rescanned;
+        the saved option falls back to "Automatic" (one log line), a name the request gave is a 400."""
+        choice = self.models.check_vae(p.options.get("sd_vae"))
+        if choice in (AUTOMATIC, NONE) or self.models.vaes.find(choice).path.exists():
+            return
+        self.refresh_vaes()
+        named = (p.request.override_settings or {}).get("sd_vae")
+        if named:
+            raise UnknownName("override_settings.sd_vae", named, self.models.vaes.choices())
+        p.options["sd_vae"] = self.options.get("sd_vae")
+
     def run_job(self, p: Processing) -> JobResult:
-        """Every job kind, on the worker thread: the job's checkpoint (with the fallback of
-        `reach_checkpoint`) and VAE, then the job itself (pipeline/jobs/dispatch.py)."""
+        """Every job kind, on the worker thread: the job's checkpoint and VAE (with the fallbacks of
+        `reach_checkpoint` and `reach_vae`), then the job itself (pipeline/jobs/dispatch.py)."""
         self.reach_checkpoint(p)
+        self.reach_vae(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions,

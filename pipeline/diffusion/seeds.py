@@ -7,11 +7,25 @@ import random
 
 import torch
 
-MAX_SEED = 4294967294
+MAX_SEED = 4294967294  # a random seed is drawn from [0, MAX_SEED), as A1111 draws it
+# what torch's `manual_seed` accepts (A1111 hands a request's seed to it as is): -2^63 .. 2^64 - 1
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+_U64 = 2**64 - 1
 
 
 def random_seed() -> int:
     return random.randrange(0, MAX_SEED)
+
+
+def wrap_seed(seed: int) -> int:
+    """A seed derived by adding to a request's (`seed + i` per image, SD upscale's `seed + n`) past 2^64 - 1
+    wraps round to 0, as torch reads it modulo 2^64: the same noise, and a value the API accepts again."""
+    return int(seed) & _U64 if seed > SEED_MAX else int(seed)
+
+
+def torch_seed(seed: int) -> int:
+    """Any integer seed as torch's unsigned 64-bit seed (a negative one as torch reads it)."""
+    return int(seed) & _U64
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -30,7 +44,7 @@ def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
 
 
 def _randn(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
-    g = torch.Generator("cpu").manual_seed(int(seed))
+    g = torch.Generator("cpu").manual_seed(torch_seed(seed))
     return torch.randn(shape, generator=g, dtype=torch.float32)
 
 
@@ -60,5 +74,5 @@ def batch_noise(shape: tuple[int, int, int], seeds: list[int], subseeds: list[in
     (ancestral and SDE samplers), seeded from the image's seed so every draw is reproducible."""
     noise = torch.stack([image_noise(shape, s, ss, subseed_strength, seed_resize_from)
                          for s, ss in zip(seeds, subseeds, strict=True)])
-    gens = [torch.Generator("cpu").manual_seed(int(s) + 1) for s in seeds]
+    gens = [torch.Generator("cpu").manual_seed(torch_seed(int(s) + 1)) for s in seeds]
     return noise, gens

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pipeline.diffusion import samplers
-from pipeline.diffusion.seeds import resolve_seed
+from pipeline.diffusion.seeds import resolve_seed, wrap_seed
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import check_model as check_tiles_model
 from pipeline.diffusion.tiled.request import request_tiles
@@ -103,8 +103,8 @@ class Processing:
         """A1111's per-image seeds, subseeds and prompts for the whole job: seed + i (the same seed for every
         image when variation seeds are on), subseed + i, the prompts repeated."""
         count = self.batch_size * self.n_iter
-        self.all_seeds = [self.seed + (i if self.subseed_strength == 0 else 0) for i in range(count)]
-        self.all_subseeds = [self.subseed + i for i in range(count)]
+        self.all_seeds = [wrap_seed(self.seed + (i if self.subseed_strength == 0 else 0)) for i in range(count)]
+        self.all_subseeds = [wrap_seed(self.subseed + i) for i in range(count)]
         self.all_prompts = [self.prompt] * count
         self.all_negative_prompts = [self.negative_prompt] * count
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipeline.diffusion.seeds import wrap_seed
 from pipeline.diffusion.tiled.plan import grid_positions
 from pipeline.jobs import script_args
 from pipeline.jobs.common import JobContext, JobResult
@@ -138,7 +139,7 @@ class SDUpscale:
         first_info: Any = None
         calls: list[int] = []
         for n in range(p.n_iter):
-            seed = p.seed + n
+            seed = wrap_seed(p.seed + n)
             tiles: list[Image.Image] = []
             for b in range(batches):
                 if state.interrupted:

@@ -18,7 +18,8 @@ class CPUBrownianNoise:
         if len(seeds) != shape[0]:
             raise ValueError(f"need one seed per image: {len(seeds)} seeds for a batch of {shape[0]}")
         template = torch.zeros(shape, dtype=torch.float32)
-        self._sampler = BrownianTreeNoiseSampler(template, float(sigma_min), float(sigma_max), [int(s) for s in seeds])
+        seeds = [int(s) & (2**64 - 1) for s in seeds]  # a negative seed as torch reads it (torchsde takes >= 0)
+        self._sampler = BrownianTreeNoiseSampler(template, float(sigma_min), float(sigma_max), seeds)
         self._range = (float(sigma_min), float(sigma_max))
         self.device: torch.device | None = None
         self.dtype: torch.dtype | None = None

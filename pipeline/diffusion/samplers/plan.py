@@ -486,5 +486,5 @@ def make_plan(
         return x
 
     if sampler.brownian and seeds is not None and len(seeds) and sampler.layout == "dpmsolver_sde":
-        sched.noise_sampler_seed = list(seeds)
+        sched.noise_sampler_seed = [int(s) & (2**64 - 1) for s in seeds]  # torchsde takes seeds >= 0
     return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start)

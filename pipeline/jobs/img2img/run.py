@@ -187,15 +187,27 @@ def _scaler(p: Img2ImgProcessing, ctx: JobContext):
 
 
 def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image]) -> torch.Tensor:
-    """The init latents; latent upscale (mode 3) encodes at the image's own size (rounded down to whole
-    latent cells) and interpolates bilinearly to the processing size."""
-    if p.resize_mode == LATENT_UPSCALE:
-        images = [img.crop((0, 0, img.width // 8 * 8, img.height // 8 * 8)) for img in images]
-    with circular_padding([model.vae], p.tiling):
-        latents = vae.encode(model, to_tensor(images)).float()
-    if p.resize_mode == LATENT_UPSCALE and latents.shape[-2:] != (p.height // 8, p.width // 8):
-        latents = F.interpolate(latents, size=(p.height // 8, p.width // 8), mode="bilinear")
-    return latents
+    """The init latents; latent upscale (mode 3) encodes each image at its own size (rounded down to whole
+    latent cells; init images of different sizes each at theirs) and interpolates bilinearly to the
+    processing size."""
+    if p.resize_mode != LATENT_UPSCALE:
+        with circular_padding([model.vae], p.tiling):
+            return vae.encode(model, to_tensor(images)).float()
+    images = [img.crop((0, 0, img.width // 8 * 8, img.height // 8 * 8)) for img in images]
+    groups: list[tuple[tuple[int, int], list[Image.Image]]] = []  # runs of one size, in order
+    for img in images:
+        if groups and groups[-1][0] == img.size:
+            groups[-1][1].append(img)
+        else:
+            groups.append((img.size, [img]))
+    parts = []
+    for _, group in groups:
+        with circular_padding([model.vae], p.tiling):
+            latents = vae.encode(model, to_tensor(group)).float()
+        if latents.shape[-2:] != (p.height // 8, p.width // 8):
+            latents = F.interpolate(latents, size=(p.height // 8, p.width // 8), mode="bilinear")
+        parts.append(latents)
+    return torch.cat(parts)
 
 
 def _masked_content(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Tensor) -> torch.Tensor:
