@@ -218,6 +218,17 @@ class Services:
         p.checkpoint = self.models.resolve_title(str(self.options.get("sd_model_checkpoint") or ""),
                                                  "sd_model_checkpoint")
 
+    def reach_named_checkpoints(self, p: Any) -> None:
+        """The refiner and hires checkpoints a request names: a file gone since the last scan is a 400
+        naming it and the checkpoints there are (after a rescan), never a failed load mid-job."""
+        refiner = getattr(p, "refiner", None)
+        for field, key in (("refiner_checkpoint", refiner.checkpoint if refiner else None),
+                           ("hr_checkpoint_name", getattr(p, "hr_checkpoint", None))):
+            if not key or key.startswith("<") or self.models.is_loaded(key) or os.path.exists(key):
+                continue
+            self.refresh_checkpoints()
+            raise UnknownName(field, str(getattr(p.request, field, key)), self.models.registry.titles())
+
     def reach_vae(self, p: Any) -> None:
         """The same for the job's VAE file (`sd_vae` naming a file deleted since the last scan): rescanned;
         the saved option falls back to "Automatic" (one log line), a name the request gave is a 400."""
@@ -234,6 +245,7 @@ class Services:
         """Every job kind, on the worker thread: the job's checkpoint and VAE (with the fallbacks of
         `reach_checkpoint` and `reach_vae`), then the job itself (pipeline/jobs/dispatch.py)."""
         self.reach_checkpoint(p)
+        self.reach_named_checkpoints(p)
         self.reach_vae(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)

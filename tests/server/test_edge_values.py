@@ -14,6 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from pipeline.models.builtin import BUILTIN_NAME
 from server.app import create_app
 from server.config import ServerConfig
 
@@ -140,3 +141,22 @@ def test_a_vae_file_removed_without_a_refresh_falls_back(tmp_path, kind: str, ca
         named = {**body, "override_settings": {"sd_vae": "doomed.pt"}}
         r = client.post(f"/sdapi/v1/{route}", json=named)
         assert r.status_code == 400 and "doomed.pt" in r.json()["detail"], r.text
+
+
+@pytest.mark.parametrize("fields", [
+    {"refiner_checkpoint": "gone", "refiner_switch_at": 0.5},
+    {"enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5, "hr_checkpoint_name": "gone"},
+])
+def test_a_refiner_or_hires_checkpoint_removed_without_a_refresh_is_a_400(tmp_path, fields) -> None:
+    from tests.fixtures.tinymodels import build_tiny_sd1
+
+    gone = build_tiny_sd1(tmp_path / "build", seed=3).write_safetensors(
+        tmp_path / "models" / "Stable-diffusion" / "gone.safetensors")
+    with TestClient(create_app(_config(tmp_path))) as client:
+        gone.unlink()
+        base = {"override_settings": {"sd_model_checkpoint": BUILTIN_NAME}}
+        r = client.post("/sdapi/v1/txt2img", json={**SMALL, **fields, **base})
+        assert r.status_code == 400, r.text[:300]
+        assert "gone" in r.json()["detail"]
+        assert "gone" not in str(client.get("/sdapi/v1/sd-models").json())  # rescanned
+        assert client.post("/sdapi/v1/txt2img", json=SMALL).status_code == 200
