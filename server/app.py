@@ -21,7 +21,7 @@ from server.bodylimit import MIB, BodyLimitMiddleware
 from server.config import ServerConfig
 from server.gzipping import GZipExceptImages
 from server.routes import (agent_scheduler, extras, generation, img2img, internal, jobs, listing, maintenance,
-                           options)
+                           models_control, options)
 from server.services import Services
 from server.tasks import AsyncTasks
 
@@ -89,7 +89,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_allow_origins,
                            allow_origin_regex=config.cors_allow_origins_regex, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
-    for module in (generation, img2img, jobs, listing, options, extras, maintenance, internal,
+    for module in (generation, img2img, jobs, listing, options, extras, maintenance, internal, models_control,
                    agent_scheduler):
         app.include_router(module.router)
     maintenance.install_server_control(app, config)

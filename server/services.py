@@ -196,6 +196,14 @@ class Services:
         self.models.vaes.refresh()
         self.settle_saved_names()
 
+    def reload_checkpoint(self) -> str:
+        """A1111's reload-checkpoint (worker thread): the selected checkpoint (option `sd_model_checkpoint`)
+        loaded with the `sd_vae` option's VAE, from its file when it was unloaded. Returns its title."""
+        info = self.selected_checkpoint()
+        self.models.select_vae(self.options.get("sd_vae"), apply_now=False)
+        self.models.get(info.filename)
+        return info.title
+
     def current_options(self) -> dict[str, Any]:
         values = self.options.all()
         info = self.selected_checkpoint()

@@ -5,6 +5,7 @@ the registry and are safe from the event loop."""
 from __future__ import annotations
 
 import collections
+import gc
 import logging
 import threading
 from typing import Any
@@ -116,6 +117,20 @@ class ModelManager:
                 placement = model.extra.get("placement")
                 if placement is not None:
                     placement.release()
+
+    def unload(self) -> list[str]:
+        """Drop every loaded model (A1111's unload-checkpoint, made real: its RAM and device memory are
+        freed, not only moved off the GPU); the next job or `get` loads from the file again. Returns the
+        titles dropped (worker thread)."""
+        with self._lock:
+            dropped = [m.title for m in self._loaded.values()]
+            self._loaded.clear()
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if dropped:
+            log.info("unloaded %s", ", ".join(dropped))
+        return dropped
 
     def is_loaded(self, key: str) -> bool:
         """Whether the checkpoint with filename key `key` is in memory (then its file is not read again)."""
