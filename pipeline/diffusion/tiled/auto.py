@@ -8,16 +8,19 @@ The estimate is a UNet forward's transient memory over the CFG batch (weights ar
 - attention without a fused kernel (diffusers' classic processor) holds the heads x tokens x tokens score
   matrix of the largest attention block; with scaled_dot_product_attention (the default processor) that
   matrix is never materialised, so the term is left out.
-The budget is the option `tiled_diffusion_auto_budget_mb` when it is above 0, else the device's free
-memory (CUDA: torch.cuda.mem_get_info; CPU: MemAvailable) less a safety margin."""
+The budget is the option `tiled_diffusion_auto_budget_mb` when it is above 0, else a fixed share of the
+device's TOTAL memory (CUDA: the card's total memory; CPU: the machine's RAM) less the model's own weights.
+It never reads the momentary free memory: the decision, and so the pixels, depend on the request and the
+server's configuration only, never on what an earlier job left allocated (the same request on the same
+server gives the same bytes)."""
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from .merge import TileSettings
@@ -25,7 +28,7 @@ from .merge import TileSettings
 log = logging.getLogger("hiresd.tiled")
 
 ACTIVATION_FACTOR = 24
-FREE_FRACTION = 0.8  # of the free memory a pass may plan to use
+TOTAL_FRACTION = 0.8  # of the device's total memory, less the weights, a pass may plan to use
 TILE_CHOICES = (96, 64, 48, 32)  # latent cells: the default tile first, smaller while it does not fit
 INFOTEXT_KEY = "Tiled Diffusion"
 
@@ -60,21 +63,31 @@ def pass_bytes(unet: Any, rows: int, latent_h: int, latent_w: int, itemsize: int
     return int(acts + attn)
 
 
-def free_bytes(device: torch.device) -> int:
+def total_bytes(device: torch.device) -> int:
+    """The device's total memory: a CUDA card's, else the machine's RAM (fixed while the server runs)."""
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62  # unknown: never tile automatically
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    return int(psutil.virtual_memory().total)
 
 
-def budget_bytes(options: dict[str, Any], device: torch.device) -> int:
+def weight_bytes(model: Any) -> int:
+    """The bytes of a model's weights (UNet, text encoders, VAE), wherever they sit: fixed per model."""
+    cached = model.extra.get("tiled.weight_bytes")
+    if cached is None:
+        modules = [model.unet, model.vae, *model.text_encoders]
+        cached = sum(t.numel() * t.element_size() for m in modules for t in m.parameters())
+        model.extra["tiled.weight_bytes"] = cached
+    return int(cached)
+
+
+def budget_bytes(options: dict[str, Any], device: torch.device, model: Any = None) -> int:
+    """The bytes a pass may plan to use: the option `tiled_diffusion_auto_budget_mb` when above 0, else
+    TOTAL_FRACTION of the device's total memory less the model's weights (at least 1 MiB)."""
     mb = int(options.get("tiled_diffusion_auto_budget_mb", 0) or 0)
-    return mb * 2**20 if mb > 0 else int(free_bytes(device) * FREE_FRACTION)
+    if mb > 0:
+        return mb * 2**20
+    weights = weight_bytes(model) if model is not None else 0
+    return max(int(total_bytes(device) * TOTAL_FRACTION) - weights, 2**20)
 
 
 def auto_tiles(unet: Any, batch: int, latent_h: int, latent_w: int, itemsize: int, budget: int
@@ -109,7 +122,7 @@ def tiles_for_pass(p: Any, model: Any, batch: int, width: int, height: int) -> T
         return None
     lh, lw = height // 8, width // 8
     itemsize = torch.empty((), dtype=model.dtype).element_size()
-    budget = budget_bytes(p.options, model.device)
+    budget = budget_bytes(p.options, model.device, model)
     tiles = auto_tiles(model.unet, batch, lh, lw, itemsize, budget)
     if tiles is not None:
         need = pass_bytes(model.unet, 2 * batch, lh, lw, itemsize)

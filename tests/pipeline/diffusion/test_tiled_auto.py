@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from pipeline.diffusion.tiled import TileSettings
-from pipeline.diffusion.tiled.auto import auto_tiles, budget_bytes, pass_bytes
+from pipeline.diffusion.tiled import TileSettings, auto
+from pipeline.diffusion.tiled.auto import auto_tiles, budget_bytes, pass_bytes, weight_bytes
 from pipeline.models.builtin import tiny_sd1_configs
 from tests.conftest import Env, count_unet, infotext_params, pixels
 
@@ -44,7 +44,7 @@ def test_tiles_are_chosen_to_fit_the_budget(unet: Any) -> None:
     assert auto_tiles(unet, 1, 256, 256, 4, one) == TileSettings(tile_width=64, tile_height=64, batch=1)
     assert auto_tiles(unet, 1, 128, 128, 4, 1) == TileSettings(tile_width=32, tile_height=32, batch=1)
     assert budget_bytes({"tiled_diffusion_auto_budget_mb": 3}, torch.device("cpu")) == 3 * 2**20
-    assert budget_bytes({}, torch.device("cpu")) > 2**20  # the machine's available memory
+    assert budget_bytes({}, torch.device("cpu")) > 2**20  # a share of the machine's total memory
 
 
 def test_a_pass_over_its_budget_is_tiled_and_says_so(env: Env, builtin_model: Any) -> None:
@@ -55,9 +55,33 @@ def test_a_pass_over_its_budget_is_tiled_and_says_so(env: Env, builtin_model: An
     assert c.count() == 2 * 2 and tiled.unet_calls == [2]
     assert infotext_params(tiled.infotexts[0])["Tiled Diffusion"] == "auto"
     with count_unet(builtin_model) as c:
-        plain = env.run(**job)  # the budget is the free memory: fits, untiled
+        plain = env.run(**job)  # the budget is a share of the machine's memory: fits, untiled
         off = env.run(options={"tiled_diffusion_auto_budget_mb": 10, "tiled_diffusion_auto": False}, **job)
     assert c.count() == 2 + 2
     assert "Tiled Diffusion" not in infotext_params(plain.infotexts[0])
     assert (pixels(plain.images[0]) == pixels(off.images[0])).all()
     assert not (pixels(plain.images[0]) == pixels(tiled.images[0])).all()
+
+
+class _Memory:
+    """What psutil.virtual_memory() reports: a machine of `total` bytes with `available` of them free."""
+
+    def __init__(self, total: int, available: int) -> None:
+        self.total, self.available, self.free = total, available, available
+
+
+def test_the_decision_never_reads_free_memory(env: Env, builtin_model: Any, monkeypatch) -> None:
+    """The same request gives the same bytes whatever an earlier job left allocated: the budget is a share of
+    the total memory less the weights, so memory held elsewhere (simulated: the free figures of psutil and
+    of torch.cuda change between the runs) moves neither the decision nor the pixels."""
+    job = {"width": 512, "height": 256, "steps": 2}
+    # a machine whose share, less the tiny model's weights, is 10 MiB: the 512x256 pass (~12 MiB) is tiled
+    total = int((10 * 2**20 + weight_bytes(builtin_model)) / auto.TOTAL_FRACTION) + 1
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    runs = []
+    for available in (total, total // 100, 2**20):  # idle; then most of it held by an earlier job
+        monkeypatch.setattr(auto.psutil, "virtual_memory", lambda a=available: _Memory(total, a))
+        assert budget_bytes({}, torch.device("cpu"), builtin_model) == 10 * 2**20
+        runs.append(env.run(**job))
+    assert all(infotext_params(r.infotexts[0])["Tiled Diffusion"] == "auto" for r in runs)
+    assert all((pixels(r.images[0]) == pixels(runs[0].images[0])).all() for r in runs)
