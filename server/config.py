@@ -197,9 +197,9 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout-keep-alive", type=int, default=5, help="seconds an idle connection stays open")
     ap.add_argument("--loglevel", default="INFO", type=str.upper,
                     choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], help="log level (INFO)")
-    ap.add_argument("--models-dir", type=Path, default=Path("models"),
-                    help="holds Stable-diffusion/, VAE/, ESRGAN/, RealESRGAN/, SwinIR/, DAT/, HAT/, ScuNET/, "
-                         "LDSR/")
+    ap.add_argument("--models-dir", type=Path, default=None,
+                    help="holds Stable-diffusion/, VAE/, Lora/, embeddings/, ESRGAN/, RealESRGAN/, SwinIR/, "
+                         "DAT/, HAT/, ScuNET/, LDSR/ (default <data-dir>/models with --data-dir, else ./models)")
     ap.add_argument("--ckpt", type=Path, default=None,
                     help="checkpoint to select at start (listed too when outside the checkpoint folder)")
     ap.add_argument("--ckpt-dir", type=Path, default=None,
@@ -214,11 +214,16 @@ def parser() -> argparse.ArgumentParser:
                     help="LyCORIS files (default <models-dir>/LyCORIS)")
     ap.add_argument("--embeddings-dir", type=Path, default=None,
                     help="textual-inversion embeddings (default <models-dir>/embeddings)")
-    ap.add_argument("--data-dir", type=Path, default=Path("data"), help="options, hash cache, styles.csv")
+    ap.add_argument("--data-dir", type=Path, default=None,
+                    help="as A1111's: the root of models/, outputs/, extensions/ and embeddings/ (each unless "
+                         "its own flag is given) and of options.json, the hash cache, styles.csv and tasks.db "
+                         "(default ./data for those, with ./models, ./outputs, ./extensions beside it)")
     ap.add_argument("--styles-file", type=Path, action="append", default=None,
                     help="styles CSV (default <data-dir>/styles.csv)")
-    ap.add_argument("--outputs-dir", type=Path, default=Path("outputs"), help="where save_images writes")
-    ap.add_argument("--extensions-dir", type=Path, default=Path("extensions"))
+    ap.add_argument("--outputs-dir", type=Path, default=None,
+                    help="where save_images writes (default <data-dir>/outputs with --data-dir, else ./outputs)")
+    ap.add_argument("--extensions-dir", type=Path, default=None,
+                    help="extension files (default <data-dir>/extensions with --data-dir, else ./extensions)")
     ap.add_argument("--disable-all-extensions", "--disable-extra-extensions", action="store_true",
                     help="load no extension")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
@@ -298,6 +303,24 @@ def launch_argv(argv: list[str] | None = None, environ: dict[str, str] | None = 
 _PRECISION = {"full": "fp32", "half": "fp16", "autocast": "auto"}
 
 
+def data_folders(data_dir: Path | None, models_dir: Path | None, outputs_dir: Path | None,
+                 extensions_dir: Path | None, embeddings_dir: Path | None) -> dict[str, Any]:
+    """The folders the flags set, as A1111's `--data-dir` lays them out: with `--data-dir D`, D is the root
+    of `D/models`, `D/outputs`, `D/extensions` and (A1111 keeps them beside models/, not in it)
+    `D/embeddings` when that folder exists, and holds the config files itself; a more specific flag wins.
+    Without `--data-dir`: ./data for the config files, ./models, ./outputs, ./extensions, and embeddings in
+    <models>/embeddings."""
+    root = data_dir if data_dir is not None else Path(".")
+    embeddings = embeddings_dir
+    if embeddings is None and data_dir is not None and (data_dir / "embeddings").is_dir():
+        embeddings = data_dir / "embeddings"
+    return {"data": data_dir if data_dir is not None else Path("data"),
+            "models": models_dir if models_dir is not None else root / "models",
+            "outputs": outputs_dir if outputs_dir is not None else root / "outputs",
+            "extensions": extensions_dir if extensions_dir is not None else root / "extensions",
+            "embeddings": embeddings}
+
+
 def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ServerConfig:
     """Parse the command line (with `COMMANDLINE_ARGS`); a refused flag ends the program with status 2
     and a message saying why, before anything starts."""
@@ -323,17 +346,18 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
     elif cpu_for:
         notes.append(f"--use-cpu {' '.join(sorted(cpu_for))}: hiresd runs every model on one device; ignored "
                      "(use --use-cpu all for the CPU)")
+    folders = data_folders(a.data_dir, a.models_dir, a.outputs_dir, a.extensions_dir, a.embeddings_dir)
     styles = a.styles_file or []
     if len(styles) > 1:
         notes.append(f"--styles-file: only the first file is read ({styles[0]})")
     return ServerConfig(
-        host=host, port=a.port, models_dir=a.models_dir, ckpt=a.ckpt, ckpt_dir=a.ckpt_dir, vae_dir=a.vae_dir,
+        host=host, port=a.port, models_dir=folders["models"], ckpt=a.ckpt, ckpt_dir=a.ckpt_dir, vae_dir=a.vae_dir,
         vae_path=a.vae_path,
         model_folders={name: getattr(a, _dest(flag)) for flag, name in FOLDER_FLAGS.items()
                        if getattr(a, _dest(flag)) is not None},
-        data_dir=a.data_dir, outputs_dir=a.outputs_dir,
-        extensions_dir=None if a.disable_all_extensions else a.extensions_dir,
-        lora_dir=a.lora_dir, lyco_dir=a.lyco_dir, embeddings_dir=a.embeddings_dir, device=device,
+        data_dir=folders["data"], outputs_dir=folders["outputs"],
+        extensions_dir=None if a.disable_all_extensions else folders["extensions"],
+        lora_dir=a.lora_dir, lyco_dir=a.lyco_dir, embeddings_dir=folders["embeddings"], device=device,
         precision="fp32" if a.no_half else _PRECISION.get(a.precision, a.precision),
         vae_precision="fp32" if a.no_half_vae else "auto", sdp_no_mem=a.opt_sdp_no_mem_attention,
         compile=a.compile, compile_warmup=a.compile_warmup, png_compress_level=a.png_compress_level,
