@@ -23,7 +23,7 @@ from pipeline.jobs import refiner
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.processing import Processing, sampler_params
 from pipeline.models import vae_codec
-from pipeline.models.networks.activation import activate_for_pass
+from pipeline.models.networks.activation import activate_for_pass, activate_for_refiner
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.job_state import JobState
 
@@ -107,7 +107,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         if m is not model:  # the refiner takes over: the prompt's networks and embeddings on it too, as A1111
             # (inside the sampling loop's inference mode: patches and their backups must stay normal tensors)
             with torch.inference_mode(False), torch.no_grad():
-                activate_for_pass(ctx.networks, m, p, spec.prompt, spec.negative_prompt, lenient=True)
+                activate_for_refiner(ctx.networks, m, p, spec.prompt, spec.negative_prompt)
         return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, **sched)
 
     cond_at = conds_for(model)

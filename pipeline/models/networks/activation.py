@@ -67,6 +67,18 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
     return active
 
 
+def activate_for_refiner(networks: Networks | None, model: Any, p: Any, prompt: str, negative: str) -> None:
+    """The pass's networks on a refiner taking over (`activate_for_pass`, lenient): what `/embeddings` lists
+    stays the job's own model's (the refiner is per job, never the server's current model)."""
+    if networks is None:
+        return
+    widths, bundled = networks.last_widths, networks.last_bundled
+    try:
+        activate_for_pass(networks, model, p, prompt, negative, lenient=True)
+    finally:
+        networks.last_widths, networks.last_bundled = widths, bundled
+
+
 def checkpoint_family(models: Any, key: str | None) -> str | None:
     """The family of a checkpoint (header-only detection when not yet known), None when unknown."""
     if not key:
