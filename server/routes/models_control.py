@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from server.deps import run_on_worker, services
+from server.errors import ErrorResponse
 from server.services import Services
 
 log = logging.getLogger("hiresd.models")
@@ -88,7 +89,12 @@ class InterrogateRequest(BaseModel):
     model: str = Field("clip", description="clip or deepdanbooru")
 
 
-@router.post("/interrogate", responses={501: {"description": "the interrogator is not available here"}})
+@router.post("/interrogate", responses={
+    404: {"model": ErrorResponse, "description": "A1111's answers: `Image not found` (no image), `Model not found` "
+          "(a model other than clip / deepdanbooru)"},
+    501: {"model": ErrorResponse, "description": "clip and deepdanbooru: the detail names the model files they "
+          "would need"},
+})
 async def interrogate(req: InterrogateRequest) -> dict[str, Any]:
     """A1111's image captioning. A1111 answers 404 `Image not found` without an image and 404 `Model not
     found` for another model name; both names it knows are a 501 here: they need model weights this
