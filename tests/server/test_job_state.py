@@ -87,3 +87,13 @@ def test_the_refiner_pass_gets_the_prompts_embeddings_and_loras(client: TestClie
     assert np.array_equal(refined, plain)
     without, _ = _run(client, prompt="a fox", override_settings={"sd_model_checkpoint": REFINER})
     assert not np.array_equal(plain, without)  # the embedding / LoRA changes the picture
+
+
+def test_an_override_kept_on_purpose_is_the_selection(client: TestClient) -> None:
+    """`override_settings_restore_afterwards: false` is A1111's way to make an override stick: then it does."""
+    _run(client, override_settings={"sd_model_checkpoint": REFINER}, override_settings_restore_afterwards=False)
+    assert _selected(client).startswith(REFINER)
+    _, info = _run(client)
+    assert f"Model: {REFINER}," in info["infotexts"][0]
+    r = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": BASE})
+    assert r.status_code == 200 and _selected(client).startswith(BASE)
