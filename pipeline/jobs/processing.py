@@ -176,6 +176,16 @@ def check_pixel_budget(width: int, height: int, batch_size: int, max_pixels: int
                        "(or raise --max-pixels)")
 
 
+def check_seed_resize(p: Processing, max_pixels: int) -> None:
+    """`seed_resize_from_w/h` draws the noise at that size: it too stays within --max-pixels per batch."""
+    rw, rh = p.seed_resize_from
+    if rw > 0 and rh > 0 and rw * rh * p.batch_size > max_pixels:
+        raise TooLarge("seed_resize_from_w/seed_resize_from_h",
+                       f"noise drawn for {rw}x{rh} x batch_size {p.batch_size} = {rw * rh * p.batch_size} pixels "
+                       f"exceeds this server's budget of {max_pixels} pixels per batch; lower them (<= 0 "
+                       "turns them off; or raise --max-pixels)")
+
+
 def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, upscalers: UpscalerRegistry,
             max_pixels: int, firstpass_image: Any = None) -> Processing:
     """Resolve and validate a txt2img request. `options` are the effective options for this job (the
@@ -215,4 +225,5 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
             p.hr_checkpoint = None if hr == checkpoint else hr
         p.firstpass_image = firstpass_image
     check_pixel_budget(budget_w, budget_h, p.batch_size, max_pixels, "the size, hr_scale or batch_size")
+    check_seed_resize(p, max_pixels)
     return p

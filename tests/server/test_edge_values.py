@@ -82,9 +82,14 @@ def test_every_seed_torch_takes_runs(client: TestClient, sampler: str) -> None:
     assert 0 <= json.loads(rnd.json()["info"])["seed"] < 4294967294
 
 
-def test_seed_resize_from_at_its_bound_runs(client: TestClient) -> None:
+def test_seed_resize_from_at_its_bound_runs_within_max_pixels(client: TestClient) -> None:
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "seed_resize_from_w": 16384, "seed_resize_from_h": 8})
     assert r.status_code == 200, r.text
+    for route, extra in (("txt2img", {}), ("img2img", {"init_images": [_png(64, 64)]})):
+        body = {**SMALL, **extra, "seed_resize_from_w": 16384, "seed_resize_from_h": 16384}
+        r = client.post(f"/sdapi/v1/{route}", json=body)  # 2^28 pixels of noise, over the default 4096x4096
+        assert r.status_code == 400, r.text[:300]
+        assert "seed_resize_from_w" in r.json()["detail"] and "--max-pixels" in r.json()["detail"]
 
 
 def test_resize_mode_3_with_init_images_of_different_sizes(client: TestClient) -> None:

@@ -11,7 +11,8 @@ from PIL import Image
 from pipeline.diffusion.tiled.request import keeps_input_size
 from pipeline.jobs.hires_size import first_pass_size
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
-from pipeline.jobs.processing import ModelNames, Processing, check_pixel_budget, prepare_common
+from pipeline.jobs.processing import (ModelNames, Processing, check_pixel_budget, check_seed_resize,
+                                      prepare_common)
 from pipeline.runtime.errors import InvalidRequest
 from schemas.img2img import Img2ImgRequest
 from upscalers.registry import UpscalerRegistry
@@ -108,6 +109,7 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
         budget_w = max(budget_w, max(i.width for i in init_images))
         budget_h = max(budget_h, max(i.height for i in init_images))
     check_pixel_budget(budget_w, budget_h, p.batch_size, max_pixels, what)
+    check_seed_resize(p, max_pixels)
     return p
 
 
