@@ -11,8 +11,13 @@ from PIL import Image
 from pipeline.diffusion.tiled.request import keeps_input_size
 from pipeline.jobs.hires_size import first_pass_size
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
-from pipeline.jobs.processing import (ModelNames, Processing, check_pixel_budget, check_seed_resize,
-                                      prepare_common)
+from pipeline.jobs.processing import (
+    ModelNames,
+    Processing,
+    check_pixel_budget,
+    check_seed_resize,
+    prepare_common,
+)
 from pipeline.runtime.errors import InvalidRequest
 from schemas.img2img import Img2ImgRequest
 from upscalers.registry import UpscalerRegistry
