@@ -230,12 +230,12 @@ class Services:
         """The refiner and hires checkpoints a request names: a file gone since the last scan is a 400
         naming it and the checkpoints there are (after a rescan), never a failed load mid-job."""
         refiner = getattr(p, "refiner", None)
-        for field, key in (("refiner_checkpoint", refiner.checkpoint if refiner else None),
-                           ("hr_checkpoint_name", getattr(p, "hr_checkpoint", None))):
+        for name, key in (("refiner_checkpoint", refiner.checkpoint if refiner else None),
+                          ("hr_checkpoint_name", getattr(p, "hr_checkpoint", None))):
             if not key or key.startswith("<") or self.models.is_loaded(key) or os.path.exists(key):
                 continue
             self.refresh_checkpoints()
-            raise UnknownName(field, str(getattr(p.request, field, key)), self.models.registry.titles())
+            raise UnknownName(name, str(getattr(p.request, name, key)), self.models.registry.titles())
 
     def reach_vae(self, p: Any) -> None:
         """The same for the job's VAE file (`sd_vae` naming a file deleted since the last scan): rescanned;
