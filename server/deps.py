@@ -94,6 +94,10 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
     styles.csv semantics; an unknown style is a 400) and networks (LoRA tags: unknown name, bad number,
     wrong family -> 400)."""
     p.script_args = script_args
+    p.ignored_settings = sorted(k for k in (req.override_settings or {}) if k not in OPTIONS)
+    if p.ignored_settings:
+        log.info("override_settings: %s not options here (A1111 ignores them too); ignored",
+                 ", ".join(repr(k) for k in p.ignored_settings))
     if p.styles:
         p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
         if p.hr_prompt or p.hr_negative_prompt:  # styled once, from the request's own texts

@@ -21,7 +21,7 @@ import torch
 from pipeline.diffusion import samplers
 from pipeline.diffusion.conditioning import PromptEncoder
 from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
-from pipeline.diffusion.preview import latent_preview
+from pipeline.diffusion.preview import latent_preview, preview_fallback
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
 from pipeline.diffusion.seeds import batch_noise
@@ -156,6 +156,8 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
     each tile batch of a tiled model call (`JobState.set_tiles`), so a flag stops a long tiled step."""
     every = int(options.get("show_progress_every_n_steps", 10) or 0)
     live = bool(options.get("live_previews_enable", True)) and every > 0
+    if live:
+        preview_fallback(options.get("show_progress_type"))
 
     def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
         preview = None

@@ -1,8 +1,28 @@
-"""Cheap live previews: a linear latent-to-RGB approximation (no VAE), for `/progress` `current_image`."""
+"""Cheap live previews: a linear latent-to-RGB approximation (no VAE), for `/progress` `current_image`.
+
+A1111's option `show_progress_type` also names "Approx NN" (its default: a small network whose weights A1111
+downloads), "TAESD" (likewise) and "Full" (a VAE decode per preview). This server ships no preview weights
+and keeps the VAE off the progress path: every method is served with this approximation ("Approx cheap"),
+and the first job that asks for another method says so in the log (`preview_fallback`)."""
 from __future__ import annotations
+
+import logging
 
 import torch
 from PIL import Image
+
+log = logging.getLogger("hiresd.preview")
+SERVED_METHOD = "Approx cheap"
+_told: set[str] = set()
+
+
+def preview_fallback(method: str | None) -> None:
+    """Log once per method that live previews of `method` (option `show_progress_type`) are served with
+    the linear approximation."""
+    if method and method != SERVED_METHOD and method not in _told:
+        _told.add(method)
+        log.info("show_progress_type %r: live previews use %r here (no %s preview weights or decoder on "
+                 "the progress path); the images are not affected", method, SERVED_METHOD, method)
 
 # Per-channel RGB contributions of the SD 1.x/2.x and SDXL latent spaces (widely used approximations).
 _SD1 = torch.tensor([[0.298, 0.207, 0.208], [0.187, 0.286, 0.173], [-0.158, 0.189, 0.264],

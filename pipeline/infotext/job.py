@@ -135,6 +135,7 @@ def job_info(p: Any, models: ModelInfo, infotexts: list[str], job_timestamp: str
         "clip_skip": p.clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": VERSION,
+        **({"ignored_settings": list(p.ignored_settings)} if getattr(p, "ignored_settings", None) else {}),
     }
 
 

@@ -5,6 +5,7 @@ hooks receive and may change (prompts, cfg, sampler, denoising, ...).
 so that a bad request fails with a clear error before it is queued, and never after pass one."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from schemas.txt2img import Txt2ImgRequest
 from upscalers.registry import UpscalerRegistry
 
 USE_SAME_CHECKPOINT = "Use same checkpoint"
+log = logging.getLogger("hiresd.jobs")
 
 
 class ModelNames(Protocol):
@@ -76,6 +78,7 @@ class Processing:
     face_restorer: Any = None  # the upscalers.faces.FaceRestorer that restore_faces uses, else None
     script_args: dict[str, list[Any]] = field(default_factory=dict)  # alwayson_scripts args by script name
     tiles: TileSettings | None = None  # tiled sampling of every pass (pipeline/tiled/request.py)
+    ignored_settings: list[str] = field(default_factory=list)  # override_settings keys that are no option
     # filled while running
     all_prompts: list[str] = field(default_factory=list)
     all_negative_prompts: list[str] = field(default_factory=list)
@@ -151,16 +154,28 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
         seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed), subseed_strength=req.subseed_strength,
         seed_resize_from=(req.seed_resize_from_w, req.seed_resize_from_h), sampler=sampler, schedule=schedule,
         steps=req.steps, cfg_scale=req.cfg_scale, width=w, height=h, batch_size=req.batch_size,
-        n_iter=req.n_iter, clip_skip=_clip_skip(options), tiling=bool(req.tiling), checkpoint=checkpoint,
+        n_iter=req.n_iter, clip_skip=_clip_skip(options), checkpoint=checkpoint,
+        tiling=bool(req.tiling if req.tiling is not None else options.get("tiling", False)),
         eta=req.eta, s_churn=_opt(req.s_churn, options, "s_churn"), s_tmin=_opt(req.s_tmin, options, "s_tmin"),
         s_tmax=_opt(req.s_tmax, options, "s_tmax"), s_noise=_opt(req.s_noise, options, "s_noise"),
         denoising_strength=req.denoising_strength, options=dict(options), face_restorer=face_restorer,
         refiner=refiner,
     )
     samplers.validate_params(sampler, sampler_params(p))
+    _taesd_fallback(p, options)
     p.tiles = request_tiles(req, img2img=cls is not Processing)
     check_tiles_model(models, checkpoint, p.tiles)
     return p
+
+
+def _taesd_fallback(p: Processing, options: dict[str, Any]) -> None:
+    """A1111's `sd_vae_encode_method` / `sd_vae_decode_method` "TAESD" need TAESD weights, which this server
+    does not have: the full VAE codes the images, and the log and the infotext say so."""
+    for key, label in (("sd_vae_encode_method", "VAE Encoder"), ("sd_vae_decode_method", "VAE Decoder")):
+        if options.get(key) == "TAESD":
+            p.extra_generation_params[label] = "Full (TAESD fallback)"
+            log.info("%s 'TAESD': no TAESD weights on this server; the full VAE is used (infotext `%s: "
+                     "Full (TAESD fallback)`)", key, label)
 
 
 def sampler_params(p: Processing) -> samplers.SamplerParams:

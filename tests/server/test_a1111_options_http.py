@@ -1,0 +1,97 @@
+"""A1111 v1.10's options catalogue over HTTP: every option is in GET /options with A1111's default, an
+options blob read from a fresh A1111 install posts back with 200 and changes nothing, and override_settings
+keys that are no option are ignored and listed in the response `info`."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from server.a1111_options import a1111_defaults
+from server.app import create_app
+from server.config import ServerConfig
+
+# every A1111 v1.10 option at A1111's default, as GET /sdapi/v1/options of a fresh A1111 install answers
+# (modules/shared_options.py and the built-in extensions' options); written from A1111's list, fixed here
+BLOB = Path(__file__).parents[1] / "fixtures" / "a1111_v1.10_options.json"
+SMALL = {"prompt": "a red fox", "steps": 2, "width": 64, "height": 64, "seed": 7}
+# ours differ on purpose: the loaded checkpoint (title, hash); output folders relative to --outputs-dir
+OWN_DEFAULTS = {"sd_model_checkpoint", "sd_checkpoint_hash", "outdir_txt2img_samples", "outdir_img2img_samples",
+                "outdir_extras_samples"}
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    root = tmp_path_factory.mktemp("srv")
+    cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
+                       extensions_dir=None, max_pixels=512 * 512)
+    with TestClient(create_app(cfg)) as c:
+        yield c
+
+
+def test_the_fixture_is_the_catalogue() -> None:
+    blob = json.loads(BLOB.read_text("utf-8"))
+    assert len(blob) > 300
+    assert blob == a1111_defaults()
+    assert blob["show_progress_type"] == "Approx NN" and blob["enable_prompt_comments"] is True
+
+
+def test_get_options_has_every_a1111_option_with_its_default(client: TestClient) -> None:
+    got = client.get("/sdapi/v1/options").json()
+    blob = json.loads(BLOB.read_text("utf-8"))
+    missing = sorted(set(blob) - set(got))
+    assert not missing
+    differ = {k: (got[k], v) for k, v in blob.items() if got[k] != v and k not in OWN_DEFAULTS}
+    assert not differ
+
+
+def test_a1111_default_blob_posts_back_with_200_and_changes_nothing(client: TestClient) -> None:
+    before = client.get("/sdapi/v1/options").json()
+    blob = json.loads(BLOB.read_text("utf-8"))
+    r = client.post("/sdapi/v1/options", json=blob)
+    assert r.status_code == 200, r.text
+    after = client.get("/sdapi/v1/options").json()
+    assert after == before  # A1111's `outputs/txt2img-images` is our `txt2img-images`; null checkpoint kept
+    r = client.post("/sdapi/v1/options", json=after)  # and the GET answer posts back too
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("method", ["Full", "Approx NN", "Approx cheap", "TAESD"])
+def test_every_live_preview_method_is_accepted(client: TestClient, method: str) -> None:
+    assert client.post("/sdapi/v1/options", json={"show_progress_type": method}).status_code == 200
+    assert client.get("/sdapi/v1/options").json()["show_progress_type"] == method
+    client.post("/sdapi/v1/options", json={"show_progress_type": "Approx NN"})
+
+
+def test_a_wrong_type_for_an_unapplied_option_is_a_400_naming_it(client: TestClient) -> None:
+    r = client.post("/sdapi/v1/options", json={"grid_save": "yes"})
+    assert r.status_code == 400 and "grid_save" in r.text
+    r = client.post("/sdapi/v1/options", json={"canvas_disabled_functions": "Overlap"})
+    assert r.status_code == 400 and "canvas_disabled_functions" in r.text
+
+
+def test_override_settings_that_are_no_options_are_ignored_and_listed(client: TestClient, caplog) -> None:
+    plain = client.post("/sdapi/v1/txt2img", json=SMALL)
+    assert plain.status_code == 200
+    assert "ignored_settings" not in json.loads(plain.json()["info"])
+    with caplog.at_level(logging.INFO):
+        r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {
+            "forge_additional_modules": [], "sd_t2i_width": 512.0, "grid_save": False}})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["ignored_settings"] == ["forge_additional_modules", "sd_t2i_width"]
+    assert r.json()["images"][0] == plain.json()["images"][0]
+    assert any("forge_additional_modules" in rec.getMessage() and "ignored" in rec.getMessage()
+               for rec in caplog.records)
+
+
+def test_taesd_vae_methods_fall_back_to_the_full_vae_and_say_so(client: TestClient) -> None:
+    plain = client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae_decode_method": "TAESD"}})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert "VAE Decoder: Full (TAESD fallback)" in info["infotexts"][0]
+    assert "VAE Decoder" not in json.loads(plain["info"])["infotexts"][0]
