@@ -13,6 +13,7 @@ from fastapi import HTTPException, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.jobs.builtin_scripts import strip_prompt_comments
 from pipeline.jobs.common import JobResult
 from pipeline.jobs.processing import Processing
 from pipeline.models.networks import check_job
@@ -104,6 +105,7 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
             p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or req.prompt,
                                                                  p.hr_negative_prompt or req.negative_prompt,
                                                                  p.styles)
+    strip_prompt_comments(p)  # A1111's Comments script, after the styles
     check_job(svc.networks, p, svc.models)
 
 

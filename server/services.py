@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
+from pipeline.jobs.builtin_scripts import register as register_builtin_scripts
 from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.dispatch import run_job
 from pipeline.jobs.extensions import Extensions
@@ -100,6 +101,7 @@ class Services:
         worker = Worker(config.queue_size)
         extensions = Extensions.load(config.extensions_dir)
         register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
+        register_builtin_scripts(extensions)  # A1111's own: Refiner, Seed, Sampler, Comments, ...
         svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)

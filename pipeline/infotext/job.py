@@ -49,9 +49,9 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
         value = getattr(p, key)
         if key in p.sampler.params and value is not None and value != default:
             params.append((label, value))
-    default_eta = getattr(p.sampler, "eta_default", None)
-    if p.eta is not None and "eta" in p.sampler.params and p.eta != default_eta:  # A1111: only when not default
-        params.append(("Eta", p.eta))
+    eta = samplers.eta_infotext(samplers.option_eta(p.eta, p.sampler, p.options), p.sampler)
+    if eta is not None:  # A1111: `Eta` / `Eta DDIM`, only when not the sampler's default
+        params.append(eta)
     if p.enable_hr:
         params += _hires_params(p, models)
     params += _refiner_params(p, models)

@@ -82,6 +82,7 @@ class PassSpec:
     keep: torch.Tensor | None = None
     image_cond: torch.Tensor | None = None
     noise_multiplier: float = 1.0
+    soft: Any = None  # Soft Inpainting settings (diffusion/soft_inpainting.py) for the inpainting blend
 
 
 def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], subseeds: list[int],
@@ -94,7 +95,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         noise = noise * spec.noise_multiplier
     ctx.extensions.call("process_before_every_sampling", p, pass_no=spec.pass_no, x=spec.init, noise=noise)
     settings = denoise.PassSettings(sampler=spec.sampler, schedule=spec.schedule, steps=spec.steps,
-                                    params=sampler_params(p), strength=spec.strength, fix_steps=spec.fix_steps)
+                                    params=sampler_params(p, spec.sampler), strength=spec.strength, fix_steps=spec.fix_steps)
     plan = denoise.plan_pass(model, settings, gens, seeds)
     activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)
@@ -115,7 +116,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
             image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
         return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
                                callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
-                               crop=denoise.sdxl_crop(p.options),
+                               crop=denoise.sdxl_crop(p.options), soft=spec.soft,
                                tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height))
 
 

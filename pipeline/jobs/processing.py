@@ -14,6 +14,7 @@ from pipeline.diffusion.seeds import resolve_seed
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import check_model as check_tiles_model
 from pipeline.diffusion.tiled.request import request_tiles
+from pipeline.jobs import builtin_scripts
 from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
 from pipeline.jobs.refiner import Refiner
@@ -112,9 +113,19 @@ class Processing:
         self.all_negative_prompts = [self.negative_prompt] * count
 
 
-def _opt(value: float | None, options: dict[str, Any], key: str) -> float | None:
-    """A request's null sampler parameter falls back to the option of the same name, as in A1111."""
-    return value if value is not None else options.get(key)
+# A1111's k-diffusion Sampler defaults: an option that differs from these wins over the request (s_tmax 0: no end)
+_SIGMA_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
+
+
+def _sigma_param(value: float | None, options: dict[str, Any], key: str) -> float | None:
+    """A1111 v1.10's precedence for s_churn, s_tmin, s_tmax and s_noise: the option (with the job's
+    override_settings) when it differs from the sampler's default, else the request's value, else the option.
+    (A1111's sampler reads `opts.s_churn` first and keeps the request's value only when the option is at
+    its default; a request's null falls back to the option.)"""
+    opt = options.get(key)
+    if opt is not None and float(opt) != _SIGMA_DEFAULTS[key]:
+        return float(opt)
+    return value if value is not None else (None if opt is None else float(opt))
 
 
 def _clip_skip(options: dict[str, Any]) -> int:
@@ -156,12 +167,16 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
         steps=req.steps, cfg_scale=req.cfg_scale, width=w, height=h, batch_size=req.batch_size,
         n_iter=req.n_iter, clip_skip=_clip_skip(options), checkpoint=checkpoint,
         tiling=bool(req.tiling if req.tiling is not None else options.get("tiling", False)),
-        eta=req.eta, s_churn=_opt(req.s_churn, options, "s_churn"), s_tmin=_opt(req.s_tmin, options, "s_tmin"),
-        s_tmax=_opt(req.s_tmax, options, "s_tmax"), s_noise=_opt(req.s_noise, options, "s_noise"),
+        eta=req.eta, s_churn=_sigma_param(req.s_churn, options, "s_churn"),
+        s_tmin=_sigma_param(req.s_tmin, options, "s_tmin"), s_tmax=_sigma_param(req.s_tmax, options, "s_tmax"),
+        s_noise=_sigma_param(req.s_noise, options, "s_noise"),
         denoising_strength=req.denoising_strength, options=dict(options), face_restorer=face_restorer,
         refiner=refiner,
     )
     samplers.validate_params(sampler, sampler_params(p))
+    soft = builtin_scripts.read_args(req, img2img=cls is not Processing)  # A1111's built-in always-on entries
+    if soft is not None:
+        p.soft = soft  # type: ignore[attr-defined] - img2img's Soft Inpainting
     _taesd_fallback(p, options)
     p.tiles = request_tiles(req, img2img=cls is not Processing)
     check_tiles_model(models, checkpoint, p.tiles)
@@ -178,8 +193,11 @@ def _taesd_fallback(p: Processing, options: dict[str, Any]) -> None:
                      "Full (TAESD fallback)`)", key, label)
 
 
-def sampler_params(p: Processing) -> samplers.SamplerParams:
-    return samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax, s_noise=p.s_noise)
+def sampler_params(p: Processing, sampler: Any = None) -> samplers.SamplerParams:
+    """The parameters of a pass run by `sampler` (default: the job's): eta from the request, else from the
+    option of the sampler's kind (`eta_ancestral` / `eta_ddim`), as A1111 resolves it per sampler."""
+    eta = samplers.option_eta(p.eta, sampler or p.sampler, p.options)
+    return samplers.SamplerParams(eta=eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax, s_noise=p.s_noise)
 
 
 def check_pixel_budget(width: int, height: int, batch_size: int, max_pixels: int, what: str) -> None:
@@ -197,7 +215,6 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
     store's values with `override_settings` applied)."""
     p = prepare_common(req, options, models, upscalers)
     sampler, schedule, checkpoint, w, h = p.sampler, p.schedule, p.checkpoint, p.width, p.height
-    params = sampler_params(p)
     budget_w, budget_h = w, h
     if req.enable_hr or firstpass_image is not None:
         p.enable_hr = True
@@ -221,7 +238,7 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
         p.hr_second_pass_steps = req.hr_second_pass_steps
         p.hr_sampler, p.hr_schedule = samplers.resolve_hires(req.hr_sampler_name, req.hr_scheduler,
                                                              (sampler, schedule))
-        samplers.validate_params(p.hr_sampler, params)
+        samplers.validate_params(p.hr_sampler, sampler_params(p, p.hr_sampler))
         p.hr_prompt = req.hr_prompt or ""
         p.hr_negative_prompt = req.hr_negative_prompt or ""
         p.hr_cfg = req.hr_cfg

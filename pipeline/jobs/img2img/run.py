@@ -18,6 +18,7 @@ from PIL import Image, ImageColor
 from pipeline.diffusion.loop import PassResult
 from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.seeds import image_noise
+from pipeline.diffusion.soft_inpainting import cut_overlay
 from pipeline.infotext.job import job_info, job_infotext
 from pipeline.jobs.common import (
     JobContext,
@@ -95,7 +96,8 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
         batch = finish_images(result.model or model, result.latents, p, ctx)  # the refiner's VAE
-        batch = [_put_back(img, src, p) for img, src in zip(batch, sources, strict=True)]
+        overlays = _soft_overlays(p, sources, repaint, init, result.latents)
+        batch = [_put_back(img, src, over) for img, src, over in zip(batch, sources, overlays, strict=True)]
         images += batch
         infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
         if isinstance(result.stopped, Interrupted):
@@ -241,19 +243,31 @@ def _pass(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Tensor | None
     return PassSpec(1, p.width, p.height, p.sampler, p.schedule, p.steps, p.prompt, p.negative_prompt,
                     p.cfg_scale, init=init, strength=p.denoising_strength, fix_steps=p.fix_steps,
                     keep=None if repaint is None else 1 - repaint, image_cond=image_cond,
-                    noise_multiplier=p.initial_noise_multiplier)
+                    noise_multiplier=p.initial_noise_multiplier, soft=None if repaint is None else p.soft)
 
 
-def _put_back(image: Image.Image, src: Source, p: Img2ImgProcessing) -> Image.Image:
+def _soft_overlays(p: Img2ImgProcessing, sources: list[Source], repaint: torch.Tensor | None,
+                   init: torch.Tensor, latents: torch.Tensor) -> list[Image.Image | None]:
+    """Each image's overlay of the original: as prepared, or with Soft Inpainting cut by how much the
+    sampled latent moved away from the init latent (soft_inpainting.py)."""
+    if p.soft is None or repaint is None or p.denoising_strength <= 0:
+        return [s.overlay for s in sources]
+    takes = p.soft.overlay_masks(repaint, init, latents, p.width, p.height)
+    return [None if s.overlay is None else cut_overlay(s.overlay, take, s.paste_to)
+            for s, take in zip(sources, takes, strict=True)]
+
+
+def _put_back(image: Image.Image, src: Source, overlay: Image.Image | None) -> Image.Image:
     """Only masked: the sample (crop-and-resize) into its box on a canvas of the original size; then the
-    original's unmasked pixels composited on top (option overlay_inpaint)."""
-    if src.overlay is None:  # no mask, or overlay_inpaint off (only masked: the bare crop, as A1111)
+    original's unmasked pixels (`overlay`: src.overlay, or Soft Inpainting's) composited on top (option
+    overlay_inpaint)."""
+    if overlay is None:  # no mask, or overlay_inpaint off (only masked: the bare crop, as A1111)
         return image
     if src.paste_to is not None:
         x, y, w, h = src.paste_to
-        canvas = Image.new("RGBA", src.overlay.size)
+        canvas = Image.new("RGBA", overlay.size)
         canvas.paste(resize_image(CROP_AND_RESIZE, image, w, h), (x, y))
         image = canvas
     out = image.convert("RGBA")
-    out.alpha_composite(src.overlay)
+    out.alpha_composite(overlay)
     return out.convert("RGB")
