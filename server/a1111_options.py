@@ -14,11 +14,10 @@ from typing import Any
 # Options this server applies (their checks and help live in server/options.py), with A1111's defaults.
 APPLIED: dict[str, Any] = {
     "samples_save": True, "samples_format": "png", "jpeg_quality": 80, "enable_pnginfo": True,
-    "save_images_before_highres_fix": False, "save_incomplete_images": False,
+    "save_incomplete_images": False,
     "outdir_samples": "", "outdir_txt2img_samples": "outputs/txt2img-images",
-    "outdir_img2img_samples": "outputs/img2img-images", "outdir_extras_samples": "outputs/extras-images",
+    "outdir_img2img_samples": "outputs/img2img-images",
     "ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8, "upscaler_for_img2img": None,
-    "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],
     "face_restoration": False, "face_restoration_model": "CodeFormer", "code_former_weight": 0.5,
     "sd_model_checkpoint": None, "CLIP_stop_at_last_layers": 1, "hires_fix_refiner_pass": "second pass",
     "sdxl_crop_top": 0, "sdxl_crop_left": 0, "sdxl_refiner_low_aesthetic_score": 2.5,
@@ -29,9 +28,8 @@ APPLIED: dict[str, Any] = {
     "add_model_name_to_info": True, "add_model_hash_to_info": True, "add_vae_name_to_info": True,
     "add_vae_hash_to_info": True, "textual_inversion_add_hashes_to_infotext": True,
     "live_previews_enable": True, "show_progress_every_n_steps": 10, "show_progress_type": "Approx NN",
-    "live_preview_content": "Prompt",
     "eta_ddim": 0.0, "eta_ancestral": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0,
-    "refiner_switch_by_sample_steps": False, "upscaling_max_images_in_cache": 5,
+    "refiner_switch_by_sample_steps": False,
     "sd_checkpoint_hash": "",
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
@@ -163,7 +161,12 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "ddim_discretize": "uniform", "sgm_noise_multiplier": False, "uni_pc_variant": "bh1",
         "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3, "uni_pc_lower_order_final": True,
         "sd_noise_schedule": "Default", "skip_early_cond": 0.0, "beta_dist_alpha": 0.6, "beta_dist_beta": 0.6,
-        "postprocessing_existing_caption_action": "Ignore",
+        "postprocessing_existing_caption_action": "Ignore", "save_images_before_highres_fix": False,
+        "outdir_extras_samples": "outputs/extras-images", "upscaling_max_images_in_cache": 5,
+        "live_preview_content": "Prompt",
+    }),
+    ("A1111's list of its own downloadable upscaler models; here the upscalers are the model files found", {
+        "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],
     }),
 ]
 

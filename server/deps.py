@@ -129,7 +129,8 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
         kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
-    if req.save_images and (not incomplete or opts["save_incomplete_images"]):
+    # A1111 saves an API job's images when the request asks and the option samples_save is on
+    if req.save_images and opts.get("samples_save", True) and (not incomplete or opts["save_incomplete_images"]):
         svc.save_images(result.images, result.infotexts, fmt, save_options)
     if not req.send_images:
         return []

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.models.networks.patch import BACKUP_DEVICES
 from pipeline.runtime.errors import InvalidRequest
-from server.a1111_options import APPLIED, a1111_defaults, unapplied_groups
+from server.a1111_options import a1111_defaults, unapplied_groups
 
 Validator = Callable[[Any], Any]
 # extra checks the app adds for values only it can judge (a VAE or checkpoint name): (value, field) -> value
@@ -167,7 +167,7 @@ OPTIONS: dict[str, Option] = {
                                      "first one available)"),
     "code_former_weight": Option(0.5, _float(0, 1)),
     "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
-    "realesrgan_enabled_models": Option(APPLIED["realesrgan_enabled_models"], _str_list),
+    "realesrgan_enabled_models": Option(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], _str_list),
     "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), "TAESD: served with the full VAE (no "
                                    "TAESD weights here); the log and the infotext say so"),
     "sd_vae_decode_method": Option("Full", _choice("Full", "TAESD"), "TAESD: served with the full VAE (no "

@@ -27,8 +27,8 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
         ("Seed", p.all_seeds[index]),
         ("Face restoration", p.face_restorer.name if p.face_restorer is not None else None),
         ("Size", f"{p.width}x{p.height}"),
-        ("Model hash", info.get("hash")),
-        ("Model", info.get("model_name")),
+        ("Model hash", info.get("hash") if p.options.get("add_model_hash_to_info", True) else None),
+        ("Model", info.get("model_name") if p.options.get("add_model_name_to_info", True) else None),
         ("VAE hash", info.get("vae_hash") if p.options.get("add_vae_hash_to_info", True) else None),
         ("VAE", info.get("vae_name") if p.options.get("add_vae_name_to_info", True) else None),
     ]

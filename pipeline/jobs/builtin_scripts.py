@@ -94,11 +94,10 @@ def _extra_options_info(img2img: bool) -> list[dict[str, Any]]:
 def register(extensions: Any) -> None:
     """List the built-in always-on scripts (a loaded extension of the same name keeps the name). None has
     hooks: their args are read while the job is prepared (`read_args`, `extra_options_overrides`)."""
-    for title in (REFINER, SEED, SAMPLER, COMMENTS, SOFT):
+    for title in (REFINER, SEED, SAMPLER, COMMENTS, EXTRA_OPTIONS, SOFT):
         if title.lower() not in extensions.names():
-            extensions.register(Extension(title, SOURCE, {}, _info(title)))
-    if EXTRA_OPTIONS.lower() not in extensions.names():
-        extensions.register(Extension(EXTRA_OPTIONS, SOURCE, {}, _extra_options_info))
+            info = _extra_options_info if title == EXTRA_OPTIONS else _info(title)
+            extensions.register(Extension(title, SOURCE, {}, info))
 
 
 def _entry(alwayson: dict[str, Any] | None, title: str) -> list[Any] | None:

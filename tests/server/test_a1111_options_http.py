@@ -23,9 +23,13 @@ OWN_DEFAULTS = {"sd_model_checkpoint", "sd_checkpoint_hash", "outdir_txt2img_sam
                 "outdir_extras_samples"}
 
 
+ROOT: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     root = tmp_path_factory.mktemp("srv")
+    ROOT["outputs"] = root / "outputs"
     cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
                        extensions_dir=None, max_pixels=512 * 512)
     with TestClient(create_app(cfg)) as c:
@@ -95,3 +99,24 @@ def test_taesd_vae_methods_fall_back_to_the_full_vae_and_say_so(client: TestClie
     info = json.loads(r.json()["info"])
     assert "VAE Decoder: Full (TAESD fallback)" in info["infotexts"][0]
     assert "VAE Decoder" not in json.loads(plain["info"])["infotexts"][0]
+
+
+def test_model_name_and_hash_options_drop_them_from_the_infotext(client: TestClient) -> None:
+    plain = json.loads(client.post("/sdapi/v1/txt2img", json=SMALL).json()["info"])["infotexts"][0]
+    assert "Model hash: " in plain and "Model: " in plain
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {
+        "add_model_hash_to_info": False, "add_model_name_to_info": False}})
+    text = json.loads(r.json()["info"])["infotexts"][0]
+    assert "Model hash: " not in text and "Model: " not in text
+
+
+def test_samples_save_off_saves_nothing_even_when_asked(client: TestClient) -> None:
+    def saved() -> int:
+        return len(list(ROOT["outputs"].rglob("*.png"))) if ROOT["outputs"].exists() else 0
+
+    before = saved()
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "save_images": True,
+                                                "override_settings": {"samples_save": False}})
+    assert r.status_code == 200 and saved() == before
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "save_images": True})
+    assert r.status_code == 200 and saved() == before + 1
