@@ -120,3 +120,18 @@ def test_samples_save_off_saves_nothing_even_when_asked(client: TestClient) -> N
     assert r.status_code == 200 and saved() == before
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "save_images": True})
     assert r.status_code == 200 and saved() == before + 1
+
+
+def test_the_compatibility_page_lists_every_option_under_its_group() -> None:
+    """docs/compatibility.md says, option by option, what is applied and what is accepted without effect."""
+    from server.a1111_options import APPLIED, unapplied_groups
+
+    page = (Path(__file__).parents[2] / "docs" / "compatibility.md").read_text("utf-8")
+    section = page[page.index("## Options"):page.index("## A1111's built-in always-on scripts")]
+    lines = [line for line in section.split("\n- ") if line.startswith("**")]
+    applied = next(line for line in lines if line.startswith("**Applied**"))
+    assert all(f"`{name}`" in applied for name in APPLIED)
+    for reason, group in unapplied_groups():
+        line = next(line for line in lines if reason in " ".join(line.split()))
+        missing = [name for name in group if f"`{name}`" not in line]
+        assert not missing, (reason, missing)
