@@ -134,8 +134,8 @@ OPTIONS: dict[str, Option] = {
     "live_previews_enable": Option(True, _bool),
     "show_progress_every_n_steps": Option(10, _int(-1, 1000), "live preview every N steps (-1/0: off)"),
     "show_progress_type": Option("Approx NN", _choice("Full", "Approx NN", "Approx cheap", "TAESD"),
-                                 "live previews are the linear latent approximation ('Approx cheap') "
-                                 "whatever the method named; the others log that once (no preview weights)"),
+                                 "Approx NN from <models>/VAE-approx (A1111's model.pt / vaeapprox-sdxl.pt), "
+                                 "else, and for TAESD and Full, 'Approx cheap' (logged once)"),
     "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined")),
     "samples_save": Option(True, _bool),
     "save_images_before_highres_fix": Option(False, _bool),

@@ -21,7 +21,7 @@ import torch
 from pipeline.diffusion import samplers
 from pipeline.diffusion.conditioning import PromptEncoder
 from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
-from pipeline.diffusion.preview import latent_preview, preview_fallback
+from pipeline.diffusion.preview import Previews, preview_fallback
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
 from pipeline.diffusion.seeds import batch_noise
@@ -165,20 +165,24 @@ def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str]
     return lambda i: (conds.at(i), unconds.at(i))
 
 
-def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int) -> StepCallback:
-    """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps`, and the
-    interrupt/skip check (which raises to stop the loop). Its `on_tiles(done, total)` does the same after
-    each tile batch of a tiled model call (`JobState.set_tiles`), so a flag stops a long tiled step."""
+def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int,
+                      previews: Previews | None = None) -> StepCallback:
+    """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps` (by
+    `show_progress_type`, preview.py), and the interrupt/skip check (which raises to stop the loop). Its
+    `on_tiles(done, total)` does the same after each tile batch of a tiled model call
+    (`JobState.set_tiles`), so a flag stops a long tiled step."""
     every = int(options.get("show_progress_every_n_steps", 10) or 0)
     live = bool(options.get("live_previews_enable", True)) and every > 0
+    method = options.get("show_progress_type")
+    render = previews or Previews(None)
     if live:
-        preview_fallback(options.get("show_progress_type"))
+        preview_fallback(method)
 
     def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
         preview = None
         if live and (step % every == 0 or step == steps):
             src = (denoised if denoised is not None else x).detach().clone()
-            preview = lambda src=src: latent_preview(src, family)  # noqa: E731 - made lazily
+            preview = lambda src=src: render.render(src, family, method)  # noqa: E731 - made lazily
         state.set_step(step, steps, preview)
         state.check()
 

@@ -49,6 +49,7 @@ class JobContext:
     state: JobState
     faces: Any = None  # upscalers.faces.FaceRestorers, for restore_faces
     networks: Any = None  # pipeline.models.networks.Networks
+    previews: Any = None  # pipeline.diffusion.preview.Previews (Approx NN files), for live previews
 
 
 @dataclass
@@ -108,7 +109,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, **sched)
 
     cond_at = conds_for(model)
-    callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
+    callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps, ctx.previews)
     switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, spec.pass_no, conds_for)
     with circular_padding([model.unet, model.vae], p.tiling):
         image_cond = spec.image_cond
