@@ -222,3 +222,18 @@ def test_soft_inpainting_without_a_mask_changes_nothing(client: TestClient) -> N
     soft = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": SOFT_ON}).json()
     assert plain["images"][0] == soft["images"][0]
     assert "Soft inpainting" not in json.loads(soft["info"])["infotexts"][0]
+
+
+@pytest.mark.parametrize("extra", [{"inpaint_full_res": True, "inpaint_full_res_padding": 8},
+                                   {"batch_size": 2, "n_iter": 2}])
+def test_soft_inpainting_in_only_masked_and_batches(client: TestClient, extra: dict) -> None:
+    body = _inpaint_body(**extra)
+    hard = client.post("/sdapi/v1/img2img", json=body)
+    soft = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": SOFT_ON})
+    assert hard.status_code == 200 and soft.status_code == 200, soft.text
+    src = _img(body["init_images"][0])
+    for h, s in zip(hard.json()["images"], soft.json()["images"], strict=True):
+        a, b = _img(h), _img(s)
+        assert a.shape == b.shape == src.shape
+        assert np.abs(b[:8, :8] - src[:8, :8]).max() <= 2  # outside the crop box / far away: the original
+        assert np.abs(a - b).mean() > 0.1
