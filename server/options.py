@@ -96,6 +96,8 @@ def _like(default: Any) -> Validator:
     return lambda v: v
 
 
+_TAESD_HELP = ("TAESD: A1111's taesd(xl)_decoder/encoder.pth under <models>/VAE-taesd; without the file the "
+               "full VAE, said in the log and the infotext")
 _OUTDIR_HELP = ("relative paths: under --outputs-dir; A1111's default `outputs/<name>` (relative to its data "
                 "folder) names the same folder as `<name>` here")
 
@@ -168,10 +170,8 @@ OPTIONS: dict[str, Option] = {
     "code_former_weight": Option(0.5, _float(0, 1)),
     "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
     "realesrgan_enabled_models": Option(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], _str_list),
-    "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), "TAESD: served with the full VAE (no "
-                                   "TAESD weights here); the log and the infotext say so"),
-    "sd_vae_decode_method": Option("Full", _choice("Full", "TAESD"), "TAESD: served with the full VAE (no "
-                                   "TAESD weights here); the log and the infotext say so"),
+    "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
+    "sd_vae_decode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
     "lora_add_hashes_to_infotext": Option(True, _bool, "write `Lora hashes` into the infotext"),
     "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
     "lora_bundled_ti_to_infotext": Option(True, _bool, "an embedding bundled in a LoRA file is listed in `TI "

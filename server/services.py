@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from pipeline.diffusion.preview import Previews
+from pipeline.models.taesd import TinyVAEs
 from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
 from pipeline.jobs.builtin_scripts import register as register_builtin_scripts
 from pipeline.jobs.common import JobContext, JobResult
@@ -65,6 +66,7 @@ class Services:
     console: ConsoleProgress | None = None
     networks: Networks | None = None  # LoRA files and embeddings (<models>/Lora, LyCORIS, embeddings)
     previews: Previews | None = None  # live-preview decoders (<models>/VAE-approx, A1111's Approx NN files)
+    tiny_vae: TinyVAEs | None = None  # TAESD for the TAESD VAE methods (<models>/VAE-taesd, A1111's files)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -108,6 +110,7 @@ class Services:
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)
         svc.previews = Previews(config.model_folder("VAE-approx"))
+        svc.tiny_vae = TinyVAEs(config.model_folder("VAE-taesd"))
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
@@ -230,7 +233,7 @@ class Services:
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state, faces=self.upscalers.faces,
-                         networks=self.networks, previews=self.previews)
+                         networks=self.networks, previews=self.previews, tiny_vae=self.tiny_vae)
         try:
             return run_job(p, ctx)
         finally:

@@ -22,7 +22,7 @@ from pipeline.diffusion.tiled.auto import tiles_for_pass
 from pipeline.jobs import refiner
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.processing import Processing, sampler_params
-from pipeline.models import vae_codec
+from pipeline.models import taesd, vae_codec
 from pipeline.models.networks.activation import activate_for_pass
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.job_state import JobState
@@ -50,6 +50,7 @@ class JobContext:
     faces: Any = None  # upscalers.faces.FaceRestorers, for restore_faces
     networks: Any = None  # pipeline.models.networks.Networks
     previews: Any = None  # pipeline.diffusion.preview.Previews (Approx NN files), for live previews
+    tiny_vae: Any = None  # pipeline.models.taesd.TinyVAEs (TAESD files), for the TAESD VAE methods
 
 
 @dataclass
@@ -141,10 +142,36 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
-def decode(model: SDModel, latents: torch.Tensor, p: Processing) -> list[Image.Image]:
+def _tiny_vae(p: Processing, ctx: JobContext | None, kind: str, model: SDModel) -> Any:
+    """The TAESD decoder/encoder when the option `sd_vae_decode_method` / `sd_vae_encode_method` asks for
+    it (models/taesd.py), else None; with the option on, the infotext says which one coded the images."""
+    option = "sd_vae_decode_method" if kind == "decoder" else "sd_vae_encode_method"
+    if p.options.get(option) != "TAESD" or model.latent_channels != 4 or model.vae_scale_factor != 8:
+        return None
+    tiny = getattr(ctx, "tiny_vae", None)
+    net = tiny.get(kind, model.family) if tiny is not None else None
+    p.extra_generation_params[taesd.LABELS[kind]] = "TAESD" if net is not None else taesd.FALLBACK
+    return net
+
+
+def decode(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext | None = None
+           ) -> list[Image.Image]:
+    """Latents as 8-bit pictures, by the full VAE or (option sd_vae_decode_method) TAESD."""
+    net = _tiny_vae(p, ctx, "decoder", model)
+    if net is not None:
+        return vae_codec.to_images(ctx.tiny_vae.decode(net, latents))  # type: ignore[union-attr]
     with circular_padding([model.vae], p.tiling):
         x = vae_codec.decode(model, latents)
     return vae_codec.to_images(x)
+
+
+def encode(model: SDModel, images: torch.Tensor, p: Processing, ctx: JobContext | None = None) -> torch.Tensor:
+    """Images in [0, 1] as scaled float32 latents, by the full VAE or (option sd_vae_encode_method) TAESD.
+    Circular padding (`tiling`) is the caller's."""
+    net = _tiny_vae(p, ctx, "encoder", model)
+    if net is not None:
+        return ctx.tiny_vae.encode(net, images, model.device)  # type: ignore[union-attr]
+    return vae_codec.encode(model, images).float()
 
 
 def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> list[Image.Image]:
@@ -158,4 +185,4 @@ def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> 
 
 def finish_images(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext) -> list[Image.Image]:
     """A pass's latents as the job's final images: decoded, faces restored."""
-    return restore_faces(decode(model, latents, p), p, ctx)
+    return restore_faces(decode(model, latents, p, ctx), p, ctx)

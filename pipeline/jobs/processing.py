@@ -5,7 +5,6 @@ hooks receive and may change (prompts, cfg, sampler, denoising, ...).
 so that a bad request fails with a clear error before it is queued, and never after pass one."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,7 +24,6 @@ from schemas.txt2img import Txt2ImgRequest
 from upscalers.registry import UpscalerRegistry
 
 USE_SAME_CHECKPOINT = "Use same checkpoint"
-log = logging.getLogger("hiresd.jobs")
 
 
 class ModelNames(Protocol):
@@ -177,20 +175,9 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
     soft = builtin_scripts.read_args(req, img2img=cls is not Processing)  # A1111's built-in always-on entries
     if soft is not None:
         p.soft = soft  # type: ignore[attr-defined] - img2img's Soft Inpainting
-    _taesd_fallback(p, options)
     p.tiles = request_tiles(req, img2img=cls is not Processing)
     check_tiles_model(models, checkpoint, p.tiles)
     return p
-
-
-def _taesd_fallback(p: Processing, options: dict[str, Any]) -> None:
-    """A1111's `sd_vae_encode_method` / `sd_vae_decode_method` "TAESD" need TAESD weights, which this server
-    does not have: the full VAE codes the images, and the log and the infotext say so."""
-    for key, label in (("sd_vae_encode_method", "VAE Encoder"), ("sd_vae_decode_method", "VAE Decoder")):
-        if options.get(key) == "TAESD":
-            p.extra_generation_params[label] = "Full (TAESD fallback)"
-            log.info("%s 'TAESD': no TAESD weights on this server; the full VAE is used (infotext `%s: "
-                     "Full (TAESD fallback)`)", key, label)
 
 
 def sampler_params(p: Processing, sampler: Any = None) -> samplers.SamplerParams:

@@ -17,13 +17,13 @@ from pipeline.jobs.common import (
     JobResult,
     PassSpec,
     decode,
+    encode,
     finish_images,
     restore_faces,
     run_pass,
     to_tensor,
 )
 from pipeline.jobs.processing import Processing
-from pipeline.models import vae_codec as vae
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.errors import Interrupted
 from upscalers.latent import interpolate_args
@@ -57,7 +57,7 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
         p.is_hr_pass = False
         refined = False
         if p.firstpass_image is not None:
-            first = PassResult(_encode_firstpass(model, p) if _is_latent(p) else torch.empty(0))
+            first = PassResult(_encode_firstpass(model, p, ctx) if _is_latent(p) else torch.empty(0))
         else:
             first = run_pass(model, p, ctx, seeds, subseeds, _first_pass(p))
             calls.append(first.unet_calls)
@@ -77,7 +77,7 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
         if _is_latent(p):
             latents = _latent_upscale(first.latents, p)
         else:
-            firsts = [p.firstpass_image] if p.firstpass_image is not None else decode(model, first.latents, p)
+            firsts = [p.firstpass_image] if p.firstpass_image is not None else decode(model, first.latents, p, ctx)
             pixels = [_pixel_upscale(img, p, ctx) for img in firsts]
         # No second pass after a skip in pass one, an interrupt or skip that arrived between the passes
         # (in before_hr or while upscaling), or denoising 0: the result is the upscaled first pass.
@@ -95,7 +95,7 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
             model = None  # let the manager free the main model if it evicts it for the hires one
             hr_model = ctx.models.get(hr_key)
         if pixels is not None:
-            latents = vae.encode(hr_model, to_tensor(pixels))
+            latents = encode(hr_model, to_tensor(pixels), p, ctx)
         latents = _crop(latents, p)
 
         # -- pass two ----------------------------------------------------------------------------
@@ -170,6 +170,6 @@ def _pixel_upscale(image: Image.Image, p: Processing, ctx: JobContext) -> Image.
                                    lambda: state.interrupted or state.skipped)
 
 
-def _encode_firstpass(model: SDModel, p: Processing) -> torch.Tensor:
+def _encode_firstpass(model: SDModel, p: Processing, ctx: JobContext) -> torch.Tensor:
     img = p.firstpass_image.convert("RGB").resize((p.width, p.height), Image.Resampling.LANCZOS)
-    return vae.encode(model, to_tensor([img]))
+    return encode(model, to_tensor([img]), p, ctx)

@@ -135,3 +135,36 @@ def test_the_compatibility_page_lists_every_option_under_its_group() -> None:
         line = next(line for line in lines if reason in " ".join(line.split()))
         missing = [name for name in group if f"`{name}`" not in line]
         assert not missing, (reason, missing)
+
+
+def test_taesd_vae_methods_use_a1111s_files_when_present(tmp_path: Path) -> None:
+    import base64
+    import io
+
+    import torch
+    from PIL import Image
+
+    from pipeline.models.taesd import decoder, encoder
+
+    folder = tmp_path / "models" / "VAE-taesd"
+    folder.mkdir(parents=True)
+    for name, net in (("taesd_decoder.pth", decoder()), ("taesd_encoder.pth", encoder())):
+        g = torch.Generator().manual_seed(len(name))
+        torch.save({k: torch.randn(v.shape, generator=g) * 0.05 for k, v in net.state_dict().items()},
+                   folder / name)
+    cfg = ServerConfig(models_dir=tmp_path / "models", data_dir=tmp_path / "data", outputs_dir=tmp_path / "o",
+                       extensions_dir=None, max_pixels=512 * 512)
+    with TestClient(create_app(cfg)) as c:
+        plain = c.post("/sdapi/v1/txt2img", json=SMALL).json()
+        tiny = c.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae_decode_method": "TAESD"}})
+        assert tiny.status_code == 200, tiny.text
+        assert "VAE Decoder: TAESD" in json.loads(tiny.json()["info"])["infotexts"][0]
+        assert tiny.json()["images"][0] != plain["images"][0]
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 40, 90)).save(buf, "PNG")
+        body = {**SMALL, "init_images": [base64.b64encode(buf.getvalue()).decode()], "denoising_strength": 0.3}
+        full = c.post("/sdapi/v1/img2img", json=body).json()
+        enc = c.post("/sdapi/v1/img2img", json={**body, "override_settings": {"sd_vae_encode_method": "TAESD"}})
+        assert enc.status_code == 200, enc.text
+        assert "VAE Encoder: TAESD" in json.loads(enc.json()["info"])["infotexts"][0]
+        assert enc.json()["images"][0] != full["images"][0]

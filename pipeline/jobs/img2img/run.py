@@ -24,6 +24,7 @@ from pipeline.jobs.common import (
     JobContext,
     JobResult,
     PassSpec,
+    encode,
     finish_images,
     is_inpainting_model,
     run_pass,
@@ -72,7 +73,7 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
     model = ctx.models.get(p.checkpoint)
     sources = _prepare_sources(p, ctx)
     sources = sources * (bs // len(sources))  # one image repeats over the batch; k images are the batch
-    init = _encode(model, p, [s.image for s in sources])
+    init = _encode(model, p, [s.image for s in sources], ctx)
     repaint = None
     if sources[0].repaint is not None:
         repaint = torch.cat([masks.latent_mask(s.repaint, init.shape[-2], init.shape[-1], p.mask_round)
@@ -188,13 +189,13 @@ def _scaler(p: Img2ImgProcessing, ctx: JobContext):
                                                      lambda: state.interrupted or state.skipped)
 
 
-def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image]) -> torch.Tensor:
+def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image], ctx: JobContext) -> torch.Tensor:
     """The init latents; latent upscale (mode 3) encodes at the image's own size (rounded down to whole
     latent cells) and interpolates bilinearly to the processing size."""
     if p.resize_mode == LATENT_UPSCALE:
         images = [img.crop((0, 0, img.width // 8 * 8, img.height // 8 * 8)) for img in images]
     with circular_padding([model.vae], p.tiling):
-        latents = vae.encode(model, to_tensor(images)).float()
+        latents = encode(model, to_tensor(images), p, ctx)
     if p.resize_mode == LATENT_UPSCALE and latents.shape[-2:] != (p.height // 8, p.width // 8):
         latents = F.interpolate(latents, size=(p.height // 8, p.width // 8), mode="bilinear")
     return latents
