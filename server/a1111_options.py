@@ -40,7 +40,7 @@ APPLIED: dict[str, Any] = {
 # Hypertile and token merging). Accepted with A1111's defaults; server/options.py gives each its check
 # once its effect lands.
 OWNED_ELSEWHERE: tuple[str, dict[str, Any]] = (
-    "accepted; its effect is being built (seed/sampling or speed work) and is not applied yet", {
+    "its effect is being built by the seed/sampling and speed work, not applied yet", {
         "randn_source": "GPU", "eta_noise_seed_delta": 0, "always_discard_next_to_last_sigma": False,
         "emphasis": "Original", "s_min_uncond": 0.0, "s_min_uncond_all": False, "pad_cond_uncond": False,
         "pad_cond_uncond_v0": False, "sigma_min": 0.0, "sigma_max": 0.0, "rho": 0.0,

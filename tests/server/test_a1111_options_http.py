@@ -168,3 +168,14 @@ def test_taesd_vae_methods_use_a1111s_files_when_present(tmp_path: Path) -> None
         assert enc.status_code == 200, enc.text
         assert "VAE Encoder: TAESD" in json.loads(enc.json()["info"])["infotexts"][0]
         assert enc.json()["images"][0] != full["images"][0]
+
+
+def test_tiling_option_is_the_default_of_a_null_tiling(client: TestClient) -> None:
+    plain = client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    by_field = client.post("/sdapi/v1/txt2img", json={**SMALL, "tiling": True}).json()
+    by_option = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"tiling": True}}).json()
+    field_wins = client.post("/sdapi/v1/txt2img", json={**SMALL, "tiling": False,
+                                                         "override_settings": {"tiling": True}}).json()
+    assert by_option["images"][0] == by_field["images"][0] != plain["images"][0]
+    assert "Tiling: True" in json.loads(by_option["info"])["infotexts"][0]
+    assert field_wins["images"][0] == plain["images"][0]
