@@ -34,6 +34,7 @@ APPLIED: dict[str, Any] = {
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
+    "use_old_hires_fix_width_height": False,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -151,7 +152,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "auto_vae_precision": True, "img2img_extra_noise": 0.0, "img2img_color_correction": False,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
         "use_old_karras_scheduler_sigmas": False, "no_dpmpp_sde_batch_determinism": False,
-        "use_old_hires_fix_width_height": False, "hires_fix_use_firstpass_conds": False,
+        "hires_fix_use_firstpass_conds": False,
         "use_old_scheduling": False, "use_downcasted_alpha_bar": False, "lora_functional": False,
         "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,
         "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,

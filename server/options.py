@@ -193,6 +193,8 @@ OPTIONS: dict[str, Option] = {
     # issue 19: A1111's options applied here
     "enable_prompt_comments": Option(True, _bool, "strip `# ...` comments from prompts (A1111's Comments)"),
     "tiling": Option(False, _bool, "the default of a request's null `tiling`"),
+    "use_old_hires_fix_width_height": Option(False, _bool, "hires fix: width/height are the final size, the "
+                                             "first pass about 512x512 (A1111's compatibility option)"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

@@ -14,7 +14,7 @@ from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import check_model as check_tiles_model
 from pipeline.diffusion.tiled.request import request_tiles
 from pipeline.jobs import builtin_scripts
-from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size
+from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size, old_hires_first_pass
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
 from pipeline.jobs.refiner import Refiner
 from pipeline.jobs.refiner import resolve as resolve_refiner
@@ -212,7 +212,12 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
                 raise InvalidRequest("firstpass_image", f"the image is {src_w}x{src_h}; at least 64x64 needed")
         else:
             src_w, src_h, fp_w, fp_h = req.width, req.height, req.firstphase_width, req.firstphase_height
-        p.hires = hires_size(src_w, src_h, req.hr_scale, req.hr_resize_x, req.hr_resize_y, fp_w, fp_h)
+        resize_x, resize_y = req.hr_resize_x, req.hr_resize_y
+        if options.get("use_old_hires_fix_width_height") and firstpass_image is None:
+            # A1111's compatibility option: width x height is the final size, pass one about 512x512
+            resize_x, resize_y = req.width, req.height
+            src_w, src_h = old_hires_first_pass(req.width, req.height)
+        p.hires = hires_size(src_w, src_h, req.hr_scale, resize_x, resize_y, fp_w, fp_h)
         p.width, p.height = p.hires.first_w, p.hires.first_h
         if p.hires.final_w < 64 or p.hires.final_h < 64:
             raise InvalidRequest("hr_scale", f"the hires target {p.hires.final_w}x{p.hires.final_h} is below "
