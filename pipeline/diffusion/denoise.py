@@ -21,7 +21,7 @@ import torch
 from pipeline.diffusion import samplers
 from pipeline.diffusion.conditioning import PromptEncoder
 from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
-from pipeline.diffusion.preview import Previews, preview_fallback
+from pipeline.diffusion.preview import NO_FILES, Previews, preview_fallback
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
 from pipeline.diffusion.seeds import batch_noise
@@ -174,7 +174,7 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
     every = int(options.get("show_progress_every_n_steps", 10) or 0)
     live = bool(options.get("live_previews_enable", True)) and every > 0
     method = options.get("show_progress_type")
-    render = previews or Previews(None)
+    render = previews or NO_FILES
     if live:
         preview_fallback(method)
 

@@ -128,3 +128,6 @@ class Previews:
                     out = net(latents[:1].detach().float().cpu())
                 return _to_image(out[0])
         return latent_preview(latents, family)
+
+
+NO_FILES = Previews(None)  # a job without a server's preview files: Approx NN falls back (said once)
