@@ -137,7 +137,8 @@ OPTIONS: dict[str, Option] = {
     "show_progress_every_n_steps": Option(10, _int(-1, 1000), "live preview every N steps (-1/0: off)"),
     "show_progress_type": Option("Approx NN", _choice("Full", "Approx NN", "Approx cheap", "TAESD"),
                                  "Approx NN from <models>/VAE-approx (A1111's model.pt / vaeapprox-sdxl.pt), "
-                                 "else, and for TAESD and Full, 'Approx cheap' (logged once)"),
+                                 "TAESD from <models>/VAE-taesd; without the file, and for Full, 'Approx "
+                                 "cheap' (logged once)"),
     "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined")),
     "samples_save": Option(True, _bool),
     "save_images_before_highres_fix": Option(False, _bool),

@@ -109,8 +109,8 @@ class Services:
         svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)
-        svc.previews = Previews(config.model_folder("VAE-approx"))
         svc.tiny_vae = TinyVAEs(config.model_folder("VAE-taesd"))
+        svc.previews = Previews(config.model_folder("VAE-approx"), svc.tiny_vae)
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()

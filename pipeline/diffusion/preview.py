@@ -4,8 +4,8 @@
 - "Approx NN" (A1111's default): A1111's small convolutional approximation, read from the file A1111 keeps
   it in, `<models>/VAE-approx/model.pt` (SD 1.x/2.x) or `vaeapprox-sdxl.pt` (SDXL), as its state dict
   (`torch.load(weights_only=True)`). Nothing is downloaded: without the file the preview is "Approx cheap".
-- "TAESD" and "Full": served as "Approx cheap" (no TAESD decoder here; the full VAE stays off the progress
-  path, which runs beside the job).
+- "TAESD": the TAESD decoder of `<models>/VAE-taesd` (pipeline/models/taesd.py), when its file is there.
+- "Full": served as "Approx cheap" (the full VAE stays off the progress path, which runs beside the job).
 
 Every fallback is said once per method and file in the log; the images of a job are never affected."""
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch import nn
 log = logging.getLogger("hiresd.preview")
 CHEAP = "Approx cheap"
 APPROX_NN = "Approx NN"
+TAESD = "TAESD"
 APPROX_FILES = {"sdxl": "vaeapprox-sdxl.pt"}  # any other family: model.pt
 _told: set[str] = set()
 _told_lock = threading.Lock()
@@ -43,8 +45,9 @@ def _tell_once(key: str, message: str, *args: object) -> None:
 
 
 def preview_fallback(method: str | None) -> None:
-    """Log once per method that live previews of `method` are served with the linear approximation."""
-    if method and method not in (CHEAP, APPROX_NN):
+    """Log once that live previews of "Full" are served with the linear approximation (Approx NN and
+    TAESD say so themselves when their file is missing)."""
+    if method and method not in (CHEAP, APPROX_NN, TAESD):
         _tell_once(method, "show_progress_type %r: live previews use %r here (no %s decoder on the progress "
                    "path); the images are not affected", method, CHEAP, method)
 
@@ -88,10 +91,12 @@ class ApproxNN(nn.Module):
 
 
 class Previews:
-    """The preview decoders of a server: the Approx NN files of `approx_dir`, loaded on first use and kept."""
+    """The preview decoders of a server: the Approx NN files of `approx_dir`, loaded on first use and kept,
+    and `tiny_vae` (models/taesd.TinyVAEs, or None) for "TAESD"."""
 
-    def __init__(self, approx_dir: Path | None) -> None:
+    def __init__(self, approx_dir: Path | None, tiny_vae: Any = None) -> None:
         self.approx_dir = approx_dir
+        self.tiny_vae = tiny_vae
         self._nets: dict[str, ApproxNN | None] = {}
         self._lock = threading.Lock()
 
@@ -127,6 +132,10 @@ class Previews:
                 with torch.no_grad():
                     out = net(latents[:1].detach().float().cpu())
                 return _to_image(out[0])
+        if method == TAESD and latents.shape[1] == 4 and self.tiny_vae is not None:
+            net = self.tiny_vae.get("decoder", family)
+            if net is not None:
+                return _to_image(self.tiny_vae.decode(net, latents[:1].detach().float())[0] * 2 - 1)
         return latent_preview(latents, family)
 
 

@@ -63,8 +63,8 @@ def test_the_option_picks_the_method_of_the_jobs_previews(tmp_path: Path, caplog
     previews = Previews(tmp_path / "VAE-approx")
     z = torch.randn(1, 4, 6, 6, generator=torch.Generator().manual_seed(3))
     got = {}
-    preview_mod._told.discard("TAESD")
-    for method in ("Approx NN", "Approx cheap", "TAESD"):
+    preview_mod._told.discard("Full")
+    for method in ("Approx NN", "Approx cheap", "TAESD", "Full"):
         js = JobState()
         js.begin("txt2img", 1)
         opts = {"show_progress_every_n_steps": 1, "live_previews_enable": True, "show_progress_type": method}
@@ -73,5 +73,20 @@ def test_the_option_picks_the_method_of_the_jobs_previews(tmp_path: Path, caplog
         got[method] = np.asarray(js.snapshot()["preview"]())
     assert np.array_equal(got["Approx NN"], _reference(state, z))
     cheap = np.asarray(latent_preview(z, "sd1"))
-    assert np.array_equal(got["Approx cheap"], cheap) and np.array_equal(got["TAESD"], cheap)
-    assert any("'TAESD'" in r.getMessage() for r in caplog.records)
+    assert all(np.array_equal(got[m], cheap) for m in ("Approx cheap", "TAESD", "Full"))  # no TAESD file here
+    assert any("'Full'" in r.getMessage() for r in caplog.records)
+
+
+def test_taesd_previews_use_the_taesd_decoder_file(tmp_path: Path) -> None:
+    from pipeline.models.taesd import TinyVAEs, decoder
+
+    folder = tmp_path / "VAE-taesd"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(5)
+    torch.save({k: torch.randn(v.shape, generator=g) * 0.05 for k, v in decoder().state_dict().items()},
+               folder / "taesd_decoder.pth")
+    tiny = TinyVAEs(folder)
+    z = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(6))
+    img = Previews(None, tiny).render(z, "sd1", "TAESD")
+    want = (tiny.decode(tiny.get("decoder", "sd1"), z)[0].clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+    assert img.size == (32, 32) and np.array_equal(np.asarray(img), want)
