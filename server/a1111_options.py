@@ -34,7 +34,7 @@ APPLIED: dict[str, Any] = {
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
-    "use_old_hires_fix_width_height": False,
+    "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -149,7 +149,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False, "auto_upcast_attn": True,
         "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
-        "auto_vae_precision": True, "img2img_extra_noise": 0.0, "img2img_color_correction": False,
+        "auto_vae_precision": True, "img2img_color_correction": False,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
         "use_old_karras_scheduler_sigmas": False, "no_dpmpp_sde_batch_determinism": False,
         "hires_fix_use_firstpass_conds": False,

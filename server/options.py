@@ -194,6 +194,8 @@ OPTIONS: dict[str, Option] = {
     # issue 19: A1111's options applied here
     "enable_prompt_comments": Option(True, _bool, "strip `# ...` comments from prompts (A1111's Comments)"),
     "tiling": Option(False, _bool, "the default of a request's null `tiling`"),
+    "img2img_extra_noise": Option(0.0, _float(0, 1), "extra noise on the start of img2img and the hires pass "
+                                  "(infotext `Extra noise`)"),
     "use_old_hires_fix_width_height": Option(False, _bool, "hires fix: width/height are the final size, the "
                                              "first pass about 512x512 (A1111's compatibility option)"),
 }

@@ -117,15 +117,21 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
             cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
             switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
-            crop: tuple[int, int] = (0, 0), soft: SoftInpainting | None = None) -> PassResult:
+            crop: tuple[int, int] = (0, 0), soft: SoftInpainting | None = None,
+            extra_noise: float = 0.0) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
     9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
     `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers (the
     callback's `on_tiles(done, total)`, when it has one, runs after every tile batch); `crop`
-    is SDXL's crop conditioning (`sdxl_crop`); `soft` makes the inpainting blend Soft Inpainting's."""
+    is SDXL's crop conditioning (`sdxl_crop`); `soft` makes the inpainting blend Soft Inpainting's.
+    `extra_noise` (option img2img_extra_noise) adds noise * extra_noise to a noised init at the start, in
+    k-diffusion's units (A1111: x + noise * sigma_0 + noise * extra; the timestep samplers' sqrt(alpha) mix
+    gets noise * extra * sqrt(alpha), the same thing), so it scales the start noise by 1 + extra / sigma_0."""
     init = None if init_latents is None else init_latents.float().to(model.device)
+    if extra_noise > 0 and init is not None and plan.start_sigma > 0:
+        noise = noise * (1.0 + extra_noise / plan.start_sigma)
     x = plan.start(noise.to(model.device), init)
     # a mask that keeps nothing (all white) is plain img2img: no blend, whose eps round trip would only
     # add rounding

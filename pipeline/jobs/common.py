@@ -95,9 +95,14 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     if spec.noise_multiplier != 1.0:
         p.extra_generation_params["Noise multiplier"] = spec.noise_multiplier
         noise = noise * spec.noise_multiplier
+    # option img2img_extra_noise: more noise on the start of img2img and of the hires pass (A1111 1.10)
+    extra_noise = float(p.options.get("img2img_extra_noise", 0.0) or 0.0) if spec.init is not None else 0.0
+    if extra_noise > 0:
+        p.extra_generation_params["Extra noise"] = extra_noise
     ctx.extensions.call("process_before_every_sampling", p, pass_no=spec.pass_no, x=spec.init, noise=noise)
     settings = denoise.PassSettings(sampler=spec.sampler, schedule=spec.schedule, steps=spec.steps,
-                                    params=sampler_params(p, spec.sampler), strength=spec.strength, fix_steps=spec.fix_steps)
+                                    params=sampler_params(p, spec.sampler), strength=spec.strength,
+                                    fix_steps=spec.fix_steps)
     plan = denoise.plan_pass(model, settings, gens, seeds)
     activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)
@@ -118,7 +123,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
             image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
         return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
                                callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
-                               crop=denoise.sdxl_crop(p.options), soft=spec.soft,
+                               crop=denoise.sdxl_crop(p.options), soft=spec.soft, extra_noise=extra_noise,
                                tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height))
 
 
@@ -165,7 +170,8 @@ def decode(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext
     return vae_codec.to_images(x)
 
 
-def encode(model: SDModel, images: torch.Tensor, p: Processing, ctx: JobContext | None = None) -> torch.Tensor:
+def encode(model: SDModel, images: torch.Tensor, p: Processing, ctx: JobContext | None = None
+           ) -> torch.Tensor:
     """Images in [0, 1] as scaled float32 latents, by the full VAE or (option sd_vae_encode_method) TAESD.
     Circular padding (`tiling`) is the caller's."""
     net = _tiny_vae(p, ctx, "encoder", model)

@@ -179,3 +179,29 @@ def test_tiling_option_is_the_default_of_a_null_tiling(client: TestClient) -> No
     assert by_option["images"][0] == by_field["images"][0] != plain["images"][0]
     assert "Tiling: True" in json.loads(by_option["info"])["infotexts"][0]
     assert field_wins["images"][0] == plain["images"][0]
+
+
+def test_img2img_extra_noise_adds_noise_to_img2img_and_the_hires_pass(client: TestClient) -> None:
+    import base64
+    import io
+
+    from PIL import Image
+
+    extra = {"override_settings": {"img2img_extra_noise": 0.3}}
+    # txt2img without hires has no noised init: nothing changes, nothing is written
+    plain = client.post("/sdapi/v1/txt2img", json=SMALL).json()
+    same = client.post("/sdapi/v1/txt2img", json={**SMALL, **extra}).json()
+    assert same["images"][0] == plain["images"][0]
+    assert "Extra noise" not in json.loads(same["info"])["infotexts"][0]
+    hires = {**SMALL, "enable_hr": True, "hr_scale": 1.5, "denoising_strength": 0.5}
+    a = client.post("/sdapi/v1/txt2img", json=hires).json()
+    b = client.post("/sdapi/v1/txt2img", json={**hires, **extra}).json()
+    assert a["images"][0] != b["images"][0] and "Extra noise: 0.3" in json.loads(b["info"])["infotexts"][0]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 160, 90)).save(buf, "PNG")
+    body = {**SMALL, "init_images": [base64.b64encode(buf.getvalue()).decode()], "denoising_strength": 0.4}
+    c = client.post("/sdapi/v1/img2img", json=body).json()
+    d = client.post("/sdapi/v1/img2img", json={**body, **extra}).json()
+    assert c["images"][0] != d["images"][0] and "Extra noise: 0.3" in json.loads(d["info"])["infotexts"][0]
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"img2img_extra_noise": 2}})
+    assert r.status_code == 400 and "img2img_extra_noise" in r.text
