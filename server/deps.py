@@ -130,7 +130,8 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
     # A1111 saves an API job's images when the request asks and the option samples_save is on
-    if req.save_images and opts.get("samples_save", True) and (not incomplete or opts["save_incomplete_images"]):
+    wanted = req.save_images and opts.get("samples_save", True)
+    if wanted and (not incomplete or opts["save_incomplete_images"]):
         svc.save_images(result.images, result.infotexts, fmt, save_options)
     if not req.send_images:
         return []

@@ -232,8 +232,9 @@ class Services:
         self.reach_checkpoint(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
-        ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state, faces=self.upscalers.faces,
-                         networks=self.networks, previews=self.previews, tiny_vae=self.tiny_vae)
+        ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
+                         faces=self.upscalers.faces, networks=self.networks, previews=self.previews,
+                         tiny_vae=self.tiny_vae)
         try:
             return run_job(p, ctx)
         finally:

@@ -4,8 +4,8 @@ the result barely changed.
 
 Per step (A1111's `on_mask_blend`, in place of the hard blend x0 * nmask + init * (1 - nmask)):
 
-    t      = nmask ** (sigma ** schedule_bias * preservation_strength)       (sigma: the call's noise level;
-                                                                              the timestep for DDIM/PLMS/UniPC)
+    t      = nmask ** (sigma ** schedule_bias * preservation_strength)
+             (sigma: the call's noise level; the timestep for DDIM/PLMS/UniPC, as A1111 hands it over)
     lin    = init * (1 - t) + x0 * t                                          (per latent pixel)
     |out|  = ((1 - t) |init|^p + t |x0|^p) ** (1/p),  p = transition contrast boost (the channel norm)
     out    = lin * |out| / (|lin| + 1e-5)
@@ -14,7 +14,8 @@ The final hard blend of the sampled latent is skipped. After decoding (A1111's `
 of the original gets a new mask: the channel distance between the init and the sampled latents, smoothed
 twice by a weighted-percentile filter over a 5x5 Gaussian window (percentiles 0.9-1, then 0.25-0.75, with a
 window of at least 1 weight unit), divided by difference_threshold * s, where
-s = m / (1.00001 - m), m = 0.5 (1 - mask_influence) + (1 - clamp(nmask) ** (preservation_strength / 2)) * mask_influence;
+s = m / (1.00001 - m), m = 0.5 (1 - mask_influence)
+    + (1 - clamp(nmask) ** (preservation_strength / 2)) * mask_influence;
 then 1 / (1 + d ** difference_contrast), smootherstep, inverted, resized to the image (Lanczos), blurred
 (Gaussian radius 4) and pasted into the crop box for "only masked". The original is kept with that mask's
 inverse, on top of its own overlay mask."""
@@ -66,12 +67,14 @@ class SoftInpainting:
 
     def overlay_masks(self, nmask: torch.Tensor, init: torch.Tensor, latents: torch.Tensor, width: int,
                       height: int) -> list[Image.Image]:
-        """Per image: the L mask (255 = take the result) the original's overlay is cut with, at width x height."""
+        """Per image: the L mask (255 = take the result) the original's overlay is cut with, at
+        width x height."""
         m = nmask[:, 0].float().clamp(0, 1) if nmask.dim() == 4 else nmask[0].float().clamp(0, 1)[None]
         scalar = 1 - m ** (self.preservation_strength / 2)
         scalar = 0.5 * (1 - self.mask_influence) + scalar * self.mask_influence
         scalar = (scalar / (1.00001 - scalar)).cpu().numpy()
-        distance = torch.linalg.vector_norm(latents.float() - init.float().to(latents.device), dim=1).cpu().numpy()
+        moved = latents.float() - init.float().to(latents.device)
+        distance = torch.linalg.vector_norm(moved, dim=1).cpu().numpy()
         kernel = gaussian_kernel(1.5, 2)
         out = []
         for i, d in enumerate(distance.astype(np.float64)):
@@ -111,7 +114,8 @@ def weighted_percentile_filter(img: np.ndarray, kernel: np.ndarray, lo: float, h
     padded = np.pad(img, ((cy, cy), (cx, cx)))
     inside = np.pad(np.ones_like(img), ((cy, cy), (cx, cx)))
     values = np.stack([padded[y:y + h, x:x + w] for y in range(kh) for x in range(kw)], axis=-1)
-    weights = np.stack([inside[y:y + h, x:x + w] * kernel[y, x] for y in range(kh) for x in range(kw)], axis=-1)
+    weights = np.stack([inside[y:y + h, x:x + w] * kernel[y, x] for y in range(kh) for x in range(kw)],
+                       axis=-1)
     order = np.argsort(values, axis=-1, kind="stable")
     values = np.take_along_axis(values, order, axis=-1)
     weights = np.take_along_axis(weights, order, axis=-1)

@@ -68,7 +68,8 @@ def _text(v: Any, field: str) -> str:
 
 ARGS: dict[str, list[Arg]] = {
     REFINER: [("Refiner", False, _flag), ("Checkpoint", "", _text), ("Switch at", 0.8, _number(0.01, 1.0))],
-    SEED: [("Seed", -1, _whole(None, None)), ("Extra", False, _flag), ("Variation seed", -1, _whole(None, None)),
+    SEED: [("Seed", -1, _whole(None, None)), ("Extra", False, _flag),
+           ("Variation seed", -1, _whole(None, None)),
            ("Variation strength", 0.0, _number(0.0, 1.0)), ("Resize seed from width", 0, _whole(0, 2048)),
            ("Resize seed from height", 0, _whole(0, 2048))],
     SAMPLER: [("Sampling steps", 20, _whole(1, 150)), ("Sampling method", "DPM++ 2M", _text),
@@ -134,8 +135,8 @@ def read_args(req: Any, img2img: bool) -> SoftInpainting | None:
     if soft is None or not soft[0]:
         return None
     if not img2img:
-        raise InvalidRequest(f"alwayson_scripts.{SOFT}", "Soft Inpainting is an img2img script (A1111 offers it "
-                             "in img2img only); send it disabled or leave it out")
+        raise InvalidRequest(f"alwayson_scripts.{SOFT}", "Soft Inpainting is an img2img script (A1111 "
+                             "offers it in img2img only); send it disabled or leave it out")
     return SoftInpainting(*soft[1:])
 
 

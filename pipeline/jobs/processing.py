@@ -111,7 +111,7 @@ class Processing:
         self.all_negative_prompts = [self.negative_prompt] * count
 
 
-# A1111's k-diffusion Sampler defaults: an option that differs from these wins over the request (s_tmax 0: no end)
+# A1111's k-diffusion Sampler defaults: an option that differs from them wins over the request (s_tmax 0: no end)
 _SIGMA_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
 
 
@@ -166,7 +166,8 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
         n_iter=req.n_iter, clip_skip=_clip_skip(options), checkpoint=checkpoint,
         tiling=bool(req.tiling if req.tiling is not None else options.get("tiling", False)),
         eta=req.eta, s_churn=_sigma_param(req.s_churn, options, "s_churn"),
-        s_tmin=_sigma_param(req.s_tmin, options, "s_tmin"), s_tmax=_sigma_param(req.s_tmax, options, "s_tmax"),
+        s_tmin=_sigma_param(req.s_tmin, options, "s_tmin"),
+        s_tmax=_sigma_param(req.s_tmax, options, "s_tmax"),
         s_noise=_sigma_param(req.s_noise, options, "s_noise"),
         denoising_strength=req.denoising_strength, options=dict(options), face_restorer=face_restorer,
         refiner=refiner,
@@ -184,7 +185,8 @@ def sampler_params(p: Processing, sampler: Any = None) -> samplers.SamplerParams
     """The parameters of a pass run by `sampler` (default: the job's): eta from the request, else from the
     option of the sampler's kind (`eta_ancestral` / `eta_ddim`), as A1111 resolves it per sampler."""
     eta = samplers.option_eta(p.eta, sampler or p.sampler, p.options)
-    return samplers.SamplerParams(eta=eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax, s_noise=p.s_noise)
+    return samplers.SamplerParams(eta=eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax,
+                                  s_noise=p.s_noise)
 
 
 def check_pixel_budget(width: int, height: int, batch_size: int, max_pixels: int, what: str) -> None:

@@ -77,7 +77,8 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
         if _is_latent(p):
             latents = _latent_upscale(first.latents, p)
         else:
-            firsts = [p.firstpass_image] if p.firstpass_image is not None else decode(model, first.latents, p, ctx)
+            firsts = ([p.firstpass_image] if p.firstpass_image is not None
+                      else decode(model, first.latents, p, ctx))
             pixels = [_pixel_upscale(img, p, ctx) for img in firsts]
         # No second pass after a skip in pass one, an interrupt or skip that arrived between the passes
         # (in before_hr or while upscaling), or denoising 0: the result is the upscaled first pass.

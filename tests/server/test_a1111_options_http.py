@@ -19,7 +19,8 @@ from server.config import ServerConfig
 BLOB = Path(__file__).parents[1] / "fixtures" / "a1111_v1.10_options.json"
 SMALL = {"prompt": "a red fox", "steps": 2, "width": 64, "height": 64, "seed": 7}
 # ours differ on purpose: the loaded checkpoint (title, hash); output folders relative to --outputs-dir
-OWN_DEFAULTS = {"sd_model_checkpoint", "sd_checkpoint_hash", "outdir_txt2img_samples", "outdir_img2img_samples",
+OWN_DEFAULTS = {"sd_model_checkpoint", "sd_checkpoint_hash", "outdir_txt2img_samples",
+                "outdir_img2img_samples",
                 "outdir_extras_samples"}
 
 
@@ -94,7 +95,8 @@ def test_override_settings_that_are_no_options_are_ignored_and_listed(client: Te
 
 def test_taesd_vae_methods_fall_back_to_the_full_vae_and_say_so(client: TestClient) -> None:
     plain = client.post("/sdapi/v1/txt2img", json=SMALL).json()
-    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae_decode_method": "TAESD"}})
+    r = client.post("/sdapi/v1/txt2img",
+                    json={**SMALL, "override_settings": {"sd_vae_decode_method": "TAESD"}})
     assert r.status_code == 200, r.text
     info = json.loads(r.json()["info"])
     assert "VAE Decoder: Full (TAESD fallback)" in info["infotexts"][0]
@@ -156,15 +158,18 @@ def test_taesd_vae_methods_use_a1111s_files_when_present(tmp_path: Path) -> None
                        extensions_dir=None, max_pixels=512 * 512)
     with TestClient(create_app(cfg)) as c:
         plain = c.post("/sdapi/v1/txt2img", json=SMALL).json()
-        tiny = c.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_vae_decode_method": "TAESD"}})
+        tiny = c.post("/sdapi/v1/txt2img",
+                      json={**SMALL, "override_settings": {"sd_vae_decode_method": "TAESD"}})
         assert tiny.status_code == 200, tiny.text
         assert "VAE Decoder: TAESD" in json.loads(tiny.json()["info"])["infotexts"][0]
         assert tiny.json()["images"][0] != plain["images"][0]
         buf = io.BytesIO()
         Image.new("RGB", (64, 64), (200, 40, 90)).save(buf, "PNG")
-        body = {**SMALL, "init_images": [base64.b64encode(buf.getvalue()).decode()], "denoising_strength": 0.3}
+        body = {**SMALL, "init_images": [base64.b64encode(buf.getvalue()).decode()],
+                "denoising_strength": 0.3}
         full = c.post("/sdapi/v1/img2img", json=body).json()
-        enc = c.post("/sdapi/v1/img2img", json={**body, "override_settings": {"sd_vae_encode_method": "TAESD"}})
+        enc = c.post("/sdapi/v1/img2img",
+                     json={**body, "override_settings": {"sd_vae_encode_method": "TAESD"}})
         assert enc.status_code == 200, enc.text
         assert "VAE Encoder: TAESD" in json.loads(enc.json()["info"])["infotexts"][0]
         assert enc.json()["images"][0] != full["images"][0]

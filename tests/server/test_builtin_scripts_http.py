@@ -77,7 +77,8 @@ def test_every_builtin_title_with_its_defaults_is_a_200_and_changes_nothing(clie
     for title in IMG2IMG_DEFAULTS:
         assert title.lower() in names["txt2img"] and title.lower() in names["img2img"]
     info = {(s["name"], s["is_img2img"]): s for s in client.get("/sdapi/v1/script-info").json()}
-    assert [a["value"] for a in info[("soft inpainting", True)]["args"]] == [False, 1.0, 0.5, 4.0, 0.0, 0.5, 2.0]
+    soft_args = [a["value"] for a in info[("soft inpainting", True)]["args"]]
+    assert soft_args == [False, 1.0, 0.5, 4.0, 0.0, 0.5, 2.0]
     assert [a["value"] for a in info[("seed", False)]["args"]] == [-1, False, -1, 0.0, 0, 0]
 
 
@@ -115,7 +116,8 @@ def test_extra_options_values_become_override_settings(client: TestClient) -> No
         via_override = txt2img(client, override_settings={"CLIP_stop_at_last_layers": 2})
         payload_wins = txt2img(client, alwayson_scripts={"Extra options": {"args": [2]}},
                                override_settings={"CLIP_stop_at_last_layers": 1})
-        r = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"Extra options": {"args": [2, 3]}}})
+        r = client.post("/sdapi/v1/txt2img",
+                        json={**SMALL, "alwayson_scripts": {"Extra options": {"args": [2, 3]}}})
     finally:
         client.post("/sdapi/v1/options", json={"extra_options_txt2img": []})
     assert "Clip skip: 2" in infotext(via_script) and via_script["image"] == via_override["image"]
@@ -197,7 +199,8 @@ def test_soft_inpainting_changes_the_inpainted_blend_and_says_so(client: TestCli
     assert np.abs(a - b).mean() > 0.5
     text = json.loads(soft.json()["info"])["infotexts"][0]
     for key in ("Soft inpainting enabled: True", "Soft inpainting schedule bias: 1.0",
-                "Soft inpainting preservation strength: 0.5", "Soft inpainting transition contrast boost: 4.0",
+                "Soft inpainting preservation strength: 0.5",
+                "Soft inpainting transition contrast boost: 4.0",
                 "Soft inpainting mask influence: 0.0", "Soft inpainting difference threshold: 0.5",
                 "Soft inpainting difference contrast: 2.0"):
         assert key in text

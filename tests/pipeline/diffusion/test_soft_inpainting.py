@@ -57,7 +57,8 @@ def test_step_mask_strengthens_the_original_at_high_noise() -> None:
     assert float(high.max()) < float(low.min())  # more of the original early on, more of the sample late
 
 
-def _filter_reference(img: np.ndarray, kernel: np.ndarray, lo: float, hi: float, min_width: float) -> np.ndarray:
+def _filter_reference(img: np.ndarray, kernel: np.ndarray, lo: float, hi: float,
+                      min_width: float) -> np.ndarray:
     """A1111's weighted histogram filter, one pixel at a time with explicit sorting and window arithmetic."""
     h, w = img.shape
     c = kernel.shape[0] // 2
