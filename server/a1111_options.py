@@ -35,6 +35,7 @@ APPLIED: dict[str, Any] = {
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
+    "save_images_before_highres_fix": False,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -171,7 +172,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "ddim_discretize": "uniform", "sgm_noise_multiplier": False, "uni_pc_variant": "bh1",
         "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3, "uni_pc_lower_order_final": True,
         "sd_noise_schedule": "Default", "skip_early_cond": 0.0, "beta_dist_alpha": 0.6, "beta_dist_beta": 0.6,
-        "postprocessing_existing_caption_action": "Ignore", "save_images_before_highres_fix": False,
+        "postprocessing_existing_caption_action": "Ignore",
         "outdir_extras_samples": "outputs/extras-images", "upscaling_max_images_in_cache": 5,
         "live_preview_content": "Prompt",
     }),

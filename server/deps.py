@@ -132,6 +132,9 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
     # A1111 saves an API job's images when the request asks and the option samples_save is on
     wanted = req.save_images and opts.get("samples_save", True)
     if wanted and (not incomplete or opts["save_incomplete_images"]):
+        if result.extra_saves:  # A1111 writes them as they come: the first passes before the final images
+            svc.save_images([e[0] for e in result.extra_saves], [e[1] for e in result.extra_saves], fmt,
+                            save_options, [e[2] for e in result.extra_saves])
         svc.save_images(result.images, result.infotexts, fmt, save_options)
     if not req.send_images:
         return []

@@ -141,7 +141,8 @@ OPTIONS: dict[str, Option] = {
                                  "cheap' (logged once)"),
     "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined")),
     "samples_save": Option(True, _bool),
-    "save_images_before_highres_fix": Option(False, _bool),
+    "save_images_before_highres_fix": Option(False, _bool, "hires fix with save_images: the first-pass "
+                                             "images are saved too (`-before-highres-fix`)"),
     "outdir_samples": Option("", _str, "if set, all images go here (relative paths: under --outputs-dir)"),
     "outdir_txt2img_samples": Option("txt2img-images", _outdir("txt2img-images"), _OUTDIR_HELP),
     "outdir_extras_samples": Option("extras-images", _outdir("extras-images"), _OUTDIR_HELP),

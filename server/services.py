@@ -13,7 +13,6 @@ from typing import Any
 from PIL import Image
 
 from pipeline.diffusion.preview import Previews
-from pipeline.models.taesd import TinyVAEs
 from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
 from pipeline.jobs.builtin_scripts import register as register_builtin_scripts
 from pipeline.jobs.common import JobContext, JobResult
@@ -26,6 +25,7 @@ from pipeline.models.accel import Accel, choose, resolve_device
 from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.models.manager import ModelManager
 from pipeline.models.networks import Networks
+from pipeline.models.taesd import TinyVAEs
 from pipeline.models.vae_files import VaeRegistry
 from pipeline.runtime.errors import InvalidRequest, UnknownName
 from pipeline.runtime.worker import Worker
@@ -242,7 +242,7 @@ class Services:
                 self.models.current_filename = p.checkpoint
 
     def save_images(self, images: list[Image.Image], infotexts: list[str], fmt: str,
-                    opts: dict[str, Any]) -> list[Path]:
+                    opts: dict[str, Any], suffixes: list[str] | None = None) -> list[Path]:
         """A1111-style numbered files `NNNNN-<seed>.<ext>` under `<outputs>/txt2img-images/<date>/` (option
         `outdir_samples` or `outdir_txt2img_samples`, relative to --outputs-dir). Each file is written to
         a private temporary name, synced, then hard-linked to the first free number: atomic, and an
@@ -254,11 +254,12 @@ class Services:
         folder.mkdir(parents=True, exist_ok=True)
         ext = "jpg" if fmt == "jpeg" else fmt
         written: list[Path] = []
-        for img, text in zip(images, infotexts, strict=True):
+        for i, (img, text) in enumerate(zip(images, infotexts, strict=True)):
+            tail = suffixes[i] if suffixes else ""
             chunks = {"parameters": text} if opts.get("enable_pnginfo", True) else {"parameters": None}
             data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
                                 compress_level=self.config.png_compress_level)
-            written.append(write_numbered(folder, f"-{_seed_of(text)}.{ext}", data))
+            written.append(write_numbered(folder, f"-{_seed_of(text)}{tail}.{ext}", data))
         return written
 
 

@@ -59,6 +59,8 @@ class JobResult:
     infotexts: list[str]
     info: dict[str, Any]
     unet_calls: list[int] = field(default_factory=list)  # per pass, for tests and benchmarks
+    # extra images to save (image, infotext, file-name suffix): option save_images_before_highres_fix
+    extra_saves: list[tuple[Image.Image, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

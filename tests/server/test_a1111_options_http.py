@@ -210,3 +210,30 @@ def test_img2img_extra_noise_adds_noise_to_img2img_and_the_hires_pass(client: Te
     assert c["images"][0] != d["images"][0] and "Extra noise: 0.3" in json.loads(d["info"])["infotexts"][0]
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"img2img_extra_noise": 2}})
     assert r.status_code == 400 and "img2img_extra_noise" in r.text
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_save_images_before_highres_fix_saves_the_first_pass_too(client: TestClient, upscaler: str) -> None:
+    from PIL import Image
+
+    hires = {**SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": upscaler, "save_images": True,
+             "denoising_strength": 0.5}
+
+    def files() -> set[Path]:
+        return set(ROOT["outputs"].rglob("*.png")) if ROOT["outputs"].exists() else set()
+
+    before = files()
+    r = client.post("/sdapi/v1/txt2img", json={**hires, "override_settings": {
+        "save_images_before_highres_fix": True}})
+    assert r.status_code == 200, r.text
+    new = sorted(files() - before)
+    assert len(new) == 2
+    first = [f for f in new if f.name.endswith("-7-before-highres-fix.png")]
+    final = [f for f in new if f.name.endswith("-7.png")]
+    assert len(first) == 1 and len(final) == 1
+    assert Image.open(first[0]).size == (64, 64) and Image.open(final[0]).size == (96, 96)
+    assert "Hires upscaler" in Image.open(first[0]).info["parameters"] or "Hires upscale" in \
+        Image.open(first[0]).info["parameters"]
+    plain = files()
+    client.post("/sdapi/v1/txt2img", json=hires)  # off (A1111's default): only the final image
+    assert len(files() - plain) == 1
