@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.infotext.codec import parse_infotext
+from pipeline.jobs.builtin_scripts import extra_options_overrides
 from pipeline.jobs.dispatch import prepare_txt2img
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
-from pipeline.jobs.builtin_scripts import extra_options_overrides
 from server.deps import PreparedJob, json_response, run_generation, services
 from server.errors import NEVER_QUEUED
 from server.imagecodec import decode_image, read_image_info

@@ -8,9 +8,9 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.jobs.builtin_scripts import extra_options_overrides
 from pipeline.jobs.dispatch import prepare_img2img
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
-from pipeline.jobs.builtin_scripts import extra_options_overrides
 from server.deps import PreparedJob, json_response, run_generation, services
 from server.errors import ErrorResponse
 from server.imagecodec import decode_image
