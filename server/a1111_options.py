@@ -35,7 +35,7 @@ APPLIED: dict[str, Any] = {
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
-    "save_images_before_highres_fix": False,
+    "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -148,10 +148,10 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "save_images_before_color_correction": False, "save_mask": False, "save_mask_composite": False,
         "webp_lossless": False, "export_for_4chan": True, "img_downscale_threshold": 4.0,
         "target_side_length": 4000, "img_max_size_mp": 200, "use_original_name_batch": True,
-        "use_upscaler_name_as_suffix": False, "save_init_img": False, "save_txt": False,
+        "use_upscaler_name_as_suffix": False, "save_init_img": False,
         "outdir_grids": "", "outdir_txt2img_grids": "outputs/txt2img-grids",
         "outdir_img2img_grids": "outputs/img2img-grids", "outdir_init_images": "outputs/init-images",
-        "save_to_dirs": True, "grid_save_to_dirs": True, "directories_filename_pattern": "[date]",
+        "grid_save_to_dirs": True, "directories_filename_pattern": "[date]",
         "directories_max_prompt_words": 8, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
         "DAT_tile": 192, "DAT_tile_overlap": 8, "SWIN_tile": 192, "SWIN_tile_overlap": 8,
         "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",

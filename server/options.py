@@ -141,6 +141,9 @@ OPTIONS: dict[str, Option] = {
                                  "cheap' (logged once)"),
     "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined")),
     "samples_save": Option(True, _bool),
+    "save_txt": Option(False, _bool, "saved images get their infotext beside them as <name>.txt"),
+    "save_to_dirs": Option(True, _bool, "saved images go into a folder per date (off: straight into the "
+                           "output folder)"),
     "save_images_before_highres_fix": Option(False, _bool, "hires fix with save_images: the first-pass "
                                              "images are saved too (`-before-highres-fix`)"),
     "outdir_samples": Option("", _str, "if set, all images go here (relative paths: under --outputs-dir)"),

@@ -246,11 +246,13 @@ class Services:
         """A1111-style numbered files `NNNNN-<seed>.<ext>` under `<outputs>/txt2img-images/<date>/` (option
         `outdir_samples` or `outdir_txt2img_samples`, relative to --outputs-dir). Each file is written to
         a private temporary name, synced, then hard-linked to the first free number: atomic, and an
-        existing file is never overwritten, also with concurrent savers."""
+        existing file is never overwritten, also with concurrent savers. A1111's options: `save_to_dirs`
+        off saves straight into the folder (no date folder); `save_txt` writes the infotext beside each
+        image as `<name>.txt`."""
         root = Path(opts.get("outdir_samples") or opts.get("outdir_txt2img_samples") or "txt2img-images")
         if not root.is_absolute():
             root = self.config.outputs_dir / root
-        folder = root / date.today().isoformat()
+        folder = root / date.today().isoformat() if opts.get("save_to_dirs", True) else root
         folder.mkdir(parents=True, exist_ok=True)
         ext = "jpg" if fmt == "jpeg" else fmt
         written: list[Path] = []
@@ -259,7 +261,10 @@ class Services:
             chunks = {"parameters": text} if opts.get("enable_pnginfo", True) else {"parameters": None}
             data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
                                 compress_level=self.config.png_compress_level)
-            written.append(write_numbered(folder, f"-{_seed_of(text)}{tail}.{ext}", data))
+            path = write_numbered(folder, f"-{_seed_of(text)}{tail}.{ext}", data)
+            if opts.get("save_txt") and text:
+                path.with_suffix(".txt").write_text(f"{text}\n", encoding="utf-8")
+            written.append(path)
         return written
 
 

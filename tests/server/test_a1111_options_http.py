@@ -237,3 +237,22 @@ def test_save_images_before_highres_fix_saves_the_first_pass_too(client: TestCli
     plain = files()
     client.post("/sdapi/v1/txt2img", json=hires)  # off (A1111's default): only the final image
     assert len(files() - plain) == 1
+
+
+def test_save_txt_and_save_to_dirs(client: TestClient) -> None:
+    def files(pattern: str) -> set[Path]:
+        return set(ROOT["outputs"].rglob(pattern)) if ROOT["outputs"].exists() else set()
+
+    pngs, txts = files("*.png"), files("*.txt")
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "save_images": True, "override_settings": {
+        "save_txt": True, "save_to_dirs": False}})
+    assert r.status_code == 200, r.text
+    (png,) = files("*.png") - pngs
+    (txt,) = files("*.txt") - txts
+    assert png.parent == ROOT["outputs"] / "txt2img-images"  # no date folder
+    assert txt == png.with_suffix(".txt")
+    assert txt.read_text("utf-8") == json.loads(r.json()["info"])["infotexts"][0] + "\n"
+    pngs = files("*.png")
+    client.post("/sdapi/v1/txt2img", json={**SMALL, "save_images": True})  # A1111's defaults
+    (dated,) = files("*.png") - pngs
+    assert dated.parent.parent == ROOT["outputs"] / "txt2img-images" and not dated.with_suffix(".txt").exists()
