@@ -255,4 +255,5 @@ def test_save_txt_and_save_to_dirs(client: TestClient) -> None:
     pngs = files("*.png")
     client.post("/sdapi/v1/txt2img", json={**SMALL, "save_images": True})  # A1111's defaults
     (dated,) = files("*.png") - pngs
-    assert dated.parent.parent == ROOT["outputs"] / "txt2img-images" and not dated.with_suffix(".txt").exists()
+    assert dated.parent.parent == ROOT["outputs"] / "txt2img-images"
+    assert not dated.with_suffix(".txt").exists()
