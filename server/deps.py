@@ -13,6 +13,7 @@ from fastapi import HTTPException, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.jobs.builtin_scripts import strip_prompt_comments
 from pipeline.jobs.common import JobResult
 from pipeline.jobs.processing import Processing
 from pipeline.models.networks import check_job
@@ -94,12 +95,17 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
     styles.csv semantics; an unknown style is a 400) and networks (LoRA tags: unknown name, bad number,
     wrong family -> 400)."""
     p.script_args = script_args
+    p.ignored_settings = sorted(k for k in (req.override_settings or {}) if k not in OPTIONS)
+    if p.ignored_settings:
+        log.info("override_settings: %s not options here (A1111 ignores them too); ignored",
+                 ", ".join(repr(k) for k in p.ignored_settings))
     if p.styles:
         p.prompt, p.negative_prompt = svc.styles.apply(req.prompt, req.negative_prompt, p.styles)
         if p.hr_prompt or p.hr_negative_prompt:  # styled once, from the request's own texts
             p.hr_prompt, p.hr_negative_prompt = svc.styles.apply(p.hr_prompt or req.prompt,
                                                                  p.hr_negative_prompt or req.negative_prompt,
                                                                  p.styles)
+    strip_prompt_comments(p)  # A1111's Comments script, after the styles
     check_job(svc.networks, p, svc.models)
 
 
@@ -123,7 +129,12 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
         kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
-    if req.save_images and (not incomplete or opts["save_incomplete_images"]):
+    # A1111 saves an API job's images when the request asks and the option samples_save is on
+    wanted = req.save_images and opts.get("samples_save", True)
+    if wanted and (not incomplete or opts["save_incomplete_images"]):
+        if result.extra_saves:  # A1111 writes them as they come: the first passes before the final images
+            svc.save_images([e[0] for e in result.extra_saves], [e[1] for e in result.extra_saves], fmt,
+                            save_options, [e[2] for e in result.extra_saves])
         svc.save_images(result.images, result.infotexts, fmt, save_options)
     if not req.send_images:
         return []

@@ -15,6 +15,7 @@ from typing import Any
 
 from pipeline.models.networks.patch import BACKUP_DEVICES
 from pipeline.runtime.errors import InvalidRequest
+from server.a1111_options import a1111_defaults, unapplied_groups
 
 Validator = Callable[[Any], Any]
 # extra checks the app adds for values only it can judge (a VAE or checkpoint name): (value, field) -> value
@@ -73,6 +74,43 @@ def _str_list(v: Any) -> list[str]:
     return list(v)
 
 
+def _like(default: Any) -> Validator:
+    """The check of an option this server accepts without applying it: a value of the type of A1111's
+    default (numbers as numbers, lists as lists; None takes anything, as A1111 stores it)."""
+    if isinstance(default, bool):
+        return _bool
+    if isinstance(default, (int, float)):
+        def number(v: Any) -> Any:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+                raise ValueError("must be a number")
+            return v
+        return number
+    if isinstance(default, str):
+        return _str
+    if isinstance(default, list):
+        def a_list(v: Any) -> list[Any]:
+            if not isinstance(v, list):
+                raise ValueError("must be a list")
+            return list(v)
+        return a_list
+    return lambda v: v
+
+
+_TAESD_HELP = ("TAESD: A1111's taesd(xl)_decoder/encoder.pth under <models>/VAE-taesd; without the file the "
+               "full VAE, said in the log and the infotext")
+_OUTDIR_HELP = ("relative paths: under --outputs-dir; A1111's default `outputs/<name>` (relative to its data "
+                "folder) names the same folder as `<name>` here")
+
+
+def _outdir(name: str) -> Validator:
+    """An output folder option: A1111's default (`outputs/<name>`, under A1111's data folder) is this
+    server's default `<name>` (under --outputs-dir), so an A1111 options blob saves where it did."""
+    def check(v: Any) -> str:
+        s = _str(v)
+        return name if s.replace("\\", "/") == f"outputs/{name}" else s
+    return check
+
+
 @dataclass(frozen=True)
 class Option:
     default: Any
@@ -97,14 +135,21 @@ OPTIONS: dict[str, Option] = {
     "ESRGAN_tile_overlap": Option(8, _int(0, 512), "upscaler tile overlap in pixels"),
     "live_previews_enable": Option(True, _bool),
     "show_progress_every_n_steps": Option(10, _int(-1, 1000), "live preview every N steps (-1/0: off)"),
-    "show_progress_type": Option("Approx cheap", _choice("Approx cheap"), "the linear latent approximation"),
+    "show_progress_type": Option("Approx NN", _choice("Full", "Approx NN", "Approx cheap", "TAESD"),
+                                 "Approx NN from <models>/VAE-approx (A1111's model.pt / vaeapprox-sdxl.pt), "
+                                 "TAESD from <models>/VAE-taesd; without the file, and for Full, 'Approx "
+                                 "cheap' (logged once)"),
     "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined")),
     "samples_save": Option(True, _bool),
-    "save_images_before_highres_fix": Option(False, _bool),
+    "save_txt": Option(False, _bool, "saved images get their infotext beside them as <name>.txt"),
+    "save_to_dirs": Option(True, _bool, "saved images go into a folder per date (off: straight into the "
+                           "output folder)"),
+    "save_images_before_highres_fix": Option(False, _bool, "hires fix with save_images: the first-pass "
+                                             "images are saved too (`-before-highres-fix`)"),
     "outdir_samples": Option("", _str, "if set, all images go here (relative paths: under --outputs-dir)"),
-    "outdir_txt2img_samples": Option("txt2img-images", _str, "relative paths: under --outputs-dir"),
-    "outdir_extras_samples": Option("extras-images", _str, "relative paths: under --outputs-dir"),
-    "outdir_img2img_samples": Option("img2img-images", _str, "relative paths: under --outputs-dir"),
+    "outdir_txt2img_samples": Option("txt2img-images", _outdir("txt2img-images"), _OUTDIR_HELP),
+    "outdir_extras_samples": Option("extras-images", _outdir("extras-images"), _OUTDIR_HELP),
+    "outdir_img2img_samples": Option("img2img-images", _outdir("img2img-images"), _OUTDIR_HELP),
     "img2img_fix_steps": Option(False, _bool, "img2img runs exactly `steps` steps, not int(denoising * steps) + 1"),
     "initial_noise_multiplier": Option(1.0, _float(0, 1.5), "img2img: scales the seeded noise"),
     "upscaler_for_img2img": Option(None, _str_or_none, "img2img resize upscaler (null: Lanczos)"),
@@ -125,12 +170,13 @@ OPTIONS: dict[str, Option] = {
                                      "hires fix: the passes in which the refiner may take over"),
     "refiner_switch_by_sample_steps": Option(False, _bool, "refiner_switch_at counts sampling steps, not noise"),
     "face_restoration": Option(False, _bool),
-    "face_restoration_model": Option(None, _str_or_none),
+    "face_restoration_model": Option("CodeFormer", _str_or_none, "the restorer restore_faces uses (else the "
+                                     "first one available)"),
     "code_former_weight": Option(0.5, _float(0, 1)),
     "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
-    "realesrgan_enabled_models": Option([], _str_list),
-    "sd_vae_encode_method": Option("Full", _choice("Full")),
-    "sd_vae_decode_method": Option("Full", _choice("Full")),
+    "realesrgan_enabled_models": Option(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], _str_list),
+    "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
+    "sd_vae_decode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
     "lora_add_hashes_to_infotext": Option(True, _bool, "write `Lora hashes` into the infotext"),
     "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
     "lora_bundled_ti_to_infotext": Option(True, _bool, "an embedding bundled in a LoRA file is listed in `TI "
@@ -149,7 +195,21 @@ OPTIONS: dict[str, Option] = {
     "ldsr_steps": Option(100, _int(1, 200), "LDSR: DDIM steps per upscale (A1111's slider, 1 to 200)"),
     "ldsr_cached": Option(False, _bool, "LDSR: keep the model in memory between uses (else read from disk "
                           "for each)"),
+    # issue 19: A1111's options applied here
+    "enable_prompt_comments": Option(True, _bool, "strip `# ...` comments from prompts (A1111's Comments)"),
+    "tiling": Option(False, _bool, "the default of a request's null `tiling`"),
+    "img2img_extra_noise": Option(0.0, _float(0, 1), "extra noise on the start of img2img and the hires pass "
+                                  "(infotext `Extra noise`)"),
+    "use_old_hires_fix_width_height": Option(False, _bool, "hires fix: width/height are the final size, the "
+                                             "first pass about 512x512 (A1111's compatibility option)"),
 }
+# every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
+# here (server/a1111_options.py says why, group by group)
+for _reason, _group in unapplied_groups():
+    for _name, _default in _group.items():
+        OPTIONS.setdefault(_name, Option(_default, _like(_default), _reason))
+# names A1111 has that a check above must accept at A1111's default
+A1111_DEFAULTS = a1111_defaults()
 
 
 class OptionsStore:

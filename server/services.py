@@ -12,7 +12,9 @@ from typing import Any
 
 from PIL import Image
 
+from pipeline.diffusion.preview import Previews
 from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
+from pipeline.jobs.builtin_scripts import register as register_builtin_scripts
 from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.dispatch import run_job
 from pipeline.jobs.extensions import Extensions
@@ -23,6 +25,7 @@ from pipeline.models.accel import Accel, choose, resolve_device
 from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.models.manager import ModelManager
 from pipeline.models.networks import Networks
+from pipeline.models.taesd import TinyVAEs
 from pipeline.models.vae_files import AUTOMATIC, NONE, VaeRegistry
 from pipeline.runtime.errors import InvalidRequest, UnknownName
 from pipeline.runtime.worker import Worker
@@ -62,6 +65,8 @@ class Services:
     styles: StyleStore
     console: ConsoleProgress | None = None
     networks: Networks | None = None  # LoRA files and embeddings (<models>/Lora, LyCORIS, embeddings)
+    previews: Previews | None = None  # live-preview decoders (<models>/VAE-approx, A1111's Approx NN files)
+    tiny_vae: TinyVAEs | None = None  # TAESD for the TAESD VAE methods (<models>/VAE-taesd, A1111's files)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -100,9 +105,12 @@ class Services:
         worker = Worker(config.queue_size)
         extensions = Extensions.load(config.extensions_dir)
         register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
+        register_builtin_scripts(extensions)  # A1111's own: Refiner, Seed, Sampler, Comments, ...
         svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)
+        svc.tiny_vae = TinyVAEs(config.model_folder("VAE-taesd"))
+        svc.previews = Previews(config.model_folder("VAE-approx"), svc.tiny_vae)
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
@@ -257,8 +265,9 @@ class Services:
         self.reach_vae(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
-        ctx = JobContext(self.models, upscaler, self.extensions,
-                         self.worker.state, faces=self.upscalers.faces, networks=self.networks)
+        ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
+                         faces=self.upscalers.faces, networks=self.networks, previews=self.previews,
+                         tiny_vae=self.tiny_vae)
         try:
             return run_job(p, ctx)
         finally:
@@ -267,23 +276,29 @@ class Services:
             self.models.current_filename = p.checkpoint
 
     def save_images(self, images: list[Image.Image], infotexts: list[str], fmt: str,
-                    opts: dict[str, Any]) -> list[Path]:
+                    opts: dict[str, Any], suffixes: list[str] | None = None) -> list[Path]:
         """A1111-style numbered files `NNNNN-<seed>.<ext>` under `<outputs>/txt2img-images/<date>/` (option
         `outdir_samples` or `outdir_txt2img_samples`, relative to --outputs-dir). Each file is written to
         a private temporary name, synced, then hard-linked to the first free number: atomic, and an
-        existing file is never overwritten, also with concurrent savers."""
+        existing file is never overwritten, also with concurrent savers. A1111's options: `save_to_dirs`
+        off saves straight into the folder (no date folder); `save_txt` writes the infotext beside each
+        image as `<name>.txt`."""
         root = Path(opts.get("outdir_samples") or opts.get("outdir_txt2img_samples") or "txt2img-images")
         if not root.is_absolute():
             root = self.config.outputs_dir / root
-        folder = root / date.today().isoformat()
+        folder = root / date.today().isoformat() if opts.get("save_to_dirs", True) else root
         folder.mkdir(parents=True, exist_ok=True)
         ext = "jpg" if fmt == "jpeg" else fmt
         written: list[Path] = []
-        for img, text in zip(images, infotexts, strict=True):
+        for i, (img, text) in enumerate(zip(images, infotexts, strict=True)):
+            tail = suffixes[i] if suffixes else ""
             chunks = {"parameters": text} if opts.get("enable_pnginfo", True) else {"parameters": None}
             data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
                                 compress_level=self.config.png_compress_level)
-            written.append(write_numbered(folder, f"-{_seed_of(text)}.{ext}", data))
+            path = write_numbered(folder, f"-{_seed_of(text)}{tail}.{ext}", data)
+            if opts.get("save_txt") and text:
+                path.with_suffix(".txt").write_text(f"{text}\n", encoding="utf-8")
+            written.append(path)
         return written
 
 

@@ -21,10 +21,11 @@ import torch
 from pipeline.diffusion import samplers
 from pipeline.diffusion.conditioning import PromptEncoder
 from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
-from pipeline.diffusion.preview import latent_preview
+from pipeline.diffusion.preview import NO_FILES, Previews, preview_fallback
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
 from pipeline.diffusion.seeds import batch_noise
+from pipeline.diffusion.soft_inpainting import SoftInpainting, noise_level
 from pipeline.diffusion.tiled import TiledGuidance, TileSettings
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.errors import InvalidRequest
@@ -64,23 +65,34 @@ class LatentMask:
     init latents. k-diffusion samplers: the guided x0 prediction of every call becomes
     x0 * (1 - keep) + init * keep (the step then pulls x toward the original there); timestep samplers
     (DDIM, DDIM CFG++, PLMS, UniPC): the model's input is blended with the clean init latent before the call
-    (A1111's `mask_before_denoising`). `final` blends the sampled latent once more."""
+    (A1111's `mask_before_denoising`). `final` blends the sampled latent once more.
 
-    def __init__(self, model: SDModel, plan: samplers.StepPlan, init: torch.Tensor, keep: torch.Tensor):
+    `soft` (Soft Inpainting, soft_inpainting.py) replaces each blend by its noise-dependent soft blend and
+    skips the final one."""
+
+    def __init__(self, model: SDModel, plan: samplers.StepPlan, init: torch.Tensor, keep: torch.Tensor,
+                 soft: SoftInpainting | None = None):
         self.init = init.float()
         self.keep = keep.float().to(self.init.device)
         self.before_model = plan.sampler.kind == "timesteps"
         self.v_pred = model.prediction_type == "v_prediction"
+        self.soft = soft
         acp = np.asarray(plan.scheduler.alphas_cumprod, dtype=np.float64)
-        sigmas = NoiseTable(acp).t_to_sigma(plan.timesteps.double().numpy().clip(0, len(acp) - 1))
-        self.alphas = [1.0 / (1.0 + float(s) ** 2) for s in np.atleast_1d(sigmas)]
+        timesteps = plan.timesteps.double().numpy().clip(0, len(acp) - 1)
+        sigmas = np.atleast_1d(NoiseTable(acp).t_to_sigma(timesteps))
+        self.alphas = [1.0 / (1.0 + float(s) ** 2) for s in sigmas]
+        self.levels = [noise_level(plan.sampler.kind, float(s), float(t))
+                       for s, t in zip(sigmas, np.atleast_1d(timesteps), strict=True)]
 
-    def _mix(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    def _mix(self, x: torch.Tensor, source: torch.Tensor, i: int) -> torch.Tensor:
         keep = self.keep.to(x.device, x.dtype)
-        return x * (1 - keep) + source.to(x.device, x.dtype) * keep
+        source = source.to(x.device, x.dtype)
+        if self.soft is not None:
+            return self.soft.blend(source, x, self.soft.step_mask(1 - keep, self.levels[i]))
+        return x * (1 - keep) + source * keep
 
     def before(self, x_in: torch.Tensor, i: int) -> torch.Tensor:
-        return self._mix(x_in, self.init) if self.before_model else x_in
+        return self._mix(x_in, self.init, i) if self.before_model else x_in
 
     def after(self, out: torch.Tensor, x_in: torch.Tensor, i: int) -> torch.Tensor:
         if self.before_model:
@@ -90,32 +102,41 @@ class LatentMask:
         x_in = x_in.float()
         if self.v_pred:
             x0 = sa * x_in - s1a * out
-            return (sa * x_in - self._mix(x0, self.init)) / s1a
+            return (sa * x_in - self._mix(x0, self.init, i)) / s1a
         x0 = (x_in - s1a * out) / sa
-        return (x_in - sa * self._mix(x0, self.init)) / s1a
+        return (x_in - sa * self._mix(x0, self.init, i)) / s1a
 
     def final(self, latents: torch.Tensor) -> torch.Tensor:
-        return self._mix(latents.float(), self.init)
+        if self.soft is not None:  # A1111's soft inpainting keeps the sampled latent as it is
+            return latents
+        keep = self.keep.to(latents.device)
+        return latents.float() * (1 - keep) + self.init.to(latents.device) * keep
 
 
 def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_latents: torch.Tensor | None,
             cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
             switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
-            crop: tuple[int, int] = (0, 0)) -> PassResult:
+            crop: tuple[int, int] = (0, 0), soft: SoftInpainting | None = None,
+            extra_noise: float = 0.0) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
     9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
     `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers (the
     callback's `on_tiles(done, total)`, when it has one, runs after every tile batch); `crop`
-    is SDXL's crop conditioning (`sdxl_crop`)."""
+    is SDXL's crop conditioning (`sdxl_crop`); `soft` makes the inpainting blend Soft Inpainting's.
+    `extra_noise` (option img2img_extra_noise) adds noise * extra_noise to a noised init at the start, in
+    k-diffusion's units (A1111: x + noise * sigma_0 + noise * extra; the timestep samplers' sqrt(alpha) mix
+    gets noise * extra * sqrt(alpha), the same thing), so it scales the start noise by 1 + extra / sigma_0."""
     init = None if init_latents is None else init_latents.float().to(model.device)
+    if extra_noise > 0 and init is not None and plan.start_sigma > 0:
+        noise = noise * (1.0 + extra_noise / plan.start_sigma)
     x = plan.start(noise.to(model.device), init)
     # a mask that keeps nothing (all white) is plain img2img: no blend, whose eps round trip would only
     # add rounding
     keeps = keep_mask is not None and init is not None and bool(keep_mask.any())
-    blend = LatentMask(model, plan, init, keep_mask) if keeps else None
+    blend = LatentMask(model, plan, init, keep_mask, soft) if keeps else None
     wrap = None
     if tiles is not None:
         if image_cond is not None:
@@ -150,18 +171,24 @@ def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str]
     return lambda i: (conds.at(i), unconds.at(i))
 
 
-def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int) -> StepCallback:
-    """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps`, and the
-    interrupt/skip check (which raises to stop the loop). Its `on_tiles(done, total)` does the same after
-    each tile batch of a tiled model call (`JobState.set_tiles`), so a flag stops a long tiled step."""
+def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int,
+                      previews: Previews | None = None) -> StepCallback:
+    """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps` (by
+    `show_progress_type`, preview.py), and the interrupt/skip check (which raises to stop the loop). Its
+    `on_tiles(done, total)` does the same after each tile batch of a tiled model call
+    (`JobState.set_tiles`), so a flag stops a long tiled step."""
     every = int(options.get("show_progress_every_n_steps", 10) or 0)
     live = bool(options.get("live_previews_enable", True)) and every > 0
+    method = options.get("show_progress_type")
+    render = previews or NO_FILES
+    if live:
+        preview_fallback(method)
 
     def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
         preview = None
         if live and (step % every == 0 or step == steps):
             src = (denoised if denoised is not None else x).detach().clone()
-            preview = lambda src=src: latent_preview(src, family)  # noqa: E731 - made lazily
+            preview = lambda src=src: render.render(src, family, method)  # noqa: E731 - made lazily
         state.set_step(step, steps, preview)
         state.check()
 

@@ -27,8 +27,8 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
         ("Seed", p.all_seeds[index]),
         ("Face restoration", p.face_restorer.name if p.face_restorer is not None else None),
         ("Size", f"{p.width}x{p.height}"),
-        ("Model hash", info.get("hash")),
-        ("Model", info.get("model_name")),
+        ("Model hash", info.get("hash") if p.options.get("add_model_hash_to_info", True) else None),
+        ("Model", info.get("model_name") if p.options.get("add_model_name_to_info", True) else None),
         ("VAE hash", info.get("vae_hash") if p.options.get("add_vae_hash_to_info", True) else None),
         ("VAE", info.get("vae_name") if p.options.get("add_vae_name_to_info", True) else None),
     ]
@@ -49,9 +49,9 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
         value = getattr(p, key)
         if key in p.sampler.params and value is not None and value != default:
             params.append((label, value))
-    default_eta = getattr(p.sampler, "eta_default", None)
-    if p.eta is not None and "eta" in p.sampler.params and p.eta != default_eta:  # A1111: only when not default
-        params.append(("Eta", p.eta))
+    eta = samplers.eta_infotext(samplers.option_eta(p.eta, p.sampler, p.options), p.sampler)
+    if eta is not None:  # A1111: `Eta` / `Eta DDIM`, only when not the sampler's default
+        params.append(eta)
     if p.enable_hr:
         params += _hires_params(p, models)
     params += _refiner_params(p, models)
@@ -135,6 +135,7 @@ def job_info(p: Any, models: ModelInfo, infotexts: list[str], job_timestamp: str
         "clip_skip": p.clip_skip,
         "is_using_inpainting_conditioning": False,
         "version": VERSION,
+        **({"ignored_settings": list(p.ignored_settings)} if getattr(p, "ignored_settings", None) else {}),
     }
 
 

@@ -22,7 +22,7 @@ from pipeline.diffusion.tiled.auto import tiles_for_pass
 from pipeline.jobs import refiner
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.processing import Processing, sampler_params
-from pipeline.models import vae_codec
+from pipeline.models import taesd, vae_codec
 from pipeline.models.networks.activation import activate_for_pass, activate_for_refiner
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.job_state import JobState
@@ -49,6 +49,8 @@ class JobContext:
     state: JobState
     faces: Any = None  # upscalers.faces.FaceRestorers, for restore_faces
     networks: Any = None  # pipeline.models.networks.Networks
+    previews: Any = None  # pipeline.diffusion.preview.Previews (Approx NN files), for live previews
+    tiny_vae: Any = None  # pipeline.models.taesd.TinyVAEs (TAESD files), for the TAESD VAE methods
 
 
 @dataclass
@@ -57,6 +59,8 @@ class JobResult:
     infotexts: list[str]
     info: dict[str, Any]
     unet_calls: list[int] = field(default_factory=list)  # per pass, for tests and benchmarks
+    # extra images to save (image, infotext, file-name suffix): option save_images_before_highres_fix
+    extra_saves: list[tuple[Image.Image, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class PassSpec:
     keep: torch.Tensor | None = None
     image_cond: torch.Tensor | None = None
     noise_multiplier: float = 1.0
+    soft: Any = None  # Soft Inpainting settings (diffusion/soft_inpainting.py) for the inpainting blend
 
 
 def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], subseeds: list[int],
@@ -92,9 +97,14 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     if spec.noise_multiplier != 1.0:
         p.extra_generation_params["Noise multiplier"] = spec.noise_multiplier
         noise = noise * spec.noise_multiplier
+    # option img2img_extra_noise: more noise on the start of img2img and of the hires pass (A1111 1.10)
+    extra_noise = float(p.options.get("img2img_extra_noise", 0.0) or 0.0) if spec.init is not None else 0.0
+    if extra_noise > 0:
+        p.extra_generation_params["Extra noise"] = extra_noise
     ctx.extensions.call("process_before_every_sampling", p, pass_no=spec.pass_no, x=spec.init, noise=noise)
     settings = denoise.PassSettings(sampler=spec.sampler, schedule=spec.schedule, steps=spec.steps,
-                                    params=sampler_params(p), strength=spec.strength, fix_steps=spec.fix_steps)
+                                    params=sampler_params(p, spec.sampler), strength=spec.strength,
+                                    fix_steps=spec.fix_steps)
     plan = denoise.plan_pass(model, settings, gens, seeds)
     activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)
@@ -111,7 +121,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, **sched)
 
     cond_at = conds_for(model)
-    callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
+    callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps, ctx.previews)
     switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, spec.pass_no, conds_for)
     with circular_padding([model.unet, model.vae], p.tiling):
         image_cond = spec.image_cond
@@ -119,7 +129,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
             image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
         return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
                                callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
-                               crop=denoise.sdxl_crop(p.options),
+                               crop=denoise.sdxl_crop(p.options), soft=spec.soft, extra_noise=extra_noise,
                                tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height))
 
 
@@ -143,10 +153,37 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
-def decode(model: SDModel, latents: torch.Tensor, p: Processing) -> list[Image.Image]:
+def _tiny_vae(p: Processing, ctx: JobContext | None, kind: str, model: SDModel) -> Any:
+    """The TAESD decoder/encoder when the option `sd_vae_decode_method` / `sd_vae_encode_method` asks for
+    it (models/taesd.py), else None; with the option on, the infotext says which one coded the images."""
+    option = "sd_vae_decode_method" if kind == "decoder" else "sd_vae_encode_method"
+    if p.options.get(option) != "TAESD" or model.latent_channels != 4 or model.vae_scale_factor != 8:
+        return None
+    tiny = getattr(ctx, "tiny_vae", None)
+    net = tiny.get(kind, model.family) if tiny is not None else None
+    p.extra_generation_params[taesd.LABELS[kind]] = "TAESD" if net is not None else taesd.FALLBACK
+    return net
+
+
+def decode(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext | None = None
+           ) -> list[Image.Image]:
+    """Latents as 8-bit pictures, by the full VAE or (option sd_vae_decode_method) TAESD."""
+    net = _tiny_vae(p, ctx, "decoder", model)
+    if net is not None:
+        return vae_codec.to_images(ctx.tiny_vae.decode(net, latents))  # type: ignore[union-attr]
     with circular_padding([model.vae], p.tiling):
         x = vae_codec.decode(model, latents)
     return vae_codec.to_images(x)
+
+
+def encode(model: SDModel, images: torch.Tensor, p: Processing, ctx: JobContext | None = None
+           ) -> torch.Tensor:
+    """Images in [0, 1] as scaled float32 latents, by the full VAE or (option sd_vae_encode_method) TAESD.
+    Circular padding (`tiling`) is the caller's."""
+    net = _tiny_vae(p, ctx, "encoder", model)
+    if net is not None:
+        return ctx.tiny_vae.encode(net, images, model.device)  # type: ignore[union-attr]
+    return vae_codec.encode(model, images).float()
 
 
 def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> list[Image.Image]:
@@ -160,4 +197,4 @@ def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> 
 
 def finish_images(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext) -> list[Image.Image]:
     """A pass's latents as the job's final images: decoded, faces restored."""
-    return restore_faces(decode(model, latents, p), p, ctx)
+    return restore_faces(decode(model, latents, p, ctx), p, ctx)

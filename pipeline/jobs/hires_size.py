@@ -5,6 +5,7 @@ multiples of 8; the upscale goes to (upscale_w, upscale_h) (as latent cells: // 
 given the overshoot is cropped in whole latent cells, centred (floor left/top, ceil right/bottom)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 LATENT = 8
@@ -64,3 +65,11 @@ def hires_size(width: int, height: int, hr_scale: float, hr_resize_x: int = 0, h
         up_w, up_h = hr_resize_y * w // h, hr_resize_y
     return HiresSize(w, h, up_w, up_h, (up_w - hr_resize_x) // LATENT, (up_h - hr_resize_y) // LATENT,
                      "Hires resize", value)
+
+
+def old_hires_first_pass(width: int, height: int) -> tuple[int, int]:
+    """A1111's option `use_old_hires_fix_width_height`: the first pass has about 512x512 pixels at the
+    aspect ratio of width x height, each side rounded up to a multiple of 64 (width x height become the
+    hires target)."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64

@@ -13,7 +13,8 @@ from pipeline.diffusion.seeds import resolve_seed, wrap_seed
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import check_model as check_tiles_model
 from pipeline.diffusion.tiled.request import request_tiles
-from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size
+from pipeline.jobs import builtin_scripts
+from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size, old_hires_first_pass
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
 from pipeline.jobs.refiner import Refiner
 from pipeline.jobs.refiner import resolve as resolve_refiner
@@ -76,6 +77,7 @@ class Processing:
     face_restorer: Any = None  # the upscalers.faces.FaceRestorer that restore_faces uses, else None
     script_args: dict[str, list[Any]] = field(default_factory=dict)  # alwayson_scripts args by script name
     tiles: TileSettings | None = None  # tiled sampling of every pass (pipeline/tiled/request.py)
+    ignored_settings: list[str] = field(default_factory=list)  # override_settings keys that are no option
     # filled while running
     all_prompts: list[str] = field(default_factory=list)
     all_negative_prompts: list[str] = field(default_factory=list)
@@ -109,9 +111,19 @@ class Processing:
         self.all_negative_prompts = [self.negative_prompt] * count
 
 
-def _opt(value: float | None, options: dict[str, Any], key: str) -> float | None:
-    """A request's null sampler parameter falls back to the option of the same name, as in A1111."""
-    return value if value is not None else options.get(key)
+# A1111's k-diffusion Sampler defaults: an option that differs from them wins over the request (s_tmax 0: no end)
+_SIGMA_DEFAULTS = {"s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0}
+
+
+def _sigma_param(value: float | None, options: dict[str, Any], key: str) -> float | None:
+    """A1111 v1.10's precedence for s_churn, s_tmin, s_tmax and s_noise: the option (with the job's
+    override_settings) when it differs from the sampler's default, else the request's value, else the option.
+    (A1111's sampler reads `opts.s_churn` first and keeps the request's value only when the option is at
+    its default; a request's null falls back to the option.)"""
+    opt = options.get(key)
+    if opt is not None and float(opt) != _SIGMA_DEFAULTS[key]:
+        return float(opt)
+    return value if value is not None else (None if opt is None else float(opt))
 
 
 def _clip_skip(options: dict[str, Any]) -> int:
@@ -151,20 +163,30 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
         seed=resolve_seed(req.seed), subseed=resolve_seed(req.subseed), subseed_strength=req.subseed_strength,
         seed_resize_from=(req.seed_resize_from_w, req.seed_resize_from_h), sampler=sampler, schedule=schedule,
         steps=req.steps, cfg_scale=req.cfg_scale, width=w, height=h, batch_size=req.batch_size,
-        n_iter=req.n_iter, clip_skip=_clip_skip(options), tiling=bool(req.tiling), checkpoint=checkpoint,
-        eta=req.eta, s_churn=_opt(req.s_churn, options, "s_churn"), s_tmin=_opt(req.s_tmin, options, "s_tmin"),
-        s_tmax=_opt(req.s_tmax, options, "s_tmax"), s_noise=_opt(req.s_noise, options, "s_noise"),
+        n_iter=req.n_iter, clip_skip=_clip_skip(options), checkpoint=checkpoint,
+        tiling=bool(req.tiling if req.tiling is not None else options.get("tiling", False)),
+        eta=req.eta, s_churn=_sigma_param(req.s_churn, options, "s_churn"),
+        s_tmin=_sigma_param(req.s_tmin, options, "s_tmin"),
+        s_tmax=_sigma_param(req.s_tmax, options, "s_tmax"),
+        s_noise=_sigma_param(req.s_noise, options, "s_noise"),
         denoising_strength=req.denoising_strength, options=dict(options), face_restorer=face_restorer,
         refiner=refiner,
     )
     samplers.validate_params(sampler, sampler_params(p))
+    soft = builtin_scripts.read_args(req, img2img=cls is not Processing)  # A1111's built-in always-on entries
+    if soft is not None:
+        p.soft = soft  # type: ignore[attr-defined] - img2img's Soft Inpainting
     p.tiles = request_tiles(req, img2img=cls is not Processing)
     check_tiles_model(models, checkpoint, p.tiles)
     return p
 
 
-def sampler_params(p: Processing) -> samplers.SamplerParams:
-    return samplers.SamplerParams(eta=p.eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax, s_noise=p.s_noise)
+def sampler_params(p: Processing, sampler: Any = None) -> samplers.SamplerParams:
+    """The parameters of a pass run by `sampler` (default: the job's): eta from the request, else from the
+    option of the sampler's kind (`eta_ancestral` / `eta_ddim`), as A1111 resolves it per sampler."""
+    eta = samplers.option_eta(p.eta, sampler or p.sampler, p.options)
+    return samplers.SamplerParams(eta=eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax,
+                                  s_noise=p.s_noise)
 
 
 def check_pixel_budget(width: int, height: int, batch_size: int, max_pixels: int, what: str) -> None:
@@ -192,7 +214,6 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
     store's values with `override_settings` applied)."""
     p = prepare_common(req, options, models, upscalers)
     sampler, schedule, checkpoint, w, h = p.sampler, p.schedule, p.checkpoint, p.width, p.height
-    params = sampler_params(p)
     budget_w, budget_h = w, h
     if req.enable_hr or firstpass_image is not None:
         p.enable_hr = True
@@ -203,7 +224,12 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
                 raise InvalidRequest("firstpass_image", f"the image is {src_w}x{src_h}; at least 64x64 needed")
         else:
             src_w, src_h, fp_w, fp_h = req.width, req.height, req.firstphase_width, req.firstphase_height
-        p.hires = hires_size(src_w, src_h, req.hr_scale, req.hr_resize_x, req.hr_resize_y, fp_w, fp_h)
+        resize_x, resize_y = req.hr_resize_x, req.hr_resize_y
+        if options.get("use_old_hires_fix_width_height") and firstpass_image is None:
+            # A1111's compatibility option: width x height is the final size, pass one about 512x512
+            resize_x, resize_y = req.width, req.height
+            src_w, src_h = old_hires_first_pass(req.width, req.height)
+        p.hires = hires_size(src_w, src_h, req.hr_scale, resize_x, resize_y, fp_w, fp_h)
         p.width, p.height = p.hires.first_w, p.hires.first_h
         if p.hires.final_w < 64 or p.hires.final_h < 64:
             raise InvalidRequest("hr_scale", f"the hires target {p.hires.final_w}x{p.hires.final_h} is below "
@@ -216,7 +242,7 @@ def prepare(req: Txt2ImgRequest, options: dict[str, Any], models: ModelNames, up
         p.hr_second_pass_steps = req.hr_second_pass_steps
         p.hr_sampler, p.hr_schedule = samplers.resolve_hires(req.hr_sampler_name, req.hr_scheduler,
                                                              (sampler, schedule))
-        samplers.validate_params(p.hr_sampler, params)
+        samplers.validate_params(p.hr_sampler, sampler_params(p, p.hr_sampler))
         p.hr_prompt = req.hr_prompt or ""
         p.hr_negative_prompt = req.hr_negative_prompt or ""
         p.hr_cfg = req.hr_cfg

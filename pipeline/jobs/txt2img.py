@@ -17,13 +17,13 @@ from pipeline.jobs.common import (
     JobResult,
     PassSpec,
     decode,
+    encode,
     finish_images,
     restore_faces,
     run_pass,
     to_tensor,
 )
 from pipeline.jobs.processing import Processing
-from pipeline.models import vae_codec as vae
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.errors import Interrupted
 from upscalers.latent import interpolate_args
@@ -40,6 +40,7 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
     images: list[Image.Image] = []
     infotexts: list[str] = []
     calls: list[int] = []
+    before_hires: list[tuple[Image.Image, str, str]] = []
     model: SDModel | None = None
     for it in range(p.n_iter):
         if state.interrupted:
@@ -57,7 +58,7 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
         p.is_hr_pass = False
         refined = False
         if p.firstpass_image is not None:
-            first = PassResult(_encode_firstpass(model, p) if _is_latent(p) else torch.empty(0))
+            first = PassResult(_encode_firstpass(model, p, ctx) if _is_latent(p) else torch.empty(0))
         else:
             first = run_pass(model, p, ctx, seeds, subseeds, _first_pass(p))
             calls.append(first.unet_calls)
@@ -74,11 +75,17 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
         ctx.extensions.call("before_hr", p)
         p.is_hr_pass = True
         pixels: list[Image.Image] | None = None
+        firsts = None
+        if not _is_latent(p) or _saves_before_hires(p):
+            firsts = ([p.firstpass_image] if p.firstpass_image is not None
+                      else decode(model, first.latents, p, ctx))
+        if _saves_before_hires(p) and firsts is not None:
+            before_hires += [(img, job_infotext(p, ctx.models, it * bs + i), "-before-highres-fix")
+                             for i, img in enumerate(firsts)]
         if _is_latent(p):
             latents = _latent_upscale(first.latents, p)
         else:
-            firsts = [p.firstpass_image] if p.firstpass_image is not None else decode(model, first.latents, p)
-            pixels = [_pixel_upscale(img, p, ctx) for img in firsts]
+            pixels = [_pixel_upscale(img, p, ctx) for img in firsts or []]
         # No second pass after a skip in pass one, an interrupt or skip that arrived between the passes
         # (in before_hr or while upscaling), or denoising 0: the result is the upscaled first pass.
         stopped = first.stopped is not None or state.interrupted or state.skipped
@@ -95,7 +102,7 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
             model = None  # let the manager free the main model if it evicts it for the hires one
             hr_model = ctx.models.get(hr_key)
         if pixels is not None:
-            latents = vae.encode(hr_model, to_tensor(pixels))
+            latents = encode(hr_model, to_tensor(pixels), p, ctx)
         latents = _crop(latents, p)
 
         # -- pass two ----------------------------------------------------------------------------
@@ -108,7 +115,14 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
         images += batch
         infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
     info = job_info(p, ctx.models, infotexts, state.job_timestamp)
-    return JobResult(images, infotexts, info, calls)
+    return JobResult(images, infotexts, info, calls, before_hires)
+
+
+def _saves_before_hires(p: Processing) -> bool:
+    """A1111's option save_images_before_highres_fix: the first-pass images are saved too (suffix
+    `-before-highres-fix`) when the request saves its images and no first-pass image was sent."""
+    return (bool(p.options.get("save_images_before_highres_fix")) and bool(p.request.save_images)
+            and p.firstpass_image is None)
 
 
 # -- the pieces -----------------------------------------------------------------------------------
@@ -170,6 +184,6 @@ def _pixel_upscale(image: Image.Image, p: Processing, ctx: JobContext) -> Image.
                                    lambda: state.interrupted or state.skipped)
 
 
-def _encode_firstpass(model: SDModel, p: Processing) -> torch.Tensor:
+def _encode_firstpass(model: SDModel, p: Processing, ctx: JobContext) -> torch.Tensor:
     img = p.firstpass_image.convert("RGB").resize((p.width, p.height), Image.Resampling.LANCZOS)
-    return vae.encode(model, to_tensor([img]))
+    return encode(model, to_tensor([img]), p, ctx)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from pipeline.infotext.codec import parse_infotext
+from pipeline.jobs.builtin_scripts import extra_options_overrides
 from pipeline.jobs.dispatch import prepare_txt2img
 from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import PreparedJob, json_response, run_generation, services
@@ -25,6 +26,8 @@ def prepare_txt2img_request(svc: Services, req: Txt2ImgRequest) -> PreparedJob:
     hires = req.enable_hr or bool(req.firstpass_image)
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size,
                       hr_steps=(req.hr_second_pass_steps or req.steps) if hires else None)
+    req.override_settings = extra_options_overrides(req.alwayson_scripts, svc.options.all(), False,
+                                                    req.override_settings)  # A1111's "Extra options" entry
     opts = svc.options.effective(req.override_settings)
     firstpass = None
     if req.firstpass_image:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.jobs.builtin_scripts import extra_options_overrides
 from pipeline.jobs.dispatch import prepare_img2img
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import PreparedJob, json_response, run_generation, services
@@ -25,6 +26,8 @@ async def prepare_img2img_request(svc: Services, req: Img2ImgRequest) -> Prepare
     if not req.init_images:  # A1111's answer, checked first
         raise HTTPException(404, "Init image not found")
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size)
+    req.override_settings = extra_options_overrides(req.alwayson_scripts, svc.options.all(), True,
+                                                    req.override_settings)  # A1111's "Extra options" entry
     opts = svc.options.effective(req.override_settings)
     limit = svc.config.max_pixels
 

@@ -41,6 +41,7 @@ draws it) of size sqrt(sigma_hat^2 - sigma^2); the model is called at sigma_hat'
 runs from there. s_churn 0 (A1111's default) leaves them deterministic and exactly diffusers' step.
 DDIM and DDIM CFG++ take any eta >= 0. LCM and Restart take no parameters, as in A1111.
 """
+from .eta import eta_infotext, option_eta
 from .plan import SamplerParams, StepPlan, a1111_timestep_grid, fixed_steps_total, make_plan, validate_params
 from .schedules import SCHEDULES, NoiseTable, ScheduleSpec
 from .table import (
@@ -57,6 +58,7 @@ from .table import (
 
 __all__ = [
     "SAMPLERS", "SCHEDULES", "NoiseTable", "SamplerParams", "SamplerSpec", "ScheduleSpec", "StepPlan",
-    "a1111_timestep_grid", "api_samplers", "api_schedulers", "effective_schedule", "fixed_steps_total",
+    "a1111_timestep_grid", "api_samplers", "api_schedulers", "effective_schedule", "eta_infotext",
+    "fixed_steps_total", "option_eta",
     "label_for_infotext", "make_plan", "resolve", "resolve_hires", "resolve_schedule", "validate_params",
 ]

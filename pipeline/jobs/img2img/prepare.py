@@ -45,6 +45,7 @@ class Img2ImgProcessing(Processing):
     resize_upscaler: str = "None"  # option upscaler_for_img2img (None: Lanczos)
     mask_weight: float = 1.0  # option inpainting_mask_weight (9-channel models)
     overlay_inpaint: bool = True
+    soft: Any = None  # Soft Inpainting settings (its always-on entry, enabled), else None
     script: Any = None  # a selectable script's runner (`script_name`), with a `run(p, ctx)` method
 
     @property
@@ -92,6 +93,9 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
     p.mask_blur_x = req.mask_blur_x if blur is None else blur
     p.mask_blur_y = req.mask_blur_y if blur is None else blur
     p.mask_round = req.mask_round
+    if p.soft is not None and p.mask is not None:  # A1111's Soft Inpainting: a soft (unrounded) mask
+        p.mask_round = False
+        p.extra_generation_params.update(p.soft.infotext())
     p.inpainting_fill = req.inpainting_fill
     p.inpaint_full_res = req.inpaint_full_res
     p.inpaint_full_res_padding = req.inpaint_full_res_padding

@@ -18,11 +18,13 @@ from PIL import Image, ImageColor
 from pipeline.diffusion.loop import PassResult
 from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.seeds import image_noise
+from pipeline.diffusion.soft_inpainting import cut_overlay
 from pipeline.infotext.job import job_info, job_infotext
 from pipeline.jobs.common import (
     JobContext,
     JobResult,
     PassSpec,
+    encode,
     finish_images,
     is_inpainting_model,
     run_pass,
@@ -71,7 +73,7 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
     model = ctx.models.get(p.checkpoint)
     sources = _prepare_sources(p, ctx)
     sources = sources * (bs // len(sources))  # one image repeats over the batch; k images are the batch
-    init = _encode(model, p, [s.image for s in sources])
+    init = _encode(model, p, [s.image for s in sources], ctx)
     repaint = None
     if sources[0].repaint is not None:
         repaint = torch.cat([masks.latent_mask(s.repaint, init.shape[-2], init.shape[-1], p.mask_round)
@@ -95,7 +97,8 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
         batch = finish_images(result.model or model, result.latents, p, ctx)  # the refiner's VAE
-        batch = [_put_back(img, src, p) for img, src in zip(batch, sources, strict=True)]
+        overlays = _soft_overlays(p, sources, repaint, init, result.latents)
+        batch = [_put_back(img, src, over) for img, src, over in zip(batch, sources, overlays, strict=True)]
         images += batch
         infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
         if isinstance(result.stopped, Interrupted):
@@ -186,13 +189,13 @@ def _scaler(p: Img2ImgProcessing, ctx: JobContext):
                                                      lambda: state.interrupted or state.skipped)
 
 
-def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image]) -> torch.Tensor:
+def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image], ctx: JobContext) -> torch.Tensor:
     """The init latents; latent upscale (mode 3) encodes each image at its own size (rounded down to whole
     latent cells; init images of different sizes each at theirs) and interpolates bilinearly to the
     processing size."""
     if p.resize_mode != LATENT_UPSCALE:
         with circular_padding([model.vae], p.tiling):
-            return vae.encode(model, to_tensor(images)).float()
+            return encode(model, to_tensor(images), p, ctx)
     images = [img.crop((0, 0, img.width // 8 * 8, img.height // 8 * 8)) for img in images]
     groups: list[tuple[tuple[int, int], list[Image.Image]]] = []  # runs of one size, in order
     for img in images:
@@ -203,7 +206,7 @@ def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image]) -> 
     parts = []
     for _, group in groups:
         with circular_padding([model.vae], p.tiling):
-            latents = vae.encode(model, to_tensor(group)).float()
+            latents = encode(model, to_tensor(group), p, ctx)
         if latents.shape[-2:] != (p.height // 8, p.width // 8):
             latents = F.interpolate(latents, size=(p.height // 8, p.width // 8), mode="bilinear")
         parts.append(latents)
@@ -253,19 +256,31 @@ def _pass(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Tensor | None
     return PassSpec(1, p.width, p.height, p.sampler, p.schedule, p.steps, p.prompt, p.negative_prompt,
                     p.cfg_scale, init=init, strength=p.denoising_strength, fix_steps=p.fix_steps,
                     keep=None if repaint is None else 1 - repaint, image_cond=image_cond,
-                    noise_multiplier=p.initial_noise_multiplier)
+                    noise_multiplier=p.initial_noise_multiplier, soft=None if repaint is None else p.soft)
 
 
-def _put_back(image: Image.Image, src: Source, p: Img2ImgProcessing) -> Image.Image:
+def _soft_overlays(p: Img2ImgProcessing, sources: list[Source], repaint: torch.Tensor | None,
+                   init: torch.Tensor, latents: torch.Tensor) -> list[Image.Image | None]:
+    """Each image's overlay of the original: as prepared, or with Soft Inpainting cut by how much the
+    sampled latent moved away from the init latent (soft_inpainting.py)."""
+    if p.soft is None or repaint is None or p.denoising_strength <= 0:
+        return [s.overlay for s in sources]
+    takes = p.soft.overlay_masks(repaint, init, latents, p.width, p.height)
+    return [None if s.overlay is None else cut_overlay(s.overlay, take, s.paste_to)
+            for s, take in zip(sources, takes, strict=True)]
+
+
+def _put_back(image: Image.Image, src: Source, overlay: Image.Image | None) -> Image.Image:
     """Only masked: the sample (crop-and-resize) into its box on a canvas of the original size; then the
-    original's unmasked pixels composited on top (option overlay_inpaint)."""
-    if src.overlay is None:  # no mask, or overlay_inpaint off (only masked: the bare crop, as A1111)
+    original's unmasked pixels (`overlay`: src.overlay, or Soft Inpainting's) composited on top (option
+    overlay_inpaint)."""
+    if overlay is None:  # no mask, or overlay_inpaint off (only masked: the bare crop, as A1111)
         return image
     if src.paste_to is not None:
         x, y, w, h = src.paste_to
-        canvas = Image.new("RGBA", src.overlay.size)
+        canvas = Image.new("RGBA", overlay.size)
         canvas.paste(resize_image(CROP_AND_RESIZE, image, w, h), (x, y))
         image = canvas
     out = image.convert("RGBA")
-    out.alpha_composite(src.overlay)
+    out.alpha_composite(overlay)
     return out.convert("RGB")
