@@ -126,7 +126,7 @@ class Services:
             if not self._stopped.wait(self.config.shutdown_grace_s):
                 log.warning("the running job did not finish within %.0fs: interrupting it",
                             self.config.shutdown_grace_s)
-                self.worker.state.interrupt()
+                self.worker.interrupt_all()
 
         threading.Thread(target=interrupt_late, name="hiresd-shutdown", daemon=True).start()
 
