@@ -66,7 +66,9 @@ class Services:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def create(cls, config: ServerConfig, console: bool = True) -> Services:
+    def create(cls, config: ServerConfig, console: bool = True, worker: Worker | None = None) -> Services:
+        """Everything the app needs. `worker`: the queue to use instead of the device worker (the scaled-out
+        ingress's, server/cluster/)."""
         accel = pick_accel(config)
         device, dtype, vae_dtype = accel.precision.device, accel.precision.dtype, accel.precision.vae_dtype
         log.info("%s", accel.precision.describe())
@@ -97,7 +99,7 @@ class Services:
         options = OptionsStore(config.data_dir / "options.json", checkers={"sd_vae": check_vae})
         if fixed_vae is not None:
             options.fall_back("sd_vae", fixed_vae)
-        worker = Worker(config.queue_size)
+        worker = worker if worker is not None else Worker(config.queue_size)
         extensions = Extensions.load(config.extensions_dir)
         register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
         svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))

@@ -42,6 +42,14 @@ class WorkerStopped(Exception):
         super().__init__("the server is shutting down and did not run this job")
 
 
+class WorkerLost(Exception):
+    """The process running the job went away mid-job (a scaled-out worker replica died): the job is lost,
+    the server is not; the client may retry at once."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"the worker running this job died ({detail}); the job is lost, retry it")
+
+
 @dataclass(eq=False)
 class Job:
     name: str
@@ -74,6 +82,11 @@ class Worker:
     def queued(self) -> int:
         with self._cv:
             return len(self._queue)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's threads still run (a health check)."""
+        return all(thread.is_alive() for thread in self._threads)
 
     @property
     def busy(self) -> bool:
