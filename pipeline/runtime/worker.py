@@ -102,7 +102,8 @@ class Worker:
         with self._cv:
             if not self._accepting:
                 raise WorkerStopped()
-            if len(self._queue) >= self.max_queue and not force:
+            free = len(self._threads) - len(self._running)  # a job handed to an idle slot never waits
+            if len(self._queue) - max(free, 0) >= self.max_queue and not force:
                 raise QueueFull(len(self._queue))
             self.registry.add(job.task_id, name)
             self._queue.append(job)

@@ -49,7 +49,8 @@ class ClusterWorker(Worker):
             raise unpack_error(value)
         return value
 
-    def report(self, task_id: str, fields: dict[str, Any], preview: Any, preview_id: int) -> tuple[bool, bool]:
+    def report(self, task_id: str, fields: dict[str, Any], preview: Any,
+               preview_id: int) -> tuple[bool, bool]:
         """A replica's progress for its running job `task_id`; the (interrupt, skip) asked for here. A job
         this ingress no longer waits for (its slot gave up on it) is told to stop."""
         with self._cv:
