@@ -58,6 +58,11 @@ def _burst(srv: LiveServer, jobs: list[dict[str, Any]]) -> float:
     return time.perf_counter() - t
 
 
+def _sequential(srv: LiveServer, args: argparse.Namespace) -> float:
+    """The median time of one job at a time."""
+    return statistics.median(_post(srv, _job(args, 100 + i)) for i in range(args.repeats))
+
+
 def _loads(srv: LiveServer) -> int:
     return srv.log().count("loading checkpoint")
 
@@ -80,13 +85,13 @@ def main() -> None:
             _burst(srv, [warm] * workers)  # every replica loads the model before the clock starts
             rows[f"w{workers}"] = _burst(srv, mix)
             if workers == 1:
-                rows["w1_seq"] = statistics.median(_post(srv, _job(args, 100 + i)) for i in range(args.repeats))
+                rows["w1_seq"] = _sequential(srv, args)
         finally:
             srv.stop()
     single = _start(work / "single", env={"OMP_NUM_THREADS": "1"})
     try:
         _post(single, warm)
-        rows["single_seq"] = statistics.median(_post(single, _job(args, 100 + i)) for i in range(args.repeats))
+        rows["single_seq"] = _sequential(single, args)
     finally:
         single.stop()
 
@@ -118,7 +123,8 @@ def main() -> None:
     print(f"  throughput ratio 2 / 1: {tput2 / tput1:.2f}x  (goal >= 1.7x)")
     over = rows["w1_seq"] - rows["single_seq"]
     print(f"one job at a time (median of {args.repeats}):")
-    print(f"  single process (1 torch thread): {rows['single_seq']:.3f} s; --workers 1: {rows['w1_seq']:.3f} s")
+    print(f"  single process (1 torch thread): {rows['single_seq']:.3f} s; "
+          f"--workers 1: {rows['w1_seq']:.3f} s")
     print(f"  ingress overhead: {over * 1000:+.0f} ms per job = {over / rows['single_seq'] * 100:+.1f}% of "
           f"this job, {over * 100:+.1f}% of a 1 s job (goal <= 5%)")
     print(f"mixed checkpoints ({args.jobs} jobs alternating tiny-a / tiny-b, one at a time):")

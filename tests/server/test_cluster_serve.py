@@ -36,7 +36,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
-def _post(srv: LiveServer, path: str, payload: dict[str, Any], out: dict[str, Any], key: str) -> threading.Thread:
+def _post(srv: LiveServer, path: str, payload: dict[str, Any], out: dict[str, Any],
+          key: str) -> threading.Thread:
     def run() -> None:
         try:
             out[key] = httpx.post(f"{srv.api}/{path}", json=payload, timeout=300)
@@ -148,10 +149,11 @@ def test_the_single_process_imports_nothing_of_ray(tmp_path) -> None:
     code = ("import sys\nfrom fastapi.testclient import TestClient\nfrom server.app import create_app\n"
             "from server.config import from_args\nimport server.__main__\n"
             "config = from_args(['--data-dir', sys.argv[1], '--extensions-dir', sys.argv[1]], environ={})\n"
-            "with TestClient(create_app(config)) as c:\n    assert c.get('/sdapi/v1/progress').status_code == 200\n"
+            "with TestClient(create_app(config)) as c:\n"
+            "    assert c.get('/sdapi/v1/progress').status_code == 200\n"
             "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n")
-    with_tmp = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300,
-                              env={"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
+    with_tmp = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env=env)
     assert with_tmp.returncode == 0, with_tmp.stderr[-2000:]
     assert with_tmp.stdout.strip().splitlines()[-1] == "[]"
