@@ -102,13 +102,20 @@ class Worker:
         with self._cv:
             if not self._accepting:
                 raise WorkerStopped()
-            free = len(self._threads) - len(self._running)  # a job handed to an idle slot never waits
-            if len(self._queue) - max(free, 0) >= self.max_queue and not force:
+            if self._waiting_with(job) > self.max_queue and not force:
                 raise QueueFull(len(self._queue))
             self.registry.add(job.task_id, name)
             self._queue.append(job)
             self._cv.notify()
         return job
+
+    def _waiting_with(self, job: Job) -> int:
+        """How many jobs would wait with `job` queued. With several slots, an idle slot takes a runnable job
+        at once (a job held back by the pause is not runnable), so jobs sent together are not refused while
+        slots are idle; the single slot counts every queued job, as it always did."""
+        runnable = sum(1 for j in (*self._queue, job) if not (self._paused and j.pausable))
+        free = max(len(self._threads) - len(self._running), 0) if len(self._threads) > 1 else 0
+        return len(self._queue) + 1 - min(free, runnable)
 
     def cancel(self, job: Job) -> bool:
         """Drop a job that has not started; True when it was dropped."""

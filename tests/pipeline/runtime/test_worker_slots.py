@@ -50,10 +50,14 @@ def test_two_slots_run_two_jobs_at_once_each_with_its_own_state() -> None:
         assert worker.interrupt_task("a") and a.future.result(10) == "interrupted"
         assert worker.registry.get("a").status == "interrupted"
         assert worker.is_running("b")  # the other slot's job runs on
-        worker.interrupt_all()
-        assert b.future.result(10) == "interrupted"
+        wait_c = threading.Event()
+        while not worker.is_running("c") and not wait_c.wait(0.01):  # c takes a's slot
+            pass
+        worker.interrupt_all()  # id-less: every running job
+        assert b.future.result(10) == c.future.result(10) == "interrupted"
+        d = worker.submit("txt2img", _sampling(threading.Event(), release, 5), task_id="d")
         release.set()
-        assert c.future.result(10) == "done"
+        assert d.future.result(10) == "done"
     finally:
         release.set()
         worker.stop()
