@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shlex
+import signal
+import socket
 from typing import Any
 
 from ray import serve
@@ -117,13 +120,20 @@ class HiresdWorker:
                   logging_config=QUIET)
 @serve.ingress()
 class HiresdIngress:
-    def __init__(self, config: ServerConfig, workers: Any, slots: int) -> None:
+    def __init__(self, config: ServerConfig, workers: Any, slots: int, launcher: tuple[str, int] | None = None
+                 ) -> None:
         logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         self.config = config
+        self.launcher = launcher  # (host name, pid) of `python -m server --workers N`, when it started us
         self.svc = Services.create(config, worker=ClusterWorker(workers, config.queue_size, slots))
 
     def __serve_build_asgi_app__(self) -> Any:
-        return create_app(self.config, self.svc)
+        app = create_app(self.config, self.svc)
+        if self.launcher is not None and self.launcher[0] == socket.gethostname():
+            # --api-server-stop: stop the launcher (it drains the replicas), not just this replica
+            pid = self.launcher[1]
+            app.state.stop_server = lambda: os.kill(pid, signal.SIGTERM)
+        return app
 
     async def report(self, task_id: str, fields: dict[str, Any], preview: Any, preview_id: int
                      ) -> tuple[bool, bool]:
@@ -131,7 +141,8 @@ class HiresdIngress:
         return worker.report(task_id, fields, preview, preview_id)
 
 
-def app(config: ServerConfig, workers: int, gpus: bool) -> Application:
+def app(config: ServerConfig, workers: int, gpus: bool,
+        launcher: tuple[str, int] | None = None) -> Application:
     """Ingress + `workers` worker replicas: with `gpus`, one GPU each (CUDA); else CPU replicas with one
     torch thread and one CPU each. Never asks for a GPU when `gpus` is false: such a deployment would wait
     forever on a cluster without one."""
@@ -144,7 +155,8 @@ def app(config: ServerConfig, workers: int, gpus: bool) -> Application:
                                   graceful_shutdown_timeout_s=grace)
     ingress = HiresdIngress.options(ray_actor_options={"num_cpus": 0, "num_gpus": 0},
                                     graceful_shutdown_timeout_s=grace)
-    return ingress.bind(_replace(config, device="cpu"), worker.bind(worker_config, 0 if gpus else 1), workers)
+    return ingress.bind(_replace(config, device="cpu"), worker.bind(worker_config, 0 if gpus else 1), workers,
+                        launcher)
 
 
 def app_builder(args: dict[str, Any]) -> Application:

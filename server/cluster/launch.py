@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 
 from server.config import ServerConfig
@@ -45,7 +46,8 @@ def serve_cluster(config: ServerConfig) -> None:
     log.info("scaling out: %d worker replica(s), %s; the API on http://%s:%d", workers,
              "one GPU each" if use_gpus else "CPU, one torch thread each", config.host, config.port)
     serve.start(http_options={"host": config.host, "port": config.port})
-    serve.run(app(config, workers, use_gpus), name=APP_NAME, route_prefix="/")
+    serve.run(app(config, workers, use_gpus, (socket.gethostname(), os.getpid())), name=APP_NAME,
+              route_prefix="/")
     log.info("ready")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
