@@ -74,7 +74,7 @@ def main() -> None:
         for server in ("cluster", "single"):
             ckpt.write_safetensors(work / server / "models" / "Stable-diffusion" / f"{name}.safetensors")
     cluster = LiveServer(work / "cluster", "--workers", "2", "--queue-size", "64",
-                         env={"RAY_AUTH_MODE": "disabled"}).start()
+                         env={"RAY_AUTH_MODE": "disabled", "RAY_DEDUP_LOGS": "0"}).start()
     single = LiveServer(work / "single", env={"OMP_NUM_THREADS": "1"}).start()
     try:
         cluster.wait_ready(timeout=900)

@@ -29,8 +29,12 @@ QUICK = {"prompt": "a fox", "steps": 3, "width": 64, "height": 64, "sampler_name
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("ray.serve", reason="the 'cluster' extra (scripts/setup.sh installs it)")
+    from tests.fixtures.tinymodels import build_tiny_sd1
+
     server = LiveServer(tmp_path_factory.mktemp("cluster"), "--workers", "2", "--queue-size", "1",
                         "--shutdown-grace", "5", env={"RAY_AUTH_MODE": "disabled"})
+    build_tiny_sd1(tmp_path_factory.mktemp("tiny"), seed=7).write_safetensors(
+        server.models / "Stable-diffusion" / "tiny-sd1.safetensors")
     server.start().wait_ready(timeout=300)
     yield server
     server.stop()
@@ -59,6 +63,11 @@ def _sampling(c: httpx.Client, task_id: str) -> bool:
     return progress["active"] and (progress["progress"] or 0) > 0
 
 
+def _infotext(r: httpx.Response) -> str:
+    assert r.status_code == 200, r.text
+    return json.loads(r.json()["info"])["infotexts"][0]
+
+
 def _image(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64)))
 
@@ -84,6 +93,18 @@ def test_every_job_kind_runs_on_the_replicas_with_the_single_process_answers(srv
         # validation stays the ingress's, in the single process's shapes
         bad = c.post("/sdapi/v1/txt2img", json={**QUICK, "sampler_name": "Nope"})
         assert bad.status_code == 400 and "sampler_name" in bad.json()["detail"]
+        # the options store is the ingress's: a checkpoint chosen there is what every replica runs
+        before = c.get("/sdapi/v1/options").json()["sd_model_checkpoint"]
+        titles = {m["model_name"]: m["title"] for m in c.get("/sdapi/v1/sd-models").json()}
+        try:
+            for name in ("tiny-sd1", "hiresd-builtin-tiny", "tiny-sd1"):
+                chosen = c.post("/sdapi/v1/options", json={"sd_model_checkpoint": titles[name]})
+                assert chosen.status_code == 200, chosen.text
+                assert c.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == titles[name]
+                for _ in range(2):
+                    assert f"Model: {name}," in _infotext(c.post("/sdapi/v1/txt2img", json=QUICK))
+        finally:
+            c.post("/sdapi/v1/options", json={"sd_model_checkpoint": before})
 
 
 def test_two_jobs_run_at_once_each_with_its_own_progress_and_interrupt(srv: LiveServer) -> None:
