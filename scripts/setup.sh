@@ -12,7 +12,7 @@ stamp=.venv/.hiresd-installed
 want=$(cat pyproject.toml | sha256sum | cut -c1-16)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,cluster]"
   # k-diffusion (the pixel reference) without its training-only dependencies, at the pyproject pin
   .venv/bin/python -m pip install -q --no-deps $(.venv/bin/python -c "import tomllib; \
 print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['kdiffusion-reference'])")

@@ -52,6 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for note in config.launch_notes:
         log.info("%s", note)
+    if config.workers or config.ray_address:  # scaled out on Ray Serve; the single process never imports Ray
+        from server.cluster.launch import serve_cluster
+
+        serve_cluster(config)
+        return
     import diffusers.utils.logging
     import torch
     import transformers.utils.logging

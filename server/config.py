@@ -82,6 +82,10 @@ class ServerConfig:
     console_progress: bool = True
     log_level: str = "INFO"
     timeout_keep_alive: int = 5
+    # scale-out on Ray Serve (server/cluster/, docs/operating.md): worker replicas on a local Ray cluster
+    # (--workers N) or on the cluster at --ray-address; 0 and None: one process without Ray
+    workers: int = 0
+    ray_address: str | None = None
     launch_notes: list[str] = field(default_factory=list)  # one log line per A1111 flag accepted with a note
     argv_flags: dict[str, Any] = field(default_factory=dict)  # the parsed command line, as given
 
@@ -287,6 +291,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--enable-noncommercial-upscalers", action="store_true",
                     help="load non-commercial spandrel architectures (spandrel_extra_arches)")
     ap.add_argument("--no-builtin-model", action="store_true", help="do not offer the built-in tiny model")
+    ap.add_argument("--workers", type=_positive_int, default=None, metavar="N",
+                    help="scale out: N worker replicas (one per GPU; one torch thread each on the CPU) on a "
+                         "local Ray cluster started here (needs the 'cluster' extra; docs/operating.md)")
+    ap.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="scale out on the running Ray cluster at ADDR ('auto': the one on this machine); "
+                         "one replica per GPU there unless --workers says how many")
     ap.add_argument("--api", action="store_true", help="accepted for A1111 compatibility (always on)")
     ap.add_argument("--nowebui", action="store_true", help="accepted for A1111 compatibility (no UI here)")
     a1111_flags.add_to(ap)
@@ -375,5 +385,6 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         shutdown_grace_s=a.shutdown_grace, styles_file=styles[0] if styles else None,
         console_progress=not a.disable_console_progressbars, log_level=a.loglevel,
         timeout_keep_alive=a.timeout_keep_alive, launch_notes=notes,
+        workers=a.workers or 0, ray_address=a.ray_address,
         argv_flags=a1111_flags.strip(vars(a)),
     )

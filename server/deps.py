@@ -42,7 +42,7 @@ async def _disconnected(request: Request) -> None:
 
 
 async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable[[], T],
-                        finish_if_gone: bool = False, task_id: str | None = None) -> T:
+                        finish_if_gone: bool = False, task_id: str | None = None, remote: Any = None) -> T:
     """Queue `fn` on the device worker as task `task_id` (the request's `force_task_id`, else a new id) and
     await it without blocking the event loop.
 
@@ -50,8 +50,9 @@ async def run_on_worker(svc: Services, request: Request, name: str, fn: Callable
     whose client disconnects is interrupted (A1111 lets it run on, so a client that timed out keeps the
     worker busy for everyone), unless `finish_if_gone` (the request asked to save its images): then it
     finishes and saves. The log says which. A job cancelled by id while it waited (`/interrupt?id_task=`)
-    answers 409."""
-    job = svc.worker.submit(name, fn, task_id=task_id)
+    answers 409. `remote` is the same work as a picklable call that a worker replica runs when the server is
+    scaled out (server/cluster/); without it the job runs in this process there too."""
+    job = svc.worker.submit(name, fn, task_id=task_id, remote=remote)
     result = asyncio.wrap_future(job.future)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -120,6 +121,20 @@ def generation_job(svc: Services, p: Processing) -> Callable[[], tuple[JobResult
     return job
 
 
+@dataclass
+class GenerationCall:
+    """A generation job as a worker replica runs it (server/cluster/): picklable, routed to a replica that
+    holds its checkpoint and VAE."""
+    p: Processing
+
+    @property
+    def model_key(self) -> str:
+        return f"{self.p.checkpoint}|{self.p.options.get('sd_vae', 'Automatic')}"
+
+    def run(self, svc: Services) -> tuple[JobResult, bool]:
+        return generation_job(svc, self.p)()
+
+
 def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bool, opts: dict[str, Any],
                       save_options: dict[str, Any]) -> list[str]:
     """After the job, off the worker (blocking): `override_settings` kept when the request asks (A1111's
@@ -150,7 +165,8 @@ async def run_generation(svc: Services, request: Request, job: PreparedJob) -> t
     req = job.req
     check_generation(svc, req, job.p, job.script_args)
     result, incomplete = await run_on_worker(svc, request, job.name, generation_job(svc, job.p),
-                                             finish_if_gone=req.save_images, task_id=req.force_task_id)
+                                             finish_if_gone=req.save_images, task_id=req.force_task_id,
+                                             remote=GenerationCall(job.p))
     images = await run_in_threadpool(finish_generation, svc, req, result, incomplete, job.opts,
                                      job.save_options)
     return result, images

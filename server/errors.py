@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pipeline.models.vae_codec import is_oom
 from pipeline.runtime.errors import Interrupted, ModelLoadError, PipelineError, UnknownScript
 from pipeline.runtime.registry import TaskIdInUse
-from pipeline.runtime.worker import QueueFull, WorkerStopped
+from pipeline.runtime.worker import QueueFull, WorkerLost, WorkerStopped
 from server.auth import is_protected
 from server.imagecodec import ImageDecodeError
 from upscalers.errors import UpscalerError
@@ -39,7 +39,7 @@ def error_body(exc: BaseException, detail: str | None = None) -> dict[str, str]:
 
 
 def _status(exc: BaseException) -> int:
-    if isinstance(exc, (QueueFull, WorkerStopped)):
+    if isinstance(exc, (QueueFull, WorkerStopped, WorkerLost)):
         return 503
     if isinstance(exc, TaskIdInUse):
         return 409
@@ -102,8 +102,8 @@ def install(app: FastAPI) -> None:
         return JSONResponse(body, status_code=status, headers=headers)
 
     # the domain errors get their own handlers so they are answered without a server-error traceback
-    for cls in (PipelineError, ImageDecodeError, UpscalerError, QueueFull, WorkerStopped, TaskIdInUse,
-                Exception):
+    for cls in (PipelineError, ImageDecodeError, UpscalerError, QueueFull, WorkerStopped, WorkerLost,
+                TaskIdInUse, Exception):
         app.add_exception_handler(cls, any_error)
 
 
@@ -139,7 +139,8 @@ _DESCRIPTIONS = {
     "422": "The body does not match the schema (FastAPI's `detail` list), or an `alwayson_scripts` entry "
            "names a script the server does not have (A1111's error body).",
     "500": "An unexpected failure, or a model file that could not be loaded.",
-    "503": "The job queue is full or the server is stopping; retry after `Retry-After` seconds.",
+    "503": "The job queue is full, the server is stopping, or (scaled out) the worker running the job died; "
+           "retry after `Retry-After` seconds.",
 }
 
 

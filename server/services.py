@@ -71,7 +71,9 @@ class Services:
     _stopped: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
-    def create(cls, config: ServerConfig, console: bool = True) -> Services:
+    def create(cls, config: ServerConfig, console: bool = True, worker: Worker | None = None) -> Services:
+        """Everything the app needs. `worker`: the queue to use instead of the device worker (the scaled-out
+        ingress's, server/cluster/)."""
         accel = pick_accel(config)
         device, dtype, vae_dtype = accel.precision.device, accel.precision.dtype, accel.precision.vae_dtype
         log.info("%s", accel.precision.describe())
@@ -102,7 +104,7 @@ class Services:
         options = OptionsStore(config.data_dir / "options.json", checkers={"sd_vae": check_vae})
         if fixed_vae is not None:
             options.fall_back("sd_vae", fixed_vae)
-        worker = Worker(config.queue_size)
+        worker = worker if worker is not None else Worker(config.queue_size)
         extensions = Extensions.load(config.extensions_dir)
         register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
         register_builtin_scripts(extensions)  # A1111's own: Refiner, Seed, Sampler, Comments, ...
@@ -134,7 +136,7 @@ class Services:
             if not self._stopped.wait(self.config.shutdown_grace_s):
                 log.warning("the running job did not finish within %.0fs: interrupting it",
                             self.config.shutdown_grace_s)
-                self.worker.state.interrupt()
+                self.worker.interrupt_all()
 
         threading.Thread(target=interrupt_late, name="hiresd-shutdown", daemon=True).start()
 

@@ -26,7 +26,7 @@ from pipeline.runtime.task_store import DONE, FAILED, INTERRUPTED, PENDING, RUNN
 from pipeline.runtime.worker import Job, WorkerStopped
 from schemas.img2img import Img2ImgRequest
 from schemas.txt2img import Txt2ImgRequest
-from server.deps import PreparedJob, check_generation, finish_generation, generation_job
+from server.deps import GenerationCall, PreparedJob, check_generation, finish_generation, generation_job
 from server.imagecodec import ImageDecodeError
 from server.routes.generation import prepare_txt2img_request
 from server.routes.img2img import prepare_img2img_request
@@ -121,13 +121,11 @@ class AsyncTasks:
         return task_id
 
     def _queue(self, task_id: str, job: PreparedJob, force: bool = False) -> None:
-        run = generation_job(self.svc, job.p)
-
-        def start() -> Any:
+        def start() -> None:
             self.store.set_status(task_id, RUNNING, started=True)
-            return run()
 
-        queued = self.svc.worker.submit(job.name, start, task_id=task_id, pausable=True, force=force)
+        queued = self.svc.worker.submit(job.name, generation_job(self.svc, job.p), task_id=task_id,
+                                        pausable=True, force=force, remote=GenerationCall(job.p), on_start=start)
         self._current[task_id] = queued
         queued.future.add_done_callback(lambda f: self._ends.submit(self._end, task_id, job, queued))
 
@@ -139,8 +137,8 @@ class AsyncTasks:
         """Change a waiting task's request (`params` merged into it) or checkpoint: prepared again (a 4xx
         when it is now bad), and queued in the same place. None, or why it could not be changed."""
         worker = self.svc.worker
-        if worker.running_task == row.id or row.id not in worker.pending_tasks():
-            now = RUNNING if worker.running_task == row.id else row.status
+        if worker.is_running(row.id) or row.id not in worker.pending_tasks():
+            now = RUNNING if worker.is_running(row.id) else row.status
             return f"Task is {now}; only a queued task changes"
         merged, _, _ = split_body({**row.params, **(params or {})})
         checkpoint = checkpoint if checkpoint is not None else row.checkpoint

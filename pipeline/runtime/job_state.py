@@ -138,6 +138,35 @@ class JobState:
             if self._s.job_count > 0:
                 self._s.skipped = True
 
+    # -- a job running in another process (server/cluster/) ----------------------------------------
+    def export(self, sent_preview: int = -1) -> tuple[dict[str, Any], Any, int]:
+        """The state's fields (plain data), the preview image when it is newer than `sent_preview` (else
+        None), and the preview's id: what a worker replica sends to the ingress."""
+        with self._lock:
+            fields = dict(vars(self._s))
+            fields["weights"] = list(self._s.weights)
+            preview, seq = self._preview, self._preview_seq if self._preview is not None else -1
+        return fields, (preview() if preview is not None and seq != sent_preview else None), seq
+
+    def mirror(self, fields: dict[str, Any], preview: Any, preview_id: int) -> tuple[bool, bool]:
+        """Take the state of the job this one stands for (`export` on its replica), keeping an interrupt
+        asked for here; returns the (interrupt, skip) requests to send to that job."""
+        with self._lock:
+            interrupt = self._s.interrupted or self._interrupt_at_begin
+            skip = self._s.skipped and not fields.get("skipped")
+            running_since = self._s.time_start
+            self._s = _Snapshot(**fields)
+            self._s.interrupted = self._s.interrupted or interrupt
+            self._s.skipped = self._s.skipped or skip
+            # the ETA runs on this process's clock: the job's own start time is another machine's
+            if fields.get("time_start") is not None:
+                self._s.time_start = running_since or time.monotonic()
+            if preview is not None:
+                self._preview, self._preview_seq = (lambda img=preview: img), preview_id
+            elif preview_id < 0:
+                self._preview = None
+        return interrupt, skip
+
     # -- read by /progress -----------------------------------------------------------------------
     @property
     def job_timestamp(self) -> str:

@@ -106,9 +106,8 @@ async def queue_status(limit: int = 20, offset: int = 0, ts: AsyncTasks = Depend
                        svc: Services = Depends(services)) -> QueueStatusResponse:
     rows = {row.id: row for row in ts.store.pending()}
     order = [t for t in svc.worker.pending_tasks() if t in rows]
-    running = svc.worker.running_task
-    if running in rows:
-        order.insert(0, running)
+    running = svc.worker.running_task  # the oldest running one (several with --workers N)
+    order = [t for t in svc.worker.running_tasks() if t in rows] + order
     order += [t for t in rows if t not in order]
     page = [_model(rows[t], ts) for t in order[max(offset, 0): max(offset, 0) + max(limit, 0)]]
     return QueueStatusResponse(current_task_id=running, pending_tasks=page, total_pending_tasks=len(order),
@@ -213,7 +212,7 @@ async def run_task(id: str, ts: AsyncTasks = Depends(tasks)) -> Any:
     """Run a waiting task next (the extension starts it at once when nothing runs; here the worker does)."""
     if ts.store.get(id) is None:
         return _missing()
-    if ts.svc.worker.running_task == id:
+    if ts.svc.worker.is_running(id):
         return {"success": False, "message": "Task is running"}
     pending = ts.svc.worker.pending_tasks()
     if id not in pending:
@@ -313,9 +312,8 @@ async def resume(ts: AsyncTasks = Depends(tasks)) -> Any:
 @router.post("/queue/clear", openapi_extra=NEVER_QUEUED)
 async def clear_queue(ts: AsyncTasks = Depends(tasks)) -> Any:
     """Delete every waiting task (the running one runs on)."""
-    running = ts.svc.worker.running_task
     for row in ts.store.pending():
-        if row.id != running:
+        if not ts.svc.worker.is_running(row.id):
             ts.store.delete(row.id)
             ts.svc.worker.cancel_task(row.id)
     return _ok("Queue cleared.")

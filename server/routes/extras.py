@@ -5,6 +5,9 @@ runs on the one worker (shared with txt2img), reporting progress per image and p
 stops the running image and returns the ones finished before it."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
@@ -26,10 +29,23 @@ from upscalers.ldsr import LdsrOptions
 router = APIRouter(prefix="/sdapi/v1", tags=["extras"])
 
 
-def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest) -> tuple[list[Image.Image], str]:
+@dataclass
+class ExtrasCall:
+    """An Extras job with the options it runs under; picklable, so that a worker replica runs it when the
+    server is scaled out (server/cluster/)."""
+    images: list[Image.Image]
+    req: ExtrasBaseRequest
+    opts: dict[str, Any]
+    model_key = ""  # any replica: upscaler files are loaded where the job runs
+
+    def run(self, svc: Services) -> tuple[list[Image.Image], str]:
+        return _run(svc, self.images, self.req, self.opts)
+
+
+def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest,
+         opts: dict[str, Any]) -> tuple[list[Image.Image], str]:
     """On the worker: one image at a time, so that an interrupt keeps the finished ones."""
     params = ExtrasParams.from_mapping(req.model_dump())
-    opts = svc.options.all()
     state = svc.worker.state
     state.begin("extras", len(images))
     out: list[Image.Image] = []
@@ -56,7 +72,8 @@ async def _extras(svc: Services, request: Request, datas: list[tuple[str, str]],
     images = await run_in_threadpool(decode)
     check_extras(images, ExtrasParams.from_mapping(req.model_dump()), svc.upscalers,
                  max_pixels=svc.config.max_pixels)
-    results, infotext = await run_on_worker(svc, request, "extras", lambda: _run(svc, images, req))
+    call = ExtrasCall(images, req, svc.options.all())
+    results, infotext = await run_on_worker(svc, request, "extras", lambda: call.run(svc), remote=call)
     fmt = svc.options.get("samples_format")
 
     def encode() -> list[str]:

@@ -49,7 +49,11 @@ async def progress(req: InternalProgressRequest,
         text = f"In queue: {position + 1}/{len(svc.worker.pending_tasks())}" if queued else "Waiting..."
         return InternalProgressResponse(active=False, queued=queued, completed=completed, id_live_preview=-1,
                                         textinfo=text)
-    snap = svc.worker.state.snapshot()
+    state = svc.worker.state_of(req.id_task)
+    if state is None:  # it ended between the two looks
+        return InternalProgressResponse(active=False, queued=False, completed=True, id_live_preview=-1,
+                                        textinfo="Waiting...")
+    snap = state.snapshot()
     st = snap["state"]
     done = 0.0
     if st["job_count"] > 0:

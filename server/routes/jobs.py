@@ -30,7 +30,7 @@ class ProgressResponse(BaseModel):
 
 @router.get("/progress", response_model=ProgressResponse)
 async def progress(skip_current_image: bool = False, svc: Services = Depends(services)) -> ProgressResponse:
-    snap = svc.worker.state.snapshot()
+    snap = svc.worker.progress_state().snapshot()
     image = None
     if not skip_current_image and snap["preview"] is not None:
         fmt = svc.options.get("samples_format")
@@ -61,7 +61,7 @@ async def interrupt(body: TaskRef | None = None, id_task: str | None = ID_TASK,
                     svc: Services = Depends(services)) -> dict[str, Any]:
     task_id = _task_id(id_task, body, svc)
     if task_id is None:
-        svc.worker.state.interrupt()
+        svc.worker.interrupt_all()
     elif not svc.worker.interrupt_task(task_id):
         svc.worker.cancel_task(task_id)  # waiting: dropped, never run; ended: nothing to do
     return {}
@@ -72,7 +72,7 @@ async def skip(body: TaskRef | None = None, id_task: str | None = ID_TASK,
                svc: Services = Depends(services)) -> None:
     task_id = _task_id(id_task, body, svc)
     if task_id is None:
-        svc.worker.state.skip()
+        svc.worker.skip_all()
     else:
         svc.worker.skip_task(task_id)  # only a running job has a batch to skip
     return None

@@ -4,6 +4,7 @@ Changing `sd_model_checkpoint` or `sd_vae` loads it on the worker (after a runni
 as A1111 does; a load that fails leaves the options as they were."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Request
@@ -12,6 +13,27 @@ from server.deps import run_on_worker, services
 from server.services import Services
 
 router = APIRouter(prefix="/sdapi/v1", tags=["options"])
+
+
+@dataclass
+class LoadModelCall:
+    """Load checkpoint `filename` with VAE choice `vae`. Scaled out (server/cluster/), one worker replica
+    warms it (routed as the jobs that use it are); the others load it when traffic for it arrives."""
+    filename: str
+    vae: str
+
+    @property
+    def model_key(self) -> str:
+        return f"{self.filename}|{self.vae}"
+
+    def run(self, svc: Services) -> None:
+        previous_vae = svc.models.vae_choice
+        svc.models.select_vae(self.vae, apply_now=False)
+        try:
+            svc.models.get(self.filename)
+        except Exception:
+            svc.models.vae_choice = previous_vae
+            raise
 
 
 @router.get("/options")
@@ -32,16 +54,7 @@ async def set_options(request: Request, req: dict[str, Any] = Body(...), svc: Se
         changes.pop("sd_model_checkpoint", None)
     vae = changes.get("sd_vae", svc.options.get("sd_vae"))
     if target.filename != current.filename or vae != svc.options.get("sd_vae"):
-
-        def load() -> None:  # on the worker, after the running job
-            previous_vae = svc.models.vae_choice
-            svc.models.select_vae(vae, apply_now=False)
-            try:
-                svc.models.get(target.filename)
-            except Exception:
-                svc.models.vae_choice = previous_vae
-                raise
-
-        await run_on_worker(svc, request, "load-model", load)
+        call = LoadModelCall(target.filename, vae)  # on the worker, after the running job
+        await run_on_worker(svc, request, "load-model", lambda: call.run(svc), remote=call)
     svc.options.update(changes, checked=True)
     return None

@@ -1,0 +1,1 @@
+"""Scale-out on Ray Serve (imported only with --workers / --ray-address): see launch.py."""
