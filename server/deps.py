@@ -13,10 +13,11 @@ from fastapi import HTTPException, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.jobs import controlnet
 from pipeline.jobs.common import JobResult
 from pipeline.jobs.processing import Processing
 from pipeline.models.networks import check_job
-from server.imagecodec import encode_images_b64
+from server.imagecodec import decode_image, encode_images_b64
 from server.options import OPTIONS
 from server.services import Services
 
@@ -101,6 +102,8 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
                                                                  p.hr_negative_prompt or req.negative_prompt,
                                                                  p.styles)
     check_job(svc.networks, p, svc.models)
+    controlnet.attach(p, req, svc.controlnets, svc.models,
+                      lambda data: decode_image(data, field=controlnet.FIELD, max_pixels=svc.config.max_pixels))
 
 
 def generation_job(svc: Services, p: Processing) -> Callable[[], tuple[JobResult, bool]]:
@@ -124,10 +127,13 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
     if req.save_images and (not incomplete or opts["save_incomplete_images"]):
-        svc.save_images(result.images, result.infotexts, fmt, save_options)
+        # ControlNet's detected maps (after the results, without infotexts) are not saved, as the extension
+        svc.save_images(result.images[:len(result.infotexts)], result.infotexts, fmt, save_options)
     if not req.send_images:
         return []
-    chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
+    chunks: list[dict[str, str] | None] = [{"parameters": t} if opts["enable_pnginfo"] else {}
+                                           for t in result.infotexts]
+    chunks += [None] * (len(result.images) - len(chunks))
     return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
                              compress_level=svc.config.png_compress_level)
 

@@ -13,11 +13,13 @@ from typing import Any
 from PIL import Image
 
 from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
+from pipeline.jobs.controlnet import register as register_controlnet
 from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.dispatch import run_job
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.pixel_upscale import HiresUpscaler
 from pipeline.jobs.processing import Processing
+from pipeline.models.controlnet import ControlNetStore
 from pipeline.jobs.styles import StyleStore
 from pipeline.models.accel import Accel, choose, resolve_device
 from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
@@ -62,6 +64,7 @@ class Services:
     styles: StyleStore
     console: ConsoleProgress | None = None
     networks: Networks | None = None  # LoRA files and embeddings (<models>/Lora, LyCORIS, embeddings)
+    controlnets: ControlNetStore | None = None  # ControlNet files (<models>/ControlNet, --controlnet-dir)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -100,9 +103,11 @@ class Services:
         worker = Worker(config.queue_size)
         extensions = Extensions.load(config.extensions_dir)
         register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
+        register_controlnet(extensions)  # the built-in always-on "ControlNet" entry
         svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)
+        svc.controlnets = ControlNetStore(config.controlnet_folders())
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
@@ -225,7 +230,8 @@ class Services:
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions,
-                         self.worker.state, faces=self.upscalers.faces, networks=self.networks)
+                         self.worker.state, faces=self.upscalers.faces, networks=self.networks,
+                         controlnets=self.controlnets)
         try:
             return run_job(p, ctx)
         finally:

@@ -1,0 +1,76 @@
+"""A detected map brought to a pass's size by the unit's resize mode, as the extension's `detectmap_proc`:
+
+- Just Resize: stretched to the size;
+- Crop and Resize: scaled to cover the size, centre-cropped;
+- Resize and Fill: scaled to fit inside, centred on the median colour of the map's border.
+Its resampling (`high_quality_resize`): maps with 3..199 colours nearest-neighbour (segmentation), else
+area when shrinking and cubic when enlarging; a black-and-white map is re-binarised with Otsu's threshold
+after resizing. (The extension additionally thins one-pixel edges with its own NMS; not done here.)"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from pipeline.jobs.controlnet.preprocessors import hwc3
+
+JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "Just Resize", "Crop and Resize", "Resize and Fill"
+# A1111's img2img resize_mode (0..3) as the extension maps it for units that use the init image
+FROM_A1111 = {0: JUST_RESIZE, 1: CROP_AND_RESIZE, 2: RESIZE_AND_FILL, 3: JUST_RESIZE}
+
+
+def high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
+    if x.shape[0] == height and x.shape[1] == width:
+        return x
+    smaller = width * height < x.shape[0] * x.shape[1]
+    colours = len(np.unique(x.reshape(-1, x.shape[2]), axis=0))
+    binary = colours == 2 and int(x.min()) < 16 and int(x.max()) > 240
+    if 2 < colours < 200:
+        interp = cv2.INTER_NEAREST
+    elif smaller:
+        interp = cv2.INTER_AREA
+    else:
+        interp = cv2.INTER_CUBIC
+    y = cv2.resize(x, (width, height), interpolation=interp)
+    if binary:
+        y = np.mean(y.astype(np.float32), axis=2).clip(0, 255).astype(np.uint8)
+        _, y = cv2.threshold(y, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        y = np.stack([y] * 3, axis=2)
+    return y
+
+
+def fit(detected: np.ndarray, mode: str, width: int, height: int) -> np.ndarray:
+    """The map (H, W, 3 uint8) at width x height by `mode`."""
+    m = hwc3(detected)
+    if mode == JUST_RESIZE:
+        return np.ascontiguousarray(high_quality_resize(m, width, height))
+    old_h, old_w = float(m.shape[0]), float(m.shape[1])
+    k0, k1 = height / old_h, width / old_w
+    if mode == RESIZE_AND_FILL:
+        k = min(k0, k1)
+        borders = np.concatenate([m[0, :, :], m[-1, :, :], m[:, 0, :], m[:, -1, :]], axis=0)
+        colour = np.median(borders, axis=0).astype(m.dtype)
+        canvas = np.tile(colour[None, None], [height, width, 1])
+        inner = high_quality_resize(m, int(np.round(old_w * k)), int(np.round(old_h * k)))
+        nh, nw = inner.shape[:2]
+        ph, pw = max(0, (height - nh) // 2), max(0, (width - nw) // 2)
+        canvas[ph:ph + nh, pw:pw + nw] = inner
+        return np.ascontiguousarray(canvas)
+    k = max(k0, k1)
+    inner = high_quality_resize(m, int(np.round(old_w * k)), int(np.round(old_h * k)))
+    nh, nw = inner.shape[:2]
+    ph, pw = max(0, (nh - height) // 2), max(0, (nw - width) // 2)
+    return np.ascontiguousarray(inner[ph:ph + height, pw:pw + width])
+
+
+def to_tensor(hint: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1], as the extension feeds the ControlNet."""
+    return torch.from_numpy(hint.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def pixel_perfect_resolution(image: np.ndarray, width: int, height: int, mode: str) -> int:
+    """The processor resolution that maps the input 1:1 onto the target, as the extension's pixel perfect."""
+    raw_h, raw_w = image.shape[:2]
+    k0, k1 = height / float(raw_h), width / float(raw_w)
+    k = min(k0, k1) if mode == RESIZE_AND_FILL else max(k0, k1)
+    return int(np.round(k * float(min(raw_h, raw_w))))

@@ -1,0 +1,104 @@
+"""ControlNet as residuals handed to the UNet call: no UNet module is patched.
+
+Each model call, every unit active at this step runs its ControlNet on the UNet's own input (latent
+channels only, for 9-channel inpainting checkpoints), timestep, prompt context and (SDXL) vector
+conditioning, with its hint image. Its residuals (one per UNet encoder output, then the mid block's) are
+scaled and summed over the units, and the UNet adds them to its skip connections and mid block
+(diffusers' `down_block_additional_residuals` / `mid_block_additional_residual`), which is where the
+extension's hooked UNet adds them.
+
+Scaling, as sd-webui-controlnet's `hook.py` does it:
+- Balanced: every residual times `weight`.
+- "My prompt is more important" and "ControlNet is more important" (its `soft_injection`): residual i of
+  the 13 (SD 1.x/2.x) times `weight * 0.825 ** (12 - i)`, the mid block's (i = 12) at full weight; SDXL
+  takes the first 10 of those 13 factors for its 10 residuals. The hires pass of a canny or mlsd unit is
+  soft the same way.
+- "ControlNet is more important" (its `cfg_injection`) adds the residuals to the conditional rows only, so
+  that CFG amplifies the control; the other modes add them to both halves.
+- The unit acts at the steps where `guidance_start <= step / steps <= guidance_end`."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+SOFT_BASE = 0.825
+
+
+def residual_scales(weight: float, soft: bool, sdxl: bool) -> list[float]:
+    """The factor of each residual (zip with the ControlNet's outputs: shorter lists truncate, as the
+    extension's zip does for architectures with fewer blocks)."""
+    scales = [weight * SOFT_BASE ** float(12 - i) for i in range(13)] if soft else [weight] * 13
+    return scales[:10] if sdxl else scales
+
+
+@dataclass
+class ActiveControl:
+    """One unit as a pass uses it: its network, hint (1, C, H, W) in [0, 1] at the pass's pixel size, the
+    per-residual factors, whether it acts on the conditional rows only, and its step window."""
+
+    net: Any
+    hint: torch.Tensor
+    scales: list[float]
+    cond_only: bool
+    start: float = 0.0
+    end: float = 1.0
+    _batched: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def acts_at(self, fraction: float) -> bool:
+        return self.start <= fraction <= self.end
+
+    def hint_for(self, batch: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The hint for a model call of `batch` rows: one hint for all, or one per image repeated over the
+        call's halves (negative rows first, then prompt rows, each in image order)."""
+        if batch not in self._batched:
+            n = self.hint.shape[0]
+            hint = self.hint.to(device, dtype)
+            self._batched[batch] = hint.expand(batch, -1, -1, -1).contiguous() if n == 1 else \
+                hint.repeat(batch // n, 1, 1, 1)
+        return self._batched[batch]
+
+
+class ControlResiduals:
+    """The per-call residuals of a pass's units. The loop calls `at_step(step, steps)` before each model
+    call (step counted from 0), then the guided model calls the object with the UNet's arguments."""
+
+    def __init__(self, units: Sequence[ActiveControl]):
+        self.units = list(units)
+        self.fraction = 0.0
+
+    def at_step(self, step: int, steps: int) -> None:
+        self.fraction = step / max(1, steps)
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, unet_kwargs: dict[str, Any],
+                 cond_rows: torch.Tensor) -> dict[str, Any]:
+        """UNet keyword arguments adding the active units' residuals; {} when none acts. `cond_rows` (B,)
+        is 1 for rows conditioned on the prompt, 0 for the negative prompt's."""
+        down: list[torch.Tensor] | None = None
+        mid: torch.Tensor | None = None
+        for unit in self.units:
+            if not unit.acts_at(self.fraction):
+                continue
+            net = unit.net
+            x_in = x[:, :int(net.config.in_channels)]
+            hint = unit.hint_for(x.shape[0], x.device, x.dtype)
+            res_down, res_mid = net(x_in, t, encoder_hidden_states=context, controlnet_cond=hint,
+                                    added_cond_kwargs=unet_kwargs.get("added_cond_kwargs"), return_dict=False)
+            outs = [*res_down, res_mid]
+            mark = cond_rows.to(x.device, x.dtype).view(-1, 1, 1, 1) if unit.cond_only else None
+            scaled = []
+            for r, s in zip(outs, unit.scales):
+                r = r * s
+                scaled.append(r * mark if mark is not None else r)
+            if len(scaled) < len(outs):  # more residuals than factors: the extension leaves them out
+                scaled += [torch.zeros_like(r) for r in outs[len(scaled):]]
+            if down is None:
+                down, mid = scaled[:-1], scaled[-1]
+            else:
+                down = [a + b for a, b in zip(down, scaled[:-1])]
+                mid = mid + scaled[-1]
+        if down is None:
+            return {}
+        return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}

@@ -1,0 +1,210 @@
+"""ControlNet units over HTTP (in-process app, real worker) against tiny real-architecture ControlNets that
+the test writes the way users keep them: the original layout (`control_model.*`, .safetensors and .pth)
+and the diffusers layout, for a tiny SD 1.x and a tiny SDXL checkpoint."""
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from server.app import create_app
+from server.config import ServerConfig
+from tests.fixtures.controlnets import build_tiny_controlnet, write_diffusers, write_ldm
+from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sdxl
+
+SD1 = {"sd_model_checkpoint": "tiny-sd1.safetensors"}
+BASE = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler",
+        "cfg_scale": 5, "override_settings": SD1}
+
+
+def _b64(img: Image.Image) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _edges(size: int = 64) -> Image.Image:
+    """A black picture with a white square outline: a ready-made edge map."""
+    a = np.zeros((size, size, 3), np.uint8)
+    a[16:48, 16] = a[16:48, 47] = a[16, 16:48] = a[47, 16:48] = 255
+    return Image.fromarray(a)
+
+
+def _photo(size: int = 64) -> Image.Image:
+    rng = np.random.default_rng(3)
+    a = np.zeros((size, size, 3), np.uint8)
+    a[:, size // 2:] = 200
+    a[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (30, 160, 90)
+    return Image.fromarray(np.clip(a + rng.integers(0, 20, a.shape), 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    root = tmp_path_factory.mktemp("cn-srv")
+    work = tmp_path_factory.mktemp("cn-build")
+    models = root / "models"
+    sd1 = build_tiny_sd1(work, seed=7)
+    sd1.write_safetensors(models / "Stable-diffusion" / "tiny-sd1.safetensors")
+    xl = build_tiny_sdxl(work)
+    xl.write_safetensors(models / "Stable-diffusion" / "tiny-sdxl.safetensors")
+    net = build_tiny_controlnet(sd1.unet, seed=50)
+    write_diffusers(net, models / "ControlNet" / "cn_sd15_canny_diffusers.safetensors")
+    write_ldm(net, models / "ControlNet" / "control_sd15_canny.safetensors")
+    write_ldm(net, models / "ControlNet" / "control_sd15_canny_old.pth")
+    write_ldm(build_tiny_controlnet(xl.unet, seed=51), root / "extra" / "cn_xl.safetensors")
+    cfg = ServerConfig(models_dir=models, data_dir=root / "data", outputs_dir=root / "outputs",
+                       extensions_dir=None, max_pixels=512 * 512, builtin_model=False,
+                       controlnet_dir=root / "extra")
+    with TestClient(create_app(cfg)) as c:
+        yield c
+
+
+def _unit(**kw) -> dict:
+    return {"enabled": True, "module": "none", "model": "control_sd15_canny", "image": _b64(_edges()), **kw}
+
+
+def _txt2img(client: TestClient, units: list[dict] | None, key: str = "ControlNet", **kw) -> dict:
+    body = {**BASE, **kw}
+    if units is not None:
+        body["alwayson_scripts"] = {key: {"args": units}}
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _px(b64: str) -> bytes:
+    """An image's pixels (the PNG bytes also carry the infotext, which names the units)."""
+    return _pixels(b64).astype(np.uint8).tobytes()
+
+
+def _pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"), dtype=np.int16)
+
+
+def test_model_list_has_both_layouts_and_the_extra_folder(client: TestClient) -> None:
+    models = client.get("/controlnet/model_list").json()["model_list"]
+    names = sorted(m.rsplit(" [", 1)[0] for m in models)
+    assert names == ["cn_sd15_canny_diffusers", "cn_xl", "control_sd15_canny", "control_sd15_canny_old"]
+    assert all(m.endswith("]") and len(m.rsplit(" [", 1)[1]) == 9 for m in models)
+
+
+def test_a_unit_changes_the_image_and_both_layouts_give_the_same_bytes(client: TestClient) -> None:
+    plain = _txt2img(client, None)["images"][0]
+    ldm = _txt2img(client, [_unit(save_detected_map=False)])["images"]
+    diffusers = _txt2img(client, [_unit(model="cn_sd15_canny_diffusers", save_detected_map=False)])["images"]
+    pth = _txt2img(client, [_unit(model="control_sd15_canny_old", save_detected_map=False)])["images"]
+    assert len(ldm) == 1
+    assert ldm[0] != plain
+    assert np.abs(_pixels(ldm[0]) - _pixels(plain)).mean() > 1.0
+    assert (_pixels(ldm[0]) == _pixels(diffusers[0])).all() and (_pixels(ldm[0]) == _pixels(pth[0])).all()
+
+
+def test_weight_zero_guidance_end_zero_and_disabled_units_change_nothing(client: TestClient) -> None:
+    plain = _txt2img(client, None)["images"]
+    assert [_px(i) for i in _txt2img(client, [_unit(weight=0, save_detected_map=False)])["images"]] == \
+        [_px(plain[0])]
+    assert [_px(i) for i in _txt2img(client, [_unit(guidance_end=0, save_detected_map=False)])["images"]] == \
+        [_px(plain[0])]
+    assert _txt2img(client, [_unit(enabled=False)])["images"] == plain  # no unit: not even an infotext line
+    no_enabled = _unit()
+    del no_enabled["enabled"]
+    assert _txt2img(client, [no_enabled], key="controlnet")["images"] == plain
+    assert _txt2img(client, [])["images"] == plain  # webuiapi sends an empty list without units
+
+
+def test_detected_map_is_appended_and_infotext_names_the_unit(client: TestClient) -> None:
+    body = _txt2img(client, [_unit(module="invert", image=_b64(_photo(96)), resize_mode=0)])
+    assert len(body["images"]) == 2
+    mapped = _pixels(body["images"][1])
+    assert mapped.shape == (64, 64, 3)
+    expected = 255 - np.asarray(_photo(96).resize((64, 64), Image.Resampling.BICUBIC), dtype=np.int16)
+    assert np.abs(mapped - expected).max() <= 40  # invert, then the extension's resize to the pass size
+    info = json.loads(body["info"])
+    line = info["infotexts"][0]
+    assert 'ControlNet 0: "Module: invert, Model: control_sd15_canny [' in line
+    assert "Resize Mode: Just Resize, Processor Res: 512, Threshold A: -1.0" in line
+    assert "Control Mode: Balanced" in line
+
+
+def test_control_modes_and_legacy_forms(client: TestClient) -> None:
+    out = {}
+    for mode in (0, 1, 2, "Balanced", "My prompt is more important", "ControlNet is more important"):
+        out[mode] = _px(_txt2img(client, [_unit(control_mode=mode, save_detected_map=False)])["images"][0])
+    assert out[0] == out["Balanced"] and out[1] == out["My prompt is more important"]
+    assert out[2] == out["ControlNet is more important"]
+    assert len({out[0], out[1], out[2]}) == 3
+    legacy = _unit(save_detected_map=False)
+    legacy["input_image"] = legacy.pop("image")
+    legacy["guidance"] = 1.0
+    legacy["lowvram"] = True
+    legacy["resize_mode"] = "Inner Fit (Scale to Fit)"
+    assert _px(_txt2img(client, [legacy])["images"][0]) == out[0]
+
+
+def test_two_units_add_their_residuals(client: TestClient) -> None:
+    one = _px(_txt2img(client, [_unit(save_detected_map=False)])["images"][0])
+    two = _txt2img(client, [_unit(save_detected_map=False), _unit(weight=0.5, save_detected_map=False,
+                                                                 image=_b64(_photo()))])["images"][0]
+    assert one != _px(two)
+
+
+@pytest.mark.parametrize("unit, field", [
+    ({"model": "nope"}, "args[0].model"),
+    ({"module": "no_such_module"}, "args[0].module"),
+    ({"module": "openpose"}, "args[0].module"),
+    ({"model": "cn_xl"}, "args[0].model"),
+    ({"image": "not base64 !!"}, "args[0].image"),
+    ({"weight": 3}, "args[0].weight"),
+    ({"guidance_start": 0.8, "guidance_end": 0.2}, "args[0]"),
+    ({"control_mode": "Loud"}, "args[0].control_mode"),
+    ({"image": None}, "args[0].image"),
+])
+def test_bad_units_are_400_naming_the_field(client: TestClient, unit: dict, field: str) -> None:
+    r = client.post("/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {"ControlNet": {"args": [_unit(**unit)]}}})
+    assert r.status_code == 400, r.text
+    assert f"alwayson_scripts.ControlNet.{field}" in r.text
+
+
+def test_hires_passes_and_hr_option(client: TestClient) -> None:
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6}
+    plain = _px(_txt2img(client, None, **hires)["images"][0])
+    both = _txt2img(client, [_unit(save_detected_map=True)], **hires)["images"]
+    assert len(both) == 3  # the result, then the unit's map at the hires size and at the first-pass size
+    assert _pixels(both[1]).shape == (96, 96, 3) and _pixels(both[2]).shape == (64, 64, 3)
+    low = _txt2img(client, [_unit(hr_option="Low res only", save_detected_map=False)], **hires)["images"][0]
+    high = _txt2img(client, [_unit(hr_option="High res only", save_detected_map=False)], **hires)["images"][0]
+    assert len({plain, _px(both[0]), _px(low), _px(high)}) == 4
+
+
+def test_img2img_unit_without_image_uses_the_init_image(client: TestClient) -> None:
+    body = {**BASE, "init_images": [_b64(_photo())], "denoising_strength": 0.7}
+    plain = client.post("/sdapi/v1/img2img", json=body).json()["images"]
+    unit = _unit(image=None, module="canny", save_detected_map=True)
+    r = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [unit]}}})
+    assert r.status_code == 200, r.text
+    images = r.json()["images"]
+    assert len(images) == 2 and images[0] != plain[0]
+    edges = _pixels(images[1])
+    assert set(np.unique(edges)) <= {0, 255} and edges.max() == 255
+
+
+def test_sdxl_checkpoint_with_an_sdxl_controlnet(client: TestClient) -> None:
+    xl = {**BASE, "override_settings": {"sd_model_checkpoint": "tiny-sdxl.safetensors"}}
+    plain = client.post("/sdapi/v1/txt2img", json=xl).json()["images"][0]
+    r = client.post("/sdapi/v1/txt2img", json={**xl, "alwayson_scripts": {"ControlNet": {"args": [
+        _unit(model="cn_xl", save_detected_map=False)]}}})
+    assert r.status_code == 200, r.text
+    assert r.json()["images"][0] != plain
+    bad = client.post("/sdapi/v1/txt2img", json={**xl, "alwayson_scripts": {"ControlNet": {"args": [_unit()]}}})
+    assert bad.status_code == 400 and "SD 1.x ControlNet" in bad.text
+
+
+def test_scripts_list_controlnet_for_clients_that_detect_it(client: TestClient) -> None:
+    scripts = client.get("/sdapi/v1/scripts").json()
+    assert "controlnet" in scripts["txt2img"] and "controlnet m2m" in scripts["txt2img"]
+    assert "controlnet" in scripts["img2img"]
