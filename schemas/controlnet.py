@@ -5,6 +5,7 @@ A unit has the extension's fields and defaults (v1.1.455 `internal_controlnet/ar
 historical form clients still send: the old names `input_image`, `lowvram`, `guidance` and Forge's
 `mask_image`; `resize_mode`, `control_mode` and `hr_option` as strings, old string aliases or integers
 (0/1/2). Unknown keys are ignored."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -12,11 +13,20 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
-RESIZE_ALIASES = {"Inner Fit (Scale to Fit)": "Crop and Resize", "Scale to Fit (Inner Fit)": "Crop and Resize",
-                  "Outer Fit (Shrink to Fit)": "Resize and Fill", "Envelope (Outer Fit)": "Resize and Fill"}
+RESIZE_ALIASES = {
+    "Inner Fit (Scale to Fit)": "Crop and Resize",
+    "Scale to Fit (Inner Fit)": "Crop and Resize",
+    "Outer Fit (Shrink to Fit)": "Resize and Fill",
+    "Envelope (Outer Fit)": "Resize and Fill",
+}
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 HR_OPTIONS = ("Both", "Low res only", "High res only")
-LEGACY_NAMES = {"input_image": "image", "lowvram": "low_vram", "guidance": "guidance_end", "mask_image": "mask"}
+LEGACY_NAMES = {
+    "input_image": "image",
+    "lowvram": "low_vram",
+    "guidance": "guidance_end",
+    "mask_image": "mask",
+}
 
 
 def _choice(value: Any, choices: tuple[str, ...], aliases: dict[str, str], what: str) -> str:
@@ -95,8 +105,16 @@ class ControlNetUnit(BaseModel):
     @field_validator("hr_option", mode="before")
     @classmethod
     def _hr(cls, v: Any) -> str:
-        return _choice(v, HR_OPTIONS, {"HiResFixOption.BOTH": "Both", "HiResFixOption.LOW_RES_ONLY": "Low res only",
-                                       "HiResFixOption.HIGH_RES_ONLY": "High res only"}, "hr_option")
+        return _choice(
+            v,
+            HR_OPTIONS,
+            {
+                "HiResFixOption.BOTH": "Both",
+                "HiResFixOption.LOW_RES_ONLY": "Low res only",
+                "HiResFixOption.HIGH_RES_ONLY": "High res only",
+            },
+            "hr_option",
+        )
 
     @model_validator(mode="after")
     def _guidance_order(self) -> ControlNetUnit:

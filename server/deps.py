@@ -102,8 +102,10 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
                                                                  p.hr_negative_prompt or req.negative_prompt,
                                                                  p.styles)
     check_job(svc.networks, p, svc.models)
-    controlnet.attach(p, req, svc.controlnets, svc.models,
-                      lambda data: decode_image(data, field=controlnet.FIELD, max_pixels=svc.config.max_pixels))
+    def decode(data: str) -> Any:
+        return decode_image(data, field=controlnet.FIELD, max_pixels=svc.config.max_pixels)
+
+    controlnet.attach(p, req, svc.controlnets, svc.models, decode)
 
 
 def generation_job(svc: Services, p: Processing) -> Callable[[], tuple[JobResult, bool]]:

@@ -1,5 +1,6 @@
 """sd-webui-controlnet's endpoints (`/controlnet/*`, its `scripts/api.py`), with its response shapes:
 version, model_list, module_list, control_types, settings and detect. Behind --api-auth like every route."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,9 +28,26 @@ from server.services import Services
 
 router = APIRouter(prefix="/controlnet", tags=["controlnet"])
 VERSION = 3  # the API version the extension reports
-CONTROL_TYPES = ("Canny", "Lineart", "Scribble", "MLSD", "Tile", "InstructP2P", "Depth", "NormalMap", "OpenPose",
-                 "SoftEdge", "Segmentation", "Shuffle", "Inpaint", "IP-Adapter", "Reference", "Recolor",
-                 "Revision", "T2I-Adapter")
+CONTROL_TYPES = (
+    "Canny",
+    "Lineart",
+    "Scribble",
+    "MLSD",
+    "Tile",
+    "InstructP2P",
+    "Depth",
+    "NormalMap",
+    "OpenPose",
+    "SoftEdge",
+    "Segmentation",
+    "Shuffle",
+    "Inpaint",
+    "IP-Adapter",
+    "Reference",
+    "Recolor",
+    "Revision",
+    "T2I-Adapter",
+)
 
 
 def _titles(svc: Services) -> list[str]:
@@ -62,14 +80,24 @@ async def module_list(alias_names: bool = False) -> dict[str, Any]:
 async def control_types(svc: Services = Depends(services)) -> dict[str, Any]:
     """Per control type the preprocessors and models that fit it (models by name, as the extension)."""
     titles = _titles(svc)
-    out: dict[str, Any] = {"All": {"module_list": preprocessors.names(), "model_list": ["None", *titles],
-                                   "default_option": "none", "default_model": "None"}}
+    out: dict[str, Any] = {
+        "All": {
+            "module_list": preprocessors.names(),
+            "model_list": ["None", *titles],
+            "default_option": "none",
+            "default_model": "None",
+        }
+    }
     for kind in CONTROL_TYPES:
         mods = [p.name for p in preprocessors.MODEL_FREE.values() if kind in p.tags]
         models = [t for t in titles if kind.lower() in t.lower()]
         default_model = next((m for m in models if "11" in m.split("[")[0]), models[0] if models else "None")
-        out[kind] = {"module_list": ["none", *[m for m in mods if m != "none"]], "model_list": ["None", *models],
-                     "default_option": mods[0] if mods else "none", "default_model": default_model}
+        out[kind] = {
+            "module_list": ["none", *[m for m in mods if m != "none"]],
+            "model_list": ["None", *models],
+            "default_option": mods[0] if mods else "none",
+            "default_model": default_model,
+        }
     return {"control_types": out}
 
 
@@ -80,7 +108,9 @@ async def settings() -> dict[str, Any]:
 
 def _detect(req: DetectRequest, images: list[Image.Image]) -> list[Image.Image]:
     pre = preprocessors.resolve(req.controlnet_module, "controlnet_module")
-    res, a, b = pre.settle(req.controlnet_processor_res, req.controlnet_threshold_a, req.controlnet_threshold_b)
+    res, a, b = pre.settle(
+        req.controlnet_processor_res, req.controlnet_threshold_a, req.controlnet_threshold_b
+    )
     out = []
     for img in images:
         arr = np.ascontiguousarray(np.asarray(img.convert("RGB")))
@@ -98,7 +128,9 @@ async def detect(req: DetectRequest, svc: Services = Depends(services)) -> dict[
         preprocessors.resolve(req.controlnet_module, "controlnet_module")
     except InvalidRequest as exc:
         raise HTTPException(422, f"Module not available: {exc}") from None
-    images = [decode_image(b, field=f"controlnet_input_images[{i}]", max_pixels=svc.config.max_pixels)
-              for i, b in enumerate(req.controlnet_input_images)]
+    images = [
+        decode_image(b, field=f"controlnet_input_images[{i}]", max_pixels=svc.config.max_pixels)
+        for i, b in enumerate(req.controlnet_input_images)
+    ]
     maps = await run_in_threadpool(_detect, req, images)
     return {"info": "Success", "images": encode_images_b64(maps)}

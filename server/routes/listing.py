@@ -141,7 +141,8 @@ async def scripts(svc: Services = Depends(services)) -> ScriptsList:
     # A1111 lists every named script of a tab: the always-on ones in both, the selectable ones (script_name)
     always_on = svc.extensions.names()
     # "controlnet m2m" (the extension's video script, not served) is how webuiapi detects ControlNet support
-    return ScriptsList(txt2img=always_on + [CONTROLNET_M2M], img2img=always_on + [CONTROLNET_M2M] + list(img2img_scripts.NAMES))
+    with_cn = always_on + [CONTROLNET_M2M]
+    return ScriptsList(txt2img=with_cn, img2img=with_cn + list(img2img_scripts.NAMES))
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])

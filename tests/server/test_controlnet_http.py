@@ -1,6 +1,7 @@
 """ControlNet units over HTTP (in-process app, real worker) against tiny real-architecture ControlNets that
 the test writes the way users keep them: the original layout (`control_model.*`, .safetensors and .pth)
 and the diffusers layout, for a tiny SD 1.x and a tiny SDXL checkpoint."""
+
 from __future__ import annotations
 
 import base64
@@ -18,8 +19,16 @@ from tests.fixtures.controlnets import build_tiny_controlnet, write_diffusers, w
 from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sdxl
 
 SD1 = {"sd_model_checkpoint": "tiny-sd1.safetensors"}
-BASE = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 11, "sampler_name": "Euler",
-        "cfg_scale": 5, "override_settings": SD1}
+BASE = {
+    "prompt": "a red fox",
+    "steps": 3,
+    "width": 64,
+    "height": 64,
+    "seed": 11,
+    "sampler_name": "Euler",
+    "cfg_scale": 5,
+    "override_settings": SD1,
+}
 
 
 def _b64(img: Image.Image) -> str:
@@ -38,8 +47,8 @@ def _edges(size: int = 64) -> Image.Image:
 def _photo(size: int = 64) -> Image.Image:
     rng = np.random.default_rng(3)
     a = np.zeros((size, size, 3), np.uint8)
-    a[:, size // 2:] = 200
-    a[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = (30, 160, 90)
+    a[:, size // 2 :] = 200
+    a[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = (30, 160, 90)
     return Image.fromarray(np.clip(a + rng.integers(0, 20, a.shape), 0, 255).astype(np.uint8))
 
 
@@ -57,9 +66,15 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     write_ldm(net, models / "ControlNet" / "control_sd15_canny.safetensors")
     write_ldm(net, models / "ControlNet" / "control_sd15_canny_old.pth")
     write_ldm(build_tiny_controlnet(xl.unet, seed=51), root / "extra" / "cn_xl.safetensors")
-    cfg = ServerConfig(models_dir=models, data_dir=root / "data", outputs_dir=root / "outputs",
-                       extensions_dir=None, max_pixels=512 * 512, builtin_model=False,
-                       controlnet_dir=root / "extra")
+    cfg = ServerConfig(
+        models_dir=models,
+        data_dir=root / "data",
+        outputs_dir=root / "outputs",
+        extensions_dir=None,
+        max_pixels=512 * 512,
+        builtin_model=False,
+        controlnet_dir=root / "extra",
+    )
     with TestClient(create_app(cfg)) as c:
         yield c
 
@@ -106,10 +121,12 @@ def test_a_unit_changes_the_image_and_both_layouts_give_the_same_bytes(client: T
 
 def test_weight_zero_guidance_end_zero_and_disabled_units_change_nothing(client: TestClient) -> None:
     plain = _txt2img(client, None)["images"]
-    assert [_px(i) for i in _txt2img(client, [_unit(weight=0, save_detected_map=False)])["images"]] == \
-        [_px(plain[0])]
-    assert [_px(i) for i in _txt2img(client, [_unit(guidance_end=0, save_detected_map=False)])["images"]] == \
-        [_px(plain[0])]
+    assert [_px(i) for i in _txt2img(client, [_unit(weight=0, save_detected_map=False)])["images"]] == [
+        _px(plain[0])
+    ]
+    assert [_px(i) for i in _txt2img(client, [_unit(guidance_end=0, save_detected_map=False)])["images"]] == [
+        _px(plain[0])
+    ]
     assert _txt2img(client, [_unit(enabled=False)])["images"] == plain  # no unit: not even an infotext line
     no_enabled = _unit()
     del no_enabled["enabled"]
@@ -148,24 +165,31 @@ def test_control_modes_and_legacy_forms(client: TestClient) -> None:
 
 def test_two_units_add_their_residuals(client: TestClient) -> None:
     one = _px(_txt2img(client, [_unit(save_detected_map=False)])["images"][0])
-    two = _txt2img(client, [_unit(save_detected_map=False), _unit(weight=0.5, save_detected_map=False,
-                                                                 image=_b64(_photo()))])["images"][0]
+    two = _txt2img(
+        client,
+        [_unit(save_detected_map=False), _unit(weight=0.5, save_detected_map=False, image=_b64(_photo()))],
+    )["images"][0]
     assert one != _px(two)
 
 
-@pytest.mark.parametrize("unit, field", [
-    ({"model": "nope"}, "args[0].model"),
-    ({"module": "no_such_module"}, "args[0].module"),
-    ({"module": "openpose"}, "args[0].module"),
-    ({"model": "cn_xl"}, "args[0].model"),
-    ({"image": "not base64 !!"}, "args[0].image"),
-    ({"weight": 3}, "args[0].weight"),
-    ({"guidance_start": 0.8, "guidance_end": 0.2}, "args[0]"),
-    ({"control_mode": "Loud"}, "args[0].control_mode"),
-    ({"image": None}, "args[0].image"),
-])
+@pytest.mark.parametrize(
+    "unit, field",
+    [
+        ({"model": "nope"}, "args[0].model"),
+        ({"module": "no_such_module"}, "args[0].module"),
+        ({"module": "openpose"}, "args[0].module"),
+        ({"model": "cn_xl"}, "args[0].model"),
+        ({"image": "not base64 !!"}, "args[0].image"),
+        ({"weight": 3}, "args[0].weight"),
+        ({"guidance_start": 0.8, "guidance_end": 0.2}, "args[0]"),
+        ({"control_mode": "Loud"}, "args[0].control_mode"),
+        ({"image": None}, "args[0].image"),
+    ],
+)
 def test_bad_units_are_400_naming_the_field(client: TestClient, unit: dict, field: str) -> None:
-    r = client.post("/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {"ControlNet": {"args": [_unit(**unit)]}}})
+    r = client.post(
+        "/sdapi/v1/txt2img", json={**BASE, "alwayson_scripts": {"ControlNet": {"args": [_unit(**unit)]}}}
+    )
     assert r.status_code == 400, r.text
     assert f"alwayson_scripts.ControlNet.{field}" in r.text
 
@@ -196,11 +220,18 @@ def test_img2img_unit_without_image_uses_the_init_image(client: TestClient) -> N
 def test_sdxl_checkpoint_with_an_sdxl_controlnet(client: TestClient) -> None:
     xl = {**BASE, "override_settings": {"sd_model_checkpoint": "tiny-sdxl.safetensors"}}
     plain = client.post("/sdapi/v1/txt2img", json=xl).json()["images"][0]
-    r = client.post("/sdapi/v1/txt2img", json={**xl, "alwayson_scripts": {"ControlNet": {"args": [
-        _unit(model="cn_xl", save_detected_map=False)]}}})
+    r = client.post(
+        "/sdapi/v1/txt2img",
+        json={
+            **xl,
+            "alwayson_scripts": {"ControlNet": {"args": [_unit(model="cn_xl", save_detected_map=False)]}},
+        },
+    )
     assert r.status_code == 200, r.text
     assert r.json()["images"][0] != plain
-    bad = client.post("/sdapi/v1/txt2img", json={**xl, "alwayson_scripts": {"ControlNet": {"args": [_unit()]}}})
+    bad = client.post(
+        "/sdapi/v1/txt2img", json={**xl, "alwayson_scripts": {"ControlNet": {"args": [_unit()]}}}
+    )
     assert bad.status_code == 400 and "SD 1.x ControlNet" in bad.text
 
 

@@ -115,7 +115,8 @@ def test_folder_flags_move_where_files_are_found(tmp_path: Path) -> None:
         assert {v["model_name"] for v in client.get(f"{api}/sd-vae").json()} == {"other.safetensors",
                                                                                "fixed.vae.safetensors"}
         assert "Compact-moved" in [u["name"] for u in client.get(f"{api}/upscalers").json()]
-        assert client.get(f"{api}/scripts").json()["txt2img"] == ["tiled diffusion", "controlnet", "controlnet m2m"]  # built in
+        scripts = client.get(f"{api}/scripts").json()["txt2img"]
+        assert scripts == ["tiled diffusion", "controlnet", "controlnet m2m"]  # built in
         opts = client.get(f"{api}/options").json()
         assert opts["sd_vae"] == "fixed.vae.safetensors"
         r = client.post(f"{api}/options", json={"sd_vae": "other.safetensors"})

@@ -164,7 +164,8 @@ def test_listings_through_webuiapi(api: webuiapi.WebUIApi, http: httpx.Client, t
     flags = api.get_cmd_flags()
     assert flags["port"] == int(http.base_url.port) and flags["nowebui"] is True and flags["api_auth"] is None
     assert flags["ckpt_dir"].endswith("Stable-diffusion") and flags["queue_size"] == 16
-    assert api.get_scripts() == {"txt2img": ["slowmo", "tiled diffusion", "controlnet", "controlnet m2m"],  # always-on scripts in both tabs
+    # always-on scripts in both tabs
+    assert api.get_scripts() == {"txt2img": ["slowmo", "tiled diffusion", "controlnet", "controlnet m2m"],
                                  "img2img": ["slowmo", "tiled diffusion", "controlnet", "controlnet m2m",
                                              "sd upscale", "ultimate sd upscale"]}
     infos = http.get("/sdapi/v1/script-info").json()

@@ -218,7 +218,8 @@ def test_extension_settings_reach_the_job_through_override_settings(tmp_path: Pa
     cfg = ServerConfig(models_dir=tmp_path / "m", data_dir=tmp_path / "d", outputs_dir=tmp_path / "o",
                        extensions_dir=ext)
     with TestClient(create_app(cfg)) as c:
-        assert c.get("/sdapi/v1/scripts").json()["txt2img"] == ["hires detail", "tiled diffusion", "controlnet", "controlnet m2m"]
+        scripts = c.get("/sdapi/v1/scripts").json()["txt2img"]
+        assert scripts == ["hires detail", "tiled diffusion", "controlnet", "controlnet m2m"]
         r = c.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5, "override_settings": {
             "hires_detail_suffix": "film grain", "hires_detail_cfg_factor": 0.5},
             "override_settings_restore_afterwards": False})

@@ -6,6 +6,7 @@
 Its resampling (`high_quality_resize`): maps with 3..199 colours nearest-neighbour (segmentation), else
 area when shrinking and cubic when enlarging; a black-and-white map is re-binarised with Otsu's threshold
 after resizing. (The extension additionally thins one-pixel edges with its own NMS; not done here.)"""
+
 from __future__ import annotations
 
 import cv2
@@ -54,13 +55,13 @@ def fit(detected: np.ndarray, mode: str, width: int, height: int) -> np.ndarray:
         inner = high_quality_resize(m, int(np.round(old_w * k)), int(np.round(old_h * k)))
         nh, nw = inner.shape[:2]
         ph, pw = max(0, (height - nh) // 2), max(0, (width - nw) // 2)
-        canvas[ph:ph + nh, pw:pw + nw] = inner
+        canvas[ph : ph + nh, pw : pw + nw] = inner
         return np.ascontiguousarray(canvas)
     k = max(k0, k1)
     inner = high_quality_resize(m, int(np.round(old_w * k)), int(np.round(old_h * k)))
     nh, nw = inner.shape[:2]
     ph, pw = max(0, (nh - height) // 2), max(0, (nw - width) // 2)
-    return np.ascontiguousarray(inner[ph:ph + height, pw:pw + width])
+    return np.ascontiguousarray(inner[ph : ph + height, pw : pw + width])
 
 
 def to_tensor(hint: np.ndarray) -> torch.Tensor:

@@ -5,6 +5,7 @@ Most first resize the input so that its short side is the processor resolution (
 area when shrinking), pad it with edge pixels to multiples of 64, process, and cut the padding off again
 (the extension's `resize_image_with_pad`). `none` hands the image on untouched. Modules that need
 annotator weights (openpose, depth, hed, ...) are known by name and refused with the file they need."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -44,10 +45,15 @@ class Preprocessor:
 
     def settle(self, res: int, a: float, b: float) -> tuple[int, float, float]:
         """Out-of-range or -1 values become the defaults, as the extension's unit validator does."""
+
         def fix(v: float, s: Slider | None) -> float:
             return v if s is not None and s.min <= v <= s.max else (s.value if s is not None else v)
-        return int(fix(res, self.resolution if self.resolution is not None else RESOLUTION)), \
-            float(fix(a, self.slider_1)), float(fix(b, self.slider_2))
+
+        return (
+            int(fix(res, self.resolution if self.resolution is not None else RESOLUTION)),
+            float(fix(a, self.slider_1)),
+            float(fix(b, self.slider_2)),
+        )
 
     def sliders(self) -> list[dict[str, Any]]:
         return [s.as_api() for s in (self.resolution, self.slider_1, self.slider_2) if s is not None]
@@ -67,7 +73,9 @@ def hwc3(x: np.ndarray) -> np.ndarray:
     return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
 
 
-def resize_with_pad(img: np.ndarray, resolution: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def resize_with_pad(
+    img: np.ndarray, resolution: int
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """Short side to `resolution`, edge-padded to multiples of 64; and the function cutting the pad off."""
     img = hwc3(img)
     h, w = img.shape[:2]
@@ -133,51 +141,120 @@ def _lineart_standard(img: np.ndarray, res: int, a: float, b: float) -> np.ndarr
     return unpad(intensity.clip(0, 255).astype(np.uint8))
 
 
-MODEL_FREE: dict[str, Preprocessor] = {p.name: p for p in (
-    Preprocessor("none", _none, resolution=None, tags=("InstructP2P",)),
-    Preprocessor("invert", _invert, resolution=None, tags=("Canny", "Lineart", "Scribble", "MLSD")),
-    Preprocessor("canny", _canny, slider_1=Slider("Low Threshold", 100, 1, 255),
-                 slider_2=Slider("High Threshold", 200, 1, 255), tags=("Canny",), soft_in_hires=True),
-    Preprocessor("blur_gaussian", _blur_gaussian, slider_1=Slider("Sigma", 9.0, 0.01, 64.0, 0.01), tags=("Tile",)),
-    Preprocessor("scribble_xdog", _scribble_xdog, slider_1=Slider("XDoG Threshold", 32, 1, 64),
-                 tags=("Scribble",)),
-    Preprocessor("threshold", _threshold, slider_1=Slider("Binarization Threshold", 127, 0, 255)),
-    Preprocessor("tile_resample", _tile_resample, resolution=None,
-                 slider_1=Slider("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01), tags=("Tile",)),
-    Preprocessor("lineart_standard", _lineart_standard, tags=("Lineart",)),
-)}
-ALIASES = {"None": "none", "canny_edge": "canny", "invert (from white bg & black line)": "invert",
-           "lineart_standard (from white bg & black line)": "lineart_standard"}
+MODEL_FREE: dict[str, Preprocessor] = {
+    p.name: p
+    for p in (
+        Preprocessor("none", _none, resolution=None, tags=("InstructP2P",)),
+        Preprocessor("invert", _invert, resolution=None, tags=("Canny", "Lineart", "Scribble", "MLSD")),
+        Preprocessor(
+            "canny",
+            _canny,
+            slider_1=Slider("Low Threshold", 100, 1, 255),
+            slider_2=Slider("High Threshold", 200, 1, 255),
+            tags=("Canny",),
+            soft_in_hires=True,
+        ),
+        Preprocessor(
+            "blur_gaussian", _blur_gaussian, slider_1=Slider("Sigma", 9.0, 0.01, 64.0, 0.01), tags=("Tile",)
+        ),
+        Preprocessor(
+            "scribble_xdog", _scribble_xdog, slider_1=Slider("XDoG Threshold", 32, 1, 64), tags=("Scribble",)
+        ),
+        Preprocessor("threshold", _threshold, slider_1=Slider("Binarization Threshold", 127, 0, 255)),
+        Preprocessor(
+            "tile_resample",
+            _tile_resample,
+            resolution=None,
+            slider_1=Slider("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01),
+            tags=("Tile",),
+        ),
+        Preprocessor("lineart_standard", _lineart_standard, tags=("Lineart",)),
+    )
+}
+ALIASES = {
+    "None": "none",
+    "canny_edge": "canny",
+    "invert (from white bg & black line)": "invert",
+    "lineart_standard (from white bg & black line)": "lineart_standard",
+}
 
 # modules that need annotator weights: the file the extension downloads for them (lllyasviel/Annotators)
 NEED_WEIGHTS: dict[str, str] = {
-    "openpose": "body_pose_model.pth", "openpose_face": "body_pose_model.pth + facenet.pth",
-    "openpose_faceonly": "facenet.pth", "openpose_full": "body_pose_model.pth + hand_pose_model.pth + facenet.pth",
-    "openpose_hand": "body_pose_model.pth + hand_pose_model.pth", "dw_openpose_full": "yolox_l.onnx + dw-ll_ucoco_384.onnx",
-    "animal_openpose": "rtmpose-m_ap10k_256_bs5.onnx", "depth": "dpt_hybrid-midas-501f0c75.pt",
-    "depth_midas": "dpt_hybrid-midas-501f0c75.pt", "depth_leres": "res101.pth", "depth_leres++": "res101.pth + latest_net_G.pth",
-    "depth_zoe": "ZoeD_M12_N.pt", "depth_anything": "depth_anything_vitl14.pth",
-    "depth_anything_v2": "depth_anything_v2_vitl.safetensors", "depth_hand_refiner": "hr16/ControlNet-HandRefiner-pruned",
-    "normal_bae": "scannet.pt", "normal_map": "dpt_hybrid-midas-501f0c75.pt", "normal_dsine": "dsine.pt",
-    "mlsd": "mlsd_large_512_fp32.pth", "hed": "ControlNetHED.pth", "hed_safe": "ControlNetHED.pth",
-    "softedge_hed": "ControlNetHED.pth", "softedge_hedsafe": "ControlNetHED.pth", "pidinet": "table5_pidinet.pth",
-    "softedge_pidinet": "table5_pidinet.pth", "pidinet_safe": "table5_pidinet.pth", "pidinet_scribble": "table5_pidinet.pth",
-    "pidinet_sketch": "table5_pidinet.pth", "scribble_hed": "ControlNetHED.pth", "scribble_pidinet": "table5_pidinet.pth",
-    "softedge_teed": "7_model.pth", "lineart": "sk_model.pth", "lineart_realistic": "sk_model.pth",
-    "lineart_coarse": "sk_model2.pth", "lineart_anime": "netG.pth", "lineart_anime_denoise": "erika.pth",
-    "manga_line": "erika.pth", "segmentation": "upernet_global_small.pth", "seg_ufade20k": "upernet_global_small.pth",
-    "oneformer_coco": "250_16_swin_l_oneformer_coco_100ep.pth", "seg_ofcoco": "250_16_swin_l_oneformer_coco_100ep.pth",
-    "oneformer_ade20k": "250_16_swin_l_oneformer_ade20k_160k.pth", "seg_ofade20k": "250_16_swin_l_oneformer_ade20k_160k.pth",
-    "anime_face_segment": "UNet.pth", "mediapipe_face": "the mediapipe package", "densepose": "densepose_r50_fpn_dl.torchscript",
-    "inpaint_only+lama": "ControlNetLama.pth", "clip_vision": "clip_h.pth", "ip-adapter_clip_sd15": "clip_h.pth",
-    "ip-adapter_clip_sdxl": "clip_g.pth", "ip-adapter_clip_sdxl_plus_vith": "clip_h.pth",
-    "ip-adapter_face_id": "the insightface package", "ip-adapter_face_id_plus": "the insightface package + clip_h.pth",
-    "instant_id_face_embedding": "the insightface package", "instant_id_face_keypoints": "the insightface package",
-    "revision_clipvision": "clip_g.pth", "revision_ignore_prompt": "clip_g.pth", "color": "(none; not implemented)",
+    "openpose": "body_pose_model.pth",
+    "openpose_face": "body_pose_model.pth + facenet.pth",
+    "openpose_faceonly": "facenet.pth",
+    "openpose_full": "body_pose_model.pth + hand_pose_model.pth + facenet.pth",
+    "openpose_hand": "body_pose_model.pth + hand_pose_model.pth",
+    "dw_openpose_full": "yolox_l.onnx + dw-ll_ucoco_384.onnx",
+    "animal_openpose": "rtmpose-m_ap10k_256_bs5.onnx",
+    "depth": "dpt_hybrid-midas-501f0c75.pt",
+    "depth_midas": "dpt_hybrid-midas-501f0c75.pt",
+    "depth_leres": "res101.pth",
+    "depth_leres++": "res101.pth + latest_net_G.pth",
+    "depth_zoe": "ZoeD_M12_N.pt",
+    "depth_anything": "depth_anything_vitl14.pth",
+    "depth_anything_v2": "depth_anything_v2_vitl.safetensors",
+    "depth_hand_refiner": "hr16/ControlNet-HandRefiner-pruned",
+    "normal_bae": "scannet.pt",
+    "normal_map": "dpt_hybrid-midas-501f0c75.pt",
+    "normal_dsine": "dsine.pt",
+    "mlsd": "mlsd_large_512_fp32.pth",
+    "hed": "ControlNetHED.pth",
+    "hed_safe": "ControlNetHED.pth",
+    "softedge_hed": "ControlNetHED.pth",
+    "softedge_hedsafe": "ControlNetHED.pth",
+    "pidinet": "table5_pidinet.pth",
+    "softedge_pidinet": "table5_pidinet.pth",
+    "pidinet_safe": "table5_pidinet.pth",
+    "pidinet_scribble": "table5_pidinet.pth",
+    "pidinet_sketch": "table5_pidinet.pth",
+    "scribble_hed": "ControlNetHED.pth",
+    "scribble_pidinet": "table5_pidinet.pth",
+    "softedge_teed": "7_model.pth",
+    "lineart": "sk_model.pth",
+    "lineart_realistic": "sk_model.pth",
+    "lineart_coarse": "sk_model2.pth",
+    "lineart_anime": "netG.pth",
+    "lineart_anime_denoise": "erika.pth",
+    "manga_line": "erika.pth",
+    "segmentation": "upernet_global_small.pth",
+    "seg_ufade20k": "upernet_global_small.pth",
+    "oneformer_coco": "250_16_swin_l_oneformer_coco_100ep.pth",
+    "seg_ofcoco": "250_16_swin_l_oneformer_coco_100ep.pth",
+    "oneformer_ade20k": "250_16_swin_l_oneformer_ade20k_160k.pth",
+    "seg_ofade20k": "250_16_swin_l_oneformer_ade20k_160k.pth",
+    "anime_face_segment": "UNet.pth",
+    "mediapipe_face": "the mediapipe package",
+    "densepose": "densepose_r50_fpn_dl.torchscript",
+    "inpaint_only+lama": "ControlNetLama.pth",
+    "clip_vision": "clip_h.pth",
+    "ip-adapter_clip_sd15": "clip_h.pth",
+    "ip-adapter_clip_sdxl": "clip_g.pth",
+    "ip-adapter_clip_sdxl_plus_vith": "clip_h.pth",
+    "ip-adapter_face_id": "the insightface package",
+    "ip-adapter_face_id_plus": "the insightface package + clip_h.pth",
+    "instant_id_face_embedding": "the insightface package",
+    "instant_id_face_keypoints": "the insightface package",
+    "revision_clipvision": "clip_g.pth",
+    "revision_ignore_prompt": "clip_g.pth",
+    "color": "(none; not implemented)",
 }
-NOT_YET = ("inpaint", "inpaint_only", "inpaint_global_harmonious", "reference_only", "reference_adain",
-           "reference_adain+attn", "shuffle", "tile_colorfix", "tile_colorfix+sharp", "t2ia_color_grid",
-           "recolor_luminance", "recolor_intensity", "t2ia_sketch_pidi", "t2ia_style_clipvision")
+NOT_YET = (
+    "inpaint",
+    "inpaint_only",
+    "inpaint_global_harmonious",
+    "reference_only",
+    "reference_adain",
+    "reference_adain+attn",
+    "shuffle",
+    "tile_colorfix",
+    "tile_colorfix+sharp",
+    "t2ia_color_grid",
+    "recolor_luminance",
+    "recolor_intensity",
+    "t2ia_sketch_pidi",
+    "t2ia_style_clipvision",
+)
 
 
 def names() -> list[str]:
@@ -191,10 +268,17 @@ def resolve(module: str, field: str) -> Preprocessor:
     if key in MODEL_FREE:
         return MODEL_FREE[key]
     if key in NEED_WEIGHTS:
-        raise InvalidRequest(field, f"the preprocessor {module!r} needs annotator weights "
-                                    f"({NEED_WEIGHTS[key]}), which hiresd does not run yet; send a ready-made "
-                                    "control map with module 'none'")
+        raise InvalidRequest(
+            field,
+            f"the preprocessor {module!r} needs annotator weights "
+            f"({NEED_WEIGHTS[key]}), which hiresd does not run yet; send a ready-made "
+            "control map with module 'none'",
+        )
     if key in NOT_YET:
-        raise InvalidRequest(field, f"the preprocessor {module!r} is not available in hiresd yet; send a "
-                                    "ready-made control map with module 'none'", names())
+        raise InvalidRequest(
+            field,
+            f"the preprocessor {module!r} is not available in hiresd yet; send a "
+            "ready-made control map with module 'none'",
+            names(),
+        )
     raise InvalidRequest(field, f"unknown preprocessor {module!r}", names())

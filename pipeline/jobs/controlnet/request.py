@@ -1,5 +1,6 @@
 """The built-in always-on "ControlNet" entry: listed among the scripts, and its units attached to a job
 before it is queued (`attach`: every check of `units.parse`, against the job's checkpoint)."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -34,12 +35,22 @@ def attach(p: Any, req: Any, store: Any, models: Any, decode: Callable[[str], Im
     img2img = hasattr(p, "init_images")
     units = parse(args, store, checkpoint_family(models, p.checkpoint), decode, img2img)
     if units is not None and getattr(p, "tiles", None) is not None:
-        raise InvalidRequest(FIELD, "ControlNet units cannot run with tiled sampling (tiled_diffusion or the "
-                                    "Tiled Diffusion entry); send one of them")
+        raise InvalidRequest(
+            FIELD,
+            "ControlNet units cannot run with tiled sampling (tiled_diffusion or the "
+            "Tiled Diffusion entry); send one of them",
+        )
     if units is not None and getattr(p, "hr_checkpoint", None):
         hr_family = checkpoint_family(models, p.hr_checkpoint)
         for u in units.items:
-            if hr_family is not None and u.file.arch().family != hr_family and u.spec.hr_option != "Low res only":
-                raise InvalidRequest(u.field("model"), f"{u.file.title} does not fit hr_checkpoint_name's family "
-                                     f"({hr_family}); use hr_option 'Low res only' or a matching checkpoint")
+            if (
+                hr_family is not None
+                and u.file.arch().family != hr_family
+                and u.spec.hr_option != "Low res only"
+            ):
+                raise InvalidRequest(
+                    u.field("model"),
+                    f"{u.file.title} does not fit hr_checkpoint_name's family "
+                    f"({hr_family}); use hr_option 'Low res only' or a matching checkpoint",
+                )
     p.controlnet = units

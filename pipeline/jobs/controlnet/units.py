@@ -10,6 +10,7 @@ checkpoint's, and the image (decodable; required on txt2img) are checked, each f
 Per pass: the unit's input (its image, else the pass's init picture: img2img, SD upscale tiles) goes
 through the preprocessor once, the detected map is fitted to the pass's size by the resize mode, and the
 unit acts as `hr_option` says (txt2img's hires pass is "high res"), scaled as its control mode says."""
+
 from __future__ import annotations
 
 import logging
@@ -69,10 +70,19 @@ class Unit:
 
     def infotext(self) -> str:
         s = self.spec
-        values = {"Module": self.pre.name, "Model": self.file.title, "Weight": s.weight,
-                  "Resize Mode": s.resize_mode, "Processor Res": self.res, "Threshold A": self.a,
-                  "Threshold B": self.b, "Guidance Start": s.guidance_start, "Guidance End": s.guidance_end,
-                  "Pixel Perfect": s.pixel_perfect, "Control Mode": s.control_mode}
+        values = {
+            "Module": self.pre.name,
+            "Model": self.file.title,
+            "Weight": s.weight,
+            "Resize Mode": s.resize_mode,
+            "Processor Res": self.res,
+            "Threshold A": self.a,
+            "Threshold B": self.b,
+            "Guidance Start": s.guidance_start,
+            "Guidance End": s.guidance_end,
+            "Pixel Perfect": s.pixel_perfect,
+            "Control Mode": s.control_mode,
+        }
         return ", ".join(f"{k}: {v}" for k, v in values.items())
 
 
@@ -130,8 +140,11 @@ def _unit_input(spec: ControlNetUnit, index: int, decode: Callable[[str], Image.
         m = _decode(raw_mask, f"{FIELD}[{index}].mask", decode)
         alpha = preprocessors.hwc3(m[:, :, :3] if m.ndim == 3 else m)[:, :, 0]
         if alpha.shape != img.shape[:2]:
-            raise InvalidRequest(f"{FIELD}[{index}].mask", f"the mask is {alpha.shape[1]}x{alpha.shape[0]}, the "
-                                 f"image {img.shape[1]}x{img.shape[0]}; they must match")
+            raise InvalidRequest(
+                f"{FIELD}[{index}].mask",
+                f"the mask is {alpha.shape[1]}x{alpha.shape[0]}, the "
+                f"image {img.shape[1]}x{img.shape[0]}; they must match",
+            )
     elif img.ndim == 3 and img.shape[2] == 4:
         alpha = img[:, :, 3]
     if alpha is not None and not ((alpha <= 5).all() or (alpha >= 250).all()):
@@ -139,8 +152,13 @@ def _unit_input(spec: ControlNetUnit, index: int, decode: Callable[[str], Image.
     return preprocessors.hwc3(img[:, :, :3] if img.ndim == 3 else img)
 
 
-def parse(args: list[Any] | None, store: ControlNetStore | None, family: str | None,
-          decode: Callable[[str], Image.Image], img2img: bool) -> Units | None:
+def parse(
+    args: list[Any] | None,
+    store: ControlNetStore | None,
+    family: str | None,
+    decode: Callable[[str], Image.Image],
+    img2img: bool,
+) -> Units | None:
     """The enabled units of a request, checked (see the module's docstring); None when there are none."""
     if not args:
         return None
@@ -153,24 +171,33 @@ def parse(args: list[Any] | None, store: ControlNetStore | None, family: str | N
             loc = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
             raise InvalidRequest(f"{FIELD}[{i}]{'.' + loc if loc else ''}", str(err.get("msg"))) from None
         if not spec.enabled:
-            log.info("ControlNet unit %d is not enabled (send \"enabled\": true); it does nothing", i)
+            log.info('ControlNet unit %d is not enabled (send "enabled": true); it does nothing', i)
             continue
         pre = preprocessors.resolve(spec.module, f"{FIELD}[{i}].module")
         if store is None or spec.model in ("None", "none", ""):
-            raise InvalidRequest(f"{FIELD}[{i}].model", "a ControlNet model is needed (put ControlNet files in "
-                                 "models/ControlNet or --controlnet-dir)", store.titles() if store else [])
+            raise InvalidRequest(
+                f"{FIELD}[{i}].model",
+                "a ControlNet model is needed (put ControlNet files in "
+                "models/ControlNet or --controlnet-dir)",
+                store.titles() if store else [],
+            )
         file = store.find(spec.model, f"{FIELD}[{i}].model")
         try:
             arch = file.arch()
         except ModelLoadError as exc:
             raise InvalidRequest(f"{FIELD}[{i}].model", exc.reason) from None
         if family is not None and arch.family != family:
-            raise InvalidRequest(f"{FIELD}[{i}].model", f"{file.title} is an {_LABEL[arch.family]} ControlNet; "
-                                 f"the checkpoint is {_LABEL[family]}: use a ControlNet made for it")
+            raise InvalidRequest(
+                f"{FIELD}[{i}].model",
+                f"{file.title} is an {_LABEL[arch.family]} ControlNet; "
+                f"the checkpoint is {_LABEL[family]}: use a ControlNet made for it",
+            )
         image = _unit_input(spec, i, decode)
         if image is None and not img2img:
-            raise InvalidRequest(f"{FIELD}[{i}].image", "no input image: txt2img units need an image (img2img "
-                                 "units without one use the init image)")
+            raise InvalidRequest(
+                f"{FIELD}[{i}].image",
+                "no input image: txt2img units need an image (img2img units without one use the init image)",
+            )
         res, a, b = pre.settle(spec.processor_res, spec.threshold_a, spec.threshold_b)
         items.append(Unit(i, len(items), spec, file, pre, image, res, a, b))
     return Units(items) if items else None
@@ -197,13 +224,16 @@ class PassPicture:
     full: tuple[int, int] | None = None
 
 
-def _unit_rows(u: Unit, picture: PassPicture | None, width: int, height: int, target: tuple[int, int]
-               ) -> list[np.ndarray]:
+def _unit_rows(
+    u: Unit, picture: PassPicture | None, width: int, height: int, target: tuple[int, int]
+) -> list[np.ndarray]:
     """The unit's hint map(s) at width x height: one for all rows, or one per row of `picture`."""
     if u.image is None:
         if picture is None:
             raise InvalidRequest(u.field("image"), "no input image for this unit")
-        return [hints.fit(u.detect(_array(img), *target), picture.mode, width, height) for img in picture.images]
+        return [
+            hints.fit(u.detect(_array(img), *target), picture.mode, width, height) for img in picture.images
+        ]
     if picture is not None and picture.boxes is not None and picture.full is not None:
         fw, fh = picture.full
         whole = resize_image(_A1111_MODE[u.spec.resize_mode], Image.fromarray(u.image), fw, fh)
@@ -218,8 +248,17 @@ def _unit_rows(u: Unit, picture: PassPicture | None, width: int, height: int, ta
 _A1111_MODE = {hints.JUST_RESIZE: 0, hints.CROP_AND_RESIZE: 1, hints.RESIZE_AND_FILL: 2}
 
 
-def for_pass(units: Units | None, store: ControlNetStore, model: Any, width: int, height: int, pass_no: int,
-             hires_pass: bool, target: tuple[int, int], picture: PassPicture | None) -> ControlResiduals | None:
+def for_pass(
+    units: Units | None,
+    store: ControlNetStore,
+    model: Any,
+    width: int,
+    height: int,
+    pass_no: int,
+    hires_pass: bool,
+    target: tuple[int, int],
+    picture: PassPicture | None,
+) -> ControlResiduals | None:
     """The residuals of one pass at width x height: `hires_pass` whether it is txt2img's hires pass,
     `target` (width, height) the job's size (pixel perfect), `picture` an img2img pass's init pictures.
     The first row's map of each pass is kept for the response (`Units.maps`)."""
@@ -230,21 +269,37 @@ def for_pass(units: Units | None, store: ControlNetStore, model: Any, width: int
         s = u.spec
         rows = _unit_rows(u, picture, width, height, target)
         units.seen.setdefault((u.number, pass_no), rows[0])
-        if (s.hr_option == "Low res only" and hires_pass) or (s.hr_option == "High res only" and not hires_pass):
+        if (s.hr_option == "Low res only" and hires_pass) or (
+            s.hr_option == "High res only" and not hires_pass
+        ):
             continue
         if s.weight == 0 or s.guidance_end == 0:
             continue
         arch = u.file.arch()
         if arch.family != model.family:
-            raise InvalidRequest(u.field("model"), f"{u.file.title} is an {_LABEL[arch.family]} ControlNet; the "
-                                 f"model of this pass is {_LABEL.get(model.family, model.family)}")
+            raise InvalidRequest(
+                u.field("model"),
+                f"{u.file.title} is an {_LABEL[arch.family]} ControlNet; the "
+                f"model of this pass is {_LABEL.get(model.family, model.family)}",
+            )
         net = store.load(u.file, dict(model.unet.config), model.device, model.dtype)
         soft = s.control_mode != "Balanced" or (hires_pass and u.pre.soft_in_hires)
-        scales = list(s.advanced_weighting) if s.advanced_weighting else \
-            residual_scales(s.weight, soft, model.family == "sdxl")
+        scales = (
+            list(s.advanced_weighting)
+            if s.advanced_weighting
+            else residual_scales(s.weight, soft, model.family == "sdxl")
+        )
         hint = torch.cat([hints.to_tensor(r) for r in rows])
-        active.append(ActiveControl(net, hint, scales, cond_only=s.control_mode == "ControlNet is more important",
-                                    start=s.guidance_start, end=s.guidance_end))
+        active.append(
+            ActiveControl(
+                net,
+                hint,
+                scales,
+                cond_only=s.control_mode == "ControlNet is more important",
+                start=s.guidance_start,
+                end=s.guidance_end,
+            )
+        )
     return ControlResiduals(active) if active else None
 
 

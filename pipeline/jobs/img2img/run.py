@@ -170,7 +170,8 @@ def _control_picture(p: Img2ImgProcessing, sources: list[Source]) -> PassPicture
     inits = inits * (len(sources) // len(inits))
     if sources[0].paste_to is not None:
         boxes = [(x, y, x + w, y + h) for x, y, w, h in (s.paste_to for s in sources)]
-        cuts = [resize_image(RESIZE_AND_FILL, img.crop(box), p.width, p.height) for img, box in zip(inits, boxes)]
+        cuts = [resize_image(RESIZE_AND_FILL, img.crop(box), p.width, p.height)
+                for img, box in zip(inits, boxes, strict=True)]
         return PassPicture(cuts, boxes=boxes, full=inits[0].size)
     mode = FROM_A1111.get(p.resize_mode, "Just Resize")
     if p.control_boxes is not None:

@@ -20,6 +20,7 @@ reader derives the `ControlNetModel` config from the diffusers names' shapes:
     vector conditioning (SDXL)         add_embedding.linear_1 columns
 Heads are not in the weights: the checkpoint loader's rule (conv projection: 8 heads; Linear: 64-channel
 heads). The family: SDXL with a vector condition, SD 2.x with Linear projections, else SD 1.x."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -49,7 +50,7 @@ class ControlNetArch:
 
 
 def kind_of(keys: Sequence[str]) -> str:
-    """"ldm", "diffusers", or what it is instead ("t2i_adapter", "control_lora", "unknown")."""
+    """ "ldm", "diffusers", or what it is instead ("t2i_adapter", "control_lora", "unknown")."""
     keyset = set(keys)
     if any("lora_controlnet" in k for k in keyset):
         return "control_lora"
@@ -57,18 +58,24 @@ def kind_of(keys: Sequence[str]) -> str:
         return "diffusers"
     if LDM_MARK in keyset or LDM_PREFIX + LDM_MARK in keyset:
         return "ldm"
-    if any(k.startswith(("adapter.", "body.0.", "conv_in.")) for k in keyset) and \
-            any(".body." in k or k.startswith("body.") for k in keyset):
+    if any(k.startswith(("adapter.", "body.0.", "conv_in.")) for k in keyset) and any(
+        ".body." in k or k.startswith("body.") for k in keyset
+    ):
         return "t2i_adapter"
     return "unknown"
 
 
 def _not_supported(path: str, kind: str) -> ModelLoadError:
-    what = {"control_lora": "a ControlLoRA file (lora_controlnet key)",
-            "t2i_adapter": "a T2I-Adapter file",
-            "unknown": "not a ControlNet (no input_hint_block / controlnet_cond_embedding keys)"}[kind]
-    return ModelLoadError(path, f"{what}: not supported yet; hiresd loads ControlNets in the original "
-                                "(control_model.*) or diffusers layout")
+    what = {
+        "control_lora": "a ControlLoRA file (lora_controlnet key)",
+        "t2i_adapter": "a T2I-Adapter file",
+        "unknown": "not a ControlNet (no input_hint_block / controlnet_cond_embedding keys)",
+    }[kind]
+    return ModelLoadError(
+        path,
+        f"{what}: not supported yet; hiresd loads ControlNets in the original "
+        "(control_model.*) or diffusers layout",
+    )
 
 
 def to_diffusers(sd: Mapping[str, torch.Tensor], path: str = "<state dict>") -> dict[str, torch.Tensor]:
@@ -88,7 +95,7 @@ def to_diffusers(sd: Mapping[str, torch.Tensor], path: str = "<state dict>") -> 
         if parts[0] == "zero_convs" and len(parts) == 4 and parts[2] == "0":
             out[f"controlnet_down_blocks.{parts[1]}.{parts[3]}"] = value
         elif key.startswith("middle_block_out.0."):
-            out["controlnet_mid_block." + key[len("middle_block_out.0."):]] = value
+            out["controlnet_mid_block." + key[len("middle_block_out.0.") :]] = value
         elif parts[0] == "input_hint_block":
             n = convs.index(int(parts[1])) if int(parts[1]) in convs else -1
             if n < 0:
@@ -99,8 +106,11 @@ def to_diffusers(sd: Mapping[str, torch.Tensor], path: str = "<state dict>") -> 
             unet_part[key] = value
     converted, unused, _ = convert.unet(unet_part, _ldm_layers_per_block(body, path))
     if unused:
-        raise ModelLoadError(path, f"{len(unused)} keys of the ControlNet file have no place in its "
-                                   f"architecture, e.g. {sorted(unused)[:3]}")
+        raise ModelLoadError(
+            path,
+            f"{len(unused)} keys of the ControlNet file have no place in its "
+            f"architecture, e.g. {sorted(unused)[:3]}",
+        )
     out.update(converted)
     return out
 
@@ -144,8 +154,10 @@ def read(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> Con
 
     base_ch, in_ch = shape("conv_in.weight")[:2]
     cond = shape("controlnet_cond_embedding.conv_in.weight")
-    emb = [cond[0]] + [shape(f"controlnet_cond_embedding.blocks.{2 * j + 1}.weight")[0]
-                       for j in range(_count(keys, "controlnet_cond_embedding.blocks.") // 2)]
+    emb = [cond[0]] + [
+        shape(f"controlnet_cond_embedding.blocks.{2 * j + 1}.weight")[0]
+        for j in range(_count(keys, "controlnet_cond_embedding.blocks.") // 2)
+    ]
     levels = _count(keys, "down_blocks.")
     widths, layers, types, depths = [], [], [], []
     for b in range(levels):
@@ -166,12 +178,16 @@ def read(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> Con
     if len(set(layers)) != 1:
         raise ModelLoadError(path, f"ControlNet architecture: res blocks per level differ ({layers})")
     if _count(keys, "mid_block.attentions."):
-        mid_type, mid_depth = "UNetMidBlock2DCrossAttn", _count(keys, "mid_block.attentions.0.transformer_blocks.")
+        mid_type, mid_depth = (
+            "UNetMidBlock2DCrossAttn",
+            _count(keys, "mid_block.attentions.0.transformer_blocks."),
+        )
     else:
         mid_type, mid_depth = "UNetMidBlock2D", 0
     if mid_depth and depths[-1] != mid_depth and types[-1] == "CrossAttnDownBlock2D":
-        raise ModelLoadError(path, f"ControlNet architecture: mid depth {mid_depth} differs from the last "
-                                   f"level's {depths[-1]}")
+        raise ModelLoadError(
+            path, f"ControlNet architecture: mid depth {mid_depth} differs from the last level's {depths[-1]}"
+        )
     if types[-1] == "DownBlock2D":
         depths[-1] = mid_depth or 1
     to_k = next((s for k, s in sorted(shapes.items()) if k.endswith("attn2.to_k.weight")), None)
@@ -179,20 +195,30 @@ def read(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> Con
     linear = proj_in is not None and len(proj_in) == 2
     context = int(to_k[1]) if to_k is not None else 768
     cfg: dict[str, Any] = {
-        "in_channels": in_ch, "conditioning_channels": cond[1], "down_block_types": tuple(types),
-        "mid_block_type": mid_type, "block_out_channels": tuple(widths), "layers_per_block": layers[0],
-        "cross_attention_dim": context, "use_linear_projection": linear,
+        "in_channels": in_ch,
+        "conditioning_channels": cond[1],
+        "down_block_types": tuple(types),
+        "mid_block_type": mid_type,
+        "block_out_channels": tuple(widths),
+        "layers_per_block": layers[0],
+        "cross_attention_dim": context,
+        "use_linear_projection": linear,
         "transformer_layers_per_block": depths[0] if len(set(depths)) == 1 else tuple(depths),
-        "attention_head_dim": unet_heads(widths, linear), "conditioning_embedding_out_channels": tuple(emb),
+        "attention_head_dim": unet_heads(widths, linear),
+        "conditioning_embedding_out_channels": tuple(emb),
     }
     temb = shape("time_embedding.linear_1.weight")
     if temb[0] != 4 * base_ch:
-        raise ModelLoadError(path, f"ControlNet architecture: time embedding {temb[0]} wide, not 4 x {base_ch}")
+        raise ModelLoadError(
+            path, f"ControlNet architecture: time embedding {temb[0]} wide, not 4 x {base_ch}"
+        )
     family = "sd2" if linear else "sd1"
     if "add_embedding.linear_1.weight" in shapes:
         family = "sdxl"
-        cfg.update(addition_embed_type="text_time",
-                   projection_class_embeddings_input_dim=shape("add_embedding.linear_1.weight")[1])
+        cfg.update(
+            addition_embed_type="text_time",
+            projection_class_embeddings_input_dim=shape("add_embedding.linear_1.weight")[1],
+        )
     return ControlNetArch(cfg, family, context, layout)
 
 
@@ -207,17 +233,30 @@ def full_config(arch: ControlNetArch, base_unet: Mapping[str, Any], path: str) -
     """The config to build, with what no tensor shows taken from the checkpoint's UNet (norm groups, time
     embedding, SDXL's time-id width), checked against it (context width, vector width)."""
     cfg = dict(arch.config)
-    for key in ("norm_num_groups", "norm_eps", "flip_sin_to_cos", "freq_shift", "act_fn", "upcast_attention",
-                "resnet_time_scale_shift"):
+    for key in (
+        "norm_num_groups",
+        "norm_eps",
+        "flip_sin_to_cos",
+        "freq_shift",
+        "act_fn",
+        "upcast_attention",
+        "resnet_time_scale_shift",
+    ):
         if key in base_unet:
             cfg[key] = base_unet[key]
     if int(base_unet.get("cross_attention_dim", arch.context_dim)) != arch.context_dim:
-        raise ModelLoadError(path, f"the ControlNet reads a {arch.context_dim}-wide prompt, the checkpoint "
-                                   f"gives {base_unet.get('cross_attention_dim')}: made for another model family")
+        raise ModelLoadError(
+            path,
+            f"the ControlNet reads a {arch.context_dim}-wide prompt, the checkpoint "
+            f"gives {base_unet.get('cross_attention_dim')}: made for another model family",
+        )
     if arch.family == "sdxl":
         adm = int(cfg["projection_class_embeddings_input_dim"])
         if int(base_unet.get("projection_class_embeddings_input_dim") or 0) != adm:
-            raise ModelLoadError(path, f"the ControlNet's vector condition is {adm} wide, the checkpoint's "
-                                       f"{base_unet.get('projection_class_embeddings_input_dim')}")
+            raise ModelLoadError(
+                path,
+                f"the ControlNet's vector condition is {adm} wide, the checkpoint's "
+                f"{base_unet.get('projection_class_embeddings_input_dim')}",
+            )
         cfg["addition_time_embed_dim"] = int(base_unet["addition_time_embed_dim"])
     return cfg

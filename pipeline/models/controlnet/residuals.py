@@ -16,6 +16,7 @@ Scaling, as sd-webui-controlnet's `hook.py` does it:
 - "ControlNet is more important" (its `cfg_injection`) adds the residuals to the conditional rows only, so
   that CFG amplifies the control; the other modes add them to both halves.
 - The unit acts at the steps where `guidance_start <= step / steps <= guidance_end`."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,8 +57,9 @@ class ActiveControl:
         if batch not in self._batched:
             n = self.hint.shape[0]
             hint = self.hint.to(device, dtype)
-            self._batched[batch] = hint.expand(batch, -1, -1, -1).contiguous() if n == 1 else \
-                hint.repeat(batch // n, 1, 1, 1)
+            self._batched[batch] = (
+                hint.expand(batch, -1, -1, -1).contiguous() if n == 1 else hint.repeat(batch // n, 1, 1, 1)
+            )
         return self._batched[batch]
 
 
@@ -72,8 +74,14 @@ class ControlResiduals:
     def at_step(self, step: int, steps: int) -> None:
         self.fraction = step / max(1, steps)
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, unet_kwargs: dict[str, Any],
-                 cond_rows: torch.Tensor) -> dict[str, Any]:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        unet_kwargs: dict[str, Any],
+        cond_rows: torch.Tensor,
+    ) -> dict[str, Any]:
         """UNet keyword arguments adding the active units' residuals; {} when none acts. `cond_rows` (B,)
         is 1 for rows conditioned on the prompt, 0 for the negative prompt's."""
         down: list[torch.Tensor] | None = None
@@ -82,10 +90,16 @@ class ControlResiduals:
             if not unit.acts_at(self.fraction):
                 continue
             net = unit.net
-            x_in = x[:, :int(net.config.in_channels)]
+            x_in = x[:, : int(net.config.in_channels)]
             hint = unit.hint_for(x.shape[0], x.device, x.dtype)
-            res_down, res_mid = net(x_in, t, encoder_hidden_states=context, controlnet_cond=hint,
-                                    added_cond_kwargs=unet_kwargs.get("added_cond_kwargs"), return_dict=False)
+            res_down, res_mid = net(
+                x_in,
+                t,
+                encoder_hidden_states=context,
+                controlnet_cond=hint,
+                added_cond_kwargs=unet_kwargs.get("added_cond_kwargs"),
+                return_dict=False,
+            )
             outs = [*res_down, res_mid]
             mark = cond_rows.to(x.device, x.dtype).view(-1, 1, 1, 1) if unit.cond_only else None
             scaled = []
@@ -93,7 +107,7 @@ class ControlResiduals:
                 r = r * s
                 scaled.append(r * mark if mark is not None else r)
             if len(scaled) < len(outs):  # more residuals than factors: the extension leaves them out
-                scaled += [torch.zeros_like(r) for r in outs[len(scaled):]]
+                scaled += [torch.zeros_like(r) for r in outs[len(scaled) :]]
             if down is None:
                 down, mid = scaled[:-1], scaled[-1]
             else:

@@ -7,6 +7,7 @@ name containing it wins, as the extension's closest-name match). Files: `.safete
 `.ckpt` (through `torch.load(weights_only=True)`), and diffusers folders (`config.json` beside
 `diffusion_pytorch_model.safetensors`; the config is not needed: the architecture is read from the
 tensors)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -63,8 +64,11 @@ def _discover(folder: Path) -> list[ControlNetFile]:
     if not folder.is_dir():
         return found
     for entry in sorted(folder.rglob("*")):
-        if entry.is_file() and entry.suffix.lower() in SUFFIXES and not any(
-                (entry.parent / w).exists() for w in ("config.json",)):
+        if (
+            entry.is_file()
+            and entry.suffix.lower() in SUFFIXES
+            and not any((entry.parent / w).exists() for w in ("config.json",))
+        ):
             found.append(ControlNetFile(entry.stem, entry))
         elif entry.is_dir() and (entry / "config.json").is_file():
             weights = next((entry / w for w in FOLDER_WEIGHTS if (entry / w).is_file()), None)
@@ -109,19 +113,28 @@ class ControlNetStore:
         for f in self._files:
             if f.title.lower() == low or f.name.lower() == base:
                 return f
-        matches = sorted((f for f in self._files if base and base in f.name.lower()), key=lambda f: len(f.name))
+        matches = sorted(
+            (f for f in self._files if base and base in f.name.lower()), key=lambda f: len(f.name)
+        )
         if matches:
             return matches[0]
         raise UnknownName(field, name, self.titles())
 
-    def load(self, f: ControlNetFile, base_unet_config: dict[str, Any], device: torch.device,
-             dtype: torch.dtype) -> Any:
+    def load(
+        self, f: ControlNetFile, base_unet_config: dict[str, Any], device: torch.device, dtype: torch.dtype
+    ) -> Any:
         """The `ControlNetModel` of `f` for a checkpoint with this UNet config, on device in dtype."""
         from diffusers import ControlNetModel
 
         st = os.stat(f.path)
-        key = (str(f.path), st.st_mtime, st.st_size, str(device), dtype,
-               tuple(sorted((k, str(v)) for k, v in base_unet_config.items() if not k.startswith("_"))))
+        key = (
+            str(f.path),
+            st.st_mtime,
+            st.st_size,
+            str(device),
+            dtype,
+            tuple(sorted((k, str(v)) for k, v in base_unet_config.items() if not k.startswith("_"))),
+        )
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
@@ -134,8 +147,10 @@ class ControlNetStore:
         try:
             net.load_state_dict(tensors, strict=True, assign=True)
         except RuntimeError as exc:
-            raise ModelLoadError(str(f.path), f"the tensors do not fit the architecture read from them: "
-                                              f"{str(exc).splitlines()[0]}") from exc
+            raise ModelLoadError(
+                str(f.path),
+                f"the tensors do not fit the architecture read from them: {str(exc).splitlines()[0]}",
+            ) from exc
         # nn.Module.to: diffusers' own `to` warns about fp32-kept modules this architecture does not have
         net = torch.nn.Module.to(net, device=device, dtype=dtype).eval().requires_grad_(False)
         log.info("ControlNet %s loaded (%s layout, %s)", f.title, arch.layout, arch.family)
