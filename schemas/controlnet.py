@@ -136,6 +136,14 @@ class DetectRequest(BaseModel):
     controlnet_threshold_b: float = -1
     low_vram: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _old_images_name(cls, data: Any) -> Any:
+        """webuiapi sends the old name `controlnet_images`."""
+        if isinstance(data, dict) and "controlnet_images" in data and "controlnet_input_images" not in data:
+            data = {**data, "controlnet_input_images": data["controlnet_images"]}
+        return data
+
 
 class DetectResponse(BaseModel):
     info: str

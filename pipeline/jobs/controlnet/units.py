@@ -115,7 +115,8 @@ def _image_parts(spec: ControlNetUnit) -> tuple[Any, Any]:
             img, mask = img[0], (img[1] if len(img) > 1 else mask)
     if isinstance(img, dict):
         img, mask = img.get("image"), img.get("mask", mask)
-    return img, mask
+    # webuiapi sends "" for a unit without an image
+    return (None, None) if img in (None, "") else (img, None if mask == "" else mask)
 
 
 def _decode(value: Any, where: str, decode: Callable[[str], Image.Image]) -> np.ndarray:
