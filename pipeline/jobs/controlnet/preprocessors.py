@@ -270,9 +270,9 @@ def resolve(module: str, field: str) -> Preprocessor:
     if key in NEED_WEIGHTS:
         raise InvalidRequest(
             field,
-            f"the preprocessor {module!r} needs annotator weights "
-            f"({NEED_WEIGHTS[key]}), which hiresd does not run yet; send a ready-made "
-            "control map with module 'none'",
+            f"the preprocessor {module!r} needs annotator weights ({NEED_WEIGHTS[key]}, which the "
+            "extension keeps in models/ControlNetAnnotators/); hiresd does not run annotator networks "
+            "yet: send a ready-made control map with module 'none'",
         )
     if key in NOT_YET:
         raise InvalidRequest(

@@ -1,0 +1,164 @@
+"""The model-free preprocessors and the hint resizing, each against its definition written out here
+(the extension's formulas), and the unit fields' legacy forms."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.jobs.controlnet import hints, preprocessors
+from pipeline.runtime.errors import InvalidRequest
+from schemas.controlnet import ControlNetUnit
+
+
+def _picture(h: int = 90, w: int = 120, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, w // 2 :] = 180
+    a[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = (40, 200, 90)
+    return np.clip(a.astype(np.int16) + rng.integers(-15, 15, a.shape), 0, 255).astype(np.uint8)
+
+
+def _resized(img: np.ndarray, res: int) -> np.ndarray:
+    """Short side to `res`: cubic when enlarging, area when shrinking (the extension's rule)."""
+    h, w = img.shape[:2]
+    k = res / min(h, w)
+    return cv2.resize(
+        img, (round(w * k), round(h * k)), interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA
+    )
+
+
+def _on_padded(img: np.ndarray, res: int, fn) -> np.ndarray:
+    """`fn` on the resized input edge-padded to multiples of 64, the padding cut off again."""
+    r = _resized(img, res)
+    h, w = r.shape[:2]
+    padded = np.pad(r, [[0, -h % 64], [0, -w % 64], [0, 0]], mode="edge")
+    return fn(padded)[:h, :w]
+
+
+def _run(name: str, img: np.ndarray, res: int = -1, a: float = -1, b: float = -1) -> np.ndarray:
+    pre = preprocessors.resolve(name, "module")
+    return pre.run(img, *pre.settle(res, a, b))
+
+
+def test_none_and_invert() -> None:
+    img = _picture()
+    assert _run("none", img) is img
+    assert np.array_equal(_run("invert", img), 255 - img)
+    grey = img[:, :, 0]
+    assert np.array_equal(_run("invert", grey), 255 - np.stack([grey] * 3, axis=2))
+
+
+@pytest.mark.parametrize("res", [64, 200])
+def test_canny_is_opencv_canny_on_the_resized_input(res: int) -> None:
+    img = _picture()
+    want = _on_padded(img, res, lambda x: cv2.Canny(x, 100, 200))
+    got = _run("canny", img, res)
+    assert got.shape == (*want.shape, 3)
+    assert np.array_equal(got[:, :, 0], want) and np.array_equal(got[:, :, 2], want)
+    low = _run("canny", img, res, 30, 60)
+    assert np.array_equal(low[:, :, 0], _on_padded(img, res, lambda x: cv2.Canny(x, 30, 60)))
+
+
+def test_threshold_blur_tile_and_defaults() -> None:
+    img = _picture()
+    r = _resized(img, 80)
+    assert np.array_equal(_run("threshold", img, 80, 100)[:, :, 1], np.where(r.min(axis=2) > 100, 255, 0))
+    assert np.array_equal(_run("blur_gaussian", img, 80, 2.5), cv2.GaussianBlur(r, (0, 0), 2.5))
+    assert np.array_equal(
+        _run("tile_resample", img, a=2.0), cv2.resize(img, (60, 45), interpolation=cv2.INTER_AREA)
+    )
+    assert _run("tile_resample", img) is img or np.array_equal(_run("tile_resample", img), img)
+    canny = preprocessors.resolve("canny", "m")
+    assert canny.settle(-1, -1, -1) == (512, 100.0, 200.0)
+    assert canny.settle(5000, 0, 300) == (512, 100.0, 200.0)  # out of range: the defaults, as the extension
+
+
+def test_scribble_xdog_and_lineart_standard() -> None:
+    img = _picture()
+
+    def xdog(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        dog = 255 - np.min(cv2.GaussianBlur(x, (0, 0), 5.0) - cv2.GaussianBlur(x, (0, 0), 0.5), axis=2)
+        return np.where(2 * (255 - dog.clip(0, 255).astype(np.uint8).astype(np.int32)) > 32, 255, 0)
+
+    assert np.array_equal(_run("scribble_xdog", img, 64)[:, :, 0], _on_padded(img, 64, xdog))
+
+    def lineart(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float32)
+        inten = np.min(cv2.GaussianBlur(x, (0, 0), 6.0) - x, axis=2).clip(0, 255)
+        return (inten / max(16, np.median(inten[inten > 8])) * 127).clip(0, 255).astype(np.uint8)
+
+    assert np.array_equal(_run("lineart_standard", img, 64), _on_padded(img, 64, lineart))
+
+
+def test_modules_needing_weights_or_unknown_are_clear_400s() -> None:
+    with pytest.raises(InvalidRequest, match="body_pose_model.pth.*ControlNetAnnotators"):
+        preprocessors.resolve("openpose", "alwayson_scripts.ControlNet.args[0].module")
+    with pytest.raises(InvalidRequest, match="unknown preprocessor") as err:
+        preprocessors.resolve("cany", "alwayson_scripts.ControlNet.args[0].module")
+    assert "'canny'" in str(err.value)
+
+
+def test_resize_modes() -> None:
+    m = np.zeros((50, 100, 3), np.uint8)
+    m[:, :, 0] = np.arange(100, dtype=np.uint8)[None, :] * 2  # a smooth ramp: cubic / area resampling
+    m[:, :, 1] = 77
+    m[:, :, 2] = np.arange(50, dtype=np.uint8)[:, None] * 5  # over 200 colours: not nearest-neighbour
+    just = hints.fit(m, hints.JUST_RESIZE, 64, 64)
+    assert just.shape == (64, 64, 3) and np.array_equal(
+        just, cv2.resize(m, (64, 64), interpolation=cv2.INTER_AREA)
+    )
+    crop = hints.fit(m, hints.CROP_AND_RESIZE, 64, 64)
+    full = cv2.resize(m, (128, 64), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(crop, full[:, 32:96])
+    fill = hints.fit(m, hints.RESIZE_AND_FILL, 64, 64)
+    inner = cv2.resize(m, (64, 32), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(fill[16:48], inner)
+    border = np.median(np.concatenate([m[0], m[-1], m[:, 0], m[:, -1]]), axis=0).astype(np.uint8)
+    assert (fill[:16] == border).all() and (fill[48:] == border).all()
+
+
+def test_binary_maps_stay_binary_and_segmentation_uses_nearest() -> None:
+    edges = np.zeros((40, 40, 3), np.uint8)
+    edges[10:30, 20] = 255
+    up = hints.fit(edges, hints.JUST_RESIZE, 100, 100)
+    assert set(np.unique(up)) <= {0, 255}
+    seg = np.zeros((40, 40, 3), np.uint8)
+    seg[:, :13], seg[:, 13:26], seg[:, 26:] = (10, 20, 30), (200, 0, 0), (0, 90, 90)
+    up = hints.fit(seg, hints.JUST_RESIZE, 100, 100)
+    assert np.array_equal(up, cv2.resize(seg, (100, 100), interpolation=cv2.INTER_NEAREST))
+
+
+def test_pixel_perfect_resolution() -> None:
+    img = np.zeros((300, 400, 3), np.uint8)
+    assert hints.pixel_perfect_resolution(img, 512, 768, hints.CROP_AND_RESIZE) == 768
+    assert hints.pixel_perfect_resolution(img, 512, 768, hints.RESIZE_AND_FILL) == 384
+
+
+@pytest.mark.parametrize(
+    "raw, want",
+    [
+        (
+            {"resize_mode": 0, "control_mode": 2, "hr_option": 1},
+            ("Just Resize", "ControlNet is more important", "Low res only"),
+        ),
+        (
+            {"resize_mode": "Envelope (Outer Fit)", "control_mode": "my prompt is more important"},
+            ("Resize and Fill", "My prompt is more important", "Both"),
+        ),
+        ({"resize_mode": "Inner Fit (Scale to Fit)"}, ("Crop and Resize", "Balanced", "Both")),
+    ],
+)
+def test_unit_legacy_forms(raw: dict, want: tuple) -> None:
+    u = ControlNetUnit.model_validate(raw)
+    assert (u.resize_mode, u.control_mode, u.hr_option) == want
+    assert u.enabled is False and u.module == "none" and u.weight == 1.0 and u.processor_res == -1
+
+
+def test_unit_old_field_names() -> None:
+    u = ControlNetUnit.model_validate(
+        {"input_image": "abc", "lowvram": True, "guidance": 0.5, "mask_image": "m"}
+    )
+    assert (u.image, u.low_vram, u.guidance_end, u.mask) == ("abc", True, 0.5, "m")
