@@ -239,3 +239,94 @@ def test_scripts_list_controlnet_for_clients_that_detect_it(client: TestClient) 
     scripts = client.get("/sdapi/v1/scripts").json()
     assert "controlnet" in scripts["txt2img"] and "controlnet m2m" in scripts["txt2img"]
     assert "controlnet" in scripts["img2img"]
+
+
+def _img2img(client: TestClient, units: list[dict] | None, **kw) -> dict:
+    body = {**BASE, "init_images": [_b64(_photo())], "denoising_strength": 0.5, **kw}
+    if units is not None:
+        body["alwayson_scripts"] = {"ControlNet": {"args": units}}
+    r = client.post("/sdapi/v1/img2img", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_sd_upscale_and_ultimate_sd_upscale_run_units_on_every_tile(client: TestClient) -> None:
+    sd_upscale = {"script_name": "sd upscale", "script_args": [None, 16, "Lanczos", 2.0]}
+    plain = _img2img(client, None, **sd_upscale)["images"]
+    tiled = _img2img(client, [_unit(image=_b64(_edges(128)), module="none")], **sd_upscale)["images"]
+    own = _img2img(
+        client, [_unit(image=None, module="invert", model="cn_sd15_canny_diffusers")], **sd_upscale
+    )
+    assert len(plain) == len(tiled) == len(own["images"]) == 1  # no detected maps for upscale scripts
+    assert _pixels(tiled[0]).shape == (128, 128, 3)
+    assert len({_px(plain[0]), _px(tiled[0]), _px(own["images"][0])}) == 3
+    usdu = {
+        "script_name": "ultimate sd upscale",
+        "width": 64,
+        "height": 64,
+        "script_args": [None, 64, 0, 8, 16, 64, 0.35, 32, "Lanczos", False, 0, False, 8, 0, 2, 2048, 2048, 2],
+    }
+    plain = _img2img(client, None, **usdu)["images"][0]
+    ctl = _img2img(client, [_unit(image=_b64(_edges(128)))], **usdu)["images"]
+    assert len(ctl) == 1 and _pixels(ctl[0]).shape == (128, 128, 3) and _px(ctl[0]) != _px(plain)
+
+
+def test_inpainting_only_masked_cuts_the_unit_image_like_the_init_image(client: TestClient) -> None:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[8:40, 8:40] = 255
+    body = {"mask": _b64(Image.fromarray(mask)), "inpaint_full_res": True, "inpaint_full_res_padding": 4}
+    plain = _img2img(client, None, **body)["images"]
+    ctl = _img2img(client, [_unit(save_detected_map=True)], **body)["images"]
+    assert len(plain) == 1 and len(ctl) == 2
+    assert _px(plain[0]) != _px(ctl[0])
+    edges = _pixels(ctl[1])
+    assert edges.shape == (64, 64, 3)
+    # the 36x36 box around the mask, cut from the unit's edge map and stretched to 64x64: the square's
+    # corner (16, 16) lands at ((16 - 4) * 64 / 36) ~ 21
+    rows = edges[:, 32, 0]  # down the middle: dark, then the square's top edge near row 21, then dark
+    assert rows[:16].max() < 40 and rows[19:25].max() > 200 and rows[26:40].max() < 40
+
+
+def test_endpoints_shapes(client: TestClient) -> None:
+    assert client.get("/controlnet/version").json() == {"version": 3}
+    assert client.get("/controlnet/settings").json() == {"control_net_unit_count": 3}
+    mods = client.get("/controlnet/module_list").json()
+    assert mods["module_list"][:3] == ["none", "invert", "canny"]
+    assert mods["module_detail"]["canny"]["sliders"][1] == {
+        "name": "Low Threshold",
+        "value": 100,
+        "min": 1,
+        "max": 255,
+        "step": 1.0,
+    }
+    types = client.get("/controlnet/control_types").json()["control_types"]
+    canny = types["Canny"]
+    assert canny["module_list"][:2] == ["none", "invert"] and "canny" in canny["module_list"]
+    assert canny["default_option"] == "invert" or canny["default_option"] == "canny"
+    assert all("canny" in m.lower() for m in canny["model_list"][1:]) and len(canny["model_list"]) == 4
+    assert types["All"]["default_model"] == "None"
+
+
+def test_detect_canny_is_opencv_canny_on_the_resized_input(client: TestClient) -> None:
+    import cv2
+
+    photo = _photo(96)
+    r = client.post(
+        "/controlnet/detect",
+        json={
+            "controlnet_module": "canny",
+            "controlnet_input_images": [_b64(photo)],
+            "controlnet_processor_res": 64,
+            "controlnet_threshold_a": 50,
+            "controlnet_threshold_b": 150,
+        },
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["info"] == "Success" and len(body["images"]) == 1
+    small = cv2.resize(np.asarray(photo), (64, 64), interpolation=cv2.INTER_AREA)
+    assert (_pixels(body["images"][0])[:, :, 0] == cv2.Canny(small, 50, 150)).all()
+    bad = client.post(
+        "/controlnet/detect", json={"controlnet_module": "openpose", "controlnet_input_images": [_b64(photo)]}
+    )
+    assert bad.status_code == 422 and "body_pose_model.pth" in bad.text

@@ -225,7 +225,7 @@ class PassPicture:
     full: tuple[int, int] | None = None
 
 
-def _unit_rows(
+def unit_hints(
     u: Unit, picture: PassPicture | None, width: int, height: int, target: tuple[int, int]
 ) -> list[np.ndarray]:
     """The unit's hint map(s) at width x height: one for all rows, or one per row of `picture`."""
@@ -268,7 +268,7 @@ def for_pass(
     active: list[ActiveControl] = []
     for u in units.items:
         s = u.spec
-        rows = _unit_rows(u, picture, width, height, target)
+        rows = unit_hints(u, picture, width, height, target)
         units.seen.setdefault((u.number, pass_no), rows[0])
         if (s.hr_option == "Low res only" and hires_pass) or (
             s.hr_option == "High res only" and not hires_pass

@@ -162,3 +162,26 @@ def test_unit_old_field_names() -> None:
         {"input_image": "abc", "lowvram": True, "guidance": 0.5, "mask_image": "m"}
     )
     assert (u.image, u.low_vram, u.guidance_end, u.mask) == ("abc", True, 0.5, "m")
+
+
+def test_tiles_get_their_crop_of_the_unit_image() -> None:
+    from PIL import Image
+
+    from pipeline.jobs.controlnet.units import PassPicture, Unit, unit_hints
+
+    full = np.zeros((64, 128, 3), np.uint8)
+    full[:, :64] = 50
+    full[:, 64:] = 200
+    full[10:20, 70:80] = (255, 0, 0)
+    spec = ControlNetUnit.model_validate({"enabled": True, "resize_mode": "Just Resize"})
+    unit = Unit(0, 0, spec, None, preprocessors.resolve("none", "m"), full, 512, -1, -1)
+    tiles = [Image.fromarray(full[:, :64]), Image.fromarray(full[:, 64:])]
+    picture = PassPicture(tiles, boxes=[(0, 0, 64, 64), (64, 0, 128, 64)], full=(128, 64))
+    left, right = unit_hints(unit, picture, 64, 64, (64, 64))
+    assert (left == 50).all()
+    assert np.abs(right.astype(int) - full[:, 64:]).max() <= 1
+    whole = unit_hints(unit, None, 64, 64, (64, 64))
+    assert len(whole) == 1 and whole[0].shape == (64, 64, 3)  # no tiles: the whole image, resized
+    no_image = Unit(0, 0, spec, None, preprocessors.resolve("invert", "m"), None, 512, -1, -1)
+    rows = unit_hints(no_image, picture, 64, 64, (64, 64))
+    assert [int(r[0, 0, 0]) for r in rows] == [205, 55]  # each tile's own picture, inverted
