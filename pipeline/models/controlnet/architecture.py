@@ -45,7 +45,7 @@ class ControlNetArch:
 
     config: dict[str, Any]
     family: str
-    context_dim: int
+    context_dim: int | None  # None: no attention layer reads the prompt (SDXL "small"-like files)
     layout: str
 
 
@@ -193,7 +193,7 @@ def read(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> Con
     to_k = next((s for k, s in sorted(shapes.items()) if k.endswith("attn2.to_k.weight")), None)
     proj_in = next((s for k, s in sorted(shapes.items()) if k.endswith(".proj_in.weight")), None)
     linear = proj_in is not None and len(proj_in) == 2
-    context = int(to_k[1]) if to_k is not None else 768
+    context = int(to_k[1]) if to_k is not None else None
     cfg: dict[str, Any] = {
         "in_channels": in_ch,
         "conditioning_channels": cond[1],
@@ -201,7 +201,7 @@ def read(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> Con
         "mid_block_type": mid_type,
         "block_out_channels": tuple(widths),
         "layers_per_block": layers[0],
-        "cross_attention_dim": context,
+        "cross_attention_dim": context if context is not None else 768,
         "use_linear_projection": linear,
         "transformer_layers_per_block": depths[0] if len(set(depths)) == 1 else tuple(depths),
         "attention_head_dim": unet_heads(widths, linear),
@@ -244,7 +244,9 @@ def full_config(arch: ControlNetArch, base_unet: Mapping[str, Any], path: str) -
     ):
         if key in base_unet:
             cfg[key] = base_unet[key]
-    if int(base_unet.get("cross_attention_dim", arch.context_dim)) != arch.context_dim:
+    if arch.context_dim is None:
+        cfg["cross_attention_dim"] = int(base_unet.get("cross_attention_dim", 768))
+    elif int(base_unet.get("cross_attention_dim", arch.context_dim)) != arch.context_dim:
         raise ModelLoadError(
             path,
             f"the ControlNet reads a {arch.context_dim}-wide prompt, the checkpoint "

@@ -186,3 +186,29 @@ def test_a_unit_acts_only_inside_its_guidance_window(tiny: dict) -> None:
     control.at_step(0, 8)
     control.units[0].start = 0.5
     assert control(torch.zeros(1, 4, 1, 1), torch.tensor(1), torch.zeros(1, 1, 1), {}, torch.ones(1)) == {}
+
+
+def test_sdxl_small_variant_and_a_diffusers_folder(tmp_path: Path, tiny: dict) -> None:
+    """An SDXL ControlNet whose attention block keeps no transformer layer (the "small" variants), in the
+    original layout, and a diffusers folder (config.json beside the weights; the config is not read)."""
+    from diffusers import ControlNetModel
+
+    from pipeline.models.builtin import deterministic_fill
+    from tests.fixtures.tinymodels import tiny_sdxl_configs
+
+    base = tiny_sdxl_configs()["unet"]
+    cfg = {k: v for k, v in base.items() if k not in ("up_block_types", "sample_size", "out_channels")}
+    small = ControlNetModel(
+        **dict(cfg, transformer_layers_per_block=(1, 0), conditioning_embedding_out_channels=(8, 8, 16, 16))
+    )
+    deterministic_fill(small, 3)
+    folder = tmp_path / "ControlNet"
+    write_ldm(small, folder / "xl_small.safetensors")
+    small.save_pretrained(folder / "xl_folder")
+    store = ControlNetStore([folder])
+    assert sorted(f.name for f in store.files()) == ["xl_folder", "xl_small"]
+    for name in ("xl_small", "xl_folder"):
+        f = store.find(name, "m")
+        assert f.arch().family == "sdxl" and f.arch().context_dim is None
+        net = store.load(f, base, torch.device("cpu"), torch.float32)
+        assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), small.state_dict().values()))
