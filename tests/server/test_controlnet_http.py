@@ -330,3 +330,21 @@ def test_detect_canny_is_opencv_canny_on_the_resized_input(client: TestClient) -
         "/controlnet/detect", json={"controlnet_module": "openpose", "controlnet_input_images": [_b64(photo)]}
     )
     assert bad.status_code == 422 and "body_pose_model.pth" in bad.text
+
+
+def test_inpaint_unit_takes_the_init_image_and_the_request_mask(client: TestClient) -> None:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:, 32:] = 255
+    body = {"mask": _b64(Image.fromarray(mask)), "mask_blur": 0}
+    plain = _img2img(client, None, **body)["images"]
+    unit = _unit(image=None, module="inpaint_global_harmonious")
+    out = _img2img(client, [unit], **body)["images"]
+    assert len(out) == 2 and _px(out[0]) != _px(plain[0])
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(out[1]))))
+    assert shown.shape == (64, 64, 4)  # the extension shows the mask as half transparency
+    assert (shown[:, :30, 3] == 255).all() and (shown[:, 34:, 3] == 128).all()
+    assert np.abs(shown[:, :, :3].astype(int) - np.asarray(_photo(), int)).max() <= 1
+    # its own picture and mask, on txt2img
+    own = _unit(module="inpaint", image={"image": _b64(_photo()), "mask": _b64(Image.fromarray(mask))})
+    r = _txt2img(client, [own])["images"]
+    assert len(r) == 2 and np.asarray(Image.open(io.BytesIO(base64.b64decode(r[1]))))[0, 40, 3] == 128

@@ -21,28 +21,37 @@ FROM_A1111 = {0: JUST_RESIZE, 1: CROP_AND_RESIZE, 2: RESIZE_AND_FILL, 3: JUST_RE
 
 
 def high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
+    """The extension's resampling; a 4th (inpaint mask) channel is resized alike, then made 0 / 255."""
+    mask = None
+    if x.shape[2] == 4:
+        x, mask = x[:, :, :3], x[:, :, 3]
     if x.shape[0] == height and x.shape[1] == width:
-        return x
-    smaller = width * height < x.shape[0] * x.shape[1]
-    colours = len(np.unique(x.reshape(-1, x.shape[2]), axis=0))
-    binary = colours == 2 and int(x.min()) < 16 and int(x.max()) > 240
-    if 2 < colours < 200:
-        interp = cv2.INTER_NEAREST
-    elif smaller:
-        interp = cv2.INTER_AREA
+        y = x
     else:
-        interp = cv2.INTER_CUBIC
-    y = cv2.resize(x, (width, height), interpolation=interp)
-    if binary:
-        y = np.mean(y.astype(np.float32), axis=2).clip(0, 255).astype(np.uint8)
-        _, y = cv2.threshold(y, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        y = np.stack([y] * 3, axis=2)
+        smaller = width * height < x.shape[0] * x.shape[1]
+        colours = len(np.unique(x.reshape(-1, x.shape[2]), axis=0))
+        binary = colours == 2 and int(x.min()) < 16 and int(x.max()) > 240
+        if 2 < colours < 200:
+            interp = cv2.INTER_NEAREST
+        elif smaller:
+            interp = cv2.INTER_AREA
+        else:
+            interp = cv2.INTER_CUBIC
+        y = cv2.resize(x, (width, height), interpolation=interp)
+        if mask is not None:
+            mask = cv2.resize(mask, (width, height), interpolation=interp)
+        if binary:
+            y = np.mean(y.astype(np.float32), axis=2).clip(0, 255).astype(np.uint8)
+            _, y = cv2.threshold(y, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+            y = np.stack([y] * 3, axis=2)
+    if mask is not None:
+        y = np.concatenate([y, np.where(mask > 127, 255, 0).astype(y.dtype)[:, :, None]], axis=2)
     return y
 
 
 def fit(detected: np.ndarray, mode: str, width: int, height: int) -> np.ndarray:
-    """The map (H, W, 3 uint8) at width x height by `mode`."""
-    m = hwc3(detected)
+    """The map (H, W, 3 uint8; or 4 with an inpaint mask) at width x height by `mode`."""
+    m = detected if detected.ndim == 3 and detected.shape[2] == 4 else hwc3(detected)
     if mode == JUST_RESIZE:
         return np.ascontiguousarray(high_quality_resize(m, width, height))
     old_h, old_w = float(m.shape[0]), float(m.shape[1])
@@ -51,6 +60,8 @@ def fit(detected: np.ndarray, mode: str, width: int, height: int) -> np.ndarray:
         k = min(k0, k1)
         borders = np.concatenate([m[0, :, :], m[-1, :, :], m[:, 0, :], m[:, -1, :]], axis=0)
         colour = np.median(borders, axis=0).astype(m.dtype)
+        if len(colour) == 4:
+            colour[3] = 255  # the filled border is to be painted
         canvas = np.tile(colour[None, None], [height, width, 1])
         inner = high_quality_resize(m, int(np.round(old_w * k)), int(np.round(old_h * k)))
         nh, nw = inner.shape[:2]
@@ -65,8 +76,22 @@ def fit(detected: np.ndarray, mode: str, width: int, height: int) -> np.ndarray:
 
 
 def to_tensor(hint: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1], as the extension feeds the ControlNet."""
-    return torch.from_numpy(hint.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1], as the extension feeds the ControlNet. With an
+    inpaint mask (4 channels) the extension's inpaint protocol: the picture where kept, -1 where masked."""
+    t = torch.from_numpy(hint.astype(np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0).contiguous()
+    if t.shape[1] == 4:
+        c, m = t[:, :3], (t[:, 3:4] > 0.5).float()
+        t = c * (1 - m) - m
+    return t
+
+
+def show_inpaint(hint: np.ndarray) -> np.ndarray:
+    """An RGBA inpaint map as the extension shows it: the mask at half transparency."""
+    if hint.ndim == 3 and hint.shape[2] == 4:
+        out = hint.copy()
+        out[:, :, 3] = 255 - hint[:, :, 3] // 2
+        return out
+    return hint
 
 
 def pixel_perfect_resolution(image: np.ndarray, width: int, height: int, mode: str) -> int:

@@ -42,6 +42,7 @@ class Preprocessor:
     slider_2: Slider | None = None
     tags: tuple[str, ...] = ()
     soft_in_hires: bool = False  # the extension forces soft injection in the hires pass (canny, mlsd)
+    inpaint: bool = False  # takes the picture with its mask (RGBA) and hands the ControlNet inpaint hint
 
     def settle(self, res: int, a: float, b: float) -> tuple[int, float, float]:
         """Out-of-range or -1 values become the defaults, as the extension's unit validator does."""
@@ -89,6 +90,10 @@ def resize_with_pad(
 
 def _none(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
     return img
+
+
+def _inpaint(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
+    return img  # RGBA: the picture and the mask to repaint, handed on (the hint protocol is applied later)
 
 
 def _invert(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
@@ -169,11 +174,13 @@ MODEL_FREE: dict[str, Preprocessor] = {
             tags=("Tile",),
         ),
         Preprocessor("lineart_standard", _lineart_standard, tags=("Lineart",)),
+        Preprocessor("inpaint_global_harmonious", _inpaint, resolution=None, tags=("Inpaint",), inpaint=True),
     )
 }
 ALIASES = {
     "None": "none",
     "canny_edge": "canny",
+    "inpaint": "inpaint_global_harmonious",
     "invert (from white bg & black line)": "invert",
     "lineart_standard (from white bg & black line)": "lineart_standard",
 }
@@ -240,9 +247,7 @@ NEED_WEIGHTS: dict[str, str] = {
     "color": "(none; not implemented)",
 }
 NOT_YET = (
-    "inpaint",
     "inpaint_only",
-    "inpaint_global_harmonious",
     "reference_only",
     "reference_adain",
     "reference_adain+attn",

@@ -130,7 +130,11 @@ def _decode(value: Any, where: str, decode: Callable[[str], Image.Image]) -> np.
     return np.ascontiguousarray(arr)
 
 
-def _unit_input(spec: ControlNetUnit, index: int, decode: Callable[[str], Image.Image]) -> np.ndarray | None:
+def _unit_input(
+    spec: ControlNetUnit, index: int, decode: Callable[[str], Image.Image], inpaint: bool
+) -> np.ndarray | None:
+    """The unit's picture as the extension takes it: RGB (an alpha channel composited over white), with its
+    mask as a 4th channel for inpaint modules; for the others a drawn (non-trivial) mask is the input."""
     raw_img, raw_mask = _image_parts(spec)
     if raw_img is None:
         return None
@@ -146,11 +150,13 @@ def _unit_input(spec: ControlNetUnit, index: int, decode: Callable[[str], Image.
                 f"the mask is {alpha.shape[1]}x{alpha.shape[0]}, the "
                 f"image {img.shape[1]}x{img.shape[0]}; they must match",
             )
-    elif img.ndim == 3 and img.shape[2] == 4:
-        alpha = img[:, :, 3]
+    rgb = preprocessors.hwc3(img)
+    if inpaint:
+        mask = alpha if alpha is not None else np.zeros(rgb.shape[:2], np.uint8)
+        return np.concatenate([rgb, mask[:, :, None]], axis=2)
     if alpha is not None and not ((alpha <= 5).all() or (alpha >= 250).all()):
         return preprocessors.hwc3(alpha)  # the extension's canvas-scribble rule: the drawn mask is the input
-    return preprocessors.hwc3(img[:, :, :3] if img.ndim == 3 else img)
+    return rgb
 
 
 def parse(
@@ -193,7 +199,7 @@ def parse(
                 f"{file.title} is an {_LABEL[arch.family]} ControlNet; "
                 f"the checkpoint is {_LABEL[family]}: use a ControlNet made for it",
             )
-        image = _unit_input(spec, i, decode)
+        image = _unit_input(spec, i, decode, pre.inpaint)
         if image is None and not img2img:
             raise InvalidRequest(
                 f"{FIELD}[{i}].image",
@@ -217,12 +223,14 @@ class PassPicture:
     """An img2img pass's init pictures, one per batch row (or one for all), for units without an image of
     their own: `mode` fits them to the pass's size. `boxes`/`full`: each row is the box of a bigger picture
     of size `full` (only-masked inpainting, Ultimate SD upscale, SD upscale tiles); a unit's own image is
-    then cut the same way, as the extension does for A1111's masked crops."""
+    then cut the same way, as the extension does for A1111's masked crops. `masks`: the request's inpaint
+    mask (L, 255 = repaint) beside each picture, for inpaint modules."""
 
     images: list[Image.Image]
     mode: str = hints.JUST_RESIZE
     boxes: list[tuple[int, int, int, int]] | None = None
     full: tuple[int, int] | None = None
+    masks: list[Image.Image] | None = None
 
 
 def unit_hints(
@@ -232,16 +240,23 @@ def unit_hints(
     if u.image is None:
         if picture is None:
             raise InvalidRequest(u.field("image"), "no input image for this unit")
-        return [
-            hints.fit(u.detect(_array(img), *target), picture.mode, width, height) for img in picture.images
-        ]
+        rows = []
+        for r, img in enumerate(picture.images):
+            arr = _array(img)
+            if u.pre.inpaint:  # the init picture with the request's mask (none: nothing to repaint)
+                mask = picture.masks[r] if picture.masks else None
+                m = np.asarray(mask.convert("L")) if mask is not None else np.zeros(arr.shape[:2], np.uint8)
+                arr = np.concatenate([arr, m[:, :, None]], axis=2)
+            rows.append(hints.fit(u.detect(arr, *target), picture.mode, width, height))
+        return rows
     if picture is not None and picture.boxes is not None and picture.full is not None:
         fw, fh = picture.full
         whole = resize_image(_A1111_MODE[u.spec.resize_mode], Image.fromarray(u.image), fw, fh)
         rows = []
         for box in picture.boxes:
             cut = resize_image(_A1111_MODE[hints.RESIZE_AND_FILL], whole.crop(box), width, height)
-            rows.append(hints.fit(u.detect(_array(cut), *target), hints.JUST_RESIZE, width, height))
+            arr = np.ascontiguousarray(np.asarray(cut))
+            rows.append(hints.fit(u.detect(arr, *target), hints.JUST_RESIZE, width, height))
         return rows
     return [hints.fit(u.detect(None, *target), u.spec.resize_mode, width, height)]
 
@@ -314,5 +329,9 @@ def detected_maps(units: Units | None) -> list[Image.Image]:
     out: list[Image.Image] = []
     for u in units.items if units else []:
         if u.spec.save_detected_map:
-            out += [Image.fromarray(units.seen[(u.number, n)]) for n in (2, 1) if (u.number, n) in units.seen]
+            out += [
+                Image.fromarray(hints.show_inpaint(units.seen[(u.number, n)]))
+                for n in (2, 1)
+                if (u.number, n) in units.seen
+            ]
     return out

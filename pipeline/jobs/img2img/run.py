@@ -168,16 +168,25 @@ def _control_picture(p: Img2ImgProcessing, sources: list[Source]) -> PassPicture
     background = _background(p)
     inits = [_flatten(img, background) for img in p.init_images]
     inits = inits * (len(sources) // len(inits))
+    mask = None
+    if p.mask is not None:  # the request's mask as A1111 prepares it (inpaint units take it)
+        mask = masks.prepare_mask(p.mask, invert=p.inpainting_mask_invert, blur_x=p.mask_blur_x,
+                                  blur_y=p.mask_blur_y, round_=p.mask_round)
     if sources[0].paste_to is not None:
         boxes = [(x, y, x + w, y + h) for x, y, w, h in (s.paste_to for s in sources)]
-        cuts = [resize_image(RESIZE_AND_FILL, img.crop(box), p.width, p.height)
-                for img, box in zip(inits, boxes, strict=True)]
-        return PassPicture(cuts, boxes=boxes, full=inits[0].size)
+
+        def cut(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+            return resize_image(RESIZE_AND_FILL, img.crop(box), p.width, p.height)
+
+        cuts = [cut(img, box) for img, box in zip(inits, boxes, strict=True)]
+        cut_masks = [cut(mask, box) for box in boxes] if mask is not None else None
+        return PassPicture(cuts, boxes=boxes, full=inits[0].size, masks=cut_masks)
     mode = FROM_A1111.get(p.resize_mode, "Just Resize")
+    whole = [mask] * len(inits) if mask is not None else None
     if p.control_boxes is not None:
         boxes, full = p.control_boxes
-        return PassPicture(inits, mode, boxes=list(boxes), full=full)
-    return PassPicture(inits, mode)
+        return PassPicture(inits, mode, boxes=list(boxes), full=full, masks=whole)
+    return PassPicture(inits, mode, masks=whole)
 
 
 def _background(p: Img2ImgProcessing) -> tuple[int, int, int]:

@@ -185,3 +185,16 @@ def test_tiles_get_their_crop_of_the_unit_image() -> None:
     no_image = Unit(0, 0, spec, None, preprocessors.resolve("invert", "m"), None, 512, -1, -1)
     rows = unit_hints(no_image, picture, 64, 64, (64, 64))
     assert [int(r[0, 0, 0]) for r in rows] == [205, 55]  # each tile's own picture, inverted
+
+
+def test_inpaint_hint_protocol_and_mask_resizing() -> None:
+    rgba = np.zeros((40, 40, 4), np.uint8)
+    rgba[:, :, :3] = 200
+    rgba[:, 20:, 3] = 255
+    up = hints.fit(rgba, hints.JUST_RESIZE, 80, 80)
+    assert up.shape == (80, 80, 4) and set(np.unique(up[:, :, 3])) == {0, 255}
+    t = hints.to_tensor(up)
+    assert t.shape == (1, 3, 80, 80)
+    assert (t[0, :, :, :38] - 200 / 255).abs().max() < 1e-6 and (t[0, :, :, 42:] == -1).all()
+    filled = hints.fit(rgba[:10], hints.RESIZE_AND_FILL, 40, 40)
+    assert (filled[:10, :, 3] == 255).all()  # the filled border is to be painted
