@@ -114,7 +114,7 @@ def _detect(req: DetectRequest, images: list[Image.Image]) -> list[Image.Image]:
     out = []
     for img in images:
         arr = np.ascontiguousarray(np.asarray(img.convert("RGB")))
-        out.append(Image.fromarray(preprocessors.hwc3(pre.run(arr, res, a, b))))
+        out.append(Image.fromarray(preprocessors.hwc3(pre.apply(arr, res, a, b))))
     return out
 
 

@@ -43,6 +43,14 @@ class Preprocessor:
     tags: tuple[str, ...] = ()
     soft_in_hires: bool = False  # the extension forces soft injection in the hires pass (canny, mlsd)
     inpaint: bool = False  # takes the picture with its mask (RGBA) and hands the ControlNet inpaint hint
+    seeded: bool = False  # draws random numbers: `apply` hands it a generator from the job's seed
+
+    def apply(self, img: np.ndarray, res: int, a: float, b: float, seed: int | None = None) -> np.ndarray:
+        """The detected map. A seeded preprocessor (shuffle) draws from NumPy's legacy generator seeded as
+        the extension seeds it ((seed + subseed) & 0xFFFFFFFF), or unseeded when `seed` is None."""
+        if self.seeded:
+            return self.run(img, res, a, b, np.random.RandomState(seed))  # type: ignore[call-arg]
+        return self.run(img, res, a, b)
 
     def settle(self, res: int, a: float, b: float) -> tuple[int, float, float]:
         """Out-of-range or -1 values become the defaults, as the extension's unit validator does."""
@@ -127,6 +135,25 @@ def _threshold(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
     return unpad(out)
 
 
+def _noise_disk(h: int, w: int, f: int, rng: np.random.RandomState) -> np.ndarray:
+    noise = rng.uniform(low=0, high=1, size=((h // f) + 2, (w // f) + 2, 1))
+    noise = cv2.resize(noise, (w + 2 * f, h + 2 * f), interpolation=cv2.INTER_CUBIC)[f : f + h, f : f + w]
+    noise -= np.min(noise)
+    noise /= np.max(noise)
+    return noise[:, :, None]
+
+
+def _shuffle(img: np.ndarray, res: int, a: float, b: float, rng: np.random.RandomState) -> np.ndarray:
+    """Content shuffle: the picture (at the processor resolution) remapped by a smooth random flow."""
+    padded, unpad = resize_with_pad(img, res)
+    img = unpad(padded)
+    h, w = img.shape[:2]
+    x = _noise_disk(h, w, 256, rng) * float(w - 1)
+    y = _noise_disk(h, w, 256, rng) * float(h - 1)
+    flow = np.concatenate([x, y], axis=2).astype(np.float32)
+    return cv2.remap(img, flow, None, cv2.INTER_LINEAR)
+
+
 def _tile_resample(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
     img = hwc3(img)
     if a < 1.1:
@@ -174,6 +201,13 @@ MODEL_FREE: dict[str, Preprocessor] = {
             tags=("Tile",),
         ),
         Preprocessor("lineart_standard", _lineart_standard, tags=("Lineart",)),
+        Preprocessor(
+            "shuffle",
+            _shuffle,
+            resolution=Slider("Resolution", 512, 512, 512, 8),
+            tags=("Shuffle",),
+            seeded=True,
+        ),
         Preprocessor("inpaint_global_harmonious", _inpaint, resolution=None, tags=("Inpaint",), inpaint=True),
     )
 }
@@ -251,7 +285,6 @@ NOT_YET = (
     "reference_only",
     "reference_adain",
     "reference_adain+attn",
-    "shuffle",
     "tile_colorfix",
     "tile_colorfix+sharp",
     "t2ia_color_grid",

@@ -53,4 +53,6 @@ def attach(p: Any, req: Any, store: Any, models: Any, decode: Callable[[str], Im
                     f"{u.file.title} does not fit hr_checkpoint_name's family "
                     f"({hr_family}); use hr_option 'Low res only' or a matching checkpoint",
                 )
+    for u in units.items if units else []:
+        u.seed = (int(p.seed) + int(p.subseed)) & 0xFFFFFFFF  # the extension's NumPy seed (shuffle)
     p.controlnet = units

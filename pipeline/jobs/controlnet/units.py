@@ -48,6 +48,7 @@ class Unit:
     res: int
     a: float
     b: float
+    seed: int | None = None  # NumPy seed of seeded preprocessors (shuffle): the job's, as the extension
     _detected: np.ndarray | None = field(default=None, repr=False)
 
     def field(self, name: str) -> str:
@@ -63,7 +64,7 @@ class Unit:
         res = self.res
         if self.spec.pixel_perfect:
             res = hints.pixel_perfect_resolution(src, width, height, self.spec.resize_mode)
-        out = self.pre.run(src, res, self.a, self.b)
+        out = self.pre.apply(src, res, self.a, self.b, self.seed)
         if own:
             self._detected = out
         return out
@@ -314,6 +315,7 @@ def for_pass(
                 cond_only=s.control_mode == "ControlNet is more important",
                 start=s.guidance_start,
                 end=s.guidance_end,
+                pool="shuffle" in u.file.path.stem.lower(),
             )
         )
     return ControlResiduals(active) if active else None

@@ -15,7 +15,9 @@ Scaling, as sd-webui-controlnet's `hook.py` does it:
   soft the same way.
 - "ControlNet is more important" (its `cfg_injection`) adds the residuals to the conditional rows only, so
   that CFG amplifies the control; the other modes add them to both halves.
-- The unit acts at the steps where `guidance_start <= step / steps <= guidance_end`."""
+- The unit acts at the steps where `guidance_start <= step / steps <= guidance_end`.
+- A shuffle model (the extension: "shuffle" in the file name) pools its residuals to their spatial means
+  and adds them to the conditional rows only (its `global_average_pooling`)."""
 
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ class ActiveControl:
     cond_only: bool
     start: float = 0.0
     end: float = 1.0
+    pool: bool = False  # global average pooling (shuffle models): spatial means, prompt rows only
     _batched: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def acts_at(self, fraction: float) -> bool:
@@ -101,11 +104,13 @@ class ControlResiduals:
                 return_dict=False,
             )
             outs = [*res_down, res_mid]
-            mark = cond_rows.to(x.device, x.dtype).view(-1, 1, 1, 1) if unit.cond_only else None
+            cond_only = unit.cond_only or unit.pool
+            mark = cond_rows.to(x.device, x.dtype).view(-1, 1, 1, 1) if cond_only else None
             scaled = []
             for r, s in zip(outs, unit.scales):
                 r = r * s
-                scaled.append(r * mark if mark is not None else r)
+                r = r * mark if mark is not None else r
+                scaled.append(torch.mean(r, dim=(2, 3), keepdim=True) if unit.pool else r)
             if len(scaled) < len(outs):  # more residuals than factors: the extension leaves them out
                 scaled += [torch.zeros_like(r) for r in outs[len(scaled) :]]
             if down is None:

@@ -198,3 +198,23 @@ def test_inpaint_hint_protocol_and_mask_resizing() -> None:
     assert (t[0, :, :, :38] - 200 / 255).abs().max() < 1e-6 and (t[0, :, :, 42:] == -1).all()
     filled = hints.fit(rgba[:10], hints.RESIZE_AND_FILL, 40, 40)
     assert (filled[:10, :, 3] == 255).all()  # the filled border is to be painted
+
+
+def test_shuffle_is_the_seeded_content_shuffle() -> None:
+    img = _picture(64, 64)
+    pre = preprocessors.resolve("shuffle", "m")
+    assert pre.settle(768, -1, -1)[0] == 512  # fixed at 512, as the extension
+    got = pre.apply(img, 512, -1, -1, seed=123)
+    np.random.seed(123)  # the extension seeds NumPy's global generator, then draws two noise disks
+    r = _resized(img, 512)
+
+    def disk() -> np.ndarray:
+        noise = np.random.uniform(low=0, high=1, size=(4, 4, 1))
+        noise = cv2.resize(noise, (1024, 1024), interpolation=cv2.INTER_CUBIC)[256:768, 256:768]
+        noise = (noise - noise.min()) / (noise - noise.min()).max()
+        return noise[:, :, None]
+
+    flow = np.concatenate([disk() * 511.0, disk() * 511.0], axis=2).astype(np.float32)
+    assert np.array_equal(got, cv2.remap(r, flow, None, cv2.INTER_LINEAR))
+    assert np.array_equal(got, pre.apply(img, 512, -1, -1, seed=123))
+    assert not np.array_equal(got, pre.apply(img, 512, -1, -1, seed=124))

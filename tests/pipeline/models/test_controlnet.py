@@ -111,13 +111,15 @@ def test_files_that_are_not_controlnets(tmp_path: Path, tiny: dict) -> None:
         store.load(f, dict(tiny["sd1"][0].unet.config), torch.device("cpu"), torch.float32)
 
 
-def _reference(model, net, x, t, cond, uncond, hint, scales, cond_only, cfg):
+def _reference(model, net, x, t, cond, uncond, hint, scales, cond_only, cfg, pool=False):
     """CFG over [uncond, cond] with the ControlNet's residuals scaled by hand and handed to the UNet."""
     outs = []
     for ctx, is_cond in ((uncond, False), (cond, True)):
         down, mid = net(x, t, encoder_hidden_states=ctx, controlnet_cond=hint, return_dict=False)
         res = [*down, mid]
         res = [r * s * (0.0 if cond_only and not is_cond else 1.0) for r, s in zip(res, scales)]
+        if pool:
+            res = [r.mean(dim=(2, 3), keepdim=True) for r in res]
         outs.append(
             model.unet(
                 x,
@@ -132,7 +134,9 @@ def _reference(model, net, x, t, cond, uncond, hint, scales, cond_only, cfg):
     return u + cfg * (c - u)
 
 
-@pytest.mark.parametrize("mode", ["Balanced", "My prompt is more important", "ControlNet is more important"])
+@pytest.mark.parametrize(
+    "mode", ["Balanced", "My prompt is more important", "ControlNet is more important", "shuffle model"]
+)
 def test_residuals_match_a_hand_computed_reference(tiny: dict, mode: str) -> None:
     _, _, path = tiny["sd1"]
     model = load_checkpoint(CheckpointInfo.from_path(path), torch.device("cpu"), torch.float32)
@@ -146,12 +150,13 @@ def test_residuals_match_a_hand_computed_reference(tiny: dict, mode: str) -> Non
     cond = type("C", (), {"context": torch.randn(1, 77, width)})()
     uncond = type("C", (), {"context": torch.randn(1, 77, width)})()
     weight, cfg = 0.7, 6.0
-    soft = mode != "Balanced"
+    soft = mode not in ("Balanced", "shuffle model")
+    pool = mode == "shuffle model"
     scales = residual_scales(weight, soft, sdxl=False)
     if soft:
         assert scales[12] == pytest.approx(weight) and scales[0] == pytest.approx(weight * 0.825**12)
     control = ControlResiduals(
-        [ActiveControl(net, hint, scales, cond_only=mode == "ControlNet is more important")]
+        [ActiveControl(net, hint, scales, cond_only=mode == "ControlNet is more important", pool=pool)]
     )
     guided = guided_model(model, cfg, 64, 64, control=control)
     with torch.inference_mode():
@@ -165,8 +170,9 @@ def test_residuals_match_a_hand_computed_reference(tiny: dict, mode: str) -> Non
             uncond.context,
             hint,
             scales,
-            mode == "ControlNet is more important",
+            mode == "ControlNet is more important" or pool,
             cfg,
+            pool,
         )
         plain = guided_model(model, cfg, 64, 64)(x, t, cond, uncond)
     assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
