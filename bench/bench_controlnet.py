@@ -12,9 +12,10 @@ loads them. The calls go through `pipeline.diffusion.loop.guided_model` with the
 every pass runs them.
 
 Printed:
-  step 0/1/2 units   median time of a guided call; the ratios to the call without units (goal: one unit
+  step 0/1/2 units   median and fastest time of a guided call; the ratios to the call without units, of
+                     the medians, of the fastest, and the median of each round's ratio (goal: one unit
                      costs about one UNet encoder pass, i.e. ~1.4-1.5x; calls alternate 0/1/2 so drift of
-                     the machine falls on all three)
+                     the machine falls on all three; on a shared machine the fastest are the least noisy)
   switch             loading the other ControlNet (cache of one: read + build + load), and a cached one
   memory             bytes of a ControlNet's parameters, and of the UNet's beside it
 """
@@ -136,8 +137,10 @@ def main() -> None:
     print(f"== SD 1.5-shaped UNet (widths / {a.width_div}) at {a.size}x{a.size}, CFG batch 2, "
           f"{a.repeats} repeats ==")
     for n in (0, 1, 2):
-        print(f"step with {n} unit(s): {med[n] * 1000:8.1f} ms  ratio {med[n] / med[0]:.3f}  "
-              f"(range {min(times[n]) * 1000:.1f}-{max(times[n]) * 1000:.1f} ms)")
+        paired = statistics.median(a_n / a_0 for a_n, a_0 in zip(times[n], times[0], strict=True))
+        print(f"step with {n} unit(s): median {med[n] * 1000:8.1f} ms, fastest {min(times[n]) * 1000:8.1f} ms | "
+              f"ratio to no unit: of medians {med[n] / med[0]:.3f}, of fastest {min(times[n]) / min(times[0]):.3f}, "
+              f"median of same-round pairs {paired:.3f}")
     print(f"ControlNet load: cold {cold * 1000:.0f} ms ({cold / med[0]:.2f} steps), switch to the other "
           f"file {switch * 1000:.0f} ms ({switch / med[0]:.2f} steps), cached {cached * 1000:.2f} ms")
     print(f"memory: ControlNet {_bytes(cn_a) / 2**20:.1f} MiB, UNet {_bytes(unet) / 2**20:.1f} MiB "

@@ -299,7 +299,10 @@ def for_pass(
                 f"{u.file.title} is an {_LABEL[arch.family]} ControlNet; the "
                 f"model of this pass is {_LABEL.get(model.family, model.family)}",
             )
-        net = store.load(u.file, dict(model.unet.config), model.device, model.dtype)
+        placement = model.extra.get("placement")
+        net = store.load(
+            u.file, dict(model.unet.config), placement.offload if placement else model.device, model.dtype
+        )
         soft = s.control_mode != "Balanced" or (hires_pass and u.pre.soft_in_hires)
         scales = (
             list(s.advanced_weighting)
@@ -318,7 +321,7 @@ def for_pass(
                 pool="shuffle" in u.file.path.stem.lower(),
             )
         )
-    return ControlResiduals(active) if active else None
+    return ControlResiduals(active, model.extra.get("placement")) if active else None
 
 
 def _array(image: Image.Image) -> np.ndarray:

@@ -70,9 +70,13 @@ class ControlResiduals:
     """The per-call residuals of a pass's units. The loop calls `at_step(step, steps)` before each model
     call (step counted from 0), then the guided model calls the object with the UNet's arguments."""
 
-    def __init__(self, units: Sequence[ActiveControl]):
+    def __init__(self, units: Sequence[ActiveControl], placement: Any = None):
+        """`placement`: the checkpoint's memory-mode placement (--medvram / --lowvram), when it has one: the
+        ControlNets then wait on its offload device and each runs alone on the compute device (the UNet's
+        running part moves out first, and back in with the UNet's next forward)."""
         self.units = list(units)
         self.fraction = 0.0
+        self.placement = placement
 
     def at_step(self, step: int, steps: int) -> None:
         self.fraction = step / max(1, steps)
@@ -95,6 +99,9 @@ class ControlResiduals:
             net = unit.net
             x_in = x[:, : int(net.config.in_channels)]
             hint = unit.hint_for(x.shape[0], x.device, x.dtype)
+            if self.placement is not None:
+                self.placement.release()
+                net.to(self.placement.compute)
             res_down, res_mid = net(
                 x_in,
                 t,
@@ -103,6 +110,8 @@ class ControlResiduals:
                 added_cond_kwargs=unet_kwargs.get("added_cond_kwargs"),
                 return_dict=False,
             )
+            if self.placement is not None:
+                net.to(self.placement.offload)
             outs = [*res_down, res_mid]
             cond_only = unit.cond_only or unit.pool
             mark = cond_rows.to(x.device, x.dtype).view(-1, 1, 1, 1) if cond_only else None

@@ -218,3 +218,35 @@ def test_sdxl_small_variant_and_a_diffusers_folder(tmp_path: Path, tiny: dict) -
         assert f.arch().family == "sdxl" and f.arch().context_dim is None
         net = store.load(f, base, torch.device("cpu"), torch.float32)
         assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), small.state_dict().values()))
+
+
+def test_memory_mode_runs_the_controlnet_alone_on_the_compute_device(tiny: dict) -> None:
+    """--medvram: the UNet leaves the compute device while the ControlNet runs, and comes back for its own
+    forward (the placement's log; on a CPU-only machine both devices are the CPU), same numbers."""
+    from pipeline.models.accel import memory
+
+    _, _, path = tiny["sd1"]
+    model = load_checkpoint(CheckpointInfo.from_path(path), torch.device("cpu"), torch.float32)
+    store = ControlNetStore([tiny["root"]])
+    net = store.load(store.find("sd1_ldm", "m"), dict(model.unet.config), model.device, model.dtype)
+    width = int(model.unet.config.cross_attention_dim)
+    torch.manual_seed(1)
+    x, hint = torch.randn(1, 4, 8, 8), torch.rand(1, 3, 64, 64)
+    cond = type("C", (), {"context": torch.randn(1, 77, width)})()
+    uncond = type("C", (), {"context": torch.randn(1, 77, width)})()
+    scales = residual_scales(1.0, False, False)
+    with torch.inference_mode():
+        plain = guided_model(
+            model, 5.0, 64, 64, control=ControlResiduals([ActiveControl(net, hint, scales, False)])
+        )
+        want = plain(x, torch.tensor(300), cond, uncond)
+        placement = memory.install(model, "medvram")
+        try:
+            control = ControlResiduals([ActiveControl(net, hint, scales, False)], placement)
+            placement.bring("unet")
+            got = guided_model(model, 5.0, 64, 64, control=control)(x, torch.tensor(300), cond, uncond)
+        finally:
+            placement.remove()
+    assert torch.equal(got, want)
+    moves = placement.log[placement.log.index(("unet", "")) + 1 :]
+    assert moves[:2] == [("", "unet"), ("unet", "")]  # out for the ControlNet, back in for the UNet
