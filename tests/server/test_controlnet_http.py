@@ -348,3 +348,94 @@ def test_inpaint_unit_takes_the_init_image_and_the_request_mask(client: TestClie
     own = _unit(module="inpaint", image={"image": _b64(_photo()), "mask": _b64(Image.fromarray(mask))})
     r = _txt2img(client, [own])["images"]
     assert len(r) == 2 and np.asarray(Image.open(io.BytesIO(base64.b64decode(r[1]))))[0, 40, 3] == 128
+
+
+# The extension's own web-API test payloads (its tests/web_api, CQ sizes: 64x64, 3 steps), with its default
+# unit: canny, pixel perfect, a partial model name, and the image counts it expects.
+EXT_UNIT = {
+    "control_mode": "Balanced",
+    "enabled": True,
+    "guidance_end": 1,
+    "guidance_start": 0,
+    "pixel_perfect": True,
+    "processor_res": 512,
+    "resize_mode": "Crop and Resize",
+    "threshold_a": -1,
+    "threshold_b": -1,
+    "weight": 1,
+    "module": "canny",
+    "model": "sd15_canny",
+}
+EXT_PAYLOAD = {
+    "batch_size": 1,
+    "cfg_scale": 7,
+    "height": 64,
+    "width": 64,
+    "n_iter": 1,
+    "steps": 3,
+    "sampler_name": "Euler a",
+    "prompt": "(masterpiece: 1.3), (highres: 1.3), best quality,",
+    "negative_prompt": "",
+    "seed": 42,
+    "seed_enable_extras": False,
+    "subseed": -1,
+    "subseed_strength": 0,
+    "override_settings": SD1,
+    "override_settings_restore_afterwards": False,
+}
+
+
+@pytest.mark.parametrize("gen_type", ["txt2img", "img2img"])
+@pytest.mark.parametrize(
+    "name, payload, units, expected",
+    [
+        ("no_unit", {}, [], 1),
+        ("unrecognized_param", {}, [{"foo": True, "is_ui": False}], 2),
+        ("multiple_iter", {"n_iter": 2}, [{}], 3),
+        ("batch_size", {"batch_size": 2}, [{}], 3),
+        ("2_units", {}, [{}, {}], 3),
+        ("preprocessor", {}, [{"module": "canny"}], 2),
+        ("invalid_processor_res", {}, [{"processor_res": -100}], 2),
+        ("invalid_threshold_a", {}, [{"threshold_a": -100}], 2),
+        ("save_map_false", {}, [{"save_detected_map": False}], 1),
+        ("advanced_weighting", {}, [{"advanced_weighting": [0.75] * 13}], 2),
+        ("prompt_mode", {}, [{"control_mode": "My prompt is more important"}], 2),
+        ("control_mode", {}, [{"control_mode": "ControlNet is more important"}], 2),
+        ("hr_option_default", {"enable_hr": False}, [{"hr_option": "Both"}], 2),
+        ("masked", {}, [{"mask_image": "MASK"}], 2),
+    ],
+)
+def test_the_extensions_web_api_payloads(
+    client: TestClient, gen_type: str, name: str, payload: dict, units: list, expected: int
+) -> None:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 20:44] = 255
+    args = []
+    for override in units:
+        unit = {**EXT_UNIT, **override}
+        if unit.get("mask_image") == "MASK":
+            unit.update(image=_b64(_photo()), mask_image=_b64(Image.fromarray(mask)))
+        elif gen_type == "txt2img":
+            unit["image"] = _b64(_photo())
+        args.append(unit)
+    body = {**EXT_PAYLOAD, **payload, "alwayson_scripts": {"ControlNet": {"args": args}}}
+    if gen_type == "img2img":
+        body["init_images"] = [_b64(_photo())]
+    r = client.post(f"/sdapi/v1/{gen_type}", json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == expected
+
+
+def test_the_extensions_hr_option_payload(client: TestClient) -> None:
+    body = {
+        **EXT_PAYLOAD,
+        "enable_hr": True,
+        "denoising_strength": 0.75,
+        "hr_scale": 1.5,
+        "alwayson_scripts": {
+            "ControlNet": {"args": [{**EXT_UNIT, "hr_option": "Both", "image": _b64(_photo())}]}
+        },
+    }
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["images"]) == 3

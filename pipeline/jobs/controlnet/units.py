@@ -207,6 +207,13 @@ def parse(
                 "no input image: txt2img units need an image (img2img units without one use the init image)",
             )
         res, a, b = pre.settle(spec.processor_res, spec.threshold_a, spec.threshold_b)
+        for name, sent, used in (
+            ("processor_res", spec.processor_res, res),
+            ("threshold_a", spec.threshold_a, a),
+            ("threshold_b", spec.threshold_b, b),
+        ):
+            if sent != used and sent != -1:
+                log.info("[%s.%s] Invalid value(%s), using default value %s.", pre.name, name, sent, used)
         items.append(Unit(i, len(items), spec, file, pre, image, res, a, b))
     return Units(items) if items else None
 
