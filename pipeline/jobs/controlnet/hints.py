@@ -5,7 +5,9 @@
 - Resize and Fill: scaled to fit inside, centred on the median colour of the map's border.
 Its resampling (`high_quality_resize`): maps with 3..199 colours nearest-neighbour (segmentation), else
 area when shrinking and cubic when enlarging; a black-and-white map is re-binarised with Otsu's threshold
-after resizing. (The extension additionally thins one-pixel edges with its own NMS; not done here.)"""
+after resizing, and a map of one-pixel edges (canny, lineart) is kept one pixel wide: non-maximum
+suppression along the four directions, Otsu, then hit-or-miss thinning (and spur pruning when enlarging),
+Lvmin Zhang's edge thinning as the extension applies it."""
 
 from __future__ import annotations
 
@@ -20,6 +22,59 @@ JUST_RESIZE, CROP_AND_RESIZE, RESIZE_AND_FILL = "Just Resize", "Crop and Resize"
 FROM_A1111 = {0: JUST_RESIZE, 1: CROP_AND_RESIZE, 2: RESIZE_AND_FILL, 3: JUST_RESIZE}
 
 
+def _kernels(*shapes: tuple[str, ...]) -> list[np.ndarray]:
+    """3x3 hit-or-miss elements ("#" must be set, "." must be clear, "?" either), each rotation of all of
+    them in turn (the order in which they strip pixels matters)."""
+    bases = [
+        np.array([[{"#": 1, ".": -1, "?": 0}[c] for c in row] for row in rows], dtype=np.int32)
+        for rows in shapes
+    ]
+    return [np.rot90(b, k) for k in range(4) for b in bases]
+
+
+_THIN = _kernels(("...", "?#?", "###"), ("?..", "##.", "?#?"))
+_PRUNE = _kernels(("...", ".#.", "??."), ("...", ".#.", ".??"))
+_DIRECTIONS = [
+    np.array(k, np.uint8)
+    for k in (
+        [[0, 0, 0], [1, 1, 1], [0, 0, 0]],
+        [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+        [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+        [[0, 0, 1], [0, 1, 0], [1, 0, 0]],
+    )
+]
+
+
+def _strip(x: np.ndarray, kernels: list[np.ndarray]) -> bool:
+    """Clear the pixels each element matches, in turn; whether any was cleared."""
+    changed = False
+    for k in kernels:
+        hits = cv2.morphologyEx(x, cv2.MORPH_HITMISS, k) > 127
+        if hits.any():
+            x[hits] = 0
+            changed = True
+    return changed
+
+
+def thin_edges(x: np.ndarray, prune: bool) -> np.ndarray:
+    """Thin a binary (0/255) edge map to one pixel (at most 32 rounds); `prune` removes one-pixel spurs."""
+    y = x.copy()
+    for _ in range(32):
+        if not _strip(y, _THIN):
+            break
+    if prune:
+        _strip(y, _PRUNE)
+    return y
+
+
+def directional_nms(x: np.ndarray) -> np.ndarray:
+    """Keep a pixel where it is the maximum of its 3-neighbourhood along at least one of four directions."""
+    y = np.zeros_like(x)
+    for k in _DIRECTIONS:
+        np.putmask(y, cv2.dilate(x, kernel=k) == x, x)
+    return y
+
+
 def high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
     """The extension's resampling; a 4th (inpaint mask) channel is resized alike, then made 0 / 255."""
     mask = None
@@ -31,6 +86,10 @@ def high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
         smaller = width * height < x.shape[0] * x.shape[1]
         colours = len(np.unique(x.reshape(-1, x.shape[2]), axis=0))
         binary = colours == 2 and int(x.min()) < 16 and int(x.max()) > 240
+        one_pixel = False
+        if binary:  # mostly one-pixel edges: what an opening (3x3) removes is over half of the edge pixels
+            opened = cv2.dilate(cv2.erode(x, np.ones((3, 3), np.uint8)), np.ones((3, 3), np.uint8))
+            one_pixel = int((opened < x).sum()) * 2 > int((x > 127).sum())
         if 2 < colours < 200:
             interp = cv2.INTER_NEAREST
         elif smaller:
@@ -42,7 +101,11 @@ def high_quality_resize(x: np.ndarray, width: int, height: int) -> np.ndarray:
             mask = cv2.resize(mask, (width, height), interpolation=interp)
         if binary:
             y = np.mean(y.astype(np.float32), axis=2).clip(0, 255).astype(np.uint8)
+            if one_pixel:
+                y = directional_nms(y)
             _, y = cv2.threshold(y, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+            if one_pixel:
+                y = thin_edges(y, prune=not smaller and width * height > x.shape[0] * x.shape[1])
             y = np.stack([y] * 3, axis=2)
     if mask is not None:
         y = np.concatenate([y, np.where(mask > 127, 255, 0).astype(y.dtype)[:, :, None]], axis=2)

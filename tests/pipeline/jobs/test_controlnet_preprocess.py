@@ -218,3 +218,19 @@ def test_shuffle_is_the_seeded_content_shuffle() -> None:
     assert np.array_equal(got, cv2.remap(r, flow, None, cv2.INTER_LINEAR))
     assert np.array_equal(got, pre.apply(img, 512, -1, -1, seed=123))
     assert not np.array_equal(got, pre.apply(img, 512, -1, -1, seed=124))
+
+
+def test_one_pixel_edges_stay_one_pixel_when_resized() -> None:
+    edges = cv2.Canny(_resized(_picture(), 64), 100, 200)
+    m = np.stack([edges] * 3, axis=2)
+    for size in (150, 40):
+        out = hints.fit(m, hints.JUST_RESIZE, size, size)[:, :, 0]
+        assert set(np.unique(out)) <= {0, 255} and out.max() == 255
+        on = out > 0
+        blocks = on[:-1, :-1] & on[1:, :-1] & on[:-1, 1:] & on[1:, 1:]
+        assert not blocks.any()  # no 2x2 block: the lines are one pixel wide
+    # what the thinning strips: a 3-pixel-wide bar becomes its 1-pixel spine
+    bar = np.zeros((20, 20), np.uint8)
+    bar[9:12, 3:17] = 255
+    thin = hints.thin_edges(bar, prune=False)
+    assert thin[10, 5:15].all() and not thin[9, 5:15].any() and not thin[11, 5:15].any()
