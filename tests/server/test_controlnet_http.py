@@ -439,3 +439,17 @@ def test_the_extensions_hr_option_payload(client: TestClient) -> None:
     r = client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 200, r.text
     assert len(r.json()["images"]) == 3
+
+
+def test_recolor_unit_sets_the_lightness_of_the_result(client: TestClient) -> None:
+    import cv2
+
+    body = _txt2img(client, [_unit(module="recolor_luminance", image=_b64(_photo()))])
+    out, shown = _pixels(body["images"][0]).astype(np.uint8), _pixels(body["images"][1]).astype(np.uint8)
+    plain = _pixels(_txt2img(client, None)["images"][0]).astype(np.uint8)
+
+    def off(img: np.ndarray) -> np.ndarray:
+        return np.abs(cv2.cvtColor(img, cv2.COLOR_RGB2LAB)[:, :, 0].astype(int) - shown[:, :, 0].astype(int))
+
+    # the map's lightness, to rounding and gamut clipping; the image without the unit is far from it
+    assert np.median(off(out)) <= 1 and off(out).mean() < 4 and off(plain).mean() > 20

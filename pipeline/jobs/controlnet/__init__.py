@@ -11,6 +11,7 @@ from pipeline.jobs.controlnet.units import (
     entry_args,
     for_pass,
     parse,
+    recolor,
     write_infotext,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "entry_args",
     "for_pass",
     "parse",
+    "recolor",
     "register",
     "write_infotext",
 ]

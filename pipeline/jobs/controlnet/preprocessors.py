@@ -154,6 +154,25 @@ def _shuffle(img: np.ndarray, res: int, a: float, b: float, rng: np.random.Rando
     return cv2.remap(img, flow, None, cv2.INTER_LINEAR)
 
 
+def _recolor(space: int, channel: int) -> Callable[[np.ndarray, int, float, float], np.ndarray]:
+    def run(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
+        # the extension converts its RGB picture with OpenCV's BGR conversions here (kept: same maps)
+        v = cv2.cvtColor(hwc3(img), space)[:, :, channel].astype(np.float32) / 255.0
+        return cv2.cvtColor((v**a * 255.0).clip(0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+
+    return run
+
+
+def _color_grid(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
+    """The T2I-Adapter colour grid: short side to `res` (area), 64x coarser (cubic), back up (nearest)."""
+    img = hwc3(img)
+    h, w = img.shape[:2]
+    nh, nw = (res, round(w / h * res)) if h < w else (round(h / w * res), res)
+    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(img, (nw // 64, nh // 64), interpolation=cv2.INTER_CUBIC)
+    return cv2.resize(small, (nw, nh), interpolation=cv2.INTER_NEAREST)
+
+
 def _tile_resample(img: np.ndarray, res: int, a: float, b: float) -> np.ndarray:
     img = hwc3(img)
     if a < 1.1:
@@ -208,6 +227,21 @@ MODEL_FREE: dict[str, Preprocessor] = {
             tags=("Shuffle",),
             seeded=True,
         ),
+        Preprocessor(
+            "recolor_luminance",
+            _recolor(cv2.COLOR_BGR2LAB, 0),
+            resolution=None,
+            slider_1=Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001),
+            tags=("Recolor",),
+        ),
+        Preprocessor(
+            "recolor_intensity",
+            _recolor(cv2.COLOR_BGR2HSV, 2),
+            resolution=None,
+            slider_1=Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001),
+            tags=("Recolor",),
+        ),
+        Preprocessor("t2ia_color_grid", _color_grid, tags=("T2I-Adapter",)),
         Preprocessor("inpaint_global_harmonious", _inpaint, resolution=None, tags=("Inpaint",), inpaint=True),
     )
 }
@@ -215,6 +249,7 @@ ALIASES = {
     "None": "none",
     "canny_edge": "canny",
     "inpaint": "inpaint_global_harmonious",
+    "color": "t2ia_color_grid",
     "invert (from white bg & black line)": "invert",
     "lineart_standard (from white bg & black line)": "lineart_standard",
 }
@@ -278,7 +313,6 @@ NEED_WEIGHTS: dict[str, str] = {
     "instant_id_face_keypoints": "the insightface package",
     "revision_clipvision": "clip_g.pth",
     "revision_ignore_prompt": "clip_g.pth",
-    "color": "(none; not implemented)",
 }
 NOT_YET = (
     "inpaint_only",
@@ -287,9 +321,6 @@ NOT_YET = (
     "reference_adain+attn",
     "tile_colorfix",
     "tile_colorfix+sharp",
-    "t2ia_color_grid",
-    "recolor_luminance",
-    "recolor_intensity",
     "t2ia_sketch_pidi",
     "t2ia_style_clipvision",
 )

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -93,6 +94,7 @@ class Units:
 
     items: list[Unit]
     seen: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (unit number, pass_no): map
+    last: dict[int, list[np.ndarray]] = field(default_factory=dict)  # unit number: the last pass's hint rows
 
 
 def entry_args(alwayson_scripts: dict[str, Any] | None) -> list[Any] | None:
@@ -293,6 +295,7 @@ def for_pass(
         s = u.spec
         rows = unit_hints(u, picture, width, height, target)
         units.seen.setdefault((u.number, pass_no), rows[0])
+        units.last[u.number] = rows
         if (s.hr_option == "Low res only" and hires_pass) or (
             s.hr_option == "High res only" and not hires_pass
         ):
@@ -329,6 +332,36 @@ def for_pass(
             )
         )
     return ControlResiduals(active, model.extra.get("placement")) if active else None
+
+
+def recolor(units: Units | None, images: list[Image.Image]) -> list[Image.Image]:
+    """The recolor units' post-processing of the decoded images (before face restoration), as the
+    extension's: the final pass's hint (its first channel) replaces the lightness (LAB L,
+    recolor_luminance) or the value (HSV V, recolor_intensity) of each image (row i, or the only one)."""
+    for u in units.items if units else []:
+        if not u.pre.name.startswith("recolor") or u.number not in units.last:
+            continue
+        rows = units.last[u.number]
+        space, back, channel = (
+            (cv2.COLOR_RGB2LAB, cv2.COLOR_LAB2RGB, 0)
+            if "luminance" in u.pre.name
+            else (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB, 2)
+        )
+        out = []
+        for i, img in enumerate(images):
+            feed = rows[i if i < len(rows) else 0][:, :, 0]
+            arr = np.asarray(img.convert("RGB"))
+            if feed.shape != arr.shape[:2]:
+                log.error(
+                    "ControlNet recolor: the map is %s, the image %s; left as it is", feed.shape, arr.shape
+                )
+                out.append(img)
+                continue
+            conv = cv2.cvtColor(arr, space)
+            conv[:, :, channel] = feed
+            out.append(Image.fromarray(cv2.cvtColor(conv, back)))
+        images = out
+    return images
 
 
 def _array(image: Image.Image) -> np.ndarray:

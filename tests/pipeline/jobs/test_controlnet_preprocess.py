@@ -234,3 +234,18 @@ def test_one_pixel_edges_stay_one_pixel_when_resized() -> None:
     bar[9:12, 3:17] = 255
     thin = hints.thin_edges(bar, prune=False)
     assert thin[10, 5:15].all() and not thin[9, 5:15].any() and not thin[11, 5:15].any()
+
+
+def test_recolor_and_color_grid() -> None:
+    img = _picture()
+    lum = _run("recolor_luminance", img, a=0.8)
+    want = (
+        ((cv2.cvtColor(img, cv2.COLOR_BGR2LAB)[:, :, 0] / 255.0) ** 0.8 * 255).clip(0, 255).astype(np.uint8)
+    )
+    assert np.array_equal(lum[:, :, 0], want) and np.array_equal(lum[:, :, 2], want)
+    inten = _run("recolor_intensity", img)
+    assert np.array_equal(inten[:, :, 1], cv2.cvtColor(img, cv2.COLOR_BGR2HSV)[:, :, 2])
+    grid = _run("t2ia_color_grid", img, 128)
+    big = cv2.resize(img, (171, 128), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(big, (2, 2), interpolation=cv2.INTER_CUBIC)
+    assert np.array_equal(grid, cv2.resize(small, (171, 128), interpolation=cv2.INTER_NEAREST))
