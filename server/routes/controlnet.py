@@ -71,8 +71,11 @@ async def model_list(update: bool = True, svc: Services = Depends(services)) -> 
 async def module_list(alias_names: bool = False) -> dict[str, Any]:
     """The preprocessors hiresd runs, with their sliders. `model_free` is false: each needs a ControlNet
     model (the extension's meaning)."""
-    names = preprocessors.names()
-    detail = {n: {"model_free": False, "sliders": preprocessors.MODEL_FREE[n].sliders()} for n in names}
+    names = preprocessors.names(alias_names)
+    detail = {
+        shown: {"model_free": False, "sliders": preprocessors.MODEL_FREE[name].sliders()}
+        for shown, name in zip(names, preprocessors.names(), strict=True)
+    }
     return {"module_list": names, "module_detail": detail}
 
 

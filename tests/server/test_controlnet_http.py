@@ -453,3 +453,21 @@ def test_recolor_unit_sets_the_lightness_of_the_result(client: TestClient) -> No
 
     # the map's lightness, to rounding and gamut clipping; the image without the unit is far from it
     assert np.median(off(out)) <= 1 and off(out).mean() < 4 and off(plain).mean() > 20
+
+
+def test_module_list_alias_names(client: TestClient) -> None:
+    labels = client.get("/controlnet/module_list", params={"alias_names": True}).json()
+    assert "invert (from white bg & black line)" in labels["module_list"]
+    assert "lineart_standard (from white bg & black line)" in labels["module_detail"]
+    r = client.post(
+        "/sdapi/v1/txt2img",
+        json={
+            **BASE,
+            "alwayson_scripts": {
+                "ControlNet": {
+                    "args": [_unit(module="invert (from white bg & black line)", save_detected_map=False)]
+                }
+            },
+        },
+    )
+    assert r.status_code == 200, r.text  # a label is accepted as the module's name

@@ -326,8 +326,12 @@ NOT_YET = (
 )
 
 
-def names() -> list[str]:
-    return list(MODEL_FREE)
+def names(alias_names: bool = False) -> list[str]:
+    """The modules hiresd runs; `alias_names`: as the extension's UI labels them."""
+    if not alias_names:
+        return list(MODEL_FREE)
+    label = {name: alias for alias, name in ALIASES.items() if "(" in alias}
+    return [label.get(n, n) for n in MODEL_FREE]
 
 
 def resolve(module: str, field: str) -> Preprocessor:
