@@ -22,7 +22,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("path", ["/sdapi/v1/progress", "/sdapi/v1/options", "/sdapi/v1/sd-models",
-                                  "/docs", "/openapi.json"])
+                                  "/docs", "/openapi.json", "/controlnet/version", "/controlnet/model_list"])
 def test_every_route_needs_credentials(srv: LiveServer, path: str) -> None:
     r = httpx.get(srv.base + path)
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
