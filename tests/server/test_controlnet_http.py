@@ -471,3 +471,15 @@ def test_module_list_alias_names(client: TestClient) -> None:
         },
     )
     assert r.status_code == 200, r.text  # a label is accepted as the module's name
+
+
+def test_controlnet_with_tiled_sampling_is_a_400(client: TestClient) -> None:
+    r = client.post(
+        "/sdapi/v1/txt2img",
+        json={
+            **BASE,
+            "tiled_diffusion": {"tile_width": 64, "tile_height": 64, "overlap": 16},
+            "alwayson_scripts": {"ControlNet": {"args": [_unit()]}},
+        },
+    )
+    assert r.status_code == 400 and "alwayson_scripts.ControlNet.args" in r.text and "tiled" in r.text
