@@ -161,6 +161,6 @@ def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> 
 
 
 def finish_images(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext) -> list[Image.Image]:
-    """A pass's latents as the job's final images: decoded, ControlNet's recolor units applied, faces
-    restored."""
-    return restore_faces(controlnet.recolor(p.controlnet, decode(model, latents, p)), p, ctx)
+    """A pass's latents as the job's final images: decoded, ControlNet units' post-processing (inpaint_only,
+    recolor), faces restored."""
+    return restore_faces(controlnet.postprocess(p.controlnet, decode(model, latents, p)), p, ctx)

@@ -483,3 +483,38 @@ def test_controlnet_with_tiled_sampling_is_a_400(client: TestClient) -> None:
         },
     )
     assert r.status_code == 400 and "alwayson_scripts.ControlNet.args" in r.text and "tiled" in r.text
+
+
+def test_inpaint_only_keeps_the_picture_outside_the_mask(client: TestClient) -> None:
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    photo = _photo()
+    unit = _unit(
+        module="inpaint_only",
+        image={"image": _b64(photo), "mask": _b64(Image.fromarray(mask))},
+        save_detected_map=False,
+    )
+    out = _pixels(_txt2img(client, [unit])["images"][0])
+    plain = _pixels(_txt2img(client, None)["images"][0])
+    far = np.ones((64, 64), bool)
+    far[16 - 8 : 48 + 8, 16 - 8 : 48 + 8] = False  # the mask, dilated and blurred by 7 px
+    assert (out[far] == np.asarray(photo, np.int16)[far]).all()  # the kept picture, outside the mask
+    assert np.abs(out[24:40, 24:40] - plain[24:40, 24:40]).mean() > 1  # sampled inside
+
+
+def test_inpaint_only_blend_matches_its_formula(client: TestClient) -> None:
+    import torch
+
+    from pipeline.models.controlnet.residuals import Restore
+
+    torch.manual_seed(0)
+    latent, x, eps = torch.randn(1, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+    mask = (torch.rand(1, 1, 8, 8) > 0.5).float()
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    acp = torch.cumprod(1 - betas, 0)
+    got = Restore(latent, mask, acp, 0.8)(eps, x, torch.tensor(321.4))
+    a = float(acp[321])
+    x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5  # the DDPM clean-latent prediction
+    x0 = x0 * mask + latent * (1 - mask)
+    want = 0.8 * (x - a**0.5 * x0) / (1 - a) ** 0.5 + 0.2 * eps
+    assert torch.allclose(got, want.float(), atol=1e-4)

@@ -11,7 +11,7 @@ from pipeline.jobs.controlnet.units import (
     entry_args,
     for_pass,
     parse,
-    recolor,
+    postprocess,
     write_infotext,
 )
 
@@ -25,7 +25,7 @@ __all__ = [
     "entry_args",
     "for_pass",
     "parse",
-    "recolor",
+    "postprocess",
     "register",
     "write_infotext",
 ]

@@ -242,6 +242,7 @@ MODEL_FREE: dict[str, Preprocessor] = {
             tags=("Recolor",),
         ),
         Preprocessor("t2ia_color_grid", _color_grid, tags=("T2I-Adapter",)),
+        Preprocessor("inpaint_only", _inpaint, resolution=None, tags=("Inpaint",), inpaint=True),
         Preprocessor("inpaint_global_harmonious", _inpaint, resolution=None, tags=("Inpaint",), inpaint=True),
     )
 }
@@ -315,7 +316,6 @@ NEED_WEIGHTS: dict[str, str] = {
     "revision_ignore_prompt": "clip_g.pth",
 }
 NOT_YET = (
-    "inpaint_only",
     "reference_only",
     "reference_adain",
     "reference_adain+attn",

@@ -26,7 +26,8 @@ from pydantic import ValidationError
 
 from pipeline.jobs.controlnet import hints, preprocessors
 from pipeline.jobs.img2img.resize import resize_image
-from pipeline.models.controlnet.residuals import ActiveControl, ControlResiduals, residual_scales
+from pipeline.models import vae_codec
+from pipeline.models.controlnet.residuals import ActiveControl, ControlResiduals, Restore, residual_scales
 from pipeline.models.controlnet.store import ControlNetFile, ControlNetStore
 from pipeline.runtime.errors import InvalidRequest, ModelLoadError
 from schemas.controlnet import ControlNetUnit
@@ -320,6 +321,7 @@ def for_pass(
             else residual_scales(s.weight, soft, model.family == "sdxl")
         )
         hint = torch.cat([hints.to_tensor(r) for r in rows])
+        restore = _restore(model, rows, s.weight) if u.pre.name == "inpaint_only" else None
         active.append(
             ActiveControl(
                 net,
@@ -329,17 +331,60 @@ def for_pass(
                 start=s.guidance_start,
                 end=s.guidance_end,
                 pool="shuffle" in u.file.path.stem.lower(),
+                restore=restore,
             )
         )
     return ControlResiduals(active, model.extra.get("placement")) if active else None
 
 
-def recolor(units: Units | None, images: list[Image.Image]) -> list[Image.Image]:
-    """The recolor units' post-processing of the decoded images (before face restoration), as the
-    extension's: the final pass's hint (its first channel) replaces the lightness (LAB L,
-    recolor_luminance) or the value (HSV V, recolor_intensity) of each image (row i, or the only one)."""
+def _training_alphas(config: dict[str, Any]) -> torch.Tensor:
+    """The checkpoint's training noise schedule (cumulative alphas), as the LDM model holds it."""
+    n = int(config.get("num_train_timesteps", 1000))
+    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+    if config.get("beta_schedule", "scaled_linear") == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    else:
+        betas = torch.linspace(start**0.5, end**0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1.0 - betas, dim=0)
+
+
+def _restore(model: Any, rows: list[np.ndarray], weight: float) -> Restore:
+    """inpaint_only: the picture VAE-encoded and the mask pooled to the latent grid, as the extension's."""
+    rgba = torch.cat([torch.from_numpy(r.astype(np.float32) / 255.0).permute(2, 0, 1)[None] for r in rows])
+    latent = vae_codec.encode(model, rgba[:, :3]).float()
+    mask = torch.nn.functional.max_pool2d(rgba[:, 3:4], (10, 10), stride=(8, 8), padding=1)
+    return Restore(latent, mask, _training_alphas(model.scheduler_config), weight)
+
+
+def _inpaint_only_blend(rows: list[np.ndarray], images: list[Image.Image]) -> list[Image.Image]:
+    """inpaint_only's last step on the decoded images: the kept picture back outside the mask, the mask
+    dilated and blurred by 7 px (the extension's `control_net_inpaint_blur_sigma` default)."""
+    out = []
+    for i, img in enumerate(images):
+        row = rows[i if i < len(rows) else 0]
+        x = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+        if row.shape[:2] != x.shape[:2]:
+            out.append(img)
+            continue
+        m = cv2.dilate(row[:, :, 3].astype(np.float32) / 255.0, np.ones((7, 7), np.uint8))
+        m = cv2.blur(m, (7, 7))[:, :, None]
+        y = (m * x.clip(0, 1) + (1 - m) * row[:, :, :3].astype(np.float32) / 255.0).clip(0, 1)
+        out.append(Image.fromarray(np.round(y * 255.0).astype(np.uint8)))
+    return out
+
+
+def postprocess(units: Units | None, images: list[Image.Image]) -> list[Image.Image]:
+    """The units' post-processing of the decoded images (before face restoration), as the extension's:
+    inpaint_only puts the kept picture back outside the mask; recolor units replace the lightness (LAB L,
+    recolor_luminance) or the value (HSV V, recolor_intensity) of each image (row i, or the only one) by
+    the final pass's map."""
     for u in units.items if units else []:
-        if not u.pre.name.startswith("recolor") or u.number not in units.last:
+        if u.number not in units.last:
+            continue
+        if u.pre.name == "inpaint_only":
+            images = _inpaint_only_blend(units.last[u.number], images)
+            continue
+        if not u.pre.name.startswith("recolor"):
             continue
         rows = units.last[u.number]
         space, back, channel = (

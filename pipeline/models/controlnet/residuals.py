@@ -38,6 +38,35 @@ def residual_scales(weight: float, soft: bool, sdxl: bool) -> list[float]:
 
 
 @dataclass
+class Restore:
+    """inpaint_only's blend, as the extension's hook does it after the UNet: the clean-latent prediction
+    x0 = sqrt(1/a) x_t - sqrt(1/a - 1) eps is kept where `mask` (latent size, 1 = repaint) is 0 and
+    replaced by `latent` (the VAE-encoded picture), turned back into eps, and mixed with the UNet's
+    output by `weight` (clamped to 0..1). `alphas_cumprod`: the training schedule, indexed by the rounded
+    timestep."""
+
+    latent: torch.Tensor
+    mask: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    weight: float
+
+    def __call__(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        xt = x[:, : self.latent.shape[1]].float()
+        latent, mask = self.latent, self.mask
+        if latent.shape[0] != xt.shape[0]:  # one per image, over the call's halves
+            latent = latent.repeat(xt.shape[0] // latent.shape[0], 1, 1, 1)
+            mask = mask.repeat(xt.shape[0] // mask.shape[0], 1, 1, 1)
+        idx = torch.round(t.float()).long().clamp(0, len(self.alphas_cumprod) - 1)
+        a = self.alphas_cumprod.to(xt.device)[idx].float().reshape(-1, 1, 1, 1)
+        s1, s2 = torch.sqrt(1.0 / a), torch.sqrt(1.0 / a - 1.0)
+        mask = mask.to(xt.device, xt.dtype)
+        x0 = (s1 * xt - s2 * out.float()) * mask + latent.to(xt.device, xt.dtype) * (1 - mask)
+        eps = (s1 * xt - x0) / s2
+        w = max(0.0, min(1.0, float(self.weight)))
+        return (eps * w + out.float() * (1 - w)).to(out.dtype)
+
+
+@dataclass
 class ActiveControl:
     """One unit as a pass uses it: its network, hint (1, C, H, W) in [0, 1] at the pass's pixel size, the
     per-residual factors, whether it acts on the conditional rows only, and its step window."""
@@ -49,6 +78,7 @@ class ActiveControl:
     start: float = 0.0
     end: float = 1.0
     pool: bool = False  # global average pooling (shuffle models): spatial means, prompt rows only
+    restore: Restore | None = None  # inpaint_only: the prediction pulled back to the kept picture
     _batched: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def acts_at(self, fraction: float) -> bool:
@@ -130,3 +160,10 @@ class ControlResiduals:
         if down is None:
             return {}
         return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
+
+    def after(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """inpaint_only units' blend of the UNet's output (at every step, as the extension's)."""
+        for unit in self.units:
+            if unit.restore is not None:
+                out = unit.restore(out, x, t)
+        return out
