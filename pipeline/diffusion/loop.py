@@ -48,8 +48,9 @@ class Control(Protocol):
     def at_step(self, step: int, steps: int) -> None: ...
     def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, unet_kwargs: dict[str, Any],
                  cond_rows: torch.Tensor) -> dict[str, Any]: ...
-    def after(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """The UNet's output as the units leave it (inpaint_only's blend toward the kept picture)."""
+    def after(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor
+              ) -> torch.Tensor:
+        """The UNet's output as the units leave it (inpaint_only's and tile_colorfix's blends)."""
         ...
 
 
@@ -129,7 +130,7 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
             kwargs.update(control(x, tt, ctx, kwargs, rows))
         out = model.unet(x, tt, encoder_hidden_states=ctx, return_dict=False, **kwargs)[0]
         if control is not None:
-            out = control.after(out, x, tt)
+            out = control.after(out, x, tt, rows)
         out = out.float()
         if not use_uncond:
             return out

@@ -512,9 +512,44 @@ def test_inpaint_only_blend_matches_its_formula(client: TestClient) -> None:
     mask = (torch.rand(1, 1, 8, 8) > 0.5).float()
     betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
     acp = torch.cumprod(1 - betas, 0)
-    got = Restore(latent, mask, acp, 0.8)(eps, x, torch.tensor(321.4))
+    got = Restore(latent, mask, acp, 0.8)(eps, x, torch.tensor(321.4), torch.tensor([0.0, 1.0]))
     a = float(acp[321])
     x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5  # the DDPM clean-latent prediction
     x0 = x0 * mask + latent * (1 - mask)
     want = 0.8 * (x - a**0.5 * x0) / (1 - a) ** 0.5 + 0.2 * eps
     assert torch.allclose(got, want.float(), atol=1e-4)
+
+
+def test_tile_colorfix_sharp_blend_matches_its_formula(client: TestClient) -> None:
+    import cv2
+    import torch
+
+    from pipeline.models.controlnet.residuals import ColorFix
+
+    torch.manual_seed(1)
+    latent, x, eps = torch.randn(1, 4, 12, 12), torch.randn(2, 4, 12, 12), torch.randn(2, 4, 12, 12)
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    acp = torch.cumprod(1 - betas, 0)
+    rows = torch.tensor([0.0, 1.0])  # negative prompt row, then prompt row
+    got = ColorFix(latent, 3, 0.6, acp, 1.0)(eps, x, torch.tensor(600.0), rows)
+
+    def box(t: torch.Tensor) -> np.ndarray:  # (2k+1)-wide mean over replicated borders, per channel map
+        a = t.numpy().astype(np.float64)
+        return np.stack([[cv2.blur(c, (7, 7), borderType=cv2.BORDER_REPLICATE) for c in img] for img in a])
+
+    a = float(acp[600])
+    x0 = ((x - (1 - a) ** 0.5 * eps) / a**0.5).double().numpy()
+    x0 = x0 - box(torch.from_numpy(x0)) + np.repeat(box(latent), 2, axis=0)
+    neg = 0.6 * box(torch.from_numpy(x0)) + 0.4 * x0
+    x0[0] = neg[0]  # the negative row gets the blurred (less detailed) prediction
+    want = (x.double().numpy() - a**0.5 * x0) / (1 - a) ** 0.5
+    assert np.allclose(got.numpy(), want, atol=1e-3)
+
+
+def test_tile_colorfix_unit_runs(client: TestClient) -> None:
+    plain = _px(_txt2img(client, None)["images"][0])
+    for module in ("tile_colorfix", "tile_colorfix+sharp"):
+        r = _txt2img(
+            client, [_unit(module=module, image=_b64(_photo()), threshold_a=4, save_detected_map=False)]
+        )
+        assert _px(r["images"][0]) != plain

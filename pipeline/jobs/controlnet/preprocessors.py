@@ -242,6 +242,21 @@ MODEL_FREE: dict[str, Preprocessor] = {
             tags=("Recolor",),
         ),
         Preprocessor("t2ia_color_grid", _color_grid, tags=("T2I-Adapter",)),
+        Preprocessor(
+            "tile_colorfix",
+            _none,
+            resolution=None,
+            slider_1=Slider("Variation", 8.0, 3.0, 32.0),
+            tags=("Tile",),
+        ),
+        Preprocessor(
+            "tile_colorfix+sharp",
+            _none,
+            resolution=None,
+            slider_1=Slider("Variation", 8.0, 3.0, 32.0),
+            slider_2=Slider("Sharpness", 1.0, 0.0, 2.0, 0.01),
+            tags=("Tile",),
+        ),
         Preprocessor("inpaint_only", _inpaint, resolution=None, tags=("Inpaint",), inpaint=True),
         Preprocessor("inpaint_global_harmonious", _inpaint, resolution=None, tags=("Inpaint",), inpaint=True),
     )
@@ -319,8 +334,6 @@ NOT_YET = (
     "reference_only",
     "reference_adain",
     "reference_adain+attn",
-    "tile_colorfix",
-    "tile_colorfix+sharp",
     "t2ia_sketch_pidi",
     "t2ia_style_clipvision",
 )

@@ -27,7 +27,13 @@ from pydantic import ValidationError
 from pipeline.jobs.controlnet import hints, preprocessors
 from pipeline.jobs.img2img.resize import resize_image
 from pipeline.models import vae_codec
-from pipeline.models.controlnet.residuals import ActiveControl, ControlResiduals, Restore, residual_scales
+from pipeline.models.controlnet.residuals import (
+    ActiveControl,
+    ColorFix,
+    ControlResiduals,
+    Restore,
+    residual_scales,
+)
 from pipeline.models.controlnet.store import ControlNetFile, ControlNetStore
 from pipeline.runtime.errors import InvalidRequest, ModelLoadError
 from schemas.controlnet import ControlNetUnit
@@ -321,7 +327,14 @@ def for_pass(
             else residual_scales(s.weight, soft, model.family == "sdxl")
         )
         hint = torch.cat([hints.to_tensor(r) for r in rows])
-        restore = _restore(model, rows, s.weight) if u.pre.name == "inpaint_only" else None
+        post: Any = None
+        if u.pre.name == "inpaint_only":
+            post = _restore(model, rows, s.weight)
+        elif u.pre.name.startswith("tile_colorfix"):
+            k = int(u.a) * (2 if hires_pass else 1)
+            sharp = u.b * 0.01 if u.pre.name.endswith("+sharp") else None
+            latent = vae_codec.encode(model, torch.cat([hints.to_tensor(r) for r in rows])).float()
+            post = ColorFix(latent, k, sharp, _training_alphas(model.scheduler_config), s.weight)
         active.append(
             ActiveControl(
                 net,
@@ -331,7 +344,7 @@ def for_pass(
                 start=s.guidance_start,
                 end=s.guidance_end,
                 pool="shuffle" in u.file.path.stem.lower(),
-                restore=restore,
+                post=post,
             )
         )
     return ControlResiduals(active, model.extra.get("placement")) if active else None

@@ -50,7 +50,9 @@ class Restore:
     alphas_cumprod: torch.Tensor
     weight: float
 
-    def __call__(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor
+    ) -> torch.Tensor:
         xt = x[:, : self.latent.shape[1]].float()
         latent, mask = self.latent, self.mask
         if latent.shape[0] != xt.shape[0]:  # one per image, over the call's halves
@@ -61,6 +63,46 @@ class Restore:
         s1, s2 = torch.sqrt(1.0 / a), torch.sqrt(1.0 / a - 1.0)
         mask = mask.to(xt.device, xt.dtype)
         x0 = (s1 * xt - s2 * out.float()) * mask + latent.to(xt.device, xt.dtype) * (1 - mask)
+        eps = (s1 * xt - x0) / s2
+        w = max(0.0, min(1.0, float(self.weight)))
+        return (eps * w + out.float() * (1 - w)).to(out.dtype)
+
+
+def _box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The extension's blur: a (2k+1)-wide box mean over edge-replicated borders."""
+    y = torch.nn.functional.pad(x, (k, k, k, k), mode="replicate")
+    return torch.nn.functional.avg_pool2d(y, (2 * k + 1, 2 * k + 1), stride=(1, 1))
+
+
+@dataclass
+class ColorFix:
+    """tile_colorfix(+sharp), as the extension's hook does it after the UNet: the clean-latent prediction
+    keeps its detail but takes the low frequencies (box blur of radius `k`) of `latent` (the encoded
+    picture); `sharp` (detail weight, +sharp only) blurs the negative rows' prediction toward less detail;
+    then back to eps, mixed with the UNet's output by `weight` (clamped to 0..1)."""
+
+    latent: torch.Tensor
+    k: int
+    sharp: float | None
+    alphas_cumprod: torch.Tensor
+    weight: float
+
+    def __call__(
+        self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor
+    ) -> torch.Tensor:
+        xt = x[:, : self.latent.shape[1]].float()
+        latent = self.latent.to(xt.device, xt.dtype)
+        if latent.shape[0] != xt.shape[0]:
+            latent = latent.repeat(xt.shape[0] // latent.shape[0], 1, 1, 1)
+        idx = torch.round(t.float()).long().clamp(0, len(self.alphas_cumprod) - 1)
+        a = self.alphas_cumprod.to(xt.device)[idx].float().reshape(-1, 1, 1, 1)
+        s1, s2 = torch.sqrt(1.0 / a), torch.sqrt(1.0 / a - 1.0)
+        x0_prd = s1 * xt - s2 * out.float()
+        x0 = x0_prd - _box_blur(x0_prd, self.k) + _box_blur(latent, self.k)
+        if self.sharp is not None:
+            mark = cond_rows.to(xt.device, xt.dtype).view(-1, 1, 1, 1)
+            neg = self.sharp * _box_blur(x0, self.k) + (1 - self.sharp) * x0
+            x0 = mark * x0 + (1 - mark) * neg
         eps = (s1 * xt - x0) / s2
         w = max(0.0, min(1.0, float(self.weight)))
         return (eps * w + out.float() * (1 - w)).to(out.dtype)
@@ -78,7 +120,7 @@ class ActiveControl:
     start: float = 0.0
     end: float = 1.0
     pool: bool = False  # global average pooling (shuffle models): spatial means, prompt rows only
-    restore: Restore | None = None  # inpaint_only: the prediction pulled back to the kept picture
+    post: Any = None  # Restore (inpaint_only) or ColorFix (tile_colorfix): applied to the UNet's output
     _batched: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def acts_at(self, fraction: float) -> bool:
@@ -161,9 +203,13 @@ class ControlResiduals:
             return {}
         return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
 
-    def after(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """inpaint_only units' blend of the UNet's output (at every step, as the extension's)."""
-        for unit in self.units:
-            if unit.restore is not None:
-                out = unit.restore(out, x, t)
+    def after(
+        self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor
+    ) -> torch.Tensor:
+        """The colour-fix and inpaint_only units' blends of the UNet's output (at every step, as the
+        extension's hook: colour fixes first, then the inpaint restores)."""
+        for kind in (ColorFix, Restore):
+            for unit in self.units:
+                if isinstance(unit.post, kind):
+                    out = unit.post(out, x, t, cond_rows)
         return out
