@@ -117,7 +117,6 @@ NOTED: dict[str, NotedFlag] = {
     "--no-download-sd-model": NotedFlag("hiresd never downloads anything; nothing to change"),
     "--log-startup": NotedFlag(_LAUNCHER),
     # flags that popular A1111 extensions add (their preload.py); hiresd serves no such extension
-    "--controlnet-dir": NotedFlag(_NO_EXTENSION, "1"),
     "--controlnet-annotator-models-path": NotedFlag(_NO_EXTENSION, "1"),
     "--no-half-controlnet": NotedFlag(_NO_EXTENSION),
     "--controlnet-preprocessor-cache-size": NotedFlag(_NO_EXTENSION, "1"),

@@ -20,8 +20,8 @@ from server.auth import BasicAuthMiddleware
 from server.bodylimit import MIB, BodyLimitMiddleware
 from server.config import ServerConfig
 from server.gzipping import GZipExceptImages
-from server.routes import (agent_scheduler, extras, generation, img2img, internal, jobs, listing, maintenance,
-                           models_control, options)
+from server.routes import (agent_scheduler, controlnet, extras, generation, img2img, internal, jobs, listing,
+                           maintenance, models_control, options)
 from server.services import Services
 from server.tasks import AsyncTasks
 
@@ -90,7 +90,7 @@ def create_app(config: ServerConfig, services: Services | None = None) -> FastAP
                            allow_origin_regex=config.cors_allow_origins_regex, allow_credentials=True,
                            allow_methods=["*"], allow_headers=["*"])
     for module in (generation, img2img, jobs, listing, options, extras, maintenance, internal, models_control,
-                   agent_scheduler):
+                   agent_scheduler, controlnet):
         app.include_router(module.router)
     maintenance.install_server_control(app, config)
     return app

@@ -11,7 +11,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-PROTECTED = ("/sdapi/", "/internal/", "/agent-scheduler/", "/docs", "/redoc", "/openapi.json")
+PROTECTED = ("/sdapi/", "/internal/", "/agent-scheduler/", "/controlnet/", "/docs", "/redoc", "/openapi.json")
 
 
 def check_basic(header: str | None, credentials: list[tuple[str, str]]) -> bool:

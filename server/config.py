@@ -48,6 +48,7 @@ class ServerConfig:
     lora_dir: Path | None = None
     lyco_dir: Path | None = None
     embeddings_dir: Path | None = None
+    controlnet_dir: Path | None = None  # --controlnet-dir: ControlNet files besides <models>/ControlNet
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     vae_precision: str = "auto"  # auto | fp32 (--no-half-vae)
@@ -115,6 +116,10 @@ class ServerConfig:
     def embeddings_folder(self) -> Path:
         """Where textual-inversion embeddings are: --embeddings-dir, else `<models>/embeddings`."""
         return self.embeddings_dir or self.models_dir / "embeddings"
+
+    def controlnet_folders(self) -> list[Path]:
+        """Where ControlNet files are: `<models>/ControlNet`, and --controlnet-dir (as the extension)."""
+        return [self.models_dir / "ControlNet"] + ([self.controlnet_dir] if self.controlnet_dir else [])
 
     def cmd_flags(self) -> dict[str, Any]:
         """`/sdapi/v1/cmd-flags`: every argparse value under its own name, A1111's names for the same
@@ -216,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lora-dir", type=Path, default=None, help="LoRA files (default <models-dir>/Lora)")
     ap.add_argument("--lyco-dir", "--lyco-dir-backcompat", type=Path, default=None,
                     help="LyCORIS files (default <models-dir>/LyCORIS)")
+    ap.add_argument("--controlnet-dir", type=Path, default=None,
+                    help="ControlNet files, besides <models-dir>/ControlNet")
     ap.add_argument("--embeddings-dir", type=Path, default=None,
                     help="textual-inversion embeddings (default <models-dir>/embeddings)")
     ap.add_argument("--data-dir", type=Path, default=None,
@@ -368,6 +375,7 @@ def from_args(argv: list[str] | None = None, environ: dict[str, str] | None = No
         data_dir=folders["data"], outputs_dir=folders["outputs"],
         extensions_dir=None if a.disable_all_extensions else folders["extensions"],
         lora_dir=a.lora_dir, lyco_dir=a.lyco_dir, embeddings_dir=folders["embeddings"], device=device,
+        controlnet_dir=a.controlnet_dir,
         precision="fp32" if a.no_half else _PRECISION.get(a.precision, a.precision),
         vae_precision="fp32" if a.no_half_vae else "auto", sdp_no_mem=a.opt_sdp_no_mem_attention,
         compile=a.compile, compile_warmup=a.compile_warmup, png_compress_level=a.png_compress_level,

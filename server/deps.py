@@ -13,11 +13,12 @@ from fastapi import HTTPException, Request, Response
 from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
+from pipeline.jobs import controlnet
 from pipeline.jobs.builtin_scripts import strip_prompt_comments
 from pipeline.jobs.common import JobResult
 from pipeline.jobs.processing import Processing
 from pipeline.models.networks import check_job
-from server.imagecodec import encode_images_b64
+from server.imagecodec import decode_image, encode_images_b64
 from server.options import OPTIONS
 from server.services import Services
 
@@ -108,6 +109,10 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
                                                                  p.styles)
     strip_prompt_comments(p)  # A1111's Comments script, after the styles
     check_job(svc.networks, p, svc.models)
+    def decode(data: str) -> Any:
+        return decode_image(data, field=controlnet.FIELD, max_pixels=svc.config.max_pixels)
+
+    controlnet.attach(p, req, svc.controlnets, svc.models, decode)
 
 
 def generation_job(svc: Services, p: Processing) -> Callable[[], tuple[JobResult, bool]]:
@@ -150,10 +155,13 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
         if result.extra_saves:  # A1111 writes them as they come: the first passes before the final images
             svc.save_images([e[0] for e in result.extra_saves], [e[1] for e in result.extra_saves], fmt,
                             save_options, [e[2] for e in result.extra_saves])
-        svc.save_images(result.images, result.infotexts, fmt, save_options)
+        # ControlNet's detected maps (after the results, without infotexts) are not saved, as the extension
+        svc.save_images(result.images[:len(result.infotexts)], result.infotexts, fmt, save_options)
     if not req.send_images:
         return []
-    chunks = [{"parameters": t} if opts["enable_pnginfo"] else {} for t in result.infotexts]
+    chunks: list[dict[str, str] | None] = [{"parameters": t} if opts["enable_pnginfo"] else {}
+                                           for t in result.infotexts]
+    chunks += [None] * (len(result.images) - len(chunks))
     return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
                              compress_level=svc.config.png_compress_level)
 

@@ -16,6 +16,7 @@ from pipeline.diffusion.preview import Previews
 from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
 from pipeline.jobs.builtin_scripts import register as register_builtin_scripts
 from pipeline.jobs.common import JobContext, JobResult
+from pipeline.jobs.controlnet import register as register_controlnet
 from pipeline.jobs.dispatch import run_job
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.pixel_upscale import HiresUpscaler
@@ -23,6 +24,7 @@ from pipeline.jobs.processing import Processing
 from pipeline.jobs.styles import StyleStore
 from pipeline.models.accel import Accel, choose, resolve_device
 from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
+from pipeline.models.controlnet import ControlNetStore
 from pipeline.models.manager import ModelManager
 from pipeline.models.networks import Networks
 from pipeline.models.taesd import TinyVAEs
@@ -67,6 +69,7 @@ class Services:
     networks: Networks | None = None  # LoRA files and embeddings (<models>/Lora, LyCORIS, embeddings)
     previews: Previews | None = None  # live-preview decoders (<models>/VAE-approx, A1111's Approx NN files)
     tiny_vae: TinyVAEs | None = None  # TAESD for the TAESD VAE methods (<models>/VAE-taesd, A1111's files)
+    controlnets: ControlNetStore | None = None  # ControlNet files (<models>/ControlNet, --controlnet-dir)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 
@@ -108,11 +111,13 @@ class Services:
         extensions = Extensions.load(config.extensions_dir)
         register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
         register_builtin_scripts(extensions)  # A1111's own: Refiner, Seed, Sampler, Comments, ...
+        register_controlnet(extensions)  # the built-in always-on "ControlNet" entry
         svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)
         svc.tiny_vae = TinyVAEs(config.model_folder("VAE-taesd"))
         svc.previews = Previews(config.model_folder("VAE-approx"), svc.tiny_vae)
+        svc.controlnets = ControlNetStore(config.controlnet_folders())
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
@@ -269,7 +274,7 @@ class Services:
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
                          faces=self.upscalers.faces, networks=self.networks, previews=self.previews,
-                         tiny_vae=self.tiny_vae)
+                         tiny_vae=self.tiny_vae, controlnets=self.controlnets)
         try:
             return run_job(p, ctx)
         finally:

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.diffusion import samplers
 from pipeline.diffusion.conditioning import PromptEncoder
-from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
+from pipeline.diffusion.loop import Control, ModelSwitch, PassResult, StepCallback, run_pass
 from pipeline.diffusion.preview import NO_FILES, Previews, preview_fallback
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
@@ -118,7 +118,7 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
             switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
             crop: tuple[int, int] = (0, 0), soft: SoftInpainting | None = None,
-            extra_noise: float = 0.0) -> PassResult:
+            extra_noise: float = 0.0, control: Control | None = None) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
@@ -128,7 +128,8 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
     is SDXL's crop conditioning (`sdxl_crop`); `soft` makes the inpainting blend Soft Inpainting's.
     `extra_noise` (option img2img_extra_noise) adds noise * extra_noise to a noised init at the start, in
     k-diffusion's units (A1111: x + noise * sigma_0 + noise * extra; the timestep samplers' sqrt(alpha) mix
-    gets noise * extra * sqrt(alpha), the same thing), so it scales the start noise by 1 + extra / sigma_0."""
+    gets noise * extra * sqrt(alpha), the same thing), so it scales the start noise by 1 + extra / sigma_0.
+    `control` adds ControlNet residuals to every model call."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     if extra_noise > 0 and init is not None and plan.start_sigma > 0:
         noise = noise * (1.0 + extra_noise / plan.start_sigma)
@@ -142,12 +143,15 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
         if image_cond is not None:
             raise InvalidRequest("tiled_diffusion", "tiled sampling is not available with a 9-channel "
                                  "inpainting checkpoint; send it without tiled_diffusion")
+        if control is not None:
+            raise InvalidRequest("tiled_diffusion", "tiled sampling is not available with ControlNet units; "
+                                 "send one of them")
         lh, lw = x.shape[-2:]
         on_tiles = getattr(callback, "on_tiles", None)
         if len(tiles.windows(lh, lw)) > 1:  # one tile covering the latent is the untiled call itself
             wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)  # noqa: E731
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop)
+                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop, control=control)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result

@@ -40,6 +40,20 @@ class Handover:
 ModelSwitch = Callable[[int, Any, SDModel], "Handover | None"]
 
 
+class Control(Protocol):
+    """Residuals added to the UNet call (ControlNet): told the step before each call, then asked for the
+    UNet's extra keyword arguments given its input, timestep, context, keyword arguments and which rows
+    are conditioned on the prompt (1) or the negative prompt (0)."""
+
+    def at_step(self, step: int, steps: int) -> None: ...
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, unet_kwargs: dict[str, Any],
+                 cond_rows: torch.Tensor) -> dict[str, Any]: ...
+    def after(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor
+              ) -> torch.Tensor:
+        """The UNet's output as the units leave it (inpaint_only's and tile_colorfix's blends)."""
+        ...
+
+
 def sdxl_time_ids(model: SDModel, height: int, width: int, batch: int, crop: tuple[int, int] = (0, 0)
                   ) -> torch.Tensor:
     """SDXL's micro-conditioning: original size, crop (top, left: the options `sdxl_crop_top/left`), target
@@ -66,12 +80,14 @@ def refiner_vector_ids(model: SDModel, height: int, width: int, n_negative: int,
 
 def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False,
                  image_cond: torch.Tensor | None = None, aesthetic: tuple[float, float] = (6.0, 2.5),
-                 crop: tuple[int, int] = (0, 0)) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
+                 crop: tuple[int, int] = (0, 0), control: Control | None = None
+                 ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
     not computed (it cannot change the result), unless `keep_uncond`: then it always is, and the last
     unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
     `t` is best a tensor already on the model's device. `image_cond` (B, c, h, w) is concatenated to the
-    UNet input's channels, for cond and uncond alike (9-channel inpainting models)."""
+    UNet input's channels, for cond and uncond alike (9-channel inpainting models). `control` adds
+    ControlNet residuals to the UNet call (pipeline/models/controlnet/residuals.py)."""
     time_ids: dict[tuple[int, int], torch.Tensor] = {}  # SDXL: built once per batch shape, not per step
 
     def vector_ids(n_negative: int, n_prompt: int) -> torch.Tensor:
@@ -106,8 +122,15 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
         if image_cond is not None:
             extra = image_cond.to(x.device, x.dtype)
             x = torch.cat([x, torch.cat([extra, extra]) if use_uncond else extra], dim=1)
-        out = model.unet(x.to(model.device, model.dtype), tt.to(model.device),
-                         encoder_hidden_states=ctx.to(model.device, model.dtype), return_dict=False, **kwargs)[0]
+        x, tt, ctx = x.to(model.device, model.dtype), tt.to(model.device), ctx.to(model.device, model.dtype)
+        if control is not None:
+            rows = torch.ones(x.shape[0], device=x.device)
+            if use_uncond or negative:
+                rows[:b] = 0.0
+            kwargs.update(control(x, tt, ctx, kwargs, rows))
+        out = model.unet(x, tt, encoder_hidden_states=ctx, return_dict=False, **kwargs)[0]
+        if control is not None:
+            out = control.after(out, x, tt, rows)
         out = out.float()
         if not use_uncond:
             return out
@@ -124,7 +147,7 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
              blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None,
              switch: ModelSwitch | None = None,
              wrap_model: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None,
-             crop: tuple[int, int] = (0, 0)) -> PassResult:
+             crop: tuple[int, int] = (0, 0), control: Control | None = None) -> PassResult:
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
@@ -133,11 +156,12 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     and guided output; `image_cond` goes to the UNet with every call (see `guided_model`). `switch(i, t,
     model)`, asked before every call, may hand the rest of the pass to another model (the refiner).
     `wrap_model(guided)` replaces the guided model call (tiled diffusion, pipeline/tiled). `crop` is SDXL's
-    crop micro-conditioning (top, left)."""
+    crop micro-conditioning (top, left). `control` (ControlNet) acts on the pass's own model, not on a
+    refiner that takes over."""
     scheduler = plan.scheduler
     needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
     guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
-                          keep_uncond=needs_uncond, image_cond=image_cond, crop=crop)
+                          keep_uncond=needs_uncond, image_cond=image_cond, crop=crop, control=control)
     if wrap_model is not None:
         guided = wrap_model(guided)
     denoised: torch.Tensor | None = None
@@ -161,6 +185,8 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                 unet_timesteps = plan.timesteps.to(model.device)
                 x = x.to(model.device)
             cond, uncond = cond_at(i)
+            if control is not None:
+                control.at_step(step - 1, plan.steps)
             x_in = scheduler.scale_model_input(x, t)
             if blend is not None:
                 x_in = blend.before(x_in, i)

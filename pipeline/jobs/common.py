@@ -4,8 +4,8 @@ around a pass (decode, face restoration, images to a tensor).
 `run_pass` is the path of every pass of every job kind: txt2img pass one, hires pass two, img2img (and so
 SD upscale's tiles and Ultimate SD Upscale's passes), with the refiner handover inside it. In order:
 seeded noise, the `process_before_every_sampling` hook, the sampler plan, the prompt's networks, the
-prompt conditioning, the progress callback, the refiner switch, then the denoising loop under seamless
-padding. A new per-pass capability goes here, once."""
+prompt conditioning, the progress callback, the refiner switch, the ControlNet units' residuals, then the
+denoising loop under seamless padding. A new per-pass capability goes here, once."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -19,7 +19,7 @@ from pipeline.diffusion import denoise
 from pipeline.diffusion.loop import PassResult
 from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.tiled.auto import tiles_for_pass
-from pipeline.jobs import refiner
+from pipeline.jobs import controlnet, refiner
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.processing import Processing, sampler_params
 from pipeline.models import taesd, vae_codec
@@ -51,6 +51,7 @@ class JobContext:
     networks: Any = None  # pipeline.models.networks.Networks
     previews: Any = None  # pipeline.diffusion.preview.Previews (Approx NN files), for live previews
     tiny_vae: Any = None  # pipeline.models.taesd.TinyVAEs (TAESD files), for the TAESD VAE methods
+    controlnets: Any = None  # pipeline.models.controlnet.ControlNetStore, for ControlNet units
 
 
 @dataclass
@@ -69,7 +70,8 @@ class PassSpec:
     `init` from that strength (`fix_steps`: A1111's fixed-steps rule of hires pass two and
     img2img_fix_steps, else int(d * steps) + 1 steps). `keep` (inpainting, 1 = keep the init latent) and
     `image_cond` (9-channel inpainting models) as `denoise.denoise` takes them; `noise_multiplier` scales
-    the initial noise (img2img's `initial_noise_multiplier`)."""
+    the initial noise (img2img's `initial_noise_multiplier`); `picture` the init pictures ControlNet units
+    without an image of their own use."""
 
     pass_no: int  # 1, or 2 for the hires pass: the hooks, the refiner and prompt editing see it
     width: int
@@ -87,6 +89,7 @@ class PassSpec:
     image_cond: torch.Tensor | None = None
     noise_multiplier: float = 1.0
     soft: Any = None  # Soft Inpainting settings (diffusion/soft_inpainting.py) for the inpainting blend
+    picture: Any = None  # img2img: the init pictures (controlnet.PassPicture), for ControlNet units
 
 
 def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], subseeds: list[int],
@@ -123,6 +126,9 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     cond_at = conds_for(model)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps, ctx.previews)
     switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, spec.pass_no, conds_for)
+    controlnet.write_infotext(p.controlnet, p.extra_generation_params)
+    control = controlnet.for_pass(p.controlnet, ctx.controlnets, model, spec.width, spec.height, spec.pass_no,
+                                  spec.pass_no == 2, (p.width, p.height), spec.picture)
     with circular_padding([model.unet, model.vae], p.tiling):
         image_cond = spec.image_cond
         if image_cond is None and is_inpainting_model(model):
@@ -130,6 +136,7 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
                                callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
                                crop=denoise.sdxl_crop(p.options), soft=spec.soft, extra_noise=extra_noise,
+                               control=control,
                                tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height))
 
 
@@ -196,5 +203,6 @@ def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> 
 
 
 def finish_images(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext) -> list[Image.Image]:
-    """A pass's latents as the job's final images: decoded, faces restored."""
-    return restore_faces(decode(model, latents, p, ctx), p, ctx)
+    """A pass's latents as the job's final images: decoded, ControlNet units' post-processing (inpaint_only,
+    recolor), faces restored."""
+    return restore_faces(controlnet.postprocess(p.controlnet, decode(model, latents, p, ctx)), p, ctx)

@@ -10,7 +10,7 @@ from typing import Any
 
 from PIL import Image
 
-from pipeline.jobs import scripts
+from pipeline.jobs import controlnet, scripts
 from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.img2img.prepare import Img2ImgProcessing
 from pipeline.jobs.img2img.prepare import prepare_img2img as prepare_img2img_request
@@ -38,5 +38,10 @@ def prepare_img2img(req: Img2ImgRequest, options: dict[str, Any], models: ModelN
 def run_job(p: Processing, ctx: JobContext) -> JobResult:
     """Run a prepared job of any kind on the worker."""
     if isinstance(p, Img2ImgProcessing):
-        return p.script.run(p, ctx) if p.script is not None else run_img2img(p, ctx)
-    return run_txt2img(p, ctx)
+        if p.script is not None:  # the extension appends no detected maps to upscale scripts' results
+            return p.script.run(p, ctx)
+        result = run_img2img(p, ctx)
+    else:
+        result = run_txt2img(p, ctx)
+    result.images += controlnet.detected_maps(p.controlnet)  # ControlNet's maps, after the results
+    return result

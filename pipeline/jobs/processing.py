@@ -78,6 +78,8 @@ class Processing:
     script_args: dict[str, list[Any]] = field(default_factory=dict)  # alwayson_scripts args by script name
     tiles: TileSettings | None = None  # tiled sampling of every pass (pipeline/tiled/request.py)
     ignored_settings: list[str] = field(default_factory=list)  # override_settings keys that are no option
+    controlnet: Any = None  # the enabled ControlNet units (jobs/controlnet.Units), checked before queueing
+    control_boxes: Any = None  # SD upscale: (tile boxes of this batch, upscaled size) for units' own images
     # filled while running
     all_prompts: list[str] = field(default_factory=list)
     all_negative_prompts: list[str] = field(default_factory=list)

@@ -147,7 +147,8 @@ class SDUpscale:
                 crops = [source.crop(box) for box in boxes[b * bs:(b + 1) * bs]]
                 q = dataclasses.replace(p, init_images=crops, batch_size=len(crops), n_iter=1, seed=seed,
                                         script=None, extra_generation_params=dict(p.extra_generation_params),
-                                        resize_mode=0, counters={})
+                                        resize_mode=0, counters={},
+                                        control_boxes=(boxes[b * bs:(b + 1) * bs], source.size))
                 result = img2img_batches(q, ctx, job_offset=n * batches + b)
                 if first_info is None:
                     first_info = result

@@ -15,6 +15,7 @@ from server.errors import NEVER_QUEUED
 from server.services import Services
 
 router = APIRouter(prefix="/sdapi/v1", tags=["listing"])
+CONTROLNET_M2M = "controlnet m2m"
 
 
 class SDModelItem(BaseModel):
@@ -139,7 +140,9 @@ async def latent_upscale_modes(svc: Services = Depends(services)) -> list[dict[s
 async def scripts(svc: Services = Depends(services)) -> ScriptsList:
     # A1111 lists every named script of a tab: the always-on ones in both, the selectable ones (script_name)
     always_on = svc.extensions.names()
-    return ScriptsList(txt2img=always_on, img2img=always_on + list(img2img_scripts.NAMES))
+    # "controlnet m2m" (the extension's video script, not served) is how webuiapi detects ControlNet support
+    with_cn = always_on + [CONTROLNET_M2M]
+    return ScriptsList(txt2img=with_cn, img2img=with_cn + list(img2img_scripts.NAMES))
 
 
 @router.get("/script-info", response_model=list[ScriptInfo])

@@ -116,7 +116,8 @@ def test_folder_flags_move_where_files_are_found(tmp_path: Path) -> None:
                                                                                "fixed.vae.safetensors"}
         assert "Compact-moved" in [u["name"] for u in client.get(f"{api}/upscalers").json()]
         assert client.get(f"{api}/scripts").json()["txt2img"] == [  # built in
-            "tiled diffusion", "refiner", "seed", "sampler", "comments", "extra options", "soft inpainting"]
+            "tiled diffusion", "refiner", "seed", "sampler", "comments", "extra options", "soft inpainting",
+            "controlnet", "controlnet m2m"]
         opts = client.get(f"{api}/options").json()
         assert opts["sd_vae"] == "fixed.vae.safetensors"
         r = client.post(f"{api}/options", json={"sd_vae": "other.safetensors"})

@@ -22,7 +22,7 @@ def srv(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("path", ["/sdapi/v1/progress", "/sdapi/v1/options", "/sdapi/v1/sd-models",
-                                  "/docs", "/openapi.json"])
+                                  "/docs", "/openapi.json", "/controlnet/version", "/controlnet/model_list"])
 def test_every_route_needs_credentials(srv: LiveServer, path: str) -> None:
     r = httpx.get(srv.base + path)
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Basic")
@@ -39,7 +39,7 @@ def test_webuiapi_with_set_auth(srv: LiveServer) -> None:
     with pytest.raises(RuntimeError, match="401"):
         api.txt2img(prompt="x", width=64, height=64)
     api.set_auth("alice", "s3cret")
-    assert api.get_scripts()["txt2img"] == ["slowmo", "tiled diffusion"]
+    assert api.get_scripts()["txt2img"] == ["slowmo", "tiled diffusion", "controlnet", "controlnet m2m"]
     assert api.get_options()["samples_format"] == "png"
     flags = api.get_cmd_flags()
     assert flags["api_auth"] == "alice:***,bob:***" and "s3cret" not in str(flags)  # never echo passwords

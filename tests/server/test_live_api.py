@@ -164,7 +164,8 @@ def test_listings_through_webuiapi(api: webuiapi.WebUIApi, http: httpx.Client, t
     flags = api.get_cmd_flags()
     assert flags["port"] == int(http.base_url.port) and flags["nowebui"] is True and flags["api_auth"] is None
     assert flags["ckpt_dir"].endswith("Stable-diffusion") and flags["queue_size"] == 16
-    builtins = ["refiner", "seed", "sampler", "comments", "extra options", "soft inpainting"]
+    builtins = ["refiner", "seed", "sampler", "comments", "extra options", "soft inpainting", "controlnet",
+                "controlnet m2m"]
     assert api.get_scripts() == {"txt2img": ["slowmo", "tiled diffusion", *builtins],  # always-on: both tabs
                                  "img2img": ["slowmo", "tiled diffusion", *builtins, "sd upscale",
                                              "ultimate sd upscale"]}

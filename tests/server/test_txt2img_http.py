@@ -16,7 +16,8 @@ from server.app import create_app
 from server.config import ServerConfig
 
 # A1111's built-in always-on scripts (pipeline/jobs/builtin_scripts.py), listed after the extensions
-BUILTINS = ["refiner", "seed", "sampler", "comments", "extra options", "soft inpainting"]
+BUILTINS = ["refiner", "seed", "sampler", "comments", "extra options", "soft inpainting", "controlnet",
+            "controlnet m2m"]
 SMALL = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 1234}
 
 

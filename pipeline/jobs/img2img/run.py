@@ -7,6 +7,7 @@ steps, or exactly `steps` with the option `img2img_fix_steps`), the inpainting m
 model call, then decode, restore faces, paste back and overlay the original's unmasked pixels."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -30,6 +31,7 @@ from pipeline.jobs.common import (
     run_pass,
     to_tensor,
 )
+from pipeline.jobs.controlnet import FROM_A1111, PassPicture
 from pipeline.jobs.img2img import masks
 from pipeline.jobs.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
 from pipeline.jobs.img2img.resize import (
@@ -80,6 +82,7 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
                              for s in sources]).to(init.device)
         init = _masked_content(p, init, repaint)
     image_cond = _image_conditioning(model, p, sources, init) if is_inpainting_model(model) else None
+    picture = _control_picture(p, sources) if p.controlnet else None
     images: list[Image.Image] = []
     infotexts: list[str] = []
     calls: list[int] = []
@@ -92,7 +95,8 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
         subseeds = p.all_subseeds[it * bs:(it + 1) * bs]
         state.set_job(job_offset + it, f"Batch {it + 1} out of {p.n_iter}" if p.n_iter > 1 else None, p.steps)
         if p.denoising_strength > 0:
-            result = run_pass(model, p, ctx, seeds, subseeds, _pass(p, init, repaint, image_cond))
+            spec = dataclasses.replace(_pass(p, init, repaint, image_cond), picture=picture)
+            result = run_pass(model, p, ctx, seeds, subseeds, spec)
             calls.append(result.unet_calls)
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
@@ -157,6 +161,35 @@ def _prepare_sources(p: Img2ImgProcessing, ctx: JobContext) -> list[Source]:
             src.repaint = repaint
         out.append(src)
     return out
+
+
+def _control_picture(p: Img2ImgProcessing, sources: list[Source]) -> PassPicture:
+    """What ControlNet units see of the init images, as the extension takes them: each flattened init
+    image fitted by the request's resize mode; with "only masked", the masked box of it (resized and
+    filled to the processing size) and the box, so that a unit's own image is cut the same way; SD
+    upscale's tiles with their boxes in the upscaled picture."""
+    background = _background(p)
+    inits = [_flatten(img, background) for img in p.init_images]
+    inits = inits * (len(sources) // len(inits))
+    mask = None
+    if p.mask is not None:  # the request's mask as A1111 prepares it (inpaint units take it)
+        mask = masks.prepare_mask(p.mask, invert=p.inpainting_mask_invert, blur_x=p.mask_blur_x,
+                                  blur_y=p.mask_blur_y, round_=p.mask_round)
+    if sources[0].paste_to is not None:
+        boxes = [(x, y, x + w, y + h) for x, y, w, h in (s.paste_to for s in sources)]
+
+        def cut(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+            return resize_image(RESIZE_AND_FILL, img.crop(box), p.width, p.height)
+
+        cuts = [cut(img, box) for img, box in zip(inits, boxes, strict=True)]
+        cut_masks = [cut(mask, box) for box in boxes] if mask is not None else None
+        return PassPicture(cuts, boxes=boxes, full=inits[0].size, masks=cut_masks)
+    mode = FROM_A1111.get(p.resize_mode, "Just Resize")
+    whole = [mask] * len(inits) if mask is not None else None
+    if p.control_boxes is not None:
+        boxes, full = p.control_boxes
+        return PassPicture(inits, mode, boxes=list(boxes), full=full, masks=whole)
+    return PassPicture(inits, mode, masks=whole)
 
 
 def _background(p: Img2ImgProcessing) -> tuple[int, int, int]:
