@@ -13,6 +13,7 @@ from pipeline.diffusion.seeds import resolve_seed
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import check_model as check_tiles_model
 from pipeline.diffusion.tiled.request import request_tiles
+from pipeline.jobs import forge_scripts
 from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
 from pipeline.jobs.refiner import Refiner
@@ -159,6 +160,13 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
     )
     samplers.validate_params(sampler, sampler_params(p))
     p.tiles = request_tiles(req, img2img=cls is not Processing)
+    forge_tiles = forge_scripts.multidiffusion_tiles(req)  # Forge's "MultiDiffusion Integrated"
+    if forge_tiles is not None:
+        if p.tiles is not None:
+            raise InvalidRequest("alwayson_scripts", f"tiling asked twice ({forge_scripts.MULTIDIFFUSION.title} "
+                                 "and tiled_diffusion / Tiled Diffusion); send one of them")
+        p.tiles = forge_tiles
+        forge_scripts.infotext(p, "multidiffusion", forge_scripts.request_settings(req, forge_scripts.MULTIDIFFUSION))
     check_tiles_model(models, checkpoint, p.tiles)
     return p
 
