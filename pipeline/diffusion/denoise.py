@@ -102,14 +102,14 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
             cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
             switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
-            crop: tuple[int, int] = (0, 0)) -> PassResult:
+            crop: tuple[int, int] = (0, 0), guidance: Any = None) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
     9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
     `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers (the
     callback's `on_tiles(done, total)`, when it has one, runs after every tile batch); `crop`
-    is SDXL's crop conditioning (`sdxl_crop`)."""
+    is SDXL's crop conditioning (`sdxl_crop`); `guidance` changes the CFG mix (pipeline/guidance.py)."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     x = plan.start(noise.to(model.device), init)
     # a mask that keeps nothing (all white) is plain img2img: no blend, whose eps round trip would only
@@ -124,9 +124,9 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
         lh, lw = x.shape[-2:]
         on_tiles = getattr(callback, "on_tiles", None)
         if len(tiles.windows(lh, lw)) > 1:  # one tile covering the latent is the untiled call itself
-            wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)  # noqa: E731
+            wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop)
+                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop, guidance=guidance)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result
@@ -161,7 +161,7 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
         preview = None
         if live and (step % every == 0 or step == steps):
             src = (denoised if denoised is not None else x).detach().clone()
-            preview = lambda src=src: latent_preview(src, family)  # noqa: E731 - made lazily
+            preview = lambda src=src: latent_preview(src, family)
         state.set_step(step, steps, preview)
         state.check()
 

@@ -5,7 +5,8 @@ around a pass (decode, face restoration, images to a tensor).
 SD upscale's tiles and Ultimate SD Upscale's passes), with the refiner handover inside it. In order:
 seeded noise, the `process_before_every_sampling` hook, the sampler plan, the prompt's networks, the
 prompt conditioning, the progress callback, the refiner switch, then the denoising loop under seamless
-padding. A new per-pass capability goes here, once."""
+padding, with Forge's integrated scripts of the pass (jobs/forge_pass.py: FreeU, SAG, PAG, Dynamic
+Thresholding). A new per-pass capability goes here, once."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.tiled.auto import tiles_for_pass
 from pipeline.jobs import refiner
 from pipeline.jobs.extensions import Extensions
+from pipeline.jobs.forge_pass import ForgePass, tiled_vae
 from pipeline.jobs.processing import Processing, sampler_params
 from pipeline.models import vae_codec
 from pipeline.models.networks.activation import activate_for_pass
@@ -109,14 +111,21 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     cond_at = conds_for(model)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
     switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, spec.pass_no, conds_for)
-    with circular_padding([model.unet, model.vae], p.tiling):
-        image_cond = spec.image_cond
-        if image_cond is None and is_inpainting_model(model):
-            image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
-        return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
-                               callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
-                               crop=denoise.sdxl_crop(p.options),
-                               tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height))
+    forge = ForgePass.open(p, model, plan, spec.cfg_scale)
+    try:
+        with circular_padding([model.unet, model.vae], p.tiling):
+            image_cond = spec.image_cond
+            if image_cond is None and is_inpainting_model(model):
+                image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
+            return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
+                                   callback, keep_mask=spec.keep, image_cond=image_cond,
+                                   switch=forge.wrap_switch(switch) if forge else switch,
+                                   crop=denoise.sdxl_crop(p.options),
+                                   tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
+                                   guidance=forge.guidance if forge else None)
+    finally:
+        if forge is not None:
+            forge.close()
 
 
 def is_inpainting_model(model: SDModel) -> bool:
@@ -141,7 +150,7 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 def decode(model: SDModel, latents: torch.Tensor, p: Processing) -> list[Image.Image]:
     with circular_padding([model.vae], p.tiling):
-        x = vae_codec.decode(model, latents)
+        x = vae_codec.decode(model, latents, force_tiled=tiled_vae(p))
     return vae_codec.to_images(x)
 
 

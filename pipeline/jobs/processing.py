@@ -167,6 +167,9 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
                                  "and tiled_diffusion / Tiled Diffusion); send one of them")
         p.tiles = forge_tiles
         forge_scripts.infotext(p, "multidiffusion", forge_scripts.request_settings(req, forge_scripts.MULTIDIFFUSION))
+    never_oom = forge_scripts.request_settings(req, forge_scripts.NEVER_OOM)
+    if never_oom and never_oom["unet_enabled"]:  # the UNet's memory fallback (automatic tiles) on for the job
+        p.options["tiled_diffusion_auto"] = True
     check_tiles_model(models, checkpoint, p.tiles)
     return p
 

@@ -28,6 +28,7 @@ from pipeline.jobs.common import (
     run_pass,
     to_tensor,
 )
+from pipeline.jobs.forge_pass import tiled_vae
 from pipeline.jobs.img2img import masks
 from pipeline.jobs.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
 from pipeline.jobs.img2img.resize import (
@@ -192,7 +193,7 @@ def _encode(model: SDModel, p: Img2ImgProcessing, images: list[Image.Image]) -> 
     if p.resize_mode == LATENT_UPSCALE:
         images = [img.crop((0, 0, img.width // 8 * 8, img.height // 8 * 8)) for img in images]
     with circular_padding([model.vae], p.tiling):
-        latents = vae.encode(model, to_tensor(images)).float()
+        latents = vae.encode(model, to_tensor(images), force_tiled=tiled_vae(p)).float()
     if p.resize_mode == LATENT_UPSCALE and latents.shape[-2:] != (p.height // 8, p.width // 8):
         latents = F.interpolate(latents, size=(p.height // 8, p.width // 8), mode="bilinear")
     return latents
