@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from pipeline.jobs.speed import deep_shrink_for_pass, hypertile_for_pass, token_merging_for_pass
 from pipeline.models.patches import PassInfo, UNetPatch
 
 Provider = Callable[[Any, PassInfo], "UNetPatch | None"]
 
-PROVIDERS: list[Provider] = []
+PROVIDERS: list[Provider] = [deep_shrink_for_pass, token_merging_for_pass, hypertile_for_pass]
 
 
 def pass_info(p: Any, pass_no: int, width: int, height: int, seeds: list[int]) -> PassInfo:
