@@ -5,10 +5,13 @@ around a pass (decode, face restoration, images to a tensor).
 SD upscale's tiles and Ultimate SD Upscale's passes), with the refiner handover inside it. In order:
 seeded noise, the `process_before_every_sampling` hook, the sampler plan, the prompt's networks, the
 prompt conditioning, the progress callback, the refiner switch, then the denoising loop under seamless
-padding, with Forge's integrated scripts of the pass (jobs/forge_pass.py: FreeU, SAG, PAG, Dynamic
-Thresholding). A new per-pass capability goes here, once."""
+padding, with the pass's UNet patches (jobs/unet_patches.py: Hypertile, token merging, Deep Shrink;
+jobs/forge_pass.py: Forge's FreeU, and the mid-block attention of SAG and PAG; removed after the pass, and
+installed on the refiner too when it takes over) and Forge's guidance changes (Dynamic Thresholding, PAG,
+SAG). A new per-pass capability goes here, once."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,8 +27,10 @@ from pipeline.jobs import refiner
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.forge_pass import ForgePass, tiled_vae
 from pipeline.jobs.processing import Processing, sampler_params
+from pipeline.jobs.unet_patches import pass_info, pass_patches
 from pipeline.models import vae_codec
 from pipeline.models.networks.activation import activate_for_pass
+from pipeline.models.patches import apply_patches
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.job_state import JobState
 
@@ -111,21 +116,34 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     cond_at = conds_for(model)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
     switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, spec.pass_no, conds_for)
+    info = pass_info(p, spec.pass_no, spec.width, spec.height, seeds)
     forge = ForgePass.open(p, model, plan, spec.cfg_scale)
-    try:
-        with circular_padding([model.unet, model.vae], p.tiling):
-            image_cond = spec.image_cond
-            if image_cond is None and is_inpainting_model(model):
-                image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
-            return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
-                                   callback, keep_mask=spec.keep, image_cond=image_cond,
-                                   switch=forge.wrap_switch(switch) if forge else switch,
-                                   crop=denoise.sdxl_crop(p.options),
-                                   tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
-                                   guidance=forge.guidance if forge else None)
-    finally:
-        if forge is not None:
-            forge.close()
+    patches = pass_patches(p, info) + (forge.patches if forge is not None else [])
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(apply_patches(model, patches, info))
+        if patches and switch is not None:
+            switch = _patching_switch(switch, patches, info, stack)
+        stack.enter_context(circular_padding([model.unet, model.vae], p.tiling))
+        image_cond = spec.image_cond
+        if image_cond is None and is_inpainting_model(model):
+            image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
+        return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
+                               callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
+                               crop=denoise.sdxl_crop(p.options),
+                               tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
+                               guidance=forge.guidance if forge is not None else None)
+
+
+def _patching_switch(switch: Any, patches: list[Any], info: Any, stack: contextlib.ExitStack) -> Any:
+    """The refiner switch, installing the pass's patches on the model it hands over to (removed with the
+    pass's)."""
+    def patched(i: int, t: Any, model: SDModel) -> Any:
+        handover = switch(i, t, model)
+        if handover is not None:
+            stack.enter_context(apply_patches(handover.model, patches, info))
+        return handover
+
+    return patched
 
 
 def is_inpainting_model(model: SDModel) -> bool:

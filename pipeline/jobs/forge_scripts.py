@@ -9,12 +9,13 @@ honoured:
   sampling pass (pipeline/diffusion/guidance.py, pipeline/models/unet_patches.py), writing Forge's infotext
   keys (`freeu_*`, `sag_*`, `pagi_*`, `dynthres_*`);
 - MultiDiffusion Integrated is our tiled diffusion (pipeline/diffusion/tiled), its pixel sizes in latent cells;
+- HyperTile Integrated is the Hypertile UNet patch (pipeline/models/patches/hypertile.py) in every pass;
 - Never OOM Integrated is our memory fallbacks: the VAE always in tiles, the UNet's automatic tiling on;
 - API payload and OpenOutpaint only display or drive the UI: they never change an image;
 or it is a 400 naming the title and saying it is not supported (never a silent no-op).
 
 Titles owned elsewhere (Refiner, Sampler, Seed, Soft Inpainting, Extra options, Comments, ControlNet,
-Hypertile, Tiled Diffusion) are not registered here."""
+Hypertile, Tiled Diffusion; Kohya HRFix Integrated: jobs/speed.py) are not registered here."""
 from __future__ import annotations
 
 import math
@@ -27,7 +28,6 @@ from pipeline.runtime.errors import InvalidRequest
 SUFFIX = " (SD 1.x, SD 2.x, SDXL)"
 CURVES = ("Constant", "Linear Down", "Cosine Down", "Half Cosine Down", "Linear Up", "Cosine Up", "Half Cosine Up",
           "Power Up", "Power Down", "Linear Repeating", "Cosine Repeating", "Sawtooth")
-RESIZE_METHODS = ("bicubic", "nearest-exact", "bilinear", "area", "bislerp")
 
 
 @dataclass(frozen=True)
@@ -96,18 +96,9 @@ MULTIDIFFUSION = ForgeScript("MultiDiffusion Integrated", (
 NEVER_OOM = ForgeScript("Never OOM Integrated", (
     _a("unet_enabled", False, "bool", label="Enabled for UNet (always maximize offload)"),
     _a("vae_enabled", False, "bool", label="Enabled for VAE (always tiled)")), switches=(0, 1))
-KOHYA = ForgeScript("Kohya HRFix Integrated", (
-    ENABLED, _a("block_number", 3, "int", 1, 32, "Block Number"), _a("downscale_factor", 2.0, label="Downscale Factor"),
-    _a("start_percent", 0.0, "float", 0.0, 1.0, "Start Percent"),
-    _a("end_percent", 0.35, "float", 0.0, 1.0, "End Percent"),
-    _a("downscale_after_skip", True, "bool", label="Downscale After Skip"),
-    _a("downscale_method", "bicubic", RESIZE_METHODS, label="Downscale Method"),
-    _a("upscale_method", "bicubic", RESIZE_METHODS, label="Upscale Method")),
-    supported=False, why="Deep Shrink is not available in this build")
 HYPERTILE = ForgeScript("HyperTile Integrated", (
     ENABLED, _a("tile_size", 256, "int", 1, 2048, "Tile Size"), _a("swap_size", 2, "int", 1, 128, "Swap Size"),
-    _a("max_depth", 0, "int", 0, 10, "Max Depth"), _a("scale_depth", False, "bool", label="Scale Depth")),
-    supported=False, why="HyperTile is not available in this build")
+    _a("max_depth", 0, "int", 0, 10, "Max Depth"), _a("scale_depth", False, "bool", label="Scale Depth")))
 LATENT_MODIFIER = ForgeScript("LatentModifier Integrated", (ENABLED,), supported=False, any_args=True)
 STYLE_ALIGN = ForgeScript("StyleAlign Integrated", (_a("shared_attention", False, "bool", label="Share attention in batch"),
                                                     _a("strength", 1.0, label="Strength")), supported=False)
@@ -116,7 +107,7 @@ ADETAILER = ForgeScript("ADetailer", (_a("ad_enable", False, "bool", label="Enab
 API_PAYLOAD = ForgeScript("API payload", switches=(), any_args=True)
 OPEN_OUTPAINT = ForgeScript("OpenOutpaint", switches=(), any_args=True)
 
-SCRIPTS = (FREEU, SAG, PAG, DYNTHRES, MULTIDIFFUSION, NEVER_OOM, KOHYA, HYPERTILE, LATENT_MODIFIER, STYLE_ALIGN,
+SCRIPTS = (FREEU, SAG, PAG, DYNTHRES, MULTIDIFFUSION, NEVER_OOM, HYPERTILE, LATENT_MODIFIER, STYLE_ALIGN,
            ADETAILER, API_PAYLOAD, OPEN_OUTPAINT)
 
 

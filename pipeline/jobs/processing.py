@@ -18,6 +18,7 @@ from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
 from pipeline.jobs.refiner import Refiner
 from pipeline.jobs.refiner import resolve as resolve_refiner
+from pipeline.jobs.speed import check_request as check_speed_request
 from pipeline.runtime.errors import InvalidRequest, TooLarge
 from schemas.common import GenerationRequest
 from schemas.txt2img import Txt2ImgRequest
@@ -160,6 +161,7 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
     )
     samplers.validate_params(sampler, sampler_params(p))
     p.tiles = request_tiles(req, img2img=cls is not Processing)
+    check_speed_request(req)  # Deep Shrink's always-on args
     forge_tiles = forge_scripts.multidiffusion_tiles(req)  # Forge's "MultiDiffusion Integrated"
     if forge_tiles is not None:
         if p.tiles is not None:

@@ -1,7 +1,7 @@
 """UNet patches behind Forge's FreeU, Self-Attention Guidance and Perturbed-Attention Guidance, installed for
-one sampling pass and removed after it (`PatchSet.close`). They add forward hooks and instance-level
-forwards only, never touch weights, so they compose with LoRA, tiled diffusion and the refiner (each model
-the pass uses gets its own set).
+one sampling pass through the per-pass patching layer (pipeline/models/patches: hooks and instance-level
+forwards only, removed after the pass), so they compose with LoRA, tiled diffusion, the refiner and the
+other patches (Hypertile, token merging, Deep Shrink).
 
 - FreeU (Si et al. 2023, "v2" as Forge runs it): before each concatenation of the UNet's up path, where the
   hidden state `h` has 4x or 2x the model's base channels, the first half of `h`'s channels is scaled by
@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from pipeline.models.patches.blocks import output_block_patch
+from pipeline.models.patches.layer import UNetPatcher
 from pipeline.runtime.errors import InvalidRequest
 
 
@@ -44,49 +46,20 @@ def freeu_backbone(h: torch.Tensor, b: float) -> torch.Tensor:
     return out
 
 
-class PatchSet:
-    """Hooks and forwards installed on one UNet; `close()` removes them all, in reverse."""
-
-    def __init__(self, unet: Any) -> None:
-        self.unet = unet
-        self._undo: list[Callable[[], None]] = []
-
-    def pre_hook(self, module: torch.nn.Module, fn: Callable[..., Any]) -> None:
-        self._undo.append(module.register_forward_pre_hook(fn).remove)
-
-    def wrap_forward(self, module: torch.nn.Module, fn: Callable[..., Any]) -> None:
-        """module(*a, **k) runs fn(original_forward, *a, **k) until closed."""
-        original = module.forward
-        module.forward = lambda *a, **k: fn(original, *a, **k)
-        self._undo.append(lambda: module.__dict__.pop("forward", None))
-
-    def close(self) -> None:
-        while self._undo:
-            self._undo.pop()()
-
-
-def install_freeu(patches: PatchSet, b1: float, b2: float, s1: float, s2: float,
+def install_freeu(patcher: UNetPatcher, b1: float, b2: float, s1: float, s2: float,
                   active: Callable[[], bool]) -> None:
-    """FreeU on every up-path concatenation: each up block resnet's input is cat([h, hsp]); `h` has the
-    previous block's channels for the first resnet, the block's own after."""
-    unet = patches.unet
-    base = int(unet.config.block_out_channels[0])
+    """FreeU before every concatenation of the up path (blocks.output_block_patch), where `h` has 4x (b1,
+    s1) or 2x (b2, s2) the UNet's base channels, while `active()`."""
+    base = int(patcher.unet.config.block_out_channels[0])
     scales = {base * 4: (b1, s1), base * 2: (b2, s2)}
-    prev = int(unet.config.block_out_channels[-1])
-    for block in unet.up_blocks:
-        for r, resnet in enumerate(block.resnets):
-            h_channels = prev if r == 0 else int(resnet.out_channels)
-            scale = scales.get(h_channels)
-            if scale is not None:
-                def pre(_m: Any, args: tuple[Any, ...], n: int = h_channels, bs: tuple[float, float] = scale) -> Any:
-                    if not active():
-                        return None
-                    x = args[0]
-                    h, hsp = freeu_backbone(x[:, :n], bs[0]), fourier_filter(x[:, n:], 1, bs[1])
-                    return (torch.cat([h, hsp], dim=1), *args[1:])
 
-                patches.pre_hook(resnet, pre)
-        prev = int(block.resnets[-1].out_channels)
+    def patch(h: torch.Tensor, hsp: torch.Tensor, _j: int) -> tuple[torch.Tensor, torch.Tensor]:
+        scale = scales.get(int(h.shape[1]))
+        if scale is None or not active():
+            return h, hsp
+        return freeu_backbone(h, scale[0]), fourier_filter(hsp, 1, scale[1])
+
+    output_block_patch(patcher, patch)
 
 
 def mid_self_attentions(unet: Any, what: str) -> list[Any]:
@@ -133,8 +106,8 @@ class MidAttention:
         self.identity = False
         self.maps: list[torch.Tensor] = []
 
-    def install(self, patches: PatchSet, what: str) -> None:
-        for n, attn in enumerate(mid_self_attentions(patches.unet, what)):
+    def install(self, patcher: UNetPatcher, what: str) -> None:
+        for n, attn in enumerate(mid_self_attentions(patcher.unet, what)):
             def forward(original: Callable[..., Any], hidden: torch.Tensor, *args: Any, attn: Any = attn,
                         first: bool = n == 0, **kwargs: Any) -> torch.Tensor:
                 if self.identity:
@@ -145,4 +118,4 @@ class MidAttention:
                     return out
                 return original(hidden, *args, **kwargs)
 
-            patches.wrap_forward(attn, forward)
+            patcher.wrap_forward(attn, forward)

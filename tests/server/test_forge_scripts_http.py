@@ -80,7 +80,6 @@ def test_titles_match_case_insensitively_and_without_the_suffix(client: TestClie
 
 
 @pytest.mark.parametrize("title,args", [
-    ("Kohya HRFix Integrated", [True]), ("HyperTile Integrated", [True, 256, 2, 0, False]),
     ("LatentModifier Integrated", [True]), ("StyleAlign Integrated", [True, 1.0]),
     ("ADetailer", [True, False, {"ad_model": "face_yolov8n.pt"}]),
 ])
@@ -100,6 +99,17 @@ def test_a_bad_arg_is_a_400_naming_it(client: TestClient, title: str, args: list
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {title: {"args": args}}})
     assert r.status_code == 400, r.text
     assert words in r.json()["detail"]
+
+
+def test_hypertile_integrated_runs_the_hypertile_patch_with_forges_keys(client: TestClient) -> None:
+    title = "HyperTile Integrated"
+    body = {**SMALL, "width": 256, "height": 256, "steps": 2}
+    plain = client.post("/sdapi/v1/txt2img", json=body)
+    r = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": {title: {"args": [True, 128, 2, 1]}}})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])["infotexts"][0]
+    assert "HyperTile_enabled: True" in info and "HyperTile_tile_size: 128" in info
+    assert r.json()["images"] != plain.json()["images"]  # attention within tiles changes the picture
 
 
 def test_a_title_nobody_defines_is_a_422(client: TestClient) -> None:

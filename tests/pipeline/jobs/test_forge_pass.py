@@ -13,7 +13,8 @@ import torch
 from pipeline.diffusion.guidance import NoiseLevels, PassGuidance, dynamic_threshold
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.forge_scripts import DYNTHRES, parse, register
-from pipeline.models.forge_patches import MidAttention, PatchSet, install_freeu
+from pipeline.models.forge_patches import MidAttention, install_freeu
+from pipeline.models.patches import PassInfo, apply_patches
 from tests.conftest import Env, infotext_params, pixels
 
 
@@ -61,14 +62,16 @@ def test_freeu_scales_the_backbone_and_filters_the_skip_as_defined(builtin_model
     capture = resnet.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
     call()
     capture.remove()
-    patches = PatchSet(unet)
-    install_freeu(patches, 1.3, 1.4, 0.9, 0.2, lambda: True)
+    class FreeU:
+        def apply(self, patcher) -> None:
+            install_freeu(patcher, 1.3, 1.4, 0.9, 0.2, lambda: True)
+
     capture = resnet.register_forward_pre_hook(lambda _m, args: seen.append(args[0].clone()))
     try:
-        call()
+        with apply_patches(builtin_model, [FreeU()], PassInfo(1, 64, 64, 0)):
+            call()
     finally:
         capture.remove()
-        patches.close()
     plain, patched = seen
     assert not torch.equal(plain, patched)
     assert torch.allclose(patched.double(), _reference_freeu(plain, 64, 1.4, 0.2), atol=1e-5)
