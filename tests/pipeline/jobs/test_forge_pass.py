@@ -215,3 +215,59 @@ def test_sag_is_skipped_at_cfg_1_as_forge_does(env: Env) -> None:
     on = _run(env, {title: {"args": args}}, cfg_scale=1.0)
     assert on.images[0].tobytes() == off.images[0].tobytes()
     assert "sag_enabled" not in infotext_params(on.infotexts[0])
+
+
+def test_never_oom_tiles_the_vae_and_turns_the_unets_automatic_tiles_on(env: Env) -> None:
+    from tests.conftest import count_vae
+
+    big = {"width": 576, "height": 576, "steps": 1}  # 72 latent cells: more than one 64-cell VAE tile
+    model = env.model()
+    with count_vae(model) as plain:
+        _run(env, {}, **big)
+    with count_vae(model) as tiled:
+        _run(env, {"Never OOM Integrated": {"args": [False, True]}}, **big)
+    assert plain["decode"] == 1 and tiled["decode"] > 1
+    # the UNet switch: a pass over the memory budget runs in tiles even with the automatic tiling off
+    tight = {"tiled_diffusion_auto": False, "tiled_diffusion_auto_budget_mb": 1}
+    off = _run(env, {}, options=tight, steps=1, width=256, height=256)  # ~6 MiB per UNet call
+    on = _run(env, {"Never OOM Integrated": {"args": [True, False]}}, options=tight, steps=1, width=256, height=256)
+    assert "Tiled Diffusion" not in infotext_params(off.infotexts[0])
+    assert infotext_params(on.infotexts[0])["Tiled Diffusion"] == "auto"
+
+
+@pytest.fixture(scope="module")
+def xl_env(tmp_path_factory) -> Env:
+    from pipeline.models.checkpoints import CheckpointRegistry
+    from pipeline.models.manager import ModelManager
+    from tests.fixtures.tinymodels import build_tiny_refiner, build_tiny_sdxl
+    from upscalers.registry import UpscalerRegistry
+
+    root = tmp_path_factory.mktemp("models-forge-xl")
+    work = tmp_path_factory.mktemp("forge-xl-build")
+    build_tiny_sdxl(work).write_safetensors(root / "Stable-diffusion" / "tiny-xl-base.safetensors")
+    build_tiny_refiner(work).write_safetensors(root / "Stable-diffusion" / "tiny-xl-refiner.safetensors")
+    mm = ModelManager(CheckpointRegistry(root, root / "data"), torch.device("cpu"), torch.float32, max_loaded=2)
+    env = Env(mm, UpscalerRegistry(root))
+    env.options["sd_model_checkpoint"] = "tiny-xl-base.safetensors"
+    return env
+
+
+def test_sdxl_with_the_refiner_keeps_the_scripts_in_the_refiners_steps(xl_env: Env) -> None:
+    from tests.conftest import count_unet
+
+    everything = {title: {"args": args} for title, args in SCRIPTS.values()}
+    job = {"steps": 4, "cfg_scale": 5.0, "refiner_checkpoint": "tiny-xl-refiner", "refiner_switch_at": 0.5}
+    base, ref = xl_env.model("tiny-xl-base"), xl_env.model("tiny-xl-refiner")
+    with count_unet(base, ref, tags=["base", "refiner"]) as plain_calls:
+        plain = _run(xl_env, {}, **job)
+    with count_unet(base, ref, tags=["base", "refiner"]) as calls:
+        on = _run(xl_env, everything, **job)
+    again = _run(xl_env, everything, **job)
+    # SAG and PAG: one more UNet call each per step, in the base's steps and the refiner's
+    assert calls.count("base") == 3 * plain_calls.count("base") > 0
+    assert calls.count("refiner") == 3 * plain_calls.count("refiner") > 0
+    assert np.array_equal(pixels(on.images[0]), pixels(again.images[0]))
+    assert np.abs(pixels(on.images[0]) - pixels(plain.images[0])).mean() > 0.5
+    for unet in (base.unet, ref.unet):  # the pass's patches are gone from both models
+        assert not any("forward" in m.__dict__ for m in unet.modules())
+        assert not any(m._forward_pre_hooks for m in unet.modules())
