@@ -15,6 +15,8 @@ from PIL import Image
 from pipeline.models.builtin import BUILTIN_NAME
 from server.app import create_app
 from server.config import ServerConfig
+from tests.fixtures.networks import make_network
+from tests.fixtures.tinymodels import build_tiny_sd1
 
 SMALL = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 1234, "cfg_scale": 6.0,
          "override_settings": {"sd_model_checkpoint": BUILTIN_NAME}}
@@ -44,6 +46,9 @@ FORGE_BLOB = {
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     root = tmp_path_factory.mktemp("srv-forge")
+    sd1 = build_tiny_sd1(root / "build", seed=7)
+    sd1.write_safetensors(root / "models" / "Stable-diffusion" / "tiny-sd1.safetensors")
+    make_network(sd1, "lora", seed=1).save(root / "models" / "Lora" / "tinylora.safetensors")
     cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
                        extensions_dir=None)
     with TestClient(create_app(cfg)) as c:
@@ -115,3 +120,20 @@ def test_hypertile_integrated_runs_the_hypertile_patch_with_forges_keys(client: 
 def test_a_title_nobody_defines_is_a_422(client: TestClient) -> None:
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"FreeU Integrated v3": {"args": []}}})
     assert r.status_code == 422, r.text
+
+
+def test_the_scripts_compose_with_a_lora(client: TestClient) -> None:
+    scripts = {"FreeU Integrated": {"args": [True, 1.3, 1.4, 0.9, 0.2]},
+               "SelfAttentionGuidance Integrated": {"args": [True, 0.8, 2.0, 0.5]},
+               "PerturbedAttentionGuidance Integrated": {"args": [True, 3.0]}}
+    body = {**SMALL, "prompt": "a red fox <lora:tinylora:1>",
+            "override_settings": {"sd_model_checkpoint": "tiny-sd1.safetensors"}}
+    lora_only = client.post("/sdapi/v1/txt2img", json=body).json()
+    both = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": scripts}).json()
+    again = client.post("/sdapi/v1/txt2img", json={**body, "alwayson_scripts": scripts}).json()
+    no_lora = client.post("/sdapi/v1/txt2img", json={**body, "prompt": "a red fox",
+                                                      "alwayson_scripts": scripts}).json()
+    assert both["images"] == again["images"]
+    assert both["images"] != lora_only["images"] and both["images"] != no_lora["images"]
+    info = json.loads(both["info"])["infotexts"][0]
+    assert "Lora hashes" in info and "freeu_enabled: True" in info and "pagi_scale: 3.0" in info
