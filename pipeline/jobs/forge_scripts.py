@@ -87,7 +87,7 @@ DYNTHRES = ForgeScript("DynamicThresholding (CFG-Fix) Integrated", (
     _a("separate_feature_channels", "enable", ("enable", "disable"), label="Separate Feature Channels"),
     _a("scaling_startpoint", "MEAN", ("MEAN", "ZERO"), label="Scaling Startpoint"),
     _a("variability_measure", "AD", ("AD", "STD"), label="Variability Measure"),
-    _a("interpolate_phi", 1.0, "float", 0.0, 1.0, "Interpolate Phi")), aliases=("DynamicThresholding Integrated",))
+    _a("interpolate_phi", 1.0, "float", 0.0, 1.0, "Interpolate Phi")))
 MULTIDIFFUSION = ForgeScript("MultiDiffusion Integrated", (
     ENABLED, _a("method", "MultiDiffusion", ("MultiDiffusion", "Mixture of Diffusers"), label="Method"),
     _a("tile_width", 768, "int", 64, 8192, "Tile Width"), _a("tile_height", 768, "int", 64, 8192, "Tile Height"),
