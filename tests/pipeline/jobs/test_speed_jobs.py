@@ -138,3 +138,12 @@ def test_bad_kohya_args_are_refused_before_the_job(env, args, field):
         env.prepare(alwayson_scripts={"Kohya HRFix Integrated": {"args": args}})
     assert f"alwayson_scripts.Kohya HRFix Integrated.{field}" in str(err.value.args) or \
         field in str(err.value)
+
+
+def test_hypertile_vae_tiles_the_decode(env, made):
+    plain = env.run(width=256, height=256, steps=2)
+    tiled = env.run(width=256, height=256, steps=2, options={"hypertile_enable_vae": True,
+                                                            "hypertile_max_tile_vae": 64})
+    assert made == []  # the UNet untouched
+    assert not same(plain, tiled) and "Hypertile VAE: True" in tiled.infotexts[0]
+    assert "Hypertile VAE max tile size: 64" in tiled.infotexts[0]
