@@ -44,7 +44,7 @@ def hypertile_for_pass(p: Any, info: PassInfo) -> Hypertile | None:
     every = bool(p.options.get("hypertile_enable_unet", False))
     second = bool(p.options.get("hypertile_enable_unet_secondpass", False))
     enabled = every or (second and info.pass_no == 2)
-    if every and info.pass_no == 1:
+    if every and "Hypertile U-Net" not in p.extra_generation_params:  # the first pass the job runs
         p.extra_generation_params["Hypertile U-Net"] = True
         _hypertile_params(p)
     elif enabled and not every:
