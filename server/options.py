@@ -129,7 +129,7 @@ OPTIONS: dict[str, Option] = {
     "hypertile_max_depth_unet": Option(3, _int(0, 3), "Hypertile: deepest UNet level tiled"),
     "hypertile_max_tile_unet": Option(256, _int(0, 512), "Hypertile: largest tile side in pixels"),
     "hypertile_swap_size_unet": Option(3, _int(0, 64), "Hypertile: how many tile counts a call draws from"),
-    "hypertile_enable_vae": Option(False, _bool, "Hypertile for the VAE (accepted; the VAE is not tiled)"),
+    "hypertile_enable_vae": Option(False, _bool, "Hypertile for the VAE decoder's attention"),
     "hypertile_max_depth_vae": Option(3, _int(0, 3)),
     "hypertile_max_tile_vae": Option(128, _int(0, 512)),
     "hypertile_swap_size_vae": Option(3, _int(0, 64)),

@@ -27,6 +27,7 @@ from pipeline.jobs import refiner
 from pipeline.jobs.extensions import Extensions
 from pipeline.jobs.forge_pass import ForgePass, tiled_vae
 from pipeline.jobs.processing import Processing, sampler_params
+from pipeline.jobs.speed import vae_hypertile_for
 from pipeline.jobs.unet_patches import pass_info, pass_patches
 from pipeline.models import vae_codec
 from pipeline.models.networks.activation import activate_for_pass
@@ -167,7 +168,9 @@ def to_tensor(images: list[Image.Image]) -> torch.Tensor:
 
 
 def decode(model: SDModel, latents: torch.Tensor, p: Processing) -> list[Image.Image]:
-    with circular_padding([model.vae], p.tiling):
+    f = model.vae_scale_factor
+    with circular_padding([model.vae], p.tiling), \
+            vae_hypertile_for(p, model.vae, latents.shape[-1] * f, latents.shape[-2] * f):
         x = vae_codec.decode(model, latents, force_tiled=tiled_vae(p))
     return vae_codec.to_images(x)
 

@@ -5,17 +5,19 @@ infotext keys; and the always-on titles `Hypertile` and `Kohya HRFix Integrated`
 registry. All are off by default."""
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pipeline.models.patches import PassInfo
 from pipeline.models.patches.deep_shrink import METHODS, DeepShrink
-from pipeline.models.patches.hypertile import Hypertile
+from pipeline.models.patches.hypertile import Hypertile, vae_hypertile
 from pipeline.models.patches.tome import TokenMerging
 from pipeline.runtime.errors import InvalidRequest
 
 HYPERTILE = "Hypertile"
 KOHYA = "Kohya HRFix Integrated"
-HYPERTILE_DEFAULTS = {"hypertile_max_depth_unet": 3, "hypertile_max_tile_unet": 256, "hypertile_swap_size_unet": 3}
+HYPERTILE_DEFAULTS = {"hypertile_max_depth_unet": 3, "hypertile_max_tile_unet": 256, "hypertile_swap_size_unet": 3,
+                      "hypertile_max_depth_vae": 3, "hypertile_max_tile_vae": 128, "hypertile_swap_size_vae": 3}
 KOHYA_ARGS = ("enabled", "block_number", "downscale_factor", "start_percent", "end_percent",
               "downscale_after_skip", "downscale_method", "upscale_method")
 KOHYA_DEFAULTS = (False, 3, 2.0, 0.0, 0.35, True, "bicubic", "bicubic")
@@ -26,13 +28,14 @@ _KOHYA_RANGES = {1: (1, 32), 2: (0.1, 9.0), 3: (0.0, 1.0), 4: (0.0, 1.0)}
 
 # --- Hypertile -------------------------------------------------------------------------------------------
 
-def _hypertile_params(p: Any) -> None:
-    """A1111's infotext of the U-Net settings: each written only when it is not the option's default."""
-    for key, label in (("hypertile_max_depth_unet", "max depth"), ("hypertile_max_tile_unet", "max tile size"),
-                       ("hypertile_swap_size_unet", "swap size")):
+def _hypertile_params(p: Any, part: str = "unet") -> None:
+    """A1111's infotext of the U-Net (VAE) settings: each written only when it is not the option's default."""
+    name = "U-Net" if part == "unet" else "VAE"
+    for what, label in (("max_depth", "max depth"), ("max_tile", "max tile size"), ("swap_size", "swap size")):
+        key = f"hypertile_{what}_{part}"
         value = int(p.options.get(key, HYPERTILE_DEFAULTS[key]))
         if value != HYPERTILE_DEFAULTS[key]:
-            p.extra_generation_params[f"Hypertile U-Net {label}"] = value
+            p.extra_generation_params[f"Hypertile {name} {label}"] = value
 
 
 def hypertile_for_pass(p: Any, info: PassInfo) -> Hypertile | None:
@@ -41,12 +44,15 @@ def hypertile_for_pass(p: Any, info: PassInfo) -> Hypertile | None:
     every = bool(p.options.get("hypertile_enable_unet", False))
     second = bool(p.options.get("hypertile_enable_unet_secondpass", False))
     enabled = every or (second and info.pass_no == 2)
-    if every and info.pass_no == 1:
+    if every and "Hypertile U-Net" not in p.extra_generation_params:  # the first pass the job runs
         p.extra_generation_params["Hypertile U-Net"] = True
         _hypertile_params(p)
     elif enabled and not every:
         p.extra_generation_params["Hypertile U-Net second pass"] = True
         _hypertile_params(p)
+    if p.options.get("hypertile_enable_vae", False) and "Hypertile VAE" not in p.extra_generation_params:
+        p.extra_generation_params["Hypertile VAE"] = True
+        _hypertile_params(p, "vae")
     if not enabled:
         return None
     width, height = info.width, info.height
@@ -56,6 +62,16 @@ def hypertile_for_pass(p: Any, info: PassInfo) -> Hypertile | None:
     return Hypertile(width, height, int(p.options.get("hypertile_max_depth_unet", 3)),
                      int(p.options.get("hypertile_max_tile_unet", 256)),
                      int(p.options.get("hypertile_swap_size_unet", 3)))
+
+
+def vae_hypertile_for(p: Any, vae: Any, width: int, height: int) -> Any:
+    """The decode of a `width` x `height` picture of job `p` by `vae`: its mid-block attention tiled when
+    `hypertile_enable_vae` (a context manager yielding the tile counts; a no-op when off)."""
+    if not p.options.get("hypertile_enable_vae", False):
+        return contextlib.nullcontext([])
+    seeds = getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
+    return vae_hypertile(vae, width, height, int(seeds[0]), int(p.options.get("hypertile_max_tile_vae", 128)),
+                         int(p.options.get("hypertile_swap_size_vae", 3)))
 
 
 # --- token merging ---------------------------------------------------------------------------------------

@@ -11,9 +11,13 @@ dividing both pixel sides, capped at `max_tile`. Depth is the UNet level: on SD 
 up block n-1-i are depth i and the mid block depth n-1; on SDXL (A1111's table) the first transformer of
 level 1 is depth 0, the rest of level 1 and level 2 depth 1, the mid block depth 2.
 
-Where the call's tokens do not form the grid (token merging has merged them) the attention runs whole."""
+Where the call's tokens do not form the grid (token merging has merged them) the attention runs whole.
+
+`vae_hypertile` does the same for the VAE decoder's mid-block attention (A1111's VAE option): its (B, C,
+H, W) input split into nh x nw tiles of at least max(128, tile size) / 8 latent cells, for one decode."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from collections.abc import Iterator
@@ -134,3 +138,38 @@ class Hypertile:
             return from_tiles(out, h, w, nh, nw)
 
         return forward
+
+
+@contextlib.contextmanager
+def vae_hypertile(vae: Any, width: int, height: int, seed: int, max_tile: int = 128, swap_size: int = 3
+                  ) -> Iterator[list[tuple[int, int]]]:
+    """The VAE decoder's mid-block attention tiled for the body (a `width` x `height` picture); yields the
+    list of (nh, nw) of every call. The module is given back its own forward afterwards."""
+    attn = vae.decoder.mid_block.attentions[0]
+    rng = random.Random(seed)
+    min_side = max(128, min(largest_tile(width, height), max_tile)) // 8
+    tiles: list[tuple[int, int]] = []
+    had_own, previous = "forward" in attn.__dict__, attn.__dict__.get("forward")
+    original = attn.forward
+
+    def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if hidden_states.ndim != 4:
+            return original(hidden_states, *args, **kwargs)
+        b, c, h, w = hidden_states.shape
+        nh, nw = tile_count(h, min_side, swap_size, rng), tile_count(w, min_side, swap_size, rng)
+        tiles.append((nh, nw))
+        if nh * nw == 1:
+            return original(hidden_states, *args, **kwargs)
+        x = hidden_states.reshape(b, c, nh, h // nh, nw, w // nw).permute(0, 2, 4, 1, 3, 5)
+        out = original(x.reshape(b * nh * nw, c, h // nh, w // nw).contiguous(), *args, **kwargs)
+        out = out.reshape(b, nh, nw, c, h // nh, w // nw).permute(0, 3, 1, 4, 2, 5)
+        return out.reshape(b, c, h, w)
+
+    attn.forward = forward
+    try:
+        yield tiles
+    finally:
+        if had_own:
+            attn.forward = previous
+        else:
+            del attn.forward

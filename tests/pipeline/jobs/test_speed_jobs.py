@@ -80,9 +80,12 @@ def test_hypertile_unet_option_covers_both_passes_with_seeded_draws(env, made):
 
 
 def test_token_merging_hr_merges_pass_two_tokens_only(env, made):
+    unet = env.model().unet
+    before = hook_state(unet)
     plain = env.run(**HIRES)
     merged = env.run(**HIRES, options={"token_merging_ratio_hr": 0.5})
     again = env.run(**HIRES, options={"token_merging_ratio_hr": 0.5})
+    assert hook_state(unet) == before
     assert [n for n, _ in made] == [2, 2]
     counts = made[0][1].merged
     assert set(counts) == {(32 * 32, 32 * 32 - 512)} and len(counts) == 3 * plain.unet_calls[1]
@@ -138,3 +141,20 @@ def test_bad_kohya_args_are_refused_before_the_job(env, args, field):
         env.prepare(alwayson_scripts={"Kohya HRFix Integrated": {"args": args}})
     assert f"alwayson_scripts.Kohya HRFix Integrated.{field}" in str(err.value.args) or \
         field in str(err.value)
+
+
+def test_hypertile_vae_tiles_the_decode(env, made):
+    plain = env.run(width=256, height=256, steps=2)
+    tiled = env.run(width=256, height=256, steps=2, options={"hypertile_enable_vae": True,
+                                                            "hypertile_max_tile_vae": 64})
+    assert made == []  # the UNet untouched
+    assert not same(plain, tiled) and "Hypertile VAE: True" in tiled.infotexts[0]
+    assert "Hypertile VAE max tile size: 64" in tiled.infotexts[0]
+
+
+def test_deep_shrink_is_installed_on_both_passes_and_acts_where_the_noise_is_high(env, made):
+    """Forge patches every sampling; with its defaults (0-35%) the hires pass at denoising 0.5 starts at
+    timestep ~500 (50%), so only pass one is shrunk."""
+    env.run(**HIRES, alwayson_scripts={"Kohya HRFix Integrated": {"args": [True, 1]}})
+    assert [n for n, _ in made] == [1, 2]
+    assert made[0][1].shrunk and not made[1][1].shrunk

@@ -111,3 +111,23 @@ def test_deep_shrink_window_counts_percents_as_forge():
     assert ds.active(0.0) and ds.active(0.35) and not ds.active(0.36)
     ds = DeepShrink(start_percent=0.2, end_percent=1.0)
     assert not ds.active(0.1) and ds.active(0.2) and ds.active(1.0)
+
+
+def test_vae_hypertile_equals_the_vae_attention_tile_by_tile(builtin_model):
+    """The decoder's mid-block attention on a 32x32 latent, 128-px max tile, one option: 2x2 tiles."""
+    from pipeline.models.patches.hypertile import vae_hypertile
+
+    vae = builtin_model.vae
+    attn = vae.decoder.mid_block.attentions[0]
+    x = torch.randn(1, attn.to_q.in_features, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = torch.empty_like(x)
+        for i in range(2):
+            for j in range(2):
+                part = x[:, :, 16 * i:16 * i + 16, 16 * j:16 * j + 16].contiguous()
+                expected[:, :, 16 * i:16 * i + 16, 16 * j:16 * j + 16] = attn(part)
+        with vae_hypertile(vae, 256, 256, seed=1, max_tile=128, swap_size=1) as tiles:
+            got = attn(x)
+        assert "forward" not in attn.__dict__
+    assert tiles == [(2, 2)]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
