@@ -127,6 +127,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2, help="the first is a warm-up unless only one")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     ap.add_argument("--first-pass", type=int, default=512, help="pass one's size for the whole-job estimate")
+    ap.add_argument("--warmup", action="store_true", help="one untimed plain call at each size first")
     args = ap.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     model = sd_shaped_model(device, dtype, args.width_div)
@@ -146,6 +147,8 @@ def main() -> None:
         results: dict[str, torch.Tensor] = {}
         peak: dict[str, float] = {}
         variants = list(args.variants)
+        if args.warmup:
+            run_pass(model, size, hires_t[:1], base, cond, [], [])
         for r in range(args.repeats):
             order = variants[r % len(variants):] + variants[:r % len(variants)]
             for name in order:
