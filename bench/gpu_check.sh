@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-go GPU check for issue 12 (run from the repository root on a machine with CUDA; at most 11.5
+# One-go GPU check for issue 12 (run from the repository root on a machine with CUDA; at most 13.5
 # minutes, the sum of the parts' limits): the CUDA tests, then the benches, each under its own time limit
 # so one slow part cannot eat the rest. Everything lands in bench/results/gpu-<date>-*.txt (copy them
 # back and commit them).
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STAMP=$(date -u +%Y%m%d-%H%M)
 OUT=bench/results/gpu-$STAMP
-PARTS=${PARTS:-"tests hires compile graphs fused response bigimage lora"}
+PARTS=${PARTS:-"tests hires compile graphs fused response bigimage lora speed"}
 mkdir -p bench/results
 
 header() {
@@ -44,6 +44,8 @@ for part in $PARTS; do
     response)  run response 60 "$PY" bench/bench_response.py --sizes 1024 2048 --batches 1 4 --repeats 3 ;;
     bigimage)  run bigimage 45 "$PY" bench/bench_bigimage.py --device cuda ;;
     lora)      run lora 45 "$PY" bench/bench_lora.py --device cuda --quick ;;
+    speed)     run speed 120 "$PY" bench/bench_hires_speed.py --device cuda --dtype float16 --size 1024 2048 \
+                 --steps 4 --repeats 3 ;;
     *)         echo "unknown part $part" ;;
   esac
 done

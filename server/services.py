@@ -19,8 +19,10 @@ from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.controlnet import register as register_controlnet
 from pipeline.jobs.dispatch import run_job
 from pipeline.jobs.extensions import Extensions
+from pipeline.jobs.forge_scripts import register as register_forge_scripts
 from pipeline.jobs.pixel_upscale import HiresUpscaler
 from pipeline.jobs.processing import Processing
+from pipeline.jobs.speed import register as register_speed_scripts
 from pipeline.jobs.styles import StyleStore
 from pipeline.models.accel import Accel, choose, resolve_device
 from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
@@ -112,6 +114,8 @@ class Services:
         register_tiled_diffusion(extensions)  # the built-in always-on "Tiled Diffusion" entry
         register_builtin_scripts(extensions)  # A1111's own: Refiner, Seed, Sampler, Comments, ...
         register_controlnet(extensions)  # the built-in always-on "ControlNet" entry
+        register_speed_scripts(extensions)  # "Hypertile", "Kohya HRFix Integrated"
+        register_forge_scripts(extensions)  # Forge's integrated scripts and common UI-exported titles
         svc = cls(config, options, worker, models, upscalers, extensions, StyleStore(config.styles_path()))
         svc.networks = Networks.for_models_dir(config.models_dir, config.lora_dir, config.lyco_dir,
                                                config.embeddings_dir)

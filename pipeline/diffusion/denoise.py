@@ -118,7 +118,7 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
             switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
             crop: tuple[int, int] = (0, 0), soft: SoftInpainting | None = None,
-            extra_noise: float = 0.0, control: Control | None = None) -> PassResult:
+            extra_noise: float = 0.0, control: Control | None = None, cfg_mix: Any = None) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
@@ -129,7 +129,8 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
     `extra_noise` (option img2img_extra_noise) adds noise * extra_noise to a noised init at the start, in
     k-diffusion's units (A1111: x + noise * sigma_0 + noise * extra; the timestep samplers' sqrt(alpha) mix
     gets noise * extra * sqrt(alpha), the same thing), so it scales the start noise by 1 + extra / sigma_0.
-    `control` adds ControlNet residuals to every model call."""
+    `control` adds ControlNet residuals to every model call; `cfg_mix` changes the CFG mix (Forge's guidance
+    scripts, pipeline/diffusion/guidance.py)."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     if extra_noise > 0 and init is not None and plan.start_sigma > 0:
         noise = noise * (1.0 + extra_noise / plan.start_sigma)
@@ -149,9 +150,10 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
         lh, lw = x.shape[-2:]
         on_tiles = getattr(callback, "on_tiles", None)
         if len(tiles.windows(lh, lw)) > 1:  # one tile covering the latent is the untiled call itself
-            wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)  # noqa: E731
+            wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop, control=control)
+                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop, control=control,
+                      cfg_mix=cfg_mix)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.errors import Interrupted
 from pipeline.runtime.job_state import Skipped
+
+if TYPE_CHECKING:
+    from pipeline.diffusion.guidance import PassGuidance
 
 STOPS = (Interrupted, Skipped)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
@@ -80,15 +83,19 @@ def refiner_vector_ids(model: SDModel, height: int, width: int, n_negative: int,
 
 def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False,
                  image_cond: torch.Tensor | None = None, aesthetic: tuple[float, float] = (6.0, 2.5),
-                 crop: tuple[int, int] = (0, 0), control: Control | None = None
+                 crop: tuple[int, int] = (0, 0), control: Control | None = None,
+                 cfg_mix: PassGuidance | None = None
                  ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
     not computed (it cannot change the result), unless `keep_uncond`: then it always is, and the last
     unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
     `t` is best a tensor already on the model's device. `image_cond` (B, c, h, w) is concatenated to the
     UNet input's channels, for cond and uncond alike (9-channel inpainting models). `control` adds
-    ControlNet residuals to the UNet call (pipeline/models/controlnet/residuals.py)."""
+    ControlNet residuals to the UNet call (pipeline/models/controlnet/residuals.py). `cfg_mix` (Forge's
+    Dynamic Thresholding, PAG, SAG: pipeline/diffusion/guidance.py) makes the guided output from the cond and
+    uncond outputs instead of the plain CFG mix."""
     time_ids: dict[tuple[int, int], torch.Tensor] = {}  # SDXL: built once per batch shape, not per step
+    needs_uncond = cfg_mix is not None and cfg_mix.needs_uncond
 
     def vector_ids(n_negative: int, n_prompt: int) -> torch.Tensor:
         key = (n_negative, n_prompt)
@@ -104,13 +111,13 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
     def run(x_in: torch.Tensor, t: Any, cond: Any, uncond: Any, single: bool = False,
             negative: bool = False) -> torch.Tensor:
         b = x_in.shape[0]
-        use_uncond = (cfg_scale != 1.0 or keep_uncond) and not single
+        use_uncond = (cfg_scale != 1.0 or keep_uncond or needs_uncond) and not single
         if use_uncond and cond.context.shape[1] != uncond.context.shape[1]:
             # prompts of different chunk counts: A1111's default runs the two halves separately
             u = run_one(x_in, t, uncond, True)
             c = run_one(x_in, t, cond, False)
             run.last_uncond = u if keep_uncond else None
-            return u + cfg_scale * (c - u)
+            return mix(x_in, t, cond, uncond, u, c)
         x = torch.cat([x_in, x_in]) if use_uncond else x_in
         ctx = torch.cat([uncond.context, cond.context]) if use_uncond else cond.context
         kwargs: dict[str, Any] = {}
@@ -133,10 +140,16 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
             out = control.after(out, x, tt, rows)
         out = out.float()
         if not use_uncond:
-            return out
+            return out if single or cfg_mix is None else mix(x_in, t, cond, uncond, None, out)
         u, c = out[:b], out[b:]
         run.last_uncond = u if keep_uncond else None
-        return u + cfg_scale * (c - u)
+        return mix(x_in, t, cond, uncond, u, c)
+
+    def mix(x_in: torch.Tensor, t: Any, cond: Any, uncond: Any, u: torch.Tensor | None,
+            c: torch.Tensor) -> torch.Tensor:
+        if cfg_mix is None:
+            return u + cfg_scale * (c - u)
+        return cfg_mix.combine(x_in, t, cond, uncond, u, c, cfg_scale, run_one)
 
     run.last_uncond = None
     return run
@@ -147,7 +160,8 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
              blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None,
              switch: ModelSwitch | None = None,
              wrap_model: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None,
-             crop: tuple[int, int] = (0, 0), control: Control | None = None) -> PassResult:
+             crop: tuple[int, int] = (0, 0), control: Control | None = None,
+             cfg_mix: PassGuidance | None = None) -> PassResult:
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
@@ -157,11 +171,12 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     model)`, asked before every call, may hand the rest of the pass to another model (the refiner).
     `wrap_model(guided)` replaces the guided model call (tiled diffusion, pipeline/tiled). `crop` is SDXL's
     crop micro-conditioning (top, left). `control` (ControlNet) acts on the pass's own model, not on a
-    refiner that takes over."""
+    refiner that takes over. `cfg_mix` changes the CFG mix (see `guided_model`)."""
     scheduler = plan.scheduler
     needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
     guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
-                          keep_uncond=needs_uncond, image_cond=image_cond, crop=crop, control=control)
+                          keep_uncond=needs_uncond, image_cond=image_cond, crop=crop, control=control,
+                          cfg_mix=cfg_mix)
     if wrap_model is not None:
         guided = wrap_model(guided)
     denoised: torch.Tensor | None = None
@@ -178,7 +193,7 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                 guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
                                       keep_uncond=needs_uncond,
                                       image_cond=image_cond if model.unet.config.in_channels > x.shape[1] else None,
-                                      crop=crop,
+                                      crop=crop, cfg_mix=cfg_mix,
                                       **({"aesthetic": handover.aesthetic} if handover.aesthetic else {}))
                 if wrap_model is not None:
                     guided = wrap_model(guided)

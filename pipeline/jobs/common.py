@@ -5,9 +5,13 @@ around a pass (decode, face restoration, images to a tensor).
 SD upscale's tiles and Ultimate SD Upscale's passes), with the refiner handover inside it. In order:
 seeded noise, the `process_before_every_sampling` hook, the sampler plan, the prompt's networks, the
 prompt conditioning, the progress callback, the refiner switch, the ControlNet units' residuals, then the
-denoising loop under seamless padding. A new per-pass capability goes here, once."""
+denoising loop under seamless padding, with the pass's UNet patches (jobs/unet_patches.py: Hypertile, token
+merging, Deep Shrink; jobs/forge_pass.py: Forge's FreeU, and the mid-block attention of SAG and PAG; removed
+after the pass, and installed on the refiner too when it takes over) and Forge's guidance changes (Dynamic
+Thresholding, PAG, SAG). A new per-pass capability goes here, once."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,9 +25,13 @@ from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.tiled.auto import tiles_for_pass
 from pipeline.jobs import controlnet, refiner
 from pipeline.jobs.extensions import Extensions
+from pipeline.jobs.forge_pass import ForgePass, tiled_vae
 from pipeline.jobs.processing import Processing, sampler_params
+from pipeline.jobs.speed import vae_hypertile_for
+from pipeline.jobs.unet_patches import pass_info, pass_patches
 from pipeline.models import taesd, vae_codec
 from pipeline.models.networks.activation import activate_for_pass, activate_for_refiner
+from pipeline.models.patches import apply_patches
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.job_state import JobState
 
@@ -129,7 +137,14 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     controlnet.write_infotext(p.controlnet, p.extra_generation_params)
     control = controlnet.for_pass(p.controlnet, ctx.controlnets, model, spec.width, spec.height, spec.pass_no,
                                   spec.pass_no == 2, (p.width, p.height), spec.picture)
-    with circular_padding([model.unet, model.vae], p.tiling):
+    info = pass_info(p, spec.pass_no, spec.width, spec.height, seeds)
+    forge = ForgePass.open(p, model, plan, spec.cfg_scale)
+    patches = pass_patches(p, info) + (forge.patches if forge is not None else [])
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(apply_patches(model, patches, info))
+        if patches and switch is not None:
+            switch = _patching_switch(switch, patches, info, stack)
+        stack.enter_context(circular_padding([model.unet, model.vae], p.tiling))
         image_cond = spec.image_cond
         if image_cond is None and is_inpainting_model(model):
             image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
@@ -137,7 +152,20 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
                                callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
                                crop=denoise.sdxl_crop(p.options), soft=spec.soft, extra_noise=extra_noise,
                                control=control,
-                               tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height))
+                               tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
+                               cfg_mix=forge.guidance if forge is not None else None)
+
+
+def _patching_switch(switch: Any, patches: list[Any], info: Any, stack: contextlib.ExitStack) -> Any:
+    """The refiner switch, installing the pass's patches on the model it hands over to (removed with the
+    pass's)."""
+    def patched(i: int, t: Any, model: SDModel) -> Any:
+        handover = switch(i, t, model)
+        if handover is not None:
+            stack.enter_context(apply_patches(handover.model, patches, info))
+        return handover
+
+    return patched
 
 
 def is_inpainting_model(model: SDModel) -> bool:
@@ -178,8 +206,10 @@ def decode(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext
     net = _tiny_vae(p, ctx, "decoder", model)
     if net is not None:
         return vae_codec.to_images(ctx.tiny_vae.decode(net, latents))  # type: ignore[union-attr]
-    with circular_padding([model.vae], p.tiling):
-        x = vae_codec.decode(model, latents)
+    f = model.vae_scale_factor
+    with circular_padding([model.vae], p.tiling), \
+            vae_hypertile_for(p, model.vae, latents.shape[-1] * f, latents.shape[-2] * f):
+        x = vae_codec.decode(model, latents, force_tiled=tiled_vae(p))
     return vae_codec.to_images(x)
 
 
@@ -190,7 +220,7 @@ def encode(model: SDModel, images: torch.Tensor, p: Processing, ctx: JobContext 
     net = _tiny_vae(p, ctx, "encoder", model)
     if net is not None:
         return ctx.tiny_vae.encode(net, images, model.device)  # type: ignore[union-attr]
-    return vae_codec.encode(model, images).float()
+    return vae_codec.encode(model, images, force_tiled=tiled_vae(p)).float()
 
 
 def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> list[Image.Image]:

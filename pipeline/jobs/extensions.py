@@ -15,7 +15,10 @@ Extensions run only when enabled for the server (all files in the directory are 
 Each extension is an always-on script of that name: a request's `alwayson_scripts: {"<name>": {"args":
 [...]}}` (name case-insensitive) hands its args to the hooks, positionally after `p`, as A1111 calls
 `before_hr(p, *args)`; without args a hook is called as `hook(p)`. An entry naming no known script is a
-422 listing the known ones. Built-in always-on scripts join the same registry with `register()`."""
+422 listing the known ones. Built-in always-on scripts join the same registry with `register()`; such an entry
+may have `aliases` (other titles it answers to, e.g. without Forge's "(SD 1.x, SD 2.x, SDXL)" suffix) and a
+`check(args)` that validates its args before the job is queued (raising InvalidRequest, a 400 naming the
+script)."""
 from __future__ import annotations
 
 import importlib
@@ -43,6 +46,8 @@ class Extension:
     hooks: dict[str, Callable[..., Any]]
     # /sdapi/v1/script-info `args` of the txt2img (False) or img2img (True) entry, A1111's ScriptArg fields
     args_info: Callable[[bool], list[dict[str, Any]]] | None = None
+    aliases: tuple[str, ...] = ()  # other titles (case-insensitive) that name this script in a request
+    check: Callable[[list[Any]], None] | None = None  # validates a request's args (InvalidRequest: a 400)
 
     def script_info(self, img2img: bool) -> dict[str, Any]:
         """This always-on script's /sdapi/v1/script-info entry for one of the two tabs."""
@@ -98,16 +103,20 @@ class Extensions:
         """A request's `alwayson_scripts`, checked: {lower-cased name: args}. Raises UnknownScript for a
         name no script has, InvalidRequest for an entry that is not `{"args": [...]}`."""
         known = self.names()
+        by_title = {alias.lower(): ext for ext in self.items for alias in ext.aliases}
+        by_title.update((ext.name.lower(), ext) for ext in self.items)
         out: dict[str, list[Any]] = {}
         for name, entry in alwayson_scripts.items():
-            key = str(name).lower()
-            if key not in known:
+            ext = by_title.get(str(name).lower())
+            if ext is None:
                 raise UnknownScript(name, known)
             args = entry.get("args", []) if isinstance(entry, dict) else None
             if not isinstance(args, list):
                 raise InvalidRequest(f"alwayson_scripts.{name}",
                                      'expected {"args": [...]} (a list of arguments)')
-            out[key] = list(args)
+            if ext.check is not None:
+                ext.check(list(args))
+            out[ext.name.lower()] = list(args)
         return out
 
     def call(self, hook: str, p: Any, **kwargs: Any) -> None:

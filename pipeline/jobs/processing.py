@@ -13,11 +13,12 @@ from pipeline.diffusion.seeds import resolve_seed, wrap_seed
 from pipeline.diffusion.tiled import TileSettings
 from pipeline.diffusion.tiled.request import check_model as check_tiles_model
 from pipeline.diffusion.tiled.request import request_tiles
-from pipeline.jobs import builtin_scripts
+from pipeline.jobs import builtin_scripts, forge_scripts
 from pipeline.jobs.hires_size import HiresSize, first_pass_size, hires_size, old_hires_first_pass
 from pipeline.jobs.pixel_upscale import resolve_hires_upscaler
 from pipeline.jobs.refiner import Refiner
 from pipeline.jobs.refiner import resolve as resolve_refiner
+from pipeline.jobs.speed import check_request as check_speed_request
 from pipeline.runtime.errors import InvalidRequest, TooLarge
 from schemas.common import GenerationRequest
 from schemas.txt2img import Txt2ImgRequest
@@ -179,6 +180,17 @@ def prepare_common(req: GenerationRequest, options: dict[str, Any], models: Mode
     if soft is not None:
         p.soft = soft  # type: ignore[attr-defined] - img2img's Soft Inpainting
     p.tiles = request_tiles(req, img2img=cls is not Processing)
+    check_speed_request(req)  # Deep Shrink's always-on args
+    forge_tiles = forge_scripts.multidiffusion_tiles(req)  # Forge's "MultiDiffusion Integrated"
+    if forge_tiles is not None:
+        if p.tiles is not None:
+            raise InvalidRequest("alwayson_scripts", f"tiling asked twice ({forge_scripts.MULTIDIFFUSION.title} "
+                                 "and tiled_diffusion / Tiled Diffusion); send one of them")
+        p.tiles = forge_tiles
+        forge_scripts.infotext(p, "multidiffusion", forge_scripts.request_settings(req, forge_scripts.MULTIDIFFUSION))
+    never_oom = forge_scripts.request_settings(req, forge_scripts.NEVER_OOM)
+    if never_oom and never_oom["unet_enabled"]:  # the UNet's memory fallback (automatic tiles) on for the job
+        p.options["tiled_diffusion_auto"] = True
     check_tiles_model(models, checkpoint, p.tiles)
     return p
 
