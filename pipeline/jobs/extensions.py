@@ -48,6 +48,9 @@ class Extension:
     args_info: Callable[[bool], list[dict[str, Any]]] | None = None
     aliases: tuple[str, ...] = ()  # other titles (case-insensitive) that name this script in a request
     check: Callable[[list[Any]], None] | None = None  # validates a request's args (InvalidRequest: a 400)
+    # listed by /sdapi/v1/scripts and script-info; False for a title accepted only so that a blob carrying it
+    # disabled passes (clients read the list to decide what to send)
+    listed: bool = True
 
     def script_info(self, img2img: bool) -> dict[str, Any]:
         """This always-on script's /sdapi/v1/script-info entry for one of the two tabs."""
@@ -92,6 +95,10 @@ class Extensions:
 
     def names(self) -> list[str]:
         return [e.name.lower() for e in self.items]
+
+    def listed(self) -> list[Extension]:
+        """The always-on scripts the listing routes show."""
+        return [e for e in self.items if e.listed]
 
     def register(self, extension: Extension) -> None:
         """Add a built-in always-on script; its name must not clash with a loaded one."""

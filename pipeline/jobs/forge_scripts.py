@@ -235,4 +235,5 @@ def register(extensions: Any) -> None:
         if script.key in extensions.names():
             continue
         extensions.register(Extension(script.title, "built-in (pipeline/jobs/forge_scripts.py)", {},
-                                      _info_args(script), script.aliases, lambda raw, s=script: parse(s, raw)))
+                                      _info_args(script), script.aliases, lambda raw, s=script: parse(s, raw),
+                                      listed=script.supported))

@@ -139,7 +139,7 @@ async def latent_upscale_modes(svc: Services = Depends(services)) -> list[dict[s
 @router.get("/scripts", response_model=ScriptsList)
 async def scripts(svc: Services = Depends(services)) -> ScriptsList:
     # A1111 lists every named script of a tab: the always-on ones in both, the selectable ones (script_name)
-    always_on = svc.extensions.names()
+    always_on = [e.name.lower() for e in svc.extensions.listed()]
     # "controlnet m2m" (the extension's video script, not served) is how webuiapi detects ControlNet support
     with_cn = always_on + [CONTROLNET_M2M]
     return ScriptsList(txt2img=with_cn, img2img=with_cn + list(img2img_scripts.NAMES))
@@ -151,7 +151,7 @@ async def script_info(svc: Services = Depends(services)) -> list[ScriptInfo]:
     extension's hooks take no described arguments; Tiled Diffusion describes its own), then the selectable
     img2img scripts with their positional args (labels, defaults, ranges, choices)."""
     always_on = [ScriptInfo(**ext.script_info(img2img))
-                 for img2img in (False, True) for ext in svc.extensions.items]
+                 for img2img in (False, True) for ext in svc.extensions.listed()]
     return always_on + [ScriptInfo(**info) for info in img2img_scripts.script_info(svc.upscalers.names())]
 
 

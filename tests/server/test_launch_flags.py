@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from server import a1111_flags
 from server.app import create_app
 from server.config import from_args
+from tests.fixtures.alwayson import BUILTIN_ALWAYSON
 
 # a webui-user.sh line as users write it, with flags of every kind (values, repeats, quoting)
 TYPICAL = ("--xformers --medvram --no-half-vae --api --listen --port 7861 --theme dark --autolaunch "
@@ -115,9 +116,7 @@ def test_folder_flags_move_where_files_are_found(tmp_path: Path) -> None:
         assert {v["model_name"] for v in client.get(f"{api}/sd-vae").json()} == {"other.safetensors",
                                                                                "fixed.vae.safetensors"}
         assert "Compact-moved" in [u["name"] for u in client.get(f"{api}/upscalers").json()]
-        assert client.get(f"{api}/scripts").json()["txt2img"] == [  # built in
-            "tiled diffusion", "refiner", "seed", "sampler", "comments", "extra options", "soft inpainting",
-            "controlnet", "controlnet m2m"]
+        assert client.get(f"{api}/scripts").json()["txt2img"] == BUILTIN_ALWAYSON  # built in
         opts = client.get(f"{api}/options").json()
         assert opts["sd_vae"] == "fixed.vae.safetensors"
         r = client.post(f"{api}/options", json={"sd_vae": "other.safetensors"})

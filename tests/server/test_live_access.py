@@ -7,6 +7,7 @@ import httpx
 import pytest
 import webuiapi
 
+from tests.fixtures.alwayson import BUILTIN_ALWAYSON
 from tests.server.livesrv import LiveServer
 
 USERS = "alice:s3cret,bob:pa55"
@@ -39,7 +40,7 @@ def test_webuiapi_with_set_auth(srv: LiveServer) -> None:
     with pytest.raises(RuntimeError, match="401"):
         api.txt2img(prompt="x", width=64, height=64)
     api.set_auth("alice", "s3cret")
-    assert api.get_scripts()["txt2img"] == ["slowmo", "tiled diffusion", "controlnet", "controlnet m2m"]
+    assert api.get_scripts()["txt2img"] == ["slowmo", *BUILTIN_ALWAYSON]
     assert api.get_options()["samples_format"] == "png"
     flags = api.get_cmd_flags()
     assert flags["api_auth"] == "alice:***,bob:***" and "s3cret" not in str(flags)  # never echo passwords

@@ -22,6 +22,7 @@ import webuiapi
 from PIL import Image
 
 from pipeline.models.builtin import BUILTIN_NAME
+from tests.fixtures.alwayson import BUILTIN_ALWAYSON
 from tests.server.livesrv import LiveServer, wait_for
 
 HR = {"enable_hr": True, "hr_scale": 2.0, "hr_upscaler": "Latent", "denoising_strength": 0.6}
@@ -164,10 +165,8 @@ def test_listings_through_webuiapi(api: webuiapi.WebUIApi, http: httpx.Client, t
     flags = api.get_cmd_flags()
     assert flags["port"] == int(http.base_url.port) and flags["nowebui"] is True and flags["api_auth"] is None
     assert flags["ckpt_dir"].endswith("Stable-diffusion") and flags["queue_size"] == 16
-    builtins = ["refiner", "seed", "sampler", "comments", "extra options", "soft inpainting", "controlnet",
-                "controlnet m2m"]
-    assert api.get_scripts() == {"txt2img": ["slowmo", "tiled diffusion", *builtins],  # always-on: both tabs
-                                 "img2img": ["slowmo", "tiled diffusion", *builtins, "sd upscale",
+    assert api.get_scripts() == {"txt2img": ["slowmo", *BUILTIN_ALWAYSON],  # always-on: both tabs
+                                 "img2img": ["slowmo", *BUILTIN_ALWAYSON, "sd upscale",
                                              "ultimate sd upscale"]}
     infos = http.get("/sdapi/v1/script-info").json()
     for tab in (False, True):

@@ -14,10 +14,8 @@ from PIL import Image
 
 from server.app import create_app
 from server.config import ServerConfig
+from tests.fixtures.alwayson import BUILTIN_ALWAYSON
 
-# A1111's built-in always-on scripts (pipeline/jobs/builtin_scripts.py), listed after the extensions
-BUILTINS = ["refiner", "seed", "sampler", "comments", "extra options", "soft inpainting", "controlnet",
-            "controlnet m2m"]
 SMALL = {"prompt": "a red fox", "steps": 3, "width": 64, "height": 64, "seed": 1234}
 
 
@@ -221,7 +219,7 @@ def test_extension_settings_reach_the_job_through_override_settings(tmp_path: Pa
     cfg = ServerConfig(models_dir=tmp_path / "m", data_dir=tmp_path / "d", outputs_dir=tmp_path / "o",
                        extensions_dir=ext)
     with TestClient(create_app(cfg)) as c:
-        assert c.get("/sdapi/v1/scripts").json()["txt2img"] == ["hires detail", "tiled diffusion", *BUILTINS]
+        assert c.get("/sdapi/v1/scripts").json()["txt2img"] == ["hires detail", *BUILTIN_ALWAYSON]
         r = c.post("/sdapi/v1/txt2img", json={**SMALL, "enable_hr": True, "hr_scale": 1.5, "override_settings": {
             "hires_detail_suffix": "film grain", "hires_detail_cfg_factor": 0.5},
             "override_settings_restore_afterwards": False})
