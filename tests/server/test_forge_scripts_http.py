@@ -138,3 +138,24 @@ def test_the_scripts_compose_with_a_lora(client: TestClient) -> None:
     assert both["images"] != lora_only["images"] and both["images"] != no_lora["images"]
     info = json.loads(both["info"])["infotexts"][0]
     assert "Lora hashes" in info and "freeu_enabled: True" in info and "pagi_scale: 3.0" in info
+
+
+# The whole img2img blob a real bot backend sends (issue #27): Forge's integrated scripts, A1111's built-in
+# ones and ControlNet with three disabled units, all at their UI defaults
+_CN_OFF = {"enabled": False, "module": "None", "model": "None", "weight": 1.0, "image": None,
+           "resize_mode": "Crop and Resize", "processor_res": -1, "threshold_a": -1, "threshold_b": -1,
+           "guidance_start": 0.0, "guidance_end": 1.0, "pixel_perfect": False, "control_mode": "Balanced"}
+WHOLE_BLOB = {**FORGE_BLOB,
+              "Comments": {"args": []}, "Extra options": {"args": []},
+              "Refiner": {"args": [False, "", 0.8]}, "Sampler": {"args": [20, "DPM++ 2M", "Automatic"]},
+              "Seed": {"args": [-1, False, -1, 0, 0, 0]},
+              "Soft Inpainting": {"args": [False, 1, 0.5, 4, 0, 0.5, 2]},
+              "ControlNet": {"args": [_CN_OFF, _CN_OFF, _CN_OFF]}}
+
+
+def test_a_whole_ui_exported_img2img_blob_is_a_200_and_changes_no_byte(client: TestClient) -> None:
+    extra = {"init_images": [_png_b64()], "denoising_strength": 0.6}
+    plain = client.post("/sdapi/v1/img2img", json={**SMALL, **extra})
+    blob = client.post("/sdapi/v1/img2img", json={**SMALL, **extra, "alwayson_scripts": WHOLE_BLOB})
+    assert plain.status_code == 200 and blob.status_code == 200, blob.text
+    assert blob.json()["images"] == plain.json()["images"]
