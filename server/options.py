@@ -149,6 +149,11 @@ OPTIONS: dict[str, Option] = {
     "ldsr_steps": Option(100, _int(1, 200), "LDSR: DDIM steps per upscale (A1111's slider, 1 to 200)"),
     "ldsr_cached": Option(False, _bool, "LDSR: keep the model in memory between uses (else read from disk "
                           "for each)"),
+    # issue 20: noise sources, ENSD and the options that shape sampling (see docs/generation.md)
+    "randn_source": Option("GPU", _choice("GPU", "CPU", "NV"), "where noise is drawn: GPU (the sampling "
+                           "device's generator), CPU, or NV (NVIDIA's numbers on any device); infotext `RNG`"),
+    "eta_noise_seed_delta": Option(0, _int(-(1 << 32), 1 << 32), "ENSD: the samplers' own noise comes from "
+                                   "seed + this (0: from the seed's generator)"),
 }
 
 

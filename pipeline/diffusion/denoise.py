@@ -2,7 +2,8 @@
 which is the same loop started from pure noise).
 
 A pass is three steps, in this order (extension hooks may run between the first two):
-1. `seeded_noise`: the batch's noise from the per-image CPU seeds, subseeds and "resize seed from";
+1. `seeded_noise`: the batch's noise from the per-image seeds, subseeds and "resize seed from", drawn from
+   the noise source (`randn_source`), which then feeds the sampler's own draws (seeds.ImageNoise);
 2. `plan_pass`: the sampler's schedule; a denoising pass takes A1111's step rule (`samplers.denoise_steps`:
    fixed steps for hires pass two and `img2img_fix_steps`, int(d * steps) + 1 steps for plain img2img);
 3. `denoise`: noise the init latents to the plan's first level (`latent + noise * sigma`, or the
@@ -24,7 +25,7 @@ from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_p
 from pipeline.diffusion.preview import latent_preview
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
-from pipeline.diffusion.seeds import batch_noise
+from pipeline.diffusion.seeds import ImageNoise
 from pipeline.diffusion.tiled import TiledGuidance, TileSettings
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.errors import InvalidRequest
@@ -45,14 +46,18 @@ class PassSettings:
 
 
 def seeded_noise(model: SDModel, width: int, height: int, seeds: list[int], subseeds: list[int],
-                 subseed_strength: float, seed_resize_from: tuple[int, int]
-                 ) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """(B, C, height/8, width/8) noise and one CPU generator per image (seeds.batch_noise)."""
+                 subseed_strength: float, seed_resize_from: tuple[int, int], *, source: str = "GPU",
+                 ensd: int = 0) -> tuple[torch.Tensor, ImageNoise]:
+    """(B, C, height/8, width/8) initial noise on the model's device, and the pass's noise stream that
+    the sampler continues (seeds.ImageNoise: `source` is the `randn_source` option, `ensd` the
+    `eta_noise_seed_delta` one)."""
     shape = (model.latent_channels, height // 8, width // 8)
-    return batch_noise(shape, seeds, subseeds, subseed_strength, seed_resize_from)
+    rng = ImageNoise(shape, seeds, subseeds, subseed_strength, seed_resize_from, source=source,
+                     device=model.device, ensd=ensd)
+    return rng.first(), rng
 
 
-def plan_pass(model: SDModel, settings: PassSettings, generators: list[torch.Generator], seeds: list[int]
+def plan_pass(model: SDModel, settings: PassSettings, generators: ImageNoise, seeds: list[int]
               ) -> samplers.StepPlan:
     return samplers.make_plan(settings.sampler, settings.schedule, model.scheduler_config, steps=settings.steps,
                               denoising_strength=settings.strength, fix_steps=settings.fix_steps,

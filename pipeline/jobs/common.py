@@ -18,6 +18,7 @@ from PIL import Image
 from pipeline.diffusion import denoise
 from pipeline.diffusion.loop import PassResult
 from pipeline.diffusion.seamless import circular_padding
+from pipeline.diffusion.seeds import eta_noise_seed_delta, randn_source
 from pipeline.diffusion.tiled.auto import tiles_for_pass
 from pipeline.jobs import refiner
 from pipeline.jobs.extensions import Extensions
@@ -88,7 +89,8 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
              spec: PassSpec) -> PassResult:
     """One sampling pass of job `p` for the images with these seeds."""
     noise, gens = denoise.seeded_noise(model, spec.width, spec.height, seeds, subseeds, p.subseed_strength,
-                                       p.seed_resize_from)
+                                       p.seed_resize_from, source=randn_source(p.options),
+                                       ensd=eta_noise_seed_delta(p.options))
     if spec.noise_multiplier != 1.0:
         p.extra_generation_params["Noise multiplier"] = spec.noise_multiplier
         noise = noise * spec.noise_multiplier

@@ -19,7 +19,8 @@ from diffusers.schedulers.scheduling_dpmsolver_sde import (
     DPMSolverSDESchedulerOutput,
 )
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+from pipeline.diffusion.seeds import step_noise
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
@@ -56,8 +57,7 @@ class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
         down, up = ancestral_step(float(sigma), float(sigma_next), self.eta)
         prev_sample = sample + (sample - x0) / sigma * (down - sigma)
         if float(sigma_next) > 0:
-            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
-                                 generator=generator)
+            noise = step_noise(generator, model_output.shape, model_output.device, model_output.dtype)
             prev_sample = prev_sample + noise * up
         prev_sample = prev_sample.to(model_output.dtype)
         self._step_index += 1

@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.diffusion.seeds import ImageNoise
 from pipeline.runtime.errors import InvalidRequest
 
-from .brownian import CPUBrownianNoise
+from .brownian import BrownianNoise
 from .churn import Churn, churn_schedule
 from .schedules import LCMNoiseTable, NoiseTable, ScheduleSpec, uniform
 from .table import SamplerSpec, check_supported, effective_schedule
@@ -287,7 +288,7 @@ def _install_lcm(sched, s: np.ndarray, tab: LCMNoiseTable, values: Mapping[str, 
 
 
 def _lay_churn(sched, layout: str, s: np.ndarray, tab: NoiseTable, ts: np.ndarray, values: Mapping[str, float],
-               generators: list[torch.Generator]) -> np.ndarray:
+               generators: ImageNoise | list[torch.Generator]) -> np.ndarray:
     """k-diffusion's churn (churn.py): the model is called at sigma_hat on every churned step, and DPM2's midpoint
     moves to sqrt(sigma_hat * sigma_next). Returns the timesteps with those laid in; sets `sched.churn`."""
     hat, gamma = churn_schedule(s, values["s_churn"], values["s_tmin"], values["s_tmax"])
@@ -302,8 +303,12 @@ def _lay_churn(sched, layout: str, s: np.ndarray, tab: NoiseTable, ts: np.ndarra
         sched.sigmas_interpol = ip
         second = 2 * on + 1 < len(ts)  # a last step to sigma 0 has no second call
         ts[2 * on[second] + 1] = tab.sigma_to_t(mid[second])
-    sched.churn = Churn(_f32(s), _f32(hat), gamma.tolist(), values["s_noise"], list(generators))
+    sched.churn = Churn(_f32(s), _f32(hat), gamma.tolist(), values["s_noise"], _stream(generators))
     return ts
+
+
+def _stream(generators: ImageNoise | list[torch.Generator]) -> ImageNoise | list[torch.Generator]:
+    return generators if isinstance(generators, ImageNoise) else list(generators)
 
 
 _INSTALLERS = {
@@ -386,7 +391,7 @@ def make_plan(
     steps: int,
     denoising_strength: float | None = None,
     params: SamplerParams | None = None,
-    generators: list[torch.Generator] | None = None,
+    generators: ImageNoise | list[torch.Generator] | None = None,
     seeds: list[int] | None = None,
     family: str = "sd1",
     fix_steps: bool = True,
@@ -397,8 +402,8 @@ def make_plan(
     pass (hires pass 2, img2img) uses A1111's fixed-steps rule: the schedule is computed for
     int(steps / min(d, 0.999)) steps and its last `steps` steps run, starting from the noise level
     at that point; with `fix_steps` false (plain img2img) the `steps`-step schedule's last
-    int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (one CPU generator per image)
-    feed ancestral noise; `seeds` (one per image) seed the Brownian trees of the brownian-noise
+    int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (the pass's noise stream,
+    seeds.ImageNoise, or one torch generator per image) feed the sampler's fresh noise; `seeds` (one per image) seed the Brownian trees of the brownian-noise
     samplers. `family` ("sd1", "sd2", "sdxl") picks the Align Your Steps table. Raises InvalidRequest for bad parameters.
     """
     params = params or SamplerParams()
@@ -413,14 +418,14 @@ def make_plan(
         if d <= 0.0:
             raise InvalidRequest("denoising_strength", f"must be > 0 for a denoising pass, got {d:g}")
         total, steps = denoise_steps(steps, d, fix_steps)
-    if generators is not None and seeds is not None and len(generators) != len(seeds):
+    if isinstance(generators, list) and seeds is not None and len(generators) != len(seeds):
         raise InvalidRequest("seeds", "need one generator and one seed per image")
 
     churn = "s_churn" in sampler.params and values["s_churn"] > 0
     needs_generators = ((sampler.stochastic and not sampler.brownian)
                         or (sampler.layout == "ddim" and values["eta"] > 0) or churn)
     if needs_generators and not generators:
-        raise ValueError(f"{sampler.name} draws noise while sampling: pass one CPU generator per image")
+        raise ValueError(f"{sampler.name} draws noise while sampling: pass its noise generators (the pass's ImageNoise)")
     if sampler.brownian and not seeds:
         raise ValueError(f"{sampler.name} uses seeded Brownian noise: pass one seed per image")
 
@@ -432,7 +437,7 @@ def make_plan(
     step_kwargs: dict[str, Any] = {}
     accepted = inspect.signature(sched.step).parameters
     if "generator" in accepted and generators is not None and (sampler.stochastic or sampler.layout == "ddim"):
-        step_kwargs["generator"] = list(generators)
+        step_kwargs["generator"] = _stream(generators)
     if sampler.layout == "ddim":  # DDIM and DDIM CFG++
         step_kwargs["eta"] = values["eta"]
 
@@ -480,8 +485,7 @@ def make_plan(
         if sampler.brownian:
             if seeds is None:
                 raise InvalidRequest("seeds", f"sampler {sampler.name!r} needs the image seeds for its Brownian noise")
-            ns = CPUBrownianNoise(tuple(noise.shape), *brownian_range, seeds)
-            ns.device, ns.dtype = noise.device, noise.dtype
+            ns = BrownianNoise(tuple(noise.shape), *brownian_range, seeds, noise.device)
             sched.noise_sampler = ns
         return x
 

@@ -28,6 +28,8 @@ import torch
 from PIL import Image
 
 from pipeline.models import vae_codec as vae
+from tests.conftest import infotext_params
+from tests.pipeline.diffusion.a1111_rng import ImageRNGReference
 
 PROMPT = "a red fox in the snow"
 SIZE = 64
@@ -77,15 +79,26 @@ def _a1111_cond(model, text: str) -> torch.Tensor:
         return enc(torch.tensor([ids])).last_hidden_state
 
 
-def _reference(model, sampler: str, seeds: list[int]) -> list[Image.Image]:
+def _sigmas(k, denoiser, sampler: str, steps: int) -> torch.Tensor:
+    if sampler == "DPM++ 2M Karras":
+        return k.sampling.get_sigmas_karras(steps, float(denoiser.sigmas[0]), float(denoiser.sigmas[-1]))
+    return denoiser.get_sigmas(steps)  # Euler, Euler a: the model's own discretisation (A1111's Automatic)
+
+
+def _sample(k, sampler: str, model_fn, x: torch.Tensor, sigmas: torch.Tensor, rng: ImageRNGReference):
+    if sampler == "Euler":
+        return k.sampling.sample_euler(model_fn, x, sigmas, disable=True)
+    if sampler == "Euler a":  # A1111 hands k-diffusion's torch.randn_like the ImageRNG's next draw
+        return k.sampling.sample_euler_ancestral(model_fn, x, sigmas, eta=1.0, noise_sampler=rng, disable=True)
+    return k.sampling.sample_dpmpp_2m(model_fn, x, sigmas, disable=True)
+
+
+def _reference(model, sampler: str, seeds: list[int], *, source: str = "CPU", ensd: int = 0,
+               hires: tuple[int, float] | None = None) -> list[Image.Image]:
+    """A1111's txt2img; `hires` (second-pass steps, denoising strength): the "Latent" (bilinear) 2x hires
+    fix, pass two a fresh ImageRNG at the new size and img2img's fixed-steps tail of the schedule."""
     k = _k_diffusion()
     denoiser = k.external.CompVisDenoiser(_CompVisUNet(model.unet, model.scheduler_config))
-    if sampler == "Euler":
-        sigmas = denoiser.get_sigmas(STEPS)
-        sample = k.sampling.sample_euler
-    else:
-        sigmas = k.sampling.get_sigmas_karras(STEPS, float(denoiser.sigmas[0]), float(denoiser.sigmas[-1]))
-        sample = k.sampling.sample_dpmpp_2m
     cond, uncond = _a1111_cond(model, PROMPT), _a1111_cond(model, "")
 
     def cfg_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -95,10 +108,18 @@ def _reference(model, sampler: str, seeds: list[int]) -> list[Image.Image]:
         c, u = out[:n], out[n:]
         return u + (c - u) * CFG
 
-    shape = (4, SIZE // 8, SIZE // 8)
-    noise = torch.stack([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(s)) for s in seeds])
+    sigmas = _sigmas(k, denoiser, sampler, STEPS)
+    rng = ImageRNGReference(source, (4, SIZE // 8, SIZE // 8), seeds, ensd)
     with torch.no_grad():
-        latents = sample(cfg_denoiser, noise * sigmas[0], sigmas, disable=True)
+        latents = _sample(k, sampler, cfg_denoiser, rng.noise() * sigmas[0], sigmas, rng)
+        if hires is not None:
+            steps, d = hires
+            latents = torch.nn.functional.interpolate(latents, size=(SIZE // 4, SIZE // 4), mode="bilinear",
+                                                      antialias=False)
+            rng = ImageRNGReference(source, tuple(latents.shape[1:]), seeds, ensd)
+            total = int(steps / min(d, 0.999))
+            tail = _sigmas(k, denoiser, sampler, total)[total - steps:]
+            latents = _sample(k, sampler, cfg_denoiser, latents + rng.noise() * tail[0], tail, rng)
         decoded = model.vae.decode(latents / model.vae.config.scaling_factor).sample
     x = torch.clamp((decoded.float() + 1.0) / 2.0, min=0.0, max=1.0)
     out = []
@@ -108,20 +129,43 @@ def _reference(model, sampler: str, seeds: list[int]) -> list[Image.Image]:
     return out
 
 
-@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras"])
+def _assert_same(ours: list[Image.Image], expected: list[Image.Image], what: str) -> None:
+    assert len(ours) == len(expected)
+    for mine, ref in zip(ours, expected, strict=True):
+        diff = np.abs(np.asarray(mine, dtype=np.int16) - np.asarray(ref, dtype=np.int16))
+        assert diff.mean() <= 0.02, (what, diff.mean())
+        assert diff.max() <= 1, (what, diff.max())
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "DPM++ 2M Karras", "Euler a"])
 def test_txt2img_matches_the_k_diffusion_reference(env, sampler):
     """The issue's bar is one 8-bit level on average (mean <= 0.5); measured: mean 0.0002, max 1 (float
     summation order flips a rare pixel across a level). Rounding instead of truncating measured a mean of
-    0.44 (max 1), inside that bar, so the bound here is tight enough to tell the two rules apart."""
+    0.44 (max 1), inside that bar, so the bound here is tight enough to tell the two rules apart.
+    Euler a at the defaults (`randn_source` GPU on the CPU: CPU noise, no ENSD): every step's noise is the
+    next draw of the image seed's generator after the initial noise."""
     model = env.model()
     expected = _reference(model, sampler, SEEDS)
     result = env.run(prompt=PROMPT, negative_prompt="", steps=STEPS, width=SIZE, height=SIZE, seed=SEEDS[0],
                      batch_size=len(SEEDS), cfg_scale=CFG, sampler_name=sampler, enable_hr=False)
-    assert len(result.images) == len(expected)
-    for ours, ref in zip(result.images, expected, strict=True):
-        diff = np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(ref, dtype=np.int16))
-        assert diff.mean() <= 0.02, (sampler, diff.mean())
-        assert diff.max() <= 1, (sampler, diff.max())
+    _assert_same(result.images, expected, sampler)
+
+
+@pytest.mark.parametrize(("source", "ensd"), [("NV", 31337), ("CPU", 31337), ("NV", 0)])
+def test_euler_a_hires_job_with_rng_and_ensd_matches_the_reference(env, source, ensd):
+    """A whole Euler a + latent hires job with `RNG: NV` / `CPU` and `ENSD: 31337`, as A1111 draws each
+    pass's noise (a new ImageRNG per pass, the ENSD generators from the first step of each pass)."""
+    model = env.model()
+    expected = _reference(model, "Euler a", SEEDS, source=source, ensd=ensd, hires=(3, 0.6))
+    result = env.run(options={"randn_source": source, "eta_noise_seed_delta": ensd}, prompt=PROMPT,
+                     negative_prompt="", steps=STEPS, width=SIZE, height=SIZE, seed=SEEDS[0],
+                     batch_size=len(SEEDS), cfg_scale=CFG, sampler_name="Euler a", enable_hr=True, hr_scale=2,
+                     hr_upscaler="Latent", hr_second_pass_steps=3, denoising_strength=0.6)
+    _assert_same(result.images, expected, (source, ensd))
+    assert result.images[0].size == (2 * SIZE, 2 * SIZE)
+    params = infotext_params(result.infotexts[0])
+    assert params.get("RNG") == source
+    assert params.get("ENSD") == (str(ensd) if ensd else None)
 
 
 def test_eight_bit_conversion_truncates_like_a1111():
