@@ -54,7 +54,7 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
             params.append((label, value))
     default_eta = getattr(p.sampler, "eta_default", None)
     if p.eta is not None and "eta" in p.sampler.params and p.eta != default_eta:  # A1111: only when not default
-        params.append(("Eta", p.eta))
+        params.append(("Eta DDIM" if p.sampler.kind == "timesteps" else "Eta", p.eta))  # A1111's two labels
     if p.enable_hr:
         params += _hires_params(p, models)
     params += _refiner_params(p, models)
