@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from pipeline.diffusion import samplers
-from pipeline.diffusion.conditioning import PromptEncoder
-from pipeline.diffusion.loop import ModelSwitch, PassResult, StepCallback, run_pass
+from pipeline.diffusion.conditioning import EMPHASIS_MODES, PromptEncoder
+from pipeline.diffusion.loop import Guidance, ModelSwitch, PassResult, StepCallback, run_pass
 from pipeline.diffusion.preview import latent_preview
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
@@ -43,6 +43,7 @@ class PassSettings:
     params: samplers.SamplerParams
     strength: float | None = None
     fix_steps: bool = True
+    overrides: samplers.ScheduleOverrides | None = None  # the options that reshape the schedule
 
 
 def seeded_noise(model: SDModel, width: int, height: int, seeds: list[int], subseeds: list[int],
@@ -61,7 +62,8 @@ def plan_pass(model: SDModel, settings: PassSettings, generators: ImageNoise, se
               ) -> samplers.StepPlan:
     return samplers.make_plan(settings.sampler, settings.schedule, model.scheduler_config, steps=settings.steps,
                               denoising_strength=settings.strength, fix_steps=settings.fix_steps,
-                              params=settings.params, generators=generators, seeds=seeds, family=model.family)
+                              params=settings.params, generators=generators, seeds=seeds, family=model.family,
+                              overrides=settings.overrides)
 
 
 class LatentMask:
@@ -107,14 +109,14 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
             cond_at, cfg_scale: float, width: int, height: int, callback: StepCallback, *,
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
             switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
-            crop: tuple[int, int] = (0, 0)) -> PassResult:
+            crop: tuple[int, int] = (0, 0), guidance: Guidance | None = None) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
     9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
     `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers (the
     callback's `on_tiles(done, total)`, when it has one, runs after every tile batch); `crop`
-    is SDXL's crop conditioning (`sdxl_crop`)."""
+    is SDXL's crop conditioning (`sdxl_crop`); `guidance` A1111's padding and NGMS options (loop.Guidance)."""
     init = None if init_latents is None else init_latents.float().to(model.device)
     x = plan.start(noise.to(model.device), init)
     # a mask that keeps nothing (all white) is plain img2img: no blend, whose eps round trip would only
@@ -131,7 +133,7 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
         if len(tiles.windows(lh, lw)) > 1:  # one tile covering the latent is the untiled call itself
             wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)  # noqa: E731
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop)
+                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop, guidance=guidance)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result
@@ -143,13 +145,23 @@ def sdxl_crop(options: dict[str, Any]) -> tuple[int, int]:
     return int(options.get("sdxl_crop_top", 0)), int(options.get("sdxl_crop_left", 0))
 
 
-def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,
-                        **schedule_steps: int):
-    """cond_at(i) -> (cond, uncond) for model call i, with prompt editing scheduled over `schedule_steps`
-    (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model."""
+def prompt_encoder(model: SDModel) -> PromptEncoder:
+    """The model's prompt encoder, made once and cached on the model."""
     encoder = model.extra.get("prompt_encoder")
     if encoder is None:
         encoder = model.extra["prompt_encoder"] = PromptEncoder.from_model(model)
+    return encoder
+
+
+def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,
+                        emphasis: str = "Original", **schedule_steps: int):
+    """cond_at(i) -> (cond, uncond) for model call i, with prompt editing scheduled over `schedule_steps`
+    (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model. `emphasis`
+    is the option of that name (set on the encoder for every pass, so no job leaves it to the next)."""
+    encoder = prompt_encoder(model)
+    if emphasis not in EMPHASIS_MODES:
+        raise InvalidRequest("emphasis", f"unknown emphasis mode {emphasis!r}", list(EMPHASIS_MODES))
+    encoder.emphasis = emphasis
     conds = ScheduledConditioning(encoder, prompts, clip_skip=clip_skip, **schedule_steps)
     unconds = ScheduledConditioning(encoder, negatives, clip_skip=clip_skip, negative=True, **schedule_steps)
     return lambda i: (conds.at(i), unconds.at(i))

@@ -16,7 +16,8 @@ import torch
 from PIL import Image
 
 from pipeline.diffusion import denoise
-from pipeline.diffusion.loop import PassResult
+from pipeline.diffusion.loop import Guidance, PassResult
+from pipeline.diffusion.samplers import ScheduleOverrides
 from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.seeds import eta_noise_seed_delta, randn_source
 from pipeline.diffusion.tiled.auto import tiles_for_pass
@@ -96,8 +97,10 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         noise = noise * spec.noise_multiplier
     ctx.extensions.call("process_before_every_sampling", p, pass_no=spec.pass_no, x=spec.init, noise=noise)
     settings = denoise.PassSettings(sampler=spec.sampler, schedule=spec.schedule, steps=spec.steps,
-                                    params=sampler_params(p), strength=spec.strength, fix_steps=spec.fix_steps)
+                                    params=sampler_params(p), strength=spec.strength, fix_steps=spec.fix_steps,
+                                    overrides=ScheduleOverrides.from_options(p.options))
     plan = denoise.plan_pass(model, settings, gens, seeds)
+    p.extra_generation_params.update(plan.notes)  # Discard penultimate sigma, Schedule min sigma, ...
     activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)
     first_calls = p.counters.setdefault("first_pass_calls", calls)
@@ -105,8 +108,10 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     sched = {"steps": first_calls, "hires_steps": calls} if spec.pass_no == 2 else {"steps": calls}
     prompts, negatives = [spec.prompt] * len(seeds), [spec.negative_prompt] * len(seeds)
 
+    emphasis = str(p.options.get("emphasis") or "Original")
+
     def conds_for(m: SDModel):
-        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, **sched)
+        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, emphasis, **sched)
 
     cond_at = conds_for(model)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
@@ -115,10 +120,26 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         image_cond = spec.image_cond
         if image_cond is None and is_inpainting_model(model):
             image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
-        return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
-                               callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
-                               crop=denoise.sdxl_crop(p.options),
-                               tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height))
+        result = denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
+                                 callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
+                                 crop=denoise.sdxl_crop(p.options),
+                                 tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
+                                 guidance=_guidance(p))
+    p.extra_generation_params.update(result.notes)  # NGMS, Pad conds: what the pass did, as A1111 notes it
+    if emphasis != "Original" and any("(" in t or "[" in t for t in (spec.prompt, spec.negative_prompt)):
+        p.extra_generation_params["Emphasis"] = emphasis  # A1111 notes a non-default mode that had brackets
+    return result
+
+
+def _guidance(p: Processing) -> Guidance:
+    """A1111's options on how cond and uncond meet: `pad_cond_uncond_v0` (first) or `pad_cond_uncond`;
+    NGMS from the request's `s_min_uncond`, else the option, and `s_min_uncond_all`."""
+    o = p.options
+    pad = "v0" if o.get("pad_cond_uncond_v0") else ("pad" if o.get("pad_cond_uncond") else "")
+    ngms = getattr(p.request, "s_min_uncond", None)
+    ngms = float(o.get("s_min_uncond") or 0.0) if ngms is None else float(ngms)
+    return Guidance(pad, lambda m: denoise.prompt_encoder(m).empty(p.clip_skip), ngms,
+                    bool(o.get("s_min_uncond_all")))
 
 
 def is_inpainting_model(model: SDModel) -> bool:

@@ -42,7 +42,7 @@ runs from there. s_churn 0 (A1111's default) leaves them deterministic and exact
 DDIM and DDIM CFG++ take any eta >= 0. LCM and Restart take no parameters, as in A1111.
 """
 from .plan import SamplerParams, StepPlan, a1111_timestep_grid, fixed_steps_total, make_plan, validate_params
-from .schedules import SCHEDULES, NoiseTable, ScheduleSpec
+from .schedules import SCHEDULES, NoiseTable, ScheduleOverrides, ScheduleSpec
 from .table import (
     SAMPLERS,
     SamplerSpec,
@@ -56,7 +56,8 @@ from .table import (
 )
 
 __all__ = [
-    "SAMPLERS", "SCHEDULES", "NoiseTable", "SamplerParams", "SamplerSpec", "ScheduleSpec", "StepPlan",
+    "SAMPLERS", "SCHEDULES", "NoiseTable", "SamplerParams", "SamplerSpec", "ScheduleOverrides", "ScheduleSpec",
+    "StepPlan",
     "a1111_timestep_grid", "api_samplers", "api_schedulers", "effective_schedule", "fixed_steps_total",
     "label_for_infotext", "make_plan", "resolve", "resolve_hires", "resolve_schedule", "validate_params",
 ]

@@ -24,7 +24,7 @@ from pipeline.runtime.errors import InvalidRequest
 
 from .brownian import BrownianNoise
 from .churn import Churn, churn_schedule
-from .schedules import LCMNoiseTable, NoiseTable, ScheduleSpec, uniform
+from .schedules import LCMNoiseTable, NoiseTable, ScheduleOverrides, ScheduleSpec, k_sigmas
 from .table import SamplerSpec, check_supported, effective_schedule
 
 
@@ -60,6 +60,7 @@ class StepPlan:
     schedule: ScheduleSpec
     _user_steps: list[int] = field(repr=False, default_factory=list)
     _start: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(repr=False, default=None)
+    notes: dict[str, Any] = field(default_factory=dict)  # infotext keys the schedule's options add (A1111's)
 
     @property
     def layout_is_vp(self) -> bool:
@@ -395,6 +396,7 @@ def make_plan(
     seeds: list[int] | None = None,
     family: str = "sd1",
     fix_steps: bool = True,
+    overrides: ScheduleOverrides | None = None,
 ) -> StepPlan:
     """Build the scheduler and step plan for one pass.
 
@@ -404,7 +406,9 @@ def make_plan(
     at that point; with `fix_steps` false (plain img2img) the `steps`-step schedule's last
     int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (the pass's noise stream,
     seeds.ImageNoise, or one torch generator per image) feed the sampler's fresh noise; `seeds` (one per image) seed the Brownian trees of the brownian-noise
-    samplers. `family` ("sd1", "sd2", "sdxl") picks the Align Your Steps table. Raises InvalidRequest for bad parameters.
+    samplers. `family` ("sd1", "sd2", "sdxl") picks the Align Your Steps table. `overrides`: the options
+    that reshape a k-diffusion sampler's schedule (schedules.ScheduleOverrides); what they change is
+    listed in the plan's `notes` under A1111's infotext keys. Raises InvalidRequest for bad parameters.
     """
     params = params or SamplerParams()
     check_supported(sampler, schedule)
@@ -456,10 +460,7 @@ def make_plan(
     # k-diffusion samplers
     spec = effective_schedule(sampler, schedule)
     n = total if total is not None else steps
-    n_sched = n + 1 if sampler.discard_next_to_last_sigma else n
-    full = (spec.sigmas or uniform)(n_sched, tab, family)
-    if sampler.discard_next_to_last_sigma:
-        full = np.concatenate([full[:-2], full[-1:]])
+    full, notes = k_sigmas(spec, tab, n, family, sampler.discard_next_to_last_sigma, overrides)
     s = full[n - steps:] if total is not None else full
     if len(s) < 2 or not np.all(np.isfinite(s)):
         raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
@@ -491,4 +492,4 @@ def make_plan(
 
     if sampler.brownian and seeds is not None and len(seeds) and sampler.layout == "dpmsolver_sde":
         sched.noise_sampler_seed = list(seeds)
-    return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start)
+    return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start, notes)

@@ -8,6 +8,7 @@ The model is seen through a `NoiseTable` (k-diffusion's DiscreteSchedule); LCM s
 from __future__ import annotations
 
 from collections.abc import Callable
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,8 +167,8 @@ BETA_ALPHA = 0.6  # A1111 options beta_dist_alpha / beta_dist_beta, defaults
 BETA_BETA = 0.6
 
 
-def beta(n: int, tab: NoiseTable, family: str) -> np.ndarray:
-    ppf = stats.beta.ppf(1.0 - np.linspace(0.0, 1.0, n), BETA_ALPHA, BETA_BETA)
+def beta(n: int, tab: NoiseTable, family: str, alpha: float = BETA_ALPHA, beta_: float = BETA_BETA) -> np.ndarray:
+    ppf = stats.beta.ppf(1.0 - np.linspace(0.0, 1.0, n), alpha, beta_)
     return _append_zero(tab.sigma_min + ppf * (tab.sigma_max - tab.sigma_min))
 
 
@@ -206,3 +207,83 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
 
 SCHEDULES_BY_NAME: dict[str, ScheduleSpec] = {s.name: s for s in SCHEDULES}
 AUTOMATIC = SCHEDULES_BY_NAME["automatic"]
+
+
+def bounded(table: NoiseTable, sigma_min: float, sigma_max: float) -> NoiseTable:
+    """`table` (a NoiseTable or LCMNoiseTable) with the schedule's end points moved: A1111 passes the
+    schedule functions `sigma_min` / `sigma_max` arguments; the model's own levels stay as they are."""
+    lo, hi = float(sigma_min), float(sigma_max)
+    cls = type(f"Bounded{type(table).__name__}", (type(table),),
+               {"sigma_min": property(lambda self: lo), "sigma_max": property(lambda self: hi)})
+    view = cls.__new__(cls)
+    view.__dict__.update(table.__dict__)
+    return view
+
+
+@dataclass(frozen=True)
+class ScheduleOverrides:
+    """A1111's options that reshape a k-diffusion sampler's schedule (0 means "not set"):
+    `always_discard_next_to_last_sigma`, `sigma_min`, `sigma_max`, `rho`, `use_old_karras_scheduler_sigmas`
+    (end points 0.1 and 10) and `beta_dist_alpha` / `beta_dist_beta`."""
+
+    discard_penultimate: bool = False
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    old_karras_sigmas: bool = False
+    beta_alpha: float = BETA_ALPHA
+    beta_beta: float = BETA_BETA
+
+    @classmethod
+    def from_options(cls, options: dict) -> ScheduleOverrides:
+        get = lambda k, d: options.get(k, d) if options.get(k) is not None else d  # noqa: E731
+        return cls(bool(get("always_discard_next_to_last_sigma", False)), float(get("sigma_min", 0.0)),
+                   float(get("sigma_max", 0.0)), float(get("rho", 0.0)),
+                   bool(get("use_old_karras_scheduler_sigmas", False)), float(get("beta_dist_alpha", BETA_ALPHA)),
+                   float(get("beta_dist_beta", BETA_BETA)))
+
+
+def shaped_schedule(spec: ScheduleSpec, tab: NoiseTable, o: ScheduleOverrides
+                    ) -> tuple[Callable[[int, NoiseTable, str], np.ndarray], NoiseTable, dict[str, object]]:
+    """A1111's `get_sigmas` for a schedule with a function: (the function, the table it sees, the infotext
+    keys A1111 writes). Each override counts only when set (non-zero) and different from the model's own
+    value (rho: from the schedule's default rho, for the schedules that have one)."""
+    assert spec.sigmas is not None
+    notes: dict[str, object] = {}
+    fn: Callable[..., np.ndarray] = spec.sigmas
+    lo, hi = (0.1, 10.0) if o.old_karras_sigmas else (tab.sigma_min, tab.sigma_max)
+    if spec.name == "beta":
+        notes["Beta schedule alpha"], notes["Beta schedule beta"] = o.beta_alpha, o.beta_beta
+        fn = functools.partial(beta, alpha=o.beta_alpha, beta_=o.beta_beta)
+    if o.sigma_min != 0 and o.sigma_min != tab.sigma_min:
+        lo = o.sigma_min
+        notes["Schedule min sigma"] = o.sigma_min
+    if o.sigma_max != 0 and o.sigma_max != tab.sigma_max:
+        hi = o.sigma_max
+        notes["Schedule max sigma"] = o.sigma_max
+    if spec.default_rho != -1 and o.rho != 0 and o.rho != spec.default_rho:
+        fn = functools.partial(fn, rho=o.rho)
+        notes["Schedule rho"] = o.rho
+    view = tab if (lo, hi) == (tab.sigma_min, tab.sigma_max) else bounded(tab, lo, hi)
+    return fn, view, notes
+
+
+def k_sigmas(spec: ScheduleSpec, tab: NoiseTable, n: int, family: str, discard: bool,
+             overrides: ScheduleOverrides | None = None) -> tuple[np.ndarray, dict[str, object]]:
+    """A1111's KDiffusionSampler.get_sigmas: the n-step schedule (Automatic: the model's own), one step more
+    and its penultimate sigma dropped for samplers that discard it (or with `always_discard_next_to_last_
+    sigma`), and the infotext keys the options add."""
+    o = overrides or ScheduleOverrides()
+    notes: dict[str, object] = {}
+    if o.discard_penultimate and not discard:
+        discard, notes["Discard penultimate sigma"] = True, True
+    n_sched = n + 1 if discard else n
+    if spec.sigmas is None:
+        full = uniform(n_sched, tab, family)
+    else:
+        fn, view, shaped = shaped_schedule(spec, tab, o)
+        notes.update(shaped)
+        full = fn(n_sched, view, family)
+    if discard:
+        full = np.concatenate([full[:-2], full[-1:]])
+    return full, notes

@@ -70,13 +70,26 @@ class _CompVisUNet(torch.nn.Module):
         return self.unet(x, t, encoder_hidden_states=cond).sample
 
 
-def _a1111_cond(model, text: str) -> torch.Tensor:
+def _a1111_cond(model, text: str | list[tuple[str, float]], emphasis: str = "Original") -> torch.Tensor:
+    """A text, or (fragment, weight) runs as A1111's parser gives them: each run tokenized on its own, its
+    tokens weighted; "Original" restores the mean after weighting, "No norm" does not."""
     tok, enc = model.tokenizers[0], model.text_encoders[0]
-    ids = tok(text, truncation=False, add_special_tokens=False).input_ids
+    runs = [(text, 1.0)] if isinstance(text, str) else text
+    ids, weights = [], []
+    for fragment, weight in runs:
+        part = tok(fragment, truncation=False, add_special_tokens=False).input_ids
+        ids += part
+        weights += [weight] * len(part)
     assert len(ids) <= 75
-    ids = [tok.bos_token_id] + ids + [tok.eos_token_id] * (76 - len(ids))
+    pad = 76 - len(ids)
+    ids = [tok.bos_token_id] + ids + [tok.eos_token_id] * pad
+    w = torch.tensor([1.0] + weights + [1.0] * pad)[None, :, None]
     with torch.no_grad():
-        return enc(torch.tensor([ids])).last_hidden_state
+        z = enc(torch.tensor([ids])).last_hidden_state
+    weighted = z * w
+    if emphasis == "No norm":
+        return weighted
+    return weighted * (z.mean() / weighted.mean())
 
 
 def _sigmas(k, denoiser, sampler: str, steps: int) -> torch.Tensor:
@@ -94,21 +107,31 @@ def _sample(k, sampler: str, model_fn, x: torch.Tensor, sigmas: torch.Tensor, rn
 
 
 def _reference(model, sampler: str, seeds: list[int], *, source: str = "CPU", ensd: int = 0,
-               hires: tuple[int, float] | None = None) -> list[Image.Image]:
+               hires: tuple[int, float] | None = None, discard: bool = False, ngms: float = 0.0,
+               prompt: str | list[tuple[str, float]] = PROMPT, emphasis: str = "Original") -> list[Image.Image]:
     """A1111's txt2img; `hires` (second-pass steps, denoising strength): the "Latent" (bilinear) 2x hires
-    fix, pass two a fresh ImageRNG at the new size and img2img's fixed-steps tail of the schedule."""
+    fix, pass two a fresh ImageRNG at the new size and img2img's fixed-steps tail of the schedule.
+    `discard`: one step more, the penultimate sigma dropped; `ngms`: A1111's CFGDenoiser skips the
+    negative prompt on odd calls (counted from 0) whose sigma is below it, the cond output standing for
+    both; `prompt` as (fragment, weight) runs with the `emphasis` mode."""
     k = _k_diffusion()
     denoiser = k.external.CompVisDenoiser(_CompVisUNet(model.unet, model.scheduler_config))
-    cond, uncond = _a1111_cond(model, PROMPT), _a1111_cond(model, "")
+    cond, uncond = _a1111_cond(model, prompt, emphasis), _a1111_cond(model, "")
+    calls = [0]
 
     def cfg_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
+        step, calls[0] = calls[0], calls[0] + 1
+        if ngms and step % 2 and float(sigma[0]) < ngms:
+            return denoiser(x, sigma, cond=cond.expand(n, -1, -1))
         out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
                        cond=torch.cat([cond.expand(n, -1, -1), uncond.expand(n, -1, -1)]))
         c, u = out[:n], out[n:]
         return u + (c - u) * CFG
 
-    sigmas = _sigmas(k, denoiser, sampler, STEPS)
+    sigmas = _sigmas(k, denoiser, sampler, STEPS + 1 if discard else STEPS)
+    if discard:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     rng = ImageRNGReference(source, (4, SIZE // 8, SIZE // 8), seeds, ensd)
     with torch.no_grad():
         latents = _sample(k, sampler, cfg_denoiser, rng.noise() * sigmas[0], sigmas, rng)
@@ -175,3 +198,29 @@ def test_eight_bit_conversion_truncates_like_a1111():
     assert np.asarray(img)[0, :, 0].tolist() == [0, 10, 127, 254, 255]
     clipped = vae.to_images(torch.tensor([-0.5, 1.5]).view(1, 1, 1, 2).expand(1, 3, 1, 2).clone())[0]
     assert np.asarray(clipped)[0, :, 0].tolist() == [0, 255]
+
+
+@pytest.mark.parametrize(("case", "options"), [
+    ("discard", {"always_discard_next_to_last_sigma": True}),
+    ("ngms", {"s_min_uncond": 3.0}),
+    ("no_norm", {"emphasis": "No norm"}),
+])
+def test_sampling_options_match_the_reference(env, case, options):
+    """Discard penultimate sigma, NGMS and emphasis No norm, each against A1111's rule written out; each
+    also writes its infotext key as A1111 does."""
+    model = env.model()
+    prompt = "a red (fox:1.3) in the snow" if case == "no_norm" else PROMPT
+    ref_kwargs = {"discard": {"discard": True}, "ngms": {"ngms": 3.0},
+                  "no_norm": {"prompt": [("a red", 1.0), ("fox", 1.3), ("in the snow", 1.0)],
+                              "emphasis": "No norm"}}[case]
+    expected = _reference(model, "Euler", SEEDS, **ref_kwargs)
+    result = env.run(options=options, prompt=prompt, negative_prompt="", steps=STEPS, width=SIZE, height=SIZE,
+                     seed=SEEDS[0], batch_size=len(SEEDS), cfg_scale=CFG, sampler_name="Euler", enable_hr=False)
+    _assert_same(result.images, expected, case)
+    params = infotext_params(result.infotexts[0])
+    key, value = {"discard": ("Discard penultimate sigma", "True"), "ngms": ("NGMS", "3.0"),
+                  "no_norm": ("Emphasis", "No norm")}[case]
+    assert params.get(key) == value
+    # and the option is not ignored: the default's image is another one
+    plain = _reference(model, "Euler", SEEDS, prompt=ref_kwargs.get("prompt", PROMPT))
+    assert np.abs(np.asarray(plain[0], dtype=np.int16) - np.asarray(expected[0], dtype=np.int16)).mean() > 0.1
