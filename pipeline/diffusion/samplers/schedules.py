@@ -7,8 +7,8 @@ The model is seen through a `NoiseTable` (k-diffusion's DiscreteSchedule); LCM s
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -236,7 +236,7 @@ class ScheduleOverrides:
 
     @classmethod
     def from_options(cls, options: dict) -> ScheduleOverrides:
-        get = lambda k, d: options.get(k, d) if options.get(k) is not None else d  # noqa: E731
+        get = lambda k, d: options.get(k, d) if options.get(k) is not None else d
         return cls(bool(get("always_discard_next_to_last_sigma", False)), float(get("sigma_min", 0.0)),
                    float(get("sigma_max", 0.0)), float(get("rho", 0.0)),
                    bool(get("use_old_karras_scheduler_sigmas", False)), float(get("beta_dist_alpha", BETA_ALPHA)),
