@@ -127,3 +127,18 @@ def test_a_bad_value_in_the_infotext_is_a_4xx_naming_it(client: TestClient) -> N
     assert r.status_code == 400 and "infotext.steps" in r.text
     r = client.post("/sdapi/v1/txt2img", json={"infotext": "a fox\nSteps: 2, Sampler: Euler, Seed: 1, RNG: XPU"})
     assert r.status_code in (400, 422) and "randn_source" in r.text
+
+
+def test_an_old_versions_infotext_switches_its_back_compat_options_on(client: TestClient) -> None:
+    """A1111 before 1.6.0 padded DDIM's negative prompt by repeating its last vector: its infotexts carry no
+    key for it, the Version says it (infotext_versions.backcompat -> `Pad conds v0`)."""
+    negative = ", ".join(["blurry, lowres, bad anatomy, watermark"] * 12)  # two chunks against the prompt's one
+    text = (f"a red fox in the snow\nNegative prompt: {negative}\nSteps: 4, Sampler: DDIM, CFG scale: 7, "
+            "Seed: 9, Size: 64x64, Version: v1.5.1")
+    via_text = _post(client, {"infotext": text})
+    explicit = _post(client, {**BASE, "negative_prompt": negative, "sampler_name": "DDIM", "seed": 9,
+                              "override_settings": {"pad_cond_uncond_v0": True}})
+    unpadded = _post(client, {**BASE, "negative_prompt": negative, "sampler_name": "DDIM", "seed": 9})
+    assert "Pad conds v0: True" in via_text["info"]["infotexts"][0]
+    assert np.array_equal(_pixels(via_text["images"][0]), _pixels(explicit["images"][0]))
+    assert not np.array_equal(_pixels(via_text["images"][0]), _pixels(unpadded["images"][0]))
