@@ -35,14 +35,18 @@ def resolve_seed(seed: int | None) -> int:
 
 
 def slerp(t: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation between two noise tensors (as flat vectors)."""
-    a, b = low.flatten(), high.flatten()
-    dot = torch.dot(a / a.norm(), b / b.norm()).clamp(-1.0, 1.0)
-    if dot.abs() > 0.9995:
-        return low * (1 - t) + high * t
-    omega = torch.acos(dot)
-    so = torch.sin(omega)
-    return (torch.sin((1 - t) * omega) / so) * low + (torch.sin(t * omega) / so) * high
+    """A1111's variation-seed interpolation of one image's (C, H, W) noise: spherical, separately for every
+    (channel, column) vector of H values (A1111 normalises along dim 1). When the two are almost parallel on
+    average (mean cosine above 0.9995), A1111's linear fallback, whose weights are `t` on `low` and 1 - t
+    on `high` as A1111 writes it."""
+    cos = ((low / low.norm(dim=1, keepdim=True)) * (high / high.norm(dim=1, keepdim=True))).sum(1)
+    if cos.mean() > 0.9995:
+        return low * t + high * (1 - t)
+    omega = torch.acos(cos)
+    sin = torch.sin(omega)
+    w_low = (torch.sin((1.0 - t) * omega) / sin).unsqueeze(1)
+    w_high = (torch.sin(t * omega) / sin).unsqueeze(1)
+    return w_low * low + w_high * high
 
 
 class Draws(Protocol):

@@ -69,15 +69,34 @@ def generator(source: str, seed: int):
     return NVReference(seed) if source == "NV" else CPUReference(seed)
 
 
+def slerp_a1111(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """A1111's rng.slerp on one image's (C, H, W) noise: normalised along dim 1, so every (channel, column)
+    vector of H values is interpolated on its own; above a mean cosine of 0.9995 A1111 returns
+    low * val + high * (1 - val) (the weights swapped, as written there)."""
+    a = low / low.norm(dim=1, keepdim=True)
+    b = high / high.norm(dim=1, keepdim=True)
+    dot = (a * b).sum(1)
+    if dot.mean() > 0.9995:
+        return low * val + high * (1 - val)
+    omega = torch.acos(dot)
+    so = torch.sin(omega)
+    return (torch.sin((1.0 - val) * omega) / so).unsqueeze(1) * low + (torch.sin(val * omega) / so).unsqueeze(1) * high
+
+
 class ImageRNGReference:
     """noise(): the initial noise (B, C, h, w); then calling the object gives the sampler's draws."""
 
-    def __init__(self, source: str, shape: tuple[int, int, int], seeds: list[int], ensd: int = 0) -> None:
+    def __init__(self, source: str, shape: tuple[int, int, int], seeds: list[int], ensd: int = 0,
+                 subseeds: list[int] | None = None, subseed_strength: float = 0.0) -> None:
         self.source, self.shape, self.seeds, self.ensd = source, shape, seeds, ensd
+        self.subseeds, self.strength = subseeds, subseed_strength
         self.gens = [generator(source, s) for s in seeds]
 
     def noise(self) -> torch.Tensor:
         x = torch.stack([g.randn(self.shape) for g in self.gens])
+        if self.subseeds is not None and self.strength:
+            x = torch.stack([slerp_a1111(self.strength, one, generator(self.source, sub).randn(self.shape))
+                             for one, sub in zip(x, self.subseeds, strict=True)])
         if self.ensd:
             self.gens = [generator(self.source, s + self.ensd) for s in self.seeds]
         return x

@@ -108,7 +108,8 @@ def _sample(k, sampler: str, model_fn, x: torch.Tensor, sigmas: torch.Tensor, rn
 
 def _reference(model, sampler: str, seeds: list[int], *, source: str = "CPU", ensd: int = 0,
                hires: tuple[int, float] | None = None, discard: bool = False, ngms: float = 0.0,
-               prompt: str | list[tuple[str, float]] = PROMPT, emphasis: str = "Original") -> list[Image.Image]:
+               prompt: str | list[tuple[str, float]] = PROMPT, emphasis: str = "Original",
+               variation: tuple[list[int], float] | None = None) -> list[Image.Image]:
     """A1111's txt2img; `hires` (second-pass steps, denoising strength): the "Latent" (bilinear) 2x hires
     fix, pass two a fresh ImageRNG at the new size and img2img's fixed-steps tail of the schedule.
     `discard`: one step more, the penultimate sigma dropped; `ngms`: A1111's CFGDenoiser skips the
@@ -132,14 +133,15 @@ def _reference(model, sampler: str, seeds: list[int], *, source: str = "CPU", en
     sigmas = _sigmas(k, denoiser, sampler, STEPS + 1 if discard else STEPS)
     if discard:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
-    rng = ImageRNGReference(source, (4, SIZE // 8, SIZE // 8), seeds, ensd)
+    subseeds, strength = variation or (None, 0.0)
+    rng = ImageRNGReference(source, (4, SIZE // 8, SIZE // 8), seeds, ensd, subseeds, strength)
     with torch.no_grad():
         latents = _sample(k, sampler, cfg_denoiser, rng.noise() * sigmas[0], sigmas, rng)
         if hires is not None:
             steps, d = hires
             latents = torch.nn.functional.interpolate(latents, size=(SIZE // 4, SIZE // 4), mode="bilinear",
                                                       antialias=False)
-            rng = ImageRNGReference(source, tuple(latents.shape[1:]), seeds, ensd)
+            rng = ImageRNGReference(source, tuple(latents.shape[1:]), seeds, ensd, subseeds, strength)
             total = int(steps / min(d, 0.999))
             tail = _sigmas(k, denoiser, sampler, total)[total - steps:]
             latents = _sample(k, sampler, cfg_denoiser, latents + rng.noise() * tail[0], tail, rng)
@@ -224,3 +226,15 @@ def test_sampling_options_match_the_reference(env, case, options):
     # and the option is not ignored: the default's image is another one
     plain = _reference(model, "Euler", SEEDS, prompt=ref_kwargs.get("prompt", PROMPT))
     assert np.abs(np.asarray(plain[0], dtype=np.int16) - np.asarray(expected[0], dtype=np.int16)).mean() > 0.1
+
+
+def test_variation_seeds_match_the_reference(env):
+    """Variation seed noise is A1111's slerp of the seed's and the subseed's noise, per (channel, column)
+    vector (rng.slerp normalises along dim 1 of each image's (C, H, W) noise); with variation seeds every
+    image of a batch takes the same seed and subseed + i."""
+    model = env.model()
+    expected = _reference(model, "Euler", [SEEDS[0]] * 2, variation=([99, 100], 0.3))
+    result = env.run(prompt=PROMPT, negative_prompt="", steps=STEPS, width=SIZE, height=SIZE, seed=SEEDS[0],
+                     subseed=99, subseed_strength=0.3, batch_size=2, cfg_scale=CFG, sampler_name="Euler",
+                     enable_hr=False)
+    _assert_same(result.images, expected, "variation seed")
