@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from pipeline.infotext.apply import option_overrides, request_fields
+from pipeline.infotext.apply import option_overrides, rename_loras, request_fields
 from pipeline.infotext.codec import parse_infotext
 from pipeline.runtime.errors import InvalidRequest, UnknownName
 from server.options import OPTIONS
@@ -51,12 +51,28 @@ def _coerce(annotation: Any, value: Any, name: str) -> Any:
     return value
 
 
+def _local_lora(svc: Services, name: str, shorthash: str) -> str | None:
+    """The local LoRA file with `shorthash` (A1111's 12-character hash): the named file when it has it,
+    else the first file that does, by its alias when the alias finds it (A1111's preferred name)."""
+    if svc.networks is None:
+        return None
+    index = svc.networks.loras
+    named = index.find(name)
+    if named is not None and named.shorthash == shorthash:
+        return None  # already right: the tag stays as written
+    for lf in index.list():
+        if lf.shorthash == shorthash:
+            return lf.alias if index.find(lf.alias) is lf else lf.name
+    return None
+
+
 def apply_infotext(svc: Services, req: R, endpoint: str) -> R:
     """`req` (a Txt2ImgRequest or Img2ImgRequest) with its `infotext` applied; unchanged without one."""
     text = getattr(req, "infotext", None)
     if not text:
         return req
     params = parse_infotext(text)
+    rename_loras(params, lambda name, short: _local_lora(svc, name, short))
     set_fields = set(req.model_fields_set)
     fields = request_fields(params, endpoint, set_fields)
     requested = dict(req.override_settings or {})

@@ -16,6 +16,7 @@ CFG, size, batch size, denoising strength and the inpainting fields (documented 
 which is what a client pasting an img2img infotext expects. Pure: the server resolves names (`Model hash`)."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -116,3 +117,34 @@ def option_overrides(params: Mapping[str, Any], current: Mapping[str, Any], defa
         if current.get(name) != value:
             out[name] = value
     return out
+
+
+_LORA_TAG = re.compile(r"<lora:([^:>]+):")
+
+
+def lora_hashes(text: object) -> dict[str, str]:
+    """An infotext's `Lora hashes` value (`name: hash, name2: hash`) as name -> short hash."""
+    out: dict[str, str] = {}
+    for item in str(text or "").split(","):
+        name, sep, value = item.partition(":")
+        if sep and name.strip():
+            out[name.strip()] = value.strip()
+    return out
+
+
+def rename_loras(params: dict[str, Any], local_name: Callable[[str, str], str | None]) -> None:
+    """The Lora extension's `infotext_pasted` rule: each `<lora:NAME:` of the prompt (and the hires prompt)
+    whose NAME has a hash in `Lora hashes` becomes the local file that has that hash; `local_name(name,
+    shorthash)` answers it (None: no such file, the tag stays)."""
+    hashes = lora_hashes(params.get("Lora hashes"))
+    if not hashes:
+        return
+
+    def swap(m: re.Match) -> str:
+        short = hashes.get(m.group(1))
+        found = local_name(m.group(1), short) if short else None
+        return f"<lora:{found}:" if found else m.group(0)
+
+    for key in ("Prompt", "Hires prompt"):
+        if isinstance(params.get(key), str):
+            params[key] = _LORA_TAG.sub(swap, params[key])

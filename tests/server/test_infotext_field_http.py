@@ -10,11 +10,13 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from server.app import create_app
 from server.config import ServerConfig
+from tests.fixtures.networks import make_network
 
 BASE = {"prompt": "a red fox in the snow", "negative_prompt": "blurry", "steps": 4, "width": 64, "height": 64,
         "seed": 1234, "cfg_scale": 7.0, "sampler_name": "Euler"}
@@ -22,7 +24,11 @@ BASE = {"prompt": "a red fox in the snow", "negative_prompt": "blurry", "steps":
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    from pipeline.models.builtin import build_builtin_model
+
     root = tmp_path_factory.mktemp("srv-infotext")
+    model = build_builtin_model(torch.device("cpu"), torch.float32)
+    make_network(model, "lora", seed=1).save(root / "models" / "Lora" / "fox_detail_v2.safetensors")
     cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
                        extensions_dir=None, max_pixels=512 * 512)
     with TestClient(create_app(cfg)) as c:
@@ -142,3 +148,18 @@ def test_an_old_versions_infotext_switches_its_back_compat_options_on(client: Te
     assert "Pad conds v0: True" in via_text["info"]["infotexts"][0]
     assert np.array_equal(_pixels(via_text["images"][0]), _pixels(explicit["images"][0]))
     assert not np.array_equal(_pixels(via_text["images"][0]), _pixels(unpadded["images"][0]))
+
+
+def test_lora_hashes_find_a_renamed_local_file(client: TestClient) -> None:
+    """The image was made with a LoRA called `fox_detail` elsewhere; here the same file (same hash) is
+    `fox_detail_v2`: the tag is rewritten to the local name (the Lora extension's infotext rule)."""
+    made = _post(client, {**BASE, "prompt": "a red fox in the snow <lora:fox_detail_v2:0.8>"})
+    text = made["info"]["infotexts"][0]
+    assert "Lora hashes" in text
+    elsewhere = text.replace("fox_detail_v2", "fox_detail")  # the prompt's tag and the hash's key
+    again = _post(client, {"infotext": elsewhere})
+    assert again["info"]["prompt"] == "a red fox in the snow <lora:fox_detail_v2:0.8>"
+    assert _sha(again["images"][0]) == _sha(made["images"][0])
+    unknown = elsewhere.replace(text.split("fox_detail_v2: ")[1][:12], "000000000000")
+    r = client.post("/sdapi/v1/txt2img", json={"infotext": unknown})
+    assert r.status_code == 400 and "fox_detail" in r.text  # no file with that hash: the tag stays, unknown
