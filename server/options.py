@@ -162,6 +162,9 @@ OPTIONS: dict[str, Option] = {
     "use_old_karras_scheduler_sigmas": Option(False, _bool, "schedule end points 0.1 and 10 (A1111 < 1.3)"),
     "beta_dist_alpha": Option(0.6, _float(0, 1), "Beta schedule: alpha"),
     "beta_dist_beta": Option(0.6, _float(0, 1), "Beta schedule: beta"),
+    "sgm_noise_multiplier": Option(False, _bool, "k-diffusion samplers: initial noise times sqrt(1 + sigma^2) "
+                                   "(the official SDXL code), not sigma"),
+    "img2img_extra_noise": Option(0.0, _float(0, 1), "img2img and hires pass: extra noise on the start latent"),
     "emphasis": Option("Original", _choice("Original", "No norm", "Ignore", "None"), "prompt (weight:1.1) "
                        "syntax: Original (weights, then the mean restored), No norm, Ignore (no weights), None "
                        "(no parsing)"),

@@ -404,12 +404,10 @@ def make_plan(
     pass (hires pass 2, img2img) uses A1111's fixed-steps rule: the schedule is computed for
     int(steps / min(d, 0.999)) steps and its last `steps` steps run, starting from the noise level
     at that point; with `fix_steps` false (plain img2img) the `steps`-step schedule's last
-    int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (the pass's noise stream,
-    seeds.ImageNoise, or one torch generator per image) feed the sampler's fresh noise; `seeds` (one per image) seed the Brownian trees of the brownian-noise
-    samplers. `family` ("sd1", "sd2", "sdxl") picks the Align Your Steps table. `overrides`: the options
-    that reshape a k-diffusion sampler's schedule (schedules.ScheduleOverrides); what they change is
-    listed in the plan's `notes` under A1111's infotext keys. Raises InvalidRequest for bad parameters.
-    """
+    int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (the pass's seeds.ImageNoise, or
+    torch generators) feed the sampler's fresh noise; `seeds` seed the Brownian trees. `family` picks the
+    Align Your Steps table. `overrides`: the options that reshape the schedule and the start noise
+    (schedules.ScheduleOverrides), listed in the plan's `notes` under A1111's infotext keys. Raises InvalidRequest for bad parameters."""
     params = params or SamplerParams()
     check_supported(sampler, schedule)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -445,6 +443,8 @@ def make_plan(
     if sampler.layout == "ddim":  # DDIM and DDIM CFG++
         step_kwargs["eta"] = values["eta"]
 
+    o = overrides or ScheduleOverrides()
+    extra = o.extra_noise if total is not None else 0.0  # A1111's img2img_extra_noise: denoising passes only
     if sampler.kind == "timesteps":
         ts, user, acp0 = _plan_timestep_sampler(sampler, sched, tab, steps, total)
         start_sigma = math.sqrt((1.0 - acp0) / acp0)
@@ -452,15 +452,16 @@ def make_plan(
         def start(noise, init_latents=None, _a=acp0):
             if init_latents is None:
                 return noise.clone()
-            return init_latents * math.sqrt(_a) + noise * math.sqrt(1.0 - _a)
+            return init_latents * math.sqrt(_a) + noise * (math.sqrt(1.0 - _a) + extra * math.sqrt(_a))
 
         outer = user[-1]
-        return StepPlan(sched, ts, step_kwargs, outer, None, start_sigma, sampler, schedule, user, start)
+        return StepPlan(sched, ts, step_kwargs, outer, None, start_sigma, sampler, schedule, user, start,
+                        {"Extra noise": extra} if extra else {})
 
     # k-diffusion samplers
     spec = effective_schedule(sampler, schedule)
     n = total if total is not None else steps
-    full, notes = k_sigmas(spec, tab, n, family, sampler.discard_next_to_last_sigma, overrides)
+    full, notes = k_sigmas(spec, tab, n, family, sampler.discard_next_to_last_sigma, o)
     s = full[n - steps:] if total is not None else full
     if len(s) < 2 or not np.all(np.isfinite(s)):
         raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
@@ -479,8 +480,11 @@ def make_plan(
     full32 = full.astype(np.float32)  # A1111 spans the tree over its float32 sigmas
     brownian_range = (float(full32[full32 > 0].min()), float(full32.max()))
 
+    scale = math.sqrt(1.0 + s0 * s0) if o.sgm_noise else s0  # A1111's sgm_noise_multiplier
+    notes.update({"SGM noise multiplier": True} if o.sgm_noise else {}, **({"Extra noise": extra} if extra else {}))
+
     def start(noise, init_latents=None):
-        x = noise * s0 if init_latents is None else init_latents + noise * s0
+        x = noise * scale if init_latents is None else init_latents + noise * (scale + extra)
         if vp:  # DPMSolverMultistep works on x / sqrt(sigma^2 + 1)
             x = x / math.sqrt(s0 * s0 + 1.0)
         if sampler.brownian:

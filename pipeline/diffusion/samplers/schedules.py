@@ -224,7 +224,8 @@ def bounded(table: NoiseTable, sigma_min: float, sigma_max: float) -> NoiseTable
 class ScheduleOverrides:
     """A1111's options that reshape a k-diffusion sampler's schedule (0 means "not set"):
     `always_discard_next_to_last_sigma`, `sigma_min`, `sigma_max`, `rho`, `use_old_karras_scheduler_sigmas`
-    (end points 0.1 and 10) and `beta_dist_alpha` / `beta_dist_beta`."""
+    (end points 0.1 and 10) and `beta_dist_alpha` / `beta_dist_beta`; and the start noise's
+    `sgm_noise_multiplier` and `img2img_extra_noise`."""
 
     discard_penultimate: bool = False
     sigma_min: float = 0.0
@@ -233,6 +234,8 @@ class ScheduleOverrides:
     old_karras_sigmas: bool = False
     beta_alpha: float = BETA_ALPHA
     beta_beta: float = BETA_BETA
+    sgm_noise: bool = False  # `sgm_noise_multiplier`: initial noise times sqrt(1 + sigma^2), not sigma
+    extra_noise: float = 0.0  # `img2img_extra_noise`: more noise on a denoising pass's start
 
     @classmethod
     def from_options(cls, options: dict) -> ScheduleOverrides:
@@ -240,7 +243,8 @@ class ScheduleOverrides:
         return cls(bool(get("always_discard_next_to_last_sigma", False)), float(get("sigma_min", 0.0)),
                    float(get("sigma_max", 0.0)), float(get("rho", 0.0)),
                    bool(get("use_old_karras_scheduler_sigmas", False)), float(get("beta_dist_alpha", BETA_ALPHA)),
-                   float(get("beta_dist_beta", BETA_BETA)))
+                   float(get("beta_dist_beta", BETA_BETA)), bool(get("sgm_noise_multiplier", False)),
+                   float(get("img2img_extra_noise", 0.0)))
 
 
 def shaped_schedule(spec: ScheduleSpec, tab: NoiseTable, o: ScheduleOverrides

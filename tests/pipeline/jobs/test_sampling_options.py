@@ -112,3 +112,21 @@ def test_emphasis_is_per_job(env: Env):
     _run(env, {"emphasis": "Ignore"}, prompt=prompt)
     again = _run(env, prompt=prompt)
     assert np.array_equal(np.asarray(first.images[0]), np.asarray(again.images[0]))
+
+
+def test_sgm_noise_multiplier_scales_the_initial_noise(env: Env, plain):
+    result = _run(env, {"sgm_noise_multiplier": True})
+    assert infotext_params(result.infotexts[0]).get("SGM noise multiplier") == "True"
+    assert mean_abs_diff(result.images[0], plain.images[0]) > 0.05
+
+
+def test_extra_noise_acts_on_denoising_passes_only(env: Env, plain):
+    same = _run(env, {"img2img_extra_noise": 0.3})  # txt2img without hires: no denoising pass
+    assert mean_abs_diff(same.images[0], plain.images[0]) == 0
+    assert "Extra noise" not in infotext_params(same.infotexts[0])
+    hires = {"enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 3,
+             "denoising_strength": 0.5}
+    base = _run(env, **hires)
+    extra = _run(env, {"img2img_extra_noise": 0.3}, **hires)
+    assert infotext_params(extra.infotexts[0]).get("Extra noise") == "0.3"
+    assert mean_abs_diff(base.images[0], extra.images[0]) > 0.05
