@@ -165,6 +165,8 @@ OPTIONS: dict[str, Option] = {
     "sgm_noise_multiplier": Option(False, _bool, "k-diffusion samplers: initial noise times sqrt(1 + sigma^2) "
                                    "(the official SDXL code), not sigma"),
     "img2img_extra_noise": Option(0.0, _float(0, 1), "img2img and hires pass: extra noise on the start latent"),
+    "use_downcasted_alpha_bar": Option(False, _bool, "the model's alphas_cumprod in float16, as A1111 before "
+                                       "1.7.0-225 sampled (infotext `Downcast alphas_cumprod`)"),
     "emphasis": Option("Original", _choice("Original", "No norm", "Ignore", "None"), "prompt (weight:1.1) "
                        "syntax: Original (weights, then the mean restored), No norm, Ignore (no weights), None "
                        "(no parsing)"),

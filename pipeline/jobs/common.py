@@ -100,6 +100,8 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
                                     params=sampler_params(p), strength=spec.strength, fix_steps=spec.fix_steps,
                                     overrides=ScheduleOverrides.from_options(p.options))
     plan = denoise.plan_pass(model, settings, gens, seeds)
+    if settings.overrides.downcast:  # A1111 notes it first, when it sets up the model's schedule
+        p.extra_generation_params["Downcast alphas_cumprod"] = True
     p.extra_generation_params.update(plan.notes)  # Discard penultimate sigma, Schedule min sigma, ...
     activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)

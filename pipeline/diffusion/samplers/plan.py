@@ -24,7 +24,7 @@ from pipeline.runtime.errors import InvalidRequest
 
 from .brownian import BrownianNoise
 from .churn import Churn, churn_schedule
-from .schedules import LCMNoiseTable, NoiseTable, ScheduleOverrides, ScheduleSpec, k_sigmas
+from .schedules import LCMNoiseTable, NoiseTable, ScheduleOverrides, ScheduleSpec, k_sigmas, model_table
 from .table import SamplerSpec, check_supported, effective_schedule
 
 
@@ -432,10 +432,8 @@ def make_plan(
         raise ValueError(f"{sampler.name} uses seeded Brownian noise: pass one seed per image")
 
     sched = _build(sampler, scheduler_config)
-    if sampler.layout == "lcm":  # A1111's LCM denoiser sees only the 50 LCM timesteps
-        tab = LCMNoiseTable(sched.alphas_cumprod.numpy(), sched.config.original_inference_steps)
-    else:
-        tab = NoiseTable(sched.alphas_cumprod.numpy())
+    o = overrides or ScheduleOverrides()
+    tab = model_table(sched, sampler.layout == "lcm", o)  # A1111's LCM denoiser sees only the LCM timesteps
     step_kwargs: dict[str, Any] = {}
     accepted = inspect.signature(sched.step).parameters
     if "generator" in accepted and generators is not None and (sampler.stochastic or sampler.layout == "ddim"):
@@ -443,7 +441,6 @@ def make_plan(
     if sampler.layout == "ddim":  # DDIM and DDIM CFG++
         step_kwargs["eta"] = values["eta"]
 
-    o = overrides or ScheduleOverrides()
     extra = o.extra_noise if total is not None else 0.0  # A1111's img2img_extra_noise: denoising passes only
     if sampler.kind == "timesteps":
         ts, user, acp0 = _plan_timestep_sampler(sampler, sched, tab, steps, total)

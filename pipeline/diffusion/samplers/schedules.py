@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import stats
 
 
@@ -22,11 +23,16 @@ class NoiseTable:
     interpolate linearly in log-sigma, giving the continuous timestep A1111 feeds to the UNet.
     """
 
-    def __init__(self, alphas_cumprod) -> None:
+    def __init__(self, alphas_cumprod, half: bool = False) -> None:
         acp = np.asarray(alphas_cumprod, dtype=np.float64)
         self.alphas_cumprod = acp
-        self.sigmas = np.sqrt((1.0 - acp) / acp)
-        self.log_sigmas = np.log(self.sigmas)
+        if half:  # A1111's `use_downcasted_alpha_bar`: k-diffusion computes its table in float16 then
+            a = torch.from_numpy(acp).half()
+            sig = ((1 - a) / a) ** 0.5
+            self.sigmas, self.log_sigmas = sig.double().numpy(), sig.log().double().numpy()
+        else:
+            self.sigmas = np.sqrt((1.0 - acp) / acp)
+            self.log_sigmas = np.log(self.sigmas)
 
     @property
     def sigma_min(self) -> float:
@@ -68,11 +74,11 @@ class LCMNoiseTable(NoiseTable):
     schedule types see this table wherever A1111 hands them its `inner_model` (or its sigma range).
     """
 
-    def __init__(self, alphas_cumprod, original_steps: int = 50) -> None:
+    def __init__(self, alphas_cumprod, original_steps: int = 50, half: bool = False) -> None:
         full = np.asarray(alphas_cumprod, dtype=np.float64)
         self.skip = len(full) // original_steps
         self.timesteps = len(full) - 1 - self.skip * np.arange(original_steps)[::-1]  # 19, 39, ..., 999
-        super().__init__(full[self.timesteps])
+        super().__init__(full[self.timesteps], half)
 
     def sigma_to_t(self, sigma) -> np.ndarray:
         log_sigma = np.log(np.asarray(sigma, dtype=np.float64))
@@ -235,16 +241,20 @@ class ScheduleOverrides:
     beta_alpha: float = BETA_ALPHA
     beta_beta: float = BETA_BETA
     sgm_noise: bool = False  # `sgm_noise_multiplier`: initial noise times sqrt(1 + sigma^2), not sigma
+    downcast: bool = False  # `use_downcasted_alpha_bar`: the model's alphas_cumprod in float16 (A1111 < 1.7)
     extra_noise: float = 0.0  # `img2img_extra_noise`: more noise on a denoising pass's start
 
     @classmethod
     def from_options(cls, options: dict) -> ScheduleOverrides:
-        get = lambda k, d: options.get(k, d) if options.get(k) is not None else d
-        return cls(bool(get("always_discard_next_to_last_sigma", False)), float(get("sigma_min", 0.0)),
-                   float(get("sigma_max", 0.0)), float(get("rho", 0.0)),
-                   bool(get("use_old_karras_scheduler_sigmas", False)), float(get("beta_dist_alpha", BETA_ALPHA)),
-                   float(get("beta_dist_beta", BETA_BETA)), bool(get("sgm_noise_multiplier", False)),
-                   float(get("img2img_extra_noise", 0.0)))
+        def get(key: str, default):
+            return default if options.get(key) is None else options[key]
+
+        return cls(discard_penultimate=bool(get("always_discard_next_to_last_sigma", False)),
+                   sigma_min=float(get("sigma_min", 0.0)), sigma_max=float(get("sigma_max", 0.0)),
+                   rho=float(get("rho", 0.0)), old_karras_sigmas=bool(get("use_old_karras_scheduler_sigmas", False)),
+                   beta_alpha=float(get("beta_dist_alpha", BETA_ALPHA)), beta_beta=float(get("beta_dist_beta", BETA_BETA)),
+                   sgm_noise=bool(get("sgm_noise_multiplier", False)), downcast=bool(get("use_downcasted_alpha_bar", False)),
+                   extra_noise=float(get("img2img_extra_noise", 0.0)))
 
 
 def shaped_schedule(spec: ScheduleSpec, tab: NoiseTable, o: ScheduleOverrides
@@ -291,3 +301,14 @@ def k_sigmas(spec: ScheduleSpec, tab: NoiseTable, n: int, family: str, discard: 
     if discard:
         full = np.concatenate([full[:-2], full[-1:]])
     return full, notes
+
+
+def model_table(sched, lcm: bool, o: ScheduleOverrides) -> NoiseTable:
+    """The model's noise table as the sampler sees it (LCM: its 50 timesteps). With `use_downcasted_alpha_bar`
+    the scheduler's alphas_cumprod become float16 values too (DDIM, PLMS and UniPC read them directly)."""
+    if o.downcast:
+        sched.alphas_cumprod = sched.alphas_cumprod.half().float()
+    acp = sched.alphas_cumprod.numpy()
+    if lcm:
+        return LCMNoiseTable(acp, sched.config.original_inference_steps, o.downcast)
+    return NoiseTable(acp, o.downcast)
