@@ -167,6 +167,8 @@ OPTIONS: dict[str, Option] = {
     "img2img_extra_noise": Option(0.0, _float(0, 1), "img2img and hires pass: extra noise on the start latent"),
     "use_downcasted_alpha_bar": Option(False, _bool, "the model's alphas_cumprod in float16, as A1111 before "
                                        "1.7.0-225 sampled (infotext `Downcast alphas_cumprod`)"),
+    "sd_noise_schedule": Option("Default", _choice("Default", "Zero Terminal SNR"), "Zero Terminal SNR: the "
+                                "model's alphas_cumprod rescaled to end at ~0 (for models trained so)"),
     "emphasis": Option("Original", _choice("Original", "No norm", "Ignore", "None"), "prompt (weight:1.1) "
                        "syntax: Original (weights, then the mean restored), No norm, Ignore (no weights), None "
                        "(no parsing)"),

@@ -102,6 +102,8 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     plan = denoise.plan_pass(model, settings, gens, seeds)
     if settings.overrides.downcast:  # A1111 notes it first, when it sets up the model's schedule
         p.extra_generation_params["Downcast alphas_cumprod"] = True
+    if settings.overrides.zero_snr:
+        p.extra_generation_params["Noise Schedule"] = "Zero Terminal SNR"
     p.extra_generation_params.update(plan.notes)  # Discard penultimate sigma, Schedule min sigma, ...
     activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)

@@ -242,6 +242,7 @@ class ScheduleOverrides:
     beta_beta: float = BETA_BETA
     sgm_noise: bool = False  # `sgm_noise_multiplier`: initial noise times sqrt(1 + sigma^2), not sigma
     downcast: bool = False  # `use_downcasted_alpha_bar`: the model's alphas_cumprod in float16 (A1111 < 1.7)
+    zero_snr: bool = False  # `sd_noise_schedule` "Zero Terminal SNR": alphas_cumprod rescaled to end at ~0
     extra_noise: float = 0.0  # `img2img_extra_noise`: more noise on a denoising pass's start
 
     @classmethod
@@ -254,7 +255,8 @@ class ScheduleOverrides:
                    rho=float(get("rho", 0.0)), old_karras_sigmas=bool(get("use_old_karras_scheduler_sigmas", False)),
                    beta_alpha=float(get("beta_dist_alpha", BETA_ALPHA)), beta_beta=float(get("beta_dist_beta", BETA_BETA)),
                    sgm_noise=bool(get("sgm_noise_multiplier", False)), downcast=bool(get("use_downcasted_alpha_bar", False)),
-                   extra_noise=float(get("img2img_extra_noise", 0.0)))
+                   extra_noise=float(get("img2img_extra_noise", 0.0)),
+                   zero_snr=get("sd_noise_schedule", "Default") == "Zero Terminal SNR")
 
 
 def shaped_schedule(spec: ScheduleSpec, tab: NoiseTable, o: ScheduleOverrides
@@ -308,7 +310,21 @@ def model_table(sched, lcm: bool, o: ScheduleOverrides) -> NoiseTable:
     the scheduler's alphas_cumprod become float16 values too (DDIM, PLMS and UniPC read them directly)."""
     if o.downcast:
         sched.alphas_cumprod = sched.alphas_cumprod.half().float()
+    if o.zero_snr:
+        sched.alphas_cumprod = zero_terminal_snr(sched.alphas_cumprod)
     acp = sched.alphas_cumprod.numpy()
     if lcm:
         return LCMNoiseTable(acp, sched.config.original_inference_steps, o.downcast)
     return NoiseTable(acp, o.downcast)
+
+
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """A1111's `rescale_zero_terminal_snr_abar` (Lin et al. 2023): sqrt(alphas_cumprod) shifted and scaled
+    to run from its first value to 0, squared; the last value set to 4.8973451890853435e-08 (not 0, so the
+    largest sigma stays finite)."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    out = root ** 2
+    out[-1] = 4.8973451890853435e-08
+    return out

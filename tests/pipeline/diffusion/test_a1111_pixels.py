@@ -57,7 +57,8 @@ def _k_diffusion() -> types.ModuleType:
 class _CompVisUNet(torch.nn.Module):
     """What CompVisDenoiser expects of an LDM model: `alphas_cumprod` and `apply_model(x, t, cond)`."""
 
-    def __init__(self, unet: torch.nn.Module, scheduler_config: dict, downcast: bool = False) -> None:
+    def __init__(self, unet: torch.nn.Module, scheduler_config: dict, downcast: bool = False,
+                 zero_snr: bool = False) -> None:
         super().__init__()
         self.unet = unet
         assert scheduler_config.get("beta_schedule", "scaled_linear") == "scaled_linear"
@@ -67,6 +68,11 @@ class _CompVisUNet(torch.nn.Module):
         self.alphas_cumprod = torch.cumprod(1.0 - betas, 0).float()
         if downcast:  # A1111's use_downcasted_alpha_bar: the model's alphas_cumprod become float16
             self.alphas_cumprod = self.alphas_cumprod.half()
+        if zero_snr:  # A1111's rescale_zero_terminal_snr_abar, written out
+            root = self.alphas_cumprod.sqrt()
+            root = (root - root[-1].clone()) * (root[0].clone() / (root[0].clone() - root[-1].clone()))
+            self.alphas_cumprod = root ** 2
+            self.alphas_cumprod[-1] = 4.8973451890853435e-08
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(x, t, encoder_hidden_states=cond).sample
@@ -111,14 +117,15 @@ def _sample(k, sampler: str, model_fn, x: torch.Tensor, sigmas: torch.Tensor, rn
 def _reference(model, sampler: str, seeds: list[int], *, source: str = "CPU", ensd: int = 0,
                hires: tuple[int, float] | None = None, discard: bool = False, ngms: float = 0.0,
                prompt: str | list[tuple[str, float]] = PROMPT, emphasis: str = "Original",
-               variation: tuple[list[int], float] | None = None, downcast: bool = False) -> list[Image.Image]:
+               variation: tuple[list[int], float] | None = None, downcast: bool = False,
+               zero_snr: bool = False) -> list[Image.Image]:
     """A1111's txt2img; `hires` (second-pass steps, denoising strength): the "Latent" (bilinear) 2x hires
     fix, pass two a fresh ImageRNG at the new size and img2img's fixed-steps tail of the schedule.
     `discard`: one step more, the penultimate sigma dropped; `ngms`: A1111's CFGDenoiser skips the
     negative prompt on odd calls (counted from 0) whose sigma is below it, the cond output standing for
     both; `prompt` as (fragment, weight) runs with the `emphasis` mode."""
     k = _k_diffusion()
-    denoiser = k.external.CompVisDenoiser(_CompVisUNet(model.unet, model.scheduler_config, downcast))
+    denoiser = k.external.CompVisDenoiser(_CompVisUNet(model.unet, model.scheduler_config, downcast, zero_snr))
     cond, uncond = _a1111_cond(model, prompt, emphasis), _a1111_cond(model, "")
     calls = [0]
 
@@ -209,6 +216,7 @@ def test_eight_bit_conversion_truncates_like_a1111():
     ("ngms", {"s_min_uncond": 3.0}),
     ("no_norm", {"emphasis": "No norm"}),
     ("downcast", {"use_downcasted_alpha_bar": True}),
+    ("zero_snr", {"sd_noise_schedule": "Zero Terminal SNR"}),
 ])
 def test_sampling_options_match_the_reference(env, case, options):
     """Discard penultimate sigma, NGMS and emphasis No norm, each against A1111's rule written out; each
@@ -217,15 +225,17 @@ def test_sampling_options_match_the_reference(env, case, options):
     prompt = "a red (fox:1.3) in the snow" if case == "no_norm" else PROMPT
     ref_kwargs = {"discard": {"discard": True}, "ngms": {"ngms": 3.0},
                   "no_norm": {"prompt": [("a red", 1.0), ("fox", 1.3), ("in the snow", 1.0)],
-                              "emphasis": "No norm"}, "downcast": {"downcast": True}}[case]
-    sampler = "DPM++ 2M Karras" if case == "downcast" else "Euler"  # Karras spans the (float16) sigma range
+                              "emphasis": "No norm"}, "downcast": {"downcast": True},
+                  "zero_snr": {"zero_snr": True}}[case]
+    sampler = "DPM++ 2M Karras" if case in ("downcast", "zero_snr") else "Euler"  # Karras spans the (float16) sigma range
     expected = _reference(model, sampler, SEEDS, **ref_kwargs)
     result = env.run(options=options, prompt=prompt, negative_prompt="", steps=STEPS, width=SIZE, height=SIZE,
                      seed=SEEDS[0], batch_size=len(SEEDS), cfg_scale=CFG, sampler_name=sampler, enable_hr=False)
     _assert_same(result.images, expected, case)
     params = infotext_params(result.infotexts[0])
     key, value = {"discard": ("Discard penultimate sigma", "True"), "ngms": ("NGMS", "3.0"),
-                  "no_norm": ("Emphasis", "No norm"), "downcast": ("Downcast alphas_cumprod", "True")}[case]
+                  "no_norm": ("Emphasis", "No norm"), "downcast": ("Downcast alphas_cumprod", "True"),
+                  "zero_snr": ("Noise Schedule", "Zero Terminal SNR")}[case]
     assert params.get(key) == value
     # and the option is not ignored: the default's image is another one
     plain = _reference(model, sampler, SEEDS, prompt=ref_kwargs.get("prompt", PROMPT))
