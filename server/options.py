@@ -175,6 +175,8 @@ OPTIONS: dict[str, Option] = {
     "s_min_uncond": Option(0.0, _float(0, 15), "NGMS: skip the negative prompt on every other step below this "
                            "sigma (0: off)"),
     "s_min_uncond_all": Option(False, _bool, "NGMS on every step, not every other one"),
+    "skip_early_cond": Option(0.0, _float(0, 1), "no negative prompt on the first part of each pass (this "
+                              "fraction of its model calls; infotext `Skip Early CFG`)"),
     "pad_cond_uncond": Option(False, _bool, "pad prompt / negative prompt to the same length with empty chunks"),
     "pad_cond_uncond_v0": Option(False, _bool, "the pre-1.6 padding: repeat (or cut) the negative prompt's "
                                  "last vector; overrides pad_cond_uncond"),

@@ -77,6 +77,7 @@ class Guidance:
     empty: Any = None
     s_min_uncond: float = 0.0
     s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0  # the option: no negative prompt while call / total calls <= it
 
 
 def pad_v0(cond: Any, uncond: Any) -> Any:
@@ -186,8 +187,10 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     scale = cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0)
     guided, inner = make_guided(model, scale, image_cond)
     ngms = guidance.s_min_uncond if guidance.s_min_uncond > 0 and not needs_uncond else 0.0
+    early = guidance.skip_early_cond if not needs_uncond else 0.0
+    total = plan.steps * (2 if plan.sampler.second_order else 1)  # A1111's SamplerData.total_steps
     levels = _call_levels(plan) if ngms else None
-    cond_only = make_guided(model, 1.0, image_cond, False)[0] if ngms else None
+    cond_only = make_guided(model, 1.0, image_cond, False)[0] if ngms or early else None
     notes: dict[str, Any] = {}
     denoised: torch.Tensor | None = None
     calls = 0
@@ -203,15 +206,18 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                 ic = image_cond if model.unet.config.in_channels > x.shape[1] else None
                 kw = {"aesthetic": handover.aesthetic} if handover.aesthetic else {}
                 guided, inner = make_guided(model, scale, ic, **kw)
-                cond_only = make_guided(model, 1.0, ic, False, **kw)[0] if ngms else None
+                cond_only = make_guided(model, 1.0, ic, False, **kw)[0] if ngms or early else None
                 unet_timesteps = plan.timesteps.to(model.device)
                 x = x.to(model.device)
             cond, uncond = cond_at(i)
             x_in = scheduler.scale_model_input(x, t)
             if blend is not None:
                 x_in = blend.before(x_in, i)
-            skip = ngms and (i % 2 or guidance.s_min_uncond_all) and levels[i] < ngms
+            skip = early > 0 and i / total <= early
             if skip:
+                notes["Skip Early CFG"] = early
+            elif ngms and (i % 2 or guidance.s_min_uncond_all) and levels[i] < ngms:
+                skip = True
                 notes["NGMS"] = ngms
                 if guidance.s_min_uncond_all:
                     notes["NGMS all steps"] = True

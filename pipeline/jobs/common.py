@@ -137,13 +137,13 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
 
 def _guidance(p: Processing) -> Guidance:
     """A1111's options on how cond and uncond meet: `pad_cond_uncond_v0` (first) or `pad_cond_uncond`;
-    NGMS from the request's `s_min_uncond`, else the option, and `s_min_uncond_all`."""
+    NGMS from the request's `s_min_uncond`, else the option, and `s_min_uncond_all`; `skip_early_cond`."""
     o = p.options
     pad = "v0" if o.get("pad_cond_uncond_v0") else ("pad" if o.get("pad_cond_uncond") else "")
     ngms = getattr(p.request, "s_min_uncond", None)
     ngms = float(o.get("s_min_uncond") or 0.0) if ngms is None else float(ngms)
     return Guidance(pad, lambda m: denoise.prompt_encoder(m).empty(p.clip_skip), ngms,
-                    bool(o.get("s_min_uncond_all")))
+                    bool(o.get("s_min_uncond_all")), float(o.get("skip_early_cond") or 0.0))
 
 
 def is_inpainting_model(model: SDModel) -> bool:

@@ -118,7 +118,7 @@ def _reference(model, sampler: str, seeds: list[int], *, source: str = "CPU", en
                hires: tuple[int, float] | None = None, discard: bool = False, ngms: float = 0.0,
                prompt: str | list[tuple[str, float]] = PROMPT, emphasis: str = "Original",
                variation: tuple[list[int], float] | None = None, downcast: bool = False,
-               zero_snr: bool = False) -> list[Image.Image]:
+               zero_snr: bool = False, skip_early: float = 0.0) -> list[Image.Image]:
     """A1111's txt2img; `hires` (second-pass steps, denoising strength): the "Latent" (bilinear) 2x hires
     fix, pass two a fresh ImageRNG at the new size and img2img's fixed-steps tail of the schedule.
     `discard`: one step more, the penultimate sigma dropped; `ngms`: A1111's CFGDenoiser skips the
@@ -132,7 +132,7 @@ def _reference(model, sampler: str, seeds: list[int], *, source: str = "CPU", en
     def cfg_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         step, calls[0] = calls[0], calls[0] + 1
-        if ngms and step % 2 and float(sigma[0]) < ngms:
+        if (skip_early and step / STEPS <= skip_early) or (ngms and step % 2 and float(sigma[0]) < ngms):
             return denoiser(x, sigma, cond=cond.expand(n, -1, -1))
         out = denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]),
                        cond=torch.cat([cond.expand(n, -1, -1), uncond.expand(n, -1, -1)]))
@@ -217,6 +217,7 @@ def test_eight_bit_conversion_truncates_like_a1111():
     ("no_norm", {"emphasis": "No norm"}),
     ("downcast", {"use_downcasted_alpha_bar": True}),
     ("zero_snr", {"sd_noise_schedule": "Zero Terminal SNR"}),
+    ("skip_early", {"skip_early_cond": 0.4}),
 ])
 def test_sampling_options_match_the_reference(env, case, options):
     """Discard penultimate sigma, NGMS and emphasis No norm, each against A1111's rule written out; each
@@ -226,7 +227,7 @@ def test_sampling_options_match_the_reference(env, case, options):
     ref_kwargs = {"discard": {"discard": True}, "ngms": {"ngms": 3.0},
                   "no_norm": {"prompt": [("a red", 1.0), ("fox", 1.3), ("in the snow", 1.0)],
                               "emphasis": "No norm"}, "downcast": {"downcast": True},
-                  "zero_snr": {"zero_snr": True}}[case]
+                  "zero_snr": {"zero_snr": True}, "skip_early": {"skip_early": 0.4}}[case]
     sampler = "DPM++ 2M Karras" if case in ("downcast", "zero_snr") else "Euler"  # Karras spans the (float16) sigma range
     expected = _reference(model, sampler, SEEDS, **ref_kwargs)
     result = env.run(options=options, prompt=prompt, negative_prompt="", steps=STEPS, width=SIZE, height=SIZE,
@@ -235,7 +236,7 @@ def test_sampling_options_match_the_reference(env, case, options):
     params = infotext_params(result.infotexts[0])
     key, value = {"discard": ("Discard penultimate sigma", "True"), "ngms": ("NGMS", "3.0"),
                   "no_norm": ("Emphasis", "No norm"), "downcast": ("Downcast alphas_cumprod", "True"),
-                  "zero_snr": ("Noise Schedule", "Zero Terminal SNR")}[case]
+                  "zero_snr": ("Noise Schedule", "Zero Terminal SNR"), "skip_early": ("Skip Early CFG", "0.4")}[case]
     assert params.get(key) == value
     # and the option is not ignored: the default's image is another one
     plain = _reference(model, sampler, SEEDS, prompt=ref_kwargs.get("prompt", PROMPT))
