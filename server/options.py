@@ -169,6 +169,8 @@ OPTIONS: dict[str, Option] = {
                                        "1.7.0-225 sampled (infotext `Downcast alphas_cumprod`)"),
     "sd_noise_schedule": Option("Default", _choice("Default", "Zero Terminal SNR"), "Zero Terminal SNR: the "
                                 "model's alphas_cumprod rescaled to end at ~0 (for models trained so)"),
+    "use_old_scheduling": Option(False, _bool, "prompt editing: below 1 a fraction, else a step; the hires "
+                                 "pass from 0 (A1111 before 1.6; infotext `Old prompt editing timelines`)"),
     "emphasis": Option("Original", _choice("Original", "No norm", "Ignore", "None"), "prompt (weight:1.1) "
                        "syntax: Original (weights, then the mean restored), No norm, Ignore (no weights), None "
                        "(no parsing)"),

@@ -154,7 +154,7 @@ def prompt_encoder(model: SDModel) -> PromptEncoder:
 
 
 def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,
-                        emphasis: str = "Original", **schedule_steps: int):
+                        emphasis: str = "Original", old_scheduling: bool = False, **schedule_steps: int):
     """cond_at(i) -> (cond, uncond) for model call i, with prompt editing scheduled over `schedule_steps`
     (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model. `emphasis`
     is the option of that name (set on the encoder for every pass, so no job leaves it to the next)."""
@@ -162,8 +162,10 @@ def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str]
     if emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"unknown emphasis mode {emphasis!r}", list(EMPHASIS_MODES))
     encoder.emphasis = emphasis
-    conds = ScheduledConditioning(encoder, prompts, clip_skip=clip_skip, **schedule_steps)
-    unconds = ScheduledConditioning(encoder, negatives, clip_skip=clip_skip, negative=True, **schedule_steps)
+    conds = ScheduledConditioning(encoder, prompts, clip_skip=clip_skip, old_scheduling=old_scheduling,
+                                  **schedule_steps)
+    unconds = ScheduledConditioning(encoder, negatives, clip_skip=clip_skip, negative=True,
+                                    old_scheduling=old_scheduling, **schedule_steps)
     return lambda i: (conds.at(i), unconds.at(i))
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipeline.diffusion import denoise
 from pipeline.diffusion.loop import Guidance, PassResult
+from pipeline.diffusion.prompts import get_prompt_schedules
 from pipeline.diffusion.samplers import ScheduleOverrides
 from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.seeds import eta_noise_seed_delta, randn_source
@@ -113,9 +114,12 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     prompts, negatives = [spec.prompt] * len(seeds), [spec.negative_prompt] * len(seeds)
 
     emphasis = str(p.options.get("emphasis") or "Original")
+    old = bool(p.options.get("use_old_scheduling"))
+    if old and _old_timelines_differ(prompts + negatives, sched):
+        p.extra_generation_params["Old prompt editing timelines"] = True
 
     def conds_for(m: SDModel):
-        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, emphasis, **sched)
+        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, emphasis, old, **sched)
 
     cond_at = conds_for(model)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps)
@@ -133,6 +137,12 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     if emphasis != "Original" and any("(" in t or "[" in t for t in (spec.prompt, spec.negative_prompt)):
         p.extra_generation_params["Emphasis"] = emphasis  # A1111 notes a non-default mode that had brackets
     return result
+
+
+def _old_timelines_differ(texts: list[str], sched: dict[str, int]) -> bool:
+    """A1111 writes `Old prompt editing timelines` only when the old rule schedules the prompts otherwise."""
+    steps, hires = sched["steps"], sched.get("hires_steps")
+    return get_prompt_schedules(texts, steps, hires, True) != get_prompt_schedules(texts, steps, hires, False)
 
 
 def _guidance(p: Processing) -> Guidance:

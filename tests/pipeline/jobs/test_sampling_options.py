@@ -130,3 +130,15 @@ def test_extra_noise_acts_on_denoising_passes_only(env: Env, plain):
     extra = _run(env, {"img2img_extra_noise": 0.3}, **hires)
     assert infotext_params(extra.infotexts[0]).get("Extra noise") == "0.3"
     assert mean_abs_diff(base.images[0], extra.images[0]) > 0.05
+
+
+def test_old_prompt_editing_timelines(env: Env):
+    """`[a:b:1.0]`: today a fraction (the whole pass: b never shows), with the old rule step 1 (b from
+    step 2); a prompt both rules read alike writes no key."""
+    prompt = "a [red:blue:1.0] fox in the snow"
+    new = _run(env, prompt=prompt)
+    old = _run(env, {"use_old_scheduling": True}, prompt=prompt)
+    assert infotext_params(old.infotexts[0]).get("Old prompt editing timelines") == "True"
+    assert mean_abs_diff(new.images[0], old.images[0]) > 0.05
+    same = _run(env, {"use_old_scheduling": True}, prompt="a [red:blue:0.5] fox")
+    assert "Old prompt editing timelines" not in infotext_params(same.infotexts[0])
