@@ -61,6 +61,12 @@ ROUND_TRIPS = {
         **BASE, "sampler_name": "DPM++ 2M", "scheduler": "Karras", "subseed": 99, "subseed_strength": 0.3,
         "override_settings": {"randn_source": "CPU"}},
     "dpmpp_sde_second_image_of_a_batch": {**BASE, "sampler_name": "DPM++ SDE", "seed": 1235},
+    "sampling_options": {
+        **BASE, "prompt": "a (red:1.2) [fox:cat:1.0] in the snow", "sampler_name": "DPM++ 2M",
+        "scheduler": "Karras", "negative_prompt": ", ".join(["blurry, lowres, bad anatomy, watermark"] * 12),
+        "override_settings": {"always_discard_next_to_last_sigma": True, "s_min_uncond": 3.0, "emphasis": "No norm",
+                              "skip_early_cond": 0.2, "rho": 5.0, "sigma_max": 10.0, "sgm_noise_multiplier": True,
+                              "use_old_scheduling": True, "pad_cond_uncond": True}},
 }
 
 
@@ -68,6 +74,11 @@ ROUND_TRIPS = {
 def test_posting_an_images_infotext_gives_the_same_image_bytes(client: TestClient, name: str) -> None:
     original = _post(client, ROUND_TRIPS[name])
     infotext = original["info"]["infotexts"][0]
+    if name == "sampling_options":  # every option wrote its key, so the text carries it back
+        for key in ("Discard penultimate sigma: True", "NGMS: 3.0", "Emphasis: No norm", "Skip Early CFG: 0.2",
+                    "Schedule rho: 5.0", "Schedule max sigma: 10.0", "SGM noise multiplier: True",
+                    "Old prompt editing timelines: True", "Pad conds: True"):
+            assert key in infotext, key
     again = _post(client, {"infotext": infotext})
     assert _sha(again["images"][0]) == _sha(original["images"][0])  # pixels and the PNG's infotext
     assert again["info"]["infotexts"][0] == infotext
