@@ -133,8 +133,11 @@ def test_img2img_takes_the_infotext_too(client: TestClient) -> None:
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "PNG")
     init = base64.b64encode(buf.getvalue()).decode()
     payload = {**BASE, "init_images": [init], "denoising_strength": 0.5, "sampler_name": "Euler a",
-               "override_settings": {"randn_source": "NV"}}
+               "override_settings": {"randn_source": "NV", "initial_noise_multiplier": 0.9,
+                                     "img2img_extra_noise": 0.2}}
     original = _post(client, payload, "img2img")
+    for key in ("Noise multiplier: 0.9", "Extra noise: 0.2", "RNG: NV"):
+        assert key in original["info"]["infotexts"][0]
     again = _post(client, {"init_images": [init], "infotext": original["info"]["infotexts"][0]}, "img2img")
     assert _sha(again["images"][0]) == _sha(original["images"][0])
 
@@ -147,16 +150,18 @@ def test_a_bad_value_in_the_infotext_is_a_4xx_naming_it(client: TestClient) -> N
 
 
 def test_an_old_versions_infotext_switches_its_back_compat_options_on(client: TestClient) -> None:
-    """A1111 before 1.6.0 padded DDIM's negative prompt by repeating its last vector: its infotexts carry no
-    key for it, the Version says it (infotext_versions.backcompat -> `Pad conds v0`)."""
+    """A1111 before 1.6.0 padded DDIM's negative prompt by repeating its last vector, and before 1.7.0-225
+    sampled with float16 alphas_cumprod: its infotexts carry no key for either, the Version says it
+    (infotext_versions.backcompat -> `Pad conds v0`, `Downcast alphas_cumprod`)."""
     negative = ", ".join(["blurry, lowres, bad anatomy, watermark"] * 12)  # two chunks against the prompt's one
     text = (f"a red fox in the snow\nNegative prompt: {negative}\nSteps: 4, Sampler: DDIM, CFG scale: 7, "
             "Seed: 9, Size: 64x64, Version: v1.5.1")
     via_text = _post(client, {"infotext": text})
     explicit = _post(client, {**BASE, "negative_prompt": negative, "sampler_name": "DDIM", "seed": 9,
-                              "override_settings": {"pad_cond_uncond_v0": True}})
+                              "override_settings": {"pad_cond_uncond_v0": True, "use_downcasted_alpha_bar": True}})
     unpadded = _post(client, {**BASE, "negative_prompt": negative, "sampler_name": "DDIM", "seed": 9})
     assert "Pad conds v0: True" in via_text["info"]["infotexts"][0]
+    assert "Downcast alphas_cumprod: True" in via_text["info"]["infotexts"][0]
     assert np.array_equal(_pixels(via_text["images"][0]), _pixels(explicit["images"][0]))
     assert not np.array_equal(_pixels(via_text["images"][0]), _pixels(unpadded["images"][0]))
 
