@@ -36,22 +36,18 @@ APPLIED: dict[str, Any] = {
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
     "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True,
+    # issue 20 (seeds and sampling) and the speed issue (Hypertile, token merging)
+    "randn_source": "GPU", "eta_noise_seed_delta": 0, "always_discard_next_to_last_sigma": False,
+    "emphasis": "Original", "s_min_uncond": 0.0, "s_min_uncond_all": False, "pad_cond_uncond": False,
+    "pad_cond_uncond_v0": False, "sigma_min": 0.0, "sigma_max": 0.0, "rho": 0.0, "token_merging_ratio": 0.0,
+    "token_merging_ratio_img2img": 0.0, "token_merging_ratio_hr": 0.0, "hypertile_enable_unet": False,
+    "hypertile_enable_unet_secondpass": False, "hypertile_max_depth_unet": 3, "hypertile_max_tile_unet": 256,
+    "hypertile_swap_size_unet": 3, "hypertile_enable_vae": False, "hypertile_max_depth_vae": 3,
+    "hypertile_max_tile_vae": 128, "hypertile_swap_size_vae": 3, "beta_dist_alpha": 0.6,
+    "beta_dist_beta": 0.6, "sd_noise_schedule": "Default", "sgm_noise_multiplier": False,
+    "skip_early_cond": 0.0, "use_downcasted_alpha_bar": False, "use_old_karras_scheduler_sigmas": False,
+    "use_old_scheduling": False,
 }
-
-# Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
-# Hypertile and token merging). Accepted with A1111's defaults; server/options.py gives each its check
-# once its effect lands.
-OWNED_ELSEWHERE: tuple[str, dict[str, Any]] = (
-    "its effect is being built by the seed/sampling and speed work, not applied yet", {
-        "randn_source": "GPU", "eta_noise_seed_delta": 0, "always_discard_next_to_last_sigma": False,
-        "emphasis": "Original", "s_min_uncond": 0.0, "s_min_uncond_all": False, "pad_cond_uncond": False,
-        "pad_cond_uncond_v0": False, "sigma_min": 0.0, "sigma_max": 0.0, "rho": 0.0,
-        "token_merging_ratio": 0.0, "token_merging_ratio_img2img": 0.0, "token_merging_ratio_hr": 0.0,
-        "hypertile_enable_unet": False, "hypertile_enable_unet_secondpass": False,
-        "hypertile_max_depth_unet": 3, "hypertile_max_tile_unet": 256, "hypertile_swap_size_unet": 3,
-        "hypertile_enable_vae": False, "hypertile_max_depth_vae": 3, "hypertile_max_tile_vae": 128,
-        "hypertile_swap_size_vae": 3,
-    })
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
 # or the files of its UI buttons. Accepted and stored, as A1111 stores them.
@@ -161,17 +157,17 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
         "auto_vae_precision": True, "img2img_color_correction": False,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
-        "use_old_karras_scheduler_sigmas": False, "no_dpmpp_sde_batch_determinism": False,
+        "no_dpmpp_sde_batch_determinism": False,
         "hires_fix_use_firstpass_conds": False,
-        "use_old_scheduling": False, "use_downcasted_alpha_bar": False, "lora_functional": False,
+        "lora_functional": False,
         "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,
         "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,
         "interrogate_clip_skip_categories": [], "interrogate_deepbooru_score_threshold": 0.5,
         "deepbooru_sort_alpha": True, "deepbooru_use_spaces": True, "deepbooru_escape": True,
         "deepbooru_filter_tags": "", "add_user_name_to_info": False, "add_version_to_infotext": True,
-        "ddim_discretize": "uniform", "sgm_noise_multiplier": False, "uni_pc_variant": "bh1",
+        "ddim_discretize": "uniform", "uni_pc_variant": "bh1",
         "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3, "uni_pc_lower_order_final": True,
-        "sd_noise_schedule": "Default", "skip_early_cond": 0.0, "beta_dist_alpha": 0.6, "beta_dist_beta": 0.6,
+        
         "postprocessing_existing_caption_action": "Ignore",
         "outdir_extras_samples": "outputs/extras-images", "upscaling_max_images_in_cache": 5,
         "live_preview_content": "Prompt",
@@ -184,7 +180,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
 
 def unapplied_groups() -> list[tuple[str, dict[str, Any]]]:
     """Every group of accepted-but-unapplied options, with its reason."""
-    return [OWNED_ELSEWHERE, *NO_EFFECT_IN_A1111_API, *NOT_APPLIED]
+    return [*NO_EFFECT_IN_A1111_API, *NOT_APPLIED]
 
 
 def a1111_defaults() -> dict[str, Any]:

@@ -214,6 +214,38 @@ OPTIONS: dict[str, Option] = {
                                   "(infotext `Extra noise`)"),
     "use_old_hires_fix_width_height": Option(False, _bool, "hires fix: width/height are the final size, the "
                                              "first pass about 512x512 (A1111's compatibility option)"),
+    # issue 20: noise sources, ENSD and the options that shape sampling (see docs/generation.md)
+    "randn_source": Option("GPU", _choice("GPU", "CPU", "NV"), "where noise is drawn: GPU (the sampling "
+                           "device's generator), CPU, or NV (NVIDIA's numbers on any device); infotext `RNG`"),
+    "eta_noise_seed_delta": Option(0, _int(-(1 << 32), 1 << 32), "ENSD: the samplers' own noise comes from "
+                                   "seed + this (0: from the seed's generator)"),
+    "always_discard_next_to_last_sigma": Option(False, _bool, "k-diffusion samplers: drop the schedule's "
+                                                "penultimate sigma (infotext `Discard penultimate sigma`)"),
+    "sigma_min": Option(0.0, _float(0, 1000), "schedules with a function: lowest sigma (0: the model's)"),
+    "sigma_max": Option(0.0, _float(0, 1000), "schedules with a function: highest sigma (0: the model's)"),
+    "rho": Option(0.0, _float(0, 100), "Karras / Polyexponential rho (0: the schedule's default)"),
+    "use_old_karras_scheduler_sigmas": Option(False, _bool, "schedule end points 0.1 and 10 (A1111 < 1.3)"),
+    "beta_dist_alpha": Option(0.6, _float(0, 1), "Beta schedule: alpha"),
+    "beta_dist_beta": Option(0.6, _float(0, 1), "Beta schedule: beta"),
+    "sgm_noise_multiplier": Option(False, _bool, "k-diffusion samplers: initial noise times sqrt(1 + sigma^2) "
+                                   "(the official SDXL code), not sigma"),
+    "use_downcasted_alpha_bar": Option(False, _bool, "the model's alphas_cumprod in float16, as A1111 before "
+                                       "1.7.0-225 sampled (infotext `Downcast alphas_cumprod`)"),
+    "sd_noise_schedule": Option("Default", _choice("Default", "Zero Terminal SNR"), "Zero Terminal SNR: the "
+                                "model's alphas_cumprod rescaled to end at ~0 (for models trained so)"),
+    "use_old_scheduling": Option(False, _bool, "prompt editing: below 1 a fraction, else a step; the hires "
+                                 "pass from 0 (A1111 before 1.6; infotext `Old prompt editing timelines`)"),
+    "emphasis": Option("Original", _choice("Original", "No norm", "Ignore", "None"), "prompt (weight:1.1) "
+                       "syntax: Original (weights, then the mean restored), No norm, Ignore (no weights), None "
+                       "(no parsing)"),
+    "s_min_uncond": Option(0.0, _float(0, 15), "NGMS: skip the negative prompt on every other step below this "
+                           "sigma (0: off)"),
+    "s_min_uncond_all": Option(False, _bool, "NGMS on every step, not every other one"),
+    "skip_early_cond": Option(0.0, _float(0, 1), "no negative prompt on the first part of each pass (this "
+                              "fraction of its model calls; infotext `Skip Early CFG`)"),
+    "pad_cond_uncond": Option(False, _bool, "pad prompt / negative prompt to the same length with empty chunks"),
+    "pad_cond_uncond_v0": Option(False, _bool, "the pre-1.6 padding: repeat (or cut) the negative prompt's "
+                                 "last vector; overrides pad_cond_uncond"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

@@ -2,7 +2,8 @@
 which is the same loop started from pure noise).
 
 A pass is three steps, in this order (extension hooks may run between the first two):
-1. `seeded_noise`: the batch's noise from the per-image CPU seeds, subseeds and "resize seed from";
+1. `seeded_noise`: the batch's noise from the per-image seeds, subseeds and "resize seed from", drawn from
+   the noise source (`randn_source`), which then feeds the sampler's own draws (seeds.ImageNoise);
 2. `plan_pass`: the sampler's schedule; a denoising pass takes A1111's step rule (`samplers.denoise_steps`:
    fixed steps for hires pass two and `img2img_fix_steps`, int(d * steps) + 1 steps for plain img2img);
 3. `denoise`: noise the init latents to the plan's first level (`latent + noise * sigma`, or the
@@ -19,12 +20,12 @@ import numpy as np
 import torch
 
 from pipeline.diffusion import samplers
-from pipeline.diffusion.conditioning import PromptEncoder
-from pipeline.diffusion.loop import Control, ModelSwitch, PassResult, StepCallback, run_pass
+from pipeline.diffusion.conditioning import EMPHASIS_MODES, PromptEncoder
+from pipeline.diffusion.loop import Control, Guidance, ModelSwitch, PassResult, StepCallback, run_pass
 from pipeline.diffusion.preview import NO_FILES, Previews, preview_fallback
 from pipeline.diffusion.samplers.schedules import NoiseTable
 from pipeline.diffusion.scheduled_conditioning import ScheduledConditioning
-from pipeline.diffusion.seeds import batch_noise
+from pipeline.diffusion.seeds import ImageNoise
 from pipeline.diffusion.soft_inpainting import SoftInpainting, noise_level
 from pipeline.diffusion.tiled import TiledGuidance, TileSettings
 from pipeline.models.sd_model import SDModel
@@ -43,21 +44,27 @@ class PassSettings:
     params: samplers.SamplerParams
     strength: float | None = None
     fix_steps: bool = True
+    overrides: samplers.ScheduleOverrides | None = None  # the options that reshape the schedule
 
 
 def seeded_noise(model: SDModel, width: int, height: int, seeds: list[int], subseeds: list[int],
-                 subseed_strength: float, seed_resize_from: tuple[int, int]
-                 ) -> tuple[torch.Tensor, list[torch.Generator]]:
-    """(B, C, height/8, width/8) noise and one CPU generator per image (seeds.batch_noise)."""
+                 subseed_strength: float, seed_resize_from: tuple[int, int], *, source: str = "GPU",
+                 ensd: int = 0) -> tuple[torch.Tensor, ImageNoise]:
+    """(B, C, height/8, width/8) initial noise on the model's device, and the pass's noise stream that
+    the sampler continues (seeds.ImageNoise: `source` is the `randn_source` option, `ensd` the
+    `eta_noise_seed_delta` one)."""
     shape = (model.latent_channels, height // 8, width // 8)
-    return batch_noise(shape, seeds, subseeds, subseed_strength, seed_resize_from)
+    rng = ImageNoise(shape, seeds, subseeds, subseed_strength, seed_resize_from, source=source,
+                     device=model.device, ensd=ensd)
+    return rng.first(), rng
 
 
-def plan_pass(model: SDModel, settings: PassSettings, generators: list[torch.Generator], seeds: list[int]
+def plan_pass(model: SDModel, settings: PassSettings, generators: ImageNoise, seeds: list[int]
               ) -> samplers.StepPlan:
     return samplers.make_plan(settings.sampler, settings.schedule, model.scheduler_config, steps=settings.steps,
                               denoising_strength=settings.strength, fix_steps=settings.fix_steps,
-                              params=settings.params, generators=generators, seeds=seeds, family=model.family)
+                              params=settings.params, generators=generators, seeds=seeds, family=model.family,
+                              overrides=settings.overrides)
 
 
 class LatentMask:
@@ -118,22 +125,19 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
             keep_mask: torch.Tensor | None = None, image_cond: torch.Tensor | None = None,
             switch: ModelSwitch | None = None, tiles: TileSettings | None = None,
             crop: tuple[int, int] = (0, 0), soft: SoftInpainting | None = None,
-            extra_noise: float = 0.0, control: Control | None = None, cfg_mix: Any = None) -> PassResult:
+            guidance: Guidance | None = None, control: Control | None = None, cfg_mix: Any = None
+            ) -> PassResult:
     """Start from `init_latents` noised to the plan's first level (pure noise when None) and sample.
 
     `keep_mask` (inpainting, 1 = keep the init latent) blends as `LatentMask` says; `image_cond` is the
     9-channel models' extra input; `switch` may hand the pass to the refiner (pipeline/refiner.py);
     `tiles` runs every model call over latent tiles merged as MultiDiffusion / Mixture of Diffusers (the
     callback's `on_tiles(done, total)`, when it has one, runs after every tile batch); `crop`
-    is SDXL's crop conditioning (`sdxl_crop`); `soft` makes the inpainting blend Soft Inpainting's.
-    `extra_noise` (option img2img_extra_noise) adds noise * extra_noise to a noised init at the start, in
-    k-diffusion's units (A1111: x + noise * sigma_0 + noise * extra; the timestep samplers' sqrt(alpha) mix
-    gets noise * extra * sqrt(alpha), the same thing), so it scales the start noise by 1 + extra / sigma_0.
-    `control` adds ControlNet residuals to every model call; `cfg_mix` changes the CFG mix (Forge's guidance
-    scripts, pipeline/diffusion/guidance.py)."""
+    is SDXL's crop conditioning (`sdxl_crop`); `soft` makes the inpainting blend Soft Inpainting's;
+    `guidance` A1111's padding and NGMS options (loop.Guidance); `control` adds ControlNet residuals to
+    every model call; `cfg_mix` changes the CFG mix (Forge's guidance scripts, pipeline/diffusion/guidance.py).
+    (A1111's `img2img_extra_noise` is in the plan's start noise: samplers/plan.py.)"""
     init = None if init_latents is None else init_latents.float().to(model.device)
-    if extra_noise > 0 and init is not None and plan.start_sigma > 0:
-        noise = noise * (1.0 + extra_noise / plan.start_sigma)
     x = plan.start(noise.to(model.device), init)
     # a mask that keeps nothing (all white) is plain img2img: no blend, whose eps round trip would only
     # add rounding
@@ -152,8 +156,8 @@ def denoise(model: SDModel, plan: samplers.StepPlan, noise: torch.Tensor, init_l
         if len(tiles.windows(lh, lw)) > 1:  # one tile covering the latent is the untiled call itself
             wrap = lambda guided: TiledGuidance(guided, tiles, lh, lw, on_tiles)
     result = run_pass(model, plan, x, cond_at, cfg_scale, height, width, callback, blend=blend,
-                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop, control=control,
-                      cfg_mix=cfg_mix)
+                      image_cond=image_cond, switch=switch, wrap_model=wrap, crop=crop, guidance=guidance,
+                      control=control, cfg_mix=cfg_mix)
     if blend is not None:
         result.latents = blend.final(result.latents)
     return result
@@ -165,15 +169,27 @@ def sdxl_crop(options: dict[str, Any]) -> tuple[int, int]:
     return int(options.get("sdxl_crop_top", 0)), int(options.get("sdxl_crop_left", 0))
 
 
-def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,
-                        **schedule_steps: int):
-    """cond_at(i) -> (cond, uncond) for model call i, with prompt editing scheduled over `schedule_steps`
-    (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model."""
+def prompt_encoder(model: SDModel) -> PromptEncoder:
+    """The model's prompt encoder, made once and cached on the model."""
     encoder = model.extra.get("prompt_encoder")
     if encoder is None:
         encoder = model.extra["prompt_encoder"] = PromptEncoder.from_model(model)
-    conds = ScheduledConditioning(encoder, prompts, clip_skip=clip_skip, **schedule_steps)
-    unconds = ScheduledConditioning(encoder, negatives, clip_skip=clip_skip, negative=True, **schedule_steps)
+    return encoder
+
+
+def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,
+                        emphasis: str = "Original", old_scheduling: bool = False, **schedule_steps: int):
+    """cond_at(i) -> (cond, uncond) for model call i, with prompt editing scheduled over `schedule_steps`
+    (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model. `emphasis`
+    is the option of that name (set on the encoder for every pass, so no job leaves it to the next)."""
+    encoder = prompt_encoder(model)
+    if emphasis not in EMPHASIS_MODES:
+        raise InvalidRequest("emphasis", f"unknown emphasis mode {emphasis!r}", list(EMPHASIS_MODES))
+    encoder.emphasis = emphasis
+    conds = ScheduledConditioning(encoder, prompts, clip_skip=clip_skip, old_scheduling=old_scheduling,
+                                  **schedule_steps)
+    unconds = ScheduledConditioning(encoder, negatives, clip_skip=clip_skip, negative=True,
+                                    old_scheduling=old_scheduling, **schedule_steps)
     return lambda i: (conds.at(i), unconds.at(i))
 
 

@@ -6,11 +6,13 @@ last denoised estimate (what A1111 returns for an interrupted pass) together wit
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 
+from pipeline.diffusion.conditioning import pad_to_same_length
 from pipeline.models.sd_model import SDModel
 from pipeline.runtime.errors import Interrupted
 from pipeline.runtime.job_state import Skipped
@@ -28,6 +30,7 @@ class PassResult:
     stopped: BaseException | None = None  # Interrupted or Skipped, when a flag ended the pass early
     unet_calls: int = 0
     model: SDModel | None = None  # the model that ended the pass, when a refiner took over
+    notes: dict[str, Any] = field(default_factory=dict)  # infotext keys the pass earned (NGMS, Pad conds)
 
 
 @dataclass
@@ -81,14 +84,40 @@ def refiner_vector_ids(model: SDModel, height: int, width: int, n_negative: int,
     return torch.tensor(rows, dtype=model.dtype, device=model.device)
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """A1111's options that change how cond and uncond meet: `pad` ("" off, "pad": `pad_cond_uncond`, "v0":
+    `pad_cond_uncond_v0`) with `empty(model)` (the empty prompt's Cond) for "pad"; `s_min_uncond` (NGMS) and
+    `s_min_uncond_all`."""
+
+    pad: str = ""
+    empty: Any = None
+    s_min_uncond: float = 0.0
+    s_min_uncond_all: bool = False
+    skip_early_cond: float = 0.0  # the option: no negative prompt while call / total calls <= it
+
+
+def pad_v0(cond: Any, uncond: Any) -> Any:
+    """A1111's `pad_cond_uncond_v0`: uncond lengthened by repeating its last token vector, or cut, to cond's
+    length."""
+    n, m = cond.context.shape[1], uncond.context.shape[1]
+    if m < n:
+        ctx = torch.cat([uncond.context, uncond.context[:, -1:].repeat(1, n - m, 1)], dim=1)
+    else:
+        ctx = uncond.context[:, :n]
+    return type(uncond)(ctx, uncond.pooled)
+
+
 def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep_uncond: bool = False,
                  image_cond: torch.Tensor | None = None, aesthetic: tuple[float, float] = (6.0, 2.5),
-                 crop: tuple[int, int] = (0, 0), control: Control | None = None,
-                 cfg_mix: PassGuidance | None = None
+                 crop: tuple[int, int] = (0, 0), guidance: Guidance | None = None,
+                 control: Control | None = None, cfg_mix: PassGuidance | None = None
                  ) -> Callable[[torch.Tensor, Any, Any, Any], torch.Tensor]:
     """(x_in, t, cond, uncond) -> guided model output, in float32. With cfg 1 the unconditional half is
     not computed (it cannot change the result), unless `keep_uncond`: then it always is, and the last
     unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
+    `guidance.pad` pads cond and uncond of different lengths into one batch (A1111's options; the function's
+    `padded` says it happened: "Pad conds" / "Pad conds v0").
     `t` is best a tensor already on the model's device. `image_cond` (B, c, h, w) is concatenated to the
     UNet input's channels, for cond and uncond alike (9-channel inpainting models). `control` adds
     ControlNet residuals to the UNet call (pipeline/models/controlnet/residuals.py). `cfg_mix` (Forge's
@@ -112,6 +141,12 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
             negative: bool = False) -> torch.Tensor:
         b = x_in.shape[0]
         use_uncond = (cfg_scale != 1.0 or keep_uncond or needs_uncond) and not single
+        if use_uncond and pad and cond.context.shape[1] != uncond.context.shape[1]:
+            if pad == "v0":
+                uncond = pad_v0(cond, uncond)
+            else:
+                cond, uncond = pad_to_same_length(cond, uncond, guidance.empty(model))
+            run.padded = pad
         if use_uncond and cond.context.shape[1] != uncond.context.shape[1]:
             # prompts of different chunk counts: A1111's default runs the two halves separately
             u = run_one(x_in, t, uncond, True)
@@ -151,7 +186,9 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
             return u + cfg_scale * (c - u)
         return cfg_mix.combine(x_in, t, cond, uncond, u, c, cfg_scale, run_one)
 
+    pad = guidance.pad if guidance is not None else ""
     run.last_uncond = None
+    run.padded = ""
     return run
 
 
@@ -160,8 +197,8 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
              blend: MaskBlend | None = None, image_cond: torch.Tensor | None = None,
              switch: ModelSwitch | None = None,
              wrap_model: Callable[[Callable[..., torch.Tensor]], Callable[..., torch.Tensor]] | None = None,
-             crop: tuple[int, int] = (0, 0), control: Control | None = None,
-             cfg_mix: PassGuidance | None = None) -> PassResult:
+             crop: tuple[int, int] = (0, 0), guidance: Guidance | None = None,
+             control: Control | None = None, cfg_mix: PassGuidance | None = None) -> PassResult:
     """Run every timestep of `plan` from `x` (already noised by `plan.start`).
 
     `cond_at(i)` gives (cond, uncond) for model call i (counted from 0 in each pass, as A1111 counts
@@ -170,15 +207,29 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     and guided output; `image_cond` goes to the UNet with every call (see `guided_model`). `switch(i, t,
     model)`, asked before every call, may hand the rest of the pass to another model (the refiner).
     `wrap_model(guided)` replaces the guided model call (tiled diffusion, pipeline/tiled). `crop` is SDXL's
-    crop micro-conditioning (top, left). `control` (ControlNet) acts on the pass's own model, not on a
-    refiner that takes over. `cfg_mix` changes the CFG mix (see `guided_model`)."""
+    crop micro-conditioning (top, left). `guidance`: A1111's padding and NGMS options (`Guidance`); NGMS
+    (s_min_uncond) drops the negative prompt on every other model call (every call with `s_min_uncond_all`)
+    whose noise level is below it, as A1111's CFGDenoiser counts calls and reads the level (the timestep,
+    for DDIM/PLMS/UniPC, as A1111's timestep denoiser hands it over). `control` (ControlNet) acts on the
+    pass's own model, not on a refiner that takes over. `cfg_mix` changes the CFG mix (see `guided_model`)."""
     scheduler = plan.scheduler
     needs_uncond = getattr(scheduler, "needs_uncond", False)  # DDIM CFG++
-    guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
-                          keep_uncond=needs_uncond, image_cond=image_cond, crop=crop, control=control,
-                          cfg_mix=cfg_mix)
-    if wrap_model is not None:
-        guided = wrap_model(guided)
+    guidance = guidance or Guidance()
+
+    def make_guided(m: SDModel, scale: float, ic: torch.Tensor | None, keep: bool = needs_uncond,
+                    ctl: Control | None = None, **kw: Any):
+        g = guided_model(m, scale, height, width, keep_uncond=keep, image_cond=ic, crop=crop, guidance=guidance,
+                         control=ctl, cfg_mix=cfg_mix, **kw)
+        return (wrap_model(g) if wrap_model is not None else g), g
+
+    scale = cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0)
+    guided, inner = make_guided(model, scale, image_cond, ctl=control)
+    ngms = guidance.s_min_uncond if guidance.s_min_uncond > 0 and not needs_uncond else 0.0
+    early = guidance.skip_early_cond if not needs_uncond else 0.0
+    total = plan.steps * (2 if plan.sampler.second_order else 1)  # A1111's SamplerData.total_steps
+    levels = _call_levels(plan) if ngms else None
+    cond_only = make_guided(model, 1.0, image_cond, False, ctl=control)[0] if ngms or early else None
+    notes: dict[str, Any] = {}
     denoised: torch.Tensor | None = None
     calls = 0
     # The UNet gets its timesteps from one upfront copy: a per-step host-to-device copy of a scalar would
@@ -190,13 +241,10 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             handover = switch(i, t, model) if switch is not None else None
             if handover is not None:
                 model, cond_at = handover.model, handover.cond_at
-                guided = guided_model(model, cfg_scale * getattr(scheduler, "cfg_multiplier", 1.0), height, width,
-                                      keep_uncond=needs_uncond,
-                                      image_cond=image_cond if model.unet.config.in_channels > x.shape[1] else None,
-                                      crop=crop, cfg_mix=cfg_mix,
-                                      **({"aesthetic": handover.aesthetic} if handover.aesthetic else {}))
-                if wrap_model is not None:
-                    guided = wrap_model(guided)
+                ic = image_cond if model.unet.config.in_channels > x.shape[1] else None
+                kw = {"aesthetic": handover.aesthetic} if handover.aesthetic else {}
+                guided, inner = make_guided(model, scale, ic, **kw)
+                cond_only = make_guided(model, 1.0, ic, False, **kw)[0] if ngms or early else None
                 unet_timesteps = plan.timesteps.to(model.device)
                 x = x.to(model.device)
             cond, uncond = cond_at(i)
@@ -205,14 +253,22 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             x_in = scheduler.scale_model_input(x, t)
             if blend is not None:
                 x_in = blend.before(x_in, i)
+            skip = early > 0 and i / total <= early
+            if skip:
+                notes["Skip Early CFG"] = early
+            elif ngms and (i % 2 or guidance.s_min_uncond_all) and levels[i] < ngms:
+                skip = True
+                notes["NGMS"] = ngms
+                if guidance.s_min_uncond_all:
+                    notes["NGMS all steps"] = True
             try:
-                out = guided(x_in, unet_timesteps[i], cond, uncond)
+                out = (cond_only if skip else guided)(x_in, unet_timesteps[i], cond, uncond)
             except STOPS as exc:  # a tiled call checks the flags between its tile batches
-                return PassResult(denoised if denoised is not None else x, exc, calls, model)
+                return PassResult(denoised if denoised is not None else x, exc, calls, model, _notes(notes, inner))
             if blend is not None:
                 out = blend.after(out, x_in, i)
             calls += 1
-            extra = {"uncond": guided.last_uncond} if needs_uncond else {}
+            extra = {"uncond": inner.last_uncond} if needs_uncond else {}
             res = scheduler.step(out, t, x, **plan.step_kwargs, **extra, return_dict=True)
             x = res.prev_sample
             denoised = getattr(res, "pred_original_sample", None)
@@ -221,5 +277,25 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             try:
                 callback(step, x, denoised)
             except STOPS as exc:  # the callback stops the pass by raising; anything else is a real error
-                return PassResult(denoised if denoised is not None else x, exc, calls, model)
-    return PassResult(x, None, calls, model)
+                return PassResult(denoised if denoised is not None else x, exc, calls, model, _notes(notes, inner))
+    return PassResult(x, None, calls, model, _notes(notes, inner))
+
+
+def _notes(notes: dict[str, Any], inner: Any) -> dict[str, Any]:
+    padded = getattr(inner, "padded", "")
+    if padded:
+        notes["Pad conds v0" if padded == "v0" else "Pad conds"] = True
+    return notes
+
+
+def _call_levels(plan: Any) -> list[float]:
+    """What A1111's CFGDenoiser sees as the noise level of each model call: the sigma for k-diffusion
+    samplers, the timestep for the timestep samplers."""
+    t = plan.timesteps.double().numpy()
+    if plan.sampler.kind == "timesteps":
+        return [float(v) for v in t]
+    acp = plan.scheduler.alphas_cumprod.double().numpy()
+    sigmas = ((1.0 - acp) / acp) ** 0.5
+    logs = np.log(sigmas)
+    idx = np.arange(len(sigmas))
+    return [float(v) for v in np.exp(np.interp(t, idx, logs))]

@@ -296,7 +296,8 @@ def _render(nodes: list, step: int) -> str:
     return "".join(parts)
 
 
-def _schedule_one(prompt: str, steps: int, int_offset: int, flt_offset: float) -> list[tuple[int, str]]:
+def _schedule_one(prompt: str, steps: int, int_offset: int, flt_offset: float, old: bool = False
+                  ) -> list[tuple[int, str]]:
     try:
         nodes = _ScheduleParser(prompt).parse()
     except _ParseError:
@@ -306,7 +307,9 @@ def _schedule_one(prompt: str, steps: int, int_offset: int, flt_offset: float) -
     for node in _walk(nodes):
         if isinstance(node, _Edit):
             v = float(node.when_text)
-            if "." in node.when_text:
+            if old:  # A1111's use_old_scheduling: below 1 a fraction, else absolute, whatever is written
+                v = v * steps if v < 1 else v
+            elif "." in node.when_text:
                 v = (v - flt_offset) * steps
             else:
                 v = v - int_offset
@@ -319,7 +322,7 @@ def _schedule_one(prompt: str, steps: int, int_offset: int, flt_offset: float) -
 
 
 def get_prompt_schedules(
-    prompts: list[str], steps: int, hires_steps: int | None = None
+    prompts: list[str], steps: int, hires_steps: int | None = None, old: bool = False
 ) -> list[list[tuple[int, str]]]:
     """For each prompt, the texts it resolves to: a list of (end_at_step, text), end_at_step ascending.
 
@@ -335,18 +338,21 @@ def get_prompt_schedules(
     has already switched). A prompt that does not parse (e.g. a "|" outside square brackets, a trailing
     backslash) is used verbatim.
 
+    `old` (A1111's `use_old_scheduling`, "Old prompt editing timelines"): a `when` below 1 is a fraction and
+    anything else an absolute step, and the hires pass schedules over the first pass's steps from 0.
+
     Known difference: with unmatched brackets or colons right after an editing construct (`[a:b:3]::`),
     A1111's Earley parser sometimes resolves the ambiguity by leaving the construct literal; we always
     apply it. Balanced prompts behave identically.
     """
-    if hires_steps is None:
+    if hires_steps is None or old:
         int_offset, flt_offset, n = 0, 0.0, steps
     else:
         int_offset, flt_offset, n = steps, 1.0, hires_steps
     memo: dict[str, list[tuple[int, str]]] = {}
     for prompt in prompts:
         if prompt not in memo:
-            memo[prompt] = _schedule_one(prompt, n, int_offset, flt_offset)
+            memo[prompt] = _schedule_one(prompt, n, int_offset, flt_offset, old)
     return [list(memo[p]) for p in prompts]
 
 

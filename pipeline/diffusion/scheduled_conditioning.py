@@ -29,11 +29,12 @@ class ScheduledConditioning:
         clip_skip: int = 1,
         hires_steps: int | None = None,
         negative: bool = False,
+        old_scheduling: bool = False,
     ):
         # extra-network tags (`<lora:...>`, any `<type:...>`) never reach a positive prompt's text encoder;
         # A1111 leaves a negative prompt's tags as literal text
         self.prompts = list(prompts) if negative else [strip_tags(p) for p in prompts]
-        self.schedules = get_prompt_schedules(self.prompts, steps, hires_steps)
+        self.schedules = get_prompt_schedules(self.prompts, steps, hires_steps, old_scheduling)
         groups: dict[str, list[Cond]] = {}
         for prompt, schedule in zip(self.prompts, self.schedules):
             if prompt not in groups:

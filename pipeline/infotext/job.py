@@ -7,6 +7,7 @@ import math
 from typing import Any, Protocol
 
 from pipeline.diffusion import samplers
+from pipeline.diffusion.seeds import eta_noise_seed_delta, randn_source
 from pipeline.infotext.codec import format_infotext
 
 VERSION = "hiresd-0.1.0"
@@ -41,7 +42,9 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
         "Denoising strength", p.denoising_strength if p.enable_hr else None)))
     if p.clip_skip > 1:
         params.append(("Clip skip", p.clip_skip))
-    params.append(("RNG", "CPU"))
+    params.append(("ENSD", ensd_for_infotext(p)))
+    source = randn_source(p.options)
+    params.append(("RNG", source if source != "GPU" else None))
     if p.tiling:
         params.append(("Tiling", True))
     for key, label, default in (("s_churn", "Sigma churn", 0.0), ("s_tmin", "Sigma tmin", 0.0),
@@ -58,6 +61,18 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
     params += [(k, v) for k, v in p.extra_generation_params.items() if k != "Denoising strength"]
     params.append(("Version", VERSION))
     return format_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
+
+
+def ensd_for_infotext(p: Any) -> int | None:
+    """A1111 writes `ENSD` only for a sampler whose options say `uses_ensd` and whose eta is not 0 (the
+    request's, else the option `eta_ancestral` / `eta_ddim`)."""
+    ensd = eta_noise_seed_delta(p.options)
+    if not ensd or p.sampler.options.get("uses_ensd") != "True":
+        return None
+    eta = p.eta
+    if eta is None:
+        eta = p.options.get("eta_ddim" if p.sampler.kind == "timesteps" else "eta_ancestral", p.sampler.eta_default)
+    return None if not eta else ensd
 
 
 def _refiner_params(p: Any, models: ModelInfo) -> list[tuple[str, Any]]:

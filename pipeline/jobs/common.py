@@ -20,8 +20,11 @@ import torch
 from PIL import Image
 
 from pipeline.diffusion import denoise
-from pipeline.diffusion.loop import PassResult
+from pipeline.diffusion.loop import Guidance, PassResult
+from pipeline.diffusion.prompts import get_prompt_schedules
+from pipeline.diffusion.samplers import ScheduleOverrides
 from pipeline.diffusion.seamless import circular_padding
+from pipeline.diffusion.seeds import eta_noise_seed_delta, randn_source
 from pipeline.diffusion.tiled.auto import tiles_for_pass
 from pipeline.jobs import controlnet, refiner
 from pipeline.jobs.extensions import Extensions
@@ -104,19 +107,21 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
              spec: PassSpec) -> PassResult:
     """One sampling pass of job `p` for the images with these seeds."""
     noise, gens = denoise.seeded_noise(model, spec.width, spec.height, seeds, subseeds, p.subseed_strength,
-                                       p.seed_resize_from)
+                                       p.seed_resize_from, source=randn_source(p.options),
+                                       ensd=eta_noise_seed_delta(p.options))
     if spec.noise_multiplier != 1.0:
         p.extra_generation_params["Noise multiplier"] = spec.noise_multiplier
         noise = noise * spec.noise_multiplier
-    # option img2img_extra_noise: more noise on the start of img2img and of the hires pass (A1111 1.10)
-    extra_noise = float(p.options.get("img2img_extra_noise", 0.0) or 0.0) if spec.init is not None else 0.0
-    if extra_noise > 0:
-        p.extra_generation_params["Extra noise"] = extra_noise
     ctx.extensions.call("process_before_every_sampling", p, pass_no=spec.pass_no, x=spec.init, noise=noise)
     settings = denoise.PassSettings(sampler=spec.sampler, schedule=spec.schedule, steps=spec.steps,
                                     params=sampler_params(p, spec.sampler), strength=spec.strength,
-                                    fix_steps=spec.fix_steps)
+                                    fix_steps=spec.fix_steps, overrides=ScheduleOverrides.from_options(p.options))
     plan = denoise.plan_pass(model, settings, gens, seeds)
+    if settings.overrides.downcast:  # A1111 notes it first, when it sets up the model's schedule
+        p.extra_generation_params["Downcast alphas_cumprod"] = True
+    if settings.overrides.zero_snr:
+        p.extra_generation_params["Noise Schedule"] = "Zero Terminal SNR"
+    p.extra_generation_params.update(plan.notes)  # Discard penultimate sigma, Schedule min sigma, ...
     activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)
     first_calls = p.counters.setdefault("first_pass_calls", calls)
@@ -124,12 +129,17 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     sched = {"steps": first_calls, "hires_steps": calls} if spec.pass_no == 2 else {"steps": calls}
     prompts, negatives = [spec.prompt] * len(seeds), [spec.negative_prompt] * len(seeds)
 
+    emphasis = str(p.options.get("emphasis") or "Original")
+    old = bool(p.options.get("use_old_scheduling"))
+    if old and _old_timelines_differ(prompts + negatives, sched):
+        p.extra_generation_params["Old prompt editing timelines"] = True
+
     def conds_for(m: SDModel):
         if m is not model:  # the refiner takes over: the prompt's networks and embeddings on it too, as A1111
             # (inside the sampling loop's inference mode: patches and their backups must stay normal tensors)
             with torch.inference_mode(False), torch.no_grad():
                 activate_for_refiner(ctx.networks, m, p, spec.prompt, spec.negative_prompt)
-        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, **sched)
+        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, emphasis, old, **sched)
 
     cond_at = conds_for(model)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps, ctx.previews)
@@ -148,12 +158,32 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         image_cond = spec.image_cond
         if image_cond is None and is_inpainting_model(model):
             image_cond = _whole_image_masked(model, len(seeds), spec.width, spec.height)
-        return denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
-                               callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
-                               crop=denoise.sdxl_crop(p.options), soft=spec.soft, extra_noise=extra_noise,
-                               control=control,
-                               tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
-                               cfg_mix=forge.guidance if forge is not None else None)
+        result = denoise.denoise(model, plan, noise, spec.init, cond_at, spec.cfg_scale, spec.width, spec.height,
+                                 callback, keep_mask=spec.keep, image_cond=image_cond, switch=switch,
+                                 crop=denoise.sdxl_crop(p.options), soft=spec.soft, control=control,
+                                 tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
+                                 guidance=_guidance(p), cfg_mix=forge.guidance if forge is not None else None)
+    p.extra_generation_params.update(result.notes)  # NGMS, Pad conds: what the pass did, as A1111 notes it
+    if emphasis != "Original" and any("(" in t or "[" in t for t in (spec.prompt, spec.negative_prompt)):
+        p.extra_generation_params["Emphasis"] = emphasis  # A1111 notes a non-default mode that had brackets
+    return result
+
+
+def _old_timelines_differ(texts: list[str], sched: dict[str, int]) -> bool:
+    """A1111 writes `Old prompt editing timelines` only when the old rule schedules the prompts otherwise."""
+    steps, hires = sched["steps"], sched.get("hires_steps")
+    return get_prompt_schedules(texts, steps, hires, True) != get_prompt_schedules(texts, steps, hires, False)
+
+
+def _guidance(p: Processing) -> Guidance:
+    """A1111's options on how cond and uncond meet: `pad_cond_uncond_v0` (first) or `pad_cond_uncond`;
+    NGMS from the request's `s_min_uncond`, else the option, and `s_min_uncond_all`; `skip_early_cond`."""
+    o = p.options
+    pad = "v0" if o.get("pad_cond_uncond_v0") else ("pad" if o.get("pad_cond_uncond") else "")
+    ngms = getattr(p.request, "s_min_uncond", None)
+    ngms = float(o.get("s_min_uncond") or 0.0) if ngms is None else float(ngms)
+    return Guidance(pad, lambda m: denoise.prompt_encoder(m).empty(p.clip_skip), ngms,
+                    bool(o.get("s_min_uncond_all")), float(o.get("skip_early_cond") or 0.0))
 
 
 def _patching_switch(switch: Any, patches: list[Any], info: Any, stack: contextlib.ExitStack) -> Any:

@@ -15,6 +15,7 @@ from schemas.txt2img import TextToImageResponse, Txt2ImgRequest
 from server.deps import PreparedJob, json_response, run_generation, services
 from server.errors import NEVER_QUEUED
 from server.imagecodec import decode_image, read_image_info
+from server.infotext_request import apply_infotext
 from server.limits import check_work_limits
 from server.services import Services
 
@@ -22,7 +23,9 @@ router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 
 def prepare_txt2img_request(svc: Services, req: Txt2ImgRequest) -> PreparedJob:
-    """Limits, options + override_settings, the first-pass image and the job: every 4xx before queueing."""
+    """The `infotext` field applied, limits, options + override_settings, the first-pass image and the job:
+    every 4xx before queueing."""
+    req = apply_infotext(svc, req, "txt2img")
     hires = req.enable_hr or bool(req.firstpass_image)
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size,
                       hr_steps=(req.hr_second_pass_steps or req.steps) if hires else None)
@@ -39,8 +42,9 @@ def prepare_txt2img_request(svc: Services, req: Txt2ImgRequest) -> PreparedJob:
 
 @router.post("/txt2img", response_model=TextToImageResponse)
 async def txt2img(req: Txt2ImgRequest, request: Request, svc: Services = Depends(services)) -> Response:
-    result, images = await run_generation(svc, request, prepare_txt2img_request(svc, req))
-    return json_response(TextToImageResponse(images=images, parameters=req.model_dump(),
+    job = prepare_txt2img_request(svc, req)
+    result, images = await run_generation(svc, request, job)
+    return json_response(TextToImageResponse(images=images, parameters=job.req.model_dump(),
                                              info=json.dumps(result.info)))
 
 

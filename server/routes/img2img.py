@@ -14,6 +14,7 @@ from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import PreparedJob, json_response, run_generation, services
 from server.errors import ErrorResponse
 from server.imagecodec import decode_image
+from server.infotext_request import apply_infotext
 from server.limits import check_work_limits
 from server.services import Services
 
@@ -22,7 +23,8 @@ router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
 
 async def prepare_img2img_request(svc: Services, req: Img2ImgRequest) -> PreparedJob:
     """Limits, options + override_settings, the images decoded (off the event loop) and the job: every 4xx
-    before queueing."""
+    before queueing. The `infotext` field is applied first."""
+    req = apply_infotext(svc, req, "img2img")
     if not req.init_images:  # A1111's answer, checked first
         raise HTTPException(404, "Init image not found")
     check_work_limits(svc.config, steps=req.steps, n_iter=req.n_iter, batch_size=req.batch_size)
@@ -49,8 +51,9 @@ async def prepare_img2img_request(svc: Services, req: Img2ImgRequest) -> Prepare
     404: {"model": ErrorResponse, "description": "`init_images` is missing or empty (A1111's answer)"}})
 async def img2img(req: Img2ImgRequest, request: Request,
                   svc: Services = Depends(services)) -> Response:
-    result, images = await run_generation(svc, request, await prepare_img2img_request(svc, req))
-    params = req.model_dump()
+    job = await prepare_img2img_request(svc, req)
+    result, images = await run_generation(svc, request, job)
+    params = job.req.model_dump()
     if not req.include_init_images:
         params["init_images"] = None
         params["mask"] = None

@@ -43,7 +43,7 @@ DDIM and DDIM CFG++ take any eta >= 0. LCM and Restart take no parameters, as in
 """
 from .eta import eta_infotext, option_eta
 from .plan import SamplerParams, StepPlan, a1111_timestep_grid, fixed_steps_total, make_plan, validate_params
-from .schedules import SCHEDULES, NoiseTable, ScheduleSpec
+from .schedules import SCHEDULES, NoiseTable, ScheduleOverrides, ScheduleSpec
 from .table import (
     SAMPLERS,
     SamplerSpec,
@@ -57,8 +57,8 @@ from .table import (
 )
 
 __all__ = [
-    "SAMPLERS", "SCHEDULES", "NoiseTable", "SamplerParams", "SamplerSpec", "ScheduleSpec", "StepPlan",
-    "a1111_timestep_grid", "api_samplers", "api_schedulers", "effective_schedule", "eta_infotext",
+    "SAMPLERS", "SCHEDULES", "NoiseTable", "SamplerParams", "SamplerSpec", "ScheduleOverrides", "ScheduleSpec",
+    "StepPlan", "a1111_timestep_grid", "api_samplers", "api_schedulers", "effective_schedule", "eta_infotext",
     "fixed_steps_total", "option_eta",
     "label_for_infotext", "make_plan", "resolve", "resolve_hires", "resolve_schedule", "validate_params",
 ]

@@ -13,13 +13,15 @@ from __future__ import annotations
 import math
 
 import torch
-from diffusers import DPMSolverSDEScheduler, EulerAncestralDiscreteScheduler
+from diffusers import DPMSolverSDEScheduler, EulerAncestralDiscreteScheduler, KDPM2AncestralDiscreteScheduler
 from diffusers.schedulers.scheduling_dpmsolver_sde import (
     BrownianTreeNoiseSampler,
     DPMSolverSDESchedulerOutput,
 )
 from diffusers.schedulers.scheduling_euler_ancestral_discrete import EulerAncestralDiscreteSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers.schedulers.scheduling_k_dpm_2_ancestral_discrete import KDPM2AncestralDiscreteSchedulerOutput
+
+from pipeline.diffusion.seeds import step_noise
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
@@ -56,8 +58,7 @@ class EtaEulerAncestralScheduler(EulerAncestralDiscreteScheduler):
         down, up = ancestral_step(float(sigma), float(sigma_next), self.eta)
         prev_sample = sample + (sample - x0) / sigma * (down - sigma)
         if float(sigma_next) > 0:
-            noise = randn_tensor(model_output.shape, dtype=model_output.dtype, device=model_output.device,
-                                 generator=generator)
+            noise = step_noise(generator, model_output.shape, model_output.device, model_output.dtype)
             prev_sample = prev_sample + noise * up
         prev_sample = prev_sample.to(model_output.dtype)
         self._step_index += 1
@@ -106,3 +107,26 @@ class EtaDPMSolverSDEScheduler(DPMSolverSDEScheduler):
         if not return_dict:
             return prev_sample, x0
         return DPMSolverSDESchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+
+class A1111KDPM2AncestralScheduler(KDPM2AncestralDiscreteScheduler):
+    """diffusers' DPM2 a stepping, its noise drawn from the pass's noise stream (seeds.step_noise: A1111's
+    ImageRNG, any `randn_source`, ENSD). Stage one draws nothing; stage two completes the step from the stored
+    sample with the midpoint's derivative and adds noise * sigma_up, as diffusers and k-diffusion do."""
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict=True):
+        if self.step_index is None:
+            self._init_step_index(timestep)
+        if self.state_in_first_order:
+            return super().step(model_output, timestep, sample, generator=None, return_dict=return_dict)
+        k = self.step_index - 1
+        sigma, mid = self.sigmas[k], self.sigmas_interpol[k]
+        x0 = denoised_estimate(self, model_output, sample, mid)
+        prev_sample = self.sample + (sample - x0) / mid * (self.sigmas_down[k] - sigma)
+        self.sample = None
+        noise = step_noise(generator, model_output.shape, model_output.device, model_output.dtype)
+        prev_sample = prev_sample + noise * self.sigmas_up[k]
+        self._step_index += 1
+        if not return_dict:
+            return prev_sample, x0
+        return KDPM2AncestralDiscreteSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)

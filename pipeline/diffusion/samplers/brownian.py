@@ -1,8 +1,10 @@
-"""Seeded Brownian-tree noise, as A1111 gives its `brownian_noise` samplers, made device-independent.
+"""Seeded Brownian-tree noise, as A1111 gives its `brownian_noise` samplers.
 
-A1111 seeds one Brownian tree per image with that image's seed, spanning the sampled noise levels,
-and asks it for the (normalised) increment between two noise levels at each step. The trees here
-always live on the CPU in float32, so a seed gives the same noise on any device.
+A1111 seeds one Brownian tree per image with that image's seed (never with the ENSD), spanning the sampled
+noise levels, and asks it for the (normalised) increment between two noise levels at each step. The tree
+is built on the device of the latent being sampled, in float32, whatever `randn_source` says (torchsde
+draws it with that device's generator): on the CPU a seed gives the same noise on every machine, on a
+CUDA device it gives what A1111 gives on that device.
 """
 from __future__ import annotations
 
@@ -11,26 +13,22 @@ from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
 
 
-class CPUBrownianNoise:
-    """noise(sigma, sigma_next) -> a standard-normal tensor shaped like `shape`, one tree per seed."""
+class BrownianNoise:
+    """noise(sigma, sigma_next) -> a standard-normal tensor shaped like `shape` on `device`, one tree per seed."""
 
-    def __init__(self, shape: tuple[int, ...], sigma_min: float, sigma_max: float, seeds: list[int]) -> None:
+    def __init__(self, shape: tuple[int, ...], sigma_min: float, sigma_max: float, seeds: list[int],
+                 device: torch.device | str = "cpu") -> None:
         if len(seeds) != shape[0]:
             raise ValueError(f"need one seed per image: {len(seeds)} seeds for a batch of {shape[0]}")
-        template = torch.zeros(shape, dtype=torch.float32)
+        template = torch.zeros(shape, dtype=torch.float32, device=device)
         seeds = [int(s) & (2**64 - 1) for s in seeds]  # a negative seed as torch reads it (torchsde takes >= 0)
         self._sampler = BrownianTreeNoiseSampler(template, float(sigma_min), float(sigma_max), seeds)
         self._range = (float(sigma_min), float(sigma_max))
-        self.device: torch.device | None = None
-        self.dtype: torch.dtype | None = None
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
         lo, hi = self._range  # float32 round trips can land a hair outside the tree's span
         clamp = lambda v: torch.as_tensor(min(max(float(v), lo), hi))
-        noise = self._sampler(clamp(sigma), clamp(sigma_next))
-        if self.device is not None:
-            noise = noise.to(self.device, self.dtype)
-        return noise
+        return self._sampler(clamp(sigma), clamp(sigma_next))
 
 
 class BrownianDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
@@ -52,7 +50,7 @@ class BrownianDPMSolverMultistepScheduler(DPMSolverMultistepScheduler):
     This scheduler works on x / sqrt(sigma^2 + 1) (alpha_t x), so every term is multiplied by alpha_t.
     """
 
-    noise_sampler: CPUBrownianNoise | None = None
+    noise_sampler: BrownianNoise | None = None
     eta: float = 1.0
     s_noise: float = 1.0
 

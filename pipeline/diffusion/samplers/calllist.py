@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+from pipeline.diffusion.seeds import step_noise
 
 from .ancestral import denoised_estimate
 
@@ -57,4 +58,4 @@ class CallListScheduler(EulerDiscreteScheduler):
     @staticmethod
     def _noise_like(x: torch.Tensor, generator) -> torch.Tensor:
         """Fresh noise from the per-image generators (one per batch item), as A1111's sampler noise."""
-        return randn_tensor(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+        return step_noise(generator, x.shape, x.device, x.dtype)

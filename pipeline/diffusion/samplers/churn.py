@@ -19,6 +19,7 @@ parent, and so is every step whose gamma is 0 (apart from the noise drawn there,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,8 @@ from diffusers import EulerDiscreteScheduler, HeunDiscreteScheduler, KDPM2Discre
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_heun_discrete import HeunDiscreteSchedulerOutput
 from diffusers.schedulers.scheduling_k_dpm_2_discrete import KDPM2DiscreteSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+from pipeline.diffusion.seeds import step_noise
 
 from .ancestral import denoised_estimate
 
@@ -45,20 +47,19 @@ def churn_schedule(sigmas: np.ndarray, s_churn: float, s_tmin: float,
 @dataclass
 class Churn:
     """What a churning scheduler needs, per k-diffusion step k: sigmas (the n + 1 levels), sigmas_hat and
-    gammas (n each); s_noise; generators: one CPU generator per image for eps."""
+    gammas (n each); s_noise; generators: the pass's noise stream (seeds.ImageNoise) for eps."""
 
     sigmas: torch.Tensor
     sigmas_hat: torch.Tensor
     gammas: list[float]
     s_noise: float
-    generators: list[torch.Generator]
+    generators: Any
     _hat: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def sample_hat(self, k: int, sample: torch.Tensor) -> torch.Tensor:
         """x_hat of step k: eps is drawn once per step (a repeated call reuses it), before the model call."""
         if k not in self._hat:
-            eps = randn_tensor(sample.shape, generator=self.generators, device=sample.device,
-                               dtype=torch.float32) * self.s_noise
+            eps = step_noise(self.generators, sample.shape, sample.device, torch.float32) * self.s_noise
             x = sample.to(torch.float32)
             if self.gammas[k] > 0:
                 sigma, hat = self.sigmas[k], self.sigmas_hat[k]

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from diffusers import LCMScheduler
 from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+from pipeline.diffusion.seeds import step_noise
 
 
 @dataclass
@@ -61,7 +62,7 @@ class A1111LCMScheduler(LCMScheduler):
         return sample / ((sigma**2 + 1) ** 0.5)
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
-             generator: torch.Generator | list[torch.Generator] | None = None, return_dict: bool = True):
+             generator=None, return_dict: bool = True):
         i = self._index()
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         sample = sample.to(torch.float32)
@@ -75,8 +76,7 @@ class A1111LCMScheduler(LCMScheduler):
         denoised = c_out * x0 + c_skip * sample
         prev_sample = denoised
         if sigma_next > 0:
-            noise = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                                 dtype=model_output.dtype)
+            noise = step_noise(generator, model_output.shape, model_output.device, model_output.dtype)
             prev_sample = prev_sample + sigma_next * noise
         self._step_index = i + 1
         if not return_dict:

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.diffusion.seeds import ImageNoise
 from pipeline.runtime.errors import InvalidRequest
 
-from .brownian import CPUBrownianNoise
+from .brownian import BrownianNoise
 from .churn import Churn, churn_schedule
-from .schedules import LCMNoiseTable, NoiseTable, ScheduleSpec, uniform
+from .schedules import LCMNoiseTable, NoiseTable, ScheduleOverrides, ScheduleSpec, k_sigmas, model_table
 from .table import SamplerSpec, check_supported, effective_schedule
 
 
@@ -59,6 +60,7 @@ class StepPlan:
     schedule: ScheduleSpec
     _user_steps: list[int] = field(repr=False, default_factory=list)
     _start: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(repr=False, default=None)
+    notes: dict[str, Any] = field(default_factory=dict)  # infotext keys the schedule's options add (A1111's)
 
     @property
     def layout_is_vp(self) -> bool:
@@ -287,7 +289,7 @@ def _install_lcm(sched, s: np.ndarray, tab: LCMNoiseTable, values: Mapping[str, 
 
 
 def _lay_churn(sched, layout: str, s: np.ndarray, tab: NoiseTable, ts: np.ndarray, values: Mapping[str, float],
-               generators: list[torch.Generator]) -> np.ndarray:
+               generators: ImageNoise | list[torch.Generator]) -> np.ndarray:
     """k-diffusion's churn (churn.py): the model is called at sigma_hat on every churned step, and DPM2's midpoint
     moves to sqrt(sigma_hat * sigma_next). Returns the timesteps with those laid in; sets `sched.churn`."""
     hat, gamma = churn_schedule(s, values["s_churn"], values["s_tmin"], values["s_tmax"])
@@ -302,8 +304,12 @@ def _lay_churn(sched, layout: str, s: np.ndarray, tab: NoiseTable, ts: np.ndarra
         sched.sigmas_interpol = ip
         second = 2 * on + 1 < len(ts)  # a last step to sigma 0 has no second call
         ts[2 * on[second] + 1] = tab.sigma_to_t(mid[second])
-    sched.churn = Churn(_f32(s), _f32(hat), gamma.tolist(), values["s_noise"], list(generators))
+    sched.churn = Churn(_f32(s), _f32(hat), gamma.tolist(), values["s_noise"], _stream(generators))
     return ts
+
+
+def _stream(generators: ImageNoise | list[torch.Generator]) -> ImageNoise | list[torch.Generator]:
+    return generators if isinstance(generators, ImageNoise) else list(generators)
 
 
 _INSTALLERS = {
@@ -386,10 +392,11 @@ def make_plan(
     steps: int,
     denoising_strength: float | None = None,
     params: SamplerParams | None = None,
-    generators: list[torch.Generator] | None = None,
+    generators: ImageNoise | list[torch.Generator] | None = None,
     seeds: list[int] | None = None,
     family: str = "sd1",
     fix_steps: bool = True,
+    overrides: ScheduleOverrides | None = None,
 ) -> StepPlan:
     """Build the scheduler and step plan for one pass.
 
@@ -397,10 +404,10 @@ def make_plan(
     pass (hires pass 2, img2img) uses A1111's fixed-steps rule: the schedule is computed for
     int(steps / min(d, 0.999)) steps and its last `steps` steps run, starting from the noise level
     at that point; with `fix_steps` false (plain img2img) the `steps`-step schedule's last
-    int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (one CPU generator per image)
-    feed ancestral noise; `seeds` (one per image) seed the Brownian trees of the brownian-noise
-    samplers. `family` ("sd1", "sd2", "sdxl") picks the Align Your Steps table. Raises InvalidRequest for bad parameters.
-    """
+    int(d * steps) + 1 steps run instead (`denoise_steps`). `generators` (the pass's seeds.ImageNoise, or
+    torch generators) feed the sampler's fresh noise; `seeds` seed the Brownian trees. `family` picks the
+    Align Your Steps table. `overrides`: the options that reshape the schedule and the start noise
+    (schedules.ScheduleOverrides), listed in the plan's `notes` under A1111's infotext keys. Raises InvalidRequest for bad parameters."""
     params = params or SamplerParams()
     check_supported(sampler, schedule)
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
@@ -413,29 +420,28 @@ def make_plan(
         if d <= 0.0:
             raise InvalidRequest("denoising_strength", f"must be > 0 for a denoising pass, got {d:g}")
         total, steps = denoise_steps(steps, d, fix_steps)
-    if generators is not None and seeds is not None and len(generators) != len(seeds):
+    if isinstance(generators, list) and seeds is not None and len(generators) != len(seeds):
         raise InvalidRequest("seeds", "need one generator and one seed per image")
 
     churn = "s_churn" in sampler.params and values["s_churn"] > 0
     needs_generators = ((sampler.stochastic and not sampler.brownian)
                         or (sampler.layout == "ddim" and values["eta"] > 0) or churn)
     if needs_generators and not generators:
-        raise ValueError(f"{sampler.name} draws noise while sampling: pass one CPU generator per image")
+        raise ValueError(f"{sampler.name} draws noise while sampling: pass its noise generators (the pass's ImageNoise)")
     if sampler.brownian and not seeds:
         raise ValueError(f"{sampler.name} uses seeded Brownian noise: pass one seed per image")
 
     sched = _build(sampler, scheduler_config)
-    if sampler.layout == "lcm":  # A1111's LCM denoiser sees only the 50 LCM timesteps
-        tab = LCMNoiseTable(sched.alphas_cumprod.numpy(), sched.config.original_inference_steps)
-    else:
-        tab = NoiseTable(sched.alphas_cumprod.numpy())
+    o = overrides or ScheduleOverrides()
+    tab = model_table(sched, sampler.layout == "lcm", o)  # A1111's LCM denoiser sees only the LCM timesteps
     step_kwargs: dict[str, Any] = {}
     accepted = inspect.signature(sched.step).parameters
     if "generator" in accepted and generators is not None and (sampler.stochastic or sampler.layout == "ddim"):
-        step_kwargs["generator"] = list(generators)
+        step_kwargs["generator"] = _stream(generators)
     if sampler.layout == "ddim":  # DDIM and DDIM CFG++
         step_kwargs["eta"] = values["eta"]
 
+    extra = o.extra_noise if total is not None else 0.0  # A1111's img2img_extra_noise: denoising passes only
     if sampler.kind == "timesteps":
         ts, user, acp0 = _plan_timestep_sampler(sampler, sched, tab, steps, total)
         start_sigma = math.sqrt((1.0 - acp0) / acp0)
@@ -443,18 +449,16 @@ def make_plan(
         def start(noise, init_latents=None, _a=acp0):
             if init_latents is None:
                 return noise.clone()
-            return init_latents * math.sqrt(_a) + noise * math.sqrt(1.0 - _a)
+            return init_latents * math.sqrt(_a) + noise * (math.sqrt(1.0 - _a) + extra * math.sqrt(_a))
 
         outer = user[-1]
-        return StepPlan(sched, ts, step_kwargs, outer, None, start_sigma, sampler, schedule, user, start)
+        return StepPlan(sched, ts, step_kwargs, outer, None, start_sigma, sampler, schedule, user, start,
+                        {"Extra noise": extra} if extra else {})
 
     # k-diffusion samplers
     spec = effective_schedule(sampler, schedule)
     n = total if total is not None else steps
-    n_sched = n + 1 if sampler.discard_next_to_last_sigma else n
-    full = (spec.sigmas or uniform)(n_sched, tab, family)
-    if sampler.discard_next_to_last_sigma:
-        full = np.concatenate([full[:-2], full[-1:]])
+    full, notes = k_sigmas(spec, tab, n, family, sampler.discard_next_to_last_sigma, o)
     s = full[n - steps:] if total is not None else full
     if len(s) < 2 or not np.all(np.isfinite(s)):
         raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
@@ -473,18 +477,20 @@ def make_plan(
     full32 = full.astype(np.float32)  # A1111 spans the tree over its float32 sigmas
     brownian_range = (float(full32[full32 > 0].min()), float(full32.max()))
 
+    scale = math.sqrt(1.0 + s0 * s0) if o.sgm_noise else s0  # A1111's sgm_noise_multiplier
+    notes.update({"SGM noise multiplier": True} if o.sgm_noise else {}, **({"Extra noise": extra} if extra else {}))
+
     def start(noise, init_latents=None):
-        x = noise * s0 if init_latents is None else init_latents + noise * s0
+        x = noise * scale if init_latents is None else init_latents + noise * (scale + extra)
         if vp:  # DPMSolverMultistep works on x / sqrt(sigma^2 + 1)
             x = x / math.sqrt(s0 * s0 + 1.0)
         if sampler.brownian:
             if seeds is None:
                 raise InvalidRequest("seeds", f"sampler {sampler.name!r} needs the image seeds for its Brownian noise")
-            ns = CPUBrownianNoise(tuple(noise.shape), *brownian_range, seeds)
-            ns.device, ns.dtype = noise.device, noise.dtype
+            ns = BrownianNoise(tuple(noise.shape), *brownian_range, seeds, noise.device)
             sched.noise_sampler = ns
         return x
 
     if sampler.brownian and seeds is not None and len(seeds) and sampler.layout == "dpmsolver_sde":
         sched.noise_sampler_seed = [int(s) & (2**64 - 1) for s in seeds]  # torchsde takes seeds >= 0
-    return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start)
+    return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start, notes)

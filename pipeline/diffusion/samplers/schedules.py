@@ -7,10 +7,12 @@ The model is seen through a `NoiseTable` (k-diffusion's DiscreteSchedule); LCM s
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import stats
 
 
@@ -21,11 +23,16 @@ class NoiseTable:
     interpolate linearly in log-sigma, giving the continuous timestep A1111 feeds to the UNet.
     """
 
-    def __init__(self, alphas_cumprod) -> None:
+    def __init__(self, alphas_cumprod, half: bool = False) -> None:
         acp = np.asarray(alphas_cumprod, dtype=np.float64)
         self.alphas_cumprod = acp
-        self.sigmas = np.sqrt((1.0 - acp) / acp)
-        self.log_sigmas = np.log(self.sigmas)
+        if half:  # A1111's `use_downcasted_alpha_bar`: k-diffusion computes its table in float16 then
+            a = torch.from_numpy(acp).half()
+            sig = ((1 - a) / a) ** 0.5
+            self.sigmas, self.log_sigmas = sig.double().numpy(), sig.log().double().numpy()
+        else:
+            self.sigmas = np.sqrt((1.0 - acp) / acp)
+            self.log_sigmas = np.log(self.sigmas)
 
     @property
     def sigma_min(self) -> float:
@@ -67,11 +74,11 @@ class LCMNoiseTable(NoiseTable):
     schedule types see this table wherever A1111 hands them its `inner_model` (or its sigma range).
     """
 
-    def __init__(self, alphas_cumprod, original_steps: int = 50) -> None:
+    def __init__(self, alphas_cumprod, original_steps: int = 50, half: bool = False) -> None:
         full = np.asarray(alphas_cumprod, dtype=np.float64)
         self.skip = len(full) // original_steps
         self.timesteps = len(full) - 1 - self.skip * np.arange(original_steps)[::-1]  # 19, 39, ..., 999
-        super().__init__(full[self.timesteps])
+        super().__init__(full[self.timesteps], half)
 
     def sigma_to_t(self, sigma) -> np.ndarray:
         log_sigma = np.log(np.asarray(sigma, dtype=np.float64))
@@ -166,8 +173,8 @@ BETA_ALPHA = 0.6  # A1111 options beta_dist_alpha / beta_dist_beta, defaults
 BETA_BETA = 0.6
 
 
-def beta(n: int, tab: NoiseTable, family: str) -> np.ndarray:
-    ppf = stats.beta.ppf(1.0 - np.linspace(0.0, 1.0, n), BETA_ALPHA, BETA_BETA)
+def beta(n: int, tab: NoiseTable, family: str, alpha: float = BETA_ALPHA, beta_: float = BETA_BETA) -> np.ndarray:
+    ppf = stats.beta.ppf(1.0 - np.linspace(0.0, 1.0, n), alpha, beta_)
     return _append_zero(tab.sigma_min + ppf * (tab.sigma_max - tab.sigma_min))
 
 
@@ -206,3 +213,118 @@ SCHEDULES: tuple[ScheduleSpec, ...] = (
 
 SCHEDULES_BY_NAME: dict[str, ScheduleSpec] = {s.name: s for s in SCHEDULES}
 AUTOMATIC = SCHEDULES_BY_NAME["automatic"]
+
+
+def bounded(table: NoiseTable, sigma_min: float, sigma_max: float) -> NoiseTable:
+    """`table` (a NoiseTable or LCMNoiseTable) with the schedule's end points moved: A1111 passes the
+    schedule functions `sigma_min` / `sigma_max` arguments; the model's own levels stay as they are."""
+    lo, hi = float(sigma_min), float(sigma_max)
+    cls = type(f"Bounded{type(table).__name__}", (type(table),),
+               {"sigma_min": property(lambda self: lo), "sigma_max": property(lambda self: hi)})
+    view = cls.__new__(cls)
+    view.__dict__.update(table.__dict__)
+    return view
+
+
+@dataclass(frozen=True)
+class ScheduleOverrides:
+    """A1111's options that reshape a k-diffusion sampler's schedule (0 means "not set"):
+    `always_discard_next_to_last_sigma`, `sigma_min`, `sigma_max`, `rho`, `use_old_karras_scheduler_sigmas`
+    (end points 0.1 and 10) and `beta_dist_alpha` / `beta_dist_beta`; and the start noise's
+    `sgm_noise_multiplier` and `img2img_extra_noise`."""
+
+    discard_penultimate: bool = False
+    sigma_min: float = 0.0
+    sigma_max: float = 0.0
+    rho: float = 0.0
+    old_karras_sigmas: bool = False
+    beta_alpha: float = BETA_ALPHA
+    beta_beta: float = BETA_BETA
+    sgm_noise: bool = False  # `sgm_noise_multiplier`: initial noise times sqrt(1 + sigma^2), not sigma
+    downcast: bool = False  # `use_downcasted_alpha_bar`: the model's alphas_cumprod in float16 (A1111 < 1.7)
+    zero_snr: bool = False  # `sd_noise_schedule` "Zero Terminal SNR": alphas_cumprod rescaled to end at ~0
+    extra_noise: float = 0.0  # `img2img_extra_noise`: more noise on a denoising pass's start
+
+    @classmethod
+    def from_options(cls, options: dict) -> ScheduleOverrides:
+        def get(key: str, default):
+            return default if options.get(key) is None else options[key]
+
+        return cls(discard_penultimate=bool(get("always_discard_next_to_last_sigma", False)),
+                   sigma_min=float(get("sigma_min", 0.0)), sigma_max=float(get("sigma_max", 0.0)),
+                   rho=float(get("rho", 0.0)), old_karras_sigmas=bool(get("use_old_karras_scheduler_sigmas", False)),
+                   beta_alpha=float(get("beta_dist_alpha", BETA_ALPHA)), beta_beta=float(get("beta_dist_beta", BETA_BETA)),
+                   sgm_noise=bool(get("sgm_noise_multiplier", False)), downcast=bool(get("use_downcasted_alpha_bar", False)),
+                   extra_noise=float(get("img2img_extra_noise", 0.0)),
+                   zero_snr=get("sd_noise_schedule", "Default") == "Zero Terminal SNR")
+
+
+def shaped_schedule(spec: ScheduleSpec, tab: NoiseTable, o: ScheduleOverrides
+                    ) -> tuple[Callable[[int, NoiseTable, str], np.ndarray], NoiseTable, dict[str, object]]:
+    """A1111's `get_sigmas` for a schedule with a function: (the function, the table it sees, the infotext
+    keys A1111 writes). Each override counts only when set (non-zero) and different from the model's own
+    value (rho: from the schedule's default rho, for the schedules that have one)."""
+    assert spec.sigmas is not None
+    notes: dict[str, object] = {}
+    fn: Callable[..., np.ndarray] = spec.sigmas
+    lo, hi = (0.1, 10.0) if o.old_karras_sigmas else (tab.sigma_min, tab.sigma_max)
+    if spec.name == "beta":
+        notes["Beta schedule alpha"], notes["Beta schedule beta"] = o.beta_alpha, o.beta_beta
+        fn = functools.partial(beta, alpha=o.beta_alpha, beta_=o.beta_beta)
+    if o.sigma_min != 0 and o.sigma_min != tab.sigma_min:
+        lo = o.sigma_min
+        notes["Schedule min sigma"] = o.sigma_min
+    if o.sigma_max != 0 and o.sigma_max != tab.sigma_max:
+        hi = o.sigma_max
+        notes["Schedule max sigma"] = o.sigma_max
+    if spec.default_rho != -1 and o.rho != 0 and o.rho != spec.default_rho:
+        fn = functools.partial(fn, rho=o.rho)
+        notes["Schedule rho"] = o.rho
+    view = tab if (lo, hi) == (tab.sigma_min, tab.sigma_max) else bounded(tab, lo, hi)
+    return fn, view, notes
+
+
+def k_sigmas(spec: ScheduleSpec, tab: NoiseTable, n: int, family: str, discard: bool,
+             overrides: ScheduleOverrides | None = None) -> tuple[np.ndarray, dict[str, object]]:
+    """A1111's KDiffusionSampler.get_sigmas: the n-step schedule (Automatic: the model's own), one step more
+    and its penultimate sigma dropped for samplers that discard it (or with `always_discard_next_to_last_
+    sigma`), and the infotext keys the options add."""
+    o = overrides or ScheduleOverrides()
+    notes: dict[str, object] = {}
+    if o.discard_penultimate and not discard:
+        discard, notes["Discard penultimate sigma"] = True, True
+    n_sched = n + 1 if discard else n
+    if spec.sigmas is None:
+        full = uniform(n_sched, tab, family)
+    else:
+        fn, view, shaped = shaped_schedule(spec, tab, o)
+        notes.update(shaped)
+        full = fn(n_sched, view, family)
+    if discard:
+        full = np.concatenate([full[:-2], full[-1:]])
+    return full, notes
+
+
+def model_table(sched, lcm: bool, o: ScheduleOverrides) -> NoiseTable:
+    """The model's noise table as the sampler sees it (LCM: its 50 timesteps). With `use_downcasted_alpha_bar`
+    the scheduler's alphas_cumprod become float16 values too (DDIM, PLMS and UniPC read them directly)."""
+    if o.downcast:
+        sched.alphas_cumprod = sched.alphas_cumprod.half().float()
+    if o.zero_snr:
+        sched.alphas_cumprod = zero_terminal_snr(sched.alphas_cumprod)
+    acp = sched.alphas_cumprod.numpy()
+    if lcm:
+        return LCMNoiseTable(acp, sched.config.original_inference_steps, o.downcast)
+    return NoiseTable(acp, o.downcast)
+
+
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """A1111's `rescale_zero_terminal_snr_abar` (Lin et al. 2023): sqrt(alphas_cumprod) shifted and scaled
+    to run from its first value to 0, squared; the last value set to 4.8973451890853435e-08 (not 0, so the
+    largest sigma stays finite)."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * (first / (first - last))
+    out = root ** 2
+    out[-1] = 4.8973451890853435e-08
+    return out

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal
 
-from diffusers import KDPM2AncestralDiscreteScheduler, LMSDiscreteScheduler, UniPCMultistepScheduler
+from diffusers import LMSDiscreteScheduler, UniPCMultistepScheduler
 
 from pipeline.runtime.errors import InvalidRequest, UnknownName
 
-from .ancestral import EtaDPMSolverSDEScheduler, EtaEulerAncestralScheduler
+from .ancestral import A1111KDPM2AncestralScheduler, EtaDPMSolverSDEScheduler, EtaEulerAncestralScheduler
 from .brownian import BrownianDPMSolverMultistepScheduler
 from .churn import ChurnEulerScheduler, ChurnHeunScheduler, ChurnKDPM2Scheduler
 from .dpmfast import DPMFastScheduler
@@ -143,7 +143,7 @@ SAMPLERS: tuple[SamplerSpec, ...] = (
     SamplerSpec(
         "DPM2 a", ("k_dpm_2_a",),
         _options(scheduler="karras", discard_next_to_last_sigma=True, uses_ensd=True, second_order=True),
-        KDPM2AncestralDiscreteScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "kdpm2_ancestral",
+        A1111KDPM2AncestralScheduler, MappingProxyType(dict(_NO_SIGMA_FLAGS)), "kdpm2_ancestral",
         default_schedule="karras", discard_next_to_last_sigma=True, second_order=True, stochastic=True,
         params=_ETA_NOISE, eta_default=1.0,
     ),

@@ -15,7 +15,8 @@ import math
 import torch
 from diffusers import DDIMScheduler, PNDMScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+from pipeline.diffusion.seeds import step_noise
 
 
 def _eps_and_x0(sched, model_output: torch.Tensor, sample: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +55,7 @@ class A1111DDIMScheduler(DDIMScheduler):
         sigma = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap)) if eta else 0.0
         x = math.sqrt(ap) * x0 + math.sqrt(max(1 - ap - sigma * sigma, 0.0)) * direction
         if sigma > 0:
-            x = x + sigma * randn_tensor(x.shape, dtype=x.dtype, device=x.device, generator=generator)
+            x = x + sigma * step_noise(generator, x.shape, x.device, x.dtype)
         if not return_dict:
             return x, x0
         return DDIMSchedulerOutput(prev_sample=x, pred_original_sample=x0)

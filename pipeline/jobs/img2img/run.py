@@ -18,7 +18,7 @@ from PIL import Image, ImageColor
 
 from pipeline.diffusion.loop import PassResult
 from pipeline.diffusion.seamless import circular_padding
-from pipeline.diffusion.seeds import image_noise
+from pipeline.diffusion.seeds import image_noise, randn_source
 from pipeline.diffusion.soft_inpainting import cut_overlay
 from pipeline.infotext.job import job_info, job_infotext
 from pipeline.jobs.common import (
@@ -250,7 +250,9 @@ def _masked_content(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Ten
     """Masked content 2 (latent noise: seeded unit noise) and 3 (latent nothing: zeros) in the hole."""
     if p.inpainting_fill == 2:
         shape = tuple(init.shape[1:])
-        noise = torch.stack([image_noise(shape, s) for s in p.all_seeds[:init.shape[0]]]).to(init.device)
+        source = randn_source(p.options)
+        noise = torch.stack([image_noise(shape, s, source=source, device=init.device)
+                             for s in p.all_seeds[:init.shape[0]]]).to(init.device)
         return init * (1 - repaint) + noise * repaint
     if p.inpainting_fill == 3:
         return init * (1 - repaint)

@@ -147,3 +147,12 @@ def test_split_composable():
     assert split_composable("a cat AND a dog:0.5") == [("a cat", 1.0), (" a dog", 0.5)]
     assert split_composable("a cat and a dog") == [("a cat and a dog", 1.0)]
     assert split_composable("x:1.2") == [("x", 1.2)]
+
+
+def test_old_scheduling_rule():
+    """A1111's use_old_scheduling: below 1 a fraction, otherwise a step, whatever the decimal point says;
+    the hires pass schedules over the first pass's steps from 0."""
+    assert get_prompt_schedules(["[a:b:1.0]"], 10) == [[(10, "a")]]
+    assert get_prompt_schedules(["[a:b:1.0]"], 10, old=True) == [[(1, "a"), (10, "b")]]
+    assert get_prompt_schedules(["[a:b:0.5]"], 10, old=True) == get_prompt_schedules(["[a:b:0.5]"], 10)
+    assert get_prompt_schedules(["[a:b:3]"], 10, hires_steps=4, old=True) == [[(3, "a"), (10, "b")]]

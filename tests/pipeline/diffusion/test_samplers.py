@@ -25,7 +25,7 @@ from pipeline.diffusion.samplers import (
     resolve_hires,
     validate_params,
 )
-from pipeline.diffusion.samplers.brownian import CPUBrownianNoise
+from pipeline.diffusion.samplers.brownian import BrownianNoise
 from pipeline.diffusion.samplers.schedules import SCHEDULES_BY_NAME, karras
 from pipeline.diffusion.samplers.table import SAMPLERS_BY_NAME, effective_schedule
 from pipeline.runtime.errors import InvalidRequest, UnknownName
@@ -432,7 +432,7 @@ def test_matches_k_diffusion_step_for_step(name, schedule, d, config):
     ours = run(plan, noise.clone(), init)
     # the Brownian tree spans the whole schedule, also when only its tail runs (as in A1111)
     full = plan_for(name, schedule, steps=plan_total(6, d), config=config).sigmas if d else sigmas
-    brownian = CPUBrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
+    brownian = BrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
     x0 = noise * float(sigmas[0]) if init is None else init + noise * float(sigmas[0])
     ref = RefLCM(config) if name == "LCM" else Ref(config)
     tail = (float(sigmas[-2]), float(sigmas[0])) if d else None
@@ -453,7 +453,7 @@ def _compare(name, schedule, d, config, steps=6, **params):
     noise = initial_noise()
     ours = run(plan, noise.clone(), init)
     full = plan_for(name, schedule, steps=plan_total(steps, d), config=config).sigmas if d else sigmas
-    brownian = CPUBrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
+    brownian = BrownianNoise(SHAPE, float(full[full > 0].min()), float(full.max()), SEEDS)
     x0 = noise * float(sigmas[0]) if init is None else init + noise * float(sigmas[0])
     if params.get("s_tmax") == 0:  # A1111's 0 means infinity
         params = {**params, "s_tmax": math.inf}

@@ -198,8 +198,9 @@ def test_whole_picture_inpaint_keeps_unmasked_pixels_exactly(env: Env, sampler: 
     assert np.abs(out[24:40, 24:40] - orig[24:40, 24:40]).mean() > 20  # the hole was repainted
     params = infotext_params(r.infotexts[0])
     assert params["Mask blur"] == "2" and params["Masked content"] == "fill" and "Inpaint area" not in params
-    keys = list(params)  # A1111's order: the strength before RNG, the inpainting keys after it
-    assert keys.index("Seed") < keys.index("Denoising strength") < keys.index("RNG") < keys.index("Mask blur")
+    keys = list(params)  # A1111's order: the strength after the seed, the inpainting keys after the model's
+    assert keys.index("Seed") < keys.index("Denoising strength") < keys.index("Mask blur")
+    assert "RNG" not in params  # A1111 writes no RNG key for its default source, GPU
 
 
 def test_only_masked_pastes_back_at_the_input_size(env: Env) -> None:
