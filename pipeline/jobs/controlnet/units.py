@@ -32,6 +32,7 @@ from pipeline.models.controlnet.residuals import (
     ColorFix,
     ControlResiduals,
     Restore,
+    adapter_scales,
     residual_scales,
 )
 from pipeline.models.controlnet.store import ControlNetFile, ControlNetStore
@@ -324,6 +325,8 @@ def for_pass(
         scales = (
             list(s.advanced_weighting)
             if s.advanced_weighting
+            else adapter_scales(s.weight, soft)
+            if arch.is_adapter
             else residual_scales(s.weight, soft, model.family == "sdxl")
         )
         hint = torch.cat([hints.to_tensor(r) for r in rows])

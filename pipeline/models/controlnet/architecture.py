@@ -31,6 +31,7 @@ import torch
 
 from pipeline.models.checkpoints import convert
 from pipeline.models.checkpoints.architecture import unet_heads
+from pipeline.models.controlnet import adapter
 from pipeline.runtime.errors import ModelLoadError
 
 LDM_PREFIX = "control_model."
@@ -46,7 +47,11 @@ class ControlNetArch:
     config: dict[str, Any]
     family: str
     context_dim: int | None  # None: no attention layer reads the prompt (SDXL "small"-like files)
-    layout: str
+    layout: str  # "ldm", "diffusers", "t2i_adapter" (original) or "t2i_adapter diffusers"
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.layout.startswith("t2i_adapter")
 
 
 def kind_of(keys: Sequence[str]) -> str:
@@ -68,13 +73,12 @@ def kind_of(keys: Sequence[str]) -> str:
 def _not_supported(path: str, kind: str) -> ModelLoadError:
     what = {
         "control_lora": "a ControlLoRA file (lora_controlnet key)",
-        "t2i_adapter": "a T2I-Adapter file",
         "unknown": "not a ControlNet (no input_hint_block / controlnet_cond_embedding keys)",
     }[kind]
     return ModelLoadError(
         path,
         f"{what}: not supported yet; hiresd loads ControlNets in the original "
-        "(control_model.*) or diffusers layout",
+        "(control_model.*) or diffusers layout, and T2I-Adapters",
     )
 
 
@@ -143,6 +147,10 @@ def read(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> Con
         renamed = to_diffusers({k: _Shaped(tuple(v)) for k, v in shapes.items()}, path)  # type: ignore[misc]
         shapes = {k: v.shape for k, v in renamed.items()}
         keys = set(shapes)
+    elif kind == "t2i_adapter":
+        a = adapter.read(shapes, path)
+        layout = "t2i_adapter diffusers" if any(k.startswith("adapter.") for k in keys) else "t2i_adapter"
+        return ControlNetArch({"adapter": a}, a.family, None, layout)
     elif kind != "diffusers":
         raise _not_supported(path, kind)
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.models.checkpoints import header_shapes, read_state_dict
-from pipeline.models.controlnet import architecture
+from pipeline.models.controlnet import adapter, architecture
 from pipeline.runtime.errors import ModelLoadError, UnknownName
 
 log = logging.getLogger("hiresd.controlnet")
@@ -124,8 +124,6 @@ class ControlNetStore:
         self, f: ControlNetFile, base_unet_config: dict[str, Any], device: torch.device, dtype: torch.dtype
     ) -> Any:
         """The `ControlNetModel` of `f` for a checkpoint with this UNet config, on device in dtype."""
-        from diffusers import ControlNetModel
-
         st = os.stat(f.path)
         key = (
             str(f.path),
@@ -140,17 +138,11 @@ class ControlNetStore:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
         arch = f.arch()
-        cfg = architecture.full_config(arch, base_unet_config, str(f.path))
-        tensors = architecture.to_diffusers(read_state_dict(f.path), str(f.path))
-        with torch.device("meta"):
-            net = ControlNetModel(**cfg)
-        try:
-            net.load_state_dict(tensors, strict=True, assign=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(
-                str(f.path),
-                f"the tensors do not fit the architecture read from them: {str(exc).splitlines()[0]}",
-            ) from exc
+        if arch.is_adapter:
+            adapter.check_base(arch.config["adapter"], base_unet_config, str(f.path))
+            net = adapter.build(arch.config["adapter"], read_state_dict(f.path), str(f.path))
+        else:
+            net = _controlnet(arch, base_unet_config, f)
         # nn.Module.to: diffusers' own `to` warns about fp32-kept modules this architecture does not have
         net = torch.nn.Module.to(net, device=device, dtype=dtype).eval().requires_grad_(False)
         log.info("ControlNet %s loaded (%s layout, %s)", f.title, arch.layout, arch.family)
@@ -163,3 +155,20 @@ class ControlNetStore:
     def unload_all(self) -> None:
         with self._lock:
             self._loaded.clear()
+
+
+def _controlnet(arch: architecture.ControlNetArch, base_unet_config: dict[str, Any], f: ControlNetFile) -> Any:
+    from diffusers import ControlNetModel
+
+    cfg = architecture.full_config(arch, base_unet_config, str(f.path))
+    tensors = architecture.to_diffusers(read_state_dict(f.path), str(f.path))
+    with torch.device("meta"):
+        net = ControlNetModel(**cfg)
+    try:
+        net.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            str(f.path),
+            f"the tensors do not fit the architecture read from them: {str(exc).splitlines()[0]}",
+        ) from exc
+    return net
