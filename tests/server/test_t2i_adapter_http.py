@@ -140,3 +140,14 @@ def test_sdxl_adapter_and_family_mismatch(client: TestClient) -> None:
     body = {**BASE, **XL, "alwayson_scripts": {"ControlNet": {"args": [_unit()]}}}
     r = client.post("/sdapi/v1/txt2img", json=body)
     assert r.status_code == 400 and "alwayson_scripts.ControlNet.args[0].model" in r.text, r.text
+
+
+def test_img2img_unit_without_an_image_uses_the_init_image(client: TestClient) -> None:
+    body = {**BASE, "init_images": [_b64(_edges())], "denoising_strength": 0.7}
+    plain = client.post("/sdapi/v1/img2img", json=body)
+    unit = _unit()
+    unit.pop("image")
+    adapted = client.post("/sdapi/v1/img2img", json={**body, "alwayson_scripts": {"ControlNet": {"args": [unit]}}})
+    assert plain.status_code == 200 and adapted.status_code == 200, adapted.text
+    a, b = _pixels(plain.json()["images"][0]), _pixels(adapted.json()["images"][0])
+    assert np.abs(a - b).mean() > 1.0
