@@ -199,3 +199,34 @@ def test_a_sampling_pass_matches_the_reference_latents(tiny: dict, family: str) 
     # float rounding only (the adapter runs on the call's batch of 2, the reference on 1, then 4 steps)
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
     assert (got - plain).abs().mean() > 1e-3
+
+
+def test_memory_mode_runs_the_adapter_alone_on_the_compute_device(tiny: dict) -> None:
+    """--medvram: the UNet leaves the compute device while the adapter runs (once: its features are kept
+    for the pass), and comes back for its forward; the same numbers as without the memory mode."""
+    from pipeline.models.accel import memory
+
+    model, _ = tiny["sd1"]
+    store = ControlNetStore([tiny["root"]])
+    net = store.load(store.find("t2iadapter_sd1_original", "m"), dict(model.unet.config),
+                     model.device, model.dtype)
+    g = torch.Generator().manual_seed(4)
+    x, hint = torch.randn(1, 4, 8, 8, generator=g), torch.rand(1, 3, 64, 64, generator=g)
+    cond, uncond = _conds(model, "sd1")
+    scales = adapter_scales(1.0, False)
+    with torch.inference_mode():
+        want = guided_model(model, 5.0, 64, 64, control=ControlResiduals([ActiveControl(net, hint, scales, False)]))(
+            x, torch.tensor(300), cond, uncond)
+        placement = memory.install(model, "medvram")
+        try:
+            control = ControlResiduals([ActiveControl(net, hint, scales, False)], placement)
+            placement.bring("unet")
+            guided = guided_model(model, 5.0, 64, 64, control=control)
+            got = guided(x, torch.tensor(300), cond, uncond)
+            again = guided(x, torch.tensor(200), cond, uncond)
+        finally:
+            placement.remove()
+    assert torch.equal(got, want) and not torch.equal(again, got)
+    moves = placement.log[placement.log.index(("unet", "")) + 1 :]
+    assert moves[:2] == [("", "unet"), ("unet", "")]
+    assert moves.count(("", "unet")) == 1  # the second call reuses the features: no second eviction
