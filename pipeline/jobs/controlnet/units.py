@@ -319,7 +319,11 @@ def for_pass(
             )
         placement = model.extra.get("placement")
         net = store.load(
-            u.file, dict(model.unet.config), placement.offload if placement else model.device, model.dtype
+            u.file,
+            dict(model.unet.config),
+            placement.offload if placement else model.device,
+            model.dtype,
+            base_unet=model.unet,
         )
         soft = s.control_mode != "Balanced" or (hires_pass and u.pre.soft_in_hires)
         scales = (

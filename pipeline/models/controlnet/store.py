@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.models.checkpoints import header_shapes, read_state_dict
-from pipeline.models.controlnet import adapter, architecture
+from pipeline.models.controlnet import adapter, architecture, control_lora
 from pipeline.runtime.errors import ModelLoadError, UnknownName
 
 log = logging.getLogger("hiresd.controlnet")
@@ -121,9 +121,15 @@ class ControlNetStore:
         raise UnknownName(field, name, self.titles())
 
     def load(
-        self, f: ControlNetFile, base_unet_config: dict[str, Any], device: torch.device, dtype: torch.dtype
+        self,
+        f: ControlNetFile,
+        base_unet_config: dict[str, Any],
+        device: torch.device,
+        dtype: torch.dtype,
+        base_unet: Any = None,
     ) -> Any:
-        """The `ControlNetModel` of `f` for a checkpoint with this UNet config, on device in dtype."""
+        """The `ControlNetModel` of `f` for a checkpoint with this UNet config, on device in dtype.
+        `base_unet`: the checkpoint's UNet module, which a ControlLoRA file takes its tensors from."""
         st = os.stat(f.path)
         key = (
             str(f.path),
@@ -132,13 +138,24 @@ class ControlNetStore:
             str(device),
             dtype,
             tuple(sorted((k, str(v)) for k, v in base_unet_config.items() if not k.startswith("_"))),
+            id(base_unet) if f.arch().layout == "control_lora" else None,
         )
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
         arch = f.arch()
-        if arch.is_adapter:
+        if arch.layout == "control_lora":
+            if base_unet is None:
+                raise ModelLoadError(str(f.path), "a ControlLoRA file needs the checkpoint's UNet")
+            width = int(base_unet_config.get("cross_attention_dim") or 0)
+            if arch.context_dim is not None and width != arch.context_dim:
+                raise ModelLoadError(
+                    str(f.path), f"the ControlLoRA reads a {arch.context_dim}-wide prompt, the checkpoint {width}"
+                )
+            tensors = architecture.to_diffusers(read_state_dict(f.path), str(f.path))
+            net = control_lora.build(tensors, base_unet, arch.config["hint"], str(f.path))
+        elif arch.is_adapter:
             adapter.check_base(arch.config["adapter"], base_unet_config, str(f.path))
             net = adapter.build(arch.config["adapter"], read_state_dict(f.path), str(f.path))
         else:
