@@ -1,4 +1,4 @@
-"""T2I-Adapter units over HTTP (in-process app, real worker) against tiny real-architecture adapters the
+"""T2I-Adapter (and ControlLoRA) units over HTTP (in-process app, real worker) against tiny real-architecture adapters the
 test writes into `models/ControlNet/` the way users keep them: TencentARC's layout (.safetensors and
 .pth) and the diffusers layout, for a tiny SD 1.x and a tiny SDXL checkpoint."""
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from server.app import create_app
 from server.config import ServerConfig
-from tests.fixtures.controlnets import build_tiny_adapter, write_adapter
+from tests.fixtures.controlnets import build_tiny_adapter, build_tiny_control_lora, write_adapter
 from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sdxl
 
 BASE = {
@@ -57,6 +57,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     write_adapter(net, models / "ControlNet" / "t2i-adapter-canny-diffusers.safetensors", "diffusers")
     write_adapter(build_tiny_adapter(xl.unet, "sdxl", seed=73), models / "ControlNet" / "t2i-adapter-xl.safetensors",
                   "diffusers")
+    from safetensors.torch import save_file
+
+    save_file(build_tiny_control_lora(sd1.unet, seed=82)[1], str(models / "ControlNet" / "control-lora-tiny-rank2.safetensors"))
     cfg = ServerConfig(
         models_dir=models,
         data_dir=root / "data",
@@ -89,8 +92,8 @@ def _pixels(b64: str) -> np.ndarray:
 
 def test_model_list_has_the_adapters(client: TestClient) -> None:
     names = sorted(m.rsplit(" [", 1)[0] for m in client.get("/controlnet/model_list").json()["model_list"])
-    assert names == ["t2i-adapter-canny-diffusers", "t2i-adapter-xl", "t2iadapter_canny_original",
-                     "t2iadapter_canny_sd14v1"]
+    assert names == ["control-lora-tiny-rank2", "t2i-adapter-canny-diffusers", "t2i-adapter-xl",
+                     "t2iadapter_canny_original", "t2iadapter_canny_sd14v1"]
 
 
 def test_an_adapter_changes_the_image_and_every_layout_gives_the_same_pixels(client: TestClient) -> None:
@@ -151,3 +154,13 @@ def test_img2img_unit_without_an_image_uses_the_init_image(client: TestClient) -
     assert plain.status_code == 200 and adapted.status_code == 200, adapted.text
     a, b = _pixels(plain.json()["images"][0]), _pixels(adapted.json()["images"][0])
     assert np.abs(a - b).mean() > 1.0
+
+
+def test_a_control_lora_unit_changes_the_image_and_weight_zero_does_not(client: TestClient) -> None:
+    plain = _pixels(_txt2img(client, None)[0])
+    lora = _pixels(_txt2img(client, [_unit(model="control-lora-tiny-rank2")])[0])
+    assert np.abs(lora - plain).mean() > 1.0
+    assert (_pixels(_txt2img(client, [_unit(model="control-lora-tiny-rank2", weight=0)])[0]) == plain).all()
+    body = {**BASE, **XL, "alwayson_scripts": {"ControlNet": {"args": [_unit(model="control-lora-tiny-rank2")]}}}
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 400 and "alwayson_scripts.ControlNet.args[0].model" in r.text, r.text
