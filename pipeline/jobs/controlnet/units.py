@@ -324,6 +324,7 @@ def for_pass(
             placement.offload if placement else model.device,
             model.dtype,
             base_unet=model.unet,
+            base_version=model.extra.get("networks.salt"),
         )
         soft = s.control_mode != "Balanced" or (hires_pass and u.pre.soft_in_hires)
         scales = (

@@ -127,9 +127,12 @@ class ControlNetStore:
         device: torch.device,
         dtype: torch.dtype,
         base_unet: Any = None,
+        base_version: Any = None,
     ) -> Any:
         """The `ControlNetModel` of `f` for a checkpoint with this UNet config, on device in dtype.
-        `base_unet`: the checkpoint's UNet module, which a ControlLoRA file takes its tensors from."""
+        `base_unet`: the checkpoint's UNet module, which a ControlLoRA file takes its tensors from, as they
+        are now (`base_version` tells the weights' states apart: the prompt's LoRA set patched in; the
+        extension's ControlLoRA reads the UNet's live weights, so a prompt LoRA reaches it too)."""
         st = os.stat(f.path)
         key = (
             str(f.path),
@@ -138,7 +141,7 @@ class ControlNetStore:
             str(device),
             dtype,
             tuple(sorted((k, str(v)) for k, v in base_unet_config.items() if not k.startswith("_"))),
-            id(base_unet) if f.arch().layout == "control_lora" else None,
+            (id(base_unet), base_version) if f.arch().layout == "control_lora" else None,
         )
         with self._lock:
             if key in self._loaded:
