@@ -69,3 +69,24 @@ def test_a_control_lora_needs_its_families_checkpoint(tiny: dict) -> None:
     f = store.find("control-lora-sd1", "m")
     with pytest.raises(ModelLoadError):
         store.load(f, dict(model.unet.config), torch.device("cpu"), torch.float32, base_unet=model.unet)
+
+
+def test_a_control_lora_follows_the_unets_current_weights(tiny: dict) -> None:
+    """Built from the UNet's weights as they are at load (a prompt LoRA patched in reaches it, as the
+    extension's live weights): a new weight state (`base_version`) rebuilds it, the same one reuses it."""
+    model, _ = tiny["sd1"]
+    store = ControlNetStore([tiny["root"]])
+    f = store.find("control-lora-sd1", "m")
+    cfg, cpu = dict(model.unet.config), torch.device("cpu")
+    first = store.load(f, cfg, cpu, torch.float32, base_unet=model.unet, base_version=None)
+    assert store.load(f, cfg, cpu, torch.float32, base_unet=model.unet, base_version=None) is first
+    w = model.unet.down_blocks[0].resnets[0].time_emb_proj.weight  # the file changes it by up @ down
+    with torch.no_grad():
+        w += 1.0
+    try:
+        patched = store.load(f, cfg, cpu, torch.float32, base_unet=model.unet, base_version=("lora", 1.0))
+    finally:
+        with torch.no_grad():
+            w -= 1.0
+    key = "down_blocks.0.resnets.0.time_emb_proj.weight"
+    assert torch.allclose(patched.state_dict()[key], first.state_dict()[key] + 1.0)
