@@ -15,7 +15,13 @@ extension does. What the tensors say:
     widths of the 4 levels, blocks per level    body.K.block1 rows
     kernel sizes                                 block2's and in_conv's weights
 The levels halve the size at levels 1, 2, 3 (SD 1.x) or at level 2 only (SDXL), as the extension's
-`Adapter`. Light adapters (`body.0.in_conv` + `body.0.body.`) and style adapters are refused clearly."""
+`Adapter`.
+
+Light adapters (`t2iadapter_color_sd14v1`; the extension's `Adapter_light`, diffusers' `LightAdapter`):
+`body.L.{in_conv, body.J.{block1,block2}, out_conv}` (diffusers: `adapter.body.L.resnets.J`), one entry
+per level: average-pool halving from level 1 on, a 1x1 conv to a quarter of the level's width, resnet
+blocks of two 3x3 convs, a 1x1 conv out; widths from out_conv rows, blocks per level counted (the
+extension fixes 320..1280 and 4). Style adapters (CLIP vision) are refused clearly."""
 
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ class AdapterArch:
     ksize: int  # block2's kernel
     in_ksize: int  # in_conv's kernel (levels whose width changes)
     conv_down: bool  # strided conv downsampling (down_opt.op) instead of an average pool
+    light: bool = False
 
     @property
     def family(self) -> str:
@@ -54,8 +61,29 @@ class AdapterArch:
 
 
 def is_light(keys: Sequence[str]) -> bool:
-    return any(k.startswith(("body.0.body.", "adapter.body.0.resnets.0.in_conv")) for k in keys) or any(
-        k.endswith(".out_conv.weight") for k in keys
+    return any(k.endswith(".out_conv.weight") for k in keys)
+
+
+def _read_light(s: Mapping[str, tuple[int, ...]], path: str) -> AdapterArch:
+    if any(len(s.get(f"body.{i}.out_conv.weight", ())) != 4 for i in range(LEVELS)) or len(
+        s.get("body.0.in_conv.weight", ())
+    ) != 4:
+        raise ModelLoadError(path, f"a light T2I-Adapter without {LEVELS} levels of in_conv / out_conv weights")
+    cin = s["body.0.in_conv.weight"][1]
+    if cin not in (64, 192):
+        raise ModelLoadError(path, f"light T2I-Adapter input of {cin} channels: expected 64 or 192 (SD 1.x)")
+    blocks = 0
+    while f"body.0.body.{blocks}.block1.weight" in s:
+        blocks += 1
+    return AdapterArch(
+        hint_channels=cin // 64,
+        unshuffle=8,
+        channels=tuple(s[f"body.{i}.out_conv.weight"][0] for i in range(LEVELS)),
+        blocks=blocks,
+        ksize=3,
+        in_ksize=1,
+        conv_down=False,
+        light=True,
     )
 
 
@@ -64,6 +92,8 @@ def to_original(sd: Mapping[str, Any]) -> dict[str, Any]:
     body = {k.removeprefix("adapter."): v for k, v in sd.items()}
     if not any(".resnets." in k for k in body):
         return body
+    if is_light(list(body)):
+        return {k.replace(".resnets.", ".body."): v for k, v in body.items()}
     per = 1 + max(int(k.split(".")[3]) for k in body if k.startswith("body.") and ".resnets." in k)
     out: dict[str, Any] = {}
     for key, value in body.items():
@@ -79,9 +109,9 @@ def to_original(sd: Mapping[str, Any]) -> dict[str, Any]:
 
 def read(shapes: Mapping[str, Sequence[int]], path: str) -> AdapterArch:
     """The architecture of an adapter file's {name: shape} (either layout)."""
-    if is_light(list(shapes)):
-        raise ModelLoadError(path, "a light T2I-Adapter (body.0.in_conv + body.0.body): not supported yet")
     s = {k: tuple(int(x) for x in v) for k, v in to_original(shapes).items()}
+    if is_light(list(s)):
+        return _read_light(s, path)
     if any(len(s.get(k, ())) != 4 for k in ("conv_in.weight", "body.0.block1.weight", "body.0.block2.weight")):
         raise ModelLoadError(path, "a T2I-Adapter file without 4-d conv_in / body.0.block1 / block2 weights")
     cin = s["conv_in.weight"][1]
@@ -140,6 +170,32 @@ class _Down(nn.Module):
         return self.op(x)
 
 
+class _LightLevel(nn.Module):
+    """A light adapter's level: average-pool halving (levels 1..), 1x1 in, resnet blocks, 1x1 out."""
+
+    def __init__(self, cin: int, cout: int, blocks: int, down: bool):
+        super().__init__()
+        self.down = down
+        self.in_conv = nn.Conv2d(cin, cout // 4, 1)
+        self.body = nn.Sequential(*[_LightBlock(cout // 4) for _ in range(blocks)])
+        self.out_conv = nn.Conv2d(cout // 4, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.down:
+            x = torch.nn.functional.avg_pool2d(x, 2, 2)
+        return self.out_conv(self.body(self.in_conv(x)))
+
+
+class _LightBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block1 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.block2 = nn.Conv2d(channels, channels, 3, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block2(torch.relu(self.block1(x)))
+
+
 class T2IAdapter(nn.Module):
     """hint (B, 3, H, W) in [0, 1] -> 4 feature maps (one per level)."""
 
@@ -148,6 +204,12 @@ class T2IAdapter(nn.Module):
         self.arch = arch
         ch = arch.channels
         self.unshuffle = nn.PixelUnshuffle(arch.unshuffle)
+        if arch.light:
+            cin = arch.hint_channels * arch.unshuffle**2
+            self.body = nn.ModuleList(
+                [_LightLevel(cin if i == 0 else ch[i - 1], ch[i], arch.blocks, i > 0) for i in range(LEVELS)]
+            )
+            return
         self.conv_in = nn.Conv2d(arch.hint_channels * arch.unshuffle**2, ch[0], 3, 1, 1)
         body = []
         for i in range(LEVELS):
@@ -157,6 +219,13 @@ class T2IAdapter(nn.Module):
         self.body = nn.ModuleList(body)
 
     def forward(self, hint: torch.Tensor) -> list[torch.Tensor]:
+        if self.arch.light:  # the extension hands it the whole hint
+            x = self.unshuffle(hint[:, : self.arch.hint_channels])
+            features = []
+            for level in self.body:
+                x = level(x)
+                features.append(x)
+            return features
         x = self.conv_in(self.unshuffle(hint[:, : self.arch.hint_channels]))
         features = []
         for i in range(LEVELS):

@@ -34,10 +34,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
         for name, suffix in LAYOUTS.items():
             write_adapter(net, out["root"] / f"t2iadapter_{family}_{name}{suffix}", name.split("_")[0])
         out[family] = (load_checkpoint(CheckpointInfo.from_path(path), torch.device("cpu"), torch.float32), net)
+        if family == "sd1":
+            light = build_tiny_adapter(m.unet, family, seed=74, light=True)
+            for name, suffix in LAYOUTS.items():
+                write_adapter(light, out["root"] / f"t2iadapter_light_{name}{suffix}", name.split("_")[0])
+            out["light"] = (out[family][0], light)
     return out
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "light"])
 def test_every_layout_loads_into_the_same_adapter(tiny: dict, family: str) -> None:
     model, ref = tiny[family]
     store = ControlNetStore([tiny["root"]])
@@ -46,7 +51,8 @@ def test_every_layout_loads_into_the_same_adapter(tiny: dict, family: str) -> No
     for name in LAYOUTS:
         f = store.find(f"t2iadapter_{family}_{name}", "m")
         arch = f.arch()
-        assert arch.family == family and arch.is_adapter
+        assert arch.family == ("sd1" if family == "light" else family) and arch.is_adapter
+        assert arch.config["adapter"].light == (family == "light")
         assert arch.layout == ("t2i_adapter diffusers" if name == "diffusers" else "t2i_adapter")
         net = store.load(f, dict(model.unet.config), torch.device("cpu"), torch.float32)
         got = net(hint)
@@ -101,7 +107,7 @@ def _conds(model: Any, family: str) -> tuple[Any, Any]:
     return one(), one()
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "light"])
 @pytest.mark.parametrize("mode", ["Balanced", "My prompt is more important", "ControlNet is more important"])
 def test_features_match_a_hand_computed_reference(tiny: dict, family: str, mode: str) -> None:
     model, ref = tiny[family]
@@ -112,7 +118,7 @@ def test_features_match_a_hand_computed_reference(tiny: dict, family: str, mode:
     x = torch.randn(1, 4, 8, 8, generator=g)
     hint = torch.rand(1, 3, 64, 64, generator=g)
     t = torch.tensor(500)
-    cond, uncond = _conds(model, family)
+    cond, uncond = _conds(model, "sd1" if family == "light" else family)
     weight, cfg = 0.7, 6.0
     soft = mode != "Balanced"
     cond_only = mode == "ControlNet is more important"
