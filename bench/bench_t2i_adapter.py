@@ -17,6 +17,7 @@ Printed: per pass of `--steps` calls, the median and fastest time with each, and
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -27,13 +28,32 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_controlnet import _bytes, _sync, _unet_config
 from pipeline.diffusion.loop import guided_model
 from pipeline.models.builtin import deterministic_fill
 from pipeline.models.controlnet import ActiveControl, ControlNetStore, ControlResiduals
 from pipeline.models.controlnet.residuals import adapter_scales, residual_scales
 from pipeline.models.sd_model import SDModel
 from tests.fixtures.controlnets import write_adapter, write_ldm
+
+CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
+
+
+def _unet_config(width_div: int) -> dict:
+    raw = json.loads((CONFIGS / "sd1" / "unet" / "config.json").read_text())
+    cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
+    if width_div > 1:
+        cfg["block_out_channels"] = [c // width_div for c in cfg["block_out_channels"]]
+        cfg["norm_num_groups"] = 32 // width_div if 32 % width_div == 0 else 8
+    return cfg
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def main() -> None:
