@@ -12,9 +12,9 @@ from pipeline.models.checkpoints import CheckpointInfo, load_checkpoint
 from pipeline.models.controlnet import ControlNetStore
 from pipeline.runtime.errors import ModelLoadError
 from tests.fixtures.controlnets import build_tiny_control_lora
-from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sdxl
+from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sd2, build_tiny_sdxl
 
-BUILDERS = {"sd1": build_tiny_sd1, "sdxl": build_tiny_sdxl}
+BUILDERS = {"sd1": build_tiny_sd1, "sd2": build_tiny_sd2, "sdxl": build_tiny_sdxl}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return out
 
 
-@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+@pytest.mark.parametrize("family", ["sd1", "sd2", "sdxl"])
 def test_a_control_lora_is_the_controlnet_it_stands_for(tiny: dict, family: str) -> None:
     model, ref = tiny[family]
     store = ControlNetStore([tiny["root"]])
