@@ -32,6 +32,7 @@ from pipeline.models.controlnet.residuals import (
     ColorFix,
     ControlResiduals,
     Restore,
+    adapter_scales,
     residual_scales,
 )
 from pipeline.models.controlnet.store import ControlNetFile, ControlNetStore
@@ -318,12 +319,19 @@ def for_pass(
             )
         placement = model.extra.get("placement")
         net = store.load(
-            u.file, dict(model.unet.config), placement.offload if placement else model.device, model.dtype
+            u.file,
+            dict(model.unet.config),
+            placement.offload if placement else model.device,
+            model.dtype,
+            base_unet=model.unet,
+            base_version=model.extra.get("networks.salt"),
         )
         soft = s.control_mode != "Balanced" or (hires_pass and u.pre.soft_in_hires)
         scales = (
             list(s.advanced_weighting)
             if s.advanced_weighting
+            else adapter_scales(s.weight, soft)
+            if arch.is_adapter
             else residual_scales(s.weight, soft, model.family == "sdxl")
         )
         hint = torch.cat([hints.to_tensor(r) for r in rows])

@@ -31,6 +31,7 @@ import torch
 
 from pipeline.models.checkpoints import convert
 from pipeline.models.checkpoints.architecture import unet_heads
+from pipeline.models.controlnet import adapter, control_lora
 from pipeline.runtime.errors import ModelLoadError
 
 LDM_PREFIX = "control_model."
@@ -46,7 +47,11 @@ class ControlNetArch:
     config: dict[str, Any]
     family: str
     context_dim: int | None  # None: no attention layer reads the prompt (SDXL "small"-like files)
-    layout: str
+    layout: str  # "ldm", "diffusers", "t2i_adapter" (original) or "t2i_adapter diffusers"
+
+    @property
+    def is_adapter(self) -> bool:
+        return self.layout.startswith("t2i_adapter")
 
 
 def kind_of(keys: Sequence[str]) -> str:
@@ -67,14 +72,12 @@ def kind_of(keys: Sequence[str]) -> str:
 
 def _not_supported(path: str, kind: str) -> ModelLoadError:
     what = {
-        "control_lora": "a ControlLoRA file (lora_controlnet key)",
-        "t2i_adapter": "a T2I-Adapter file",
         "unknown": "not a ControlNet (no input_hint_block / controlnet_cond_embedding keys)",
     }[kind]
     return ModelLoadError(
         path,
         f"{what}: not supported yet; hiresd loads ControlNets in the original "
-        "(control_model.*) or diffusers layout",
+        "(control_model.*) or diffusers layout, and T2I-Adapters",
     )
 
 
@@ -83,9 +86,9 @@ def to_diffusers(sd: Mapping[str, torch.Tensor], path: str = "<state dict>") -> 
     kind = kind_of(list(sd))
     if kind == "diffusers":
         return dict(sd)
-    if kind != "ldm":
+    if kind not in ("ldm", "control_lora"):
         raise _not_supported(path, kind)
-    body = {k.removeprefix(LDM_PREFIX): v for k, v in sd.items()}
+    body = {k.removeprefix(LDM_PREFIX): v for k, v in sd.items() if k != control_lora.MARK}
     hint = sorted({int(k.split(".")[1]) for k in body if k.startswith("input_hint_block.")})
     convs = [i for i in hint if f"input_hint_block.{i}.weight" in body]
     out: dict[str, torch.Tensor] = {}
@@ -116,9 +119,10 @@ def to_diffusers(sd: Mapping[str, torch.Tensor], path: str = "<state dict>") -> 
 
 
 def _ldm_layers_per_block(body: Mapping[str, Any], path: str) -> int:
+    heads = {".".join(k.split(".")[:4]) for k in body if k.startswith("input_blocks.")}
     i = 1
-    while f"input_blocks.{i}.0.in_layers.0.weight" in body or f"input_blocks.{i}.0.op.weight" in body:
-        if f"input_blocks.{i}.0.op.weight" in body:
+    while f"input_blocks.{i}.0.in_layers" in heads or f"input_blocks.{i}.0.op" in heads:
+        if f"input_blocks.{i}.0.op" in heads:
             return i - 1
         i += 1
     if i == 1:
@@ -143,6 +147,25 @@ def read(shapes: Mapping[str, Sequence[int]], path: str = "<state dict>") -> Con
         renamed = to_diffusers({k: _Shaped(tuple(v)) for k, v in shapes.items()}, path)  # type: ignore[misc]
         shapes = {k: v.shape for k, v in renamed.items()}
         keys = set(shapes)
+    elif kind == "control_lora":
+        fam, context = control_lora.family(shapes)
+        try:
+            renamed = to_diffusers({k: _Shaped(tuple(v)) for k, v in shapes.items()}, path)  # type: ignore[misc]
+        except ModelLoadError as exc:
+            raise ModelLoadError(path, f"a ControlLoRA file (lora_controlnet key) that does not read: {exc.reason}") from exc
+        hint_shapes = {k: v.shape for k, v in renamed.items() if k.startswith("controlnet_cond_embedding.")}
+        if "controlnet_cond_embedding.conv_in.weight" not in hint_shapes:
+            raise ModelLoadError(path, "ControlLoRA without a hint encoder (input_hint_block)")
+        emb = [hint_shapes["controlnet_cond_embedding.conv_in.weight"][0]] + [
+            hint_shapes[f"controlnet_cond_embedding.blocks.{2 * j + 1}.weight"][0]
+            for j in range(_count(set(hint_shapes), "controlnet_cond_embedding.blocks.") // 2)
+        ]
+        hint = (int(hint_shapes["controlnet_cond_embedding.conv_in.weight"][1]), tuple(int(e) for e in emb))
+        return ControlNetArch({"hint": hint}, fam, context, "control_lora")
+    elif kind == "t2i_adapter":
+        a = adapter.read(shapes, path)
+        layout = "t2i_adapter diffusers" if any(k.startswith("adapter.") for k in keys) else "t2i_adapter"
+        return ControlNetArch({"adapter": a}, a.family, None, layout)
     elif kind != "diffusers":
         raise _not_supported(path, kind)
 

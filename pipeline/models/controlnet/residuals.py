@@ -17,7 +17,13 @@ Scaling, as sd-webui-controlnet's `hook.py` does it:
   that CFG amplifies the control; the other modes add them to both halves.
 - The unit acts at the steps where `guidance_start <= step / steps <= guidance_end`.
 - A shuffle model (the extension: "shuffle" in the file name) pools its residuals to their spatial means
-  and adds them to the conditional rows only (its `global_average_pooling`)."""
+  and adds them to the conditional rows only (its `global_average_pooling`).
+
+T2I-Adapters (`adapter.T2IAdapter`) read the hint only: their 4 feature maps are computed once per pass
+and call size, weighted by `weight` (soft modes: `weight * (0.25, 0.62, 0.825, 1.0)`), conditional rows
+only under "ControlNet is more important", and added inside the UNet's encoder where the extension adds
+them (after the last block of each level, before its downsampling: diffusers'
+`down_intrablock_additional_residuals`), so that the skip connections carry them too."""
 
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ from typing import Any
 
 import torch
 
+from pipeline.models.controlnet import adapter
+
 SOFT_BASE = 0.825
 
 
@@ -35,6 +43,11 @@ def residual_scales(weight: float, soft: bool, sdxl: bool) -> list[float]:
     extension's zip does for architectures with fewer blocks)."""
     scales = [weight * SOFT_BASE ** float(12 - i) for i in range(13)] if soft else [weight] * 13
     return scales[:10] if sdxl else scales
+
+
+def adapter_scales(weight: float, soft: bool) -> list[float]:
+    """The factor of each T2I-Adapter feature, as the extension's hook."""
+    return [weight * f for f in adapter.SOFT_FACTORS] if soft else [weight] * adapter.LEVELS
 
 
 @dataclass
@@ -122,6 +135,7 @@ class ActiveControl:
     pool: bool = False  # global average pooling (shuffle models): spatial means, prompt rows only
     post: Any = None  # Restore (inpaint_only) or ColorFix (tile_colorfix): applied to the UNet's output
     _batched: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _features: dict[tuple[Any, ...], list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def acts_at(self, fraction: float) -> bool:
         return self.start <= fraction <= self.end
@@ -165,10 +179,15 @@ class ControlResiduals:
         is 1 for rows conditioned on the prompt, 0 for the negative prompt's."""
         down: list[torch.Tensor] | None = None
         mid: torch.Tensor | None = None
+        intra: list[torch.Tensor] | None = None
         for unit in self.units:
             if not unit.acts_at(self.fraction):
                 continue
             net = unit.net
+            if isinstance(net, adapter.T2IAdapter):
+                feats = self._adapter(unit, x, cond_rows)
+                intra = feats if intra is None else [a + b for a, b in zip(intra, feats)]
+                continue
             x_in = x[:, : int(net.config.in_channels)]
             hint = unit.hint_for(x.shape[0], x.device, x.dtype)
             if self.placement is not None:
@@ -199,9 +218,35 @@ class ControlResiduals:
             else:
                 down = [a + b for a, b in zip(down, scaled[:-1])]
                 mid = mid + scaled[-1]
-        if down is None:
-            return {}
-        return {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
+        out: dict[str, Any] = {}
+        if down is not None:
+            out.update(down_block_additional_residuals=tuple(down), mid_block_additional_residual=mid)
+        if intra is not None:  # a new list each call: the UNet pops from it
+            out["down_intrablock_additional_residuals"] = list(intra)
+        return out
+
+    def _adapter(self, unit: ActiveControl, x: torch.Tensor, cond_rows: torch.Tensor) -> list[torch.Tensor]:
+        """A T2I-Adapter unit's weighted features for this call (the network runs once per call shape)."""
+        net = unit.net
+        key = (x.shape, x.device, x.dtype)
+        if key not in unit._features:
+            hint = unit.hint_for(x.shape[0], x.device, x.dtype)
+            if self.placement is not None:
+                self.placement.release()
+                net.to(self.placement.compute)
+            feats = adapter.aligned(net(hint), adapter.feature_sizes(net.arch.family, *x.shape[-2:]))
+            if self.placement is not None:
+                net.to(self.placement.offload)
+            unit._features[key] = feats
+        feats = unit._features[key]
+        cond_only = unit.cond_only or unit.pool
+        mark = cond_rows.to(x.device, x.dtype).view(-1, 1, 1, 1) if cond_only else None
+        out = []
+        for f, s in zip(feats, unit.scales):
+            f = f * s
+            f = f * mark if mark is not None else f
+            out.append(torch.mean(f, dim=(2, 3), keepdim=True) if unit.pool else f)
+        return out
 
     def after(
         self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor

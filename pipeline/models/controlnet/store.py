@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from pipeline.models.checkpoints import header_shapes, read_state_dict
-from pipeline.models.controlnet import architecture
+from pipeline.models.controlnet import adapter, architecture, control_lora
 from pipeline.runtime.errors import ModelLoadError, UnknownName
 
 log = logging.getLogger("hiresd.controlnet")
@@ -121,11 +121,18 @@ class ControlNetStore:
         raise UnknownName(field, name, self.titles())
 
     def load(
-        self, f: ControlNetFile, base_unet_config: dict[str, Any], device: torch.device, dtype: torch.dtype
+        self,
+        f: ControlNetFile,
+        base_unet_config: dict[str, Any],
+        device: torch.device,
+        dtype: torch.dtype,
+        base_unet: Any = None,
+        base_version: Any = None,
     ) -> Any:
-        """The `ControlNetModel` of `f` for a checkpoint with this UNet config, on device in dtype."""
-        from diffusers import ControlNetModel
-
+        """The `ControlNetModel` of `f` for a checkpoint with this UNet config, on device in dtype.
+        `base_unet`: the checkpoint's UNet module, which a ControlLoRA file takes its tensors from, as they
+        are now (`base_version` tells the weights' states apart: the prompt's LoRA set patched in; the
+        extension's ControlLoRA reads the UNet's live weights, so a prompt LoRA reaches it too)."""
         st = os.stat(f.path)
         key = (
             str(f.path),
@@ -134,23 +141,28 @@ class ControlNetStore:
             str(device),
             dtype,
             tuple(sorted((k, str(v)) for k, v in base_unet_config.items() if not k.startswith("_"))),
+            (id(base_unet), base_version) if f.arch().layout == "control_lora" else None,
         )
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
                 return self._loaded[key]
         arch = f.arch()
-        cfg = architecture.full_config(arch, base_unet_config, str(f.path))
-        tensors = architecture.to_diffusers(read_state_dict(f.path), str(f.path))
-        with torch.device("meta"):
-            net = ControlNetModel(**cfg)
-        try:
-            net.load_state_dict(tensors, strict=True, assign=True)
-        except RuntimeError as exc:
-            raise ModelLoadError(
-                str(f.path),
-                f"the tensors do not fit the architecture read from them: {str(exc).splitlines()[0]}",
-            ) from exc
+        if arch.layout == "control_lora":
+            if base_unet is None:
+                raise ModelLoadError(str(f.path), "a ControlLoRA file needs the checkpoint's UNet")
+            width = int(base_unet_config.get("cross_attention_dim") or 0)
+            if arch.context_dim is not None and width != arch.context_dim:
+                raise ModelLoadError(
+                    str(f.path), f"the ControlLoRA reads a {arch.context_dim}-wide prompt, the checkpoint {width}"
+                )
+            tensors = architecture.to_diffusers(read_state_dict(f.path), str(f.path))
+            net = control_lora.build(tensors, base_unet, arch.config["hint"], str(f.path))
+        elif arch.is_adapter:
+            adapter.check_base(arch.config["adapter"], base_unet_config, str(f.path))
+            net = adapter.build(arch.config["adapter"], read_state_dict(f.path), str(f.path))
+        else:
+            net = _controlnet(arch, base_unet_config, f)
         # nn.Module.to: diffusers' own `to` warns about fp32-kept modules this architecture does not have
         net = torch.nn.Module.to(net, device=device, dtype=dtype).eval().requires_grad_(False)
         log.info("ControlNet %s loaded (%s layout, %s)", f.title, arch.layout, arch.family)
@@ -163,3 +175,20 @@ class ControlNetStore:
     def unload_all(self) -> None:
         with self._lock:
             self._loaded.clear()
+
+
+def _controlnet(arch: architecture.ControlNetArch, base_unet_config: dict[str, Any], f: ControlNetFile) -> Any:
+    from diffusers import ControlNetModel
+
+    cfg = architecture.full_config(arch, base_unet_config, str(f.path))
+    tensors = architecture.to_diffusers(read_state_dict(f.path), str(f.path))
+    with torch.device("meta"):
+        net = ControlNetModel(**cfg)
+    try:
+        net.load_state_dict(tensors, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            str(f.path),
+            f"the tensors do not fit the architecture read from them: {str(exc).splitlines()[0]}",
+        ) from exc
+    return net
