@@ -36,6 +36,7 @@ APPLIED: dict[str, Any] = {
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
     "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True,
+    "img2img_color_correction": False,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -159,7 +160,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
         "auto_upcast_attn": True,
         "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
-        "auto_vae_precision": True, "img2img_color_correction": False,
+        "auto_vae_precision": True,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
         "use_old_karras_scheduler_sigmas": False, "no_dpmpp_sde_batch_determinism": False,
         "hires_fix_use_firstpass_conds": False,

@@ -202,6 +202,8 @@ OPTIONS: dict[str, Option] = {
                                   "(infotext `Extra noise`)"),
     "use_old_hires_fix_width_height": Option(False, _bool, "hires fix: width/height are the final size, the "
                                              "first pass about 512x512 (A1111's compatibility option)"),
+    "img2img_color_correction": Option(False, _bool, "img2img: match each result's colours to its init image "
+                                       "(L*a*b* histograms, keeping the result's luminosity)"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

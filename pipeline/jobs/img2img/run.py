@@ -33,6 +33,7 @@ from pipeline.jobs.common import (
 )
 from pipeline.jobs.controlnet import FROM_A1111, PassPicture
 from pipeline.jobs.img2img import masks
+from pipeline.jobs.img2img.color import apply_color_correction, correction_target
 from pipeline.jobs.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
 from pipeline.jobs.img2img.resize import (
     CROP_AND_RESIZE,
@@ -52,12 +53,14 @@ log = logging.getLogger("hiresd.img2img")
 class Source:
     """One init image ready to encode: `image` at the processing size, the `repaint` mask at that size
     (None without a mask), and how the result goes back: `overlay` (original pixels, alpha = keep) and
-    `paste_to` (x, y, w, h) in the original for "only masked"."""
+    `paste_to` (x, y, w, h) in the original for "only masked"; `color_target`: the L*a*b* pixels results are
+    colour-corrected to (option img2img_color_correction)."""
 
     image: Image.Image
     repaint: Image.Image | None = None
     overlay: Image.Image | None = None
     paste_to: tuple[int, int, int, int] | None = None
+    color_target: np.ndarray | None = None
 
 
 def run_img2img(p: Img2ImgProcessing, ctx: JobContext) -> JobResult:
@@ -101,6 +104,8 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
         batch = finish_images(result.model or model, result.latents, p, ctx)  # the refiner's VAE
+        batch = [img if src.color_target is None else apply_color_correction(src.color_target, img)
+                 for img, src in zip(batch, sources, strict=True)]
         overlays = _soft_overlays(p, sources, repaint, init, result.latents)
         batch = [_put_back(img, src, over) for img, src, over in zip(batch, sources, overlays, strict=True)]
         images += batch
@@ -159,6 +164,8 @@ def _prepare_sources(p: Img2ImgProcessing, ctx: JobContext) -> list[Source]:
             if p.inpainting_fill == 0:
                 src.image = masks.fill(src.image, repaint)
             src.repaint = repaint
+        if p.options.get("img2img_color_correction"):  # A1111: the image as it goes to the model
+            src.color_target = correction_target(src.image)
         out.append(src)
     return out
 
