@@ -36,7 +36,8 @@ APPLIED: dict[str, Any] = {
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
     "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True,
-    "img2img_color_correction": False,
+    "img2img_color_correction": False, "return_grid": True, "grid_only_if_multiple": True, "n_rows": -1,
+    "grid_prevent_empty_spots": False, "grid_background_color": "#ffffff",
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -80,7 +81,7 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "keyedit_delimiters": ".,\\/!?%^*;:{}=`~() ",
         "keyedit_delimiters_whitespace": ["Tab", "Carriage Return", "Line Feed"], "keyedit_move": True,
         "disable_token_counters": False, "include_styles_into_token_counters": True,
-        "return_grid": True, "do_not_show_images": False, "js_modal_lightbox": True,
+        "do_not_show_images": False, "js_modal_lightbox": True,
         "js_modal_lightbox_initially_zoomed": True, "js_modal_lightbox_gamepad": False,
         "js_modal_lightbox_gamepad_repeat": 250, "sd_webui_modal_lightbox_icon_opacity": 1,
         "sd_webui_modal_lightbox_toolbar_opacity": 0.9, "gallery_height": "",
@@ -142,10 +143,9 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
         "grid_save": True, "grid_format": "png", "grid_extended_filename": False,
-        "grid_only_if_multiple": True,
-        "grid_prevent_empty_spots": False, "grid_zip_filename_pattern": "", "n_rows": -1, "font": "",
+        "grid_zip_filename_pattern": "", "font": "",
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
-        "grid_background_color": "#ffffff", "save_images_before_face_restoration": False,
+        "save_images_before_face_restoration": False,
         "save_images_before_color_correction": False, "save_mask": False, "save_mask_composite": False,
         "webp_lossless": False, "export_for_4chan": True, "img_downscale_threshold": 4.0,
         "target_side_length": 4000, "img_max_size_mp": 200, "use_original_name_batch": True,

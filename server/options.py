@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import ImageColor
+
 from pipeline.models.networks.patch import BACKUP_DEVICES
 from pipeline.runtime.errors import InvalidRequest
 from server.a1111_options import a1111_defaults, unapplied_groups
@@ -62,6 +64,15 @@ def _str(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("must be a string")
     return v
+
+
+def _color(v: Any) -> str:
+    s = _str(v)
+    try:
+        ImageColor.getrgb(s)
+    except ValueError:
+        raise ValueError("must be a colour such as #ffffff") from None
+    return s
 
 
 def _str_or_none(v: Any) -> str | None:
@@ -204,6 +215,12 @@ OPTIONS: dict[str, Option] = {
                                              "first pass about 512x512 (A1111's compatibility option)"),
     "img2img_color_correction": Option(False, _bool, "img2img: match each result's colours to its init image "
                                        "(L*a*b* histograms, keeping the result's luminosity)"),
+    "return_grid": Option(True, _bool, "with save_images, a job of several images answers a grid of them first "
+                          "in `images` (A1111's API rule)"),
+    "grid_only_if_multiple": Option(True, _bool, "no grid for a job of one image"),
+    "n_rows": Option(-1, _int(-1, 16), "grid rows: -1 about the square root, 0 the batch size"),
+    "grid_prevent_empty_spots": Option(False, _bool, "n_rows -1: rows that divide the image count"),
+    "grid_background_color": Option("#ffffff", _color, "the grid's background, around smaller images"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)
