@@ -37,7 +37,9 @@ APPLIED: dict[str, Any] = {
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
     "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True,
     "img2img_color_correction": False, "return_grid": True, "grid_only_if_multiple": True, "n_rows": -1,
-    "grid_prevent_empty_spots": False, "grid_background_color": "#ffffff",
+    "grid_prevent_empty_spots": False, "grid_background_color": "#ffffff", "grid_save": True,
+    "grid_format": "png", "grid_save_to_dirs": True, "outdir_grids": "",
+    "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -142,7 +144,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "lora_in_memory_limit": 0, "SWIN_torch_compile": False, "interrogate_keep_models_in_memory": False,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "grid_save": True, "grid_format": "png", "grid_extended_filename": False,
+        "grid_extended_filename": False,
         "grid_zip_filename_pattern": "", "font": "",
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
         "save_images_before_face_restoration": False,
@@ -150,9 +152,8 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "webp_lossless": False, "export_for_4chan": True, "img_downscale_threshold": 4.0,
         "target_side_length": 4000, "img_max_size_mp": 200, "use_original_name_batch": True,
         "use_upscaler_name_as_suffix": False, "save_init_img": False,
-        "outdir_grids": "", "outdir_txt2img_grids": "outputs/txt2img-grids",
-        "outdir_img2img_grids": "outputs/img2img-grids", "outdir_init_images": "outputs/init-images",
-        "grid_save_to_dirs": True, "directories_filename_pattern": "[date]",
+        "outdir_init_images": "outputs/init-images",
+        "directories_filename_pattern": "[date]",
         "directories_max_prompt_words": 8, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
         "DAT_tile": 192, "DAT_tile_overlap": 8, "SWIN_tile": 192, "SWIN_tile_overlap": 8,
         "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",

@@ -5,19 +5,27 @@ Through A1111's API a grid is made only when the request has `save_images` (the 
 unless `grid_only_if_multiple` is off. The grid then comes first in `images`, its infotext (the first
 image's) first in `info.infotexts`, and `index_of_first_image` is 1. Rows: option `n_rows` (> 0: that many,
 0: the batch size, -1: about the square root, or with `grid_prevent_empty_spots` the largest divisor of the
-count not above it); cells as big as the largest image, smaller ones centred on `grid_background_color`."""
+count not above it); cells as big as the largest image, smaller ones centred on `grid_background_color`. With `grid_save` (and the same conditions) the grid is also written, as
+`grid-NNNN.<grid_format>` under `outdir_grids` or the kind's `outdir_txt2img_grids` / `outdir_img2img_grids`
+(relative: under --outputs-dir), in a folder per date with `grid_save_to_dirs`."""
 from __future__ import annotations
 
 import math
+from datetime import date
+from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageColor
 
+from server.imagecodec import encode_image
+from server.services import write_numbered
+
 
 def grid_wanted(opts: dict[str, Any], save_images: bool, count: int) -> bool:
-    """Whether A1111's API would return a grid for a job of `count` images."""
+    """Whether A1111's API makes a grid (to return or to save) for a job of `count` images."""
     few = count < 2 and bool(opts.get("grid_only_if_multiple", True))
-    return bool(save_images) and bool(opts.get("return_grid", True)) and count > 0 and not few
+    wanted = bool(opts.get("return_grid", True)) or bool(opts.get("grid_save", True))
+    return bool(save_images) and wanted and count > 0 and not few
 
 
 def grid_rows(opts: dict[str, Any], count: int, batch_size: int) -> int:
@@ -45,3 +53,18 @@ def image_grid(images: list[Image.Image], batch_size: int, opts: dict[str, Any])
         dx, dy = (w - img.width) // 2, (h - img.height) // 2
         grid.paste(img.convert("RGB"), (i % cols * w + dx, i // cols * h + dy))
     return grid
+
+
+def save_grid(outputs_dir: Path, grid: Image.Image, infotext: str, opts: dict[str, Any],
+              compress_level: int | None = None) -> Path:
+    """The grid file, A1111's name `grid-NNNN.<ext>`; the infotext in it when `enable_pnginfo` is on."""
+    root = Path(opts.get("outdir_grids") or opts.get("outdir_txt2img_grids") or "txt2img-grids")
+    if not root.is_absolute():
+        root = outputs_dir / root
+    folder = root / date.today().isoformat() if opts.get("grid_save_to_dirs", True) else root
+    folder.mkdir(parents=True, exist_ok=True)
+    fmt = str(opts.get("grid_format") or "png")
+    chunks = {"parameters": infotext} if opts.get("enable_pnginfo", True) else {"parameters": None}
+    kwargs = {} if compress_level is None else {"compress_level": compress_level}
+    data = encode_image(grid, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)), **kwargs)
+    return write_numbered(folder, f".{'jpg' if fmt == 'jpeg' else fmt}", data, basename="grid")

@@ -221,6 +221,12 @@ OPTIONS: dict[str, Option] = {
     "n_rows": Option(-1, _int(-1, 16), "grid rows: -1 about the square root, 0 the batch size"),
     "grid_prevent_empty_spots": Option(False, _bool, "n_rows -1: rows that divide the image count"),
     "grid_background_color": Option("#ffffff", _color, "the grid's background, around smaller images"),
+    "grid_save": Option(True, _bool, "with save_images, a job's grid is also saved as grid-NNNN"),
+    "grid_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "file format of saved grids"),
+    "grid_save_to_dirs": Option(True, _bool, "saved grids go into a folder per date"),
+    "outdir_grids": Option("", _str, "if set, all grids go here (relative paths: under --outputs-dir)"),
+    "outdir_txt2img_grids": Option("txt2img-grids", _outdir("txt2img-grids"), _OUTDIR_HELP),
+    "outdir_img2img_grids": Option("img2img-grids", _outdir("img2img-grids"), _OUTDIR_HELP),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

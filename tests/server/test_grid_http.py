@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import io
 import json
+from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,9 +25,13 @@ def _img(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
 
 
+ROOT: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     root = tmp_path_factory.mktemp("grid")
+    ROOT["outputs"] = root / "outputs"
     cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
                        extensions_dir=None, max_pixels=512 * 512)
     with TestClient(create_app(cfg)) as c:
@@ -68,3 +74,30 @@ def test_grid_options(client: TestClient) -> None:
     assert len(r.json()["images"]) == 2
     bad = client.post("/sdapi/v1/txt2img", json={**one, "override_settings": {"grid_background_color": "nope"}})
     assert bad.status_code in (400, 422) and "grid_background_color" in bad.text
+
+
+def test_grid_save_writes_a1111s_grid_file(client: TestClient) -> None:
+    out = ROOT["outputs"]
+    body = {**SMALL, "batch_size": 2, "save_images": True, "send_images": True}
+    before = set(out.rglob("grid-*"))
+    r = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"samples_save": False}}).json()
+    new = sorted(set(out.rglob("grid-*")) - before)
+    assert [p.relative_to(out).parent for p in new] == [Path("txt2img-grids") / date.today().isoformat()]
+    saved = Image.open(new[0])
+    assert new[0].name.endswith(".png") and saved.text["parameters"] == json.loads(r["info"])["infotexts"][0]
+    assert np.array_equal(np.asarray(saved.convert("RGB")), np.asarray(_img(r["images"][0])))
+    # the next one numbered after it; grid_format, grid_save_to_dirs, outdir_img2img_grids for img2img
+    init = r["images"][1]
+    opts = {"grid_format": "jpg", "grid_save_to_dirs": False, "outdir_img2img_grids": "my-grids"}
+    client.post("/sdapi/v1/img2img", json={**body, "init_images": [init], "denoising_strength": 0.5,
+                                           "override_settings": opts})
+    assert [p.name for p in (out / "my-grids").iterdir()] == ["grid-0000.jpg"]
+    client.post("/sdapi/v1/txt2img", json=body)
+    names = sorted(p.name for p in (out / "txt2img-grids" / date.today().isoformat()).glob("grid-*"))
+    assert names[-1] == f"grid-{len(names) - 1:04d}.png" and len(names) >= 2
+    # no save_images: no grid, neither returned nor saved (A1111's API)
+    count = len(list(out.rglob("grid-*")))
+    r = client.post("/sdapi/v1/txt2img", json={**body, "save_images": False}).json()
+    assert len(r["images"]) == 2 and len(list(out.rglob("grid-*"))) == count
+    r = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"grid_save": False}}).json()
+    assert len(r["images"]) == 3 and len(list(out.rglob("grid-*"))) == count
