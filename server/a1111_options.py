@@ -40,6 +40,7 @@ APPLIED: dict[str, Any] = {
     "grid_prevent_empty_spots": False, "grid_background_color": "#ffffff", "grid_save": True,
     "grid_format": "png", "grid_save_to_dirs": True, "outdir_grids": "",
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
+    "hires_fix_use_firstpass_conds": False,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -164,7 +165,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "auto_vae_precision": True,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
         "use_old_karras_scheduler_sigmas": False, "no_dpmpp_sde_batch_determinism": False,
-        "hires_fix_use_firstpass_conds": False,
         "use_old_scheduling": False, "use_downcasted_alpha_bar": False, "lora_functional": False,
         "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,
         "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,

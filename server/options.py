@@ -227,6 +227,8 @@ OPTIONS: dict[str, Option] = {
     "outdir_grids": Option("", _str, "if set, all grids go here (relative paths: under --outputs-dir)"),
     "outdir_txt2img_grids": Option("txt2img-grids", _outdir("txt2img-grids"), _OUTDIR_HELP),
     "outdir_img2img_grids": Option("img2img-grids", _outdir("img2img-grids"), _OUTDIR_HELP),
+    "hires_fix_use_firstpass_conds": Option(False, _bool, "hires fix: the second pass's prompt is encoded with the "
+                                            "first pass's networks (LoRA text-encoder weights) applied"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)
