@@ -40,7 +40,8 @@ APPLIED: dict[str, Any] = {
     "grid_prevent_empty_spots": False, "grid_background_color": "#ffffff", "grid_save": True,
     "grid_format": "png", "grid_save_to_dirs": True, "outdir_grids": "",
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
-    "hires_fix_use_firstpass_conds": False,
+    "hires_fix_use_firstpass_conds": False, "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3, "uni_pc_lower_order_final": True,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -171,8 +172,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "interrogate_clip_skip_categories": [], "interrogate_deepbooru_score_threshold": 0.5,
         "deepbooru_sort_alpha": True, "deepbooru_use_spaces": True, "deepbooru_escape": True,
         "deepbooru_filter_tags": "", "add_user_name_to_info": False, "add_version_to_infotext": True,
-        "ddim_discretize": "uniform", "sgm_noise_multiplier": False, "uni_pc_variant": "bh1",
-        "uni_pc_skip_type": "time_uniform", "uni_pc_order": 3, "uni_pc_lower_order_final": True,
+        "ddim_discretize": "uniform", "sgm_noise_multiplier": False,
         "sd_noise_schedule": "Default", "skip_early_cond": 0.0, "beta_dist_alpha": 0.6, "beta_dist_beta": 0.6,
         "postprocessing_existing_caption_action": "Ignore",
         "outdir_extras_samples": "outputs/extras-images", "upscaling_max_images_in_cache": 5,

@@ -229,6 +229,12 @@ OPTIONS: dict[str, Option] = {
     "outdir_img2img_grids": Option("img2img-grids", _outdir("img2img-grids"), _OUTDIR_HELP),
     "hires_fix_use_firstpass_conds": Option(False, _bool, "hires fix: the second pass's prompt is encoded with the "
                                             "first pass's networks (LoRA text-encoder weights) applied"),
+    "uni_pc_variant": Option("bh1", _choice("bh1", "bh2", "vary_coeff"), "UniPC's update: bh1 or bh2 (vary_coeff "
+                             "is a 4xx when UniPC runs: not implemented here)"),
+    "uni_pc_skip_type": Option("time_uniform", _choice("time_uniform", "time_quadratic", "logSNR"),
+                               "UniPC: how its steps are spaced"),
+    "uni_pc_order": Option(3, _int(1, 50), "UniPC's order (at most the pass's steps, else a 4xx as A1111 fails)"),
+    "uni_pc_lower_order_final": Option(True, _bool, "UniPC: lower orders for the last steps"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)
