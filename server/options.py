@@ -233,7 +233,7 @@ OPTIONS: dict[str, Option] = {
                              "is a 4xx when UniPC runs: not implemented here)"),
     "uni_pc_skip_type": Option("time_uniform", _choice("time_uniform", "time_quadratic", "logSNR"),
                                "UniPC: how its steps are spaced"),
-    "uni_pc_order": Option(3, _int(1, 50), "UniPC's order (at most the pass's steps, else a 4xx as A1111 fails)"),
+    "uni_pc_order": Option(3, _int(1, 50), "UniPC's order"),
     "uni_pc_lower_order_final": Option(True, _bool, "UniPC: lower orders for the last steps"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing

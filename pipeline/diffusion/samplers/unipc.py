@@ -6,7 +6,8 @@ the same warm-up and final lower orders); these set its `solver_type`, `solver_o
 `lower_order_final`, and lay out the pass's times as A1111's `get_time_steps`: uniform in continuous time
 t (time_uniform), uniform in sqrt(t) (time_quadratic) or uniform in log-SNR (logSNR), t running from the
 pass's start to 1/1000, the model seeing (t - 1/1000) * 1000. A1111's third variant `vary_coeff` is a
-different update diffusers does not have: refused with a 4xx naming the option."""
+different update diffusers does not have: refused with a 4xx naming the option. Where A1111 stops (a pass
+of fewer steps than the order) the pass runs with the warm-up's lower orders, as it did before."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,12 +39,13 @@ def configure(sched, opts: UniPCOptions, steps: int) -> None:
         raise InvalidRequest("override_settings.uni_pc_variant",
                              f"{opts.variant!r} (A1111's varying-coefficient update) is not implemented here; "
                              "use 'bh1' (A1111's default) or 'bh2'")
-    if steps < opts.order:  # A1111 stops with "UniPC order must be < sampling steps"
-        raise InvalidRequest("override_settings.uni_pc_order",
-                             f"UniPC of order {opts.order} needs at least {opts.order} steps in the pass, this "
-                             f"pass has {steps}; lower uni_pc_order or raise steps")
-    sched.register_to_config(solver_type=opts.variant, solver_order=opts.order,
-                             lower_order_final=opts.lower_order_final)
+    # a pass of fewer steps than the order (A1111 stops: "UniPC order must be < sampling steps", e.g. img2img
+    # at a low denoising strength) runs as it did here before the option: only the warm-up's lower orders,
+    # which never pass the step count (so the order capped at it changes nothing else)
+    order = max(1, min(opts.order, steps))
+    sched.register_to_config(solver_type=opts.variant, solver_order=order, lower_order_final=opts.lower_order_final)
+    sched.timestep_list = [None] * order  # sized by the order at construction
+    sched.model_outputs = [None] * order
 
 
 def model_times(alphas_cumprod, m0: float, steps: int, skip_type: str) -> np.ndarray:
