@@ -41,7 +41,7 @@ APPLIED: dict[str, Any] = {
     "grid_format": "png", "grid_save_to_dirs": True, "outdir_grids": "",
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
     "hires_fix_use_firstpass_conds": False, "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform",
-    "uni_pc_order": 3, "uni_pc_lower_order_final": True,
+    "uni_pc_order": 3, "uni_pc_lower_order_final": True, "save_images_before_color_correction": False,
 }
 
 # Options whose effect another part of this server owns (issue #20: seeds and sampling; the speed issue:
@@ -150,7 +150,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "grid_zip_filename_pattern": "", "font": "",
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
         "save_images_before_face_restoration": False,
-        "save_images_before_color_correction": False, "save_mask": False, "save_mask_composite": False,
+"save_mask": False, "save_mask_composite": False,
         "webp_lossless": False, "export_for_4chan": True, "img_downscale_threshold": 4.0,
         "target_side_length": 4000, "img_max_size_mp": 200, "use_original_name_batch": True,
         "use_upscaler_name_as_suffix": False, "save_init_img": False,

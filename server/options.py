@@ -215,6 +215,9 @@ OPTIONS: dict[str, Option] = {
                                              "first pass about 512x512 (A1111's compatibility option)"),
     "img2img_color_correction": Option(False, _bool, "img2img: match each result's colours to its init image "
                                        "(L*a*b* histograms, keeping the result's luminosity)"),
+    "save_images_before_color_correction": Option(False, _bool, "img2img with save_images and colour correction: "
+                                                  "the uncorrected images are saved too "
+                                                  "(`-before-color-correction`)"),
     "return_grid": Option(True, _bool, "with save_images, a job of several images answers a grid of them first "
                           "in `images` (A1111's API rule)"),
     "grid_only_if_multiple": Option(True, _bool, "no grid for a job of one image"),

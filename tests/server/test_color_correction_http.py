@@ -37,9 +37,13 @@ def _img(b64: str) -> Image.Image:
     return Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")
 
 
+OUT: dict[str, object] = {}
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     root = tmp_path_factory.mktemp("cc")
+    OUT["dir"] = root / "outputs"
     cfg = ServerConfig(models_dir=root / "models", data_dir=root / "data", outputs_dir=root / "outputs",
                        extensions_dir=None, max_pixels=512 * 512)
     with TestClient(create_app(cfg)) as c:
@@ -82,6 +86,26 @@ def test_set_by_post_options_it_applies_to_later_jobs(client: TestClient) -> Non
     assert fixed != plain
     bad = client.post("/sdapi/v1/options", json={"img2img_color_correction": "sometimes"})
     assert bad.status_code in (400, 422) and "img2img_color_correction" in bad.text
+
+
+def test_the_uncorrected_images_are_saved_too_when_asked(client: TestClient) -> None:
+    body = {**BODY, "init_images": [_b64(_init())], "save_images": True}
+    out = OUT["dir"]
+    plain = _img(client.post("/sdapi/v1/img2img", json=body).json()["images"][0])
+    opts = {"img2img_color_correction": True, "save_images_before_color_correction": True}
+    before = set(out.rglob("*.png"))
+    fixed = _img(client.post("/sdapi/v1/img2img", json={**body, "override_settings": opts}).json()["images"][0])
+    new = sorted(set(out.rglob("*.png")) - before)
+    assert len(new) == 2
+    uncorrected = [p for p in new if p.stem.endswith("-before-color-correction")]
+    assert len(uncorrected) == 1 and "img2img-images" in uncorrected[0].parts
+    assert np.array_equal(np.asarray(Image.open(uncorrected[0]).convert("RGB")), np.asarray(plain))
+    (other,) = [p for p in new if p not in uncorrected]
+    assert np.array_equal(np.asarray(Image.open(other).convert("RGB")), np.asarray(fixed))
+    # the option alone (no colour correction) or without save_images: nothing extra
+    before = set(out.rglob("*.png"))
+    client.post("/sdapi/v1/img2img", json={**body, "override_settings": {"save_images_before_color_correction": True}})
+    assert len(set(out.rglob("*.png")) - before) == 1
 
 
 def test_histogram_match_is_scikit_images() -> None:

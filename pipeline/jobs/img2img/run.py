@@ -89,6 +89,9 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
     images: list[Image.Image] = []
     infotexts: list[str] = []
     calls: list[int] = []
+    before_cc: list[tuple[Image.Image, str, str]] = []  # option save_images_before_color_correction
+    keep_uncorrected = (bool(p.options.get("save_images_before_color_correction"))
+                        and bool(getattr(p.request, "save_images", False)))
     for it in range(p.n_iter):
         if state.interrupted:
             break
@@ -104,9 +107,13 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
         batch = finish_images(result.model or model, result.latents, p, ctx)  # the refiner's VAE
+        overlays = _soft_overlays(p, sources, repaint, init, result.latents)
+        if keep_uncorrected and sources[0].color_target is not None:  # A1111: with the overlay, uncorrected
+            before_cc += [(_put_back(img, src, over), job_infotext(p, ctx.models, it * bs + i),
+                           "-before-color-correction")
+                          for i, (img, src, over) in enumerate(zip(batch, sources, overlays, strict=True))]
         batch = [img if src.color_target is None else apply_color_correction(src.color_target, img)
                  for img, src in zip(batch, sources, strict=True)]
-        overlays = _soft_overlays(p, sources, repaint, init, result.latents)
         batch = [_put_back(img, src, over) for img, src, over in zip(batch, sources, overlays, strict=True)]
         images += batch
         infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
@@ -114,7 +121,7 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
             break
     info = job_info(p, ctx.models, infotexts, state.job_timestamp)
     info["is_using_inpainting_conditioning"] = image_cond is not None
-    return JobResult(images, infotexts, info, calls)
+    return JobResult(images, infotexts, info, calls, before_cc)
 
 
 # -- the pieces -----------------------------------------------------------------------------------
