@@ -18,6 +18,7 @@ from pipeline.jobs.builtin_scripts import strip_prompt_comments
 from pipeline.jobs.common import JobResult
 from pipeline.jobs.processing import Processing
 from pipeline.models.networks import check_job
+from server.grids import grid_wanted, image_grid, save_grid
 from server.imagecodec import decode_image, encode_images_b64
 from server.options import OPTIONS
 from server.services import Services
@@ -157,6 +158,17 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
                             save_options, [e[2] for e in result.extra_saves])
         # ControlNet's detected maps (after the results, without infotexts) are not saved, as the extension
         svc.save_images(result.images[:len(result.infotexts)], result.infotexts, fmt, save_options)
+    count = len(result.infotexts)  # the results (ControlNet's detected maps after them are no part of it)
+    if grid_wanted(opts, req.save_images, count):  # A1111's API: only with save_images
+        grid = image_grid(result.images[:count], int(getattr(req, "batch_size", 1) or 1), opts)
+        first = result.infotexts[0]
+        if opts.get("grid_save", True):
+            save_grid(svc.config.outputs_dir, grid, first, save_options, svc.config.png_compress_level)
+        if opts.get("return_grid", True):
+            result.images = [grid, *result.images]
+            result.infotexts = [first, *result.infotexts]
+            result.info = {**result.info, "infotexts": [first, *result.info.get("infotexts", [])],
+                           "index_of_first_image": 1}
     if not req.send_images:
         return []
     chunks: list[dict[str, str] | None] = [{"parameters": t} if opts["enable_pnginfo"] else {}

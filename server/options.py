@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import ImageColor
+
 from pipeline.models.networks.patch import BACKUP_DEVICES
 from pipeline.runtime.errors import InvalidRequest
 from server.a1111_options import a1111_defaults, unapplied_groups
@@ -62,6 +64,15 @@ def _str(v: Any) -> str:
     if not isinstance(v, str):
         raise ValueError("must be a string")
     return v
+
+
+def _color(v: Any) -> str:
+    s = _str(v)
+    try:
+        ImageColor.getrgb(s)
+    except ValueError:
+        raise ValueError("must be a colour such as #ffffff") from None
+    return s
 
 
 def _str_or_none(v: Any) -> str | None:
@@ -246,6 +257,31 @@ OPTIONS: dict[str, Option] = {
     "pad_cond_uncond": Option(False, _bool, "pad prompt / negative prompt to the same length with empty chunks"),
     "pad_cond_uncond_v0": Option(False, _bool, "the pre-1.6 padding: repeat (or cut) the negative prompt's "
                                  "last vector; overrides pad_cond_uncond"),
+    "img2img_color_correction": Option(False, _bool, "img2img: match each result's colours to its init image "
+                                       "(L*a*b* histograms, keeping the result's luminosity)"),
+    "save_images_before_color_correction": Option(False, _bool, "img2img with save_images and colour correction: "
+                                                  "the uncorrected images are saved too "
+                                                  "(`-before-color-correction`)"),
+    "return_grid": Option(True, _bool, "with save_images, a job of several images answers a grid of them first "
+                          "in `images` (A1111's API rule)"),
+    "grid_only_if_multiple": Option(True, _bool, "no grid for a job of one image"),
+    "n_rows": Option(-1, _int(-1, 16), "grid rows: -1 about the square root, 0 the batch size"),
+    "grid_prevent_empty_spots": Option(False, _bool, "n_rows -1: rows that divide the image count"),
+    "grid_background_color": Option("#ffffff", _color, "the grid's background, around smaller images"),
+    "grid_save": Option(True, _bool, "with save_images, a job's grid is also saved as grid-NNNN"),
+    "grid_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "file format of saved grids"),
+    "grid_save_to_dirs": Option(True, _bool, "saved grids go into a folder per date"),
+    "outdir_grids": Option("", _str, "if set, all grids go here (relative paths: under --outputs-dir)"),
+    "outdir_txt2img_grids": Option("txt2img-grids", _outdir("txt2img-grids"), _OUTDIR_HELP),
+    "outdir_img2img_grids": Option("img2img-grids", _outdir("img2img-grids"), _OUTDIR_HELP),
+    "hires_fix_use_firstpass_conds": Option(False, _bool, "hires fix: the second pass's prompt is encoded with the "
+                                            "first pass's networks (LoRA text-encoder weights) applied"),
+    "uni_pc_variant": Option("bh1", _choice("bh1", "bh2", "vary_coeff"), "UniPC's update: bh1 or bh2 (vary_coeff "
+                             "is a 4xx when UniPC runs: not implemented here)"),
+    "uni_pc_skip_type": Option("time_uniform", _choice("time_uniform", "time_quadratic", "logSNR"),
+                               "UniPC: how its steps are spaced"),
+    "uni_pc_order": Option(3, _int(1, 50), "UniPC's order"),
+    "uni_pc_lower_order_final": Option(True, _bool, "UniPC: lower orders for the last steps"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

@@ -313,8 +313,9 @@ class Services:
         return written
 
 
-def write_numbered(folder: Path, suffix: str, data: bytes) -> Path:
-    """Write `data` as `folder/NNNNN<suffix>` with the next free number; atomic, never overwrites."""
+def write_numbered(folder: Path, suffix: str, data: bytes, basename: str = "") -> Path:
+    """Write `data` as `folder/NNNNN<suffix>` (with a `basename`: `<basename>-NNNN<suffix>`, A1111's grid
+    names) with the next free number; atomic, never overwrites."""
     fd, tmp_name = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
     tmp = Path(tmp_name)
     try:
@@ -322,9 +323,9 @@ def write_numbered(folder: Path, suffix: str, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        number = _next_number(folder)
+        number = _next_number(folder, basename)
         while True:
-            path = folder / f"{number:05d}{suffix}"
+            path = folder / (f"{basename}-{number:04d}{suffix}" if basename else f"{number:05d}{suffix}")
             try:
                 os.link(tmp, path)  # atomic, and fails rather than overwrite
                 return path
@@ -341,11 +342,17 @@ def _seed_of(infotext: str) -> str:
     return "0"
 
 
-def _next_number(folder: Path) -> int:
-    """A1111's sequence number: one more than the highest `NNNNN-` prefix in the folder."""
+def _next_number(folder: Path, basename: str = "") -> int:
+    """A1111's sequence number: one more than the highest `NNNNN-` prefix in the folder (with a `basename`:
+    the highest number after `<basename>-`)."""
     best = -1
     for f in folder.iterdir():
-        head = f.name.split("-", 1)[0]
+        name = f.name
+        if basename:
+            if not name.startswith(f"{basename}-"):
+                continue
+            name = name[len(basename) + 1:]
+        head = name.split("-", 1)[0].split(".", 1)[0]
         if head.isdigit():
             best = max(best, int(head))
     return best + 1

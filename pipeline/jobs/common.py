@@ -101,6 +101,9 @@ class PassSpec:
     noise_multiplier: float = 1.0
     soft: Any = None  # Soft Inpainting settings (diffusion/soft_inpainting.py) for the inpainting blend
     picture: Any = None  # img2img: the init pictures (controlnet.PassPicture), for ControlNet units
+    # the prompt whose networks are active while this pass's conditioning is encoded, when not the pass's
+    # own (option hires_fix_use_firstpass_conds: pass one's, as A1111 encodes pass two's conds in pass one)
+    conds_networks: str | None = None
 
 
 def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], subseeds: list[int],
@@ -122,7 +125,10 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
     if settings.overrides.zero_snr:
         p.extra_generation_params["Noise Schedule"] = "Zero Terminal SNR"
     p.extra_generation_params.update(plan.notes)  # Discard penultimate sigma, Schedule min sigma, ...
-    activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
+    if spec.conds_networks is not None:
+        activate_for_pass(ctx.networks, model, p, spec.conds_networks)
+    else:
+        activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)  # before the conds
     calls = len(plan.timesteps)
     first_calls = p.counters.setdefault("first_pass_calls", calls)
     # prompt editing counts the hires pass's steps after pass one's, as A1111 does
@@ -142,6 +148,8 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
         return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, emphasis, old, **sched)
 
     cond_at = conds_for(model)
+    if spec.conds_networks is not None:  # the conds are encoded: now the pass's own networks for the UNet
+        activate_for_pass(ctx.networks, model, p, spec.prompt, spec.negative_prompt)
     callback = denoise.progress_callback(ctx.state, p.options, model.family, plan.steps, ctx.previews)
     switch = refiner.pass_switch(p, ctx.models, ctx.state, plan, spec.pass_no, conds_for)
     controlnet.write_infotext(p.controlnet, p.extra_generation_params)

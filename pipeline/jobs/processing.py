@@ -200,7 +200,7 @@ def sampler_params(p: Processing, sampler: Any = None) -> samplers.SamplerParams
     option of the sampler's kind (`eta_ancestral` / `eta_ddim`), as A1111 resolves it per sampler."""
     eta = samplers.option_eta(p.eta, sampler or p.sampler, p.options)
     return samplers.SamplerParams(eta=eta, s_churn=p.s_churn, s_tmin=p.s_tmin, s_tmax=p.s_tmax,
-                                  s_noise=p.s_noise)
+                                  s_noise=p.s_noise, unipc=samplers.UniPCOptions.from_options(p.options))
 
 
 def check_pixel_budget(width: int, height: int, batch_size: int, max_pixels: int, what: str) -> None:

@@ -107,7 +107,7 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
 
         # -- pass two ----------------------------------------------------------------------------
         if second_pass:
-            second = run_pass(hr_model, p, ctx, seeds, subseeds, _second_pass(p, latents))
+            second = run_pass(hr_model, p, ctx, seeds, subseeds, _second_pass(p, latents, same_model=not hr_key))
             calls.append(second.unet_calls)
             latents = second.latents
             hr_model = second.model or hr_model
@@ -145,11 +145,15 @@ def _first_pass(p: Processing) -> PassSpec:
                     p.cfg_scale)
 
 
-def _second_pass(p: Processing, latents: torch.Tensor) -> PassSpec:
-    """Pass two denoises the upscaled latent from `denoising_strength`, A1111's fixed-steps rule."""
+def _second_pass(p: Processing, latents: torch.Tensor, same_model: bool = True) -> PassSpec:
+    """Pass two denoises the upscaled latent from `denoising_strength`, A1111's fixed-steps rule. Option
+    hires_fix_use_firstpass_conds (without a hires checkpoint, as A1111): its conditioning is encoded with
+    pass one's networks (LoRA text-encoder weights) active, as A1111 encodes it in pass one's set-up."""
+    firstpass = same_model and bool(p.options.get("hires_fix_use_firstpass_conds"))
     return PassSpec(2, p.hires.final_w, p.hires.final_h, p.hr_sampler, p.hr_schedule, p.hr_steps,
                     p.hr_prompt or p.prompt, p.hr_negative_prompt or p.negative_prompt, p.hr_cfg_scale,
-                    init=latents, strength=p.denoising_strength, fix_steps=True)
+                    init=latents, strength=p.denoising_strength, fix_steps=True,
+                    conds_networks=p.prompt if firstpass else None)
 
 
 def _latent_upscale(latents: torch.Tensor, p: Processing) -> torch.Tensor:

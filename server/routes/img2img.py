@@ -43,7 +43,8 @@ async def prepare_img2img_request(svc: Services, req: Img2ImgRequest) -> Prepare
     script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
     p = prepare_img2img(req, opts, svc.models, svc.upscalers, limit, init_images, mask)
     # A1111 saves img2img results under outdir_img2img_samples (outdir_samples first, when set)
-    where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images"}
+    where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images",
+             "outdir_txt2img_grids": opts.get("outdir_img2img_grids") or "img2img-grids"}
     return PreparedJob("img2img", req, p, script_args, opts, where)
 
 

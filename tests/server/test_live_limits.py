@@ -141,7 +141,8 @@ def test_a_gone_client_that_asked_to_save_gets_its_images_saved(srv: LiveServer)
     wait_for(lambda: _running_step(srv) >= 2)
     sock.close()
     wait_for(lambda: "asked to save its images, so it finishes and saves" in srv.log())
-    saved = wait_for(lambda: [p for p in srv.outputs.rglob("*.png")] if len(list(srv.outputs.rglob("*.png"))) == 4
+    samples = srv.outputs / "txt2img-images"  # the grid goes to txt2img-grids (option grid_save)
+    saved = wait_for(lambda: [p for p in samples.rglob("*.png")] if len(list(samples.rglob("*.png"))) == 4
                      else None)
     assert len(saved) == 4
     assert httpx.post(f"{srv.api}/txt2img", json=SMALL, timeout=120).status_code == 200

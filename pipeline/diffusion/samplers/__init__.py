@@ -55,10 +55,11 @@ from .table import (
     resolve_hires,
     resolve_schedule,
 )
+from .unipc import UniPCOptions
 
 __all__ = [
     "SAMPLERS", "SCHEDULES", "NoiseTable", "SamplerParams", "SamplerSpec", "ScheduleOverrides", "ScheduleSpec",
-    "StepPlan", "a1111_timestep_grid", "api_samplers", "api_schedulers", "effective_schedule", "eta_infotext",
-    "fixed_steps_total", "option_eta",
-    "label_for_infotext", "make_plan", "resolve", "resolve_hires", "resolve_schedule", "validate_params",
+    "StepPlan", "UniPCOptions", "a1111_timestep_grid", "api_samplers", "api_schedulers", "effective_schedule",
+    "eta_infotext", "fixed_steps_total", "label_for_infotext", "make_plan", "option_eta", "resolve",
+    "resolve_hires", "resolve_schedule", "validate_params",
 ]

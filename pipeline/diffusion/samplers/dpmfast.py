@@ -71,7 +71,7 @@ class DPMFastScheduler(CallListScheduler):
         x = self._x
         self._eps.append((sample - den) / call.sigma)
         h = target - t
-        sig = lambda tt: math.exp(-tt)  # noqa: E731 - k-diffusion's sigma(t)
+        sig = lambda tt: math.exp(-tt)
         eps = self._eps
         if call.stage + 1 < order:  # the next evaluation point
             r1 = _NODES[order][0]

@@ -26,6 +26,8 @@ from .brownian import BrownianNoise
 from .churn import Churn, churn_schedule
 from .schedules import LCMNoiseTable, NoiseTable, ScheduleOverrides, ScheduleSpec, k_sigmas, model_table
 from .table import SamplerSpec, check_supported, effective_schedule
+from .unipc import UniPCOptions, model_times
+from .unipc import configure as configure_unipc
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,7 @@ class SamplerParams:
     s_tmin: float | None = None
     s_tmax: float | None = None
     s_noise: float | None = None
+    unipc: UniPCOptions | None = None  # A1111's uni_pc_* options (UniPC only)
 
 
 @dataclass
@@ -335,7 +338,8 @@ def _vp_sigma_at(tab: NoiseTable, m) -> np.ndarray:
     return np.sqrt(1.0 - alpha**2) / alpha
 
 
-def _plan_timestep_sampler(sampler: SamplerSpec, sched, tab: NoiseTable, steps: int, total: int | None):
+def _plan_timestep_sampler(sampler: SamplerSpec, sched, tab: NoiseTable, steps: int, total: int | None,
+                           unipc: UniPCOptions | None = None):
     """Returns (timesteps, user_steps, start_alpha_cumprod)."""
     n_train = len(tab.alphas_cumprod)
     if (total or steps) > n_train:
@@ -358,7 +362,9 @@ def _plan_timestep_sampler(sampler: SamplerSpec, sched, tab: NoiseTable, steps: 
     # UniPC: A1111 runs UniPC's own time-uniform grid from the start timestep down to 0
     k = len(grid) if total is None else max(steps - 1, 1)
     m0 = float(n_train - 1) if total is None else float(transitions[0])
-    m = np.linspace(m0, 0.0, k + 1)
+    unipc = unipc or UniPCOptions()
+    configure_unipc(sched, unipc, k)
+    m = model_times(tab.alphas_cumprod, m0, k, unipc.skip_type)
     sched.set_timesteps(k)
     sched.timesteps = _f32(m[:-1])
     sched.sigmas = _f32(_vp_sigma_at(tab, m))
@@ -443,7 +449,7 @@ def make_plan(
 
     extra = o.extra_noise if total is not None else 0.0  # A1111's img2img_extra_noise: denoising passes only
     if sampler.kind == "timesteps":
-        ts, user, acp0 = _plan_timestep_sampler(sampler, sched, tab, steps, total)
+        ts, user, acp0 = _plan_timestep_sampler(sampler, sched, tab, steps, total, params.unipc)
         start_sigma = math.sqrt((1.0 - acp0) / acp0)
 
         def start(noise, init_latents=None, _a=acp0):

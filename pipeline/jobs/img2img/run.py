@@ -33,6 +33,7 @@ from pipeline.jobs.common import (
 )
 from pipeline.jobs.controlnet import FROM_A1111, PassPicture
 from pipeline.jobs.img2img import masks
+from pipeline.jobs.img2img.color import apply_color_correction, correction_target
 from pipeline.jobs.img2img.prepare import MASKED_CONTENT, Img2ImgProcessing
 from pipeline.jobs.img2img.resize import (
     CROP_AND_RESIZE,
@@ -52,12 +53,14 @@ log = logging.getLogger("hiresd.img2img")
 class Source:
     """One init image ready to encode: `image` at the processing size, the `repaint` mask at that size
     (None without a mask), and how the result goes back: `overlay` (original pixels, alpha = keep) and
-    `paste_to` (x, y, w, h) in the original for "only masked"."""
+    `paste_to` (x, y, w, h) in the original for "only masked"; `color_target`: the L*a*b* pixels results are
+    colour-corrected to (option img2img_color_correction)."""
 
     image: Image.Image
     repaint: Image.Image | None = None
     overlay: Image.Image | None = None
     paste_to: tuple[int, int, int, int] | None = None
+    color_target: np.ndarray | None = None
 
 
 def run_img2img(p: Img2ImgProcessing, ctx: JobContext) -> JobResult:
@@ -86,6 +89,9 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
     images: list[Image.Image] = []
     infotexts: list[str] = []
     calls: list[int] = []
+    before_cc: list[tuple[Image.Image, str, str]] = []  # option save_images_before_color_correction
+    keep_uncorrected = (bool(p.options.get("save_images_before_color_correction"))
+                        and bool(getattr(p.request, "save_images", False)))
     for it in range(p.n_iter):
         if state.interrupted:
             break
@@ -102,6 +108,12 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
             result = PassResult(init)
         batch = finish_images(result.model or model, result.latents, p, ctx)  # the refiner's VAE
         overlays = _soft_overlays(p, sources, repaint, init, result.latents)
+        if keep_uncorrected and sources[0].color_target is not None:  # A1111: with the overlay, uncorrected
+            before_cc += [(_put_back(img, src, over), job_infotext(p, ctx.models, it * bs + i),
+                           "-before-color-correction")
+                          for i, (img, src, over) in enumerate(zip(batch, sources, overlays, strict=True))]
+        batch = [img if src.color_target is None else apply_color_correction(src.color_target, img)
+                 for img, src in zip(batch, sources, strict=True)]
         batch = [_put_back(img, src, over) for img, src, over in zip(batch, sources, overlays, strict=True)]
         images += batch
         infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
@@ -109,7 +121,7 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
             break
     info = job_info(p, ctx.models, infotexts, state.job_timestamp)
     info["is_using_inpainting_conditioning"] = image_cond is not None
-    return JobResult(images, infotexts, info, calls)
+    return JobResult(images, infotexts, info, calls, before_cc)
 
 
 # -- the pieces -----------------------------------------------------------------------------------
@@ -159,6 +171,8 @@ def _prepare_sources(p: Img2ImgProcessing, ctx: JobContext) -> list[Source]:
             if p.inpainting_fill == 0:
                 src.image = masks.fill(src.image, repaint)
             src.repaint = repaint
+        if p.options.get("img2img_color_correction"):  # A1111: the image as it goes to the model
+            src.color_target = correction_target(src.image)
         out.append(src)
     return out
 
