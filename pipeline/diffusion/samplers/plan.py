@@ -156,7 +156,6 @@ def _interleave(values: np.ndarray) -> np.ndarray:
 
 
 # ---- laying a k-diffusion sigma schedule into each diffusers scheduler -------------------------
-
 def _reset(sched, n: int, tab: NoiseTable) -> None:
     """What set_timesteps would reset; we skip set_timesteps because every array it builds is replaced."""
     sched.num_inference_steps = n
@@ -323,7 +322,6 @@ _INSTALLERS = {
 
 
 # ---- A1111's timestep samplers (DDIM, PLMS, UniPC) -----------------------------------------------
-
 def a1111_timestep_grid(steps: int, num_train_timesteps: int = 1000) -> np.ndarray:
     """A1111's DDIM/PLMS/UniPC grid: every (1000 // steps)-th timestep from 1, ascending."""
     stride = num_train_timesteps // steps
@@ -373,7 +371,6 @@ def _plan_timestep_sampler(sampler: SamplerSpec, sched, tab: NoiseTable, steps: 
 
 
 # ---- the public entry point -----------------------------------------------------------------------
-
 def fixed_steps_total(steps: int, denoising_strength: float) -> int:
     """A1111's fixed-steps rule for a denoising pass: the schedule is computed for int(steps / min(d, 0.999))."""
     return int(steps / min(denoising_strength, 0.999))
