@@ -46,10 +46,12 @@ def _a1111_error(r) -> dict:
 
 
 def test_unknown_alwayson_script_is_422_naming_it_and_the_known_ones(client: TestClient) -> None:
-    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": {"ADetailer": {"args": [True]}}})
+    # (ADetailer, the usual example, is a known title now: accepted disabled, a 400 when enabled)
+    unknown = {"Regional Prompter": {"args": [True]}}
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "alwayson_scripts": unknown})
     assert r.status_code == 422, r.text
     detail = _a1111_error(r)["detail"]
-    assert "Script 'ADetailer' not found" in detail and "'arg recorder'" in detail
+    assert "Script 'Regional Prompter' not found" in detail and "'arg recorder'" in detail
 
 
 def test_known_alwayson_script_gets_its_args(client: TestClient) -> None:

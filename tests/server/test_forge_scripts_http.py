@@ -153,9 +153,11 @@ WHOLE_BLOB = {**FORGE_BLOB,
               "ControlNet": {"args": [_CN_OFF, _CN_OFF, _CN_OFF]}}
 
 
-def test_a_whole_ui_exported_img2img_blob_is_a_200_and_changes_no_byte(client: TestClient) -> None:
-    extra = {"init_images": [_png_b64()], "denoising_strength": 0.6}
-    plain = client.post("/sdapi/v1/img2img", json={**SMALL, **extra})
-    blob = client.post("/sdapi/v1/img2img", json={**SMALL, **extra, "alwayson_scripts": WHOLE_BLOB})
+@pytest.mark.parametrize("route,extra", [("txt2img", {}),
+                                         ("img2img", {"init_images": [_png_b64()], "denoising_strength": 0.6})])
+def test_a_whole_ui_exported_blob_is_a_200_and_changes_no_byte(client: TestClient, route: str,
+                                                                extra: dict) -> None:
+    plain = client.post(f"/sdapi/v1/{route}", json={**SMALL, **extra})
+    blob = client.post(f"/sdapi/v1/{route}", json={**SMALL, **extra, "alwayson_scripts": WHOLE_BLOB})
     assert plain.status_code == 200 and blob.status_code == 200, blob.text
     assert blob.json()["images"] == plain.json()["images"]
