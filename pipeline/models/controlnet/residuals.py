@@ -71,14 +71,24 @@ class Restore:
         if latent.shape[0] != xt.shape[0]:  # one per image, over the call's halves
             latent = latent.repeat(xt.shape[0] // latent.shape[0], 1, 1, 1)
             mask = mask.repeat(xt.shape[0] // mask.shape[0], 1, 1, 1)
-        idx = torch.round(t.float()).long().clamp(0, len(self.alphas_cumprod) - 1)
-        a = self.alphas_cumprod.to(xt.device)[idx].float().reshape(-1, 1, 1, 1)
-        s1, s2 = torch.sqrt(1.0 / a), torch.sqrt(1.0 / a - 1.0)
+        s1, s2 = _x0_scales(self.alphas_cumprod, t, xt.device)
         mask = mask.to(xt.device, xt.dtype)
         x0 = (s1 * xt - s2 * out.float()) * mask + latent.to(xt.device, xt.dtype) * (1 - mask)
-        eps = (s1 * xt - x0) / s2
-        w = max(0.0, min(1.0, float(self.weight)))
-        return (eps * w + out.float() * (1 - w)).to(out.dtype)
+        return _mix_eps((s1 * xt - x0) / s2, out, self.weight)
+
+
+def _x0_scales(alphas_cumprod: torch.Tensor, t: torch.Tensor, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """sqrt(1/a) and sqrt(1/a - 1) at the call's (rounded) timesteps: x0 = s1 x_t - s2 eps."""
+    idx = torch.round(t.float()).long().clamp(0, len(alphas_cumprod) - 1)
+    a = alphas_cumprod.to(device)[idx].float().reshape(-1, 1, 1, 1)
+    return torch.sqrt(1.0 / a), torch.sqrt(1.0 / a - 1.0)
+
+
+def _mix_eps(eps: torch.Tensor, out: torch.Tensor, weight: float) -> torch.Tensor:
+    """The hook's eps mixed with the UNet's output by `weight` (clamped to 0..1)."""
+    w = max(0.0, min(1.0, float(weight)))
+    return (eps * w + out.float() * (1 - w)).to(out.dtype)
 
 
 def _box_blur(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -107,18 +117,14 @@ class ColorFix:
         latent = self.latent.to(xt.device, xt.dtype)
         if latent.shape[0] != xt.shape[0]:
             latent = latent.repeat(xt.shape[0] // latent.shape[0], 1, 1, 1)
-        idx = torch.round(t.float()).long().clamp(0, len(self.alphas_cumprod) - 1)
-        a = self.alphas_cumprod.to(xt.device)[idx].float().reshape(-1, 1, 1, 1)
-        s1, s2 = torch.sqrt(1.0 / a), torch.sqrt(1.0 / a - 1.0)
+        s1, s2 = _x0_scales(self.alphas_cumprod, t, xt.device)
         x0_prd = s1 * xt - s2 * out.float()
         x0 = x0_prd - _box_blur(x0_prd, self.k) + _box_blur(latent, self.k)
         if self.sharp is not None:
             mark = cond_rows.to(xt.device, xt.dtype).view(-1, 1, 1, 1)
             neg = self.sharp * _box_blur(x0, self.k) + (1 - self.sharp) * x0
             x0 = mark * x0 + (1 - mark) * neg
-        eps = (s1 * xt - x0) / s2
-        w = max(0.0, min(1.0, float(self.weight)))
-        return (eps * w + out.float() * (1 - w)).to(out.dtype)
+        return _mix_eps((s1 * xt - x0) / s2, out, self.weight)
 
 
 @dataclass
