@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STAMP=$(date -u +%Y%m%d-%H%M)
 OUT=bench/results/gpu-$STAMP
+# opt-in parts (not in the default, which fits one 15-minute device session): controlnet, forge
 PARTS=${PARTS:-"tests hires compile graphs fused response bigimage lora speed"}
 mkdir -p bench/results
 
@@ -46,6 +47,8 @@ for part in $PARTS; do
     lora)      run lora 45 "$PY" bench/bench_lora.py --device cuda --quick ;;
     speed)     run speed 120 "$PY" bench/bench_hires_speed.py --device cuda --dtype float16 --size 1024 2048 \
                  --steps 4 --repeats 3 ;;
+    controlnet) run controlnet 60 "$PY" bench/bench_controlnet.py --device cuda --size 1024 --repeats 3 ;;
+    forge)     run forge 60 "$PY" bench/bench_forge_scripts.py --device cuda --width-div 1 --size 1024 ;;
     *)         echo "unknown part $part" ;;
   esac
 done
