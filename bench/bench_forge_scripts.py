@@ -57,7 +57,7 @@ def run(model, plan_for, cond_at, noise, size: int, scripts: dict) -> tuple[floa
     start = clock()
     with apply_patches(model, patches, PassInfo(1, size, size, 1)):
         res = denoise.denoise(model, plan, noise, None, cond_at, 7.0, size, size, lambda *a: None,
-                              guidance=forge.guidance if forge is not None else None)
+                              cfg_mix=forge.guidance if forge is not None else None)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = clock() - start
