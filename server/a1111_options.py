@@ -35,7 +35,7 @@ APPLIED: dict[str, Any] = {
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
-    "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True,
+    "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True, "webp_lossless": False,
     # issue 20 (seeds and sampling) and the speed issue (Hypertile, token merging)
     "randn_source": "GPU", "eta_noise_seed_delta": 0, "always_discard_next_to_last_sigma": False,
     "emphasis": "Original", "s_min_uncond": 0.0, "s_min_uncond_all": False, "pad_cond_uncond": False,
@@ -147,7 +147,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
         "save_images_before_face_restoration": False,
 "save_mask": False, "save_mask_composite": False,
-        "webp_lossless": False, "export_for_4chan": True, "img_downscale_threshold": 4.0,
+        "export_for_4chan": True, "img_downscale_threshold": 4.0,
         "target_side_length": 4000, "img_max_size_mp": 200, "use_original_name_batch": True,
         "use_upscaler_name_as_suffix": False, "save_init_img": False,
         "outdir_init_images": "outputs/init-images",

@@ -175,7 +175,8 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
                                            for t in result.infotexts]
     chunks += [None] * (len(result.images) - len(chunks))
     return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
-                             compress_level=svc.config.png_compress_level)
+                             compress_level=svc.config.png_compress_level,
+                             webp_lossless=bool(opts.get("webp_lossless", False)))
 
 
 async def run_generation(svc: Services, request: Request, job: PreparedJob) -> tuple[JobResult, list[str]]:

@@ -66,5 +66,6 @@ def save_grid(outputs_dir: Path, grid: Image.Image, infotext: str, opts: dict[st
     fmt = str(opts.get("grid_format") or "png")
     chunks = {"parameters": infotext} if opts.get("enable_pnginfo", True) else {"parameters": None}
     kwargs = {} if compress_level is None else {"compress_level": compress_level}
-    data = encode_image(grid, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)), **kwargs)
+    data = encode_image(grid, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                        webp_lossless=bool(opts.get("webp_lossless", False)), **kwargs)
     return write_numbered(folder, f".{'jpg' if fmt == 'jpeg' else fmt}", data, basename="grid")

@@ -384,6 +384,7 @@ def encode_image(
     text_chunks: Mapping[str, str | None] | None = None,
     jpeg_quality: int = 80,
     compress_level: int = PNG_COMPRESS_LEVEL,
+    webp_lossless: bool = False,
 ) -> bytes:
     """Encode an image as PNG, JPEG or WEBP, with A1111's metadata layout. Same input, same bytes.
     `compress_level` (PNG only, 0-9): zlib's effort; every level is a valid PNG of the same pixels.
@@ -392,7 +393,8 @@ def encode_image(
 
     PNG: every string entry of `img.info` and every entry of `text_chunks` (which override, and may
     remove with None) becomes a text chunk, in that order. JPEG/WEBP: RGBA and palette images become
-    RGB and the `parameters` text goes into EXIF UserComment; `jpeg_quality` applies to both.
+    RGB and the `parameters` text goes into EXIF UserComment; `jpeg_quality` applies to both, and
+    `webp_lossless` (A1111's option) makes WEBP lossless.
     """
     kind = (fmt or "").strip().lower()
     if kind not in OUTPUT_FORMATS:
@@ -433,7 +435,7 @@ def encode_image(
             if kind in ("jpg", "jpeg"):
                 img.save(out, format="JPEG", quality=jpeg_quality, **extra)
             else:
-                img.save(out, format="WEBP", quality=jpeg_quality, **extra)
+                img.save(out, format="WEBP", quality=jpeg_quality, lossless=webp_lossless, **extra)
     except (OSError, ValueError) as e:
         raise ImageEncodeError(
             "samples_format", f"cannot write this {img.width}x{img.height} image as {kind}: {_short(e)}"
@@ -448,10 +450,11 @@ def encode_image_b64(
     text_chunks: Mapping[str, str | None] | None = None,
     jpeg_quality: int = 80,
     compress_level: int = PNG_COMPRESS_LEVEL,
+    webp_lossless: bool = False,
 ) -> str:
     """`encode_image` as a base64 string without a `data:` prefix (what A1111 responses carry)."""
     raw = encode_image(img, fmt, text_chunks=text_chunks, jpeg_quality=jpeg_quality,
-                       compress_level=compress_level)
+                       compress_level=compress_level, webp_lossless=webp_lossless)
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -463,6 +466,7 @@ def encode_images_b64(
     jpeg_quality: int = 80,
     compress_level: int = PNG_COMPRESS_LEVEL,
     threads: int = 4,
+    webp_lossless: bool = False,
 ) -> list[str]:
     """`encode_image_b64` for a batch, in order; several images are encoded on up to `threads` threads at
     once (zlib and libjpeg release the GIL, so a batch of 4 takes about half the time of one by one)."""
@@ -470,7 +474,7 @@ def encode_images_b64(
 
     def one(i: int) -> str:
         return encode_image_b64(images[i], fmt, text_chunks=chunks[i], jpeg_quality=jpeg_quality,
-                                compress_level=compress_level)
+                                compress_level=compress_level, webp_lossless=webp_lossless)
 
     if len(images) < 2 or threads < 2:
         return [one(i) for i in range(len(images))]

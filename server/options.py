@@ -136,6 +136,8 @@ OPTIONS: dict[str, Option] = {
     "CLIP_stop_at_last_layers": Option(1, _int(1, 12), "CLIP skip"),
     "samples_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "format of returned/saved images"),
     "jpeg_quality": Option(80, _int(1, 100)),
+    "webp_lossless": Option(False, _bool, "WEBP images (samples_format webp) are written lossless, "
+                            "returned and saved"),
     "enable_pnginfo": Option(True, _bool, "write the infotext into images"),
     "add_model_hash_to_info": Option(True, _bool),
     "add_model_name_to_info": Option(True, _bool),

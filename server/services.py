@@ -305,7 +305,8 @@ class Services:
             tail = suffixes[i] if suffixes else ""
             chunks = {"parameters": text} if opts.get("enable_pnginfo", True) else {"parameters": None}
             data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
-                                compress_level=self.config.png_compress_level)
+                                compress_level=self.config.png_compress_level,
+                                webp_lossless=bool(opts.get("webp_lossless", False)))
             path = write_numbered(folder, f"-{_seed_of(text)}{tail}.{ext}", data)
             if opts.get("save_txt") and text:
                 path.with_suffix(".txt").write_text(f"{text}\n", encoding="utf-8")

@@ -78,6 +78,8 @@ async def _extras(svc: Services, request: Request, datas: list[tuple[str, str]],
 
     def encode() -> list[str]:
         return encode_images_b64(results, fmt, compress_level=svc.config.png_compress_level,
+                                 jpeg_quality=svc.options.get("jpeg_quality"),
+                                 webp_lossless=bool(svc.options.get("webp_lossless")),
                                  text_chunks=[{k: v for k, v in img.info.items() if isinstance(v, str)}
                                               for img in results])
 

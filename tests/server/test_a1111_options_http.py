@@ -257,3 +257,23 @@ def test_save_txt_and_save_to_dirs(client: TestClient) -> None:
     (dated,) = files("*.png") - pngs
     assert dated.parent.parent == ROOT["outputs"] / "txt2img-images"
     assert not dated.with_suffix(".txt").exists()
+
+
+def test_webp_lossless_returns_the_exact_pixels_and_lossy_webp_does_not(client: TestClient) -> None:
+    """A1111's `webp_lossless`: with samples_format webp, the returned (and saved) WEBP keeps every pixel."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def pixels(body: dict) -> np.ndarray:
+        r = client.post("/sdapi/v1/txt2img", json={**SMALL, **body})
+        assert r.status_code == 200, r.text
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).convert("RGB"))
+
+    png = pixels({})
+    lossy = pixels({"override_settings": {"samples_format": "webp"}})
+    lossless = pixels({"override_settings": {"samples_format": "webp", "webp_lossless": True}})
+    assert np.array_equal(lossless, png)
+    assert not np.array_equal(lossy, png)
