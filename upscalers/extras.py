@@ -16,7 +16,7 @@ from .images import text_info, to_rgb_or_rgba
 from .ldsr import LdsrOptions
 from .loop import check_budget, plan_upscale, upscale
 from .registry import UpscalerEntry, UpscalerRegistry
-from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, OnTile, ShouldStop
+from .tiling import DEFAULT_OVERLAP, DEFAULT_TILE, OnTile, ShouldStop, tile_for
 
 DEFAULT_MAX_OUTPUT_PIXELS = 8192 * 8192
 """Default pixel budget of one result (64 megapixels)."""
@@ -94,6 +94,7 @@ def run_extras(
     on_tile: OnTile | None = None,
     on_image: Callable[[int, int], None] | None = None,
     ldsr: LdsrOptions = LdsrOptions(),
+    tile_options: Mapping[str, Any] | None = None,
 ) -> tuple[list[Image.Image], str]:
     """Upscale, then restore faces in, each image as A1111's extras does; returns (results, infotext
     of the last).
@@ -105,14 +106,16 @@ def run_extras(
     (with `codeformer_weight`), run on the upscaled image, each blended by its visibility.
     Each result is RGB (RGBA if the input had alpha) and carries the input's text `.info`
     entries plus `postprocessing` = its infotext. `on_image(done, total)` follows images;
-    `on_tile`, `should_stop` and `ldsr` are passed to `upscale` (Interrupted propagates).
+    `on_tile`, `should_stop` and `ldsr` are passed to `upscale` (Interrupted propagates). `tile_options`
+    (A1111's options) sets each model's tiles by its architecture (`tiling.tile_for`: `DAT_tile`,
+    `SWIN_tile`, else `ESRGAN_tile`); without it every model takes `tile` and `overlap`.
     """
     first, second = check_extras(images, params, registry, max_pixels=max_pixels)
     results: list[Image.Image] = []
     infotext = ""
     for index, image in enumerate(images):
         result, info = _upscale_one(
-            image, params, first, second, registry, tile, overlap, should_stop, on_tile, ldsr
+            image, params, first, second, registry, (tile, overlap, tile_options), should_stop, on_tile, ldsr
         )
         result = _restore_faces(result, params, registry.faces, info, should_stop)
         infotext = format_infotext(info)
@@ -164,8 +167,7 @@ def _upscale_one(
     first: UpscalerEntry,
     second: UpscalerEntry,
     registry: UpscalerRegistry,
-    tile: int,
-    overlap: int,
+    tiles: tuple[int, int, Mapping[str, Any] | None],
     should_stop: ShouldStop | None,
     on_tile: OnTile | None,
     ldsr: LdsrOptions,
@@ -176,6 +178,9 @@ def _upscale_one(
         return source.copy(), info
 
     def stage(entry: UpscalerEntry) -> Image.Image:
+        tile, overlap, options = tiles
+        if options is not None:
+            tile, overlap = tile_for(entry.architecture, options)
         factor = _factor(params, source.size)
         if params.resize_mode == 1:
             info["Postprocess upscale to"] = f"{params.upscaling_resize_w}x{params.upscaling_resize_h}"

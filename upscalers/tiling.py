@@ -23,9 +23,9 @@ on the whole image and are tiled only after an out-of-memory error.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
@@ -40,8 +40,17 @@ DEFAULT_TILE = 192
 """Tile size in input pixels, as A1111's `ESRGAN_tile`; 0 means no tiling."""
 DEFAULT_OVERLAP = 8
 """Tile overlap in input pixels, as A1111's `ESRGAN_tile_overlap`."""
+# A1111's tile options by spandrel architecture: DAT and SwinIR read their own, every other model ESRGAN's
+TILE_OPTIONS = {"DAT": ("DAT_tile", "DAT_tile_overlap"), "SwinIR": ("SWIN_tile", "SWIN_tile_overlap")}
 MIN_TILE = 32
 """No tile is smaller than this (nor than 4 x overlap, nor than the model's minimum)."""
+
+def tile_for(architecture: str | None, options: Mapping[str, Any]) -> tuple[int, int]:
+    """(tile, overlap) in input pixels for a model of `architecture`, from A1111's options (`DAT_tile`,
+    `SWIN_tile`, else `ESRGAN_tile`, and their `_overlap`s)."""
+    tile_key, overlap_key = TILE_OPTIONS.get(architecture or "", ("ESRGAN_tile", "ESRGAN_tile_overlap"))
+    return int(options.get(tile_key, DEFAULT_TILE)), int(options.get(overlap_key, DEFAULT_OVERLAP))
+
 
 _MIN_WEIGHT = 1e-6
 

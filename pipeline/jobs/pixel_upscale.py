@@ -14,6 +14,7 @@ from upscalers.errors import UnknownUpscaler
 from upscalers.ldsr import LdsrOptions
 from upscalers.loop import upscale
 from upscalers.registry import UpscalerRegistry
+from upscalers.tiling import tile_for
 
 log = logging.getLogger("hiresd.hires")
 
@@ -36,8 +37,7 @@ class HiresUpscaler:
                  on_progress: Callable[[int, int], None] | None = None) -> None:
         self.registry = registry
         self.on_progress = on_progress
-        self.tile = int(options.get("ESRGAN_tile", 192))
-        self.overlap = int(options.get("ESRGAN_tile_overlap", 8))
+        self.options = options  # the tile options of each architecture (upscalers.tiling.tile_for)
         self.ldsr = LdsrOptions(steps=int(options.get("ldsr_steps", 100)),
                                 cached=bool(options.get("ldsr_cached", False)))
 
@@ -50,8 +50,9 @@ class HiresUpscaler:
             scale = max(width / image.width, height / image.height)
             if scale > 1:
                 entry = self.registry.resolve(name)
+                tile, overlap = tile_for(entry.architecture, self.options)
                 try:
-                    image = upscale(image, scale, entry, self.registry, tile=self.tile, overlap=self.overlap,
+                    image = upscale(image, scale, entry, self.registry, tile=tile, overlap=overlap,
                                     should_stop=should_stop, ldsr=self.ldsr,
                                     on_tile=self.on_progress if entry.kind == "ldsr" else None)
                 except UpscaleInterrupted:

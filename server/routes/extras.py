@@ -54,7 +54,7 @@ def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest,
         state.set_job(i, "extras")
         try:
             done, infotext = run_extras(
-                [image], params, svc.upscalers, tile=opts["ESRGAN_tile"], overlap=opts["ESRGAN_tile_overlap"],
+                [image], params, svc.upscalers, tile_options=opts,
                 max_pixels=svc.config.max_pixels, should_stop=lambda: state.interrupted,
                 on_tile=lambda d, t: state.set_step(d, t),
                 ldsr=LdsrOptions(steps=opts["ldsr_steps"], cached=opts["ldsr_cached"]))

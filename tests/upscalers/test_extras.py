@@ -209,3 +209,31 @@ def test_empty_images_are_rejected_up_front(registry: UpscalerRegistry) -> None:
     assert info.value.item == 1
     with pytest.raises(BadImage, match="0x0"):
         run_extras([photo("chelsea", 6, 6)], ExtrasParams(upscaling_resize=1, upscaler_1="Lanczos"), registry)
+
+
+def test_swinir_takes_swin_tile() -> None:
+    """SwinIR (spandrel: tiling discouraged, so tiled only after an out-of-memory error) takes `SWIN_tile`."""
+    from upscalers.tiling import tile_for
+
+    options = {"SWIN_tile": 96, "SWIN_tile_overlap": 4, "ESRGAN_tile": 192, "ESRGAN_tile_overlap": 8}
+    assert tile_for("SwinIR", options) == (96, 4)
+    assert tile_for("HAT", options) == tile_for(None, options) == (192, 8)
+
+
+@pytest.mark.parametrize("name,own", [("DAT-x2", "DAT"), ("ESRGAN-x4-new", "ESRGAN")])
+def test_each_architecture_tiles_by_its_own_a1111_option(registry: UpscalerRegistry, name: str, own: str) -> None:
+    """A1111 tiles DAT by `DAT_tile` and every other model (SwinIR aside) by `ESRGAN_tile`."""
+    image = photo("chelsea", 80, 64)
+    params = ExtrasParams(upscaling_resize=2, upscaler_1=name)
+
+    def tiles(options: dict) -> int:
+        seen: list[int] = []
+        run_extras([image], params, registry, tile_options=options, on_tile=lambda done, total: seen.append(total))
+        return max(seen)
+
+    off = {k: 0 for k in ("DAT_tile", "SWIN_tile", "ESRGAN_tile")}
+    overlaps = {f"{k}_overlap": 8 for k in ("DAT_tile", "SWIN_tile", "ESRGAN_tile")}
+    assert tiles({**off, **overlaps}) == 1
+    assert tiles({**off, **overlaps, f"{own}_tile": 32}) > 1  # its own option tiles it
+    others = {f"{k}_tile": 32 for k in ("DAT", "SWIN", "ESRGAN") if k != own}
+    assert tiles({**off, **overlaps, **others}) == 1  # the other architectures' options do not
