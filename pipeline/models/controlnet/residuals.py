@@ -67,14 +67,16 @@ class Restore:
         self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor
     ) -> torch.Tensor:
         xt = x[:, : self.latent.shape[1]].float()
-        latent, mask = self.latent, self.mask
-        if latent.shape[0] != xt.shape[0]:  # one per image, over the call's halves
-            latent = latent.repeat(xt.shape[0] // latent.shape[0], 1, 1, 1)
-            mask = mask.repeat(xt.shape[0] // mask.shape[0], 1, 1, 1)
+        latent, mask = _per_row(self.latent, xt), _per_row(self.mask, xt)
         s1, s2 = _x0_scales(self.alphas_cumprod, t, xt.device)
         mask = mask.to(xt.device, xt.dtype)
         x0 = (s1 * xt - s2 * out.float()) * mask + latent.to(xt.device, xt.dtype) * (1 - mask)
         return _mix_eps((s1 * xt - x0) / s2, out, self.weight)
+
+
+def _per_row(t: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+    """`t` (one row per image) repeated over the call's rows (its cond / uncond halves)."""
+    return t if t.shape[0] == xt.shape[0] else t.repeat(xt.shape[0] // t.shape[0], 1, 1, 1)
 
 
 def _x0_scales(alphas_cumprod: torch.Tensor, t: torch.Tensor, device: torch.device
@@ -114,9 +116,7 @@ class ColorFix:
         self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond_rows: torch.Tensor
     ) -> torch.Tensor:
         xt = x[:, : self.latent.shape[1]].float()
-        latent = self.latent.to(xt.device, xt.dtype)
-        if latent.shape[0] != xt.shape[0]:
-            latent = latent.repeat(xt.shape[0] // latent.shape[0], 1, 1, 1)
+        latent = _per_row(self.latent, xt).to(xt.device, xt.dtype)
         s1, s2 = _x0_scales(self.alphas_cumprod, t, xt.device)
         x0_prd = s1 * xt - s2 * out.float()
         x0 = x0_prd - _box_blur(x0_prd, self.k) + _box_blur(latent, self.k)
