@@ -553,3 +553,24 @@ def test_tile_colorfix_unit_runs(client: TestClient) -> None:
             client, [_unit(module=module, image=_b64(_photo()), threshold_a=4, save_detected_map=False)]
         )
         assert _px(r["images"][0]) != plain
+
+
+def test_a_unit_composes_with_the_unet_patches_of_the_speed_and_forge_scripts(client: TestClient) -> None:
+    """ControlNet residuals go into the UNet call while FreeU (Forge) and token merging (A1111) patch the
+    same UNet: each still acts, and the unit still acts under them."""
+    freeu = {"FreeU Integrated": {"args": [True, 1.3, 1.4, 0.9, 0.2, 0, 1]}}
+    tome = {"token_merging_ratio": 0.5}
+    unit = {"ControlNet": {"args": [_unit(save_detected_map=False)]}}
+
+    def image(scripts: dict, options: dict | None = None) -> np.ndarray:
+        body = {**BASE, "alwayson_scripts": scripts, "override_settings": {**SD1, **(options or {})}}
+        r = client.post("/sdapi/v1/txt2img", json=body)
+        assert r.status_code == 200, r.text
+        return _pixels(r.json()["images"][0])
+
+    with_unit = image(unit)
+    patched = image(freeu, tome)
+    both = image({**unit, **freeu}, tome)
+    assert not np.array_equal(both, with_unit)  # the patches act with a unit
+    assert not np.array_equal(both, patched)  # the unit acts under the patches
+    assert np.array_equal(both, image({**unit, **freeu}, tome))  # and the job is reproducible
