@@ -48,7 +48,7 @@ from tests.fixtures.controlnets import write_ldm  # noqa: E402
 CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
 
 
-def _unet_config(width_div: int) -> dict[str, Any]:
+def unet_config(width_div: int) -> dict[str, Any]:
     raw = json.loads((CONFIGS / "sd1" / "unet" / "config.json").read_text())
     cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
     if width_div > 1:
@@ -57,12 +57,12 @@ def _unet_config(width_div: int) -> dict[str, Any]:
     return cfg
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def _bytes(module: torch.nn.Module) -> int:
+def param_bytes(module: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
@@ -80,7 +80,7 @@ def main() -> None:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     from diffusers import ControlNetModel, UNet2DConditionModel
 
-    cfg = _unet_config(a.width_div)
+    cfg = unet_config(a.width_div)
     unet = UNet2DConditionModel(**cfg)
     deterministic_fill(unet, 1)
     nets = []
@@ -127,10 +127,10 @@ def main() -> None:
             calls[n](x, t, cond, uncond)
         for _ in range(a.repeats):
             for n in (0, 1, 2):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 calls[n](x, t, cond, uncond)
-                _sync(device)
+                sync(device)
                 times[n].append(time.perf_counter() - t0)
     med = {n: statistics.median(v) for n, v in times.items()}
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {dtype}, {device}")
@@ -143,8 +143,8 @@ def main() -> None:
               f"median of same-round pairs {paired:.3f}")
     print(f"ControlNet load: cold {cold * 1000:.0f} ms ({cold / med[0]:.2f} steps), switch to the other "
           f"file {switch * 1000:.0f} ms ({switch / med[0]:.2f} steps), cached {cached * 1000:.2f} ms")
-    print(f"memory: ControlNet {_bytes(cn_a) / 2**20:.1f} MiB, UNet {_bytes(unet) / 2**20:.1f} MiB "
-          f"(ratio {_bytes(cn_a) / _bytes(unet):.3f})")
+    print(f"memory: ControlNet {param_bytes(cn_a) / 2**20:.1f} MiB, UNet {param_bytes(unet) / 2**20:.1f} MiB "
+          f"(ratio {param_bytes(cn_a) / param_bytes(unet):.3f})")
 
 
 if __name__ == "__main__":

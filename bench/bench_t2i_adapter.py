@@ -17,7 +17,6 @@ Printed: per pass of `--steps` calls, the median and fastest time with each, and
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -28,32 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_controlnet import param_bytes, sync, unet_config
 from pipeline.diffusion.loop import guided_model
 from pipeline.models.builtin import deterministic_fill
 from pipeline.models.controlnet import ActiveControl, ControlNetStore, ControlResiduals
 from pipeline.models.controlnet.residuals import adapter_scales, residual_scales
 from pipeline.models.sd_model import SDModel
 from tests.fixtures.controlnets import write_adapter, write_ldm
-
-CONFIGS = Path(__file__).resolve().parents[1] / "pipeline" / "configs"
-
-
-def _unet_config(width_div: int) -> dict:
-    raw = json.loads((CONFIGS / "sd1" / "unet" / "config.json").read_text())
-    cfg = {k: v for k, v in raw.items() if not k.startswith("_")}
-    if width_div > 1:
-        cfg["block_out_channels"] = [c // width_div for c in cfg["block_out_channels"]]
-        cfg["norm_num_groups"] = 32 // width_div if 32 % width_div == 0 else 8
-    return cfg
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _bytes(module: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def main() -> None:
@@ -71,7 +51,7 @@ def main() -> None:
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     from diffusers import ControlNetModel, T2IAdapter, UNet2DConditionModel
 
-    cfg = _unet_config(a.width_div)
+    cfg = unet_config(a.width_div)
     unet = UNet2DConditionModel(**cfg)
     deterministic_fill(unet, 1)
     cn = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
@@ -106,11 +86,11 @@ def main() -> None:
 
     def one_pass(name: str) -> float:
         call = guided_model(model, 7.0, a.size, a.size, control=units[name]())  # a new pass: features anew
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(a.steps):
             call(x, t, cond, uncond)
-        _sync(device)
+        sync(device)
         return time.perf_counter() - t0
 
     times: dict[str, list[float]] = {n: [] for n in units}
@@ -129,8 +109,8 @@ def main() -> None:
         print(f"{n:12s}: pass median {med[n] * 1000:8.1f} ms, fastest {min(times[n]) * 1000:8.1f} ms | ratio to "
               f"none: of medians {med[n] / med['none']:.3f}, of fastest {min(times[n]) / min(times['none']):.3f}, "
               f"same-round pairs {paired:.3f}")
-    print(f"memory: ControlNet {_bytes(cn_net) / 2**20:.1f} MiB, T2I-Adapter {_bytes(ad_net) / 2**20:.1f} MiB, "
-          f"UNet {_bytes(unet) / 2**20:.1f} MiB")
+    print(f"memory: ControlNet {param_bytes(cn_net) / 2**20:.1f} MiB, T2I-Adapter {param_bytes(ad_net) / 2**20:.1f} MiB, "
+          f"UNet {param_bytes(unet) / 2**20:.1f} MiB")
 
 
 if __name__ == "__main__":
