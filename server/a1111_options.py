@@ -58,6 +58,7 @@ APPLIED: dict[str, Any] = {
     "samples_filename_pattern": "", "save_images_add_number": True, "save_images_replace_action": "Replace",
     "directories_filename_pattern": "[date]", "directories_max_prompt_words": 8, "grid_extended_filename": False,
     "export_for_4chan": True, "img_downscale_threshold": 4.0, "target_side_length": 4000,
+    "save_images_before_face_restoration": False,
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -147,7 +148,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
         "grid_zip_filename_pattern": "", "font": "",
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
-        "save_images_before_face_restoration": False,
         "save_mask": False, "save_mask_composite": False,
         "img_max_size_mp": 200, "use_original_name_batch": True,
         "use_upscaler_name_as_suffix": False, "save_init_img": False,

@@ -311,6 +311,9 @@ OPTIONS: dict[str, Option] = {
     "directories_filename_pattern": Option("[date]", _str, "with save_to_dirs / grid_save_to_dirs: the "
                                            "folder's pattern (empty: [prompt_words]); `..` parts are dropped, "
                                            "so files stay under the output folder"),
+    "save_images_before_face_restoration": Option(False, _bool, "restore_faces with save_images: the images "
+                                                  "before restoration are saved too "
+                                                  "(`-before-face-restoration`)"),
     "directories_max_prompt_words": Option(8, _int(1, 20), "words [prompt_words] takes from the prompt"),
     "grid_extended_filename": Option(False, _bool, "saved grids are named grid-NNNN-<samples_filename_pattern> "
                                      "(first seed and prompt)"),
