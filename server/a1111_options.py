@@ -58,7 +58,8 @@ APPLIED: dict[str, Any] = {
     "samples_filename_pattern": "", "save_images_add_number": True, "save_images_replace_action": "Replace",
     "directories_filename_pattern": "[date]", "directories_max_prompt_words": 8, "grid_extended_filename": False,
     "export_for_4chan": True, "img_downscale_threshold": 4.0, "target_side_length": 4000,
-    "save_images_before_face_restoration": False,
+    "save_images_before_face_restoration": False, "save_init_img": False,
+    "outdir_init_images": "outputs/init-images",
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -71,7 +72,7 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "img2img_editor_height": 720, "img2img_sketch_default_brush_color": "#ffffff",
         "img2img_inpaint_mask_brush_color": "#ffffff",
         "img2img_inpaint_sketch_default_brush_color": "#ffffff",
-        "img2img_batch_show_results_limit": 32, "return_mask": False, "return_mask_composite": False,
+        "img2img_batch_show_results_limit": 32, "grid_zip_filename_pattern": "",
         "extra_networks_show_hidden_directories": True, "extra_networks_dir_button_function": False,
         "extra_networks_hidden_models": "When searched", "extra_networks_default_multiplier": 1.0,
         "extra_networks_card_width": 0, "extra_networks_card_height": 0,
@@ -146,13 +147,11 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "lora_in_memory_limit": 0, "SWIN_torch_compile": False, "interrogate_keep_models_in_memory": False,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "grid_zip_filename_pattern": "", "font": "",
+        "font": "",
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
-        "save_mask": False, "save_mask_composite": False,
+        "save_mask": False, "save_mask_composite": False, "return_mask": False, "return_mask_composite": False,
         "img_max_size_mp": 200, "use_original_name_batch": True,
-        "use_upscaler_name_as_suffix": False, "save_init_img": False,
-        "outdir_init_images": "outputs/init-images",
-        "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
+        "use_upscaler_name_as_suffix": False, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
         "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,

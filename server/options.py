@@ -314,6 +314,9 @@ OPTIONS: dict[str, Option] = {
     "save_images_before_face_restoration": Option(False, _bool, "restore_faces with save_images: the images "
                                                   "before restoration are saved too "
                                                   "(`-before-face-restoration`)"),
+    "save_init_img": Option(False, _bool, "img2img: each init image is saved as <md5>.png in "
+                            "outdir_init_images (whether or not save_images; infotext `Init image hash`)"),
+    "outdir_init_images": Option("init-images", _outdir("init-images"), _OUTDIR_HELP),
     "directories_max_prompt_words": Option(8, _int(1, 20), "words [prompt_words] takes from the prompt"),
     "grid_extended_filename": Option(False, _bool, "saved grids are named grid-NNNN-<samples_filename_pattern> "
                                      "(first seed and prompt)"),

@@ -113,10 +113,20 @@ Encoder = Callable[[Image.Image, str], bytes]
 
 def save_image(root: Path, image: Image.Image, fmt: str, opts: dict[str, Any], namegen: FilenameGenerator,
                encode: Encoder, *, basename: str = "", suffix: str = "", grid: bool = False,
-               short_filename: bool = False, infotext: str | None = None) -> Path:
+               short_filename: bool = False, infotext: str | None = None,
+               forced_filename: str | None = None) -> Path:
     """Save `image` as A1111's `save_image` does (module doc); returns the image file's path. `encode(image,
     fmt)` gives the file's bytes (with the infotext in it as the options say); `infotext`, when given, is
-    what `save_txt` writes."""
+    what `save_txt` writes. `forced_filename`: this name in `root` itself (no pattern, no number)."""
+    if forced_filename is not None:
+        root.mkdir(parents=True, exist_ok=True)
+        replace = str(opts.get("save_images_replace_action") or REPLACE) == REPLACE
+        path = write_named(root, forced_filename, f".{'jpg' if fmt == 'jpeg' else fmt}", encode(image, fmt),
+                           replace)
+        _export_jpeg(path, image, opts, encode, replace)
+        if opts.get("save_txt") and infotext:
+            path.with_suffix(".txt").write_text(f"{infotext}\n", encoding="utf-8")
+        return path
     save_to_dirs = bool(opts.get("grid_save_to_dirs", True) if grid else opts.get("save_to_dirs", True))
     folder = root
     if save_to_dirs:

@@ -127,3 +127,28 @@ def test_export_for_4chan_writes_a_downscaled_jpeg(client: TestClient) -> None:
 def test_bad_values_are_a_400_naming_the_option(client: TestClient, name: str, value) -> None:
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {name: value}})
     assert r.status_code == 400 and name in r.text, r.text
+
+
+def test_save_init_img_saves_each_init_image_by_its_md5(client: TestClient) -> None:
+    """A1111's `save_init_img`: img2img saves its init image as `<md5 of its pixels>.png` in
+    `outdir_init_images` (even without save_images) and writes `Init image hash` into the infotext."""
+    import base64
+    import hashlib
+    import io
+
+    init = Image.effect_noise((64, 64), 60).convert("RGB")
+    buf = io.BytesIO()
+    init.save(buf, format="PNG")
+    body = {**SMALL, "save_images": False, "denoising_strength": 0.5,
+            "init_images": [base64.b64encode(buf.getvalue()).decode()]}
+    digest = hashlib.md5(init.tobytes()).hexdigest()
+    before = _files()
+    r = client.post("/sdapi/v1/img2img", json={**body, "override_settings": {"save_init_img": True}})
+    assert r.status_code == 200, r.text
+    assert sorted(_files() - before) == [ROOT["out"] / "init-images" / f"{digest}.png"]
+    assert Image.open(ROOT["out"] / "init-images" / f"{digest}.png").tobytes() == init.tobytes()
+    assert f"Init image hash: {digest}" in json.loads(r.json()["info"])["infotexts"][0]
+    before = _files()
+    r = client.post("/sdapi/v1/img2img", json=body)  # off (A1111's default): nothing saved, no key
+    assert r.status_code == 200 and _files() == before
+    assert "Init image hash" not in json.loads(r.json()["info"])["infotexts"][0]
