@@ -25,6 +25,8 @@ _MEMORY = "no separate low-RAM load path here; ignored (--medvram, --lowvram, --
 _UI = "hiresd has no web UI; ignored"
 _LAUNCHER = "a launcher/installer option of A1111; hiresd installs nothing at start, ignored"
 _NOTHING = "does nothing in A1111 either; ignored"
+_FILENAMES = ("saved names always use A1111's default sanitising (characters Windows forbids and # become _, "
+              "parts of at most 128 characters); ignored")
 _NO_EXTENSION = "an A1111 extension's flag (ControlNet, ADetailer); that extension is not served here, ignored"
 
 NOTED: dict[str, NotedFlag] = {
@@ -63,8 +65,8 @@ NOTED: dict[str, NotedFlag] = {
     "--no-hashing": NotedFlag("hashes are computed in the background and cached; ignored"),
     "--skip-load-model-at-start": NotedFlag("hiresd always loads the checkpoint on first use"),
     "--ui-settings-file": NotedFlag("options live in <data-dir>/options.json; ignored", "1"),
-    "--unix-filenames-sanitization": NotedFlag("saved files are always named NNNNN-<seed>.<ext>; ignored"),
-    "--filenames-max-length": NotedFlag("saved files are always named NNNNN-<seed>.<ext>; ignored", "1"),
+    "--unix-filenames-sanitization": NotedFlag(_FILENAMES),
+    "--filenames-max-length": NotedFlag(_FILENAMES, "1"),
     "--no-prompt-history": NotedFlag("hiresd keeps no prompt history; ignored"),
     "--enable-console-prompts": NotedFlag("prompts are not printed to the console; ignored"),
     "--administrator": NotedFlag(_NOTHING),

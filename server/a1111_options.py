@@ -54,21 +54,25 @@ APPLIED: dict[str, Any] = {
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
     "hires_fix_use_firstpass_conds": False, "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform",
     "uni_pc_order": 3, "uni_pc_lower_order_final": True, "save_images_before_color_correction": False,
+    # saved files' names and folders (server/filenames.py, server/saving.py)
+    "samples_filename_pattern": "", "save_images_add_number": True, "save_images_replace_action": "Replace",
+    "directories_filename_pattern": "[date]", "directories_max_prompt_words": 8, "grid_extended_filename": False,
+    "export_for_4chan": True, "img_downscale_threshold": 4.0, "target_side_length": 4000,
+    "save_images_before_face_restoration": False, "save_init_img": False,
+    "outdir_init_images": "outputs/init-images",
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
 # or the files of its UI buttons. Accepted and stored, as A1111 stores them.
 NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
     ("A1111 web UI only (browser layout, hotkeys, galleries, themes); no effect through the API", {
-        "samples_filename_pattern": "", "save_images_add_number": True,
-        "save_images_replace_action": "Replace",
         "save_selected_only": True, "save_write_log_csv": True, "outdir_save": "log/images",
         "use_save_to_dirs_for_ui": False, "notification_audio": True, "notification_volume": 100,
         "auto_launch_browser": "Local", "show_gradio_deprecation_warnings": True,
         "img2img_editor_height": 720, "img2img_sketch_default_brush_color": "#ffffff",
         "img2img_inpaint_mask_brush_color": "#ffffff",
         "img2img_inpaint_sketch_default_brush_color": "#ffffff",
-        "img2img_batch_show_results_limit": 32, "return_mask": False, "return_mask_composite": False,
+        "img2img_batch_show_results_limit": 32, "grid_zip_filename_pattern": "",
         "extra_networks_show_hidden_directories": True, "extra_networks_dir_button_function": False,
         "extra_networks_hidden_models": "When searched", "extra_networks_default_multiplier": 1.0,
         "extra_networks_card_width": 0, "extra_networks_card_height": 0,
@@ -143,17 +147,11 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "lora_in_memory_limit": 0, "SWIN_torch_compile": False, "interrogate_keep_models_in_memory": False,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "grid_extended_filename": False,
-        "grid_zip_filename_pattern": "", "font": "",
+        "font": "",
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
-        "save_images_before_face_restoration": False,
-        "save_mask": False, "save_mask_composite": False,
-        "export_for_4chan": True, "img_downscale_threshold": 4.0,
-        "target_side_length": 4000, "img_max_size_mp": 200, "use_original_name_batch": True,
-        "use_upscaler_name_as_suffix": False, "save_init_img": False,
-        "outdir_init_images": "outputs/init-images",
-        "directories_filename_pattern": "[date]",
-        "directories_max_prompt_words": 8, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
+        "save_mask": False, "save_mask_composite": False, "return_mask": False, "return_mask_composite": False,
+        "img_max_size_mp": 200, "use_original_name_batch": True,
+        "use_upscaler_name_as_suffix": False, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
         "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,

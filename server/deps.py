@@ -150,20 +150,24 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
         kept = {k: v for k, v in req.override_settings.items() if k in OPTIONS and k != "sd_checkpoint_hash"}
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
+    count = len(result.infotexts)  # the results (ControlNet's detected maps after them are no part of it)
+    # what file-name patterns read (A1111's processing object at save time)
+    job = svc.job_facts(result.info, opts, int(getattr(req, "n_iter", 1) or 1))
     # A1111 saves an API job's images when the request asks and the option samples_save is on
     wanted = req.save_images and opts.get("samples_save", True)
     if wanted and (not incomplete or opts["save_incomplete_images"]):
         if result.extra_saves:  # A1111 writes them as they come: the first passes before the final images
             svc.save_images([e[0] for e in result.extra_saves], [e[1] for e in result.extra_saves], fmt,
-                            save_options, [e[2] for e in result.extra_saves])
+                            save_options, [e[2] for e in result.extra_saves], job,
+                            _extra_indices(result.extra_saves))
         # ControlNet's detected maps (after the results, without infotexts) are not saved, as the extension
-        svc.save_images(result.images[:len(result.infotexts)], result.infotexts, fmt, save_options)
-    count = len(result.infotexts)  # the results (ControlNet's detected maps after them are no part of it)
+        svc.save_images(result.images[:count], result.infotexts, fmt, save_options, job=job)
     if grid_wanted(opts, req.save_images, count):  # A1111's API: only with save_images
         grid = image_grid(result.images[:count], int(getattr(req, "batch_size", 1) or 1), opts)
         first = result.infotexts[0]
         if opts.get("grid_save", True):
-            save_grid(svc.config.outputs_dir, grid, first, save_options, svc.config.png_compress_level)
+            save_grid(svc.config.outputs_dir, grid, first, save_options, svc.config.png_compress_level,
+                      job, count)
         if opts.get("return_grid", True):
             result.images = [grid, *result.images]
             result.infotexts = [first, *result.infotexts]
@@ -177,6 +181,16 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
     return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
                              compress_level=svc.config.png_compress_level,
                              webp_lossless=bool(opts.get("webp_lossless", False)))
+
+
+def _extra_indices(extra_saves: list[tuple[Any, str, str]]) -> list[int]:
+    """The job position of each extra save: the k-th one with a given suffix is a copy of image k."""
+    seen: dict[str, int] = {}
+    out = []
+    for _, _, suffix in extra_saves:
+        out.append(seen.get(suffix, 0))
+        seen[suffix] = out[-1] + 1
+    return out
 
 
 async def run_generation(svc: Services, request: Request, job: PreparedJob) -> tuple[JobResult, list[str]]:

@@ -7,18 +7,19 @@ image's) first in `info.infotexts`, and `index_of_first_image` is 1. Rows: optio
 0: the batch size, -1: about the square root, or with `grid_prevent_empty_spots` the largest divisor of the
 count not above it); cells as big as the largest image, smaller ones centred on `grid_background_color`. With `grid_save` (and the same conditions) the grid is also written, as
 `grid-NNNN.<grid_format>` under `outdir_grids` or the kind's `outdir_txt2img_grids` / `outdir_img2img_grids`
-(relative: under --outputs-dir), in a folder per date with `grid_save_to_dirs`."""
+(relative: under --outputs-dir), in the folder `directories_filename_pattern` names with
+`grid_save_to_dirs` (server/saving.py)."""
 from __future__ import annotations
 
 import math
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageColor
 
+from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import encode_image
-from server.services import write_numbered
+from server.saving import save_image
 
 
 def grid_wanted(opts: dict[str, Any], save_images: bool, count: int) -> bool:
@@ -56,16 +57,26 @@ def image_grid(images: list[Image.Image], batch_size: int, opts: dict[str, Any])
 
 
 def save_grid(outputs_dir: Path, grid: Image.Image, infotext: str, opts: dict[str, Any],
-              compress_level: int | None = None) -> Path:
-    """The grid file, A1111's name `grid-NNNN.<ext>`; the infotext in it when `enable_pnginfo` is on."""
+              compress_level: int | None = None, job: JobFacts | None = None, count: int = 1) -> Path:
+    """The grid file as A1111 saves it (server/saving.py, basename `grid`): `grid-NNNN.<ext>`, or with
+    `grid_extended_filename` `grid-NNNN-<samples_filename_pattern>.<ext>` named from the job's first seed
+    and prompt; the infotext in it when `enable_pnginfo` is on. `count`: the job's images."""
     root = Path(opts.get("outdir_grids") or opts.get("outdir_txt2img_grids") or "txt2img-grids")
     if not root.is_absolute():
         root = outputs_dir / root
-    folder = root / date.today().isoformat() if opts.get("grid_save_to_dirs", True) else root
-    folder.mkdir(parents=True, exist_ok=True)
     fmt = str(opts.get("grid_format") or "png")
     chunks = {"parameters": infotext} if opts.get("enable_pnginfo", True) else {"parameters": None}
     kwargs = {} if compress_level is None else {"compress_level": compress_level}
-    data = encode_image(grid, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
-                        webp_lossless=bool(opts.get("webp_lossless", False)), **kwargs)
-    return write_numbered(folder, f".{'jpg' if fmt == 'jpeg' else fmt}", data, basename="grid")
+
+    def encode(img: Image.Image, ext: str) -> bytes:
+        return encode_image(img, ext, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                            webp_lossless=bool(opts.get("webp_lossless", False)), **kwargs)
+
+    job = job or JobFacts(max_prompt_words=int(opts.get("directories_max_prompt_words", 8)))
+    # A1111 names the grid after the job's first seed and prompt, at the job's last position
+    seed = job.all_seeds[0] if job.all_seeds else None
+    prompt = job.all_prompts[0] if job.all_prompts else None
+    namegen = FilenameGenerator.for_image(job, max(0, count - 1), grid, basename="grid", seed=seed,
+                                          prompt=prompt)
+    return save_image(root, grid, fmt, opts, namegen, encode, basename="grid", grid=True,
+                      short_filename=not opts.get("grid_extended_filename", False), infotext=infotext)

@@ -50,6 +50,17 @@ def _float(lo: float, hi: float) -> Validator:
     return check
 
 
+def _number(lo: float, hi: float) -> Validator:
+    """A number field (an int stays an int, as A1111 stores it)."""
+    def check(v: Any) -> float | int:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            raise ValueError(f"must be a number from {lo:g} to {hi:g}")
+        if not lo <= v <= hi:
+            raise ValueError(f"must be from {lo:g} to {hi:g}")
+        return v
+    return check
+
+
 def _choice(*choices: str) -> Validator:
     def check(v: Any) -> str:
         if v not in choices:
@@ -288,6 +299,33 @@ OPTIONS: dict[str, Option] = {
                                "UniPC: how its steps are spaced"),
     "uni_pc_order": Option(3, _int(1, 50), "UniPC's order"),
     "uni_pc_lower_order_final": Option(True, _bool, "UniPC: lower orders for the last steps"),
+    # saved files' names and folders, as A1111's save_image (server/filenames.py, server/saving.py)
+    "samples_filename_pattern": Option("", _str, "saved images' names: [seed], [prompt_words], [datetime<%Y>], "
+                                       "... (empty: [seed], or [seed]-[prompt_spaces] with save_to_dirs off); "
+                                       "a / or \\ of the pattern's own text becomes _"),
+    "save_images_add_number": Option(True, _bool, "saved names start with the next number NNNNN- (always so "
+                                     "when the pattern gives an empty name)"),
+    "save_images_replace_action": Option("Replace", _choice("Replace", "Add number suffix"), "without "
+                                         "save_images_add_number: a file of the same name is replaced, or the "
+                                         "new one is named <name>-1, <name>-2, ..."),
+    "directories_filename_pattern": Option("[date]", _str, "with save_to_dirs / grid_save_to_dirs: the "
+                                           "folder's pattern (empty: [prompt_words]); `..` parts are dropped, "
+                                           "so files stay under the output folder"),
+    "save_images_before_face_restoration": Option(False, _bool, "restore_faces with save_images: the images "
+                                                  "before restoration are saved too "
+                                                  "(`-before-face-restoration`)"),
+    "save_init_img": Option(False, _bool, "img2img: each init image is saved as <md5>.png in "
+                            "outdir_init_images (whether or not save_images; infotext `Init image hash`)"),
+    "outdir_init_images": Option("init-images", _outdir("init-images"), _OUTDIR_HELP),
+    "directories_max_prompt_words": Option(8, _int(1, 20), "words [prompt_words] takes from the prompt"),
+    "grid_extended_filename": Option(False, _bool, "saved grids are named grid-NNNN-<samples_filename_pattern> "
+                                     "(first seed and prompt)"),
+    "export_for_4chan": Option(True, _bool, "a saved image over img_downscale_threshold MB or with a side over "
+                               "target_side_length also gets a JPEG copy <name>.jpg (downscaled to that side)"),
+    "img_downscale_threshold": Option(4.0, _number(0, 1e6), "export_for_4chan: file size in MB above which the "
+                                      "JPEG copy is written"),
+    "target_side_length": Option(4000, _number(1, 1e6), "export_for_4chan: longest side in pixels of the JPEG "
+                                 "copy (larger images are downscaled to it)"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +13,7 @@ from PIL import Image
 
 from pipeline.diffusion.preview import Previews
 from pipeline.diffusion.tiled.request import register as register_tiled_diffusion
+from pipeline.infotext.codec import parse_infotext
 from pipeline.jobs.builtin_scripts import register as register_builtin_scripts
 from pipeline.jobs.common import JobContext, JobResult
 from pipeline.jobs.controlnet import register as register_controlnet
@@ -35,8 +35,10 @@ from pipeline.runtime.errors import InvalidRequest, UnknownName
 from pipeline.runtime.worker import Worker
 from server.config import ServerConfig
 from server.console import ConsoleProgress
+from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import encode_image
 from server.options import OptionsStore
+from server.saving import save_image, write_numbered  # noqa: F401 - write_numbered: old import path
 from upscalers.registry import UpscalerRegistry
 
 log = logging.getLogger("hiresd.services")
@@ -286,74 +288,57 @@ class Services:
             # selection itself is the option's, never what a job loaded)
             self.models.current_filename = p.checkpoint
 
+    def job_facts(self, info: dict[str, Any], opts: dict[str, Any], n_iter: int = 1) -> JobFacts:
+        """What file-name patterns read from a finished job (its response `info`): the style prompts of its
+        styles (those still in styles.csv) and the `Schedule type` of its first infotext."""
+        style_prompts = [s.prompt for s in self.styles.list() if s.name in (info.get("styles") or [])]
+        infotexts = info.get("infotexts") or []
+        scheduler = None
+        if infotexts:
+            scheduler = parse_infotext(infotexts[0]).get("Schedule type")
+        return JobFacts.from_info(info, opts, n_iter, style_prompts,
+                                  None if scheduler is None else str(scheduler))
+
     def save_images(self, images: list[Image.Image], infotexts: list[str], fmt: str,
-                    opts: dict[str, Any], suffixes: list[str] | None = None) -> list[Path]:
-        """A1111-style numbered files `NNNNN-<seed>.<ext>` under `<outputs>/txt2img-images/<date>/` (option
-        `outdir_samples` or `outdir_txt2img_samples`, relative to --outputs-dir). Each file is written to
-        a private temporary name, synced, then hard-linked to the first free number: atomic, and an
-        existing file is never overwritten, also with concurrent savers. A1111's options: `save_to_dirs`
-        off saves straight into the folder (no date folder); `save_txt` writes the infotext beside each
-        image as `<name>.txt`."""
+                    opts: dict[str, Any], suffixes: list[str] | None = None, job: JobFacts | None = None,
+                    indices: list[int] | None = None) -> list[Path]:
+        """Save a job's images as A1111's API does (server/saving.py: folders, names from the patterns of
+        server/filenames.py, numbering, atomic writes, JPEG export, `save_txt`) under option
+        `outdir_samples` or `outdir_txt2img_samples` (relative: under --outputs-dir). `job`: what the name
+        patterns read (default: the seeds of the infotexts); `indices`: each image's position in the job
+        (default: its position here); `suffixes`: a file-name suffix per image (`-before-highres-fix`)."""
         root = Path(opts.get("outdir_samples") or opts.get("outdir_txt2img_samples") or "txt2img-images")
         if not root.is_absolute():
             root = self.config.outputs_dir / root
-        folder = root / date.today().isoformat() if opts.get("save_to_dirs", True) else root
-        folder.mkdir(parents=True, exist_ok=True)
-        ext = "jpg" if fmt == "jpeg" else fmt
+        if job is None:
+            job = JobFacts(all_seeds=[_seed_of(t) for t in infotexts], batch_size=len(infotexts) or 1,
+                           max_prompt_words=int(opts.get("directories_max_prompt_words", 8)))
         written: list[Path] = []
         for i, (img, text) in enumerate(zip(images, infotexts, strict=True)):
-            tail = suffixes[i] if suffixes else ""
-            chunks = {"parameters": text} if opts.get("enable_pnginfo", True) else {"parameters": None}
-            data = encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
-                                compress_level=self.config.png_compress_level,
-                                webp_lossless=bool(opts.get("webp_lossless", False)))
-            path = write_numbered(folder, f"-{_seed_of(text)}{tail}.{ext}", data)
-            if opts.get("save_txt") and text:
-                path.with_suffix(".txt").write_text(f"{text}\n", encoding="utf-8")
-            written.append(path)
+            index = indices[i] if indices is not None else i
+            namegen = FilenameGenerator.for_image(job, index, img)
+            written.append(save_image(root, img, fmt, opts, namegen, self.encoder(opts, text),
+                                      suffix=suffixes[i] if suffixes else "", infotext=text))
         return written
 
+    def encoder(self, opts: dict[str, Any], infotext: str | None) -> Callable[[Image.Image, str], bytes]:
+        """How a saved file's bytes are made: the infotext in it when `enable_pnginfo` is on."""
+        keep = opts.get("enable_pnginfo", True) and infotext
+        chunks = {"parameters": infotext if keep else None}
 
-def write_numbered(folder: Path, suffix: str, data: bytes, basename: str = "") -> Path:
-    """Write `data` as `folder/NNNNN<suffix>` (with a `basename`: `<basename>-NNNN<suffix>`, A1111's grid
-    names) with the next free number; atomic, never overwrites."""
-    fd, tmp_name = tempfile.mkstemp(prefix=".saving-", suffix=".tmp", dir=folder)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        number = _next_number(folder, basename)
-        while True:
-            path = folder / (f"{basename}-{number:04d}{suffix}" if basename else f"{number:05d}{suffix}")
-            try:
-                os.link(tmp, path)  # atomic, and fails rather than overwrite
-                return path
-            except FileExistsError:
-                number += 1
-    finally:
-        tmp.unlink(missing_ok=True)
+        def encode(img: Image.Image, fmt: str) -> bytes:
+            return encode_image(img, fmt, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
+                                compress_level=self.config.png_compress_level,
+                                webp_lossless=bool(opts.get("webp_lossless", False)))
+
+        return encode
 
 
-def _seed_of(infotext: str) -> str:
+def _seed_of(infotext: str) -> int | None:
     for part in infotext.rsplit("\n", 1)[-1].split(", "):
         if part.startswith("Seed: "):
-            return part[6:]
-    return "0"
-
-
-def _next_number(folder: Path, basename: str = "") -> int:
-    """A1111's sequence number: one more than the highest `NNNNN-` prefix in the folder (with a `basename`:
-    the highest number after `<basename>-`)."""
-    best = -1
-    for f in folder.iterdir():
-        name = f.name
-        if basename:
-            if not name.startswith(f"{basename}-"):
-                continue
-            name = name[len(basename) + 1:]
-        head = name.split("-", 1)[0].split(".", 1)[0]
-        if head.isdigit():
-            best = max(best, int(head))
-    return best + 1
+            try:
+                return int(part[6:])
+            except ValueError:
+                return None
+    return None

@@ -43,6 +43,7 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
     if p.clip_skip > 1:
         params.append(("Clip skip", p.clip_skip))
     params.append(("ENSD", ensd_for_infotext(p)))
+    params.append(("Init image hash", getattr(p, "init_img_hash", None)))  # img2img with save_init_img
     source = randn_source(p.options)
     params.append(("RNG", source if source != "GPU" else None))
     if p.tiling:

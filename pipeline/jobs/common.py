@@ -266,8 +266,17 @@ def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> 
     option `code_former_weight`."""
     if p.face_restorer is None or ctx.faces is None:
         return images
+    if p.options.get("save_images_before_face_restoration") and getattr(p.request, "save_images", False):
+        p.unrestored += [img.copy() for img in images]
     weight = float(p.options.get("code_former_weight", 0.5))
     return [ctx.faces.restore(img, p.face_restorer, 1.0, weight) for img in images]
+
+
+def saves_before_face_restoration(p: Processing, infotexts: list[str]) -> list[tuple[Image.Image, str, str]]:
+    """A1111's option save_images_before_face_restoration (with save_images): the final images as they were
+    before restore_faces, saved too with the suffix `-before-face-restoration` (the k-th is image k's)."""
+    return [(img, infotexts[k], "-before-face-restoration")
+            for k, img in enumerate(p.unrestored[:len(infotexts)])]
 
 
 def finish_images(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext) -> list[Image.Image]:

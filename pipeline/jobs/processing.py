@@ -91,6 +91,8 @@ class Processing:
     is_hr_pass: bool = False
     iteration: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+    # option save_images_before_face_restoration: each final image as it was before restore_faces
+    unrestored: list[Any] = field(default_factory=list)
 
     @property
     def hr_steps(self) -> int:

@@ -21,6 +21,7 @@ from pipeline.jobs.common import (
     finish_images,
     restore_faces,
     run_pass,
+    saves_before_face_restoration,
     to_tensor,
 )
 from pipeline.jobs.processing import Processing
@@ -115,7 +116,8 @@ def run_txt2img(p: Processing, ctx: JobContext) -> JobResult:
         images += batch
         infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
     info = job_info(p, ctx.models, infotexts, state.job_timestamp)
-    return JobResult(images, infotexts, info, calls, before_hires)
+    return JobResult(images, infotexts, info, calls,
+                     before_hires + saves_before_face_restoration(p, infotexts))
 
 
 def _saves_before_hires(p: Processing) -> bool:

@@ -2,7 +2,9 @@
 queue, leniency and response shape as txt2img."""
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -13,9 +15,11 @@ from pipeline.jobs.dispatch import prepare_img2img
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
 from server.deps import PreparedJob, json_response, run_generation, services
 from server.errors import ErrorResponse
+from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import decode_image
 from server.infotext_request import apply_infotext
 from server.limits import check_work_limits
+from server.saving import save_image
 from server.services import Services
 
 router = APIRouter(prefix="/sdapi/v1", tags=["generation"])
@@ -42,10 +46,27 @@ async def prepare_img2img_request(svc: Services, req: Img2ImgRequest) -> Prepare
     init_images, mask = await run_in_threadpool(decode)
     script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
     p = prepare_img2img(req, opts, svc.models, svc.upscalers, limit, init_images, mask)
+    if opts.get("save_init_img"):  # A1111 saves them as the job starts, whether or not it saves its results
+        p.init_img_hash = await run_in_threadpool(save_init_images, svc, init_images, opts)
     # A1111 saves img2img results under outdir_img2img_samples (outdir_samples first, when set)
     where = {**opts, "outdir_txt2img_samples": opts.get("outdir_img2img_samples") or "img2img-images",
              "outdir_txt2img_grids": opts.get("outdir_img2img_grids") or "img2img-grids"}
     return PreparedJob("img2img", req, p, script_args, opts, where)
+
+
+def save_init_images(svc: Services, images: list[Any], opts: dict[str, Any]) -> str | None:
+    """A1111's option save_init_img: each init image as sent, as `<md5 of its pixels>.png` in
+    `outdir_init_images` (relative: under --outputs-dir); returns the last hash (infotext `Init image
+    hash`)."""
+    root = Path(opts.get("outdir_init_images") or "init-images")
+    if not root.is_absolute():
+        root = svc.config.outputs_dir / root
+    digest = None
+    for img in images:
+        digest = hashlib.md5(img.tobytes()).hexdigest()
+        namegen = FilenameGenerator(JobFacts(), None, None, img)
+        save_image(root, img, "png", opts, namegen, svc.encoder(opts, None), forced_filename=digest)
+    return digest
 
 
 @router.post("/img2img", response_model=ImageToImageResponse, responses={

@@ -21,7 +21,7 @@ SMALL = {"prompt": "a red fox", "steps": 2, "width": 64, "height": 64, "seed": 7
 # ours differ on purpose: the loaded checkpoint (title, hash); output folders relative to --outputs-dir
 OWN_DEFAULTS = {"sd_model_checkpoint", "sd_checkpoint_hash", "outdir_txt2img_samples",
                 "outdir_img2img_samples",
-                "outdir_extras_samples", "outdir_txt2img_grids", "outdir_img2img_grids"}
+                "outdir_extras_samples", "outdir_txt2img_grids", "outdir_img2img_grids", "outdir_init_images"}
 
 
 ROOT: dict[str, Path] = {}

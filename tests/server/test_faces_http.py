@@ -124,3 +124,37 @@ def test_txt2img_restore_faces_uses_the_restorer(client: TestClient, monkeypatch
     info = json.loads(client.post("/sdapi/v1/txt2img", json=SMALL).json()["info"])
     assert calls == [] and "Face restoration" not in info["infotexts"][0]
     assert info["restore_faces"] is False and info["face_restoration_model"] is None
+
+
+def test_save_images_before_face_restoration_saves_the_unrestored_images_too(client: TestClient,
+                                                                             monkeypatch) -> None:
+    """A1111's option: with save_images, each image is also saved as it was before restore_faces
+    (`-before-face-restoration`, the same infotext); off (A1111's default) only the restored one. (The
+    generated 64x64 pictures hold no face to find: the restorer is a stand-in that inverts.)"""
+    from PIL import ImageOps
+
+    monkeypatch.setattr(FaceRestorers, "restore", lambda self, image, *a, **k: ImageOps.invert(image))
+    out = client.app.state.services.config.outputs_dir
+
+    def files() -> set:
+        return set(out.rglob("*.png")) if out.exists() else set()
+
+    body = {**SMALL, "restore_faces": True, "save_images": True, "batch_size": 2,
+            "override_settings": {"grid_save": False, "save_images_before_face_restoration": True}}
+    before = files()
+    r = client.post("/sdapi/v1/txt2img", json=body)
+    assert r.status_code == 200, r.text
+    new = sorted(files() - before)
+    raw = [f for f in new if f.stem.endswith("-before-face-restoration")]
+    final = [f for f in new if f not in raw]
+    assert len(raw) == 2 and len(final) == 2, new
+    for seed in (1234, 1235):
+        (unrestored,) = [f for f in raw if f.stem.endswith(f"-{seed}-before-face-restoration")]
+        (restored,) = [f for f in final if f.stem.endswith(f"-{seed}")]
+        a, b = np.asarray(Image.open(unrestored)), np.asarray(Image.open(restored))
+        assert np.array_equal(255 - a, b)
+        assert Image.open(unrestored).info["parameters"] == Image.open(restored).info["parameters"]
+    before = files()
+    body["override_settings"]["save_images_before_face_restoration"] = False
+    assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
+    assert len(files() - before) == 2

@@ -47,6 +47,7 @@ class Img2ImgProcessing(Processing):
     overlay_inpaint: bool = True
     soft: Any = None  # Soft Inpainting settings (its always-on entry, enabled), else None
     script: Any = None  # a selectable script's runner (`script_name`), with a `run(p, ctx)` method
+    init_img_hash: str | None = None  # option save_init_img: md5 of the (last) saved init image
 
     @property
     def job_count(self) -> int:

@@ -29,6 +29,7 @@ from pipeline.jobs.common import (
     finish_images,
     is_inpainting_model,
     run_pass,
+    saves_before_face_restoration,
     to_tensor,
 )
 from pipeline.jobs.controlnet import FROM_A1111, PassPicture
@@ -121,7 +122,8 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
             break
     info = job_info(p, ctx.models, infotexts, state.job_timestamp)
     info["is_using_inpainting_conditioning"] = image_cond is not None
-    return JobResult(images, infotexts, info, calls, before_cc)
+    return JobResult(images, infotexts, info, calls,
+                     saves_before_face_restoration(p, infotexts) + before_cc)
 
 
 # -- the pieces -----------------------------------------------------------------------------------
