@@ -54,6 +54,8 @@ APPLIED: dict[str, Any] = {
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
     "hires_fix_use_firstpass_conds": False, "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform",
     "uni_pc_order": 3, "uni_pc_lower_order_final": True, "save_images_before_color_correction": False,
+    # image inputs given as http(s) URLs (server/imagefetch.py)
+    "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -154,7 +156,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "outdir_init_images": "outputs/init-images",
         "directories_filename_pattern": "[date]",
         "directories_max_prompt_words": 8, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
-        "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
         "auto_upcast_attn": True,

@@ -288,6 +288,11 @@ OPTIONS: dict[str, Option] = {
                                "UniPC: how its steps are spaced"),
     "uni_pc_order": Option(3, _int(1, 50), "UniPC's order"),
     "uni_pc_lower_order_final": Option(True, _bool, "UniPC: lower orders for the last steps"),
+    "api_enable_requests": Option(True, _bool, "an image field may hold an http(s) URL: the server fetches it "
+                                  "(off: a URL is a 400)"),
+    "api_forbid_local_requests": Option(True, _bool, "image URLs whose host resolves to a local or private "
+                                        "address (any of its addresses) are refused with a 400"),
+    "api_useragent": Option("", _str, "User-Agent header of image URL fetches (empty: httpx's own)"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)
