@@ -54,6 +54,7 @@ APPLIED: dict[str, Any] = {
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
     "hires_fix_use_firstpass_conds": False, "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform",
     "uni_pc_order": 3, "uni_pc_lower_order_final": True, "save_images_before_color_correction": False,
+    "add_version_to_infotext": True,
     # image inputs given as http(s) URLs (server/imagefetch.py)
     "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
 }
@@ -124,6 +125,10 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "lora_not_found_warning_console": False, "disabled_extensions": [], "disable_all_extensions": "none",
         "restore_config_state_file": "", "auto_backcompat": True,
     }),
+    ("A1111 writes `User` only from its web UI's login (modules/txt2img.py, img2img.py: p.user = "
+     "request.username); its API never sets p.user (not a request field: init=False), --api-auth included", {
+        "add_user_name_to_info": False,
+    }),
     ("A1111's training tab; this server does not train", {
         "unload_models_when_training": False, "pin_memory": False, "save_optimizer_state": False,
         "save_training_settings_to_txt": True, "dataset_filename_word_regex": "",
@@ -167,7 +172,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,
         "interrogate_clip_skip_categories": [], "interrogate_deepbooru_score_threshold": 0.5,
         "deepbooru_sort_alpha": True, "deepbooru_use_spaces": True, "deepbooru_escape": True,
-        "deepbooru_filter_tags": "", "add_user_name_to_info": False, "add_version_to_infotext": True,
+        "deepbooru_filter_tags": "",
         "ddim_discretize": "uniform",
         "postprocessing_existing_caption_action": "Ignore",
         "outdir_extras_samples": "outputs/extras-images", "upscaling_max_images_in_cache": 5,
