@@ -37,6 +37,7 @@ from server.config import ServerConfig
 from server.console import ConsoleProgress
 from server.imagecodec import encode_image
 from server.options import OptionsStore
+from upscalers.extras import UpscaleCache
 from upscalers.registry import UpscalerRegistry
 
 log = logging.getLogger("hiresd.services")
@@ -72,6 +73,8 @@ class Services:
     previews: Previews | None = None  # live-preview decoders (<models>/VAE-approx, A1111's Approx NN files)
     tiny_vae: TinyVAEs | None = None  # TAESD for the TAESD VAE methods (<models>/VAE-taesd, A1111's files)
     controlnets: ControlNetStore | None = None  # ControlNet files (<models>/ControlNet, --controlnet-dir)
+    # A1111's extras upscale cache (option upscaling_max_images_in_cache), per server process
+    extras_cache: UpscaleCache = field(default_factory=UpscaleCache)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 

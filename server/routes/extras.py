@@ -57,7 +57,8 @@ def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest,
                 [image], params, svc.upscalers, tile_options=opts,
                 max_pixels=svc.config.max_pixels, should_stop=lambda: state.interrupted,
                 on_tile=lambda d, t: state.set_step(d, t),
-                ldsr=LdsrOptions(steps=opts["ldsr_steps"], cached=opts["ldsr_cached"]))
+                ldsr=LdsrOptions(steps=opts["ldsr_steps"], cached=opts["ldsr_cached"]),
+                cache=(svc.extras_cache, int(opts["upscaling_max_images_in_cache"])))
         except Interrupted:
             break
         out += done
