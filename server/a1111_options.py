@@ -54,7 +54,7 @@ APPLIED: dict[str, Any] = {
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
     "hires_fix_use_firstpass_conds": False, "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform",
     "uni_pc_order": 3, "uni_pc_lower_order_final": True, "save_images_before_color_correction": False,
-    "upscaling_max_images_in_cache": 5,
+    "upscaling_max_images_in_cache": 5, "auto_backcompat": True,
     "add_version_to_infotext": True,
     # image inputs given as http(s) URLs (server/imagefetch.py)
     "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
@@ -124,7 +124,7 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "profiling_with_stack": True, "profiling_filename": "trace.json", "temp_dir": "",
         "clean_temp_dir_at_start": False, "textual_inversion_print_at_load": False,
         "lora_not_found_warning_console": False, "disabled_extensions": [], "disable_all_extensions": "none",
-        "restore_config_state_file": "", "auto_backcompat": True,
+        "restore_config_state_file": "",
     }),
     ("A1111 writes `User` only from its web UI's login (modules/txt2img.py, img2img.py: p.user = "
      "request.username); its API never sets p.user (not a request field: init=False), --api-auth included", {

@@ -67,6 +67,8 @@ async def png_info(req: PNGInfoRequest, svc: Services = Depends(services)) -> PN
         img = decode_image(req.image, field="image", max_pixels=svc.config.max_pixels,
                            fetch=url_fetch(svc, svc.options.all()))
         info, items = read_image_info(img)
-        return PNGInfoResponse(info=info, items=items, parameters=parse_infotext(info) if info else {})
+        backcompat = bool(svc.options.get("auto_backcompat"))
+        return PNGInfoResponse(info=info, items=items,
+                               parameters=parse_infotext(info, backcompat=backcompat) if info else {})
 
     return await run_in_threadpool(read)

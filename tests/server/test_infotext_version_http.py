@@ -51,3 +51,34 @@ def test_our_version_is_ignored_when_the_infotext_is_posted_back(client: TestCli
     assert info["parameters"]["Version"].startswith("hiresd-")
     flags = {"Old prompt editing timelines", "Downcast alphas_cumprod", "Pad conds v0"}
     assert not flags & set(info["parameters"])
+
+
+def _png_with(text: str) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("parameters", text)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG", pnginfo=meta)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_auto_backcompat_off_reads_an_old_versions_infotext_as_written(client: TestClient) -> None:
+    old = "a [cat:dog:0.5]\nSteps: 4, Sampler: DDIM, Seed: 9, Size: 64x64, Version: v1.5.1"
+    flags = {"Old prompt editing timelines", "Pad conds v0", "Downcast alphas_cumprod"}
+    on = client.post("/sdapi/v1/png-info", json={"image": _png_with(old)}).json()["parameters"]
+    assert flags <= set(on)
+    assert client.post("/sdapi/v1/options", json={"auto_backcompat": False}).status_code == 200
+    try:
+        off = client.post("/sdapi/v1/png-info", json={"image": _png_with(old)}).json()["parameters"]
+        assert not flags & set(off)
+        run = client.post("/sdapi/v1/txt2img", json={"infotext": old})
+        assert run.status_code == 200, run.text
+        infotext = json.loads(run.json()["info"])["infotexts"][0]
+        assert "Pad conds v0" not in infotext and "Downcast alphas_cumprod" not in infotext
+    finally:
+        client.post("/sdapi/v1/options", json={"auto_backcompat": True})
