@@ -291,13 +291,13 @@ OPTIONS: dict[str, Option] = {
                                "UniPC: how its steps are spaced"),
     "uni_pc_order": Option(3, _int(1, 50), "UniPC's order"),
     "uni_pc_lower_order_final": Option(True, _bool, "UniPC: lower orders for the last steps"),
-    "auto_backcompat": Option(True, _bool, "an infotext's A1111 `Version` older than 1.6 / 1.7.0-225 / 1.8 "
-                              "turns on the matching compatibility keys when it is read (png-info, the infotext "
-                              "field)"),
+    "auto_backcompat": Option(True, _bool, "an infotext's A1111 `Version` older than 1.6 / 1.7.0-225 / "
+                              "1.8 turns on the matching compatibility keys when it is read (png-info, the "
+                              "infotext field)"),
     "add_version_to_infotext": Option(True, _bool, "infotexts end with `Version: hiresd-<version>` (A1111 "
                                       "writes its own, e.g. v1.10.1); ignored when posted back"),
-    "api_enable_requests": Option(True, _bool, "an image field may hold an http(s) URL: the server fetches it "
-                                  "(off: a URL is a 400)"),
+    "api_enable_requests": Option(True, _bool, "an image field may hold an http(s) URL: the server fetches "
+                                  "it (off: a URL is a 400)"),
     "api_forbid_local_requests": Option(True, _bool, "image URLs whose host resolves to a local or private "
                                         "address (any of its addresses) are refused with a 400"),
     "api_useragent": Option("", _str, "User-Agent header of image URL fetches (empty: httpx's own)"),
