@@ -81,7 +81,8 @@ class ExtrasSingleImageRequest(ExtrasBaseRequest):
 
     # A1111's default is "", which no server can upscale: the schema asks for an image (minLength 1,
     # required) so that a schema-valid body is one we accept; leaving it out is still a 400 naming it.
-    image: str = Field("", min_length=1, description="Image as base64, bare or as a data: URL",
+    image: str = Field("", min_length=1,
+                       description="Image as base64, bare or as a data: URL, or an http(s) URL",
                        json_schema_extra=lambda s: s.pop("default", None))
     model_config = ConfigDict(json_schema_extra=lambda s, cls: _image_required(s))
 
@@ -89,7 +90,7 @@ class ExtrasSingleImageRequest(ExtrasBaseRequest):
 class FileData(_Lenient):
     """One item of `imageList`; `name` is accepted and discarded, as in A1111."""
 
-    data: str = Field(min_length=1, description="Image as base64, bare or as a data: URL")
+    data: str = Field(min_length=1, description="Image as base64, bare or as a data: URL, or an http(s) URL")
     name: str = Field("", description="File name (unused)")
 
 

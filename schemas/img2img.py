@@ -14,8 +14,8 @@ __all__ = ["ImageToImageResponse", "Img2ImgRequest"]
 
 class Img2ImgRequest(GenerationRequest):
     init_images: list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None, description="base64 images or data: URLs (required); one per image of the batch, cycled when "
-        "fewer")
+        None, description="base64 images, data: URLs or http(s) URLs (fetched under the api_* options; "
+        "required); one per image of the batch, cycled when fewer")
     resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, "
                              "3 latent upscale")
     image_cfg_scale: float | None = Field(None, description="InstructPix2Pix models only; ignored otherwise")

@@ -60,6 +60,10 @@ APPLIED: dict[str, Any] = {
     "export_for_4chan": True, "img_downscale_threshold": 4.0, "target_side_length": 4000,
     "save_images_before_face_restoration": False, "save_init_img": False,
     "outdir_init_images": "outputs/init-images",
+    "upscaling_max_images_in_cache": 5, "auto_backcompat": True,
+    "add_version_to_infotext": True,
+    # image inputs given as http(s) URLs (server/imagefetch.py)
+    "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -124,7 +128,17 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "profiling_with_stack": True, "profiling_filename": "trace.json", "temp_dir": "",
         "clean_temp_dir_at_start": False, "textual_inversion_print_at_load": False,
         "lora_not_found_warning_console": False, "disabled_extensions": [], "disable_all_extensions": "none",
-        "restore_config_state_file": "", "auto_backcompat": True,
+        "restore_config_state_file": "",
+    }),
+    ("A1111 writes `User` only from its web UI's login (modules/txt2img.py, img2img.py: p.user = "
+     "request.username); its API never sets p.user (not a request field: init=False), --api-auth included", {
+        "add_user_name_to_info": False,
+    }),
+    ("A1111's API extras never save their results (extras_single_image_api / extras_batch_images_api call "
+     "run_extras with save_output=False); these name, place and caption saved extras files only "
+     "(modules/postprocessing.py, scripts/postprocessing_upscale.py)", {
+        "outdir_extras_samples": "outputs/extras-images", "use_original_name_batch": True,
+        "use_upscaler_name_as_suffix": False, "postprocessing_existing_caption_action": "Ignore",
     }),
     ("A1111's training tab; this server does not train", {
         "unload_models_when_training": False, "pin_memory": False, "save_optimizer_state": False,
@@ -144,15 +158,24 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "sd_vae_checkpoint_cache": 0, "face_restoration_unload": False,
         "cross_attention_optimization": "Automatic",
         "persistent_cond_cache": True, "batch_cond_uncond": True, "sd3_enable_t5": False,
-        "lora_in_memory_limit": 0, "SWIN_torch_compile": False, "interrogate_keep_models_in_memory": False,
+        "lora_in_memory_limit": 0, "SWIN_torch_compile": False,
+    }),
+    ("A1111's image captioning (POST /sdapi/v1/interrogate: modules/interrogate.py for CLIP, "
+     "modules/deepbooru.py); that route answers 501 here (its models are not shipped)", {
+        "interrogate_keep_models_in_memory": False, "interrogate_return_ranks": False,
+        "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24, "interrogate_clip_max_length": 48,
+        "interrogate_clip_dict_limit": 1500, "interrogate_clip_skip_categories": [],
+        "interrogate_deepbooru_score_threshold": 0.5, "deepbooru_sort_alpha": True,
+        "deepbooru_use_spaces": True, "deepbooru_escape": True, "deepbooru_filter_tags": "",
+    }),
+    ("the annotated grids of A1111's X/Y/Z plot and Prompt matrix scripts (modules/images.py "
+     "draw_grid_annotations; scripts/xyz_grid.py's size check); this server does not serve those scripts "
+     "(their script_name is a 400)", {
+        "font": "", "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
+        "img_max_size_mp": 200,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "font": "",
-        "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
         "save_mask": False, "save_mask_composite": False, "return_mask": False, "return_mask_composite": False,
-        "img_max_size_mp": 200, "use_original_name_batch": True,
-        "use_upscaler_name_as_suffix": False, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
-        "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
         "auto_upcast_attn": True,
@@ -160,18 +183,12 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "auto_vae_precision": True,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
         "no_dpmpp_sde_batch_determinism": False, "lora_functional": False,
-        "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,
-        "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,
-        "interrogate_clip_skip_categories": [], "interrogate_deepbooru_score_threshold": 0.5,
-        "deepbooru_sort_alpha": True, "deepbooru_use_spaces": True, "deepbooru_escape": True,
-        "deepbooru_filter_tags": "", "add_user_name_to_info": False, "add_version_to_infotext": True,
         "ddim_discretize": "uniform",
-        "postprocessing_existing_caption_action": "Ignore",
-        "outdir_extras_samples": "outputs/extras-images", "upscaling_max_images_in_cache": 5,
         "live_preview_content": "Prompt",
     }),
     ("A1111's list of its own downloadable upscaler models; here the upscalers are the model files found", {
         "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],
+        "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
     }),
 ]
 

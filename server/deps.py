@@ -18,8 +18,9 @@ from pipeline.jobs.builtin_scripts import strip_prompt_comments
 from pipeline.jobs.common import JobResult
 from pipeline.jobs.processing import Processing
 from pipeline.models.networks import check_job
+from server.bodylimit import MIB
 from server.grids import grid_wanted, image_grid, save_grid
-from server.imagecodec import decode_image, encode_images_b64
+from server.imagecodec import UrlFetch, decode_image, encode_images_b64
 from server.options import OPTIONS
 from server.services import Services
 
@@ -93,10 +94,17 @@ class PreparedJob:
     save_options: dict[str, Any]
 
 
+def url_fetch(svc: Services, opts: dict[str, Any]) -> UrlFetch:
+    """How a request's image URLs are fetched: A1111's api_* options (`opts`: the request's effective
+    options), with --max-body-mb as the byte cap of one image."""
+    return UrlFetch.from_options(opts, svc.config.max_body_mb * MIB)
+
+
 def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[str, list[Any]]) -> None:
     """Before a generation job is queued (sync or async): its always-on script args, styles (A1111's
     styles.csv semantics; an unknown style is a 400) and networks (LoRA tags: unknown name, bad number,
-    wrong family -> 400)."""
+    wrong family -> 400), then ControlNet units (their images decoded or fetched last). Blocking: call it
+    off the event loop."""
     p.script_args = script_args
     p.ignored_settings = sorted(k for k in (req.override_settings or {}) if k not in OPTIONS)
     if p.ignored_settings:
@@ -110,8 +118,10 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
                                                                  p.styles)
     strip_prompt_comments(p)  # A1111's Comments script, after the styles
     check_job(svc.networks, p, svc.models)
+    fetch = url_fetch(svc, p.options)  # A1111's ControlNet decodes inside the job: override_settings apply
+
     def decode(data: str) -> Any:
-        return decode_image(data, field=controlnet.FIELD, max_pixels=svc.config.max_pixels)
+        return decode_image(data, field=controlnet.FIELD, max_pixels=svc.config.max_pixels, fetch=fetch)
 
     controlnet.attach(p, req, svc.controlnets, svc.models, decode)
 
@@ -198,7 +208,7 @@ async def run_generation(svc: Services, request: Request, job: PreparedJob) -> t
     `check_generation`, the job on the worker as task `force_task_id`, then `finish_generation`. Returns
     the result and the base64 images."""
     req = job.req
-    check_generation(svc, req, job.p, job.script_args)
+    await run_in_threadpool(check_generation, svc, req, job.p, job.script_args)
     result, incomplete = await run_on_worker(svc, request, job.name, generation_job(svc, job.p),
                                              finish_if_gone=req.save_images, task_id=req.force_task_id,
                                              remote=GenerationCall(job.p))

@@ -1,7 +1,7 @@
 """Images in and out of the API: base64 decoding with safety checks, encoding with metadata.
 
-Inputs are base64 strings or `data:image/...;base64,` URLs. Unlike A1111, http(s) URLs are not
-fetched: the server works offline, so a URL is refused with a message saying what to send instead.
+Inputs are base64 strings, `data:image/...;base64,` URLs, or http(s) URLs fetched as A1111 fetches them
+(`server.imagefetch`: A1111's options api_enable_requests, api_forbid_local_requests and api_useragent).
 Outputs are PNG (every text entry becomes a tEXt/iTXt chunk, the infotext under `parameters`) or
 JPEG/WEBP (the `parameters` text goes into EXIF UserComment, Unicode, as A1111 writes it).
 
@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
 from pipeline.runtime.errors import InvalidRequest
+from server.imagefetch import FetchRefused, UrlFetch, fetch_url, is_url, shown
 from server.pngwrite import CHANNELS as PNG_CHANNELS
 from server.pngwrite import write_png
 
@@ -30,6 +31,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageEncodeError",
     "OUTPUT_FORMATS",
+    "UrlFetch",
     "decode_image",
     "encode_image",
     "encode_image_b64",
@@ -41,7 +43,8 @@ INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF")
 # `samples_format` values we can write (A1111's set).
 OUTPUT_FORMATS = ("png", "jpg", "jpeg", "webp")
 
-_HOW_TO_SEND = "send the image file itself as base64, optionally as a data:image/...;base64, URL"
+_HOW_TO_SEND = ("send the image file itself as base64, optionally as a data:image/...;base64, URL, or an "
+                "http(s) URL")
 
 
 class ImageDecodeError(InvalidRequest):
@@ -83,12 +86,8 @@ def _base64_payload(data: object, field: str) -> bytes:
         raise ImageDecodeError(field, f"the image is empty; {_HOW_TO_SEND}")
 
     if _URL_SCHEME.match(text):
-        shown = text if len(text) <= 80 else text[:77] + "..."
-        raise ImageDecodeError(
-            field,
-            f"image URLs are not fetched ({shown!r}): this server works offline and never downloads; "
-            f"{_HOW_TO_SEND}",
-        )
+        raise ImageDecodeError(field, f"only http and https URLs are fetched, not {shown(text)}; "
+                                      f"{_HOW_TO_SEND}")
 
     m = _DATA_URL.match(text)
     if m is not None:
@@ -136,15 +135,32 @@ def _pixel_limit_text(max_pixels: int) -> str:
     return f"{max_pixels} pixels (about {side}x{side})"
 
 
-def decode_image(data: str, *, field: str = "image", max_pixels: int) -> Image.Image:
-    """Decode a base64 or `data:` URL image, refusing anything unsafe or broken before using it.
+def _payload(data: object, field: str, fetch_policy: UrlFetch | None) -> bytes:
+    """The file bytes of a request's image: fetched for an http(s) URL, else decoded from base64."""
+    if isinstance(data, str) and is_url(data.strip()):
+        if fetch_policy is None:
+            raise ImageDecodeError(field, f"image URLs are not fetched here ({shown(data.strip())}); "
+                                          "send the image itself as base64")
+        try:
+            return fetch_url(data.strip(), fetch_policy)
+        except FetchRefused as exc:
+            raise ImageDecodeError(field, str(exc)) from None
+    return _base64_payload(data, field)
+
+
+def decode_image(data: str, *, field: str = "image", max_pixels: int,
+                 fetch: UrlFetch | None = None) -> Image.Image:
+    """Decode a base64, `data:` URL or http(s) URL image, refusing anything unsafe or broken before using it.
+
+    An http(s) URL is fetched under `fetch` (A1111's api_* options for this request, see
+    `server.imagefetch`); without it a URL is refused.
 
     The pixel count is checked from the header, before any pixel is decoded; Pillow's own
     decompression-bomb guard is turned into the same error. Like A1111, the image is rotated by its
     EXIF orientation and palette images with byte transparency become RGBA. `img.info` (text chunks,
     EXIF) is kept, so `read_image_info` works on the result.
     """
-    raw = _base64_payload(data, field)
+    raw = _payload(data, field, fetch)
     formats = _input_formats()
     too_large = (
         f"the image is too large: it declares more pixels than allowed ({_pixel_limit_text(max_pixels)}); "

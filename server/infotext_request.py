@@ -71,7 +71,7 @@ def apply_infotext(svc: Services, req: R, endpoint: str) -> R:
     text = getattr(req, "infotext", None)
     if not text:
         return req
-    params = parse_infotext(text)
+    params = parse_infotext(text, backcompat=bool(svc.options.get("auto_backcompat")))
     rename_loras(params, lambda name, short: _local_lora(svc, name, short))
     set_fields = set(req.model_fields_set)
     fields = request_fields(params, endpoint, set_fields)

@@ -176,7 +176,8 @@ OPTIONS: dict[str, Option] = {
                                              "images are saved too (`-before-highres-fix`)"),
     "outdir_samples": Option("", _str, "if set, all images go here (relative paths: under --outputs-dir)"),
     "outdir_txt2img_samples": Option("txt2img-images", _outdir("txt2img-images"), _OUTDIR_HELP),
-    "outdir_extras_samples": Option("extras-images", _outdir("extras-images"), _OUTDIR_HELP),
+    "outdir_extras_samples": Option("extras-images", _outdir("extras-images"), "no effect: A1111's API "
+                                    "extras never save (save_output=False); " + _OUTDIR_HELP),
     "outdir_img2img_samples": Option("img2img-images", _outdir("img2img-images"), _OUTDIR_HELP),
     "img2img_fix_steps": Option(False, _bool, "img2img runs exactly `steps` steps, not int(denoising * steps) + 1"),
     "initial_noise_multiplier": Option(1.0, _float(0, 1.5), "img2img: scales the seeded noise"),
@@ -213,7 +214,9 @@ OPTIONS: dict[str, Option] = {
     "face_restoration_model": Option("CodeFormer", _str_or_none, "the restorer restore_faces uses (else the "
                                      "first one available)"),
     "code_former_weight": Option(0.5, _float(0, 1)),
-    "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
+    "upscaling_max_images_in_cache": Option(5, _int(0, 100), "extras: the last N upscales (same pixels, "
+                                            "upscaler and size: A1111's key, without the tile options) "
+                                            "answer an identical later one; 0: none kept"),
     "realesrgan_enabled_models": Option(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], _str_list),
     "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
     "sd_vae_decode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
@@ -326,6 +329,16 @@ OPTIONS: dict[str, Option] = {
                                       "JPEG copy is written"),
     "target_side_length": Option(4000, _number(1, 1e6), "export_for_4chan: longest side in pixels of the JPEG "
                                  "copy (larger images are downscaled to it)"),
+    "auto_backcompat": Option(True, _bool, "an infotext's A1111 `Version` older than 1.6 / 1.7.0-225 / "
+                              "1.8 turns on the matching compatibility keys when it is read (png-info, the "
+                              "infotext field)"),
+    "add_version_to_infotext": Option(True, _bool, "infotexts end with `Version: hiresd-<version>` (A1111 "
+                                      "writes its own, e.g. v1.10.1); ignored when posted back"),
+    "api_enable_requests": Option(True, _bool, "an image field may hold an http(s) URL: the server fetches "
+                                  "it (off: a URL is a 400)"),
+    "api_forbid_local_requests": Option(True, _bool, "image URLs whose host resolves to a local or private "
+                                        "address (any of its addresses) are refused with a 400"),
+    "api_useragent": Option("", _str, "User-Agent header of image URL fetches (empty: httpx's own)"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

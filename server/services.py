@@ -39,6 +39,7 @@ from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import encode_image
 from server.options import OptionsStore
 from server.saving import save_image, write_numbered  # noqa: F401 - write_numbered: old import path
+from upscalers.extras import UpscaleCache
 from upscalers.registry import UpscalerRegistry
 
 log = logging.getLogger("hiresd.services")
@@ -74,6 +75,8 @@ class Services:
     previews: Previews | None = None  # live-preview decoders (<models>/VAE-approx, A1111's Approx NN files)
     tiny_vae: TinyVAEs | None = None  # TAESD for the TAESD VAE methods (<models>/VAE-taesd, A1111's files)
     controlnets: ControlNetStore | None = None  # ControlNet files (<models>/ControlNet, --controlnet-dir)
+    # A1111's extras upscale cache (option upscaling_max_images_in_cache), per server process
+    extras_cache: UpscaleCache = field(default_factory=UpscaleCache)
     _stopping: threading.Event = field(default_factory=threading.Event)
     _stopped: threading.Event = field(default_factory=threading.Event)
 

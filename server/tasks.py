@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import HTTPException
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from pipeline.runtime.errors import PipelineError
 from pipeline.runtime.registry import INTERRUPTED as REG_INTERRUPTED
@@ -101,10 +102,10 @@ class AsyncTasks:
         except ValidationError as exc:  # FastAPI's 422, as for the body of a request
             raise RequestValidationError(exc.errors(include_url=False)) from None
         if kind == "txt2img":
-            job = prepare_txt2img_request(self.svc, req)
+            job = await prepare_txt2img_request(self.svc, req)
         else:
             job = await prepare_img2img_request(self.svc, req)
-        check_generation(self.svc, job.req, job.p, job.script_args)
+        await run_in_threadpool(check_generation, self.svc, job.req, job.p, job.script_args)
         return job
 
     async def submit(self, kind: str, params: dict[str, Any], checkpoint: str | None = None,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Literal
@@ -71,6 +74,40 @@ def _factor(params: ExtrasParams, size: tuple[int, int]) -> float:
     return params.upscaling_resize
 
 
+class UpscaleCache:
+    """A1111's extras upscale cache (`scripts/postprocessing_upscale.py`, option
+    `upscaling_max_images_in_cache`): the last upscales, keyed as A1111 keys them, by the source pixels, the
+    upscaler and the size arguments only (not the tile options, nor LDSR's steps: as in A1111, a request that
+    differs only in those gets the cached result). A hit moves to the newest end; past `size` entries the
+    oldest goes, so size 0 keeps nothing. A smaller size applies before the lookup (A1111 trims after it, so
+    its first request after the option drops to 0 can still be answered from the cache)."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple, Image.Image] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(source: Image.Image, upscaler: str, params: ExtrasParams, factor: float) -> tuple:
+        digest = hashlib.sha256(source.tobytes()).hexdigest()
+        return (digest, source.mode, source.size, upscaler, params.resize_mode, factor,
+                params.upscaling_resize_w, params.upscaling_resize_h, params.upscaling_crop)
+
+    def take(self, key: tuple, size: int) -> Image.Image | None:
+        with self._lock:
+            self._trim(size)
+            image = self._items.pop(key, None)
+        return None if image is None else image.copy()
+
+    def put(self, key: tuple, image: Image.Image, size: int) -> None:
+        with self._lock:
+            self._items[key] = image
+            self._trim(size)
+
+    def _trim(self, size: int) -> None:
+        while len(self._items) > max(size, 0):
+            self._items.popitem(last=False)
+
+
 def _face_stages(params: ExtrasParams, faces: FaceRestorers) -> list[tuple[FaceRestorer, float]]:
     """(restorer, visibility) for each requested face restoration, in A1111's order (GFPGAN, then
     CodeFormer); FaceRestorationUnavailable when one is requested but not installed."""
@@ -95,6 +132,7 @@ def run_extras(
     on_image: Callable[[int, int], None] | None = None,
     ldsr: LdsrOptions = LdsrOptions(),
     tile_options: Mapping[str, Any] | None = None,
+    cache: tuple[UpscaleCache, int] | None = None,
 ) -> tuple[list[Image.Image], str]:
     """Upscale, then restore faces in, each image as A1111's extras does; returns (results, infotext
     of the last).
@@ -108,14 +146,17 @@ def run_extras(
     entries plus `postprocessing` = its infotext. `on_image(done, total)` follows images;
     `on_tile`, `should_stop` and `ldsr` are passed to `upscale` (Interrupted propagates). `tile_options`
     (A1111's options) sets each model's tiles by its architecture (`tiling.tile_for`: `DAT_tile`,
-    `SWIN_tile`, else `ESRGAN_tile`); without it every model takes `tile` and `overlap`.
+    `SWIN_tile`, else `ESRGAN_tile`); without it every model takes `tile` and `overlap`. `cache` (the
+    server's UpscaleCache and A1111's `upscaling_max_images_in_cache`) keeps that many upscales for identical
+    later ones; None uses no cache.
     """
     first, second = check_extras(images, params, registry, max_pixels=max_pixels)
     results: list[Image.Image] = []
     infotext = ""
     for index, image in enumerate(images):
         result, info = _upscale_one(
-            image, params, first, second, registry, (tile, overlap, tile_options), should_stop, on_tile, ldsr
+            image, params, first, second, registry, (tile, overlap, tile_options), should_stop, on_tile, ldsr,
+            cache,
         )
         result = _restore_faces(result, params, registry.faces, info, should_stop)
         infotext = format_infotext(info)
@@ -171,6 +212,7 @@ def _upscale_one(
     should_stop: ShouldStop | None,
     on_tile: OnTile | None,
     ldsr: LdsrOptions,
+    cache: tuple[UpscaleCache, int] | None = None,
 ) -> tuple[Image.Image, dict[str, object]]:
     source = to_rgb_or_rgba(image)
     info: dict[str, object] = {}
@@ -186,17 +228,22 @@ def _upscale_one(
             info["Postprocess upscale to"] = f"{params.upscaling_resize_w}x{params.upscaling_resize_h}"
         else:
             info["Postprocess upscale by"] = float(params.upscaling_resize)
-        out = upscale(
-            source,
-            factor,
-            entry,
-            registry,
-            tile=tile,
-            overlap=overlap,
-            should_stop=should_stop,
-            on_tile=on_tile,
-            ldsr=ldsr,
-        )
+        key = UpscaleCache.key(source, entry.name, params, factor) if cache is not None else None
+        out = cache[0].take(key, cache[1]) if cache is not None and key is not None else None
+        if out is None:
+            out = upscale(
+                source,
+                factor,
+                entry,
+                registry,
+                tile=tile,
+                overlap=overlap,
+                should_stop=should_stop,
+                on_tile=on_tile,
+                ldsr=ldsr,
+            )
+        if cache is not None and key is not None:
+            cache[0].put(key, out.copy(), cache[1])
         if params.resize_mode == 1 and params.upscaling_crop:
             out = _centre_crop(out, params.upscaling_resize_w, params.upscaling_resize_h)
             info["Postprocess crop to"] = f"{out.width}x{out.height}"

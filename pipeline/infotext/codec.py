@@ -95,13 +95,14 @@ def unquote_value(text: str) -> str:
     return value if isinstance(value, str) else text
 
 
-def parse_infotext(text: str, *, skip_fields: Iterable[str] = ()) -> dict:
+def parse_infotext(text: str, *, skip_fields: Iterable[str] = (), backcompat: bool = True) -> dict:
     """Parse an infotext into A1111's `parse_generation_parameters` dict (v1.10 semantics).
 
     Values read from the text are strings (JSON-quoted ones unquoted); `WxH` values are split into
     `Key-1`/`Key-2`. Keys A1111 fills in when absent get A1111's defaults and types ("1", 0, False,
     "Automatic", ...). The old `First pass size` hires layout and the `Version`-based compatibility
-    flags are converted as A1111 does. Keys in `skip_fields` are removed at the end.
+    flags are converted as A1111 does (the flags only with `backcompat`: A1111's option `auto_backcompat`).
+    Keys in `skip_fields` are removed at the end.
     """
     res: dict[str, object] = {}
 
@@ -176,7 +177,8 @@ def parse_infotext(text: str, *, skip_fields: Iterable[str] = ()) -> dict:
 
     res.setdefault("Refiner switch by sampling steps", False)
 
-    _version_backcompat(res)
+    if backcompat:
+        _version_backcompat(res)
 
     for key in skip_fields:
         res.pop(key, None)

@@ -2,15 +2,35 @@
 `info` JSON of the response. The text format itself (quoting, parsing) is codec.py."""
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
+import tomllib
+from pathlib import Path
 from typing import Any, Protocol
 
 from pipeline.diffusion import samplers
 from pipeline.diffusion.seeds import eta_noise_seed_delta, randn_source
 from pipeline.infotext.codec import format_infotext
 
-VERSION = "hiresd-0.1.0"
+
+def _version() -> str:
+    """hiresd's version: the checkout's pyproject.toml (the source of truth when run from the repository),
+    else the installed package's metadata."""
+    try:
+        pyproject = Path(__file__).parents[2] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text("utf-8"))["project"]["version"]
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        return importlib.metadata.version("hiresd")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+# what A1111's `Version` key (its git tag, `v1.10.1`) holds here: never an A1111 version, so the back-compat
+# flags A1111 derives from old versions never apply when our infotexts are posted back
+VERSION = f"hiresd-{_version()}"
 
 
 class ModelInfo(Protocol):
@@ -60,7 +80,8 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
         params += _hires_params(p, models)
     params += _refiner_params(p, models)
     params += [(k, v) for k, v in p.extra_generation_params.items() if k != "Denoising strength"]
-    params.append(("Version", VERSION))
+    if p.options.get("add_version_to_infotext", True):  # A1111: after extra_generation_params, before `User`
+        params.append(("Version", VERSION))
     return format_infotext(p.all_prompts[index], p.all_negative_prompts[index], params)
 
 

@@ -22,7 +22,7 @@ from schemas.controlnet import (
     SettingsResponse,
     VersionResponse,
 )
-from server.deps import services
+from server.deps import services, url_fetch
 from server.imagecodec import decode_image, encode_images_b64
 from server.services import Services
 
@@ -131,9 +131,13 @@ async def detect(req: DetectRequest, svc: Services = Depends(services)) -> dict[
         preprocessors.resolve(req.controlnet_module, "controlnet_module")
     except InvalidRequest as exc:
         raise HTTPException(422, f"Module not available: {exc}") from None
-    images = [
-        decode_image(b, field=f"controlnet_input_images[{i}]", max_pixels=svc.config.max_pixels)
-        for i, b in enumerate(req.controlnet_input_images)
-    ]
+    fetch = url_fetch(svc, svc.options.all())
+
+    def decode() -> list[Image.Image]:
+        return [decode_image(b, field=f"controlnet_input_images[{i}]", max_pixels=svc.config.max_pixels,
+                             fetch=fetch)
+                for i, b in enumerate(req.controlnet_input_images)]
+
+    images = await run_in_threadpool(decode)
     maps = await run_in_threadpool(_detect, req, images)
     return {"info": "Success", "images": encode_images_b64(maps)}

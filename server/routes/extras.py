@@ -19,7 +19,7 @@ from schemas.extras import (
     ExtrasSingleImageRequest,
     ExtrasSingleImageResponse,
 )
-from server.deps import json_response, run_on_worker, services
+from server.deps import json_response, run_on_worker, services, url_fetch
 from server.imagecodec import decode_image, encode_images_b64
 from server.services import Services
 from upscalers.errors import Interrupted
@@ -57,7 +57,8 @@ def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest,
                 [image], params, svc.upscalers, tile_options=opts,
                 max_pixels=svc.config.max_pixels, should_stop=lambda: state.interrupted,
                 on_tile=lambda d, t: state.set_step(d, t),
-                ldsr=LdsrOptions(steps=opts["ldsr_steps"], cached=opts["ldsr_cached"]))
+                ldsr=LdsrOptions(steps=opts["ldsr_steps"], cached=opts["ldsr_cached"]),
+                cache=(svc.extras_cache, int(opts["upscaling_max_images_in_cache"])))
         except Interrupted:
             break
         out += done
@@ -66,8 +67,10 @@ def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest,
 
 async def _extras(svc: Services, request: Request, datas: list[tuple[str, str]], req: ExtrasBaseRequest
                   ) -> tuple[list[str], str]:
+    fetch = url_fetch(svc, svc.options.all())
+
     def decode() -> list[Image.Image]:
-        return [decode_image(d, field=f, max_pixels=svc.config.max_pixels) for f, d in datas]
+        return [decode_image(d, field=f, max_pixels=svc.config.max_pixels, fetch=fetch) for f, d in datas]
 
     images = await run_in_threadpool(decode)
     check_extras(images, ExtrasParams.from_mapping(req.model_dump()), svc.upscalers,

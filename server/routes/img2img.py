@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from pipeline.jobs.builtin_scripts import extra_options_overrides
 from pipeline.jobs.dispatch import prepare_img2img
 from schemas.img2img import ImageToImageResponse, Img2ImgRequest
-from server.deps import PreparedJob, json_response, run_generation, services
+from server.deps import PreparedJob, json_response, run_generation, services, url_fetch
 from server.errors import ErrorResponse
 from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import decode_image
@@ -36,15 +36,16 @@ async def prepare_img2img_request(svc: Services, req: Img2ImgRequest) -> Prepare
                                                     req.override_settings)  # A1111's "Extra options" entry
     opts = svc.options.effective(req.override_settings)
     limit = svc.config.max_pixels
+    script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
+    fetch = url_fetch(svc, opts)  # image URLs: A1111's api_* options, override_settings included
 
     def decode() -> tuple[list[Any], Any]:
-        images = [decode_image(data, field=f"init_images[{i}]", max_pixels=limit)
+        images = [decode_image(data, field=f"init_images[{i}]", max_pixels=limit, fetch=fetch)
                   for i, data in enumerate(req.init_images or [])]
-        mask = decode_image(req.mask, field="mask", max_pixels=limit) if req.mask else None
+        mask = decode_image(req.mask, field="mask", max_pixels=limit, fetch=fetch) if req.mask else None
         return images, mask
 
     init_images, mask = await run_in_threadpool(decode)
-    script_args = svc.extensions.script_args(req.alwayson_scripts)  # an unknown script is A1111's 422
     p = prepare_img2img(req, opts, svc.models, svc.upscalers, limit, init_images, mask)
     if opts.get("save_init_img"):  # A1111 saves them as the job starts, whether or not it saves its results
         p.init_img_hash = await run_in_threadpool(save_init_images, svc, init_images, opts)

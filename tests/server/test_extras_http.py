@@ -106,7 +106,7 @@ def _bomb_png() -> bytes:
     (base64.b64encode(b"definitely not an image").decode(), ["imageList[1]"]),
     (png_b64(photo(32, 32), data_url=False)[:200], ["imageList[1]"]),
     (base64.b64encode(_bomb_png()).decode(), ["imageList[1]", "10000000000 pixels"]),
-    ("http://example.com/cat.png", ["imageList[1]", "base64"]),
+    ("http://127.0.0.1:9/cat.png", ["imageList[1]", "api_forbid_local_requests"]),
 ])
 def test_bad_batch_item_is_named(client: TestClient, data: str, words: list[str]) -> None:
     r = client.post("/sdapi/v1/extra-batch-images", json={

@@ -178,9 +178,15 @@ def test_empty_input_is_refused(data):
 
 
 @pytest.mark.parametrize("url", ["http://example.com/cat.png", "https://example.com/cat.png", "HTTPS://x/y"])
-def test_urls_are_refused_with_an_explanation(url):
+def test_urls_are_refused_without_a_fetch_policy(url):
+    err = _refused(url)  # the routes pass one (A1111's api_* options): tests/server/test_image_urls_http.py
+    assert "not fetched" in err.reason and "base64" in err.reason
+
+
+@pytest.mark.parametrize("url", ["ftp://example.com/cat.png", "file:///etc/passwd"])
+def test_other_url_schemes_are_refused(url):
     err = _refused(url)
-    assert "not fetched" in err.reason and "offline" in err.reason and "base64" in err.reason
+    assert "only http and https" in err.reason
 
 
 def test_bad_base64_characters_are_reported_with_position():
