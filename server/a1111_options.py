@@ -60,6 +60,8 @@ APPLIED: dict[str, Any] = {
     "export_for_4chan": True, "img_downscale_threshold": 4.0, "target_side_length": 4000,
     "save_images_before_face_restoration": False, "save_init_img": False,
     "outdir_init_images": "outputs/init-images",
+    # inpainting's mask outputs (pipeline/jobs/img2img/run.py, server/deps.py)
+    "return_mask": False, "return_mask_composite": False, "save_mask": False, "save_mask_composite": False,
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -149,7 +151,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
         "font": "",
         "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
-        "save_mask": False, "save_mask_composite": False, "return_mask": False, "return_mask_composite": False,
         "img_max_size_mp": 200, "use_original_name_batch": True,
         "use_upscaler_name_as_suffix": False, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
         "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
