@@ -64,6 +64,8 @@ APPLIED: dict[str, Any] = {
     "add_version_to_infotext": True,
     # image inputs given as http(s) URLs (server/imagefetch.py)
     "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
+    # inpainting's mask outputs (pipeline/jobs/img2img/run.py, server/deps.py)
+    "return_mask": False, "return_mask_composite": False, "save_mask": False, "save_mask_composite": False,
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -175,7 +177,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "img_max_size_mp": 200,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "save_mask": False, "save_mask_composite": False, "return_mask": False, "return_mask_composite": False,
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
         "auto_upcast_attn": True,

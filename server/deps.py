@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fastapi import HTTPException, Request, Response
+from PIL import Image
 from pydantic import BaseModel, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
@@ -161,6 +162,18 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
         svc.options.update(svc.options.validate(kept, "override_settings"), checked=True)
     fmt = opts["samples_format"]
     count = len(result.infotexts)  # the results (ControlNet's detected maps after them are no part of it)
+    results, later = result.images[:count], result.images[count:]
+    companions = result.companions or [[] for _ in results]
+    # the job's output images as A1111 lists them: each result, then its returned mask outputs (no infotext)
+    outputs: list[Image.Image] = []
+    texts: list[str | None] = []
+    for img, text, extra in zip(results, result.infotexts, companions, strict=True):
+        outputs.append(img)
+        texts.append(text)
+        for c in extra:
+            if c.returned:
+                outputs.append(c.image)
+                texts.append(None)
     # what file-name patterns read (A1111's processing object at save time)
     job = svc.job_facts(result.info, opts, int(getattr(req, "n_iter", 1) or 1))
     # A1111 saves an API job's images when the request asks and the option samples_save is on
@@ -170,24 +183,32 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
             svc.save_images([e[0] for e in result.extra_saves], [e[1] for e in result.extra_saves], fmt,
                             save_options, [e[2] for e in result.extra_saves], job,
                             _extra_indices(result.extra_saves))
+        # each result, then its saved mask outputs (named after it, with its infotext), as A1111 writes them;
         # ControlNet's detected maps (after the results, without infotexts) are not saved, as the extension
-        svc.save_images(result.images[:count], result.infotexts, fmt, save_options, job=job)
-    if grid_wanted(opts, req.save_images, count):  # A1111's API: only with save_images
-        grid = image_grid(result.images[:count], int(getattr(req, "batch_size", 1) or 1), opts)
+        saves: list[tuple[Image.Image, str, str, int]] = []  # image, infotext, suffix, job position
+        for i, (img, text, extra) in enumerate(zip(results, result.infotexts, companions, strict=True)):
+            saves.append((img, text, "", i))
+            saves += [(c.image, text, c.suffix, i) for c in extra if c.saved]
+        svc.save_images([s[0] for s in saves], [s[1] for s in saves], fmt, save_options,
+                        [s[2] for s in saves], job, [s[3] for s in saves])
+    if grid_wanted(opts, req.save_images, len(outputs)):  # A1111's API: only with save_images
+        grid = image_grid(outputs, int(getattr(req, "batch_size", 1) or 1), opts)
         first = result.infotexts[0]
         if opts.get("grid_save", True):
             save_grid(svc.config.outputs_dir, grid, first, save_options, svc.config.png_compress_level,
                       job, count)
         if opts.get("return_grid", True):
-            result.images = [grid, *result.images]
+            outputs.insert(0, grid)
+            texts.insert(0, first)
             result.infotexts = [first, *result.infotexts]
             result.info = {**result.info, "infotexts": [first, *result.info.get("infotexts", [])],
                            "index_of_first_image": 1}
+    result.images = outputs + later
     if not req.send_images:
         return []
-    chunks: list[dict[str, str] | None] = [{"parameters": t} if opts["enable_pnginfo"] else {}
-                                           for t in result.infotexts]
-    chunks += [None] * (len(result.images) - len(chunks))
+    chunks: list[dict[str, str] | None] = [None if t is None else {"parameters": t} if opts["enable_pnginfo"]
+                                           else {} for t in texts]
+    chunks += [None] * len(later)
     return encode_images_b64(result.images, fmt, text_chunks=chunks, jpeg_quality=opts["jpeg_quality"],
                              compress_level=svc.config.png_compress_level,
                              webp_lossless=bool(opts.get("webp_lossless", False)))

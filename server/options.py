@@ -317,6 +317,14 @@ OPTIONS: dict[str, Option] = {
     "save_images_before_face_restoration": Option(False, _bool, "restore_faces with save_images: the images "
                                                   "before restoration are saved too "
                                                   "(`-before-face-restoration`)"),
+    "return_mask": Option(False, _bool, "inpainting: each result is followed in `images` by its mask as "
+                          "applied (RGB, white = repainted; no infotext of its own)"),
+    "return_mask_composite": Option(False, _bool, "inpainting: each result is followed in `images` by the "
+                                    "sample cut to the mask (RGBA, transparent outside it; no infotext)"),
+    "save_mask": Option(False, _bool, "inpainting with save_images: each result's mask is saved too "
+                        "(`-mask`)"),
+    "save_mask_composite": Option(False, _bool, "inpainting with save_images: each result's sample cut to "
+                                  "the mask is saved too (`-mask-composite`)"),
     "save_init_img": Option(False, _bool, "img2img: each init image is saved as <md5>.png in "
                             "outdir_init_images (whether or not save_images; infotext `Init image hash`)"),
     "outdir_init_images": Option("init-images", _outdir("init-images"), _OUTDIR_HELP),

@@ -137,15 +137,23 @@ def weighted_percentile_filter(img: np.ndarray, kernel: np.ndarray, lo: float, h
     return np.where(den != 0, num / np.where(den != 0, den, 1.0), 0.0)
 
 
+def lay_into(take: Image.Image, size: tuple[int, int], paste_to: tuple[int, int, int, int] | None
+             ) -> Image.Image:
+    """`take` (L, at the processing size) as a mask of `size`: for "only masked" resized into its crop box
+    `paste_to` (x, y, w, h), 0 outside it; else as it is."""
+    if paste_to is None:
+        return take
+    x, y, w, h = paste_to
+    canvas = Image.new("L", size, 0)
+    canvas.paste(take.resize((w, h), Image.Resampling.LANCZOS), (x, y))
+    return canvas
+
+
 def cut_overlay(overlay: Image.Image, take: Image.Image, paste_to: tuple[int, int, int, int] | None
                 ) -> Image.Image:
     """The original's overlay (RGBA) kept only where `take` (the result's share) is low; for "only masked"
     `take` is laid into its crop box of the overlay's size first (outside it, the overlay stays)."""
-    if paste_to is not None:
-        x, y, w, h = paste_to
-        canvas = Image.new("L", overlay.size, 0)
-        canvas.paste(take.resize((w, h), Image.Resampling.LANCZOS), (x, y))
-        take = canvas
+    take = lay_into(take, overlay.size, paste_to)
     premultiplied = Image.new("RGBa", overlay.size)
     premultiplied.paste(overlay.convert("RGBA").convert("RGBa"), mask=ImageOps.invert(take.convert("L")))
     return premultiplied.convert("RGBA")

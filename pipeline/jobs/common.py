@@ -66,6 +66,19 @@ class JobContext:
 
 
 @dataclass
+class Companion:
+    """An image that goes right after a result, without an infotext of its own (A1111's inpainting mask
+    outputs, options return_mask / save_mask and their `_composite` twins): `returned` follows the result in
+    the response's `images` (and the grid); `saved` is saved after it (file-name `suffix`, the result's
+    infotext) when the results are."""
+
+    image: Image.Image
+    suffix: str
+    returned: bool
+    saved: bool
+
+
+@dataclass
 class JobResult:
     images: list[Image.Image]
     infotexts: list[str]
@@ -73,6 +86,8 @@ class JobResult:
     unet_calls: list[int] = field(default_factory=list)  # per pass, for tests and benchmarks
     # extra images to save (image, infotext, file-name suffix): option save_images_before_highres_fix
     extra_saves: list[tuple[Image.Image, str, str]] = field(default_factory=list)
+    # per result image (or empty: none), the images that go right after it (server/deps.py places them)
+    companions: list[list[Companion]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ Per job: prepare each init image once (flatten, resize by `resize_mode`, mask, o
 masked-content fill) and VAE-encode it. Per batch: seeded noise from the same CPU seeds as txt2img,
 the shared `denoise` routine from `denoising_strength` with A1111's img2img step rule (int(d * steps) + 1
 steps, or exactly `steps` with the option `img2img_fix_steps`), the inpainting mask blended around every
-model call, then decode, restore faces, paste back and overlay the original's unmasked pixels."""
+model call, then decode, restore faces, paste back and overlay the original's unmasked pixels; with the
+mask-output options (return_mask, save_mask, ...) each result brings its mask and masked sample along."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,9 +20,10 @@ from PIL import Image, ImageColor
 from pipeline.diffusion.loop import PassResult
 from pipeline.diffusion.seamless import circular_padding
 from pipeline.diffusion.seeds import image_noise, randn_source
-from pipeline.diffusion.soft_inpainting import cut_overlay
+from pipeline.diffusion.soft_inpainting import cut_overlay, lay_into
 from pipeline.infotext.job import job_info, job_infotext
 from pipeline.jobs.common import (
+    Companion,
     JobContext,
     JobResult,
     PassSpec,
@@ -55,11 +57,13 @@ class Source:
     """One init image ready to encode: `image` at the processing size, the `repaint` mask at that size
     (None without a mask), and how the result goes back: `overlay` (original pixels, alpha = keep) and
     `paste_to` (x, y, w, h) in the original for "only masked"; `color_target`: the L*a*b* pixels results are
-    colour-corrected to (option img2img_color_correction)."""
+    colour-corrected to (option img2img_color_correction); `overlay_mask`: A1111's `mask_for_overlay`
+    (255 = repainted) at the overlay's size, what the mask outputs show (options return_mask, save_mask)."""
 
     image: Image.Image
     repaint: Image.Image | None = None
     overlay: Image.Image | None = None
+    overlay_mask: Image.Image | None = None
     paste_to: tuple[int, int, int, int] | None = None
     color_target: np.ndarray | None = None
 
@@ -90,6 +94,8 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
     images: list[Image.Image] = []
     infotexts: list[str] = []
     calls: list[int] = []
+    companions: list[list[Companion]] = []  # the mask outputs (options return_mask, save_mask, ...)
+    mask_options = _mask_options(p)
     before_cc: list[tuple[Image.Image, str, str]] = []  # option save_images_before_color_correction
     keep_uncorrected = (bool(p.options.get("save_images_before_color_correction"))
                         and bool(getattr(p.request, "save_images", False)))
@@ -108,22 +114,26 @@ def img2img_batches(p: Img2ImgProcessing, ctx: JobContext, job_offset: int = 0) 
         else:  # nothing to denoise: the encoded-decoded input (A1111 would take one tiny step)
             result = PassResult(init)
         batch = finish_images(result.model or model, result.latents, p, ctx)  # the refiner's VAE
-        overlays = _soft_overlays(p, sources, repaint, init, result.latents)
+        overlays, overlay_masks = _soft_overlays(p, sources, repaint, init, result.latents)
         if keep_uncorrected and sources[0].color_target is not None:  # A1111: with the overlay, uncorrected
             before_cc += [(_put_back(img, src, over), job_infotext(p, ctx.models, it * bs + i),
                            "-before-color-correction")
                           for i, (img, src, over) in enumerate(zip(batch, sources, overlays, strict=True))]
         batch = [img if src.color_target is None else apply_color_correction(src.color_target, img)
                  for img, src in zip(batch, sources, strict=True)]
-        batch = [_put_back(img, src, over) for img, src, over in zip(batch, sources, overlays, strict=True)]
-        images += batch
+        finals = [_put_back(img, src, over) for img, src, over in zip(batch, sources, overlays, strict=True)]
+        if any(mask_options) and sources[0].overlay_mask is not None:
+            companions += [_mask_outputs(mask_options, mask, _denoised(img, src, over), final)
+                           for img, final, src, over, mask
+                           in zip(batch, finals, sources, overlays, overlay_masks, strict=True)]
+        images += finals
         infotexts += [job_infotext(p, ctx.models, i) for i in range(it * bs, it * bs + len(batch))]
         if isinstance(result.stopped, Interrupted):
             break
     info = job_info(p, ctx.models, infotexts, state.job_timestamp)
     info["is_using_inpainting_conditioning"] = image_cond is not None
     return JobResult(images, infotexts, info, calls,
-                     saves_before_face_restoration(p, infotexts) + before_cc)
+                     saves_before_face_restoration(p, infotexts) + before_cc, companions)
 
 
 # -- the pieces -----------------------------------------------------------------------------------
@@ -145,7 +155,7 @@ def _prepare_sources(p: Img2ImgProcessing, ctx: JobContext) -> list[Source]:
                 log.info("inpaint only masked: the mask is empty; running img2img without a mask")
                 repaint = None
             else:
-                overlay_mask = repaint
+                overlay_mask = repaint  # A1111's mask_for_overlay: the blurred mask at the init image's size
                 repaint = resize_image(RESIZE_AND_FILL, repaint.crop(crop), p.width, p.height)
                 p.extra_generation_params["Inpaint area"] = "Only masked"
                 p.extra_generation_params["Masked area padding"] = p.inpaint_full_res_padding
@@ -166,6 +176,7 @@ def _prepare_sources(p: Img2ImgProcessing, ctx: JobContext) -> list[Source]:
             over_src = image if p.resize_mode != LATENT_UPSCALE or crop is not None else \
                 resize_image(JUST_RESIZE, image, p.width, p.height)
             src.overlay = masks.overlay(over_src, overlay_mask) if p.overlay_inpaint else None
+            src.overlay_mask = overlay_mask
             if crop is not None:
                 x1, y1, x2, y2 = crop
                 src.paste_to = (x1, y1, x2 - x1, y2 - y1)
@@ -311,14 +322,29 @@ def _pass(p: Img2ImgProcessing, init: torch.Tensor, repaint: torch.Tensor | None
 
 
 def _soft_overlays(p: Img2ImgProcessing, sources: list[Source], repaint: torch.Tensor | None,
-                   init: torch.Tensor, latents: torch.Tensor) -> list[Image.Image | None]:
-    """Each image's overlay of the original: as prepared, or with Soft Inpainting cut by how much the
-    sampled latent moved away from the init latent (soft_inpainting.py)."""
+                   init: torch.Tensor, latents: torch.Tensor
+                   ) -> tuple[list[Image.Image | None], list[Image.Image | None]]:
+    """Each image's overlay of the original and its mask for overlay: as prepared, or with Soft Inpainting
+    cut by how much the sampled latent moved away from the init latent (soft_inpainting.py; A1111's extension
+    then hands on its own mask, laid into the overlay's size, as `mask_for_overlay`)."""
     if p.soft is None or repaint is None or p.denoising_strength <= 0:
-        return [s.overlay for s in sources]
+        return [s.overlay for s in sources], [s.overlay_mask for s in sources]
     takes = p.soft.overlay_masks(repaint, init, latents, p.width, p.height)
-    return [None if s.overlay is None else cut_overlay(s.overlay, take, s.paste_to)
-            for s, take in zip(sources, takes, strict=True)]
+    overlays = [None if s.overlay is None else cut_overlay(s.overlay, take, s.paste_to)
+                for s, take in zip(sources, takes, strict=True)]
+    return overlays, [None if s.overlay_mask is None else lay_into(take, s.overlay_mask.size, s.paste_to)
+                      for s, take in zip(sources, takes, strict=True)]
+
+
+def _denoised(image: Image.Image, src: Source, overlay: Image.Image | None) -> Image.Image:
+    """The sample as it goes under the overlay (A1111's `original_denoised_image`): with an overlay and
+    "only masked", resized into its box on a transparent canvas of the original size; else as it is."""
+    if overlay is None or src.paste_to is None:
+        return image
+    x, y, w, h = src.paste_to
+    canvas = Image.new("RGBA", overlay.size)
+    canvas.paste(resize_image(CROP_AND_RESIZE, image, w, h), (x, y))
+    return canvas
 
 
 def _put_back(image: Image.Image, src: Source, overlay: Image.Image | None) -> Image.Image:
@@ -327,11 +353,34 @@ def _put_back(image: Image.Image, src: Source, overlay: Image.Image | None) -> I
     overlay_inpaint)."""
     if overlay is None:  # no mask, or overlay_inpaint off (only masked: the bare crop, as A1111)
         return image
-    if src.paste_to is not None:
-        x, y, w, h = src.paste_to
-        canvas = Image.new("RGBA", overlay.size)
-        canvas.paste(resize_image(CROP_AND_RESIZE, image, w, h), (x, y))
-        image = canvas
-    out = image.convert("RGBA")
+    out = _denoised(image, src, overlay).convert("RGBA")
     out.alpha_composite(overlay)
     return out.convert("RGB")
+
+
+MASK_OPTIONS = ("return_mask", "save_mask", "return_mask_composite", "save_mask_composite")
+
+
+def _mask_options(p: Img2ImgProcessing) -> tuple[bool, bool, bool, bool]:
+    """The mask outputs wanted: return_mask, save_mask, return_mask_composite, save_mask_composite; the
+    saving ones only when the job's images are saved (request save_images, option samples_save)."""
+    saving = bool(getattr(p.request, "save_images", False)) and bool(p.options.get("samples_save", True))
+    ret_mask, save_mask, ret_comp, save_comp = (bool(p.options.get(name)) for name in MASK_OPTIONS)
+    return ret_mask, save_mask and saving, ret_comp, save_comp and saving
+
+
+def _mask_outputs(wanted: tuple[bool, bool, bool, bool], mask: Image.Image, denoised: Image.Image,
+                  final: Image.Image) -> list[Companion]:
+    """A1111's mask outputs of one inpainted image: the mask for overlay as RGB (`-mask`), and the sample
+    before the overlay cut to the mask (`-mask-composite`: premultiplied RGBA, transparent outside, the mask
+    fitted to the image's size by resize-and-fill)."""
+    ret_mask, save_mask, ret_comp, save_comp = wanted
+    out = []
+    if ret_mask or save_mask:
+        out.append(Companion(mask.convert("RGB"), "-mask", ret_mask, save_mask))
+    if ret_comp or save_comp:
+        fitted = resize_image(RESIZE_AND_FILL, mask, final.width, final.height).convert("L")
+        composite = Image.composite(denoised.convert("RGBA").convert("RGBa"), Image.new("RGBa", final.size),
+                                    fitted).convert("RGBA")
+        out.append(Companion(composite, "-mask-composite", ret_comp, save_comp))
+    return out
