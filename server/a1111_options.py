@@ -54,6 +54,9 @@ APPLIED: dict[str, Any] = {
     "outdir_txt2img_grids": "outputs/txt2img-grids", "outdir_img2img_grids": "outputs/img2img-grids",
     "hires_fix_use_firstpass_conds": False, "uni_pc_variant": "bh1", "uni_pc_skip_type": "time_uniform",
     "uni_pc_order": 3, "uni_pc_lower_order_final": True, "save_images_before_color_correction": False,
+    # sampling, text encoding and attention numerics
+    "enable_quantization": False, "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False,
+    "no_dpmpp_sde_batch_determinism": False, "live_preview_content": "Prompt",
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -130,6 +133,14 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "training_xattention_optimizations": False, "training_enable_tensorboard": False,
         "training_tensorboard_save_images": False, "training_tensorboard_flush_every": 120,
     }),
+    ("read by no code of A1111 1.10: since 1.6 every image's noise, the samplers' included, comes "
+     "from its own seeded generator (modules/rng.py ImageRNG): a batch gives its single runs' images", {
+        "enable_batch_seeds": True,
+    }),
+    ("read by no code of A1111 1.10: since 1.6 DDIM runs A1111's own fixed timestep grid "
+     "(modules/sd_samplers_timesteps.py), which has no quad discretization", {
+        "ddim_discretize": "uniform",
+    }),
 ]
 
 # Options with an effect in A1111 that this server does not reproduce: memory and loading strategy (this
@@ -155,22 +166,19 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "directories_filename_pattern": "[date]",
         "directories_max_prompt_words": 8, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
         "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
-        "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
-        "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
+        "sd_unet": "Automatic", "upcast_attn": False,
         "auto_upcast_attn": True,
         "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
         "auto_vae_precision": True,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
-        "no_dpmpp_sde_batch_determinism": False, "lora_functional": False,
+        "lora_functional": False,
         "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,
         "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,
         "interrogate_clip_skip_categories": [], "interrogate_deepbooru_score_threshold": 0.5,
         "deepbooru_sort_alpha": True, "deepbooru_use_spaces": True, "deepbooru_escape": True,
         "deepbooru_filter_tags": "", "add_user_name_to_info": False, "add_version_to_infotext": True,
-        "ddim_discretize": "uniform",
         "postprocessing_existing_caption_action": "Ignore",
         "outdir_extras_samples": "outputs/extras-images", "upscaling_max_images_in_cache": 5,
-        "live_preview_content": "Prompt",
     }),
     ("A1111's list of its own downloadable upscaler models; here the upscalers are the model files found", {
         "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],
