@@ -57,6 +57,7 @@ APPLIED: dict[str, Any] = {
     # sampling, text encoding and attention numerics
     "enable_quantization": False, "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False,
     "no_dpmpp_sde_batch_determinism": False, "live_preview_content": "Prompt",
+    "use_old_emphasis_implementation": False,
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -170,8 +171,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "auto_upcast_attn": True,
         "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
         "auto_vae_precision": True,
-        "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
-        "lora_functional": False,
+        "fp8_storage": "Disable", "cache_fp16_weight": False, "lora_functional": False,
         "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,
         "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,
         "interrogate_clip_skip_categories": [], "interrogate_deepbooru_score_threshold": 0.5,

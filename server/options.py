@@ -299,6 +299,9 @@ OPTIONS: dict[str, Option] = {
                                "CLIP-L encoder (at 1: its last layer, not its penultimate)"),
     "no_dpmpp_sde_batch_determinism": Option(False, _bool, "Brownian-noise samplers (DPM++ SDE, 2M/3M SDE): "
                                              "one noise tree for the whole batch, not one per image seed"),
+    "use_old_emphasis_implementation": Option(False, _bool, "SD 1.x: A1111's old prompt encoding (one "
+                                              "chunk of 75 tokens, bracket tokens weight what follows, no "
+                                              "(word:1.2) weights); a 400 on SD 2.x/SDXL, where A1111 fails"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)
