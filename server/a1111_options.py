@@ -66,6 +66,10 @@ APPLIED: dict[str, Any] = {
     "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
     # inpainting's mask outputs (pipeline/jobs/img2img/run.py, server/deps.py)
     "return_mask": False, "return_mask_composite": False, "save_mask": False, "save_mask_composite": False,
+    # sampling, text encoding and attention numerics
+    "enable_quantization": False, "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False,
+    "no_dpmpp_sde_batch_determinism": False, "live_preview_content": "Prompt",
+    "use_old_emphasis_implementation": False,
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -150,6 +154,14 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "training_xattention_optimizations": False, "training_enable_tensorboard": False,
         "training_tensorboard_save_images": False, "training_tensorboard_flush_every": 120,
     }),
+    ("read by no code of A1111 1.10: since 1.6 every image's noise, the samplers' included, comes "
+     "from its own seeded generator (modules/rng.py ImageRNG): a batch gives its single runs' images", {
+        "enable_batch_seeds": True,
+    }),
+    ("read by no code of A1111 1.10: since 1.6 DDIM runs A1111's own fixed timestep grid "
+     "(modules/sd_samplers_timesteps.py), which has no quad discretization", {
+        "ddim_discretize": "uniform",
+    }),
 ]
 
 # Options with an effect in A1111 that this server does not reproduce: memory and loading strategy (this
@@ -177,15 +189,11 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "img_max_size_mp": 200,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
-        "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
+        "sd_unet": "Automatic", "upcast_attn": False,
         "auto_upcast_attn": True,
         "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
         "auto_vae_precision": True,
-        "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
-        "no_dpmpp_sde_batch_determinism": False, "lora_functional": False,
-        "ddim_discretize": "uniform",
-        "live_preview_content": "Prompt",
+        "fp8_storage": "Disable", "cache_fp16_weight": False, "lora_functional": False,
     }),
     ("A1111's list of its own downloadable upscaler models; here the upscalers are the model files found", {
         "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],

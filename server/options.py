@@ -167,7 +167,9 @@ OPTIONS: dict[str, Option] = {
                                  "Approx NN from <models>/VAE-approx (A1111's model.pt / vaeapprox-sdxl.pt), "
                                  "TAESD from <models>/VAE-taesd; without the file, and for Full, 'Approx "
                                  "cheap' (logged once)"),
-    "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined")),
+    "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined"),
+                                   "what live previews show: the prompt's prediction, the negative "
+                                   "prompt's, or the guided (combined) one"),
     "samples_save": Option(True, _bool),
     "save_txt": Option(False, _bool, "saved images get their infotext beside them as <name>.txt"),
     "save_to_dirs": Option(True, _bool, "saved images go into a folder per date (off: straight into the "
@@ -347,6 +349,18 @@ OPTIONS: dict[str, Option] = {
     "api_forbid_local_requests": Option(True, _bool, "image URLs whose host resolves to a local or private "
                                         "address (any of its addresses) are refused with a 400"),
     "api_useragent": Option("", _str, "User-Agent header of image URL fetches (empty: httpx's own)"),
+    # sampling, text encoding and attention numerics
+    "enable_quantization": Option(False, _bool, "k-diffusion samplers: the UNet is called with the nearest "
+                                  "whole training timestep, not the interpolated one"),
+    "comma_padding_backtrack": Option(20, _int(0, 74), "prompt chunks of 75 tokens: words after a comma "
+                                      "within this many tokens of the end move to the next chunk (0: off)"),
+    "sdxl_clip_l_skip": Option(False, _bool, "SDXL: CLIP skip (CLIP_stop_at_last_layers) applies to the "
+                               "CLIP-L encoder (at 1: its last layer, not its penultimate)"),
+    "no_dpmpp_sde_batch_determinism": Option(False, _bool, "Brownian-noise samplers (DPM++ SDE, 2M/3M SDE): "
+                                             "one noise tree for the whole batch, not one per image seed"),
+    "use_old_emphasis_implementation": Option(False, _bool, "SD 1.x: A1111's old prompt encoding (one "
+                                              "chunk of 75 tokens, bracket tokens weight what follows, no "
+                                              "(word:1.2) weights); a 400 on SD 2.x/SDXL, where A1111 fails"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

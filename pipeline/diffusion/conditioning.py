@@ -84,6 +84,7 @@ class _Encoder:
     bos_id: int
     eos_id: int
     comma_id: int | None
+    bracket_mults: dict[int, float] | None = None  # A1111's old emphasis `token_mults`, made on first use
 
     @property
     def width(self) -> int:
@@ -118,6 +119,7 @@ class PromptEncoder:
         emphasis: str = "Original",
         comma_padding_backtrack: int = 20,
         sdxl_clip_l_skip: bool = False,
+        old_emphasis: bool = False,
         cache_size: int = 256,
         salt: Callable[[], Hashable] | None = None,
         embeddings: Callable[[], Any] | None = None,
@@ -134,6 +136,7 @@ class PromptEncoder:
         self.emphasis = emphasis
         self.comma_padding_backtrack = int(comma_padding_backtrack)
         self.sdxl_clip_l_skip = bool(sdxl_clip_l_skip)
+        self.old_emphasis = bool(old_emphasis)  # A1111's use_old_emphasis_implementation (CLIP-L models only)
         roles = {"sd1": ["clip"], "sd2": ["openclip"], "sdxl": ["xl_clip_l", "xl_bigg"]}[family][-expected:]
         self.encoders = [
             self._describe(tok, enc, role) for tok, enc, role in zip(tokenizers, text_encoders, roles)
@@ -202,7 +205,8 @@ class PromptEncoder:
         zero = negative and self.family == "sdxl" and all(t == "" for t in texts)
         skip = self._effective_clip_skip(clip_skip)
         salt = self.salt() if self.salt is not None else None
-        key = (texts, skip, zero, self.emphasis, self.comma_padding_backtrack, salt)
+        key = (texts, skip, zero, self.emphasis, self.comma_padding_backtrack, self.sdxl_clip_l_skip,
+               self.old_emphasis, salt)
         hit = self._cache.get(key)
         if hit is None:
             hit = self._zeros(len(texts)) if zero else self._encode_uncached(texts, skip)
@@ -305,6 +309,58 @@ class PromptEncoder:
             close(chunk)
         return chunks
 
+    def _old_chunk(self, enc: _Encoder, text: str) -> _Chunk:
+        """A1111's `use_old_emphasis_implementation` (modules/sd_hijack_clip_old.py): the raw text tokenized
+        (no attention parsing, so no `(word:1.2)` weights and no BREAK), each vocabulary token holding
+        brackets multiplying the weight of the tokens after it (each `(` and `]` by 1.1, each `)` and `[` by
+        1/1.1) and dropped, unless `emphasis` is "None"; the rest cut to one chunk of 75 tokens. Embedding
+        vectors are placed as A1111 places them, cut at the chunk's end."""
+        ids = enc.tokenizer(text, truncation=False, add_special_tokens=False, verbose=False)["input_ids"]
+        mults = self._bracket_mults(enc) if self.emphasis != "None" else {}
+        matcher = self.embeddings() if self.embeddings is not None else None
+        k = self.encoders.index(enc)
+        chunk = _Chunk()
+        mult, i = 1.0, 0
+        while i < len(ids):
+            change = mults.get(ids[i])
+            hit = matcher.match(k, ids, i) if matcher is not None and change is None else None
+            if change is not None:
+                mult *= change
+                i += 1
+            elif hit is None:
+                chunk.tokens.append(int(ids[i]))
+                chunk.weights.append(mult)
+                i += 1
+            else:
+                emb, used = hit
+                vec = emb.vectors[k if len(emb.vectors) > 1 else 0]
+                offset = len(chunk.tokens)
+                if offset < CHUNK_LENGTH - 1:  # A1111 lays at most up to the chunk's last position
+                    chunk.fixes.append((offset, vec[:CHUNK_LENGTH - 1 - offset]))
+                chunk.tokens += [0] * vec.shape[0]
+                chunk.weights += [mult] * vec.shape[0]
+                i += used
+        tokens = chunk.tokens[:CHUNK_TOKENS] + [enc.eos_id] * (CHUNK_TOKENS - len(chunk.tokens))
+        weights = chunk.weights[:CHUNK_TOKENS] + [1.0] * (CHUNK_TOKENS - len(chunk.weights))
+        return _Chunk([enc.bos_id, *tokens, enc.eos_id], [1.0, *weights, 1.0], chunk.fixes)
+
+    def _bracket_mults(self, enc: _Encoder) -> dict[int, float]:
+        """A1111's `token_mults`: every vocabulary token with brackets whose brackets do not cancel out."""
+        cached = getattr(enc, "bracket_mults", None)
+        if cached is None:
+            cached = {}
+            for text, ident in enc.tokenizer.get_vocab().items():
+                mult = 1.0
+                for c in text:
+                    if c in "(]":
+                        mult *= 1.1
+                    elif c in ")[":
+                        mult /= 1.1
+                if mult != 1.0:
+                    cached[int(ident)] = mult
+            enc.bracket_mults = cached
+        return cached
+
     def _empty_chunk(self, enc: _Encoder) -> _Chunk:
         return _Chunk([enc.bos_id] + [enc.eos_id] * (CHUNK_TOKENS + 1), [1.0] * CHUNK_LENGTH)
 
@@ -342,7 +398,12 @@ class PromptEncoder:
         per_encoder: list[torch.Tensor] = []  # each (U, 77*k, D_e)
         pooled: torch.Tensor | None = None
         for enc in self.encoders:
-            chunk_lists = [self._chunks(enc, t) for t in unique]
+            if self.old_emphasis and enc.role != "clip":
+                raise InvalidRequest("use_old_emphasis_implementation",
+                                     "A1111's old emphasis implementation works with CLIP-L (SD 1.x) models "
+                                     "only; A1111 fails with it on OpenCLIP (SD 2.x, SDXL): turn it off")
+            chunk_lists = [[self._old_chunk(enc, t)] if self.old_emphasis else self._chunks(enc, t)
+                           for t in unique]
             n_chunks = max(len(c) for c in chunk_lists)
             if per_encoder:  # SDXL: both encoders must agree on the chunk count
                 n_chunks = max(n_chunks, per_encoder[0].shape[1] // CHUNK_LENGTH)

@@ -178,14 +178,20 @@ def prompt_encoder(model: SDModel) -> PromptEncoder:
 
 
 def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str], clip_skip: int,
-                        emphasis: str = "Original", old_scheduling: bool = False, **schedule_steps: int):
+                        emphasis: str = "Original", old_scheduling: bool = False, *,
+                        comma_padding_backtrack: int = 20, sdxl_clip_l_skip: bool = False,
+                        old_emphasis: bool = False, **schedule_steps: int):
     """cond_at(i) -> (cond, uncond) for model call i, with prompt editing scheduled over `schedule_steps`
-    (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model. `emphasis`
-    is the option of that name (set on the encoder for every pass, so no job leaves it to the next)."""
+    (`steps`, and for a hires pass `hires_steps`), the model's prompt encoder cached on the model. `emphasis`,
+    `comma_padding_backtrack`, `sdxl_clip_l_skip` and `old_emphasis` (`use_old_emphasis_implementation`)
+    are the options of those names (set on the encoder for every pass, so no job leaves them to the next)."""
     encoder = prompt_encoder(model)
     if emphasis not in EMPHASIS_MODES:
         raise InvalidRequest("emphasis", f"unknown emphasis mode {emphasis!r}", list(EMPHASIS_MODES))
     encoder.emphasis = emphasis
+    encoder.comma_padding_backtrack = int(comma_padding_backtrack)
+    encoder.sdxl_clip_l_skip = bool(sdxl_clip_l_skip)
+    encoder.old_emphasis = bool(old_emphasis)
     conds = ScheduledConditioning(encoder, prompts, clip_skip=clip_skip, old_scheduling=old_scheduling,
                                   **schedule_steps)
     unconds = ScheduledConditioning(encoder, negatives, clip_skip=clip_skip, negative=True,
@@ -193,10 +199,18 @@ def prompt_conditioning(model: SDModel, prompts: list[str], negatives: list[str]
     return lambda i: (conds.at(i), unconds.at(i))
 
 
+def text_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options that shape prompt encoding besides `emphasis`, as `prompt_conditioning` takes them."""
+    return {"comma_padding_backtrack": int(options.get("comma_padding_backtrack", 20)),
+            "sdxl_clip_l_skip": bool(options.get("sdxl_clip_l_skip", False)),
+            "old_emphasis": bool(options.get("use_old_emphasis_implementation", False))}
+
+
 def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int,
                       previews: Previews | None = None) -> StepCallback:
     """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps` (by
-    `show_progress_type`, preview.py), and the interrupt/skip check (which raises to stop the loop). Its
+    `show_progress_type`, preview.py; of the prediction `live_preview_content` names), and the interrupt/skip
+    check (which raises to stop the loop). Its
     `on_tiles(done, total)` does the same after each tile batch of a tiled model call
     (`JobState.set_tiles`), so a flag stops a long tiled step."""
     every = int(options.get("show_progress_every_n_steps", 10) or 0)
@@ -206,10 +220,12 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
     if live:
         preview_fallback(method)
 
-    def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None) -> None:
+    def callback(step: int, x: torch.Tensor, denoised: torch.Tensor | None,
+                 preview: torch.Tensor | None = None) -> None:
+        shown = preview if preview is not None else denoised
         preview = None
         if live and (step % every == 0 or step == steps):
-            src = (denoised if denoised is not None else x).detach().clone()
+            src = (shown if shown is not None else x).detach().clone()
             preview = lambda src=src: render.render(src, family, method)  # noqa: E731 - made lazily
         state.set_step(step, steps, preview)
         state.check()
@@ -219,4 +235,8 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
         state.check()
 
     callback.on_tiles = on_tiles  # type: ignore[attr-defined]
+    # what previews show (A1111's live_preview_content): the loop hands the prompt's or the negative
+    # prompt's own prediction as `preview`; "Combined" is the guided estimate (`denoised`)
+    content = str(options.get("live_preview_content") or "Prompt") if live else "Combined"
+    callback.preview_content = content  # type: ignore[attr-defined]
     return callback

@@ -1,7 +1,10 @@
 """One sampling pass: the denoising loop with classifier-free guidance and one per-step callback.
 
 Like k-diffusion's samplers, the loop knows nothing of progress, previews, interrupts or skips: it calls
-`callback(i, x, denoised)` after every step, and the callback raises to stop. On a stop the loop returns the
+`callback(i, x, denoised)` after every step, and the callback raises to stop. A callback whose
+`preview_content` is "Prompt" or "Negative prompt" (A1111's `live_preview_content`) is also given
+`preview=`: that prompt's own clean-latent prediction of the step's last model call. On a stop the loop
+returns the
 last denoised estimate (what A1111 returns for an interrupted pass) together with the exception."""
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
     from pipeline.diffusion.guidance import PassGuidance
 
 STOPS = (Interrupted, Skipped)
+COMBINED = "Combined"  # live_preview_content: the guided prediction (what the callback gets as `denoised`)
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor | None], None]
 
 
@@ -118,6 +122,8 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
     unconditional output stays in the returned function's `last_uncond` (DDIM CFG++ steps along it).
     `guidance.pad` pads cond and uncond of different lengths into one batch (A1111's options; the function's
     `padded` says it happened: "Pad conds" / "Pad conds v0").
+    `parts` holds the last call's (negative prompt's, prompt's) outputs (the negative's None when not
+    computed), which live previews may show (`live_preview_content`).
     `t` is best a tensor already on the model's device. `image_cond` (B, c, h, w) is concatenated to the
     UNet input's channels, for cond and uncond alike (9-channel inpainting models). `control` adds
     ControlNet residuals to the UNet call (pipeline/models/controlnet/residuals.py). `cfg_mix` (Forge's
@@ -152,6 +158,7 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
             u = run_one(x_in, t, uncond, True)
             c = run_one(x_in, t, cond, False)
             run.last_uncond = u if keep_uncond else None
+            run.parts = (u, c)
             return mix(x_in, t, cond, uncond, u, c)
         x = torch.cat([x_in, x_in]) if use_uncond else x_in
         ctx = torch.cat([uncond.context, cond.context]) if use_uncond else cond.context
@@ -175,9 +182,11 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
             out = control.after(out, x, tt, rows)
         out = out.float()
         if not use_uncond:
+            run.parts = (None, out)
             return out if single or cfg_mix is None else mix(x_in, t, cond, uncond, None, out)
         u, c = out[:b], out[b:]
         run.last_uncond = u if keep_uncond else None
+        run.parts = (u, c)
         return mix(x_in, t, cond, uncond, u, c)
 
     def mix(x_in: torch.Tensor, t: Any, cond: Any, uncond: Any, u: torch.Tensor | None,
@@ -188,6 +197,7 @@ def guided_model(model: SDModel, cfg_scale: float, height: int, width: int, keep
 
     pad = guidance.pad if guidance is not None else ""
     run.last_uncond = None
+    run.parts = (None, None)  # the last call's (negative prompt's, prompt's) outputs (None: not computed)
     run.padded = ""
     return run
 
@@ -232,9 +242,16 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
     notes: dict[str, Any] = {}
     denoised: torch.Tensor | None = None
     calls = 0
+    # live previews of the prompt's or the negative prompt's own prediction (`live_preview_content`; the
+    # callback asks with its `preview_content`), else of the guided one (the step's denoised estimate)
+    content = getattr(callback, "preview_content", COMBINED)
+    alphas = _call_alphas(plan) if content != COMBINED else None
+    v_pred = model.prediction_type == "v_prediction"
     # The UNet gets its timesteps from one upfront copy: a per-step host-to-device copy of a scalar would
     # synchronise the stream every step and stall the GPU while the next step's kernels are launched.
-    unet_timesteps = plan.timesteps.to(model.device)
+    # (`unet_timesteps`: the nearest whole timesteps with `enable_quantization`, else `timesteps` themselves)
+    model_ts = getattr(plan, "unet_timesteps", plan.timesteps)
+    unet_timesteps = model_ts.to(model.device)
     with torch.inference_mode():
         for i, t in enumerate(plan.timesteps):
             step = plan.user_step(i)
@@ -245,7 +262,7 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                 kw = {"aesthetic": handover.aesthetic} if handover.aesthetic else {}
                 guided, inner = make_guided(model, scale, ic, **kw)
                 cond_only = make_guided(model, 1.0, ic, False, **kw)[0] if ngms or early else None
-                unet_timesteps = plan.timesteps.to(model.device)
+                unet_timesteps = model_ts.to(model.device)
                 x = x.to(model.device)
             cond, uncond = cond_at(i)
             if control is not None:
@@ -261,10 +278,17 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
                 notes["NGMS"] = ngms
                 if guidance.s_min_uncond_all:
                     notes["NGMS all steps"] = True
+            call = cond_only if skip else guided
             try:
-                out = (cond_only if skip else guided)(x_in, unet_timesteps[i], cond, uncond)
+                out = call(x_in, unet_timesteps[i], cond, uncond)
             except STOPS as exc:  # a tiled call checks the flags between its tile batches
                 return PassResult(denoised if denoised is not None else x, exc, calls, model, _notes(notes, inner))
+            preview = None
+            if alphas is not None:
+                u, c = getattr(call, "parts", (None, None))
+                part = c if content == "Prompt" or u is None else u  # no negative output: A1111's stand-in
+                if part is not None:
+                    preview = _x0(x_in, part, alphas[i], v_pred)
             if blend is not None:
                 out = blend.after(out, x_in, i)
             calls += 1
@@ -275,10 +299,28 @@ def run_pass(model: SDModel, plan: Any, x: torch.Tensor, cond_at: Callable[[int]
             if denoised is None:
                 denoised = getattr(res, "denoised", None)
             try:
-                callback(step, x, denoised)
+                if preview is None:
+                    callback(step, x, denoised)
+                else:
+                    callback(step, x, denoised, preview=preview)
             except STOPS as exc:  # the callback stops the pass by raising; anything else is a real error
                 return PassResult(denoised if denoised is not None else x, exc, calls, model, _notes(notes, inner))
     return PassResult(x, None, calls, model, _notes(notes, inner))
+
+
+def _call_alphas(plan: Any) -> list[float]:
+    """alphas_cumprod at each model call's noise level (log-sigma interpolated, as LatentMask reads them)."""
+    acp = plan.scheduler.alphas_cumprod.double().numpy()
+    t = plan.timesteps.double().numpy().clip(0, len(acp) - 1)
+    sigmas = np.exp(np.interp(t, np.arange(len(acp)), 0.5 * np.log((1.0 - acp) / acp)))
+    return [float(a) for a in 1.0 / (1.0 + sigmas ** 2)]
+
+
+def _x0(x_in: torch.Tensor, out: torch.Tensor, alpha: float, v_pred: bool) -> torch.Tensor:
+    """The clean latent a model output predicts from its (scaled) input at alphas_cumprod `alpha`."""
+    sa, s1a = alpha ** 0.5, (1.0 - alpha) ** 0.5
+    x_in = x_in.float().to(out.device)
+    return sa * x_in - s1a * out if v_pred else (x_in - s1a * out) / sa
 
 
 def _notes(notes: dict[str, Any], inner: Any) -> dict[str, Any]:

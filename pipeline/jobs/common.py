@@ -160,7 +160,8 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
             # (inside the sampling loop's inference mode: patches and their backups must stay normal tensors)
             with torch.inference_mode(False), torch.no_grad():
                 activate_for_refiner(ctx.networks, m, p, spec.prompt, spec.negative_prompt)
-        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, emphasis, old, **sched)
+        return denoise.prompt_conditioning(m, prompts, negatives, p.clip_skip, emphasis, old,
+                                           **denoise.text_options(p.options), **sched)
 
     cond_at = conds_for(model)
     if spec.conds_networks is not None:  # the conds are encoded: now the pass's own networks for the UNet
@@ -187,8 +188,10 @@ def run_pass(model: SDModel, p: Processing, ctx: JobContext, seeds: list[int], s
                                  tiles=tiles_for_pass(p, model, len(seeds), spec.width, spec.height),
                                  guidance=_guidance(p), cfg_mix=forge.guidance if forge is not None else None)
     p.extra_generation_params.update(result.notes)  # NGMS, Pad conds: what the pass did, as A1111 notes it
-    if emphasis != "Original" and any("(" in t or "[" in t for t in (spec.prompt, spec.negative_prompt)):
-        p.extra_generation_params["Emphasis"] = emphasis  # A1111 notes a non-default mode that had brackets
+    if (emphasis != "Original" and not p.options.get("use_old_emphasis_implementation")
+            and any("(" in t or "[" in t for t in (spec.prompt, spec.negative_prompt))):
+        # A1111 notes a non-default mode that had brackets (not its old implementation, which returns first)
+        p.extra_generation_params["Emphasis"] = emphasis
     return result
 
 

@@ -13,16 +13,29 @@ from diffusers import DPMSolverMultistepScheduler
 from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
 
 
-class BrownianNoise:
-    """noise(sigma, sigma_next) -> a standard-normal tensor shaped like `shape` on `device`, one tree per seed."""
+def batch_tree_seed(seeds: list[int]) -> int:
+    """The one tree seed A1111 ends up with under `no_dpmpp_sde_batch_determinism`: k-diffusion then seeds
+    its tree with `torch.randint(0, 2**63 - 1)` from torch's global generator, which A1111's noise setup
+    (modules/rng.py: `manual_seed` before each image's noise) last seeded with the batch's last seed (with
+    `randn_source` GPU or CPU; with NV that generator is not reseeded, and its state is the process's)."""
+    generator = torch.Generator().manual_seed(int(seeds[-1]) & (2**64 - 1))
+    return int(torch.randint(0, 2**63 - 1, [], generator=generator).item())
 
-    def __init__(self, shape: tuple[int, ...], sigma_min: float, sigma_max: float, seeds: list[int],
+
+class BrownianNoise:
+    """noise(sigma, sigma_next) -> a standard-normal tensor shaped like `shape` on `device`: one tree per seed
+    when `seeds` is a list (one per image), one tree over the whole batch when it is a single int."""
+
+    def __init__(self, shape: tuple[int, ...], sigma_min: float, sigma_max: float, seeds: list[int] | int,
                  device: torch.device | str = "cpu") -> None:
-        if len(seeds) != shape[0]:
-            raise ValueError(f"need one seed per image: {len(seeds)} seeds for a batch of {shape[0]}")
         template = torch.zeros(shape, dtype=torch.float32, device=device)
-        seeds = [int(s) & (2**64 - 1) for s in seeds]  # a negative seed as torch reads it (torchsde takes >= 0)
-        self._sampler = BrownianTreeNoiseSampler(template, float(sigma_min), float(sigma_max), seeds)
+        if isinstance(seeds, int):
+            entropy: list[int] | int = seeds & (2**64 - 1)
+        else:
+            if len(seeds) != shape[0]:
+                raise ValueError(f"need one seed per image: {len(seeds)} seeds for a batch of {shape[0]}")
+            entropy = [int(s) & (2**64 - 1) for s in seeds]  # negative seeds read as torch reads them
+        self._sampler = BrownianTreeNoiseSampler(template, float(sigma_min), float(sigma_max), entropy)
         self._range = (float(sigma_min), float(sigma_max))
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:

@@ -22,9 +22,17 @@ import torch
 from pipeline.diffusion.seeds import ImageNoise
 from pipeline.runtime.errors import InvalidRequest
 
-from .brownian import BrownianNoise
+from .brownian import BrownianNoise, batch_tree_seed
 from .churn import Churn, churn_schedule
-from .schedules import LCMNoiseTable, NoiseTable, ScheduleOverrides, ScheduleSpec, k_sigmas, model_table
+from .schedules import (
+    LCMNoiseTable,
+    NoiseTable,
+    ScheduleOverrides,
+    ScheduleSpec,
+    k_sigmas,
+    model_table,
+    quantized,
+)
 from .table import SamplerSpec, check_supported, effective_schedule
 from .unipc import UniPCOptions, model_times
 from .unipc import configure as configure_unipc
@@ -64,6 +72,14 @@ class StepPlan:
     _user_steps: list[int] = field(repr=False, default_factory=list)
     _start: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = field(repr=False, default=None)
     notes: dict[str, Any] = field(default_factory=dict)  # infotext keys the schedule's options add (A1111's)
+    # the timesteps the UNet is called with when they differ from `timesteps` (`enable_quantization`: the
+    # nearest whole training timesteps); `timesteps` keep the exact noise levels the rest of the loop reads
+    model_timesteps: torch.Tensor | None = None
+
+    @property
+    def unet_timesteps(self) -> torch.Tensor:
+        """What the UNet is called with, one per model call."""
+        return self.timesteps if self.model_timesteps is None else self.model_timesteps
 
     @property
     def layout_is_vp(self) -> bool:
@@ -461,7 +477,9 @@ def make_plan(
     # k-diffusion samplers
     spec = effective_schedule(sampler, schedule)
     n = total if total is not None else steps
-    full, notes = k_sigmas(spec, tab, n, family, sampler.discard_next_to_last_sigma, o)
+    quantize = o.quantize and sampler.layout != "lcm"  # A1111's LCM denoiser snaps to its own 50 steps anyway
+    seen = quantized(tab) if quantize else tab
+    full, notes = k_sigmas(spec, seen, n, family, sampler.discard_next_to_last_sigma, o)
     s = full[n - steps:] if total is not None else full
     if len(s) < 2 or not np.all(np.isfinite(s)):
         raise InvalidRequest("steps", f"{steps} steps give no noise levels to sample with {spec.label!r}")
@@ -477,8 +495,10 @@ def make_plan(
             setattr(sched, name, values[name])
     s0 = float(s[0])
     vp = sampler.layout == "multistep"
-    full32 = full.astype(np.float32)  # A1111 spans the tree over its float32 sigmas
-    brownian_range = (float(full32[full32 > 0].min()), float(full32.max()))
+    # A1111 spans the tree over its float32 sigmas: the whole schedule's; with no_dpmpp_sde_batch_determinism
+    # k-diffusion makes the tree itself, over the levels it runs (a denoising pass: the tail)
+    span32 = (s if o.batch_brownian else full).astype(np.float32)
+    brownian_range = (float(span32[span32 > 0].min()), float(span32.max()))
 
     scale = math.sqrt(1.0 + s0 * s0) if o.sgm_noise else s0  # A1111's sgm_noise_multiplier
     notes.update({"SGM noise multiplier": True} if o.sgm_noise else {}, **({"Extra noise": extra} if extra else {}))
@@ -490,10 +510,14 @@ def make_plan(
         if sampler.brownian:
             if seeds is None:
                 raise InvalidRequest("seeds", f"sampler {sampler.name!r} needs the image seeds for its Brownian noise")
-            ns = BrownianNoise(tuple(noise.shape), *brownian_range, seeds, noise.device)
+            tree_seeds = batch_tree_seed(seeds) if o.batch_brownian else seeds
+            ns = BrownianNoise(tuple(noise.shape), *brownian_range, tree_seeds, noise.device)
             sched.noise_sampler = ns
         return x
 
     if sampler.brownian and seeds is not None and len(seeds) and sampler.layout == "dpmsolver_sde":
         sched.noise_sampler_seed = [int(s) & (2**64 - 1) for s in seeds]  # torchsde takes seeds >= 0
-    return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start, notes)
+    # enable_quantization: k-diffusion's denoiser hands the UNet the nearest training timestep of each level
+    model_ts = _f32(tab.nearest_t(tab.t_to_sigma(np.asarray(ts, dtype=np.float64)))) if quantize else None
+    return StepPlan(sched, _f32(ts), step_kwargs, len(s) - 1, _f32(s), s0, sampler, schedule, user, start,
+                    notes, model_ts)

@@ -58,6 +58,13 @@ class NoiseTable:
         w = np.clip((lo - log_sigma) / (lo - hi), 0.0, 1.0)
         return (1.0 - w) * low + w * (low + 1)
 
+    def nearest_t(self, sigma) -> np.ndarray:
+        """k-diffusion's quantized `sigma_to_t` (A1111's `enable_quantization`): the training timestep whose
+        noise level is nearest in log-sigma (the first of equals)."""
+        log_sigma = np.log(np.maximum(np.asarray(sigma, dtype=np.float64), 1e-10))
+        dists = np.abs(log_sigma[None, ...] - self.log_sigmas.reshape((-1,) + (1,) * log_sigma.ndim))
+        return dists.argmin(axis=0).astype(np.float64)
+
     def discretisation(self, n: int) -> np.ndarray:
         """The model's own n-step schedule (k-diffusion `get_sigmas`): n timesteps evenly from 999 to 0, then 0."""
         return _append_zero(self.t_to_sigma(np.linspace(len(self.sigmas) - 1, 0, n)))
@@ -92,6 +99,16 @@ class LCMNoiseTable(NoiseTable):
     def discretisation(self, n: int) -> np.ndarray:
         start, end = self.sigma_to_t(self.sigma_max), self.sigma_to_t(self.sigma_min)
         return _append_zero(self.t_to_sigma(np.linspace(start, end, n)))
+
+
+def quantized(table: NoiseTable) -> NoiseTable:
+    """`table` whose `sigma_to_t` snaps to the nearest training timestep, as k-diffusion's denoiser does with
+    `quantize=True` (A1111's `enable_quantization`): what the schedule functions that convert noise levels
+    to timesteps (Normal, SGM Uniform) see then. `t_to_sigma` still interpolates."""
+    cls = type(f"Quantized{type(table).__name__}", (type(table),), {"sigma_to_t": NoiseTable.nearest_t})
+    view = cls.__new__(cls)
+    view.__dict__.update(table.__dict__)
+    return view
 
 
 def _append_zero(sigmas) -> np.ndarray:
@@ -231,7 +248,9 @@ class ScheduleOverrides:
     """A1111's options that reshape a k-diffusion sampler's schedule (0 means "not set"):
     `always_discard_next_to_last_sigma`, `sigma_min`, `sigma_max`, `rho`, `use_old_karras_scheduler_sigmas`
     (end points 0.1 and 10) and `beta_dist_alpha` / `beta_dist_beta`; and the start noise's
-    `sgm_noise_multiplier` and `img2img_extra_noise`."""
+    `sgm_noise_multiplier` and `img2img_extra_noise`; and `enable_quantization` (k-diffusion's quantized
+    `sigma_to_t`: the UNet's timesteps, and the timesteps the schedule functions compute with) and
+    `no_dpmpp_sde_batch_determinism` (the Brownian samplers' noise tree)."""
 
     discard_penultimate: bool = False
     sigma_min: float = 0.0
@@ -244,6 +263,8 @@ class ScheduleOverrides:
     downcast: bool = False  # `use_downcasted_alpha_bar`: the model's alphas_cumprod in float16 (A1111 < 1.7)
     zero_snr: bool = False  # `sd_noise_schedule` "Zero Terminal SNR": alphas_cumprod rescaled to end at ~0
     extra_noise: float = 0.0  # `img2img_extra_noise`: more noise on a denoising pass's start
+    quantize: bool = False  # `enable_quantization`: the UNet sees the nearest whole training timestep
+    batch_brownian: bool = False  # `no_dpmpp_sde_batch_determinism`: one Brownian tree for the whole batch
 
     @classmethod
     def from_options(cls, options: dict) -> ScheduleOverrides:
@@ -256,6 +277,8 @@ class ScheduleOverrides:
                    beta_alpha=float(get("beta_dist_alpha", BETA_ALPHA)), beta_beta=float(get("beta_dist_beta", BETA_BETA)),
                    sgm_noise=bool(get("sgm_noise_multiplier", False)), downcast=bool(get("use_downcasted_alpha_bar", False)),
                    extra_noise=float(get("img2img_extra_noise", 0.0)),
+                   quantize=bool(get("enable_quantization", False)),
+                   batch_brownian=bool(get("no_dpmpp_sde_batch_determinism", False)),
                    zero_snr=get("sd_noise_schedule", "Default") == "Zero Terminal SNR")
 
 

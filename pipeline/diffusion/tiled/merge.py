@@ -55,7 +55,8 @@ TileProgress = Callable[[int, int], None]
 
 class TiledGuidance:
     """Wraps `guided(x_in, t, cond, uncond)` (sampling.guided_model): the same call over latent tiles,
-    `settings.batch` tiles per UNet batch, merged. `last_uncond` (DDIM CFG++) is merged the same way.
+    `settings.batch` tiles per UNet batch, merged. `last_uncond` (DDIM CFG++) and `parts` (the negative
+    prompt's and the prompt's outputs, for live previews) are merged the same way.
     `on_tiles(done, total)` runs after every tile batch: it reports progress and may raise (interrupt,
     skip) to stop inside a model call."""
 
@@ -71,11 +72,13 @@ class TiledGuidance:
             total[win.y:win.y + win.h, win.x:win.x + win.w] += self.weight
         self.norm = total
         self.last_uncond: torch.Tensor | None = None
+        self.parts: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)  # merged, as the output
 
     def __call__(self, x_in: torch.Tensor, t: Any, cond: Any, uncond: Any) -> torch.Tensor:
         b = x_in.shape[0]
         out = torch.zeros(x_in.shape, dtype=torch.float32, device=x_in.device)
         unc = None
+        parts: list[torch.Tensor | None] = [None, None]
         w = self.weight.to(x_in.device)
         for start in range(0, len(self.windows), self.settings.batch):
             group = self.windows[start:start + self.settings.batch]
@@ -85,12 +88,20 @@ class TiledGuidance:
             last = getattr(self.guided, "last_uncond", None)
             if last is not None and unc is None:
                 unc = torch.zeros_like(out)
+            tile_parts = getattr(self.guided, "parts", (None, None))
+            for n, part in enumerate(tile_parts):
+                if part is not None and parts[n] is None:
+                    parts[n] = torch.zeros_like(out)
             for j, g in enumerate(group):
                 out[:, :, g.y:g.y + g.h, g.x:g.x + g.w] += res[j * b:(j + 1) * b] * w
                 if last is not None:
                     unc[:, :, g.y:g.y + g.h, g.x:g.x + g.w] += last[j * b:(j + 1) * b].float() * w
+                for n, part in enumerate(tile_parts):
+                    if part is not None:
+                        parts[n][:, :, g.y:g.y + g.h, g.x:g.x + g.w] += part[j * b:(j + 1) * b].float() * w
             if self.on_tiles is not None:
                 self.on_tiles(start + k, len(self.windows))
         norm = self.norm.to(x_in.device)
         self.last_uncond = None if unc is None else unc / norm
+        self.parts = tuple(None if p is None else p / norm for p in parts)
         return out / norm
