@@ -31,6 +31,8 @@ APPLIED: dict[str, Any] = {
     "eta_ddim": 0.0, "eta_ancestral": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0,
     "refiner_switch_by_sample_steps": False,
     "sd_checkpoint_hash": "",
+    # model loading, VAE, LoRA and memory
+    "sd_vae_overrides_per_model_preferences": True,
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
@@ -158,7 +160,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
         "auto_upcast_attn": True,
-        "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
+        "auto_vae_precision_bfloat16": False,
         "auto_vae_precision": True,
         "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
         "no_dpmpp_sde_batch_determinism": False, "lora_functional": False,

@@ -133,6 +133,9 @@ OPTIONS: dict[str, Option] = {
     "sd_model_checkpoint": Option("", _str, "checkpoint title; setting it loads that model"),
     "sd_checkpoint_hash": Option("", _str, "sha256 of the loaded checkpoint (informational)"),
     "sd_vae": Option("Automatic", _str, "VAE file name under <models>/VAE, 'Automatic' or 'None'"),
+    "sd_vae_overrides_per_model_preferences": Option(True, _bool, "a chosen sd_vae (not Automatic) beats the "
+                                                     "checkpoint's own preference: its user metadata "
+                                                     "(<checkpoint>.json \"vae\") or a VAE named after it"),
     "CLIP_stop_at_last_layers": Option(1, _int(1, 12), "CLIP skip"),
     "samples_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "format of returned/saved images"),
     "jpeg_quality": Option(80, _int(1, 100)),

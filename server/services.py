@@ -91,6 +91,8 @@ class Services:
                            ckpt_dir=config.ckpt_folder(), extra=[vae_path] if vae_path else None)
         models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model, vaes=vaes,
                               accel=accel)
+        if vae_path is not None:
+            vaes.forced = vaes.find(vae_path.name)
         registry.start_background_hashing()
         # --medvram/--lowvram: the pixel upscaler too sits on the GPU only while it runs, after the
         # checkpoint's running part has left it
@@ -126,6 +128,7 @@ class Services:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
         models.vae_choice = models.check_vae(options.get("sd_vae"))
+        models.vae_overrides = bool(options.get("sd_vae_overrides_per_model_preferences"))
         if console and config.console_progress:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
@@ -219,7 +222,8 @@ class Services:
         """A1111's reload-checkpoint (worker thread): the selected checkpoint (option `sd_model_checkpoint`)
         loaded with the `sd_vae` option's VAE, from its file when it was unloaded. Returns its title."""
         info = self.selected_checkpoint()
-        self.models.select_vae(self.options.get("sd_vae"), apply_now=False)
+        self.models.select_vae(self.options.get("sd_vae"), apply_now=False,
+                               overrides=self.options.get("sd_vae_overrides_per_model_preferences"))
         self.models.get(info.filename)
         return info.title
 
@@ -274,7 +278,8 @@ class Services:
         self.reach_checkpoint(p)
         self.reach_named_checkpoints(p)
         self.reach_vae(p)
-        self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
+        self.models.select_vae(p.options.get("sd_vae"), apply_now=False,
+                               overrides=p.options.get("sd_vae_overrides_per_model_preferences", True))
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
                          faces=self.upscalers.faces, networks=self.networks, previews=self.previews,

@@ -30,6 +30,9 @@ class ModelManager:
         self.accel = accel  # layout (and later compile / memory placement) applied after each load
         self.vaes = vaes if vaes is not None else VaeRegistry(registry.models_dir, None)
         self.vae_choice = "Automatic"  # option `sd_vae` for the models `get()` hands out
+        # option `sd_vae_overrides_per_model_preferences`: a chosen `sd_vae` beats the checkpoint's own
+        # preference (its user metadata, a VAE named after it)
+        self.vae_overrides = True
         self.device = device
         self.dtype = dtype
         self.vae_dtype = vae_dtype
@@ -82,14 +85,17 @@ class ModelManager:
         """Validate an `sd_vae` value (UnknownName lists the choices); returns it normalised."""
         return self.vaes.check(name, field)
 
-    def select_vae(self, name: str | None, apply_now: bool = True) -> None:
-        """Use `sd_vae` = `name` for the models `get()` returns from now on (worker thread). With
-        `apply_now`, applies it to the current model at once, so that a file that does not fit fails here
-        (ModelLoadError) and the previous choice stays."""
+    def select_vae(self, name: str | None, apply_now: bool = True, overrides: bool | None = None) -> None:
+        """Use `sd_vae` = `name` for the models `get()` returns from now on (worker thread); `overrides`
+        (unless None) is option `sd_vae_overrides_per_model_preferences`. With `apply_now`, applies it to the
+        current model at once, so that a file that does not fit fails here (ModelLoadError) and the previous
+        choice stays."""
         choice = self.vaes.check(name)
         with self._lock:
             previous = self.vae_choice
             self.vae_choice = choice
+            if overrides is not None:
+                self.vae_overrides = bool(overrides)
             model = self._loaded.get(self.current_filename) if apply_now else None
             if model is not None:
                 try:
@@ -100,7 +106,7 @@ class ModelManager:
                     raise
 
     def _apply_vae(self, model: SDModel, filename: str) -> None:
-        vae = self.vaes.select(self.vae_choice, filename)
+        vae = self.vaes.select(self.vae_choice, filename, self.vae_overrides)
         apply_vae(model, vae, self.vaes.shorthash(vae) if vae is not None else None)
 
     def _by_filename(self, key: str) -> CheckpointInfo:
