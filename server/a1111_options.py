@@ -32,9 +32,9 @@ APPLIED: dict[str, Any] = {
     "refiner_switch_by_sample_steps": False,
     "sd_checkpoint_hash": "",
     # model loading, VAE, LoRA and memory
-    "sd_vae_overrides_per_model_preferences": True,
+    "sd_vae_overrides_per_model_preferences": True, "fp8_storage": "Disable", "cache_fp16_weight": False,
     # built-in extensions and processing scripts
-    "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
+    "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True, "lora_functional": False,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
     "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True, "webp_lossless": False,
@@ -162,8 +162,8 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "auto_upcast_attn": True,
         "auto_vae_precision_bfloat16": False,
         "auto_vae_precision": True,
-        "fp8_storage": "Disable", "cache_fp16_weight": False, "use_old_emphasis_implementation": False,
-        "no_dpmpp_sde_batch_determinism": False, "lora_functional": False,
+        "use_old_emphasis_implementation": False,
+        "no_dpmpp_sde_batch_determinism": False,
         "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,
         "interrogate_clip_max_length": 48, "interrogate_clip_dict_limit": 1500,
         "interrogate_clip_skip_categories": [], "interrogate_deepbooru_score_threshold": 0.5,

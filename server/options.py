@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import ImageColor
 
+from pipeline.models.accel.fp8 import FP8_CHOICES
 from pipeline.models.networks.patch import BACKUP_DEVICES
 from pipeline.runtime.errors import InvalidRequest
 from server.a1111_options import a1111_defaults, unapplied_groups
@@ -136,6 +137,11 @@ OPTIONS: dict[str, Option] = {
     "sd_vae_overrides_per_model_preferences": Option(True, _bool, "a chosen sd_vae (not Automatic) beats the "
                                                      "checkpoint's own preference: its user metadata "
                                                      "(<checkpoint>.json \"vae\") or a VAE named after it"),
+    "fp8_storage": Option("Disable", _choice(*FP8_CHOICES), "UNet and text-encoder Linear/Conv2d weights "
+                          "stored in float8 (e4m3fn), cast up per layer call: Enable, Enable for SDXL (SDXL "
+                          "models only) or Disable; a change reloads the model (infotext `FP8 weight`)"),
+    "cache_fp16_weight": Option(False, _bool, "with fp8_storage, keep float16 copies of the weights (CPU) "
+                                "that LoRAs are merged onto (infotext `Cache FP16 weight for LoRA`)"),
     "CLIP_stop_at_last_layers": Option(1, _int(1, 12), "CLIP skip"),
     "samples_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "format of returned/saved images"),
     "jpeg_quality": Option(80, _int(1, 100)),
@@ -213,6 +219,9 @@ OPTIONS: dict[str, Option] = {
     "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
     "lora_bundled_ti_to_infotext": Option(True, _bool, "an embedding bundled in a LoRA file is listed in `TI "
                                           "hashes` with the LoRA's name (else with an empty value)"),
+    "lora_functional": Option(False, _bool, "LoRAs are added to their layers' outputs on every call instead "
+                              "of merged into the weights (A1111's old method: slower with several; results "
+                              "equal up to rounding)"),
     "lora_cache_mb": Option(1024, _int(0, 1 << 20), "MiB of parsed LoRA files kept in memory (least recently "
                             "used out; 0 keeps only the files of the set in use)"),
     "lora_backup_device": Option("auto", _choice(*BACKUP_DEVICES), "where the pristine copies of the "

@@ -129,6 +129,7 @@ class Services:
         svc.settle_saved_names()
         models.vae_choice = models.check_vae(options.get("sd_vae"))
         models.vae_overrides = bool(options.get("sd_vae_overrides_per_model_preferences"))
+        models.set_weight_storage(options.get("fp8_storage"), options.get("cache_fp16_weight"))
         if console and config.console_progress:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
@@ -224,6 +225,7 @@ class Services:
         info = self.selected_checkpoint()
         self.models.select_vae(self.options.get("sd_vae"), apply_now=False,
                                overrides=self.options.get("sd_vae_overrides_per_model_preferences"))
+        self.models.set_weight_storage(self.options.get("fp8_storage"), self.options.get("cache_fp16_weight"))
         self.models.get(info.filename)
         return info.title
 
@@ -280,6 +282,7 @@ class Services:
         self.reach_vae(p)
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False,
                                overrides=p.options.get("sd_vae_overrides_per_model_preferences", True))
+        self.models.set_weight_storage(p.options.get("fp8_storage"), p.options.get("cache_fp16_weight"))
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
                          faces=self.upscalers.faces, networks=self.networks, previews=self.previews,

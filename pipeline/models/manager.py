@@ -14,6 +14,8 @@ import torch
 
 from pipeline.models import checkpoints
 from pipeline.models.accel import Accel
+from pipeline.models.accel.fp8 import store_fp8
+from pipeline.models.accel.fp8 import wanted as fp8_wanted
 from pipeline.models.builtin import build_builtin_model, builtin_checkpoint_info
 from pipeline.models.checkpoints import CheckpointInfo, CheckpointRegistry
 from pipeline.models.sd_model import SDModel
@@ -33,6 +35,9 @@ class ModelManager:
         # option `sd_vae_overrides_per_model_preferences`: a chosen `sd_vae` beats the checkpoint's own
         # preference (its user metadata, a VAE named after it)
         self.vae_overrides = True
+        # options `fp8_storage` and `cache_fp16_weight` for the models `get()` hands out
+        self.fp8_storage = "Disable"
+        self.cache_fp16_weight = False
         self.device = device
         self.dtype = dtype
         self.vae_dtype = vae_dtype
@@ -72,7 +77,8 @@ class ModelManager:
         extra = loaded.extra if loaded is not None else {}
         return {"title": info.title, "short_title": info.title, "model_name": info.model_name,
                 "hash": info.hash, "sha256": info.sha256, "filename": info.filename,
-                "vae_name": extra.get("vae_name"), "vae_hash": extra.get("vae_hash")}
+                "vae_name": extra.get("vae_name"), "vae_hash": extra.get("vae_hash"),
+                "fp8": extra.get("fp8", (False, False))[0]}
 
     def api_list(self) -> list[dict[str, Any]]:
         return [i.as_api() for i in self.registry.list()]
@@ -108,6 +114,27 @@ class ModelManager:
     def _apply_vae(self, model: SDModel, filename: str) -> None:
         vae = self.vaes.select(self.vae_choice, filename, self.vae_overrides)
         apply_vae(model, vae, self.vaes.shorthash(vae) if vae is not None else None)
+
+    def set_weight_storage(self, fp8_storage: Any, cache_fp16_weight: Any) -> None:
+        """Options `fp8_storage` and `cache_fp16_weight` for the models `get()` returns from now on (worker
+        thread); a loaded model stored otherwise is converted (to float8) or read again (back from it)."""
+        with self._lock:
+            self.fp8_storage = str(fp8_storage or "Disable")
+            self.cache_fp16_weight = bool(cache_fp16_weight)
+
+    def _fp8_for(self, family: str | None) -> tuple[bool, bool]:
+        on = fp8_wanted(self.fp8_storage, family or "")
+        return on, on and self.cache_fp16_weight
+
+    def _store_weights(self, model: SDModel) -> None:
+        """Float8 weights (option `fp8_storage`) on a model stored in its own dtype so far."""
+        want = self._fp8_for(model.family)
+        if want[0]:
+            patcher = model.extra.get("networks.patcher")
+            if patcher is not None:  # float8 (and its float16 copies) from the pristine weights
+                patcher.restore()
+            store_fp8(model, want[1])
+        model.extra["fp8"] = want
 
     def _by_filename(self, key: str) -> CheckpointInfo:
         for info in self.registry.list():
@@ -149,6 +176,13 @@ class ModelManager:
         info = self._by_filename(key) if key else self.default()
         with self._lock:
             model = self._loaded.get(info.filename)
+            if model is not None and model.extra.get("fp8", (False, False)) != self._fp8_for(model.family):
+                if model.extra.get("fp8", (False, False))[0]:  # float8 weights back: read the file again
+                    log.info("fp8_storage changed: reloading %s", info.filename)
+                    del self._loaded[info.filename]
+                    model = None
+                else:
+                    self._store_weights(model)
             if model is None:
                 while len(self._loaded) >= self.max_loaded:
                     _, old = self._loaded.popitem(last=False)
@@ -167,6 +201,7 @@ class ModelManager:
                     model.vae_dtype = self.vae_dtype
                 if self.accel is not None:
                     self.accel.prepare(model, self.device)
+                self._store_weights(model)
                 self._loaded[info.filename] = model
             else:
                 self._loaded.move_to_end(info.filename)

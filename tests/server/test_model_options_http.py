@@ -75,3 +75,89 @@ def test_selected_vae_against_per_model_preferences(vae_root: Path, ckpt: str, o
         params = _params(r.json())
         assert params["Model"] == ckpt
         assert params.get("VAE") == used, params
+
+
+# -- fp8_storage, cache_fp16_weight, lora_functional (built-in SD 1.x model, a LoRA over it) --------------
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
+    from pipeline.models.builtin import build_builtin_model
+    from tests.fixtures.networks import make_network
+
+    root = tmp_path_factory.mktemp("srv-weights")
+    model = build_builtin_model()
+    make_network(model, "lora", seed=5).save(root / "models" / "Lora" / "net.safetensors")
+    make_network(model, "loha", seed=6).save(root / "models" / "Lora" / "ha.safetensors")  # convs too
+    with TestClient(create_app(_config(root))) as c:
+        yield c
+
+
+def _run(client: TestClient, prompt: str = "a red fox", **options: object) -> tuple[list, dict[str, str]]:
+    """(the pixels, the infotext's parameters) of a small txt2img with these override_settings."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "prompt": prompt, "override_settings": options})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["images"][0]))).convert("RGB")).tolist()
+    return pixels, _params(body)
+
+
+def test_fp8_storage_stores_weights_in_float8_and_says_so(client: TestClient) -> None:
+    plain, params = _run(client)
+    assert "FP8 weight" not in params and "Cache FP16 weight for LoRA" not in params
+    fp8, params = _run(client, fp8_storage="Enable")
+    assert fp8 != plain  # float8's rounding of the weights shows in the pixels
+    assert params["FP8 weight"] == "Enable" and params["Cache FP16 weight for LoRA"] == "False"
+    again, _ = _run(client, fp8_storage="Enable")
+    assert again == fp8
+    # the built-in model is SD 1.x: "Enable for SDXL" leaves it as it is (the float8 one is read again)
+    sdxl_only, params = _run(client, fp8_storage="Enable for SDXL")
+    assert sdxl_only == plain and "FP8 weight" not in params
+    assert _run(client)[0] == plain
+    assert client.get("/sdapi/v1/options").json()["fp8_storage"] == "Disable"
+
+
+def test_fp8_storage_bad_value_is_a_400_naming_it(client: TestClient) -> None:
+    r = client.post("/sdapi/v1/options", json={"fp8_storage": "Sometimes"})
+    assert r.status_code == 400 and "fp8_storage" in r.text and "Enable for SDXL" in r.text, r.text
+
+
+def test_cache_fp16_weight_merges_a_lora_onto_the_float16_copies(client: TestClient) -> None:
+    lora = "a red fox <lora:net:1>"
+    plain_lora, _ = _run(client, lora)
+    fp8_lora, params = _run(client, lora, fp8_storage="Enable")
+    assert fp8_lora != plain_lora and params["Lora hashes"]
+    cached, params = _run(client, lora, fp8_storage="Enable", cache_fp16_weight=True)
+    assert params["Cache FP16 weight for LoRA"] == "True" and params["FP8 weight"] == "Enable"
+    assert cached != fp8_lora  # merged onto float16 weights, rounded to float8 once
+    # without a LoRA the float16 copies change nothing
+    fp8 = _run(client, fp8_storage="Enable")[0]
+    assert _run(client, fp8_storage="Enable", cache_fp16_weight=True)[0] == fp8
+    # cache_fp16_weight alone (no float8) changes nothing and writes nothing
+    alone, params = _run(client, lora, cache_fp16_weight=True)
+    assert alone == plain_lora and "Cache FP16 weight for LoRA" not in params
+
+
+@pytest.mark.parametrize("net", ["net", "ha"])
+def test_lora_functional_adds_the_networks_to_layer_outputs(client: TestClient, net: str) -> None:
+    import numpy as np
+
+    lora = f"a red fox <lora:{net}:1>"
+    plain, _ = _run(client)
+    merged, _ = _run(client, lora)
+    functional, params = _run(client, lora, lora_functional=True)
+    assert params["Lora hashes"].strip('"').startswith(f"{net}: ")
+    assert functional != plain  # the network acts
+    # the same sums in another order: equal up to rounding
+    assert np.abs(np.asarray(functional, np.int16) - np.asarray(merged, np.int16)).max() <= 2
+    assert _run(client, lora)[0] == merged  # merged again, bit for bit (the hooks are gone)
+    assert _run(client, lora_functional=True)[0] == plain  # no network: nothing to add
+    # on float8 weights the difference is plain: merged, the network's delta is rounded to float8 with
+    # the weights; functional, it keeps the input's precision
+    fp8_merged, _ = _run(client, lora, fp8_storage="Enable")
+    fp8_functional, _ = _run(client, lora, fp8_storage="Enable", lora_functional=True)
+    assert fp8_functional != fp8_merged
