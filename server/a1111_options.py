@@ -33,6 +33,7 @@ APPLIED: dict[str, Any] = {
     "sd_checkpoint_hash": "",
     # model loading, VAE, LoRA and memory
     "sd_vae_overrides_per_model_preferences": True, "fp8_storage": "Disable", "cache_fp16_weight": False,
+    "auto_vae_precision": True, "auto_vae_precision_bfloat16": False,
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True, "lora_functional": False,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
@@ -160,8 +161,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
         "auto_upcast_attn": True,
-        "auto_vae_precision_bfloat16": False,
-        "auto_vae_precision": True,
         "use_old_emphasis_implementation": False,
         "no_dpmpp_sde_batch_determinism": False,
         "interrogate_return_ranks": False, "interrogate_clip_num_beams": 1, "interrogate_clip_min_length": 24,

@@ -130,6 +130,7 @@ class Services:
         models.vae_choice = models.check_vae(options.get("sd_vae"))
         models.vae_overrides = bool(options.get("sd_vae_overrides_per_model_preferences"))
         models.set_weight_storage(options.get("fp8_storage"), options.get("cache_fp16_weight"))
+        models.set_vae_autofix(options.get("auto_vae_precision"), options.get("auto_vae_precision_bfloat16"))
         if console and config.console_progress:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
@@ -283,6 +284,8 @@ class Services:
         self.models.select_vae(p.options.get("sd_vae"), apply_now=False,
                                overrides=p.options.get("sd_vae_overrides_per_model_preferences", True))
         self.models.set_weight_storage(p.options.get("fp8_storage"), p.options.get("cache_fp16_weight"))
+        self.models.set_vae_autofix(p.options.get("auto_vae_precision", True),
+                                    p.options.get("auto_vae_precision_bfloat16", False))
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
                          faces=self.upscalers.faces, networks=self.networks, previews=self.previews,

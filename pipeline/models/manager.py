@@ -38,6 +38,8 @@ class ModelManager:
         # options `fp8_storage` and `cache_fp16_weight` for the models `get()` hands out
         self.fp8_storage = "Disable"
         self.cache_fp16_weight = False
+        # options auto_vae_precision(_bfloat16): the dtype an all-NaN VAE decode is run again in (None: none)
+        self.vae_nan_fallback: torch.dtype | None = torch.float32
         self.device = device
         self.dtype = dtype
         self.vae_dtype = vae_dtype
@@ -121,6 +123,13 @@ class ModelManager:
         with self._lock:
             self.fp8_storage = str(fp8_storage or "Disable")
             self.cache_fp16_weight = bool(cache_fp16_weight)
+
+    def set_vae_autofix(self, auto_vae_precision: Any, bfloat16: Any) -> None:
+        """Options `auto_vae_precision` and `auto_vae_precision_bfloat16` (the latter wins) for the models
+        `get()` returns from now on: the dtype a decode that came out all NaN is run again in."""
+        with self._lock:
+            self.vae_nan_fallback = (torch.bfloat16 if bfloat16 else torch.float32 if auto_vae_precision
+                                     else None)
 
     def _fp8_for(self, family: str | None) -> tuple[bool, bool]:
         on = fp8_wanted(self.fp8_storage, family or "")
@@ -206,5 +215,6 @@ class ModelManager:
             else:
                 self._loaded.move_to_end(info.filename)
             self._apply_vae(model, info.filename)
+            model.extra["vae_nan_fallback"] = self.vae_nan_fallback
             self.current_filename = info.filename
             return model
