@@ -143,7 +143,7 @@ OPTIONS: dict[str, Option] = {
     "cache_fp16_weight": Option(False, _bool, "with fp8_storage, keep float16 copies of the weights (CPU) "
                                 "that LoRAs are merged onto (infotext `Cache FP16 weight for LoRA`)"),
     "auto_vae_precision": Option(True, _bool, "a VAE decode that comes out all NaN (half precision "
-                                 "overflowed) is run again with the VAE in float32, kept from then on (logged)"),
+                                 "overflowed) is run again with the VAE in float32, kept from then on"),
     "auto_vae_precision_bfloat16": Option(False, _bool, "the same in bfloat16; wins over auto_vae_precision"),
     "CLIP_stop_at_last_layers": Option(1, _int(1, 12), "CLIP skip"),
     "samples_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "format of returned/saved images"),
