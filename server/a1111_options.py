@@ -33,7 +33,8 @@ APPLIED: dict[str, Any] = {
     "sd_checkpoint_hash": "",
     # model loading, VAE, LoRA and memory
     "sd_vae_overrides_per_model_preferences": True, "fp8_storage": "Disable", "cache_fp16_weight": False,
-    "auto_vae_precision": True, "auto_vae_precision_bfloat16": False,
+    "auto_vae_precision": True, "auto_vae_precision_bfloat16": False, "sd_checkpoints_limit": 1,
+    "sd_checkpoints_keep_in_cpu": True,
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True, "lora_functional": False,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
@@ -125,6 +126,11 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "lora_not_found_warning_console": False, "disabled_extensions": [], "disable_all_extensions": "none",
         "restore_config_state_file": "", "auto_backcompat": True,
     }),
+    ("A1111's UNet replacements come only from extensions (TensorRT's list_unets callback); without one, "
+     "A1111 1.10 runs the checkpoint's own UNet for every value (modules/sd_unet.py get_unet_option: "
+     "'Automatic', 'None' and unknown names alike), and no such extension runs here", {
+        "sd_unet": "Automatic",
+    }),
     ("A1111's training tab; this server does not train", {
         "unload_models_when_training": False, "pin_memory": False, "save_optimizer_state": False,
         "save_training_settings_to_txt": True, "dataset_filename_word_regex": "",
@@ -139,11 +145,15 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
 # server's model manager and launch flags decide those, with the same images), and features not served.
 NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
     ("model memory and loading (this server's model manager and launch flags decide; images are the same)", {
-        "sd_checkpoints_limit": 1, "sd_checkpoints_keep_in_cpu": True, "sd_checkpoint_cache": 0,
+        "sd_checkpoint_cache": 0,
         "sd_vae_checkpoint_cache": 0, "face_restoration_unload": False,
         "cross_attention_optimization": "Automatic",
-        "persistent_cond_cache": True, "batch_cond_uncond": True, "sd3_enable_t5": False,
-        "lora_in_memory_limit": 0, "SWIN_torch_compile": False, "interrogate_keep_models_in_memory": False,
+        "persistent_cond_cache": True, "batch_cond_uncond": True,
+        "lora_in_memory_limit": 0, "SWIN_torch_compile": False,
+    }),
+    ("concern models this server does not run: SD3's T5 text encoder (SD 1.x, 2.x and SDXL only here) and "
+     "the CLIP / DeepBooru interrogators (/sdapi/v1/interrogate answers 501)", {
+        "sd3_enable_t5": False, "interrogate_keep_models_in_memory": False,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
         "grid_extended_filename": False,
@@ -158,7 +168,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "directories_filename_pattern": "[date]",
         "directories_max_prompt_words": 8, "dat_enabled_models": ["DAT x2", "DAT x3", "DAT x4"],
         "api_enable_requests": True, "api_forbid_local_requests": True, "api_useragent": "",
-        "sd_unet": "Automatic", "enable_quantization": False, "enable_batch_seeds": True,
+        "enable_quantization": False, "enable_batch_seeds": True,
         "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False, "upcast_attn": False,
         "auto_upcast_attn": True,
         "use_old_emphasis_implementation": False,

@@ -145,6 +145,10 @@ OPTIONS: dict[str, Option] = {
     "auto_vae_precision": Option(True, _bool, "a VAE decode that comes out all NaN (half precision "
                                  "overflowed) is run again with the VAE in float32, kept from then on"),
     "auto_vae_precision_bfloat16": Option(False, _bool, "the same in bfloat16; wins over auto_vae_precision"),
+    "sd_checkpoints_limit": Option(1, _int(1, 10), "how many checkpoints stay loaded (a refiner or hires "
+                                   "checkpoint counts); past it the least recently used is dropped"),
+    "sd_checkpoints_keep_in_cpu": Option(True, _bool, "with sd_checkpoints_limit above 1, the loaded "
+                                         "checkpoints not in use wait in CPU memory, off the GPU"),
     "CLIP_stop_at_last_layers": Option(1, _int(1, 12), "CLIP skip"),
     "samples_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "format of returned/saved images"),
     "jpeg_quality": Option(80, _int(1, 100)),

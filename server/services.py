@@ -131,6 +131,8 @@ class Services:
         models.vae_overrides = bool(options.get("sd_vae_overrides_per_model_preferences"))
         models.set_weight_storage(options.get("fp8_storage"), options.get("cache_fp16_weight"))
         models.set_vae_autofix(options.get("auto_vae_precision"), options.get("auto_vae_precision_bfloat16"))
+        models.set_checkpoints_limit(options.get("sd_checkpoints_limit"),
+                                     options.get("sd_checkpoints_keep_in_cpu"))
         if console and config.console_progress:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
@@ -227,6 +229,8 @@ class Services:
         self.models.select_vae(self.options.get("sd_vae"), apply_now=False,
                                overrides=self.options.get("sd_vae_overrides_per_model_preferences"))
         self.models.set_weight_storage(self.options.get("fp8_storage"), self.options.get("cache_fp16_weight"))
+        self.models.set_checkpoints_limit(self.options.get("sd_checkpoints_limit"),
+                                          self.options.get("sd_checkpoints_keep_in_cpu"))
         self.models.get(info.filename)
         return info.title
 
@@ -286,6 +290,8 @@ class Services:
         self.models.set_weight_storage(p.options.get("fp8_storage"), p.options.get("cache_fp16_weight"))
         self.models.set_vae_autofix(p.options.get("auto_vae_precision", True),
                                     p.options.get("auto_vae_precision_bfloat16", False))
+        self.models.set_checkpoints_limit(p.options.get("sd_checkpoints_limit", 1),
+                                          p.options.get("sd_checkpoints_keep_in_cpu", True))
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
                          faces=self.upscalers.faces, networks=self.networks, previews=self.previews,

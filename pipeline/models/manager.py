@@ -40,6 +40,9 @@ class ModelManager:
         self.cache_fp16_weight = False
         # options auto_vae_precision(_bfloat16): the dtype an all-NaN VAE decode is run again in (None: none)
         self.vae_nan_fallback: torch.dtype | None = torch.float32
+        # option sd_checkpoints_keep_in_cpu: with several loaded (max_loaded, option sd_checkpoints_limit),
+        # the ones not in use wait in CPU memory, not the device's
+        self.keep_in_cpu = True
         self.device = device
         self.dtype = dtype
         self.vae_dtype = vae_dtype
@@ -131,6 +134,35 @@ class ModelManager:
             self.vae_nan_fallback = (torch.bfloat16 if bfloat16 else torch.float32 if auto_vae_precision
                                      else None)
 
+    def set_checkpoints_limit(self, limit: Any, keep_in_cpu: Any = True) -> None:
+        """Options `sd_checkpoints_limit` (how many checkpoints stay loaded; the least recently used goes
+        at the next load past it) and `sd_checkpoints_keep_in_cpu` (those not in use wait in CPU memory)."""
+        with self._lock:
+            self.max_loaded = max(1, int(limit or 1))
+            self.keep_in_cpu = bool(keep_in_cpu)
+
+    def _park_others(self, key: str) -> None:
+        """`sd_checkpoints_keep_in_cpu`: every loaded model but `key`'s leaves the accelerator (under a
+        memory mode its placement sends it to its offload device)."""
+        for other, model in self._loaded.items():
+            if other == key or model.extra.get("parked"):
+                continue
+            placement = model.extra.get("placement")
+            if placement is not None:
+                placement.release()
+            elif model.device.type != "cpu":
+                for part in (model.unet, model.vae, *model.text_encoders):
+                    part.to("cpu")
+                model.extra["parked"] = True
+                log.info("%s waits in CPU memory", model.title)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _unpark(self, model: SDModel) -> None:
+        if model.extra.pop("parked", False):
+            for part in (model.unet, model.vae, *model.text_encoders):
+                part.to(model.device)
+
     def _fp8_for(self, family: str | None) -> tuple[bool, bool]:
         on = fp8_wanted(self.fp8_storage, family or "")
         return on, on and self.cache_fp16_weight
@@ -192,6 +224,8 @@ class ModelManager:
                     model = None
                 else:
                     self._store_weights(model)
+            if self.keep_in_cpu and self.max_loaded > 1:
+                self._park_others(info.filename)  # before a load, so that it finds the device free
             if model is None:
                 while len(self._loaded) >= self.max_loaded:
                     _, old = self._loaded.popitem(last=False)
@@ -214,6 +248,7 @@ class ModelManager:
                 self._loaded[info.filename] = model
             else:
                 self._loaded.move_to_end(info.filename)
+                self._unpark(model)
             self._apply_vae(model, info.filename)
             model.extra["vae_nan_fallback"] = self.vae_nan_fallback
             self.current_filename = info.filename

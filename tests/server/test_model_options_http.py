@@ -161,3 +161,25 @@ def test_lora_functional_adds_the_networks_to_layer_outputs(client: TestClient, 
     fp8_merged, _ = _run(client, lora, fp8_storage="Enable")
     fp8_functional, _ = _run(client, lora, fp8_storage="Enable", lora_functional=True)
     assert fp8_functional != fp8_merged
+
+
+@pytest.mark.parametrize("limit,loads", [(1, ["plain", "paired", "plain"]), (2, ["plain", "paired"])])
+def test_sd_checkpoints_limit_keeps_checkpoints_loaded(vae_root: Path, limit: int, loads: list[str],
+                                                       caplog) -> None:
+    """A -> B -> A: with room for two, A is not read from its file again (the log says each load)."""
+    import logging
+
+    with TestClient(create_app(_config(vae_root))) as client:
+        caplog.clear()
+        caplog.set_level(logging.INFO, logger="hiresd.models")
+        for ckpt in ("plain", "paired", "plain"):
+            options = {"sd_model_checkpoint": ckpt, "sd_checkpoints_limit": limit}
+            body = {**SMALL, "override_settings": options}
+            r = client.post("/sdapi/v1/txt2img", json=body)
+            assert r.status_code == 200, r.text
+            assert _params(r.json())["Model"] == ckpt
+        loaded = [Path(r.getMessage().split("loading checkpoint ", 1)[1]).stem for r in caplog.records
+                  if r.getMessage().startswith("loading checkpoint ")]
+        assert loaded == loads
+        r = client.post("/sdapi/v1/options", json={"sd_checkpoints_limit": 11})
+        assert r.status_code == 400 and "sd_checkpoints_limit" in r.text, r.text
