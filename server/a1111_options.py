@@ -34,7 +34,7 @@ APPLIED: dict[str, Any] = {
     # model loading, VAE, LoRA and memory
     "sd_vae_overrides_per_model_preferences": True, "fp8_storage": "Disable", "cache_fp16_weight": False,
     "auto_vae_precision": True, "auto_vae_precision_bfloat16": False, "sd_checkpoints_limit": 1,
-    "sd_checkpoints_keep_in_cpu": True,
+    "sd_checkpoints_keep_in_cpu": True, "face_restoration_unload": False,
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True, "lora_functional": False,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
@@ -146,7 +146,7 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
 NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
     ("model memory and loading (this server's model manager and launch flags decide; images are the same)", {
         "sd_checkpoint_cache": 0,
-        "sd_vae_checkpoint_cache": 0, "face_restoration_unload": False,
+        "sd_vae_checkpoint_cache": 0,
         "cross_attention_optimization": "Automatic",
         "persistent_cond_cache": True, "batch_cond_uncond": True,
         "lora_in_memory_limit": 0, "SWIN_torch_compile": False,

@@ -267,7 +267,8 @@ def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> 
     if p.face_restorer is None or ctx.faces is None:
         return images
     weight = float(p.options.get("code_former_weight", 0.5))
-    return [ctx.faces.restore(img, p.face_restorer, 1.0, weight) for img in images]
+    unload = bool(p.options.get("face_restoration_unload", False))
+    return [ctx.faces.restore(img, p.face_restorer, 1.0, weight, unload=unload) for img in images]
 
 
 def finish_images(model: SDModel, latents: torch.Tensor, p: Processing, ctx: JobContext) -> list[Image.Image]:
