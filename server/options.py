@@ -218,8 +218,8 @@ OPTIONS: dict[str, Option] = {
     "face_restoration_model": Option("CodeFormer", _str_or_none, "the restorer restore_faces uses (else the "
                                      "first one available)"),
     "code_former_weight": Option(0.5, _float(0, 1)),
-    "face_restoration_unload": Option(False, _bool, "after each use the face restoration model leaves the GPU "
-                                      "for CPU memory (back on its next use)"),
+    "face_restoration_unload": Option(False, _bool, "after each use the face restoration model leaves the "
+                                      "GPU for CPU memory (back on its next use)"),
     "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
     "realesrgan_enabled_models": Option(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], _str_list),
     "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
