@@ -37,6 +37,7 @@ APPLIED: dict[str, Any] = {
     "sd_checkpoints_keep_in_cpu": True, "face_restoration_unload": False,
     # built-in extensions and processing scripts
     "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True, "lora_functional": False,
+    "lora_in_memory_limit": 0,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
     "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True, "webp_lossless": False,
@@ -149,7 +150,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "sd_vae_checkpoint_cache": 0,
         "cross_attention_optimization": "Automatic",
         "persistent_cond_cache": True, "batch_cond_uncond": True,
-        "lora_in_memory_limit": 0, "SWIN_torch_compile": False,
+        "SWIN_torch_compile": False,
     }),
     ("concern models this server does not run: SD3's T5 text encoder (SD 1.x, 2.x and SDXL only here) and "
      "the CLIP / DeepBooru interrogators (/sdapi/v1/interrogate answers 501)", {

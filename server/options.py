@@ -231,6 +231,8 @@ OPTIONS: dict[str, Option] = {
     "lora_functional": Option(False, _bool, "LoRAs are added to their layers' outputs on every call instead "
                               "of merged into the weights (A1111's old method: slower with several; results "
                               "equal up to rounding)"),
+    "lora_in_memory_limit": Option(0, _int(0, 1000), "how many parsed LoRA files stay in memory at most "
+                                   "(the set in use always; 0: only lora_cache_mb bounds them)"),
     "lora_cache_mb": Option(1024, _int(0, 1 << 20), "MiB of parsed LoRA files kept in memory (least recently "
                             "used out; 0 keeps only the files of the set in use)"),
     "lora_backup_device": Option("auto", _choice(*BACKUP_DEVICES), "where the pristine copies of the "

@@ -87,6 +87,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> TestClient:
     model = build_builtin_model()
     make_network(model, "lora", seed=5).save(root / "models" / "Lora" / "net.safetensors")
     make_network(model, "loha", seed=6).save(root / "models" / "Lora" / "ha.safetensors")  # convs too
+    make_network(model, "lora", seed=7).save(root / "models" / "Lora" / "third.safetensors")
     with TestClient(create_app(_config(root))) as c:
         yield c
 
@@ -183,3 +184,19 @@ def test_sd_checkpoints_limit_keeps_checkpoints_loaded(vae_root: Path, limit: in
         assert loaded == loads
         r = client.post("/sdapi/v1/options", json={"sd_checkpoints_limit": 11})
         assert r.status_code == 400 and "sd_checkpoints_limit" in r.text, r.text
+
+
+def test_lora_in_memory_limit_caps_the_parsed_files_kept(client: TestClient) -> None:
+    """How many parsed LoRA files stay in memory (the server's network cache, read through its public
+    API): without the option the byte budget (`lora_cache_mb`) alone; with it, at most that many, the
+    files of the set in use always."""
+    cache = client.app.state.services.networks.cache
+    for net in ("net", "ha", "third"):
+        _run(client, f"a red fox <lora:{net}:0.5>")
+    assert len(cache) == 3
+    _run(client, "a red fox <lora:net:0.5>", lora_in_memory_limit=2)
+    assert len(cache) == 2
+    _run(client, "a red fox <lora:ha:0.5> <lora:third:0.5>", lora_in_memory_limit=1)
+    assert len(cache) == 2  # the set in use stays whole
+    _run(client, "a red fox <lora:net:0.5>", lora_in_memory_limit=1)
+    assert len(cache) == 1
