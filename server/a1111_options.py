@@ -142,10 +142,12 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
     }),
 ]
 
-# Options with an effect in A1111 that this server does not reproduce: memory and loading strategy (this
+# Options with an effect in A1111 that this server does not reproduce: speed and memory strategy (this
 # server's model manager and launch flags decide those, with the same images), and features not served.
 NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
-    ("model memory and loading (this server's model manager and launch flags decide; images are the same)", {
+    ("speed and memory strategy only (A1111's RAM caches of checkpoint and VAE weights, its attention "
+     "implementation, cond cache, cond/uncond batching, SwinIR compilation): this server's model manager "
+     "and launch flags (--sdpa-backend, --compile) decide; images are the same up to rounding", {
         "sd_checkpoint_cache": 0,
         "sd_vae_checkpoint_cache": 0,
         "cross_attention_optimization": "Automatic",
