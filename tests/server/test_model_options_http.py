@@ -1,6 +1,7 @@
 """A1111 v1.10's model, VAE, LoRA and memory options over HTTP (in-process app, real worker, tiny models
 written as files): which VAE a checkpoint runs with (`sd_vae_overrides_per_model_preferences` against the
-checkpoint's user metadata and a VAE named after it)."""
+checkpoint's user metadata and a VAE named after it), float8 weights (`fp8_storage`, `cache_fp16_weight`),
+`lora_functional`, `sd_checkpoints_limit` and `lora_in_memory_limit`."""
 from __future__ import annotations
 
 import json
@@ -40,7 +41,7 @@ def _params(body: dict) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def vae_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tests.fixtures.tinymodels import build_tiny_sd1
+    from tests.fixtures.tinymodels import build_tiny_sd1, build_tiny_sdxl
 
     root = tmp_path_factory.mktemp("srv-vae-prefs")
     ckpts = root / "models" / "Stable-diffusion"
@@ -49,6 +50,7 @@ def vae_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (ckpts / "liked.json").write_text(json.dumps({"description": "mine", "vae": "x.pt"}))
     tiny.write_safetensors(ckpts / "paired.safetensors")  # a VAE named after it: paired.vae.pt
     tiny.write_safetensors(ckpts / "plain.safetensors")  # no preference
+    build_tiny_sdxl(tmp_path_factory.mktemp("build-xl")).write_safetensors(ckpts / "xl.safetensors")
     _vae_file(root / "models" / "VAE" / "x.pt", 11)
     _vae_file(root / "models" / "VAE" / "y.pt", 12)
     _vae_file(ckpts / "paired.vae.pt", 13)
@@ -200,3 +202,12 @@ def test_lora_in_memory_limit_caps_the_parsed_files_kept(client: TestClient) -> 
     assert len(cache) == 2  # the set in use stays whole
     _run(client, "a red fox <lora:net:0.5>", lora_in_memory_limit=1)
     assert len(cache) == 1
+
+
+def test_fp8_storage_enable_for_sdxl_acts_on_sdxl_models(vae_root: Path) -> None:
+    with TestClient(create_app(_config(vae_root))) as client:
+        plain, params = _run(client, sd_model_checkpoint="xl")
+        assert params["Model"] == "xl" and "FP8 weight" not in params
+        fp8, params = _run(client, sd_model_checkpoint="xl", fp8_storage="Enable for SDXL")
+        assert params["FP8 weight"] == "Enable for SDXL" and fp8 != plain
+        assert _run(client, sd_model_checkpoint="xl", fp8_storage="Enable")[0] == fp8
