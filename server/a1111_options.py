@@ -31,8 +31,13 @@ APPLIED: dict[str, Any] = {
     "eta_ddim": 0.0, "eta_ancestral": 1.0, "s_churn": 0.0, "s_tmin": 0.0, "s_tmax": 0.0, "s_noise": 1.0,
     "refiner_switch_by_sample_steps": False,
     "sd_checkpoint_hash": "",
+    # model loading, VAE, LoRA and memory
+    "sd_vae_overrides_per_model_preferences": True, "fp8_storage": "Disable", "cache_fp16_weight": False,
+    "auto_vae_precision": True, "auto_vae_precision_bfloat16": False, "sd_checkpoints_limit": 1,
+    "sd_checkpoints_keep_in_cpu": True, "face_restoration_unload": False,
     # built-in extensions and processing scripts
-    "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True,
+    "lora_add_hashes_to_infotext": True, "lora_bundled_ti_to_infotext": True, "lora_functional": False,
+    "lora_in_memory_limit": 0,
     "ldsr_steps": 100, "ldsr_cached": False, "enable_prompt_comments": True, "tiling": False,
     "use_old_hires_fix_width_height": False, "img2img_extra_noise": 0.0,
     "save_images_before_highres_fix": False, "save_txt": False, "save_to_dirs": True, "webp_lossless": False,
@@ -146,6 +151,11 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "outdir_extras_samples": "outputs/extras-images", "use_original_name_batch": True,
         "use_upscaler_name_as_suffix": False, "postprocessing_existing_caption_action": "Ignore",
     }),
+    ("A1111's UNet replacements come only from extensions (TensorRT's list_unets callback); without one, "
+     "A1111 1.10 runs the checkpoint's own UNet for every value (modules/sd_unet.py get_unet_option: "
+     "'Automatic', 'None' and unknown names alike), and no such extension runs here", {
+        "sd_unet": "Automatic",
+    }),
     ("A1111's training tab; this server does not train", {
         "unload_models_when_training": False, "pin_memory": False, "save_optimizer_state": False,
         "save_training_settings_to_txt": True, "dataset_filename_word_regex": "",
@@ -164,15 +174,20 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
     }),
 ]
 
-# Options with an effect in A1111 that this server does not reproduce: memory and loading strategy (this
+# Options with an effect in A1111 that this server does not reproduce: speed and memory strategy (this
 # server's model manager and launch flags decide those, with the same images), and features not served.
 NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
-    ("model memory and loading (this server's model manager and launch flags decide; images are the same)", {
-        "sd_checkpoints_limit": 1, "sd_checkpoints_keep_in_cpu": True, "sd_checkpoint_cache": 0,
-        "sd_vae_checkpoint_cache": 0, "face_restoration_unload": False,
+    ("speed and memory strategy only (A1111's RAM caches of checkpoint and VAE weights, its attention "
+     "implementation, cond cache, cond/uncond batching, SwinIR compilation): this server's model manager "
+     "and launch flags (--sdpa-backend, --compile) decide; images are the same up to rounding", {
+        "sd_checkpoint_cache": 0,
+        "sd_vae_checkpoint_cache": 0,
         "cross_attention_optimization": "Automatic",
-        "persistent_cond_cache": True, "batch_cond_uncond": True, "sd3_enable_t5": False,
-        "lora_in_memory_limit": 0, "SWIN_torch_compile": False,
+        "persistent_cond_cache": True, "batch_cond_uncond": True,
+        "SWIN_torch_compile": False,
+    }),
+    ("concerns models this server does not run: SD3's T5 text encoder (SD 1.x, 2.x and SDXL only here)", {
+        "sd3_enable_t5": False,
     }),
     ("A1111's image captioning (POST /sdapi/v1/interrogate: modules/interrogate.py for CLIP, "
      "modules/deepbooru.py); that route answers 501 here (its models are not shipped)", {
@@ -189,11 +204,7 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
         "img_max_size_mp": 200,
     }),
     ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "sd_unet": "Automatic", "upcast_attn": False,
-        "auto_upcast_attn": True,
-        "sd_vae_overrides_per_model_preferences": True, "auto_vae_precision_bfloat16": False,
-        "auto_vae_precision": True,
-        "fp8_storage": "Disable", "cache_fp16_weight": False, "lora_functional": False,
+        "upcast_attn": False, "auto_upcast_attn": True,
     }),
     ("A1111's list of its own downloadable upscaler models; here the upscalers are the model files found", {
         "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],

@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import ImageColor
 
+from pipeline.models.accel.fp8 import FP8_CHOICES
 from pipeline.models.networks.patch import BACKUP_DEVICES
 from pipeline.runtime.errors import InvalidRequest
 from server.a1111_options import a1111_defaults, unapplied_groups
@@ -144,6 +145,21 @@ OPTIONS: dict[str, Option] = {
     "sd_model_checkpoint": Option("", _str, "checkpoint title; setting it loads that model"),
     "sd_checkpoint_hash": Option("", _str, "sha256 of the loaded checkpoint (informational)"),
     "sd_vae": Option("Automatic", _str, "VAE file name under <models>/VAE, 'Automatic' or 'None'"),
+    "sd_vae_overrides_per_model_preferences": Option(True, _bool, "a chosen sd_vae (not Automatic) beats the "
+                                                     "checkpoint's own preference: its user metadata "
+                                                     "(<checkpoint>.json \"vae\") or a VAE named after it"),
+    "fp8_storage": Option("Disable", _choice(*FP8_CHOICES), "UNet and text-encoder Linear/Conv2d weights "
+                          "stored in float8 (e4m3fn), cast up per layer call: Enable, Enable for SDXL (SDXL "
+                          "models only) or Disable; a change reloads the model (infotext `FP8 weight`)"),
+    "cache_fp16_weight": Option(False, _bool, "with fp8_storage, keep float16 copies of the weights (CPU) "
+                                "that LoRAs are merged onto (infotext `Cache FP16 weight for LoRA`)"),
+    "auto_vae_precision": Option(True, _bool, "a VAE decode that comes out all NaN (half precision "
+                                 "overflowed) is run again with the VAE in float32, kept from then on"),
+    "auto_vae_precision_bfloat16": Option(False, _bool, "the same in bfloat16; wins over auto_vae_precision"),
+    "sd_checkpoints_limit": Option(1, _int(1, 10), "how many checkpoints stay loaded (a refiner or hires "
+                                   "checkpoint counts); past it the least recently used is dropped"),
+    "sd_checkpoints_keep_in_cpu": Option(True, _bool, "with sd_checkpoints_limit above 1, the loaded "
+                                         "checkpoints not in use wait in CPU memory, off the GPU"),
     "CLIP_stop_at_last_layers": Option(1, _int(1, 12), "CLIP skip"),
     "samples_format": Option("png", _choice("png", "jpg", "jpeg", "webp"), "format of returned/saved images"),
     "jpeg_quality": Option(80, _int(1, 100)),
@@ -219,6 +235,9 @@ OPTIONS: dict[str, Option] = {
     "upscaling_max_images_in_cache": Option(5, _int(0, 100), "extras: the last N upscales (same pixels, "
                                             "upscaler and size: A1111's key, without the tile options) "
                                             "answer an identical later one; 0: none kept"),
+    "face_restoration_unload": Option(False, _bool, "after each use the face restoration model leaves the "
+                                      "GPU for CPU memory (back on its next use)"),
+    "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
     "realesrgan_enabled_models": Option(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], _str_list),
     "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
     "sd_vae_decode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
@@ -226,6 +245,11 @@ OPTIONS: dict[str, Option] = {
     "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
     "lora_bundled_ti_to_infotext": Option(True, _bool, "an embedding bundled in a LoRA file is listed in `TI "
                                           "hashes` with the LoRA's name (else with an empty value)"),
+    "lora_functional": Option(False, _bool, "LoRAs are added to their layers' outputs on every call instead "
+                              "of merged into the weights (A1111's old method: slower with several; results "
+                              "equal up to rounding)"),
+    "lora_in_memory_limit": Option(0, _int(0, 1000), "how many parsed LoRA files stay in memory at most "
+                                   "(the set in use always; 0: only lora_cache_mb bounds them)"),
     "lora_cache_mb": Option(1024, _int(0, 1 << 20), "MiB of parsed LoRA files kept in memory (least recently "
                             "used out; 0 keeps only the files of the set in use)"),
     "lora_backup_device": Option("auto", _choice(*BACKUP_DEVICES), "where the pristine copies of the "

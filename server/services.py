@@ -96,6 +96,8 @@ class Services:
                            ckpt_dir=config.ckpt_folder(), extra=[vae_path] if vae_path else None)
         models = ModelManager(registry, device, dtype, vae_dtype, builtin=config.builtin_model, vaes=vaes,
                               accel=accel)
+        if vae_path is not None:
+            vaes.forced = vaes.find(vae_path.name)
         registry.start_background_hashing()
         # --medvram/--lowvram: the pixel upscaler too sits on the GPU only while it runs, after the
         # checkpoint's running part has left it
@@ -131,6 +133,11 @@ class Services:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
         models.vae_choice = models.check_vae(options.get("sd_vae"))
+        models.vae_overrides = bool(options.get("sd_vae_overrides_per_model_preferences"))
+        models.set_weight_storage(options.get("fp8_storage"), options.get("cache_fp16_weight"))
+        models.set_vae_autofix(options.get("auto_vae_precision"), options.get("auto_vae_precision_bfloat16"))
+        models.set_checkpoints_limit(options.get("sd_checkpoints_limit"),
+                                     options.get("sd_checkpoints_keep_in_cpu"))
         if console and config.console_progress:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
@@ -224,7 +231,11 @@ class Services:
         """A1111's reload-checkpoint (worker thread): the selected checkpoint (option `sd_model_checkpoint`)
         loaded with the `sd_vae` option's VAE, from its file when it was unloaded. Returns its title."""
         info = self.selected_checkpoint()
-        self.models.select_vae(self.options.get("sd_vae"), apply_now=False)
+        self.models.select_vae(self.options.get("sd_vae"), apply_now=False,
+                               overrides=self.options.get("sd_vae_overrides_per_model_preferences"))
+        self.models.set_weight_storage(self.options.get("fp8_storage"), self.options.get("cache_fp16_weight"))
+        self.models.set_checkpoints_limit(self.options.get("sd_checkpoints_limit"),
+                                          self.options.get("sd_checkpoints_keep_in_cpu"))
         self.models.get(info.filename)
         return info.title
 
@@ -279,7 +290,13 @@ class Services:
         self.reach_checkpoint(p)
         self.reach_named_checkpoints(p)
         self.reach_vae(p)
-        self.models.select_vae(p.options.get("sd_vae"), apply_now=False)
+        self.models.select_vae(p.options.get("sd_vae"), apply_now=False,
+                               overrides=p.options.get("sd_vae_overrides_per_model_preferences", True))
+        self.models.set_weight_storage(p.options.get("fp8_storage"), p.options.get("cache_fp16_weight"))
+        self.models.set_vae_autofix(p.options.get("auto_vae_precision", True),
+                                    p.options.get("auto_vae_precision_bfloat16", False))
+        self.models.set_checkpoints_limit(p.options.get("sd_checkpoints_limit", 1),
+                                          p.options.get("sd_checkpoints_keep_in_cpu", True))
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
                          faces=self.upscalers.faces, networks=self.networks, previews=self.previews,

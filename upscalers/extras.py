@@ -158,7 +158,8 @@ def run_extras(
             image, params, first, second, registry, (tile, overlap, tile_options), should_stop, on_tile, ldsr,
             cache,
         )
-        result = _restore_faces(result, params, registry.faces, info, should_stop)
+        unload = bool((tile_options or {}).get("face_restoration_unload", False))
+        result = _restore_faces(result, params, registry.faces, info, should_stop, unload)
         infotext = format_infotext(info)
         result.info = {**text_info(image), "postprocessing": infotext}
         results.append(result)
@@ -268,11 +269,13 @@ def _restore_faces(
     faces: FaceRestorers,
     info: dict[str, object],
     should_stop: ShouldStop | None,
+    unload: bool = False,
 ) -> Image.Image:
-    """A1111's GFPGAN and CodeFormer postprocessing stages, with their infotext entries."""
+    """A1111's GFPGAN and CodeFormer postprocessing stages, with their infotext entries (`unload`: option
+    `face_restoration_unload`)."""
     for restorer, visibility in _face_stages(params, faces):
         weight = params.codeformer_weight
-        image = faces.restore(image, restorer, visibility, weight, should_stop=should_stop)
+        image = faces.restore(image, restorer, visibility, weight, should_stop=should_stop, unload=unload)
         info[f"{restorer.name} visibility"] = round(visibility, 3)
         if restorer.name == "CodeFormer":
             info["CodeFormer weight"] = round(weight, 3)

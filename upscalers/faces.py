@@ -211,6 +211,7 @@ class FaceModel:
         self.model = model
         """The spandrel architecture's module (GFPGANv1Clean or CodeFormer)."""
         self.device = device
+        self.parked = False  # in CPU memory (face_restoration_unload) until its next use
 
     def __call__(self, x: torch.Tensor, weight: float) -> torch.Tensor:
         if self.restorer.name == "CodeFormer":
@@ -331,6 +332,9 @@ class FaceRestorers:
             cached = self._cache.get(restorer.path)
             if cached is not None:
                 self._cache.move_to_end(restorer.path)
+                if cached.parked:  # face_restoration_unload sent it to CPU memory after its last use
+                    cached.model.to(self.device)
+                    cached.parked = False
                 return cached
             state = read_state_dict(restorer.path)
             try:
@@ -354,14 +358,26 @@ class FaceRestorers:
         visibility: float = 1.0,
         codeformer_weight: float = 0.5,
         should_stop: ShouldStop | None = None,
+        unload: bool = False,
     ) -> Image.Image:
-        """`restore_faces` with the model of `restorer`, loaded only once a face is found."""
+        """`restore_faces` with the model of `restorer`, loaded only once a face is found. `unload` (A1111's
+        option `face_restoration_unload`): afterwards the model leaves the GPU for CPU memory (it comes
+        back on its next use)."""
 
         def net(x: torch.Tensor, weight: float) -> torch.Tensor:
-            return self.net(restorer)(x, weight)
+            model = self.net(restorer)
+            if unload:
+                used.append(model)
+            return model(x, weight)
 
-        return restore_faces(image, net, visibility, codeformer_weight, device=self.device,
-                             should_stop=should_stop)
+        used: list[FaceModel] = []
+        try:
+            return restore_faces(image, net, visibility, codeformer_weight, device=self.device,
+                                 should_stop=should_stop)
+        finally:
+            if used and isinstance(used[0], FaceModel) and self.device.type != "cpu":
+                used[0].model.to("cpu")
+                used[0].parked = True
 
     def clear_cache(self) -> None:
         """Drop the loaded models."""

@@ -50,6 +50,9 @@ def job_infotext(p: Any, models: ModelInfo, index: int) -> str:
         ("Size", f"{p.width}x{p.height}"),
         ("Model hash", info.get("hash") if p.options.get("add_model_hash_to_info", True) else None),
         ("Model", info.get("model_name") if p.options.get("add_model_name_to_info", True) else None),
+        # A1111 writes both while the model's weights are float8 (option fp8_storage)
+        ("FP8 weight", p.options.get("fp8_storage") if info.get("fp8") else None),
+        ("Cache FP16 weight for LoRA", bool(p.options.get("cache_fp16_weight")) if info.get("fp8") else None),
         ("VAE hash", info.get("vae_hash") if p.options.get("add_vae_hash_to_info", True) else None),
         ("VAE", info.get("vae_name") if p.options.get("add_vae_name_to_info", True) else None),
     ]

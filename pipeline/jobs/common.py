@@ -287,7 +287,8 @@ def restore_faces(images: list[Image.Image], p: Processing, ctx: JobContext) -> 
     if p.options.get("save_images_before_face_restoration") and getattr(p.request, "save_images", False):
         p.unrestored += [img.copy() for img in images]
     weight = float(p.options.get("code_former_weight", 0.5))
-    return [ctx.faces.restore(img, p.face_restorer, 1.0, weight) for img in images]
+    unload = bool(p.options.get("face_restoration_unload", False))
+    return [ctx.faces.restore(img, p.face_restorer, 1.0, weight, unload=unload) for img in images]
 
 
 def saves_before_face_restoration(p: Processing, infotexts: list[str]) -> list[tuple[Image.Image, str, str]]:

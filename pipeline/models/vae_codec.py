@@ -89,8 +89,26 @@ def decode(model: SDModel, latents: torch.Tensor, *, tile_above_pixels: int = DE
                 return vae.decode(z).sample
 
         img = _with_fallback(run, max(h, w), start_tiled, tile_latent)
+        fallback = model.extra.get("vae_nan_fallback")
+        if fallback is not None and fallback != dtype and bool(torch.isnan(img).all()):
+            dtype = _widen_vae(model, fallback)
+            z = one.to(model.device, dtype) / vae.config.scaling_factor
+            img = _with_fallback(lambda tile, z=z: run(tile, z), max(h, w), start_tiled, tile_latent)
         out.append(((img.float() + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out)
+
+
+def _widen_vae(model: SDModel, dtype: torch.dtype) -> torch.dtype:
+    """A1111's `auto_vae_precision` (float32) / `auto_vae_precision_bfloat16`: a decode that came out all
+    NaN (the VAE overflowed in half precision) is run again with the VAE converted to `dtype`, which it
+    keeps from then on (as A1111's `devices.dtype_vae`)."""
+    log.warning("a tensor with all NaNs was produced in the VAE (%s): converting the VAE of %s to %s and "
+                "decoding again (options auto_vae_precision / auto_vae_precision_bfloat16; --no-half-vae "
+                "starts with a float32 VAE)", str(model.vae_dtype or model.dtype).replace("torch.", ""),
+                model.title, str(dtype).replace("torch.", ""))
+    model.vae.to(dtype)
+    model.vae_dtype = dtype
+    return dtype
 
 
 def to_images(images: torch.Tensor) -> list[Image.Image]:

@@ -2,9 +2,14 @@
 
 A1111's rules, in short: `/sdapi/v1/sd-vae` lists every `.safetensors` / `.pt` / `.ckpt` under
 `<models>/VAE` (recursively) and every `*.vae.*` file next to the checkpoints, named by the file's base
-name ("vae-ft-mse.safetensors"); option `sd_vae` holds one of those names, or "Automatic" (a
-`<checkpoint stem>.vae.*` file beside the checkpoint if there is one, else the checkpoint's own VAE) or
-"None" (always the checkpoint's own VAE).
+name ("vae-ft-mse.safetensors"); option `sd_vae` holds one of those names, "Automatic" or "None".
+
+Which VAE a checkpoint runs with is A1111 1.10's `resolve_vae`: the `--vae-path` file; else, when option
+`sd_vae_overrides_per_model_preferences` is on and `sd_vae` is not "Automatic", `sd_vae` itself ("None": the
+checkpoint's own); else the checkpoint's user metadata (`<checkpoint stem>.json`, key "vae": a VAE name, or
+"None" for its own VAE); else a VAE "near the checkpoint" (the first listed VAE whose file name starts with
+the checkpoint's stem, e.g. `<stem>.vae.pt`; also such a `<stem>.vae.*` file beside a checkpoint outside
+the folders); else `sd_vae` ("Automatic" and "None": the checkpoint's own).
 
 Files in the original LDM layout (`encoder.down.0.block.0...`, optionally under `first_stage_model.`)
 are converted with diffusers' own converter; files already in diffusers' layout are used as they are.
@@ -15,6 +20,7 @@ again.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -88,6 +94,9 @@ class VaeRegistry:
         self.models_dir = Path(models_dir)
         self.vae_dir, self.ckpt_dir = vae_dir, ckpt_dir  # folders moved by --vae-dir / --ckpt-dir
         self.extra = list(extra or [])  # files outside the folders (--vae-path)
+        self.extra_files = {VaeFile(p.name, p.absolute()) for p in self.extra}
+        # --vae-path: this file for every checkpoint, whatever the options and the per-model preferences
+        self.forced: VaeFile | None = None
         self.hashes = HashCache(Path(data_dir) / "vae-hashes.json" if data_dir is not None else None)
         self._lock = threading.Lock()
         self._items: list[VaeFile] = []
@@ -126,17 +135,62 @@ class VaeRegistry:
             return NONE
         return self.find(name, field).name
 
-    def select(self, name: str | None, checkpoint_file: str | None) -> VaeFile | None:
-        """The file `sd_vae` = `name` means for a checkpoint (None: the checkpoint's own VAE)."""
+    def select(self, name: str | None, checkpoint_file: str | None, overrides: bool = True) -> VaeFile | None:
+        """The file a checkpoint runs with under `sd_vae` = `name` (None: the checkpoint's own VAE), in the
+        order of A1111's `resolve_vae`. `overrides`: option `sd_vae_overrides_per_model_preferences`."""
+        if self.forced is not None:  # --vae-path
+            return self.forced
         choice = self.check(name)
-        if choice == NONE:
+        if overrides and choice != AUTOMATIC:
+            return self._from_setting(choice)
+        found, vae = self.from_user_metadata(checkpoint_file)
+        if found:
+            return vae
+        near = self.near(checkpoint_file)
+        if near is not None:
+            return near
+        return self._from_setting(choice)
+
+    def _from_setting(self, choice: str) -> VaeFile | None:
+        return None if choice in (AUTOMATIC, NONE) else self.find(choice)
+
+    def from_user_metadata(self, checkpoint_file: str | None) -> tuple[bool, VaeFile | None]:
+        """The checkpoint's user metadata (A1111's `<checkpoint stem>.json`, key "vae"): (True, file) for a
+        listed VAE name, (True, None) for "None" (its own VAE); (False, None) when it names none, names
+        "Automatic" or a VAE that is not there (A1111 then goes on down its list, silently)."""
+        if not checkpoint_file or checkpoint_file.startswith("<"):
+            return False, None
+        path = Path(os.path.splitext(checkpoint_file)[0] + ".json")
+        if not path.is_file():
+            return False, None
+        try:
+            wanted = json.loads(path.read_text("utf-8")).get("vae")
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("user metadata %s unreadable (%s); ignored", path, exc)
+            return False, None
+        if not isinstance(wanted, str) or wanted in ("", AUTOMATIC):
+            return False, None
+        if wanted == NONE:
+            return True, None
+        for v in self.list():
+            if v.name == wanted:
+                return True, v
+        return False, None
+
+    def near(self, checkpoint_file: str | None) -> VaeFile | None:
+        """A1111's VAE "near the checkpoint": the first listed VAE whose file name starts with the
+        checkpoint's name without its extension; else a `<stem>.vae.{safetensors,pt,ckpt}` file beside a
+        checkpoint that lies outside the scanned folders."""
+        if not checkpoint_file or checkpoint_file.startswith("<"):
             return None
-        if choice == AUTOMATIC:
-            return self.beside(checkpoint_file)
-        return self.find(choice)
+        stem = os.path.basename(checkpoint_file).rsplit(".", 1)[0]
+        for v in self.list():
+            if v.name.startswith(stem) and v not in self.extra_files:
+                return v
+        return self.beside(checkpoint_file)
 
     def beside(self, checkpoint_file: str | None) -> VaeFile | None:
-        """A1111's "Automatic": `<checkpoint stem>.vae.{safetensors,pt,ckpt}` next to the checkpoint."""
+        """`<checkpoint stem>.vae.{safetensors,pt,ckpt}` next to the checkpoint."""
         if not checkpoint_file or checkpoint_file.startswith("<"):
             return None
         ckpt = Path(checkpoint_file)

@@ -28,6 +28,8 @@ class LoadModelCall:
 
     def run(self, svc: Services) -> None:
         previous_vae = svc.models.vae_choice
+        svc.models.set_checkpoints_limit(svc.options.get("sd_checkpoints_limit"),
+                                         svc.options.get("sd_checkpoints_keep_in_cpu"))
         svc.models.select_vae(self.vae, apply_now=False)
         try:
             svc.models.get(self.filename)

@@ -319,3 +319,24 @@ def test_extras_codeformer_stage_writes_visibility_and_weight(tmp_path: Path, co
     assert info == "GFPGAN visibility: 0.5, CodeFormer visibility: 0.25, CodeFormer weight: 0.123"
     assert weights == [("GFPGAN", 0.123456), ("CodeFormer", 0.123456)]  # A1111's order: GFPGAN first
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("unload", [True, False])
+def test_face_restoration_unload_sends_the_model_to_cpu_memory(models_with, unload: bool) -> None:
+    """Option `face_restoration_unload` (A1111: the model goes to the CPU after each use): the model waits in
+    CPU memory after a restore, and is on the GPU again for its next use; the result does not change."""
+    faces = FaceRestorers(models_with(**{"GFPGAN/g.safetensors": "GFPGANv1.4.safetensors"}),
+                          device=torch.device("cuda"))
+    [restorer] = faces.list()
+    model = faces.net(restorer)
+
+    def where() -> set[str]:
+        return {p.device.type for p in model.model.parameters()}
+
+    first = faces.restore(astronaut(), restorer, unload=unload)
+    assert where() == ({"cpu"} if unload else {"cuda"})
+    assert faces.net(restorer) is model and where() == {"cuda"}  # back for its next use
+    second = faces.restore(astronaut(), restorer, unload=unload)
+    assert np.array_equal(np.asarray(first), np.asarray(second))
+    assert where() == ({"cpu"} if unload else {"cuda"})

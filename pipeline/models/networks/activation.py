@@ -42,6 +42,8 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
     if "lora_cache_mb" in p.options:
         networks.cache.limit_bytes = int(float(p.options["lora_cache_mb"]) * 2**20)
     networks.backups = str(p.options.get("lora_backup_device", "auto"))
+    networks.functional = bool(p.options.get("lora_functional", False))
+    networks.cache.limit_count = int(p.options.get("lora_in_memory_limit", 0) or 0)
     disabled = bool(getattr(p.request, "disable_extra_networks", False))
     active = networks.activate(model, None if disabled else prompt, lenient=lenient)
     matcher = networks.matcher_for(model)  # the folder's embeddings and the applied LoRAs' bundled ones

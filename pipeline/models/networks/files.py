@@ -234,10 +234,12 @@ class LoraIndex:
 
 class TensorCache:
     """Parsed network files, least recently used first out, bounded by their tensors' bytes (0 keeps only
-    the files of the set in use, like A1111's default)."""
+    the files of the set in use, like A1111's default) and, when `limit_count` is set (A1111's option
+    `lora_in_memory_limit`), by their number; the files of the set in use always stay."""
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, limit_count: int = 0) -> None:
         self.limit_bytes = int(limit_bytes)
+        self.limit_count = int(limit_count)  # 0: no limit on the number
         self._items: OrderedDict[tuple[str, float], tuple[Any, int]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -245,6 +247,10 @@ class TensorCache:
     def bytes(self) -> int:
         with self._lock:
             return sum(size for _, size in self._items.values())
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
 
     def get(self, key: tuple[str, float]) -> Any | None:
         with self._lock:
@@ -254,14 +260,17 @@ class TensorCache:
             self._items.move_to_end(key)
             return hit[0]
 
+    def _fits(self, total: int) -> bool:
+        return total <= self.limit_bytes and (not self.limit_count or len(self._items) <= self.limit_count)
+
     def put(self, key: tuple[str, float], value: Any, size: int, keep: set[tuple[str, float]]) -> None:
-        """Store `value`; evict the oldest entries not in `keep` until the cache fits its limit."""
+        """Store `value`; evict the oldest entries not in `keep` until the cache fits its limits."""
         with self._lock:
             self._items[key] = (value, size)
             self._items.move_to_end(key)
             total = sum(s for _, s in self._items.values())
             for old in list(self._items):
-                if total <= self.limit_bytes:
+                if self._fits(total):
                     break
                 if old in keep or old == key:
                     continue
@@ -271,7 +280,7 @@ class TensorCache:
         with self._lock:
             total = sum(s for _, s in self._items.values())
             for old in list(self._items):
-                if total <= self.limit_bytes:
+                if self._fits(total):
                     break
                 if old not in keep:
                     total -= self._items.pop(old)[1]

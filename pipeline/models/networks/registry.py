@@ -113,6 +113,7 @@ class Networks:
         self.last_bundled: dict[str, Embedding] = {}  # the embeddings its applied LoRA files bundle
         self.cache = TensorCache(int(cache_mb * 2**20))
         self.backups = "auto"  # where patched parameters' backups live: one of patch.BACKUP_DEVICES
+        self.functional = False  # option lora_functional: networks added to layer outputs, not merged
 
     @classmethod
     def for_models_dir(cls, models_dir: Path, lora_dir: Path | None = None, lyco_dir: Path | None = None,
@@ -204,6 +205,8 @@ class Networks:
         last = {a.params.name: a.params for a in active}  # a repeated name uses its last multipliers
         signature = tuple((a.file.path, a.file.mtime, last[a.params.name].te, last[a.params.name].unet,
                            last[a.params.name].dyn) for a in active)
+        if active and self.functional:  # option lora_functional: another way to apply the same set
+            signature = ("functional", *signature)
         patcher: Patcher = model.extra.setdefault("networks.patcher", Patcher())
         patcher.backups = self.backups
         if signature == patcher.signature:
@@ -224,7 +227,7 @@ class Networks:
                     targets = model.extra["networks.targets"] = target_map(model)
             plan += self._plan(params, a.file, parsed, targets, lenient)
         try:
-            changed = patcher.apply(signature, plan)
+            changed = patcher.apply(signature, plan, functional=self.functional)
         except (NetworkTypeError, RuntimeError) as exc:
             raise InvalidRequest("prompt", f"a LoRA of {[a.params.tag for a in active]} does not fit the "
                                  f"loaded model: {exc}") from exc
