@@ -9,6 +9,7 @@ import io
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -64,6 +65,13 @@ def test_the_bounds_are_in_openapi(client: TestClient) -> None:
     assert ints["subseed"]["maximum"] == float(TOP) and ints["seed_resize_from_w"]["maximum"] == 16384
 
 
+def _mean_level_diff(a: str, b: str) -> float:
+    """Mean absolute difference of two base64 PNGs' pixels, in 8-bit levels."""
+    def arr(data: str) -> np.ndarray:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), dtype=np.float64)
+    return float(np.abs(arr(a) - arr(b)).mean())
+
+
 @pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M SDE"])  # ancestral noise; a Brownian tree
 def test_every_seed_torch_takes_runs(client: TestClient, sampler: str) -> None:
     for seed, subseed in ((TOP, -1), (-(2**63), TOP), (-5, 7)):
@@ -77,7 +85,11 @@ def test_every_seed_torch_takes_runs(client: TestClient, sampler: str) -> None:
     info = json.loads(r.json()["info"])
     assert info["all_seeds"] == [TOP, 0]
     again = client.post("/sdapi/v1/txt2img", json={**SMALL, "seed": 0, "sampler_name": sampler})
-    assert again.json()["images"][0] == r.json()["images"][1]
+    other = client.post("/sdapi/v1/txt2img", json={**SMALL, "seed": 1, "sampler_name": sampler})
+    # a batched UNet call may round its last bits otherwise than a single one (AVX2 kernels do): the same
+    # noise gives the same image up to a level here and there, another seed a different one
+    assert _mean_level_diff(again.json()["images"][0], r.json()["images"][1]) < 0.5
+    assert _mean_level_diff(other.json()["images"][0], r.json()["images"][1]) > 5
     rnd = client.post("/sdapi/v1/txt2img", json={**SMALL, "seed": -1})
     assert 0 <= json.loads(rnd.json()["info"])["seed"] < 4294967294
 

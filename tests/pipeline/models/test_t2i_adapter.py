@@ -131,7 +131,8 @@ def test_features_match_a_hand_computed_reference(tiny: dict, family: str, mode:
             x, t, cond, uncond
         )
         plain = guided_model(model, cfg, 64, 64)(x, t, cond, uncond)
-    assert torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    # float32 through a UNet: the CPU's kernels (AVX2 / AVX-512) round the last bits their own way
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     assert (got - plain).abs().mean() > 1e-3
 
 
