@@ -74,7 +74,7 @@ APPLIED: dict[str, Any] = {
     # sampling, text encoding and attention numerics
     "enable_quantization": False, "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False,
     "no_dpmpp_sde_batch_determinism": False, "live_preview_content": "Prompt",
-    "use_old_emphasis_implementation": False,
+    "use_old_emphasis_implementation": False, "upcast_attn": False,
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -172,6 +172,11 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
      "(modules/sd_samplers_timesteps.py), which has no quad discretization", {
         "ddim_discretize": "uniform",
     }),
+    ("no option of A1111 1.10: no code of it defines or reads the name (modules/shared_options.py has "
+     "only upcast_attn); its GET /options lists every key its config.json holds (modules/api/api.py "
+     "get_config), so configs written by other builds bring it along", {
+        "auto_upcast_attn": True,
+    }),
 ]
 
 # Options with an effect in A1111 that this server does not reproduce: speed and memory strategy (this
@@ -202,9 +207,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
      "(their script_name is a 400)", {
         "font": "", "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
         "img_max_size_mp": 200,
-    }),
-    ("not applied by this server yet (A1111 applies it); accepted so that A1111 option blobs post back", {
-        "upcast_attn": False, "auto_upcast_attn": True,
     }),
     ("A1111's list of its own downloadable upscaler models; here the upscalers are the model files found", {
         "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],

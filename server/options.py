@@ -385,6 +385,9 @@ OPTIONS: dict[str, Option] = {
     "use_old_emphasis_implementation": Option(False, _bool, "SD 1.x: A1111's old prompt encoding (one "
                                               "chunk of 75 tokens, bracket tokens weight what follows, no "
                                               "(word:1.2) weights); a 400 on SD 2.x/SDXL, where A1111 fails"),
+    "upcast_attn": Option(False, _bool, "the UNet's self- and cross-attention (refiner's too) compute in "
+                          "float32 on a fp16/bf16 model, cast back before the output projection; no effect "
+                          "on a float32 model"),
 }
 # every other A1111 v1.10 option: accepted with A1111's default and a check of its type, changing nothing
 # here (server/a1111_options.py says why, group by group)

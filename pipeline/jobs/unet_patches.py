@@ -12,11 +12,20 @@ from typing import Any
 from pipeline.jobs.forge_pass import hypertile_for_pass as forge_hypertile_for_pass
 from pipeline.jobs.speed import deep_shrink_for_pass, hypertile_for_pass, token_merging_for_pass
 from pipeline.models.patches import PassInfo, UNetPatch
+from pipeline.models.patches.upcast_attn import UpcastAttention
 
 Provider = Callable[[Any, PassInfo], "UNetPatch | None"]
 
+
+def upcast_attn_for_pass(p: Any, _info: PassInfo) -> UpcastAttention | None:
+    """A1111's `upcast_attn`: the UNet's attention in float32 in every pass (no infotext key: A1111 writes
+    none)."""
+    return UpcastAttention() if p.options.get("upcast_attn", False) else None
+
+
 PROVIDERS: list[Provider] = [deep_shrink_for_pass, token_merging_for_pass, hypertile_for_pass,
-                             forge_hypertile_for_pass]  # Forge's "HyperTile Integrated"
+                             forge_hypertile_for_pass,  # Forge's "HyperTile Integrated"
+                             upcast_attn_for_pass]
 
 
 def pass_info(p: Any, pass_no: int, width: int, height: int, seeds: list[int]) -> PassInfo:
