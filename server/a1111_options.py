@@ -75,6 +75,12 @@ APPLIED: dict[str, Any] = {
     "enable_quantization": False, "comma_padding_backtrack": 20, "sdxl_clip_l_skip": False,
     "no_dpmpp_sde_batch_determinism": False, "live_preview_content": "Prompt",
     "use_old_emphasis_implementation": False, "upcast_attn": False,
+    # the LoRA added to every prompt (pipeline/models/networks/activation.py default_lora_tag)
+    "sd_lora": "None", "extra_networks_default_multiplier": 1.0,
+    # the live previews of POST /internal/progress (server/routes/internal.py)
+    "live_previews_image_format": "png",
+    # extras operations (upscalers/extras.py operation_order)
+    "postprocessing_operation_order": [], "postprocessing_disable_in_extras": [],
 }
 
 # Options without effect through A1111's own API either: they steer its browser UI, console, training tab
@@ -89,14 +95,14 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "img2img_inpaint_sketch_default_brush_color": "#ffffff",
         "img2img_batch_show_results_limit": 32, "grid_zip_filename_pattern": "",
         "extra_networks_show_hidden_directories": True, "extra_networks_dir_button_function": False,
-        "extra_networks_hidden_models": "When searched", "extra_networks_default_multiplier": 1.0,
+        "extra_networks_hidden_models": "When searched",
         "extra_networks_card_width": 0, "extra_networks_card_height": 0,
         "extra_networks_card_text_scale": 1.0,
         "extra_networks_card_show_desc": True, "extra_networks_card_description_is_html": False,
         "extra_networks_card_order_field": "Path", "extra_networks_card_order": "Ascending",
         "extra_networks_tree_view_style": "Dirs", "extra_networks_tree_view_default_enabled": True,
         "extra_networks_tree_view_default_width": 180, "extra_networks_add_text_separator": " ",
-        "ui_extra_networks_tab_reorder": "", "sd_hypernetwork": "None",
+        "ui_extra_networks_tab_reorder": "",
         "keyedit_precision_attention": 0.1, "keyedit_precision_extra": 0.05,
         "keyedit_delimiters": ".,\\/!?%^*;:{}=`~() ",
         "keyedit_delimiters_whitespace": ["Tab", "Carriage Return", "Line Feed"], "keyedit_move": True,
@@ -113,16 +119,15 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
         "ui_reorder_list": [], "gradio_theme": "Default", "gradio_themes_cache": True,
         "show_progress_in_title": True, "send_seed": True, "send_size": True,
         "enable_reloading_ui_scripts": False, "disable_weights_auto_swap": True, "infotext_skip_pasting": [],
-        "infotext_styles": "Apply if any", "show_progressbar": True, "live_previews_image_format": "png",
-        "show_progress_grid": True, "live_preview_allow_lowvram_full": False,
+        "infotext_styles": "Apply if any", "show_progressbar": True,
+        "live_preview_allow_lowvram_full": False,
         "live_preview_refresh_period": 1000,
         "live_preview_fast_interrupt": False, "js_live_preview_in_modal_lightbox": False,
         "prevent_screen_sleep_during_generation": True, "hide_samplers": [],
-        "postprocessing_enable_in_main_ui": [], "postprocessing_disable_in_extras": [],
-        "postprocessing_operation_order": [], "set_scale_by_when_changing_upscaler": False,
+        "set_scale_by_when_changing_upscaler": False,
         "lora_preferred_name": "Alias from file", "lora_show_all": False,
         "lora_hide_unknown_for_versions": [],
-        "lora_not_found_gradio_warning": False, "sd_lora": "None",
+        "lora_not_found_gradio_warning": False,
         "extra_options_txt2img": [], "extra_options_img2img": [], "extra_options_cols": 1,
         "extra_options_accordion": False,
         "canvas_hotkey_zoom": "Alt", "canvas_hotkey_adjust": "Ctrl", "canvas_hotkey_shrink_brush": "Q",
@@ -133,7 +138,7 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
     ("A1111 console and process settings (printing, profiling, start-up); no effect on results", {
         "enable_console_prompts": False, "show_warnings": False, "memmon_poll_rate": 8,
         "samples_log_stdout": False, "multiple_tqdm": True, "enable_upscale_progressbar": True,
-        "print_hypernet_extra": False, "list_hidden_files": True, "disable_mmap_load_safetensors": False,
+        "print_hypernet_extra": False, "disable_mmap_load_safetensors": False,
         "hide_ldm_prints": True, "dump_stacks_on_signal": False, "profiling_enable": False,
         "profiling_activities": ["CPU"], "profiling_record_shapes": True, "profiling_profile_memory": True,
         "profiling_with_stack": True, "profiling_filename": "trace.json", "temp_dir": "",
@@ -155,6 +160,12 @@ NO_EFFECT_IN_A1111_API: list[tuple[str, dict[str, Any]]] = [
      "A1111 1.10 runs the checkpoint's own UNet for every value (modules/sd_unet.py get_unet_option: "
      "'Automatic', 'None' and unknown names alike), and no such extension runs here", {
         "sd_unet": "Automatic",
+    }),
+    ("hypernetworks, which this server does not load (/sdapi/v1/hypernetworks lists none): A1111 adds "
+     "`<hypernet:NAME:extra_networks_default_multiplier>` to the prompt only when sd_hypernetwork names one "
+     "of the hypernetwork files it found (modules/extra_networks_hypernet.py); a prompt's `<hypernet:...>` "
+     "tag is removed from the text encoded and otherwise ignored here", {
+        "sd_hypernetwork": "None",
     }),
     ("A1111's training tab; this server does not train", {
         "unload_models_when_training": False, "pin_memory": False, "save_optimizer_state": False,
@@ -207,6 +218,23 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
      "(their script_name is a 400)", {
         "font": "", "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
         "img_max_size_mp": 200,
+    }),
+    ("A1111's live preview of a batch (GET /sdapi/v1/progress current_image, POST /internal/progress) is a "
+     "grid of every image's preview while this is on (modules/shared_state.py do_set_current_image: "
+     "samples_to_image_grid), the first image's only when off; this server always previews the first "
+     "image only", {
+        "show_progress_grid": True,
+    }),
+    ("not applied: A1111's model listings leave out the files in folders whose names start with '.' only "
+     "while this is off (modules/util.py walk_files; its default lists them); here the checkpoint and LoRA "
+     "listings always leave out such folders (and such files), the VAE, upscaler and face-restorer "
+     "listings never", {
+        "list_hidden_files": True,
+    }),
+    ("A1111 adds the postprocessing operations named here to txt2img and img2img as always-on scripts "
+     "(modules/scripts_auto_postprocessing.py, read at start-up; they act only when a request's "
+     "alwayson_scripts passes them arguments); this server serves no such scripts", {
+        "postprocessing_enable_in_main_ui": [],
     }),
     ("A1111's list of its own downloadable upscaler models; here the upscalers are the model files found", {
         "realesrgan_enabled_models": ["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"],

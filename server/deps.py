@@ -18,7 +18,7 @@ from pipeline.jobs import controlnet
 from pipeline.jobs.builtin_scripts import strip_prompt_comments
 from pipeline.jobs.common import JobResult
 from pipeline.jobs.processing import Processing
-from pipeline.models.networks import check_job
+from pipeline.models.networks import check_job, default_lora_tag
 from server.bodylimit import MIB
 from server.grids import grid_wanted, image_grid, save_grid
 from server.imagecodec import UrlFetch, decode_image, encode_images_b64
@@ -118,6 +118,7 @@ def check_generation(svc: Services, req: Any, p: Processing, script_args: dict[s
                                                                  p.hr_negative_prompt or req.negative_prompt,
                                                                  p.styles)
     strip_prompt_comments(p)  # A1111's Comments script, after the styles
+    p.prompt += default_lora_tag(svc.networks, p, p.prompt)  # option sd_lora: in the infotexts' prompts too
     check_job(svc.networks, p, svc.models)
     fetch = url_fetch(svc, p.options)  # A1111's ControlNet decodes inside the job: override_settings apply
 

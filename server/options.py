@@ -178,6 +178,8 @@ OPTIONS: dict[str, Option] = {
     "SWIN_tile": Option(192, _int(0, 4096), "SwinIR tile size (used after an out-of-memory error)"),
     "SWIN_tile_overlap": Option(8, _int(0, 512), "SwinIR upscalers' tile overlap in pixels"),
     "live_previews_enable": Option(True, _bool),
+    "live_previews_image_format": Option("png", _choice("png", "jpeg", "webp"), "the format of the live "
+                                         "previews POST /internal/progress sends (a data: URL)"),
     "show_progress_every_n_steps": Option(10, _int(-1, 1000), "live preview every N steps (-1/0: off)"),
     "show_progress_type": Option("Approx NN", _choice("Full", "Approx NN", "Approx cheap", "TAESD"),
                                  "Approx NN from <models>/VAE-approx (A1111's model.pt / vaeapprox-sdxl.pt), "
@@ -235,12 +237,23 @@ OPTIONS: dict[str, Option] = {
     "upscaling_max_images_in_cache": Option(5, _int(0, 100), "extras: the last N upscales (same pixels, "
                                             "upscaler and size: A1111's key, without the tile options) "
                                             "answer an identical later one; 0: none kept"),
+    "postprocessing_operation_order": Option([], _str_list, "extras: the operations named here run first, "
+                                             "in this order ('Upscale', 'GFPGAN', 'CodeFormer'; A1111's "
+                                             "postprocessing script names), the others after them in A1111's "
+                                             "order (Upscale, GFPGAN, CodeFormer); other names are ignored"),
+    "postprocessing_disable_in_extras": Option([], _str_list, "extras: the operations named here ('Upscale', "
+                                               "'GFPGAN', 'CodeFormer') do not run, whatever a request asks; "
+                                               "other names are ignored"),
     "face_restoration_unload": Option(False, _bool, "after each use the face restoration model leaves the "
                                       "GPU for CPU memory (back on its next use)"),
-    "upscaling_max_images_in_cache": Option(5, _int(0, 100)),
     "realesrgan_enabled_models": Option(["R-ESRGAN 4x+", "R-ESRGAN 4x+ Anime6B"], _str_list),
     "sd_vae_encode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
     "sd_vae_decode_method": Option("Full", _choice("Full", "TAESD"), _TAESD_HELP),
+    "sd_lora": Option("None", _str, "a LoRA's name (file name without extension): '<lora:NAME:M>' is added "
+                      "to every prompt that does not name it already (M: extra_networks_default_multiplier); "
+                      "'None' or a name no LoRA file has: nothing"),
+    "extra_networks_default_multiplier": Option(1.0, _number(-10, 10), "the multiplier of sd_lora's LoRA "
+                                                "(a tag without a multiplier still means 1)"),
     "lora_add_hashes_to_infotext": Option(True, _bool, "write `Lora hashes` into the infotext"),
     "textual_inversion_add_hashes_to_infotext": Option(True, _bool, "write `TI hashes` into the infotext"),
     "lora_bundled_ti_to_infotext": Option(True, _bool, "an embedding bundled in a LoRA file is listed in `TI "

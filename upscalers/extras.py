@@ -108,14 +108,38 @@ class UpscaleCache:
             self._items.popitem(last=False)
 
 
-def _face_stages(params: ExtrasParams, faces: FaceRestorers) -> list[tuple[FaceRestorer, float]]:
-    """(restorer, visibility) for each requested face restoration, in A1111's order (GFPGAN, then
-    CodeFormer); FaceRestorationUnavailable when one is requested but not installed."""
+OPERATIONS = ("Upscale", "GFPGAN", "CodeFormer")
+"""The extras operations, named as A1111 names its postprocessing scripts, in A1111's default order (the
+scripts' `order`: 1000, 2000, 3000)."""
+
+
+def operation_order(options: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The operations an extras request runs, in the order it runs them, by A1111's options
+    (modules/scripts_postprocessing.py `scripts_in_preferred_order`): those named in
+    `postprocessing_disable_in_extras` are left out; those named in `postprocessing_operation_order` come
+    first, in the order named (the first mention counts), the others after them in the default order."""
+    options = options or {}
+    wanted = list(options.get("postprocessing_operation_order") or [])
+    disabled = set(options.get("postprocessing_disable_in_extras") or [])
+
+    def score(name: str) -> tuple[int, int]:
+        return (wanted.index(name) if name in wanted else len(wanted), OPERATIONS.index(name))
+
+    return tuple(sorted((n for n in OPERATIONS if n not in disabled), key=score))
+
+
+def _face_stages(params: ExtrasParams, faces: FaceRestorers,
+                 operations: tuple[str, ...] = OPERATIONS) -> list[tuple[FaceRestorer, float]]:
+    """(restorer, visibility) for each requested face restoration that `operations` runs, in its order
+    (A1111's default: GFPGAN, then CodeFormer); FaceRestorationUnavailable when one is requested but not
+    installed."""
     stages = []
-    if params.gfpgan_visibility > 0:
-        stages.append((faces.require("GFPGAN", "gfpgan_visibility"), params.gfpgan_visibility))
-    if params.codeformer_visibility > 0:
-        stages.append((faces.require("CodeFormer", "codeformer_visibility"), params.codeformer_visibility))
+    for name in operations:
+        if name == "GFPGAN" and params.gfpgan_visibility > 0:
+            stages.append((faces.require("GFPGAN", "gfpgan_visibility"), params.gfpgan_visibility))
+        if name == "CodeFormer" and params.codeformer_visibility > 0:
+            restorer = faces.require("CodeFormer", "codeformer_visibility")
+            stages.append((restorer, params.codeformer_visibility))
     return stages
 
 
@@ -133,9 +157,11 @@ def run_extras(
     ldsr: LdsrOptions = LdsrOptions(),
     tile_options: Mapping[str, Any] | None = None,
     cache: tuple[UpscaleCache, int] | None = None,
+    operations: tuple[str, ...] = OPERATIONS,
 ) -> tuple[list[Image.Image], str]:
     """Upscale, then restore faces in, each image as A1111's extras does; returns (results, infotext
-    of the last).
+    of the last). `operations` (`operation_order`) says which of the three run, in which order (its
+    infotext entries follow that order).
 
     Everything that can be checked is checked before any model runs: upscaler names (both,
     even when upscaler_1 is "None"), face restorers (FaceRestorationUnavailable when a visibility
@@ -150,16 +176,21 @@ def run_extras(
     server's UpscaleCache and A1111's `upscaling_max_images_in_cache`) keeps that many upscales for identical
     later ones; None uses no cache.
     """
-    first, second = check_extras(images, params, registry, max_pixels=max_pixels)
+    first, second = check_extras(images, params, registry, max_pixels=max_pixels, operations=operations)
     results: list[Image.Image] = []
     infotext = ""
+    unload = bool((tile_options or {}).get("face_restoration_unload", False))
     for index, image in enumerate(images):
-        result, info = _upscale_one(
-            image, params, first, second, registry, (tile, overlap, tile_options), should_stop, on_tile, ldsr,
-            cache,
-        )
-        unload = bool((tile_options or {}).get("face_restoration_unload", False))
-        result = _restore_faces(result, params, registry.faces, info, should_stop, unload)
+        result = to_rgb_or_rgba(image)
+        info: dict[str, object] = {}
+        for name in operations:
+            if name == "Upscale":
+                result = _upscale_one(result, params, first, second, registry, (tile, overlap, tile_options),
+                                      should_stop, on_tile, ldsr, cache, info)
+            else:
+                result = _restore_faces(result, params, registry.faces, info, should_stop, unload, (name,))
+        if result is image:
+            result = result.copy()
         infotext = format_infotext(info)
         result.info = {**text_info(image), "postprocessing": infotext}
         results.append(result)
@@ -174,16 +205,19 @@ def check_extras(
     registry: UpscalerRegistry,
     *,
     max_pixels: int | None = DEFAULT_MAX_OUTPUT_PIXELS,
+    operations: tuple[str, ...] = OPERATIONS,
 ) -> tuple[UpscalerEntry, UpscalerEntry]:
     """Every check `run_extras` makes before any model runs (names, face restoration, empty images,
-    pixel budget), on its own: the server calls it before queueing. Returns (upscaler_1, upscaler_2)."""
+    pixel budget), on its own: the server calls it before queueing. Returns (upscaler_1, upscaler_2).
+    Upscaler names are checked even when `operations` leaves "Upscale" out; a face restorer and the
+    budget only when it runs."""
     first = registry.resolve(params.upscaler_1)
     second = registry.resolve(params.upscaler_2)
-    _face_stages(params, registry.faces)
+    _face_stages(params, registry.faces, operations)
     for index, image in enumerate(images):
         if image.width < 1 or image.height < 1:
             raise BadImage(index, f"the image is empty ({image.width}x{image.height})")
-        if first.kind == "none":
+        if first.kind == "none" or "Upscale" not in operations:
             continue
         for entry in (first, second) if _uses_second(params, second) else (first,):
             try:
@@ -214,11 +248,13 @@ def _upscale_one(
     on_tile: OnTile | None,
     ldsr: LdsrOptions,
     cache: tuple[UpscaleCache, int] | None = None,
-) -> tuple[Image.Image, dict[str, object]]:
+    info: dict[str, object] | None = None,
+) -> Image.Image:
+    """The Upscale operation on one image; its infotext entries go into `info`."""
     source = to_rgb_or_rgba(image)
-    info: dict[str, object] = {}
+    info = {} if info is None else info
     if first.kind == "none":
-        return source.copy(), info
+        return source
 
     def stage(entry: UpscalerEntry) -> Image.Image:
         tile, overlap, options = tiles
@@ -260,7 +296,7 @@ def _upscale_one(
             other = other.resize(result.size, resample=Image.Resampling.LANCZOS)
         result = Image.blend(result, other, params.extras_upscaler_2_visibility)
         info["Postprocess upscaler 2"] = second.name
-    return result, info
+    return result
 
 
 def _restore_faces(
@@ -270,10 +306,11 @@ def _restore_faces(
     info: dict[str, object],
     should_stop: ShouldStop | None,
     unload: bool = False,
+    operations: tuple[str, ...] = OPERATIONS,
 ) -> Image.Image:
-    """A1111's GFPGAN and CodeFormer postprocessing stages, with their infotext entries (`unload`: option
-    `face_restoration_unload`)."""
-    for restorer, visibility in _face_stages(params, faces):
+    """A1111's GFPGAN and CodeFormer postprocessing stages (those `operations` names), with their infotext
+    entries (`unload`: option `face_restoration_unload`)."""
+    for restorer, visibility in _face_stages(params, faces, operations):
         weight = params.codeformer_weight
         image = faces.restore(image, restorer, visibility, weight, should_stop=should_stop, unload=unload)
         info[f"{restorer.name} visibility"] = round(visibility, 3)

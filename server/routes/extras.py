@@ -23,7 +23,7 @@ from server.deps import json_response, run_on_worker, services, url_fetch
 from server.imagecodec import decode_image, encode_images_b64
 from server.services import Services
 from upscalers.errors import Interrupted
-from upscalers.extras import ExtrasParams, check_extras, html_info, run_extras
+from upscalers.extras import ExtrasParams, check_extras, html_info, operation_order, run_extras
 from upscalers.ldsr import LdsrOptions
 
 router = APIRouter(prefix="/sdapi/v1", tags=["extras"])
@@ -58,7 +58,8 @@ def _run(svc: Services, images: list[Image.Image], req: ExtrasBaseRequest,
                 max_pixels=svc.config.max_pixels, should_stop=lambda: state.interrupted,
                 on_tile=lambda d, t: state.set_step(d, t),
                 ldsr=LdsrOptions(steps=opts["ldsr_steps"], cached=opts["ldsr_cached"]),
-                cache=(svc.extras_cache, int(opts["upscaling_max_images_in_cache"])))
+                cache=(svc.extras_cache, int(opts["upscaling_max_images_in_cache"])),
+                operations=operation_order(opts))
         except Interrupted:
             break
         out += done
@@ -73,9 +74,10 @@ async def _extras(svc: Services, request: Request, datas: list[tuple[str, str]],
         return [decode_image(d, field=f, max_pixels=svc.config.max_pixels, fetch=fetch) for f, d in datas]
 
     images = await run_in_threadpool(decode)
+    opts = svc.options.all()
     check_extras(images, ExtrasParams.from_mapping(req.model_dump()), svc.upscalers,
-                 max_pixels=svc.config.max_pixels)
-    call = ExtrasCall(images, req, svc.options.all())
+                 max_pixels=svc.config.max_pixels, operations=operation_order(opts))
+    call = ExtrasCall(images, req, opts)
     results, infotext = await run_on_worker(svc, request, "extras", lambda: call.run(svc), remote=call)
     fmt = svc.options.get("samples_format")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Depends
+from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -38,6 +39,13 @@ class PendingTasksResponse(BaseModel):
     tasks: list[str] = Field(description="the waiting tasks' ids, next first")
 
 
+def preview_data_url(image: Image.Image, fmt: str) -> str:
+    """A live preview as A1111's /internal/progress sends it: a `data:image/<fmt>;base64,` URL in the
+    format of option `live_previews_image_format` ("png", "jpeg" or "webp")."""
+    data = encode_image_b64(image, fmt)
+    return f"data:image/{fmt};base64,{data}"
+
+
 @router.post("/progress", response_model=InternalProgressResponse, openapi_extra=NEVER_QUEUED)
 async def progress(req: InternalProgressRequest,
                    svc: Services = Depends(services)) -> InternalProgressResponse:
@@ -66,8 +74,9 @@ async def progress(req: InternalProgressRequest,
     preview, preview_id = None, req.id_live_preview
     if (req.live_preview and svc.options.get("live_previews_enable") and snap["preview"] is not None
             and snap["preview_id"] != req.id_live_preview):
-        data = await run_in_threadpool(lambda: encode_image_b64(snap["preview"](), "png"))  # A1111's default
-        preview, preview_id = f"data:image/png;base64,{data}", snap["preview_id"]
+        fmt = str(svc.options.get("live_previews_image_format") or "png")
+        preview = await run_in_threadpool(lambda: preview_data_url(snap["preview"](), fmt))
+        preview_id = snap["preview_id"]
     return InternalProgressResponse(active=True, queued=False, completed=False, progress=done, eta=eta,
                                     live_preview=preview, id_live_preview=preview_id,
                                     textinfo=snap["textinfo"])

@@ -99,9 +99,9 @@ def test_txt2img_restore_faces_uses_the_restorer(client: TestClient, monkeypatch
     calls: list[tuple[str, float, float]] = []
     real = FaceRestorers.restore
 
-    def spy(self, image, restorer, visibility=1.0, codeformer_weight=0.5, should_stop=None):
+    def spy(self, image, restorer, visibility=1.0, codeformer_weight=0.5, should_stop=None, unload=False):
         calls.append((restorer.name, visibility, codeformer_weight))
-        return real(self, image, restorer, visibility, codeformer_weight, should_stop)
+        return real(self, image, restorer, visibility, codeformer_weight, should_stop, unload=unload)
 
     monkeypatch.setattr(FaceRestorers, "restore", spy)
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "restore_faces": True, "batch_size": 2})
@@ -158,3 +158,42 @@ def test_save_images_before_face_restoration_saves_the_unrestored_images_too(cli
     body["override_settings"]["save_images_before_face_restoration"] = False
     assert client.post("/sdapi/v1/txt2img", json=body).status_code == 200
     assert len(files() - before) == 2
+
+
+def test_extras_follow_postprocessing_operation_order_and_disable(client: TestClient) -> None:
+    """A1111's extras run its postprocessing scripts in `scripts_in_preferred_order`: those named in
+    `postprocessing_operation_order` first, without those of `postprocessing_disable_in_extras`. Restoring
+    the face before the upscale gives other pixels (and the infotext in that order); a disabled GFPGAN is
+    not run at all."""
+    face = Image.fromarray(skdata.astronaut()).resize((200, 200), Image.Resampling.LANCZOS)
+    body = {"image": png_b64(face), "upscaler_1": "Lanczos", "upscaling_resize": 2, "gfpgan_visibility": 1}
+
+    def run(**opts: object) -> Image.Image:
+        assert client.post("/sdapi/v1/options", json=opts).status_code == 200
+        r = client.post("/sdapi/v1/extra-single-image", json=body)
+        assert r.status_code == 200, r.text
+        return decode(r.json()["image"])
+
+    lanczos = face.resize((400, 400), Image.Resampling.LANCZOS)
+    try:
+        default = run(postprocessing_operation_order=[], postprocessing_disable_in_extras=[])
+        assert np.array_equal(np.asarray(default), np.asarray(restore_faces(lanczos, invert, 1.0)))
+        faces_first = run(postprocessing_operation_order=["GFPGAN", "Upscale"])
+        assert faces_first.info["postprocessing"] == ("GFPGAN visibility: 1.0, Postprocess upscale by: 2.0, "
+                                                      "Postprocess upscaler: Lanczos")
+        expected = restore_faces(face, invert, 1.0).resize((400, 400), Image.Resampling.LANCZOS)
+        assert np.array_equal(np.asarray(faces_first), np.asarray(expected))
+        assert not np.array_equal(np.asarray(faces_first), np.asarray(default))
+        disabled = run(postprocessing_operation_order=[], postprocessing_disable_in_extras=["GFPGAN"])
+        assert disabled.info["postprocessing"] == "Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos"
+        assert np.array_equal(np.asarray(disabled), np.asarray(lanczos))
+        # a disabled restorer is not needed: CodeFormer (no file here) asked for is no 400 then
+        body["codeformer_visibility"] = 1
+        assert client.post("/sdapi/v1/options", json={
+            "postprocessing_disable_in_extras": ["GFPGAN", "CodeFormer"]}).status_code == 200
+        assert client.post("/sdapi/v1/extra-single-image", json=body).status_code == 200
+        r = client.post("/sdapi/v1/options", json={"postprocessing_operation_order": "GFPGAN"})
+        assert r.status_code == 400 and "postprocessing_operation_order" in r.text
+    finally:
+        client.post("/sdapi/v1/options", json={"postprocessing_operation_order": [],
+                                               "postprocessing_disable_in_extras": []})

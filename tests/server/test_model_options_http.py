@@ -211,3 +211,21 @@ def test_fp8_storage_enable_for_sdxl_acts_on_sdxl_models(vae_root: Path) -> None
         fp8, params = _run(client, sd_model_checkpoint="xl", fp8_storage="Enable for SDXL")
         assert params["FP8 weight"] == "Enable for SDXL" and fp8 != plain
         assert _run(client, sd_model_checkpoint="xl", fp8_storage="Enable")[0] == fp8
+
+
+def test_sd_lora_adds_its_lora_to_every_prompt_with_the_default_multiplier(client: TestClient) -> None:
+    """A1111's Lora extension appends `<lora:sd_lora:extra_networks_default_multiplier>` to each prompt
+    that does not name that LoRA already (the infotext's prompt shows it); a name no file has adds
+    nothing."""
+    plain, _ = _run(client)
+    tagged, tagged_params = _run(client, "a red fox<lora:net:0.5>")
+    added, params = _run(client, sd_lora="net", extra_networks_default_multiplier=0.5)
+    assert added == tagged and added != plain
+    assert params["Lora hashes"] == tagged_params["Lora hashes"]
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": {"sd_lora": "net"}})
+    assert json.loads(r.json()["info"])["infotexts"][0].startswith("a red fox<lora:net:1.0>\n")
+    assert _run(client, "a red fox<lora:net:0.5>", sd_lora="net")[0] == tagged  # named already: as named
+    assert _run(client, sd_lora="nosuch")[0] == plain
+    bad = {"extra_networks_default_multiplier": "x"}
+    r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": bad})
+    assert r.status_code == 400 and "extra_networks_default_multiplier" in r.text

@@ -8,7 +8,7 @@ from pipeline.diffusion.prompts import parse_prompt_attention
 from pipeline.models.checkpoints.loader import detect_checkpoint
 from pipeline.models.networks.embeddings import EmbeddingMatcher
 from pipeline.models.networks.registry import ActiveLora, Networks
-from pipeline.models.networks.tags import strip_tags
+from pipeline.models.networks.tags import parse_tags, strip_tags
 
 
 def hash_items(text: str | None) -> dict[str, str]:
@@ -29,6 +29,21 @@ def _infotext_name(name: str) -> str:
     return name.replace(":", "").replace(",", "")
 
 
+def default_lora_tag(networks: Networks | None, p: Any, prompt: str) -> str:
+    """A1111's option `sd_lora` (the Lora extension's ExtraNetworkLora.activate): when it names a LoRA file
+    (its name, the file name without extension) that the prompt does not already name in a `<lora:...>`
+    tag, `<lora:NAME:M>` is what A1111 appends to the prompt, M being `extra_networks_default_multiplier`
+    (written as Python writes the number). "" otherwise, and with `disable_extra_networks`."""
+    name = str(p.options.get("sd_lora") or "None")
+    if networks is None or name == "None" or getattr(p.request, "disable_extra_networks", False):
+        return ""
+    if not any(f.name == name for f in networks.loras.list()):
+        return ""
+    if any(t.type == "lora" and t.name == name for t in parse_tags(prompt)[1]):
+        return ""
+    return f"<lora:{name}:{p.options.get('extra_networks_default_multiplier', 1.0)}>"
+
+
 def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str,
                       negative: str | None = None, lenient: bool = False) -> list[ActiveLora]:
     """A1111's per-pass activation: the LoRA set of this pass's prompt (pass two: the hires prompt's) is
@@ -36,7 +51,8 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
     the previous job's). The LoRAs used are added to the job's `Lora hashes` (keys as typed), the
     embeddings the prompt and `negative` use to its `TI hashes` (whatever the encoder's cache did).
     `lenient` (a refiner taking over): a LoRA none of whose modules exists in `model` is left off it, as
-    A1111's per-module patching leaves it, instead of failing the job."""
+    A1111's per-module patching leaves it, instead of failing the job. The `sd_lora` option's LoRA
+    (`default_lora_tag`) is part of every pass's set."""
     if networks is None:
         return []
     if "lora_cache_mb" in p.options:
@@ -45,6 +61,7 @@ def activate_for_pass(networks: Networks | None, model: Any, p: Any, prompt: str
     networks.functional = bool(p.options.get("lora_functional", False))
     networks.cache.limit_count = int(p.options.get("lora_in_memory_limit", 0) or 0)
     disabled = bool(getattr(p.request, "disable_extra_networks", False))
+    prompt = prompt + default_lora_tag(networks, p, prompt)  # a hires prompt of its own gets it too
     active = networks.activate(model, None if disabled else prompt, lenient=lenient)
     matcher = networks.matcher_for(model)  # the folder's embeddings and the applied LoRAs' bundled ones
     add_ti = p.options.get("textual_inversion_add_hashes_to_infotext", True)
