@@ -231,7 +231,8 @@ def test_sd_lora_adds_its_lora_to_every_prompt_with_the_default_multiplier(clien
     assert r.status_code == 400 and "extra_networks_default_multiplier" in r.text
 
 
-def test_sd_lora_with_a_hires_prompt_equal_to_the_prompt_writes_a_hires_prompt_line(client: TestClient) -> None:
+def test_sd_lora_with_a_hires_prompt_equal_to_the_prompt_writes_a_hires_prompt_line(
+        client: TestClient) -> None:
     """A1111 1.10 compares the hires prompt with the infotext's prompt when it writes the infotext
     (processing.py get_hr_prompt), after its Lora extension appended the `sd_lora` tag to the prompts
     (not to the hires prompts): a hires prompt sent equal to the prompt differs from the tagged prompt
