@@ -77,8 +77,10 @@ APPLIED: dict[str, Any] = {
     "use_old_emphasis_implementation": False, "upcast_attn": False,
     # the LoRA added to every prompt (pipeline/models/networks/activation.py default_lora_tag)
     "sd_lora": "None", "extra_networks_default_multiplier": 1.0,
-    # the live previews of POST /internal/progress (server/routes/internal.py)
-    "live_previews_image_format": "png",
+    # the live previews of POST /internal/progress (server/routes/internal.py) and of batches (preview.py)
+    "live_previews_image_format": "png", "show_progress_grid": True,
+    # the model listings' walk (upscalers/folders.py model_walk)
+    "list_hidden_files": True,
     # extras operations (upscalers/extras.py operation_order)
     "postprocessing_operation_order": [], "postprocessing_disable_in_extras": [],
 }
@@ -218,18 +220,6 @@ NOT_APPLIED: list[tuple[str, dict[str, Any]]] = [
      "(their script_name is a 400)", {
         "font": "", "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999",
         "img_max_size_mp": 200,
-    }),
-    ("A1111's live preview of a batch (GET /sdapi/v1/progress current_image, POST /internal/progress) is a "
-     "grid of every image's preview while this is on (modules/shared_state.py do_set_current_image: "
-     "samples_to_image_grid), the first image's only when off; this server always previews the first "
-     "image only", {
-        "show_progress_grid": True,
-    }),
-    ("not applied: A1111's model listings leave out the files in folders whose names start with '.' only "
-     "while this is off (modules/util.py walk_files; its default lists them); here the checkpoint and LoRA "
-     "listings always leave out such folders (and such files), the VAE, upscaler and face-restorer "
-     "listings never", {
-        "list_hidden_files": True,
     }),
     ("A1111 adds the postprocessing operations named here to txt2img and img2img as always-on scripts "
      "(modules/scripts_auto_postprocessing.py, read at start-up; they act only when a request's "

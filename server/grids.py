@@ -4,22 +4,24 @@ Through A1111's API a grid is made only when the request has `save_images` (the 
 `do_not_save_grid = not save_images`), option `return_grid` is on, and the job has at least two images
 unless `grid_only_if_multiple` is off. The grid then comes first in `images`, its infotext (the first
 image's) first in `info.infotexts`, and `index_of_first_image` is 1. Rows: option `n_rows` (> 0: that many,
-0: the batch size, -1: about the square root, or with `grid_prevent_empty_spots` the largest divisor of the
-count not above it); cells as big as the largest image, smaller ones centred on `grid_background_color`. With `grid_save` (and the same conditions) the grid is also written, as
+0: the batch size, -1: about the square root, ...; pipeline/grids.py, the layout live previews share).
+With `grid_save` (and the same conditions) the grid is also written, as
 `grid-NNNN.<grid_format>` under `outdir_grids` or the kind's `outdir_txt2img_grids` / `outdir_img2img_grids`
 (relative: under --outputs-dir), in the folder `directories_filename_pattern` names with
 `grid_save_to_dirs` (server/saving.py)."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageColor
+from PIL import Image
 
+from pipeline.grids import grid_rows, image_grid
 from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import encode_image
 from server.saving import save_image
+
+__all__ = ["grid_rows", "grid_wanted", "image_grid", "save_grid"]
 
 
 def grid_wanted(opts: dict[str, Any], save_images: bool, count: int) -> bool:
@@ -27,33 +29,6 @@ def grid_wanted(opts: dict[str, Any], save_images: bool, count: int) -> bool:
     few = count < 2 and bool(opts.get("grid_only_if_multiple", True))
     wanted = bool(opts.get("return_grid", True)) or bool(opts.get("grid_save", True))
     return bool(save_images) and wanted and count > 0 and not few
-
-
-def grid_rows(opts: dict[str, Any], count: int, batch_size: int) -> int:
-    n_rows = int(opts.get("n_rows", -1))
-    if n_rows > 0:
-        rows = n_rows
-    elif n_rows == 0:
-        rows = batch_size
-    elif opts.get("grid_prevent_empty_spots"):
-        rows = math.floor(math.sqrt(count))
-        while count % rows != 0:
-            rows -= 1
-    else:
-        rows = round(math.sqrt(count))
-    return max(1, min(rows, count))
-
-
-def image_grid(images: list[Image.Image], batch_size: int, opts: dict[str, Any]) -> Image.Image:
-    rows = grid_rows(opts, len(images), batch_size)
-    cols = math.ceil(len(images) / rows)
-    w, h = (max(sizes) for sizes in zip(*(img.size for img in images), strict=True))
-    background = ImageColor.getcolor(str(opts.get("grid_background_color") or "#ffffff"), "RGB")
-    grid = Image.new("RGB", (cols * w, rows * h), background)
-    for i, img in enumerate(images):
-        dx, dy = (w - img.width) // 2, (h - img.height) // 2
-        grid.paste(img.convert("RGB"), (i % cols * w + dx, i // cols * h + dy))
-    return grid
 
 
 def save_grid(outputs_dir: Path, grid: Image.Image, infotext: str, opts: dict[str, Any],

@@ -188,6 +188,11 @@ OPTIONS: dict[str, Option] = {
     "live_preview_content": Option("Prompt", _choice("Prompt", "Negative prompt", "Combined"),
                                    "what live previews show: the prompt's prediction, the negative "
                                    "prompt's, or the guided (combined) one"),
+    "list_hidden_files": Option(True, _bool, "model listings (checkpoints, LoRA, upscalers, face restorers) "
+                                "include the files in folders whose names start with '.'; read when a "
+                                "folder is scanned"),
+    "show_progress_grid": Option(True, _bool, "a live preview of a batch is a grid of every image's preview "
+                                 "(laid out by n_rows as A1111's image_grid); off: the first image's"),
     "samples_save": Option(True, _bool),
     "save_txt": Option(False, _bool, "saved images get their infotext beside them as <name>.txt"),
     "save_to_dirs": Option(True, _bool, "saved images go into a folder per date (off: straight into the "

@@ -129,6 +129,7 @@ class Services:
         svc.tiny_vae = TinyVAEs(config.model_folder("VAE-taesd"))
         svc.previews = Previews(config.model_folder("VAE-approx"), svc.tiny_vae)
         svc.controlnets = ControlNetStore(config.controlnet_folders())
+        svc.follow_list_hidden_files()
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
@@ -216,6 +217,20 @@ class Services:
         except UnknownName:
             log.warning("saved VAE %r not found; using Automatic", vae)
             self.options.fall_back("sd_vae", "Automatic")
+
+    def follow_list_hidden_files(self) -> None:
+        """Make the model listings that A1111 walks with `walk_files` (checkpoints, LoRA, upscalers, face
+        restorers) read option `list_hidden_files` at each scan, and rescan those made before the options
+        were read when it is off (the upscalers are scanned at start-up only, as A1111's)."""
+        def read() -> bool:
+            return bool(self.options.get("list_hidden_files"))
+
+        listings = [self.models.registry, self.networks.loras, self.upscalers, self.upscalers.faces]
+        for listing in listings:
+            listing.list_hidden = read
+        if not read():
+            self.models.registry.refresh()
+            self.upscalers.refresh()  # the face restorers too
 
     def refresh_checkpoints(self) -> None:
         """Rescan the checkpoint folder (worker thread), then settle saved names that went away."""

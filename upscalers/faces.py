@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from .errors import FaceRestorationUnavailable, ModelLoadError, UpscalerError
-from .folders import family_folders
+from .folders import always, family_folders, model_files
 from .images import merge_alpha, split_alpha, to_rgb_or_rgba
 from .loading import MODEL_SUFFIXES, architecture_registry, read_state_dict
 
@@ -241,15 +241,17 @@ class FaceRestorers:
         self._arch_registry = architecture_registry(allow_noncommercial)
         self._lock = threading.RLock()
         self._restorers: list[FaceRestorer] = []
+        self.list_hidden: Callable[[], bool] = always  # option list_hidden_files, read at each scan
         self._scanned: dict[Path, tuple[tuple[int, int], str | None]] = {}
         self._cache: OrderedDict[Path, FaceModel] = OrderedDict()
         self.refresh()
 
     def model_files(self) -> list[Path]:
-        """Model files under the GFPGAN and Codeformer folders, recursively, in name order."""
+        """Model files under the GFPGAN and Codeformer folders, recursively (in hidden folders only with
+        option `list_hidden_files`, folders.model_walk), in name order."""
         files: list[Path] = []
         for folder in family_folders(self.models_dir, RESTORER_DIRS.values(), self.folders):
-            files += [p for p in sorted(folder.rglob("*")) if p.suffix.lower() in MODEL_SUFFIXES and p.is_file()]
+            files += sorted(model_files(folder, MODEL_SUFFIXES, self.list_hidden()))
         return files
 
     def refresh(self) -> None:

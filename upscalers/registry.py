@@ -22,7 +22,7 @@ import torch
 
 from .errors import ModelLoadError, UnknownUpscaler, UpscalerError
 from .faces import FaceRestorers
-from .folders import family_folders
+from .folders import always, family_folders, model_files
 from .latent import LatentMode, is_latent, latent_mode_names, resolve_latent
 from .ldsr.store import NAME as LDSR_NAME
 from .ldsr.store import LdsrStore
@@ -197,6 +197,8 @@ class UpscalerRegistry:
         self._arch_registry = architecture_registry(allow_noncommercial)
         self._lock = threading.RLock()
         self._entries: list[UpscalerEntry] = list(BUILTIN_ENTRIES)
+        self.list_hidden: Callable[[], bool] = always
+        """Option `list_hidden_files`, read at each scan (the server's options; A1111's default before)."""
         self._scanned: dict[Path, tuple[tuple[int, int], UpscalerEntry | None]] = {}
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self.faces = FaceRestorers(self.models_dir, allow_noncommercial, self.device, self.folders)
@@ -208,12 +210,11 @@ class UpscalerRegistry:
     # -- discovery -----------------------------------------------------------------------------
 
     def model_files(self) -> list[Path]:
-        """Model files under the family folders, recursively; broken links are skipped."""
+        """Model files under the family folders, recursively (in hidden folders only with option
+        `list_hidden_files`, folders.model_walk); broken links are skipped."""
         files: list[Path] = []
         for family in family_folders(self.models_dir, MODEL_FAMILY_DIRS, self.folders):
-            for path in sorted(family.rglob("*")):
-                if path.suffix.lower() in MODEL_SUFFIXES and path.is_file():
-                    files.append(path)
+            files += sorted(model_files(family, MODEL_SUFFIXES, self.list_hidden()))
         return files
 
     def refresh(self) -> None:

@@ -209,13 +209,15 @@ def text_options(options: dict[str, Any]) -> dict[str, Any]:
 def progress_callback(state: JobState, options: dict[str, Any], family: str, steps: int,
                       previews: Previews | None = None) -> StepCallback:
     """The per-step hook of a pass: progress, live previews every `show_progress_every_n_steps` (by
-    `show_progress_type`, preview.py; of the prediction `live_preview_content` names), and the interrupt/skip
+    `show_progress_type`, preview.py; of the prediction `live_preview_content` names; of the whole batch as
+    a grid with `show_progress_grid`), and the interrupt/skip
     check (which raises to stop the loop). Its
     `on_tiles(done, total)` does the same after each tile batch of a tiled model call
     (`JobState.set_tiles`), so a flag stops a long tiled step."""
     every = int(options.get("show_progress_every_n_steps", 10) or 0)
     live = bool(options.get("live_previews_enable", True)) and every > 0
     method = options.get("show_progress_type")
+    grid = options if bool(options.get("show_progress_grid", True)) else None  # the layout's options
     render = previews or NO_FILES
     if live:
         preview_fallback(method)
@@ -226,7 +228,7 @@ def progress_callback(state: JobState, options: dict[str, Any], family: str, ste
         preview = None
         if live and (step % every == 0 or step == steps):
             src = (shown if shown is not None else x).detach().clone()
-            preview = lambda src=src: render.render(src, family, method)  # noqa: E731 - made lazily
+            preview = lambda src=src: render.render(src, family, method, grid)  # noqa: E731 - made lazily
         state.set_step(step, steps, preview)
         state.check()
 

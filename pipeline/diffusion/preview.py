@@ -7,6 +7,9 @@
 - "TAESD": the TAESD decoder of `<models>/VAE-taesd` (pipeline/models/taesd.py), when its file is there.
 - "Full": served as "Approx cheap" (the full VAE stays off the progress path, which runs beside the job).
 
+A batch is previewed as a grid of every image's preview while option `show_progress_grid` is on (A1111's
+default; modules/shared_state.py `do_set_current_image`), as its first image's preview when it is off.
+
 Every fallback is said once per method and file in the log; the images of a job are never affected."""
 from __future__ import annotations
 
@@ -19,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import nn
+
+from pipeline.grids import image_grid
 
 log = logging.getLogger("hiresd.preview")
 CHEAP = "Approx cheap"
@@ -124,8 +129,17 @@ class Previews:
             self._nets[name] = net
             return net
 
-    def render(self, latents: torch.Tensor, family: str, method: str | None) -> Image.Image:
-        """The preview of the first image of `latents` by `method` (option `show_progress_type`)."""
+    def render(self, latents: torch.Tensor, family: str, method: str | None,
+               grid: dict[str, Any] | None = None) -> Image.Image:
+        """The preview of the first image of `latents` by `method` (option `show_progress_type`); with
+        `grid` (the job's options, given while `show_progress_grid` is on) a grid of every image's preview,
+        laid out as A1111's `samples_to_image_grid` lays it out (`images.image_grid` with batch size 1)."""
+        if grid is None:
+            return self._render_one(latents[:1], family, method)
+        pictures = [self._render_one(latents[i:i + 1], family, method) for i in range(latents.shape[0])]
+        return image_grid(pictures, 1, grid)
+
+    def _render_one(self, latents: torch.Tensor, family: str, method: str | None) -> Image.Image:
         if method == APPROX_NN and latents.shape[1] == 4:
             net = self.approx_nn(family)
             if net is not None:

@@ -34,6 +34,7 @@ import torch
 
 from pipeline.models.checkpoints.hashing import HashCache
 from pipeline.runtime.errors import ModelLoadError, UnknownName
+from upscalers.folders import model_files
 
 log = logging.getLogger("hiresd.vaes")
 
@@ -64,7 +65,9 @@ class VaeFile:
 def discover(models_dir: Path, vae_dir: Path | None = None, ckpt_dir: Path | None = None,
              extra: list[Path] | None = None) -> list[VaeFile]:
     """VAE files under `<models>/VAE` (or `vae_dir`), `*.vae.*` files under `<models>/Stable-diffusion` (or
-    `ckpt_dir`) and the `extra` files, in natural order of their names. Only `stat`s; never opens a file."""
+    `ckpt_dir`) and the `extra` files, in natural order of their names. Only `stat`s; never opens a file.
+    Files and folders whose names start with '.' are never listed, as A1111's glob of `**/*.safetensors`
+    ... lists none (its VAE listing does not read option `list_hidden_files`)."""
     found: dict[str, VaeFile] = {}
 
     def add(path: Path) -> None:
@@ -76,12 +79,13 @@ def discover(models_dir: Path, vae_dir: Path | None = None, ckpt_dir: Path | Non
         add(path)
     vae_dir = vae_dir or models_dir / VAE_DIR
     if vae_dir.is_dir():
-        for path in sorted(vae_dir.rglob("*")):
+        for path in sorted(model_files(vae_dir, SUFFIXES, list_hidden=False)):
             add(path)
     ckpt_dir = ckpt_dir or models_dir / CHECKPOINT_DIR
     if ckpt_dir.is_dir():
-        for path in sorted(ckpt_dir.rglob("*.vae.*")):
-            add(path)
+        for path in sorted(model_files(ckpt_dir, SUFFIXES, list_hidden=False)):
+            if ".vae." in path.name:
+                add(path)
     return sorted(found.values(), key=lambda v: _natural_key(v.name))
 
 

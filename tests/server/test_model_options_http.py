@@ -229,3 +229,21 @@ def test_sd_lora_adds_its_lora_to_every_prompt_with_the_default_multiplier(clien
     bad = {"extra_networks_default_multiplier": "x"}
     r = client.post("/sdapi/v1/txt2img", json={**SMALL, "override_settings": bad})
     assert r.status_code == 400 and "extra_networks_default_multiplier" in r.text
+
+
+def test_sd_lora_with_a_hires_prompt_equal_to_the_prompt_writes_a_hires_prompt_line(
+        client: TestClient) -> None:
+    """A1111 1.10 compares the hires prompt with the infotext's prompt when it writes the infotext
+    (processing.py get_hr_prompt), after its Lora extension appended the `sd_lora` tag to the prompts
+    (not to the hires prompts): a hires prompt sent equal to the prompt differs from the tagged prompt
+    then, and `Hires prompt` names it, untagged. Without `sd_lora` no such line."""
+    hires = {**SMALL, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "hr_second_pass_steps": 1,
+             "denoising_strength": 0.5, "hr_prompt": SMALL["prompt"]}
+    r = client.post("/sdapi/v1/txt2img", json={**hires, "override_settings": {"sd_lora": "net"}})
+    assert r.status_code == 200, r.text
+    text = json.loads(r.json()["info"])["infotexts"][0]
+    assert text.startswith("a red fox<lora:net:1.0>\n")
+    assert _params(r.json())["Hires prompt"] == "a red fox"
+    r = client.post("/sdapi/v1/txt2img", json={**hires, "override_settings": {}})
+    assert r.status_code == 200, r.text
+    assert "Hires prompt" not in _params(r.json())

@@ -182,6 +182,35 @@ def test_live_preview_of_the_prompt_is_the_combined_one_at_cfg_1(env: Env) -> No
     assert all(_diff(a, b) <= 1.0 for a, b in zip(prompt, combined, strict=True))
 
 
+def _grid_previews(env: Env, options: dict[str, Any], **fields: Any) -> list[np.ndarray]:
+    state = _Previews()
+    opts = {"show_progress_every_n_steps": 1, "show_progress_type": "Approx cheap", **options}
+    Env(env.models, env.upscalers, state=state).run(options=opts, **{**JOB, **fields})
+    return state.images
+
+
+def test_show_progress_grid_previews_every_image_of_a_batch(env: Env) -> None:
+    # A1111 (shared_state.do_set_current_image): a grid of every image's preview while on (its default),
+    # the first image's preview while off
+    first = _grid_previews(env, {"show_progress_grid": False}, batch_size=2)
+    grid = _grid_previews(env, {}, batch_size=2)
+    assert len(first) == len(grid) == JOB["steps"]
+    h, w = first[-1].shape[:2]
+    # two images: round(sqrt(2)) = 1 row of 2, the first image's preview on the left
+    assert all(g.shape[:2] == (h, 2 * w) for g in grid)
+    assert all(_diff(g[:, :w], f) == 0 for g, f in zip(grid, first, strict=True))
+    assert _diff(grid[-1][:, w:], grid[-1][:, :w]) > 1  # the second image's own preview on the right
+    # the second one is the preview of the second image alone (its seed as the first of a batch)
+    second = _grid_previews(env, {"show_progress_grid": False}, seed=JOB["seed"] + 1)
+    assert _diff(grid[-1][:, w:], second[-1]) <= 1.0
+    # the grid's layout options as A1111's image_grid (batch size 1): n_rows 0 is one row, 2 stacks them
+    assert _grid_previews(env, {"n_rows": 0}, batch_size=2)[-1].shape[:2] == (h, 2 * w)
+    assert _grid_previews(env, {"n_rows": 2}, batch_size=2)[-1].shape[:2] == (2 * h, w)
+    # one image: the grid is that image's preview
+    one = _grid_previews(env, {})
+    assert _diff(one[-1], _grid_previews(env, {"show_progress_grid": False})[-1]) == 0
+
+
 @pytest.mark.parametrize("sampler", ["Euler", "Heun", "DPM++ 2M"])
 def test_enable_quantization_calls_the_unet_with_whole_timesteps(env: Env, sampler: str) -> None:
     def timesteps(options: dict[str, Any]) -> list[float]:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pipeline.models.checkpoints.hashing import FileStamp, HashCache
 from pipeline.runtime.errors import UnknownName
+from upscalers.folders import always, model_walk
 
 log = logging.getLogger(__name__)
 
@@ -138,25 +139,22 @@ def _natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
-def discover(folder: str | os.PathLike) -> list[Path]:
+def discover(folder: str | os.PathLike, list_hidden: bool = True) -> list[Path]:
     """Checkpoint files and diffusers folders under `folder`, recursively; never opens a file.
 
     Files: .safetensors, .ckpt, .pt (not `*.vae.*`, which are VAEs). A directory holding a
-    `model_index.json` is one diffusers checkpoint and is not searched further. Hidden entries are skipped.
+    `model_index.json` is one diffusers checkpoint and is not searched further. Folders whose names start
+    with '.' are searched only with `list_hidden` (option `list_hidden_files`, upscalers/folders.py).
     """
     root = Path(folder)
     found: list[Path] = []
-    if not root.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        here = Path(dirpath)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    for here, dirnames, filenames in model_walk(root, list_hidden):
         if here != root and "model_index.json" in filenames:
             found.append(here)
             dirnames[:] = []
             continue
-        for fn in sorted(filenames):
-            if fn.startswith(".") or ".vae." in fn.lower():
+        for fn in filenames:
+            if ".vae." in fn.lower():
                 continue
             if Path(fn).suffix.lower() in FILE_KINDS:
                 found.append(here / fn)
@@ -176,6 +174,7 @@ class CheckpointRegistry:
         cache_dir = Path(data_dir) if data_dir is not None else self.models_dir
         self.cache = HashCache(cache_dir / HASH_CACHE_NAME)
         self._extra = list(extra or [])
+        self.list_hidden: Callable[[], bool] = always  # option list_hidden_files, read at each scan
         self._lock = threading.RLock()
         self._items: list[CheckpointInfo] = []
         self._hasher: threading.Thread | None = None
@@ -188,7 +187,7 @@ class CheckpointRegistry:
         with self._lock:
             old = {i.filename: i for i in self._items}
             items: list[CheckpointInfo] = []
-            for path in discover(self.folder):
+            for path in discover(self.folder, self.list_hidden()):
                 info = CheckpointInfo.from_path(path, self.folder, self.cache)
                 prev = old.get(info.filename)
                 if prev is not None and prev.sha256 == info.sha256 and info.sha256 is not None:

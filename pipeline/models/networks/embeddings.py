@@ -154,6 +154,7 @@ class EmbeddingDatabase:
     def refresh(self) -> None:
         found: dict[str, Embedding] = {}
         errors: dict[str, str] = {}
+        # every folder, hidden ones too: A1111's load_from_dir walks them all (list_hidden_files is not read)
         for path in walk(self.folder, SUFFIXES) if self.folder is not None else []:
             try:
                 if path.stat().st_size == 0:

@@ -9,19 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import pickle
 import re
 import struct
 import threading
 import zipfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from upscalers.folders import always, model_files
 
 log = logging.getLogger("hiresd.networks")
 
@@ -37,17 +39,10 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
-def walk(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files under `folder` (recursively, following links, natural order) ending with one of `suffixes`."""
-    found: list[Path] = []
-    if not folder.is_dir():
-        return found
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")), key=natural_key)
-        for fn in sorted(filenames, key=natural_key):
-            if not fn.startswith(".") and fn.lower().endswith(suffixes):
-                found.append(Path(dirpath) / fn)
-    return found
+def walk(folder: Path, suffixes: tuple[str, ...], list_hidden: bool = True) -> list[Path]:
+    """Files under `folder` (recursively, following links, natural order) ending with one of `suffixes`;
+    in folders whose names start with '.' only with `list_hidden` (upscalers/folders.py model_walk)."""
+    return model_files(folder, suffixes, list_hidden, natural_key)
 
 
 def read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
@@ -175,13 +170,14 @@ class LoraIndex:
         self._lookup: dict[str, LoraFile] = {}
         self._lock = threading.Lock()
         self._scanned = False
+        self.list_hidden: Callable[[], bool] = always  # option list_hidden_files, read at each scan
 
     def refresh(self) -> None:
         files: list[LoraFile] = []
         errors: dict[str, str] = {}
         seen: set[Path] = set()
         for folder in self.folders:
-            for path in walk(folder, SUFFIXES):
+            for path in walk(folder, SUFFIXES, self.list_hidden()):
                 if path.resolve() in seen:
                     continue
                 seen.add(path.resolve())

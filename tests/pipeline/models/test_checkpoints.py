@@ -61,7 +61,9 @@ def models(tmp_path, tiny_sd1, tiny_sdxl) -> Path:
     tiny_sd1.write_diffusers(ckpts / "tiny-diffusers")
     (ckpts / "tiny-sd1.vae.safetensors").write_bytes(b"not a checkpoint")
     (ckpts / "notes.txt").write_text("hello")
-    (ckpts / ".hidden.safetensors").write_bytes(b"x")
+    (ckpts / ".hidden.safetensors").write_bytes(b"x")  # listed: A1111's walk_files skips hidden folders only
+    (ckpts / ".cache" / "in-hidden-folder.safetensors").parent.mkdir()
+    (ckpts / ".cache" / "in-hidden-folder.safetensors").write_bytes(b"x")  # option list_hidden_files
     return root
 
 
@@ -125,11 +127,14 @@ def test_discovery_finds_files_subfolders_and_diffusers_dirs(models, tmp_path):
     reg = registry(models, tmp_path)
     by_name = {i.name: i for i in reg.list()}
     assert set(by_name) == {"tiny-sd1.safetensors", "sub/tiny-sd1-old.ckpt", "sub/deeper/tiny-xl.safetensors",
-                            "tiny-diffusers"}
+                            "tiny-diffusers", ".hidden.safetensors", ".cache/in-hidden-folder.safetensors"}
     assert by_name["sub/tiny-sd1-old.ckpt"].model_name == "sub_tiny-sd1-old"
     assert by_name["sub/deeper/tiny-xl.safetensors"].model_name == "sub_deeper_tiny-xl"
     assert by_name["tiny-diffusers"].kind == "diffusers"
     assert by_name["sub/tiny-sd1-old.ckpt"].kind == "ckpt"
+    reg.list_hidden = lambda: False  # option list_hidden_files off: hidden folders are left out
+    reg.refresh()
+    assert {i.name for i in reg.list()} == set(by_name) - {".cache/in-hidden-folder.safetensors"}
     for info in reg.list():
         assert Path(info.filename).is_absolute() and Path(info.filename).exists()
         # Before the hash is known, the title is the bare name and the API shows null hashes (as A1111).
@@ -155,7 +160,7 @@ def test_listing_reads_no_file_content(models, tmp_path, monkeypatch):
     reg.refresh()
     titles = reg.titles()
     reg.find("tiny-sd1")
-    assert len(titles) == 4
+    assert len(titles) == 6
     ckpt_dir = str(models / "Stable-diffusion")
     assert [p for p in opened if p.startswith(ckpt_dir)] == []
 
