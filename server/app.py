@@ -20,8 +20,19 @@ from server.auth import BasicAuthMiddleware
 from server.bodylimit import MIB, BodyLimitMiddleware
 from server.config import ServerConfig
 from server.gzipping import GZipExceptImages
-from server.routes import (agent_scheduler, controlnet, extras, generation, img2img, internal, jobs, listing,
-                           maintenance, models_control, options)
+from server.routes import (
+    agent_scheduler,
+    controlnet,
+    extras,
+    generation,
+    img2img,
+    internal,
+    jobs,
+    listing,
+    maintenance,
+    models_control,
+    options,
+)
 from server.services import Services
 from server.tasks import AsyncTasks
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from pipeline.diffusion.old_emphasis import old_chunk
 from pipeline.diffusion.prompts import parse_prompt_attention
 from pipeline.runtime.errors import InvalidRequest
 
@@ -310,56 +311,11 @@ class PromptEncoder:
         return chunks
 
     def _old_chunk(self, enc: _Encoder, text: str) -> _Chunk:
-        """A1111's `use_old_emphasis_implementation` (modules/sd_hijack_clip_old.py): the raw text tokenized
-        (no attention parsing, so no `(word:1.2)` weights and no BREAK), each vocabulary token holding
-        brackets multiplying the weight of the tokens after it (each `(` and `]` by 1.1, each `)` and `[` by
-        1/1.1) and dropped, unless `emphasis` is "None"; the rest cut to one chunk of 75 tokens. Embedding
-        vectors are placed as A1111 places them, cut at the chunk's end."""
-        ids = enc.tokenizer(text, truncation=False, add_special_tokens=False, verbose=False)["input_ids"]
-        mults = self._bracket_mults(enc) if self.emphasis != "None" else {}
+        """A1111's `use_old_emphasis_implementation` (pipeline/diffusion/old_emphasis.py)."""
         matcher = self.embeddings() if self.embeddings is not None else None
         k = self.encoders.index(enc)
-        chunk = _Chunk()
-        mult, i = 1.0, 0
-        while i < len(ids):
-            change = mults.get(ids[i])
-            hit = matcher.match(k, ids, i) if matcher is not None and change is None else None
-            if change is not None:
-                mult *= change
-                i += 1
-            elif hit is None:
-                chunk.tokens.append(int(ids[i]))
-                chunk.weights.append(mult)
-                i += 1
-            else:
-                emb, used = hit
-                vec = emb.vectors[k if len(emb.vectors) > 1 else 0]
-                offset = len(chunk.tokens)
-                if offset < CHUNK_LENGTH - 1:  # A1111 lays at most up to the chunk's last position
-                    chunk.fixes.append((offset, vec[:CHUNK_LENGTH - 1 - offset]))
-                chunk.tokens += [0] * vec.shape[0]
-                chunk.weights += [mult] * vec.shape[0]
-                i += used
-        tokens = chunk.tokens[:CHUNK_TOKENS] + [enc.eos_id] * (CHUNK_TOKENS - len(chunk.tokens))
-        weights = chunk.weights[:CHUNK_TOKENS] + [1.0] * (CHUNK_TOKENS - len(chunk.weights))
-        return _Chunk([enc.bos_id, *tokens, enc.eos_id], [1.0, *weights, 1.0], chunk.fixes)
-
-    def _bracket_mults(self, enc: _Encoder) -> dict[int, float]:
-        """A1111's `token_mults`: every vocabulary token with brackets whose brackets do not cancel out."""
-        cached = getattr(enc, "bracket_mults", None)
-        if cached is None:
-            cached = {}
-            for text, ident in enc.tokenizer.get_vocab().items():
-                mult = 1.0
-                for c in text:
-                    if c in "(]":
-                        mult *= 1.1
-                    elif c in ")[":
-                        mult /= 1.1
-                if mult != 1.0:
-                    cached[int(ident)] = mult
-            enc.bracket_mults = cached
-        return cached
+        match = (lambda ids, i: matcher.match(k, ids, i)) if matcher is not None else None
+        return _Chunk(*old_chunk(enc, text, CHUNK_TOKENS, match, k, weigh=self.emphasis != "None"))
 
     def _empty_chunk(self, enc: _Encoder) -> _Chunk:
         return _Chunk([enc.bos_id] + [enc.eos_id] * (CHUNK_TOKENS + 1), [1.0] * CHUNK_LENGTH)

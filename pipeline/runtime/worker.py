@@ -25,8 +25,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.runtime.job_state import JobState
-from pipeline.runtime.registry import (CANCELLED, DONE, FAILED, INTERRUPTED, TaskInfo, TaskRegistry,
-                                       new_task_id)
+from pipeline.runtime.registry import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    TaskInfo,
+    TaskRegistry,
+    new_task_id,
+)
 
 log = logging.getLogger("hiresd.worker")
 

@@ -18,8 +18,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from pipeline.runtime.task_store import DONE, FAILED, INTERRUPTED, PENDING, RUNNING, TaskRow
-from schemas.agent_scheduler import (HistoryResponse, Outcome, QueueImg2ImgRequest, QueueStatusResponse,
-                                     QueueTaskResponse, QueueTxt2ImgRequest, TaskModel, UpdateTaskArgs)
+from schemas.agent_scheduler import (
+    HistoryResponse,
+    Outcome,
+    QueueImg2ImgRequest,
+    QueueStatusResponse,
+    QueueTaskResponse,
+    QueueTxt2ImgRequest,
+    TaskModel,
+    UpdateTaskArgs,
+)
 from server.deps import services
 from server.errors import NEVER_QUEUED, ErrorResponse
 from server.services import Services

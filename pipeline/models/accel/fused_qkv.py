@@ -16,10 +16,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FusedQKVProcessor", "fuse_qkv", "is_fused", "unfuse_qkv"]
+__all__ = ["FusedQKVProcessor", "fuse_qkv", "is_fused", "plain_attention", "unfuse_qkv"]
 
 
-def _plain(attn: Any) -> bool:
+def plain_attention(attn: Any) -> bool:
     """Whether `attn` (a diffusers Attention) has the layout this processor computes."""
     return (getattr(attn, "spatial_norm", None) is None and getattr(attn, "group_norm", None) is None
             and getattr(attn, "norm_cross", None) is None and getattr(attn, "norm_q", None) is None
@@ -90,7 +90,7 @@ def fuse_qkv(unet: torch.nn.Module) -> int:
             continue
         if isinstance(processor, FusedQKVProcessor):
             continue
-        if _plain(module):
+        if plain_attention(module):
             module.set_processor(FusedQKVProcessor(processor))
             count += 1
     return count

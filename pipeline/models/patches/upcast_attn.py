@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pipeline.models.accel.fused_qkv import _plain
+from pipeline.models.accel.fused_qkv import plain_attention
 from pipeline.models.patches.layer import UNetPatcher
 
 __all__ = ["UpcastAttention", "UpcastAttnProcessor", "upcast_attention_processors"]
@@ -58,7 +58,7 @@ def upcast_attention_processors(module: torch.nn.Module) -> list[tuple[Any, Any]
         processor = getattr(m, "processor", None)
         if processor is None or not hasattr(m, "set_processor") or isinstance(processor, UpcastAttnProcessor):
             continue
-        if _plain(m):
+        if plain_attention(m):
             m.set_processor(UpcastAttnProcessor(processor))
             swapped.append((m, processor))
     return swapped

@@ -2,8 +2,6 @@
 progress, and an interrupt between steps falls back to a Lanczos resize as for any upscaler."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
