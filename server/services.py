@@ -37,7 +37,7 @@ from server.config import ServerConfig
 from server.console import ConsoleProgress
 from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import encode_image
-from server.options import OptionsStore
+from server.options import OPTIONS, OptionsStore
 from server.saving import save_image, write_numbered  # noqa: F401 - write_numbered: old import path
 from upscalers.extras import UpscaleCache
 from upscalers.registry import UpscalerRegistry
@@ -133,12 +133,7 @@ class Services:
         if config.ckpt is not None:
             svc.select_ckpt_flag(config.ckpt)
         svc.settle_saved_names()
-        models.vae_choice = models.check_vae(options.get("sd_vae"))
-        models.vae_overrides = bool(options.get("sd_vae_overrides_per_model_preferences"))
-        models.set_weight_storage(options.get("fp8_storage"), options.get("cache_fp16_weight"))
-        models.set_vae_autofix(options.get("auto_vae_precision"), options.get("auto_vae_precision_bfloat16"))
-        models.set_checkpoints_limit(options.get("sd_checkpoints_limit"),
-                                     options.get("sd_checkpoints_keep_in_cpu"))
+        svc.use_model_options(options.all())
         if console and config.console_progress:
             svc.console = ConsoleProgress(worker.state).start()
         return svc
@@ -246,11 +241,7 @@ class Services:
         """A1111's reload-checkpoint (worker thread): the selected checkpoint (option `sd_model_checkpoint`)
         loaded with the `sd_vae` option's VAE, from its file when it was unloaded. Returns its title."""
         info = self.selected_checkpoint()
-        self.models.select_vae(self.options.get("sd_vae"), apply_now=False,
-                               overrides=self.options.get("sd_vae_overrides_per_model_preferences"))
-        self.models.set_weight_storage(self.options.get("fp8_storage"), self.options.get("cache_fp16_weight"))
-        self.models.set_checkpoints_limit(self.options.get("sd_checkpoints_limit"),
-                                          self.options.get("sd_checkpoints_keep_in_cpu"))
+        self.use_model_options(self.options.all())
         self.models.get(info.filename)
         return info.title
 
@@ -299,19 +290,26 @@ class Services:
             raise UnknownName("override_settings.sd_vae", named, self.models.vaes.choices())
         p.options["sd_vae"] = self.options.get("sd_vae")
 
+    def use_model_options(self, opts: dict[str, Any]) -> None:
+        """The model manager set from a job's (or the stored) options, before a model is reached: the VAE
+        choice and its order, float8 storage, the VAE's NaN fallback and how many checkpoints stay loaded.
+        An option missing from `opts` takes its default."""
+        def get(name: str) -> Any:
+            return opts.get(name, OPTIONS[name].default)
+
+        self.models.select_vae(get("sd_vae"), apply_now=False,
+                               overrides=get("sd_vae_overrides_per_model_preferences"))
+        self.models.set_weight_storage(get("fp8_storage"), get("cache_fp16_weight"))
+        self.models.set_vae_autofix(get("auto_vae_precision"), get("auto_vae_precision_bfloat16"))
+        self.models.set_checkpoints_limit(get("sd_checkpoints_limit"), get("sd_checkpoints_keep_in_cpu"))
+
     def run_job(self, p: Processing) -> JobResult:
         """Every job kind, on the worker thread: the job's checkpoint and VAE (with the fallbacks of
         `reach_checkpoint` and `reach_vae`), then the job itself (pipeline/jobs/dispatch.py)."""
         self.reach_checkpoint(p)
         self.reach_named_checkpoints(p)
         self.reach_vae(p)
-        self.models.select_vae(p.options.get("sd_vae"), apply_now=False,
-                               overrides=p.options.get("sd_vae_overrides_per_model_preferences", True))
-        self.models.set_weight_storage(p.options.get("fp8_storage"), p.options.get("cache_fp16_weight"))
-        self.models.set_vae_autofix(p.options.get("auto_vae_precision", True),
-                                    p.options.get("auto_vae_precision_bfloat16", False))
-        self.models.set_checkpoints_limit(p.options.get("sd_checkpoints_limit", 1),
-                                          p.options.get("sd_checkpoints_keep_in_cpu", True))
+        self.use_model_options(p.options)
         upscaler = HiresUpscaler(self.upscalers, p.options, on_progress=self.worker.state.set_step)
         ctx = JobContext(self.models, upscaler, self.extensions, self.worker.state,
                          faces=self.upscalers.faces, networks=self.networks, previews=self.previews,
