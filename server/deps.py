@@ -165,16 +165,21 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
     count = len(result.infotexts)  # the results (ControlNet's detected maps after them are no part of it)
     results, later = result.images[:count], result.images[count:]
     companions = result.companions or [[] for _ in results]
-    # the job's output images as A1111 lists them: each result, then its returned mask outputs (no infotext)
+    # the job's output images as A1111 lists them: each result, then its returned mask outputs (no infotext);
+    # and its saved files: each result, then its saved mask outputs (named after it, with its infotext)
     outputs: list[Image.Image] = []
     texts: list[str | None] = []
-    for img, text, extra in zip(results, result.infotexts, companions, strict=True):
+    saves: list[tuple[Image.Image, str, str, int]] = []  # image, infotext, suffix, job position
+    for i, (img, text, extra) in enumerate(zip(results, result.infotexts, companions, strict=True)):
         outputs.append(img)
         texts.append(text)
+        saves.append((img, text, "", i))
         for c in extra:
             if c.returned:
                 outputs.append(c.image)
                 texts.append(None)
+            if c.saved:
+                saves.append((c.image, text, c.suffix, i))
     # what file-name patterns read (A1111's processing object at save time)
     job = svc.job_facts(result.info, opts, int(getattr(req, "n_iter", 1) or 1))
     # A1111 saves an API job's images when the request asks and the option samples_save is on
@@ -184,19 +189,14 @@ def finish_generation(svc: Services, req: Any, result: JobResult, incomplete: bo
             svc.save_images([e[0] for e in result.extra_saves], [e[1] for e in result.extra_saves], fmt,
                             save_options, [e[2] for e in result.extra_saves], job,
                             _extra_indices(result.extra_saves))
-        # each result, then its saved mask outputs (named after it, with its infotext), as A1111 writes them;
         # ControlNet's detected maps (after the results, without infotexts) are not saved, as the extension
-        saves: list[tuple[Image.Image, str, str, int]] = []  # image, infotext, suffix, job position
-        for i, (img, text, extra) in enumerate(zip(results, result.infotexts, companions, strict=True)):
-            saves.append((img, text, "", i))
-            saves += [(c.image, text, c.suffix, i) for c in extra if c.saved]
         svc.save_images([s[0] for s in saves], [s[1] for s in saves], fmt, save_options,
                         [s[2] for s in saves], job, [s[3] for s in saves])
     if grid_wanted(opts, req.save_images, len(outputs)):  # A1111's API: only with save_images
         grid = image_grid(outputs, int(getattr(req, "batch_size", 1) or 1), opts)
         first = result.infotexts[0]
         if opts.get("grid_save", True):
-            save_grid(svc.config.outputs_dir, grid, first, save_options, svc.config.png_compress_level,
+            save_grid(svc.config.outputs_dir, grid, first, save_options, svc.encoder(save_options, first),
                       job, count)
         if opts.get("return_grid", True):
             outputs.insert(0, grid)

@@ -11,6 +11,7 @@ With `grid_save` (and the same conditions) the grid is also written, as
 `grid_save_to_dirs` (server/saving.py)."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from PIL import Image
 
 from pipeline.grids import grid_rows, image_grid
 from server.filenames import FilenameGenerator, JobFacts
-from server.imagecodec import encode_image
 from server.saving import save_image
 
 __all__ = ["grid_rows", "grid_wanted", "image_grid", "save_grid"]
@@ -32,21 +32,15 @@ def grid_wanted(opts: dict[str, Any], save_images: bool, count: int) -> bool:
 
 
 def save_grid(outputs_dir: Path, grid: Image.Image, infotext: str, opts: dict[str, Any],
-              compress_level: int | None = None, job: JobFacts | None = None, count: int = 1) -> Path:
+              encode: Callable[[Image.Image, str], bytes], job: JobFacts | None = None, count: int = 1) -> Path:
     """The grid file as A1111 saves it (server/saving.py, basename `grid`): `grid-NNNN.<ext>`, or with
     `grid_extended_filename` `grid-NNNN-<samples_filename_pattern>.<ext>` named from the job's first seed
-    and prompt; the infotext in it when `enable_pnginfo` is on. `count`: the job's images."""
+    and prompt; `encode` makes its bytes (Services.encoder: the infotext in it with `enable_pnginfo`).
+    `count`: the job's images."""
     root = Path(opts.get("outdir_grids") or opts.get("outdir_txt2img_grids") or "txt2img-grids")
     if not root.is_absolute():
         root = outputs_dir / root
     fmt = str(opts.get("grid_format") or "png")
-    chunks = {"parameters": infotext} if opts.get("enable_pnginfo", True) else {"parameters": None}
-    kwargs = {} if compress_level is None else {"compress_level": compress_level}
-
-    def encode(img: Image.Image, ext: str) -> bytes:
-        return encode_image(img, ext, text_chunks=chunks, jpeg_quality=int(opts.get("jpeg_quality", 80)),
-                            webp_lossless=bool(opts.get("webp_lossless", False)), **kwargs)
-
     job = job or JobFacts(max_prompt_words=int(opts.get("directories_max_prompt_words", 8)))
     # A1111 names the grid after the job's first seed and prompt, at the job's last position
     seed = job.all_seeds[0] if job.all_seeds else None
