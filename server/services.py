@@ -38,7 +38,7 @@ from server.console import ConsoleProgress
 from server.filenames import FilenameGenerator, JobFacts
 from server.imagecodec import encode_image
 from server.options import OPTIONS, OptionsStore
-from server.saving import save_image, write_numbered  # noqa: F401 - write_numbered: old import path
+from server.saving import save_image
 from upscalers.extras import UpscaleCache
 from upscalers.registry import UpscalerRegistry
 

@@ -406,7 +406,7 @@ def test_save_images_writes_numbered_files_with_infotext(http: httpx.Client, srv
 
 
 def test_concurrent_saves_never_overwrite(tmp_path: Path) -> None:
-    from server.services import write_numbered
+    from server.saving import write_numbered
 
     results: list[Path] = []
     lock = threading.Lock()
