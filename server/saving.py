@@ -123,10 +123,7 @@ def save_image(root: Path, image: Image.Image, fmt: str, opts: dict[str, Any], n
         replace = str(opts.get("save_images_replace_action") or REPLACE) == REPLACE
         path = write_named(root, forced_filename, f".{'jpg' if fmt == 'jpeg' else fmt}", encode(image, fmt),
                            replace)
-        _export_jpeg(path, image, opts, encode, replace)
-        if opts.get("save_txt") and infotext:
-            path.with_suffix(".txt").write_text(f"{infotext}\n", encoding="utf-8")
-        return path
+        return _beside(path, image, opts, encode, replace, infotext)
     save_to_dirs = bool(opts.get("grid_save_to_dirs", True) if grid else opts.get("save_to_dirs", True))
     folder = root
     if save_to_dirs:
@@ -162,7 +159,12 @@ def save_image(root: Path, image: Image.Image, fmt: str, opts: dict[str, Any], n
         path = write_numbered(folder, f"{decoration}.{ext}", data, basename)
     else:
         path = write_named(folder, decoration[:limit], f".{ext}", data, replace)
+    return _beside(path, image, opts, encode, replace, infotext)
 
+
+def _beside(path: Path, image: Image.Image, opts: dict[str, Any], encode: Encoder, replace: bool,
+            infotext: str | None) -> Path:
+    """What A1111 writes beside a saved image: the `export_for_4chan` JPEG and the `save_txt` infotext."""
     _export_jpeg(path, image, opts, encode, replace)
     if opts.get("save_txt") and infotext:
         path.with_suffix(".txt").write_text(f"{infotext}\n", encoding="utf-8")
