@@ -92,6 +92,11 @@ class UpscaleCache:
         return (digest, source.mode, source.size, upscaler, params.resize_mode, factor,
                 params.upscaling_resize_w, params.upscaling_resize_h, params.upscaling_crop)
 
+    def trim(self, size: int) -> None:
+        """Keep at most the newest `size` upscales."""
+        with self._lock:
+            self._trim(size)
+
     def take(self, key: tuple, size: int) -> Image.Image | None:
         with self._lock:
             self._trim(size)
@@ -265,8 +270,11 @@ def _upscale_one(
             info["Postprocess upscale to"] = f"{params.upscaling_resize_w}x{params.upscaling_resize_h}"
         else:
             info["Postprocess upscale by"] = float(params.upscaling_resize)
-        key = UpscaleCache.key(source, entry.name, params, factor) if cache is not None else None
-        out = cache[0].take(key, cache[1]) if cache is not None and key is not None else None
+        store, keep = cache if cache is not None else (None, 0)
+        if store is not None and keep <= 0:
+            store.trim(0)  # the option at 0: nothing kept, and no key to compute
+        key = UpscaleCache.key(source, entry.name, params, factor) if store is not None and keep > 0 else None
+        out = store.take(key, keep) if store is not None and key is not None else None
         if out is None:
             out = upscale(
                 source,
@@ -279,8 +287,8 @@ def _upscale_one(
                 on_tile=on_tile,
                 ldsr=ldsr,
             )
-        if cache is not None and key is not None:
-            cache[0].put(key, out.copy(), cache[1])
+        if store is not None and key is not None:
+            store.put(key, out.copy(), keep)
         if params.resize_mode == 1 and params.upscaling_crop:
             out = _centre_crop(out, params.upscaling_resize_w, params.upscaling_resize_h)
             info["Postprocess crop to"] = f"{out.width}x{out.height}"
